@@ -1,0 +1,127 @@
+//! Limits and policies of the embedded log. Every limit has a name and a default.
+
+use std::time::Duration;
+
+/// When appended data is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging every append (group commit shares one fsync between
+    /// concurrent appenders). The default, and the only policy that gives zero loss on
+    /// power failure.
+    Always,
+    /// Acknowledge after the write; fsync at most this long afterwards. A power failure
+    /// can lose up to this much acknowledged data (a process crash loses nothing).
+    Interval(Duration),
+    /// Never fsync appended data (the OS writes it back when it likes). For tests and
+    /// throw-away data only.
+    Never,
+}
+
+/// How long and how much a topic keeps. Whole segments are deleted, oldest first; the
+/// active segment is never deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete a segment whose newest record is older than this.
+    pub age: Option<Duration>,
+    /// Delete the oldest segments while the partition would still hold at least this many
+    /// bytes without them.
+    pub bytes: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            age: Some(Duration::from_secs(7 * 24 * 3600)),
+            bytes: None,
+        }
+    }
+}
+
+/// Configuration of an [`crate::EmbeddedLog`].
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Durability policy (default `Always`).
+    pub fsync: FsyncPolicy,
+    /// A segment is sealed and a new one started when the next append would pass this
+    /// size (default 128 MiB; 4 KiB ..= 1 GiB).
+    pub segment_bytes_max: u64,
+    /// Largest record (frame body) accepted (default 1 MiB; at most 64 MiB). Larger
+    /// appends are refused; larger lengths found on disk are treated as damage.
+    pub record_bytes_max: usize,
+    /// Bytes of records between two sparse index entries (default 4 KiB).
+    pub index_interval_bytes: u64,
+    /// Append requests that may wait for one partition's writer (default 1024); beyond
+    /// it appenders wait (backpressure).
+    pub append_queue_max: usize,
+    /// At most this many bytes go into one group commit (default 8 MiB).
+    pub group_commit_bytes_max: usize,
+    /// Cap on the records one read returns (default 10 000).
+    pub read_records_max: usize,
+    /// Cap on the bytes one read returns (default 8 MiB; one record is always returned
+    /// even if larger).
+    pub read_bytes_max: usize,
+    /// Partitions open at once, over all topics (default 4096). Each holds one writer
+    /// thread and one open file (plus one per sealed segment being read).
+    pub partitions_max: usize,
+    /// How often retention runs (default 60 s).
+    pub retention_check_interval: Duration,
+    /// Retention for topics created without their own.
+    pub default_retention: Retention,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 128 << 20,
+            record_bytes_max: 1 << 20,
+            index_interval_bytes: 4096,
+            append_queue_max: 1024,
+            group_commit_bytes_max: 8 << 20,
+            read_records_max: 10_000,
+            read_bytes_max: 8 << 20,
+            partitions_max: 4096,
+            retention_check_interval: Duration::from_secs(60),
+            default_retention: Retention::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the limits are within their bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_owned()) };
+        check(
+            (4096..=1 << 30).contains(&self.segment_bytes_max),
+            "segment_bytes_max must be 4 KiB ..= 1 GiB",
+        )?;
+        check(
+            (64..=64 << 20).contains(&self.record_bytes_max),
+            "record_bytes_max must be 64 B ..= 64 MiB",
+        )?;
+        check(
+            self.index_interval_bytes >= 64,
+            "index_interval_bytes must be at least 64",
+        )?;
+        check(
+            self.append_queue_max >= 1,
+            "append_queue_max must be at least 1",
+        )?;
+        check(
+            self.group_commit_bytes_max >= 1,
+            "group_commit_bytes_max must be at least 1",
+        )?;
+        check(
+            self.read_records_max >= 1 && self.read_bytes_max >= 1,
+            "read limits must be at least 1",
+        )?;
+        check(
+            self.partitions_max >= 1,
+            "partitions_max must be at least 1",
+        )?;
+        if let FsyncPolicy::Interval(d) = self.fsync {
+            check(!d.is_zero(), "fsync interval must be above zero")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,380 @@
+//! hifi's engine: the [`Log`] trait and the embedded, crash-safe segment log.
+//!
+//! A *topic* is a durable, partitioned, append-only log of [`Record`]s (key, value,
+//! headers, timestamp) — Kafka's record model — so that a Kafka engine can implement the
+//! same trait. Appends go to an explicit partition and return offsets **only once the
+//! records are durable**.
+//!
+//! # Invariants
+//! - `append` answers `Ok` only after the records are written and (policy `always`)
+//!   fsync'd. After a failed fsync the partition acknowledges nothing ever again.
+//! - Nothing unverified is read back: every frame's CRC32C and offset sequence are checked
+//!   on every read; a bad frame stops the read with [`LogError::Corruption`].
+//! - Readers see only durable records (up to the high watermark).
+//!
+//! # On-disk layout of the embedded engine
+//! ```text
+//! <data_dir>/
+//!   hifi.lock                       held (flock) by the process that has the log open
+//!   topics/<topic>/topic.json       {"format_version":1,"name":..,"partitions":N,
+//!                                    "retention_ms":..|null,"retention_bytes":..|null}
+//!   topics/<topic>/<partition>/     one folder per partition: 0, 1, ...
+//!       00000000000000000000.log        segment, named by its base offset (20 digits)
+//!       00000000000000000000.index      sparse offset index (sealed segments only)
+//!       00000000000000000000.timeindex  sparse time index (sealed segments only)
+//!   groups/<group>.offsets          committed positions of one consumer group
+//! ```
+//!
+//! # Segment file (`.log`), all integers little-endian
+//! ```text
+//! header = "HIFISEG" version:u8 (=1) base_offset:u64          16 bytes
+//! frame* = body_len:u32 crc32c(body):u32 body                 see [`record`]
+//! body   = offset:u64 timestamp_ms:i64 key_len:i32 (-1 = none) key
+//!          value_len:u32 value header_count:u16
+//!          (name_len:u16 name value_len:u32 value)*
+//! ```
+//! A segment is sealed when the next append would pass `segment_bytes_max`; its index
+//! files are then written (see [`segment::encode_offset_index`] and
+//! [`segment::encode_time_index`]: magic, version, base offset, entries, trailing
+//! CRC32C). Index files are a cache: when missing, damaged or stale they are rebuilt
+//! from the segment. The offset index has an entry every `index_interval_bytes` of
+//! frames; the time index, at those same points, the largest timestamp so far.
+//!
+//! # Group offsets file (`groups/<group>.offsets`)
+//! ```text
+//! header = "HIFIGRP" version:u8                                  8 bytes
+//! entry* = body_len:u32 crc32c(body):u32 body
+//! body   = topic_len:u16 topic partition:u32 offset:u64          (last entry wins)
+//! ```
+//!
+//! # Recovery
+//! On open, sealed segments are trusted to their index files (reads still verify every
+//! frame). The last segment is scanned in full: a torn tail (a frame cut short, zeroes,
+//! garbage with no valid frame after it) is truncated back to the last good record and
+//! counted; a bad frame *followed by* good frames is damage in the middle and is kept,
+//! never read as data. A directory is fsync'd after every segment is created or deleted.
+//!
+//! # Limits
+//! See [`LogConfig`]: record size, segment size, open partitions (threads and files),
+//! queued appends, group-commit size, read batch. Every one has a default.
+
+pub mod config;
+mod embedded;
+mod groups;
+mod partition;
+pub mod record;
+pub mod segment;
+pub mod storage;
+pub mod verify;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use config::{FsyncPolicy, LogConfig, Retention};
+pub use embedded::EmbeddedLog;
+pub use record::{Header, Record, StoredRecord};
+
+/// What to create: a topic with a partition count and, optionally, its own retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name: 1..=200 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    pub name: String,
+    /// Number of partitions (1..=10 000).
+    pub partitions: u32,
+    /// Retention; `None` takes the log's default.
+    pub retention: Option<Retention>,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions and the default retention.
+    pub fn new(name: impl Into<String>, partitions: u32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            retention: None,
+        }
+    }
+}
+
+/// How much one read may return and how long it may wait for new records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// At most this many records.
+    pub max_records: usize,
+    /// At most about this many bytes (one record is returned even if larger).
+    pub max_bytes: usize,
+    /// When no record is there yet, wait up to this long for one (long-poll).
+    pub wait: Duration,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Everything that can go wrong in the log layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The topic was never created.
+    #[error("topic {topic:?} does not exist")]
+    TopicNotFound { topic: String },
+    /// The partition number is beyond the topic's partitions.
+    #[error("topic {topic:?} has {partitions} partitions; there is no partition {partition}")]
+    PartitionNotFound {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    /// A topic or group name that cannot be used.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    /// The topic exists with another partition count.
+    #[error("topic {topic:?} exists with {existing} partitions, not {requested}")]
+    PartitionCountMismatch {
+        topic: String,
+        existing: u32,
+        requested: u32,
+    },
+    /// Bad argument (e.g. zero partitions, an empty append).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A record larger than `record_bytes_max`; nothing of the append was written.
+    #[error("record of {bytes} bytes is larger than record_bytes_max ({max} bytes)")]
+    RecordTooLarge { bytes: usize, max: usize },
+    /// Reading outside `start..=end` (the start moves with retention).
+    #[error("offset {requested} is out of range for {topic}/{partition}: valid offsets are {start}..={end}")]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        requested: u64,
+        start: u64,
+        end: u64,
+    },
+    /// A stored record failed verification; nothing at or after it was returned.
+    #[error("corruption in {topic}/{partition}, segment {}, at offset {offset} (byte {position}): {reason}", segment.display())]
+    Corruption {
+        topic: String,
+        partition: u32,
+        segment: PathBuf,
+        offset: u64,
+        position: u64,
+        reason: String,
+    },
+    /// The disk is full; nothing of this append was acknowledged or kept.
+    #[error("disk full while appending to {topic}/{partition}; nothing of this append was kept")]
+    NoSpace { topic: String, partition: u32 },
+    /// An I/O error that did not compromise acknowledged data.
+    #[error("I/O error {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// The partition hit an unrecoverable error (failed fsync) and acknowledges nothing
+    /// more until the process restarts and recovers it.
+    #[error("{topic}/{partition} has failed ({reason}); it acknowledges nothing more; restart to recover")]
+    Failed {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+    /// Too many partitions open.
+    #[error("partitions_max ({max}) reached; raise it or use fewer partitions")]
+    TooManyPartitions { max: usize },
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A copy for handing the same failure to several waiters (`io::Error` is not
+    /// `Clone`; its kind and message are kept).
+    pub(crate) fn clone_kind(&self) -> Self {
+        match self {
+            LogError::Io { context, source } => LogError::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            LogError::NoSpace { topic, partition } => LogError::NoSpace {
+                topic: topic.clone(),
+                partition: *partition,
+            },
+            LogError::Failed {
+                topic,
+                partition,
+                reason,
+            } => LogError::Failed {
+                topic: topic.clone(),
+                partition: *partition,
+                reason: reason.clone(),
+            },
+            other => LogError::Invalid(other.to_string()),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed (disk full, transient I/O).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::NoSpace { .. } | LogError::Io { .. })
+    }
+}
+
+/// Why a log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process has the data directory open.
+    #[error("{} is in use by another process (lock file {}); stop it first", dir.display(), dir.join("hifi.lock").display())]
+    Locked { dir: PathBuf },
+    /// A segment that cannot be recovered automatically.
+    #[error("cannot open segment {}: {reason}", path.display())]
+    BadSegment { path: PathBuf, reason: String },
+    /// A topic folder whose metadata cannot be read.
+    #[error("cannot open topic at {}: {reason}", path.display())]
+    BadTopic { path: PathBuf, reason: String },
+    /// The configuration is out of bounds.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    /// The file system failed.
+    #[error("I/O error {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the whole log, for metrics.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records acknowledged.
+    pub appended_records_total: AtomicU64,
+    /// Bytes of frames acknowledged.
+    pub appended_bytes_total: AtomicU64,
+    /// fsync calls on segment data.
+    pub fsyncs_total: AtomicU64,
+    /// Reads stopped by a record that failed verification.
+    pub corruptions_total: AtomicU64,
+    /// Torn tails truncated at open.
+    pub torn_tails_total: AtomicU64,
+    /// Bytes cut from torn tails at open.
+    pub torn_tail_bytes_total: AtomicU64,
+    /// Damaged regions found at open (kept, never read as data).
+    pub damaged_regions_total: AtomicU64,
+    /// Segments deleted by retention.
+    pub segments_deleted_total: AtomicU64,
+    /// Partitions that failed (fsync error) since start.
+    pub failed_partitions: AtomicU64,
+}
+
+impl LogStats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Where one topic-partition's offsets stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// The oldest offset still stored (moves forward with retention).
+    pub start: u64,
+    /// The offset the next record will get (the high watermark).
+    pub end: u64,
+}
+
+/// A durable, partitioned, append-only record log: the engine interface.
+///
+/// Implemented by [`EmbeddedLog`] (and later by the Kafka engine). All methods are
+/// cancel-safe in the sense that dropping a future never corrupts the log; a dropped
+/// `append` may or may not have written its records (at-least-once).
+#[async_trait::async_trait]
+pub trait Log: Send + Sync + std::fmt::Debug {
+    /// Creates the topic if it does not exist (idempotent); fails if it exists with
+    /// another partition count. Returns the partition count.
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32, LogError>;
+
+    /// The partition count of an existing topic.
+    async fn partitions(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// Appends records to one partition; returns their offsets (contiguous) once they
+    /// are durable. All or nothing: on error none of them is acknowledged.
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<Range<u64>, LogError>;
+
+    /// Reads verified records from `from`; when none is there yet, waits up to
+    /// `limits.wait` for one. Returns an empty vector when the wait ends without data.
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<StoredRecord>, LogError>;
+
+    /// The start and end offsets of a partition.
+    async fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, LogError>;
+
+    /// Durably records `offset` as the group's position (the next offset to process).
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), LogError>;
+
+    /// The group's committed position, if any.
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError>;
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None`
+    /// when every record is older.
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, LogError>;
+}
+
+/// Checks a topic or group name: 1..=200 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), LogError> {
+    let bad = |reason| {
+        Err(LogError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 200 {
+        return bad("must be 1 to 200 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("must not be . or ..");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("may only contain letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}

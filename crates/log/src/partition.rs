@@ -1,0 +1,991 @@
+//! One topic-partition of the embedded log: recovery on open, the writer thread that does
+//! group commit, verified reads with long-poll, offset-for-time and retention.
+//!
+//! # Group commit
+//! Each partition has one writer thread fed by a bounded queue. The thread takes every
+//! append request that is waiting (up to `group_commit_bytes_max`), encodes them into one
+//! buffer, writes it with one positional write and makes it durable with one `fdatasync`,
+//! then answers all of them. Requests that arrive while an fsync runs wait in the queue
+//! and go into the next one: no appender waits more than one fsync behind.
+//!
+//! # Visibility
+//! Readers see records only up to the *high watermark*: the end of the last write that
+//! is durable under the fsync policy. A record that could vanish in a crash is never
+//! handed to a reader (so an origin offset is never reused for a different event).
+//!
+//! # Failure
+//! A failed `fdatasync` marks the partition failed: the pending appenders get an error,
+//! every later append fails at once, and it is never retried (the page cache may have
+//! dropped the data; see "fsyncgate"). A failed write (e.g. disk full) truncates the
+//! segment back to its last good length and answers an error; nothing already
+//! acknowledged is touched and later appends may succeed.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::config::{FsyncPolicy, LogConfig, Retention};
+use crate::record::{decode_frame, encode_frame, Frame, Record, StoredRecord, FRAME_HEADER_BYTES};
+use crate::segment::{
+    check_header, encode_offset_index, encode_time_index, load_indexes, parse_segment_name,
+    scan_segment, segment_header, segment_path, HeaderError, Indexer, Indexes, ScanOptions,
+    ScanOutcome, SegmentSummary, SEGMENT_HEADER_BYTES,
+};
+use crate::storage::{read_exact_at, write_file_atomic, SegmentFile, Storage};
+use crate::{LogError, LogStats, OpenError};
+
+/// What readers may see of one segment.
+#[derive(Debug)]
+pub(crate) struct SegmentView {
+    /// Offset of the segment's first record (also its file name).
+    pub(crate) base: u64,
+    /// Path of the `.log` file (named in corruption errors).
+    pub(crate) path: PathBuf,
+    /// The open file; readers use positional reads on it.
+    pub(crate) file: Arc<dyn SegmentFile>,
+    /// Readers may read frames below this byte position.
+    pub(crate) visible_bytes: u64,
+    /// Offset after the last visible record.
+    pub(crate) next_offset: u64,
+    /// Largest timestamp of the visible records (`i64::MIN` when empty).
+    pub(crate) max_timestamp_ms: i64,
+    /// Sparse indexes of the visible records.
+    pub(crate) indexes: Indexes,
+}
+
+/// State shared by the writer thread and readers.
+#[derive(Debug)]
+pub(crate) struct PartitionShared {
+    /// Topic name (for errors and logs).
+    pub(crate) topic: String,
+    /// Partition number.
+    pub(crate) partition: u32,
+    /// The partition's directory.
+    pub(crate) dir: PathBuf,
+    /// Segments, oldest first; never empty. The writer updates it after each commit.
+    pub(crate) view: RwLock<Vec<SegmentView>>,
+    /// The high watermark: offset after the last visible record. Long-polling readers
+    /// wait for it to change.
+    pub(crate) high_watermark: watch::Sender<u64>,
+    /// Set once an unrecoverable I/O error happened; appends then fail at once.
+    pub(crate) failed: Mutex<Option<String>>,
+    /// Limits and policies.
+    pub(crate) config: Arc<LogConfig>,
+    /// Counters shared with the whole log.
+    pub(crate) stats: Arc<LogStats>,
+}
+
+/// A request to the writer thread.
+#[derive(Debug)]
+pub(crate) enum WriterMsg {
+    /// Append these records; answer with their offsets once durable.
+    Append {
+        records: Vec<Record>,
+        bytes: usize,
+        reply: oneshot::Sender<Result<Range<u64>, LogError>>,
+    },
+    /// Make written data durable now (the `interval` fsync policy's timer).
+    Sync,
+    /// Delete segments outside the retention limits.
+    Retention {
+        retention: Retention,
+        now_ms: i64,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// Sync and stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+impl PartitionShared {
+    fn err_failed(&self, reason: &str) -> LogError {
+        LogError::Failed {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            reason: reason.to_owned(),
+        }
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), LogError> {
+        match self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+        {
+            Some(reason) => Err(self.err_failed(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// (log start offset, high watermark).
+    pub(crate) fn offsets(&self) -> (u64, u64) {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        (view[0].base, view[view.len() - 1].next_offset)
+    }
+
+    /// Segment count and bytes, for gauges.
+    pub(crate) fn size(&self) -> (usize, u64) {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        (view.len(), view.iter().map(|s| s.visible_bytes).sum())
+    }
+
+    fn corruption(&self, path: &Path, offset: u64, position: u64, reason: &str) -> LogError {
+        self.stats.corruptions_total.fetch_add(1, Ordering::Relaxed);
+        error!(topic = %self.topic, partition = self.partition, segment = %path.display(),
+            offset, position, reason, "corrupt record; reads stop here");
+        LogError::Corruption {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            segment: path.to_path_buf(),
+            offset,
+            position,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Reads verified records from `from` (blocking I/O; call from a blocking thread).
+    pub(crate) fn read_blocking(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        self.scan_from(from, |rec, frame_bytes| {
+            if rec.offset >= from {
+                bytes += frame_bytes;
+                out.push(rec);
+            }
+            out.len() < max_records && bytes < max_bytes
+        })?;
+        Ok(out)
+    }
+
+    /// Walks verified records of the segment holding `from`, starting at or before it,
+    /// calling `visit(record, frame_bytes)` until it returns false or the segment's
+    /// visible end is reached.
+    fn scan_from(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(StoredRecord, usize) -> bool,
+    ) -> Result<(), LogError> {
+        let (file, path, mut expected, mut pos, bound) = {
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            let (start, end) = (view[0].base, view[view.len() - 1].next_offset);
+            if from < start || from > end {
+                return Err(LogError::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    requested: from,
+                    start,
+                    end,
+                });
+            }
+            if from == end {
+                return Ok(());
+            }
+            let seg = &view[view.partition_point(|s| s.base <= from) - 1];
+            if from >= seg.next_offset {
+                return Err(self.corruption(
+                    &seg.path,
+                    from,
+                    seg.visible_bytes,
+                    "records missing between segments",
+                ));
+            }
+            let (offset, pos) = seg.indexes.position_for(seg.base, from);
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                offset,
+                pos,
+                seg.visible_bytes,
+            )
+        };
+        let body_max = self.config.record_bytes_max;
+        let mut buf = Vec::new();
+        let mut buf_start = pos;
+        while pos < bound {
+            let have = (buf_start + buf.len() as u64).saturating_sub(pos) as usize;
+            let frame = if have >= FRAME_HEADER_BYTES {
+                decode_frame(&buf[(pos - buf_start) as usize..], body_max)
+            } else {
+                Frame::Incomplete {
+                    needed: FRAME_HEADER_BYTES,
+                }
+            };
+            match frame {
+                Frame::Valid {
+                    offset,
+                    record,
+                    frame_bytes,
+                } if offset == expected => {
+                    pos += frame_bytes as u64;
+                    expected += 1;
+                    if !visit(StoredRecord { offset, record }, frame_bytes) {
+                        return Ok(());
+                    }
+                }
+                Frame::Incomplete { needed } => {
+                    let chunk = (needed.max(READ_CHUNK_BYTES) as u64).min(bound - pos) as usize;
+                    if chunk < needed {
+                        return Err(self.corruption(
+                            &path,
+                            expected,
+                            pos,
+                            "frame runs past the end of the data",
+                        ));
+                    }
+                    buf.resize(chunk, 0);
+                    read_exact_at(file.as_ref(), &mut buf, pos)
+                        .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+                    buf_start = pos;
+                }
+                Frame::Valid { .. } => {
+                    return Err(self.corruption(&path, expected, pos, "offset out of sequence"))
+                }
+                Frame::Invalid { reason } => {
+                    return Err(self.corruption(&path, expected, pos, reason))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first offset whose record timestamp is at least `ts` (blocking).
+    pub(crate) fn offset_for_time_blocking(&self, ts: i64) -> Result<Option<u64>, LogError> {
+        loop {
+            let hint = {
+                let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+                match view.iter().find(|s| s.max_timestamp_ms >= ts) {
+                    Some(seg) => seg.indexes.offset_for_time_hint(seg.base, ts),
+                    None => return Ok(None),
+                }
+            };
+            let mut found = None;
+            let mut last = hint;
+            self.scan_from(hint, |rec, _| {
+                last = rec.offset;
+                if rec.offset >= hint && rec.record.timestamp_ms >= ts {
+                    found = Some(rec.offset);
+                    return false;
+                }
+                true
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+            // Retention may have moved the segment under us; look again from the top.
+            if last < self.offsets().0 {
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+}
+
+/// How much a read pulls from the file at once.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Opens (recovering as needed) or creates the partition in `dir`.
+pub(crate) fn open_partition(
+    storage: Arc<dyn Storage>,
+    config: Arc<LogConfig>,
+    stats: Arc<LogStats>,
+    topic: &str,
+    partition: u32,
+    dir: PathBuf,
+) -> Result<(Arc<PartitionShared>, Writer), OpenError> {
+    let ioe = |what: &str, e| OpenError::Io {
+        context: format!("{what} {}", dir.display()),
+        source: e,
+    };
+    storage
+        .create_dir_all(&dir)
+        .map_err(|e| ioe("creating", e))?;
+    let mut bases = Vec::new();
+    for path in storage.list_dir(&dir).map_err(|e| ioe("listing", e))? {
+        if let Some(base) = parse_segment_name(&path) {
+            bases.push(base);
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            storage
+                .remove_file(&path)
+                .map_err(|e| ioe("removing stale temporary file in", e))?;
+        }
+    }
+    bases.sort_unstable();
+    if bases.is_empty() {
+        create_segment(storage.as_ref(), &dir, 0)
+            .map_err(|e| ioe("creating first segment in", e))?;
+        bases.push(0);
+    }
+    let opts = ScanOptions {
+        body_max: config.record_bytes_max,
+        index_interval_bytes: config.index_interval_bytes,
+        resync: true,
+    };
+    let ctx = RecoveryCtx {
+        storage: storage.as_ref(),
+        stats: &stats,
+        topic,
+        partition,
+        dir: &dir,
+        opts,
+    };
+    let mut view = Vec::with_capacity(bases.len());
+    for (i, &base) in bases.iter().enumerate() {
+        let next_base = bases.get(i + 1).copied();
+        view.push(match next_base {
+            Some(_) => ctx.open_sealed(base)?,
+            None => ctx.open_last(base)?,
+        });
+        if let (Some(next), Some(seg)) = (next_base, view.last()) {
+            if seg.next_offset > next {
+                return Err(OpenError::BadSegment {
+                    path: seg.path.clone(),
+                    reason: format!(
+                        "records run to offset {} but the next segment starts at {next}",
+                        seg.next_offset
+                    ),
+                });
+            }
+            if seg.next_offset < next {
+                stats.damaged_regions_total.fetch_add(1, Ordering::Relaxed);
+                error!(topic, partition, segment = %seg.path.display(), missing_from = seg.next_offset,
+                    missing_to = next, "records missing between segments; reads stop there");
+            }
+        }
+    }
+    let last = view.last().expect("at least one segment");
+    let hw = last.next_offset;
+    let writer_state = (
+        last.file.clone(),
+        last.base,
+        last.visible_bytes,
+        last.next_offset,
+    );
+    let indexer = {
+        let out = ScanOutcome {
+            valid_bytes: last.visible_bytes,
+            max_timestamp_ms: last.max_timestamp_ms,
+            indexes: last.indexes.clone(),
+            ..ScanOutcome::default()
+        };
+        Indexer::resume(config.index_interval_bytes, &out)
+    };
+    let shared = Arc::new(PartitionShared {
+        topic: topic.to_owned(),
+        partition,
+        dir,
+        view: RwLock::new(view),
+        high_watermark: watch::Sender::new(hw),
+        failed: Mutex::new(None),
+        config: config.clone(),
+        stats,
+    });
+    let writer = Writer {
+        shared: shared.clone(),
+        storage,
+        active_file: writer_state.0,
+        active_base: writer_state.1,
+        written_bytes: writer_state.2,
+        next_offset: writer_state.3,
+        indexer,
+        unsynced: false,
+        last_sync: Instant::now(),
+        buf: Vec::new(),
+    };
+    Ok((shared, writer))
+}
+
+/// Everything recovery of one partition needs.
+struct RecoveryCtx<'a> {
+    storage: &'a dyn Storage,
+    stats: &'a LogStats,
+    topic: &'a str,
+    partition: u32,
+    dir: &'a Path,
+    opts: ScanOptions,
+}
+
+impl RecoveryCtx<'_> {
+    fn bad(&self, path: &Path, reason: impl Into<String>) -> OpenError {
+        OpenError::BadSegment {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io(&self, path: &Path, e: std::io::Error) -> OpenError {
+        OpenError::Io {
+            context: format!("recovering {}", path.display()),
+            source: e,
+        }
+    }
+
+    /// A sealed segment: trusted indexes when intact, otherwise a verifying scan.
+    fn open_sealed(&self, base: u64) -> Result<SegmentView, OpenError> {
+        let path = segment_path(self.dir, base, "log");
+        let file = self.storage.open(&path).map_err(|e| self.io(&path, e))?;
+        let len = match check_header(file.as_ref(), base) {
+            Ok(len) => len,
+            Err(HeaderError::Io(e)) => return Err(self.io(&path, e)),
+            Err(e) => return Err(self.bad(&path, e.to_string())),
+        };
+        if let Some((summary, indexes)) = load_indexes(self.storage, self.dir, base, len) {
+            return Ok(SegmentView {
+                base,
+                path,
+                file,
+                visible_bytes: summary.segment_bytes,
+                next_offset: summary.next_offset,
+                max_timestamp_ms: summary.max_timestamp_ms,
+                indexes,
+            });
+        }
+        let out =
+            scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
+        let clean = out.damage.is_empty() && out.torn_tail.is_none();
+        self.report_damage(&path, &out, false);
+        if clean {
+            let summary = summary_of(&out);
+            if let Err(e) = write_indexes(self.storage, self.dir, base, &summary, &out.indexes) {
+                warn!(segment = %path.display(), %e, "could not rewrite index files; they will be rebuilt next time");
+            }
+        }
+        Ok(view_of(base, path, file, &out, len))
+    }
+
+    /// The last (active) segment: always scanned; a torn tail is truncated.
+    fn open_last(&self, base: u64) -> Result<SegmentView, OpenError> {
+        let path = segment_path(self.dir, base, "log");
+        let file = self.storage.open(&path).map_err(|e| self.io(&path, e))?;
+        let len = match check_header(file.as_ref(), base) {
+            Ok(len) => len,
+            Err(HeaderError::Torn { len }) => {
+                warn!(topic = self.topic, partition = self.partition, segment = %path.display(), len,
+                    "segment header was cut short by a crash; rewriting it");
+                file.set_len(0).map_err(|e| self.io(&path, e))?;
+                file.write_all_at(&segment_header(base), 0)
+                    .map_err(|e| self.io(&path, e))?;
+                file.sync_data().map_err(|e| self.io(&path, e))?;
+                SEGMENT_HEADER_BYTES
+            }
+            Err(HeaderError::Io(e)) => return Err(self.io(&path, e)),
+            Err(e) => return Err(self.bad(&path, e.to_string())),
+        };
+        let out =
+            scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
+        self.report_damage(&path, &out, true);
+        if out.torn_tail.is_some() {
+            file.set_len(out.valid_bytes)
+                .map_err(|e| self.io(&path, e))?;
+            file.sync_data().map_err(|e| self.io(&path, e))?;
+        }
+        Ok(view_of(base, path, file, &out, out.valid_bytes))
+    }
+
+    fn report_damage(&self, path: &Path, out: &ScanOutcome, truncate_tail: bool) {
+        let (topic, partition) = (self.topic, self.partition);
+        for d in &out.damage {
+            self.stats
+                .damaged_regions_total
+                .fetch_add(1, Ordering::Relaxed);
+            error!(topic, partition, segment = %path.display(), offset = d.offset, position = d.position,
+                reason = d.reason, resumes_at = ?d.resumes_at, "corrupt records in the middle of a segment; reads stop there");
+        }
+        if let Some(t) = &out.torn_tail {
+            let cut = out.file_bytes - out.valid_bytes;
+            if truncate_tail {
+                self.stats.torn_tails_total.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .torn_tail_bytes_total
+                    .fetch_add(cut, Ordering::Relaxed);
+                warn!(topic, partition, segment = %path.display(), position = t.position, cut_bytes = cut,
+                    next_offset = t.offset, reason = t.reason, "torn tail truncated (records never acknowledged)");
+            } else {
+                self.stats
+                    .damaged_regions_total
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(topic, partition, segment = %path.display(), position = t.position, offset = t.offset,
+                    reason = t.reason, "sealed segment ends in damaged bytes; reads stop there");
+            }
+        }
+        if out.torn_tail.is_none() && out.damage.is_empty() && truncate_tail {
+            info!(topic, partition, segment = %path.display(), records = out.records, "recovered tail segment cleanly");
+        }
+    }
+}
+
+fn summary_of(out: &ScanOutcome) -> SegmentSummary {
+    SegmentSummary {
+        segment_bytes: out.file_bytes,
+        next_offset: out.next_offset,
+        max_timestamp_ms: out.max_timestamp_ms,
+        records: out.records,
+    }
+}
+
+fn view_of(
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn SegmentFile>,
+    out: &ScanOutcome,
+    visible: u64,
+) -> SegmentView {
+    SegmentView {
+        base,
+        path,
+        file,
+        visible_bytes: visible,
+        next_offset: out.next_offset,
+        max_timestamp_ms: out.max_timestamp_ms,
+        indexes: out.indexes.clone(),
+    }
+}
+
+fn write_indexes(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+    summary: &SegmentSummary,
+    idx: &Indexes,
+) -> std::io::Result<()> {
+    write_file_atomic(
+        storage,
+        &segment_path(dir, base, "index"),
+        &encode_offset_index(base, summary, idx),
+    )?;
+    write_file_atomic(
+        storage,
+        &segment_path(dir, base, "timeindex"),
+        &encode_time_index(base, idx),
+    )
+}
+
+/// Creates an empty segment (header only), durable with its directory entry.
+fn create_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    base: u64,
+) -> std::io::Result<Arc<dyn SegmentFile>> {
+    let path = segment_path(dir, base, "log");
+    // A leftover from a failed roll holds no acknowledged data (nothing was appended to it).
+    if storage.list_dir(dir)?.contains(&path) {
+        storage.remove_file(&path)?;
+    }
+    let file = storage.create_new(&path)?;
+    file.write_all_at(&segment_header(base), 0)?;
+    file.sync_data()?;
+    storage.sync_dir(dir)?;
+    Ok(file)
+}
+
+/// The writer thread's state: the only code that writes to a partition.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    /// What readers see; updated after each commit.
+    shared: Arc<PartitionShared>,
+    /// File system access.
+    storage: Arc<dyn Storage>,
+    /// The segment being appended to.
+    active_file: Arc<dyn SegmentFile>,
+    /// Its base offset.
+    active_base: u64,
+    /// Bytes written to it (all of them visible once the commit finishes).
+    written_bytes: u64,
+    /// Offset the next record gets.
+    next_offset: u64,
+    /// Builds the active segment's sparse indexes.
+    indexer: Indexer,
+    /// Whether data was written since the last fsync (`interval`/`never` policies).
+    unsynced: bool,
+    /// When the last fsync finished (`interval` policy).
+    last_sync: Instant,
+    /// Encoding buffer, reused across commits.
+    buf: Vec<u8>,
+}
+
+/// One append request inside a group commit.
+struct Pending {
+    records: Vec<Record>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Range<u64>, LogError>>,
+}
+
+impl Writer {
+    /// Runs until shut down or until every sender is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let group_max = self.shared.config.group_commit_bytes_max;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut others = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Append {
+                        records,
+                        bytes: b,
+                        reply,
+                    } => {
+                        bytes += b;
+                        batch.push(Pending {
+                            records,
+                            bytes: b,
+                            reply,
+                        });
+                    }
+                    other => others.push(other),
+                }
+                if bytes < group_max {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.append_batch(batch);
+            }
+            for msg in others {
+                match msg {
+                    WriterMsg::Sync => self.sync_if_dirty(),
+                    WriterMsg::Retention {
+                        retention,
+                        now_ms,
+                        reply,
+                    } => {
+                        self.apply_retention(retention, now_ms);
+                        if let Some(r) = reply {
+                            let _ = r.send(());
+                        }
+                    }
+                    WriterMsg::Shutdown { reply } => {
+                        self.sync_if_dirty();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    WriterMsg::Append { .. } => unreachable!("appends are batched above"),
+                }
+            }
+            if let FsyncPolicy::Interval(every) = self.shared.config.fsync {
+                if self.unsynced && self.last_sync.elapsed() >= every {
+                    self.sync_if_dirty();
+                }
+            }
+        }
+        self.sync_if_dirty();
+    }
+
+    fn fail(&self, reason: String) {
+        error!(topic = %self.shared.topic, partition = self.shared.partition, %reason,
+            "partition failed; no further appends will be acknowledged");
+        self.shared
+            .stats
+            .failed_partitions
+            .fetch_add(1, Ordering::Relaxed);
+        *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    fn sync_if_dirty(&mut self) {
+        if !self.unsynced || self.shared.check_failed().is_err() {
+            return;
+        }
+        self.shared
+            .stats
+            .fsyncs_total
+            .fetch_add(1, Ordering::Relaxed);
+        match self.active_file.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+            }
+            Err(e) => self.fail(format!("fsync failed: {e}")),
+        }
+    }
+
+    fn append_batch(&mut self, batch: Vec<Pending>) {
+        let seg_max = self.shared.config.segment_bytes_max;
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            if let Err(e) = self.shared.check_failed() {
+                for p in rest {
+                    let _ = p.reply.send(Err(e.clone_kind()));
+                }
+                return;
+            }
+            let active_has_data = self.written_bytes > SEGMENT_HEADER_BYTES;
+            let first_bytes = rest.peek().map_or(0, |p| p.bytes) as u64;
+            if active_has_data && self.written_bytes + first_bytes > seg_max {
+                if let Err(e) = self.roll() {
+                    for p in rest {
+                        let _ = p.reply.send(Err(e.clone_kind()));
+                    }
+                    return;
+                }
+                continue;
+            }
+            let mut group = Vec::new();
+            let mut group_bytes = 0u64;
+            while let Some(p) = rest.peek() {
+                let fits = self.written_bytes + group_bytes + p.bytes as u64 <= seg_max;
+                if !group.is_empty() && !fits {
+                    break;
+                }
+                group_bytes += p.bytes as u64;
+                group.push(rest.next().expect("peeked"));
+            }
+            self.commit_group(group);
+        }
+    }
+
+    /// Writes a group of requests with one write and (policy `always`) one fsync.
+    fn commit_group(&mut self, group: Vec<Pending>) {
+        self.buf.clear();
+        let pos0 = self.written_bytes;
+        let indexer_before = self.indexer.clone();
+        let mut new_idx = Indexes::default();
+        let mut max_ts = i64::MIN;
+        let mut offset = self.next_offset;
+        let mut ranges = Vec::with_capacity(group.len());
+        for p in &group {
+            let first = offset;
+            for rec in &p.records {
+                let at = pos0 + self.buf.len() as u64;
+                let before = self.buf.len();
+                encode_frame(&mut self.buf, offset, rec);
+                let frame_bytes = (self.buf.len() - before) as u64;
+                self.indexer.add(
+                    &mut new_idx,
+                    self.active_base,
+                    offset,
+                    at,
+                    frame_bytes,
+                    rec.timestamp_ms,
+                );
+                max_ts = max_ts.max(rec.timestamp_ms);
+                offset += 1;
+            }
+            ranges.push(first..offset);
+        }
+        if let Err(e) = self.write_and_sync(pos0) {
+            self.indexer = indexer_before;
+            for p in group {
+                let _ = p.reply.send(Err(e.clone_kind()));
+            }
+            return;
+        }
+        self.written_bytes += self.buf.len() as u64;
+        self.next_offset = offset;
+        self.publish(new_idx, max_ts);
+        let stats = &self.shared.stats;
+        stats
+            .appended_records_total
+            .fetch_add(offset - ranges[0].start, Ordering::Relaxed);
+        stats
+            .appended_bytes_total
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        for (p, range) in group.into_iter().zip(ranges) {
+            let _ = p.reply.send(Ok(range));
+        }
+    }
+
+    /// Writes `self.buf` at `pos0` and syncs it per policy. On a failed write the segment
+    /// is cut back to `pos0`; on a failed fsync the partition is marked failed.
+    fn write_and_sync(&mut self, pos0: u64) -> Result<(), LogError> {
+        let (topic, partition) = (self.shared.topic.clone(), self.shared.partition);
+        if let Err(e) = self.active_file.write_all_at(&self.buf, pos0) {
+            let kind = e.kind();
+            if let Err(e2) = self.active_file.set_len(pos0) {
+                let reason = format!("write failed ({e}) and truncating back failed ({e2})");
+                self.fail(reason.clone());
+                return Err(LogError::Failed {
+                    topic,
+                    partition,
+                    reason,
+                });
+            }
+            warn!(%topic, partition, error = %e, "append failed; segment cut back to its last good length");
+            return Err(if kind == std::io::ErrorKind::StorageFull {
+                LogError::NoSpace { topic, partition }
+            } else {
+                LogError::io(format!("appending to {topic}/{partition}"), e)
+            });
+        }
+        match self.shared.config.fsync {
+            FsyncPolicy::Always => {
+                self.shared
+                    .stats
+                    .fsyncs_total
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.active_file.sync_data() {
+                    let reason = format!("fsync failed: {e}");
+                    self.fail(reason.clone());
+                    return Err(LogError::Failed {
+                        topic,
+                        partition,
+                        reason,
+                    });
+                }
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.unsynced = true,
+        }
+        Ok(())
+    }
+
+    /// Makes the committed group visible to readers and wakes long-polls.
+    fn publish(&mut self, new_idx: Indexes, max_ts: i64) {
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+            let seg = view.last_mut().expect("at least one segment");
+            seg.visible_bytes = self.written_bytes;
+            seg.next_offset = self.next_offset;
+            seg.max_timestamp_ms = seg.max_timestamp_ms.max(max_ts);
+            seg.indexes.offsets.extend(new_idx.offsets);
+            seg.indexes.times.extend(new_idx.times);
+        }
+        self.shared.high_watermark.send_replace(self.next_offset);
+    }
+
+    /// Seals the active segment (durable, with index files) and starts a new one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let (topic, partition) = (self.shared.topic.clone(), self.shared.partition);
+        if self.unsynced {
+            self.sync_if_dirty();
+            self.shared.check_failed()?;
+        }
+        let (summary, idx) = {
+            let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
+            let seg = view.last().expect("at least one segment");
+            let summary = SegmentSummary {
+                segment_bytes: seg.visible_bytes,
+                next_offset: seg.next_offset,
+                max_timestamp_ms: seg.max_timestamp_ms,
+                records: seg.next_offset - seg.base,
+            };
+            (summary, seg.indexes.clone())
+        };
+        let dir = self.shared.dir.clone();
+        if let Err(e) = write_indexes(
+            self.storage.as_ref(),
+            &dir,
+            self.active_base,
+            &summary,
+            &idx,
+        ) {
+            warn!(%topic, partition, %e, "could not write index files; they will be rebuilt on open");
+        }
+        let base = self.next_offset;
+        let file = create_segment(self.storage.as_ref(), &dir, base).map_err(|e| {
+            LogError::io(format!("creating segment {base} of {topic}/{partition}"), e)
+        })?;
+        self.active_file = file.clone();
+        self.active_base = base;
+        self.written_bytes = SEGMENT_HEADER_BYTES;
+        self.indexer = Indexer::new(self.shared.config.index_interval_bytes);
+        let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+        view.push(SegmentView {
+            base,
+            path: segment_path(&dir, base, "log"),
+            file,
+            visible_bytes: SEGMENT_HEADER_BYTES,
+            next_offset: base,
+            max_timestamp_ms: i64::MIN,
+            indexes: Indexes::default(),
+        });
+        Ok(())
+    }
+
+    /// Deletes whole sealed segments that are older than the age limit or beyond the size
+    /// limit (oldest first). The active segment is never deleted.
+    fn apply_retention(&mut self, retention: Retention, now_ms: i64) {
+        let mut doomed = Vec::new();
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+            let mut total: u64 = view.iter().map(|s| s.visible_bytes).sum();
+            while view.len() > 1 {
+                let seg = &view[0];
+                let too_old = retention.age.is_some_and(|age| {
+                    seg.max_timestamp_ms < now_ms.saturating_sub(age.as_millis() as i64)
+                });
+                let too_big = retention
+                    .bytes
+                    .is_some_and(|max| total - seg.visible_bytes >= max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= seg.visible_bytes;
+                doomed.push(view.remove(0));
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let dir = self.shared.dir.clone();
+        for seg in &doomed {
+            for ext in ["log", "index", "timeindex"] {
+                let path = segment_path(&dir, seg.base, ext);
+                if let Err(e) = self.storage.remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(path = %path.display(), %e, "could not delete segment file");
+                    }
+                }
+            }
+            self.shared
+                .stats
+                .segments_deleted_total
+                .fetch_add(1, Ordering::Relaxed);
+            info!(topic = %self.shared.topic, partition = self.shared.partition, base = seg.base,
+                next_offset = seg.next_offset, "retention deleted segment");
+        }
+        if let Err(e) = self.storage.sync_dir(&dir) {
+            warn!(dir = %dir.display(), %e, "fsync of directory after deleting segments failed");
+        }
+    }
+}
+
+/// A partition's handle inside the log: its shared state and its writer's queue.
+#[derive(Debug)]
+pub(crate) struct PartitionHandle {
+    /// State readers use.
+    pub(crate) shared: Arc<PartitionShared>,
+    /// The writer thread's queue (bounded: `append_queue_max` requests).
+    pub(crate) tx: mpsc::Sender<WriterMsg>,
+    /// The writer thread, joined on close.
+    pub(crate) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl PartitionHandle {
+    pub(crate) fn start(shared: Arc<PartitionShared>, writer: Writer) -> Result<Self, OpenError> {
+        let (tx, rx) = mpsc::channel(shared.config.append_queue_max);
+        let name = format!("hifi-w-{}-{}", shared.topic, shared.partition);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OpenError::Io {
+                context: "starting a writer thread".into(),
+                source: e,
+            })?;
+        Ok(PartitionHandle {
+            shared,
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Asks the writer to sync and stop, then waits for it.
+    pub(crate) async fn shutdown(&self, timeout: Duration) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(WriterMsg::Shutdown { reply }).await.is_ok() {
+            let _ = tokio::time::timeout(timeout, done).await;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
