@@ -65,6 +65,7 @@ mod partition;
 pub mod record;
 pub mod segment;
 pub mod storage;
+pub mod testing;
 pub mod verify;
 
 use std::ops::Range;

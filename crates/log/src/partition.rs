@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{FsyncPolicy, LogConfig, Retention};
 use crate::record::{decode_frame, encode_frame, Frame, Record, StoredRecord, FRAME_HEADER_BYTES};
@@ -135,9 +135,6 @@ impl PartitionShared {
     }
 
     fn corruption(&self, path: &Path, offset: u64, position: u64, reason: &str) -> LogError {
-        self.stats.corruptions_total.fetch_add(1, Ordering::Relaxed);
-        error!(topic = %self.topic, partition = self.partition, segment = %path.display(),
-            offset, position, reason, "corrupt record; reads stop here");
         LogError::Corruption {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -148,7 +145,26 @@ impl PartitionShared {
         }
     }
 
+    /// Counts and logs a corruption that stops a reader.
+    fn report(&self, e: LogError) -> LogError {
+        if let LogError::Corruption {
+            segment,
+            offset,
+            position,
+            reason,
+            ..
+        } = &e
+        {
+            self.stats.corruptions_total.fetch_add(1, Ordering::Relaxed);
+            error!(topic = %self.topic, partition = self.partition, segment = %segment.display(),
+                offset, position, reason, "corrupt record; reads stop here");
+        }
+        e
+    }
+
     /// Reads verified records from `from` (blocking I/O; call from a blocking thread).
+    /// Records before a damaged one are returned; the damaged one itself is an error
+    /// once it is the first to return.
     pub(crate) fn read_blocking(
         &self,
         from: u64,
@@ -157,14 +173,18 @@ impl PartitionShared {
     ) -> Result<Vec<StoredRecord>, LogError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        self.scan_from(from, |rec, frame_bytes| {
+        let result = self.scan_from(from, |rec, frame_bytes| {
             if rec.offset >= from {
                 bytes += frame_bytes;
                 out.push(rec);
             }
             out.len() < max_records && bytes < max_bytes
-        })?;
-        Ok(out)
+        });
+        match result {
+            Ok(()) => Ok(out),
+            Err(LogError::Corruption { .. }) if !out.is_empty() => Ok(out),
+            Err(e) => Err(self.report(e)),
+        }
     }
 
     /// Walks verified records of the segment holding `from`, starting at or before it,
@@ -277,7 +297,8 @@ impl PartitionShared {
                     return false;
                 }
                 true
-            })?;
+            })
+            .map_err(|e| self.report(e))?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -518,7 +539,7 @@ impl RecoveryCtx<'_> {
             }
         }
         if out.torn_tail.is_none() && out.damage.is_empty() && truncate_tail {
-            info!(topic, partition, segment = %path.display(), records = out.records, "recovered tail segment cleanly");
+            debug!(topic, partition, segment = %path.display(), records = out.records, "recovered tail segment cleanly");
         }
     }
 }

@@ -156,18 +156,29 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// Up to `want` bytes at `pos` (fewer only at the end of the file).
-    fn at(&mut self, pos: u64, want: usize) -> io::Result<&[u8]> {
-        let want = want.min((self.len.saturating_sub(pos)) as usize);
+    /// The buffered bytes from `pos` on, at least `min` of them (fewer only at the end of
+    /// the file). Refills only when the buffer does not hold `min` bytes at `pos`.
+    fn at(&mut self, pos: u64, min: usize) -> io::Result<&[u8]> {
+        let min = min.min(self.len.saturating_sub(pos) as usize);
         let end = self.start + self.buf.len() as u64;
-        if pos < self.start || pos + want as u64 > end {
-            let n = want.max(SCAN_CHUNK_BYTES).min((self.len - pos) as usize);
+        if pos < self.start || pos + min as u64 > end {
+            let n = min.max(SCAN_CHUNK_BYTES).min((self.len - pos) as usize);
             self.buf.resize(n, 0);
             crate::storage::read_exact_at(self.file, &mut self.buf, pos)?;
             self.start = pos;
         }
-        let from = (pos - self.start) as usize;
-        Ok(&self.buf[from..from + want])
+        Ok(&self.buf[(pos - self.start) as usize..])
+    }
+
+    /// Decodes the frame at `pos`, reading more when the buffer ends inside it.
+    fn frame(&mut self, pos: u64, body_max: usize) -> io::Result<Frame> {
+        let frame = decode_frame(self.at(pos, FRAME_HEADER_BYTES)?, body_max);
+        match frame {
+            Frame::Incomplete { needed } if pos + needed as u64 <= self.len => {
+                Ok(decode_frame(self.at(pos, needed)?, body_max))
+            }
+            other => Ok(other),
+        }
     }
 }
 
@@ -212,9 +223,8 @@ pub fn scan_segment_with(
     let mut win = Window::new(file, file_len);
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut indexer = Indexer::new(opts.index_interval_bytes);
-    let frame_max = FRAME_HEADER_BYTES + opts.body_max;
     while pos < file_len {
-        let frame = decode_frame(win.at(pos, frame_max)?, opts.body_max);
+        let frame = win.frame(pos, opts.body_max)?;
         let problem = match frame {
             Frame::Valid {
                 offset,
@@ -283,7 +293,6 @@ fn resync(
     body_max: usize,
 ) -> io::Result<Option<(u64, u64)>> {
     let len = win.len;
-    let frame_max = FRAME_HEADER_BYTES + body_max;
     let mut pos = from;
     while pos + FRAME_MIN_BYTES as u64 <= len {
         let head = win.at(pos, FRAME_HEADER_BYTES + 8)?;
@@ -291,7 +300,7 @@ fn resync(
         let offset = peek_offset(head).unwrap_or(0);
         let max_plausible = expected + (pos - from) / FRAME_MIN_BYTES as u64 + 1;
         if body_len <= body_max && offset >= expected && offset <= max_plausible {
-            if let Frame::Valid { offset, .. } = decode_frame(win.at(pos, frame_max)?, body_max) {
+            if let Frame::Valid { offset, .. } = win.frame(pos, body_max)? {
                 return Ok(Some((pos, offset)));
             }
         }

@@ -1,0 +1,304 @@
+//! Torn tails and flipped bits, checked exactly: what recovery keeps, what `verify`
+//! reports, and what reads return.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use hifi_log::segment::SEGMENT_HEADER_BYTES;
+use hifi_log::verify::{dump, verify_dir, Problem};
+use hifi_log::{Log, LogError, LogStats, ReadLimits, Record};
+use rand::{Rng, SeedableRng};
+use support::*;
+
+const RECORDS: u64 = 120;
+
+/// A log with one topic-partition over several segments; returns the records.
+async fn build(dir: &Path) -> Vec<Record> {
+    let log = open(dir, small_segments()).await;
+    topic(&log, "t", 1).await;
+    let recs: Vec<Record> = (0..RECORDS).map(record).collect();
+    for r in &recs {
+        log.append("t", 0, vec![r.clone()]).await.unwrap();
+    }
+    log.close().await;
+    recs
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> = std::fs::read_dir(dir.join("topics/t/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    s.sort();
+    s
+}
+
+fn base_of(seg: &Path) -> u64 {
+    seg.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Byte positions where each record of the segment starting at `base` ends.
+fn frame_ends(recs: &[Record], base: u64, upto: u64) -> Vec<u64> {
+    let mut pos = SEGMENT_HEADER_BYTES;
+    (base..upto)
+        .map(|i| {
+            pos += recs[i as usize].frame_bytes() as u64;
+            pos
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in walk(from) {
+        let rel = e.strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.file_name().unwrap() != "hifi.lock" {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
+    let pristine = tempfile::tempdir().unwrap();
+    let recs = build(pristine.path()).await;
+    let last = segments(pristine.path()).pop().unwrap();
+    let base = base_of(&last);
+    let ends = frame_ends(&recs, base, RECORDS);
+    let len = std::fs::metadata(&last).unwrap().len();
+    assert_eq!(*ends.last().unwrap(), len);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut cuts: Vec<u64> = (0..25)
+        .map(|_| rng.gen_range(SEGMENT_HEADER_BYTES..len))
+        .collect();
+    cuts.extend([0, 5, SEGMENT_HEADER_BYTES, ends[0], ends[0] + 1, len - 1]);
+    for cut in cuts {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), dir.path());
+        let seg = dir.path().join(last.strip_prefix(pristine.path()).unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
+        let on_boundary = cut == SEGMENT_HEADER_BYTES || ends.contains(&cut);
+
+        let report = &verify_dir(dir.path(), 1 << 20).unwrap()[0];
+        assert_eq!(report.records, base + whole, "cut {cut}");
+        match (on_boundary, report.problems.as_slice()) {
+            (true, []) => {}
+            (false, [Problem::TornTail { .. }]) => {}
+            other => panic!("cut {cut}: unexpected verify result {other:?}"),
+        }
+
+        let log = open(dir.path(), small_segments()).await;
+        let got = read_all(&log, "t", 0).await;
+        assert_eq!(got.len() as u64, base + whole, "cut {cut}");
+        for r in &got {
+            assert_eq!(r.record, recs[r.offset as usize]);
+        }
+        let torn = LogStats::get(&log.stats().torn_tails_total);
+        assert_eq!(
+            torn,
+            u64::from(!on_boundary && cut >= SEGMENT_HEADER_BYTES),
+            "cut {cut}"
+        );
+        // Appending continues right after the last good record, and the file is clean.
+        assert_eq!(
+            log.append("t", 0, vec![record(500)]).await.unwrap().start,
+            base + whole
+        );
+        log.close().await;
+        drop(log);
+        assert!(
+            verify_dir(dir.path(), 1 << 20).unwrap()[0]
+                .problems
+                .is_empty(),
+            "cut {cut}"
+        );
+    }
+}
+
+fn flip(path: &Path, pos: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[pos as usize] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = build(dir.path()).await;
+    let last = segments(dir.path()).pop().unwrap();
+    let base = base_of(&last);
+    let ends = frame_ends(&recs, base, RECORDS);
+    let last_frame_start = ends[ends.len() - 2];
+    flip(&last, last_frame_start + 20);
+
+    let problems = &verify_dir(dir.path(), 1 << 20).unwrap()[0].problems;
+    assert!(
+        matches!(problems.as_slice(), [Problem::TornTail { position, .. }] if *position == last_frame_start),
+        "{problems:?}"
+    );
+    let log = open(dir.path(), small_segments()).await;
+    let got = read_all(&log, "t", 0).await;
+    assert_eq!(
+        got.len() as u64,
+        RECORDS - 1,
+        "the damaged last record is cut, never returned"
+    );
+    assert!(got.iter().all(|r| r.record == recs[r.offset as usize]));
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_the_middle_of_the_active_segment_stops_reads_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = build(dir.path()).await;
+    let last = segments(dir.path()).pop().unwrap();
+    let base = base_of(&last);
+    let ends = frame_ends(&recs, base, RECORDS);
+    let victim = base + 3; // the fourth record of the last segment
+    let victim_start = ends[2];
+    flip(&last, victim_start + 30);
+
+    let report = &verify_dir(dir.path(), 1 << 20).unwrap()[0];
+    match report.problems.as_slice() {
+        [Problem::Corrupt {
+            position,
+            offset,
+            resumes_at: Some((rpos, roff)),
+            ..
+        }] => {
+            assert_eq!((*position, *offset), (victim_start, victim));
+            assert_eq!((*rpos, *roff), (ends[3], victim + 1));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(report.records, RECORDS - 1);
+
+    let log = open(dir.path(), small_segments()).await;
+    assert_eq!(
+        log.offsets("t", 0).await.unwrap().end,
+        RECORDS,
+        "nothing truncated"
+    );
+    // A reader gets every record before the damage, then a Corruption error naming it.
+    let got = log.read("t", 0, base, ReadLimits::default()).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (base..victim).collect::<Vec<_>>()
+    );
+    let err = log
+        .read("t", 0, victim, ReadLimits::default())
+        .await
+        .unwrap_err();
+    match &err {
+        LogError::Corruption {
+            topic,
+            partition,
+            segment,
+            offset,
+            position,
+            ..
+        } => {
+            assert_eq!(
+                (topic.as_str(), *partition, *offset, *position),
+                ("t", 0, victim, victim_start)
+            );
+            assert!(segment.ends_with(last.file_name().unwrap()));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(LogStats::get(&log.stats().corruptions_total), 1);
+    // Past the damage, reads work again; appends continue at the end.
+    let after = log
+        .read("t", 0, victim + 1, ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(after[0].record, recs[victim as usize + 1]);
+    assert_eq!(
+        log.append("t", 0, vec![record(1)]).await.unwrap().start,
+        RECORDS
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_sealed_segment_is_caught_on_read_and_by_verify_and_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = build(dir.path()).await;
+    let first = segments(dir.path()).remove(0);
+    let ends = frame_ends(&recs, 0, 5);
+    flip(&first, ends[1] + 12); // inside record 2
+
+    let report = &verify_dir(dir.path(), 1 << 20).unwrap()[0];
+    assert!(
+        matches!(
+            report.problems.as_slice(),
+            [Problem::Corrupt { offset: 2, .. }]
+        ),
+        "{:?}",
+        report.problems
+    );
+    assert!(report.problems[0].to_string().contains("CORRUPTION"));
+
+    let mut dumped = Vec::new();
+    let err = dump(dir.path(), "t", 0, 0, u64::MAX, 1 << 20, |r| {
+        dumped.push(r.offset)
+    })
+    .unwrap_err();
+    assert_eq!(dumped, vec![0, 1], "dump prints only what it verified");
+    assert!(err.to_string().contains("offset 2"), "{err}");
+
+    let log = open(dir.path(), small_segments()).await;
+    let got = log.read("t", 0, 0, ReadLimits::default()).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(matches!(
+        log.read("t", 0, 2, ReadLimits::default()).await,
+        Err(LogError::Corruption { offset: 2, .. })
+    ));
+    // Reads that start in a later segment are unaffected.
+    let later = log
+        .read("t", 0, RECORDS - 1, ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(later[0].record, recs[RECORDS as usize - 1]);
+}
+
+#[tokio::test]
+async fn verify_and_dump_on_a_clean_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path()).await;
+    let reports = verify_dir(dir.path(), 1 << 20).unwrap();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(
+        (r.records, r.first_offset, r.last_offset),
+        (RECORDS, Some(0), Some(RECORDS - 1))
+    );
+    assert!(r.problems.is_empty());
+    let mut seen = Vec::new();
+    assert_eq!(
+        dump(dir.path(), "t", 0, 100, 5, 1 << 20, |r| seen.push(r.offset)).unwrap(),
+        5
+    );
+    assert_eq!(seen, vec![100, 101, 102, 103, 104]);
+}

@@ -1,0 +1,352 @@
+//! The engine's semantics on real files: durable appends, reads, long-poll, groups,
+//! offset for time, segments, retention, the data-directory lock.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use hifi_log::{
+    EmbeddedLog, Log, LogConfig, LogError, OpenError, ReadLimits, Record, Retention, TopicSpec,
+};
+use support::*;
+
+#[tokio::test]
+async fn appended_records_read_back_identically_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments()).await;
+    topic(&log, "events", 2).await;
+    let mut expected = Vec::new();
+    for chunk in 0..50u64 {
+        let recs: Vec<Record> = (chunk * 7..chunk * 7 + 7).map(record).collect();
+        let offsets = log.append("events", 1, recs.clone()).await.unwrap();
+        assert_eq!(offsets, chunk * 7..chunk * 7 + 7);
+        expected.extend(recs);
+    }
+    let got: Vec<Record> = read_all(&log, "events", 1)
+        .await
+        .into_iter()
+        .map(|r| r.record)
+        .collect();
+    assert_eq!(got, expected);
+    let segments = std::fs::read_dir(dir.path().join("topics/events/1"))
+        .unwrap()
+        .count();
+    assert!(
+        segments > 3,
+        "small segments should have rolled, found {segments} files"
+    );
+    assert_eq!(
+        log.offsets("events", 0).await.unwrap().end,
+        0,
+        "partitions are isolated"
+    );
+    log.close().await;
+    drop(log);
+
+    let log = open(dir.path(), small_segments()).await;
+    let got: Vec<Record> = read_all(&log, "events", 1)
+        .await
+        .into_iter()
+        .map(|r| r.record)
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        log.append("events", 1, vec![record(999)]).await.unwrap(),
+        350..351
+    );
+}
+
+#[tokio::test]
+async fn a_reader_parked_at_the_end_wakes_when_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default()).await;
+    topic(&log, "t", 1).await;
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let limits = ReadLimits {
+                wait: Duration::from_secs(30),
+                ..ReadLimits::default()
+            };
+            let started = std::time::Instant::now();
+            (
+                log.read("t", 0, 0, limits).await.unwrap(),
+                started.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.append("t", 0, vec![record(1)]).await.unwrap();
+    let (got, waited) = reader.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke on append, not on timeout"
+    );
+    // And a wait with nothing to read ends empty at its deadline.
+    let limits = ReadLimits {
+        wait: SHORT,
+        ..ReadLimits::default()
+    };
+    assert!(log.read("t", 0, 1, limits).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn committed_positions_are_durable_per_group_topic_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default()).await;
+    topic(&log, "a", 2).await;
+    topic(&log, "b", 1).await;
+    assert_eq!(log.committed("g1", "a", 0).await.unwrap(), None);
+    for i in 0..2000u64 {
+        log.commit("g1", "a", (i % 2) as u32, i).await.unwrap();
+    }
+    log.commit("g2", "b", 0, 7).await.unwrap();
+    log.close().await;
+    drop(log);
+    let log = open(dir.path(), LogConfig::default()).await;
+    assert_eq!(log.committed("g1", "a", 0).await.unwrap(), Some(1998));
+    assert_eq!(log.committed("g1", "a", 1).await.unwrap(), Some(1999));
+    assert_eq!(log.committed("g2", "b", 0).await.unwrap(), Some(7));
+    assert_eq!(log.committed("g2", "a", 0).await.unwrap(), None);
+    assert!(matches!(
+        log.commit("g1", "nope", 0, 1).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        log.commit("bad/name", "a", 0, 1).await,
+        Err(LogError::InvalidName { .. })
+    ));
+}
+
+#[tokio::test]
+async fn offset_for_time_finds_the_first_record_at_or_after_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments()).await;
+    topic(&log, "t", 1).await;
+    // Timestamps 1000, 1010, ..., with one out-of-order record.
+    let mut recs: Vec<Record> = (0..300)
+        .map(|i| Record::new(vec![b'x'; 40], 1000 + i * 10))
+        .collect();
+    recs[150].timestamp_ms = 5;
+    for chunk in recs.chunks(10) {
+        log.append("t", 0, chunk.to_vec()).await.unwrap();
+    }
+    let check = |ts: i64| {
+        recs.iter()
+            .position(|r| r.timestamp_ms >= ts)
+            .map(|i| i as u64)
+    };
+    for ts in [
+        0, 999, 1000, 1001, 1500, 2490, 2500, 2505, 3990, 3991, 10_000,
+    ] {
+        assert_eq!(
+            log.offset_for_time("t", 0, ts).await.unwrap(),
+            check(ts),
+            "ts {ts}"
+        );
+    }
+    // Index files are rebuilt when deleted, and give the same answers.
+    log.close().await;
+    drop(log);
+    for e in std::fs::read_dir(dir.path().join("topics/t/0")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension()
+            .is_some_and(|x| x == "index" || x == "timeindex")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let log = open(dir.path(), small_segments()).await;
+    for ts in [0, 1001, 2505, 3991] {
+        assert_eq!(
+            log.offset_for_time("t", 0, ts).await.unwrap(),
+            check(ts),
+            "ts {ts} after rebuild"
+        );
+    }
+}
+
+#[tokio::test]
+async fn errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            record_bytes_max: 1024,
+            ..LogConfig::default()
+        },
+    )
+    .await;
+    assert!(matches!(
+        log.append("missing", 0, vec![record(1)]).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    topic(&log, "t", 2).await;
+    assert!(matches!(
+        log.append("t", 2, vec![record(1)]).await,
+        Err(LogError::PartitionNotFound { .. })
+    ));
+    assert!(matches!(
+        log.append("t", 0, vec![]).await,
+        Err(LogError::Invalid(_))
+    ));
+    let big = Record::new(vec![0u8; 2000], 0);
+    assert!(matches!(
+        log.append("t", 0, vec![record(1), big]).await,
+        Err(LogError::RecordTooLarge { .. })
+    ));
+    assert_eq!(
+        log.offsets("t", 0).await.unwrap().end,
+        0,
+        "a rejected append writes nothing"
+    );
+    let err = log.ensure_topic(&TopicSpec::new("t", 3)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::PartitionCountMismatch {
+                existing: 2,
+                requested: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(log.ensure_topic(&TopicSpec::new("t", 2)).await.unwrap(), 2);
+    for bad in ["", ".", "..", "a/b", "sp ace", &"x".repeat(201)] {
+        assert!(
+            matches!(
+                log.ensure_topic(&TopicSpec::new(bad, 1)).await,
+                Err(LogError::InvalidName { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    log.append("t", 0, vec![record(1)]).await.unwrap();
+    let err = log
+        .read("t", 0, 5, ReadLimits::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::OffsetOutOfRange {
+                requested: 5,
+                start: 0,
+                end: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = open(dir.path(), LogConfig::default()).await;
+    let err = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap_err();
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another process"));
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_old_segments_by_size_and_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments()).await;
+    let by_size = TopicSpec {
+        retention: Some(Retention {
+            age: None,
+            bytes: Some(16 * 1024),
+        }),
+        ..TopicSpec::new("s", 1)
+    };
+    log.ensure_topic(&by_size).await.unwrap();
+    let by_age = TopicSpec {
+        retention: Some(Retention {
+            age: Some(Duration::from_secs(3600)),
+            bytes: None,
+        }),
+        ..TopicSpec::new("a", 1)
+    };
+    log.ensure_topic(&by_age).await.unwrap();
+    for i in 0..600u64 {
+        log.append("s", 0, vec![record(i)]).await.unwrap();
+        // Old records first (timestamps from 1970 + i), then recent ones.
+        let ts = if i < 300 { i as i64 } else { 4_000_000_000_000 };
+        log.append("a", 0, vec![Record::new(vec![b'a'; 100], ts)])
+            .await
+            .unwrap();
+    }
+    log.apply_retention(3_999_999_000_000).await;
+
+    let s = log.offsets("s", 0).await.unwrap();
+    assert!(s.start > 0, "size retention deleted something");
+    let kept_bytes: u64 = std::fs::read_dir(dir.path().join("topics/s/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        (16 * 1024..=16 * 1024 + 4096 + 512).contains(&kept_bytes),
+        "kept {kept_bytes} bytes"
+    );
+    let rest = read_all(&log, "s", 0).await;
+    assert_eq!(rest.first().unwrap().offset, s.start);
+    assert_eq!(
+        rest.first().unwrap().record,
+        record(s.start),
+        "what remains is intact"
+    );
+    assert!(matches!(
+        log.read("s", 0, 0, ReadLimits::default()).await,
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+
+    let a = log.offsets("a", 0).await.unwrap();
+    assert!(
+        a.start > 250 && a.start <= 300,
+        "age retention cut the old segments only (start {})",
+        a.start
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appenders_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default()).await;
+    topic(&log, "t", 1).await;
+    let mut tasks = Vec::new();
+    for task in 0..32u64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for i in 0..20u64 {
+                let r = log
+                    .append("t", 0, vec![record(task * 1000 + i)])
+                    .await
+                    .unwrap();
+                offsets.push((r.start, task * 1000 + i));
+            }
+            offsets
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let stored = read_all(&log, "t", 0).await;
+    assert_eq!(stored.len(), 640);
+    for (offset, n) in all {
+        assert_eq!(stored[offset as usize].record, record(n));
+    }
+    let fsyncs = hifi_log::LogStats::get(&log.stats().fsyncs_total);
+    assert!(
+        fsyncs < 640,
+        "640 appends should share fsyncs, saw {fsyncs}"
+    );
+}

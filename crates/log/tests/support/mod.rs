@@ -1,0 +1,157 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hifi_log::storage::{DiskStorage, SegmentFile, Storage};
+use hifi_log::{EmbeddedLog, Log, LogConfig, ReadLimits, Record, StoredRecord, TopicSpec};
+
+/// A record whose bytes are a pure function of `n`, so tests can check identity.
+pub fn record(n: u64) -> Record {
+    let value = format!(
+        "{{\"n\":{n},\"pad\":\"{}\"}}",
+        "x".repeat((n % 97) as usize)
+    );
+    Record::new(value, 1_700_000_000_000 + n as i64).with_header("hifi-id", format!("id-{n}"))
+}
+
+pub fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 4096,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
+}
+
+pub async fn open(dir: &Path, config: LogConfig) -> EmbeddedLog {
+    EmbeddedLog::open(dir, config).expect("open log")
+}
+
+pub async fn read_all(log: &dyn Log, topic: &str, partition: u32) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    let end = log.offsets(topic, partition).await.unwrap().end;
+    let mut from = log.offsets(topic, partition).await.unwrap().start;
+    while from < end {
+        let batch = log
+            .read(topic, partition, from, ReadLimits::default())
+            .await
+            .unwrap();
+        assert!(!batch.is_empty(), "read returned nothing before the end");
+        from = batch.last().unwrap().offset + 1;
+        out.extend(batch);
+    }
+    out
+}
+
+pub async fn topic(log: &dyn Log, name: &str, partitions: u32) {
+    log.ensure_topic(&TopicSpec::new(name, partitions))
+        .await
+        .unwrap();
+}
+
+/// Switches for [`FaultyStorage`], shared with the test.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Every fsync fails with EIO while set.
+    pub fail_fsync: AtomicBool,
+    /// Bytes that may still be written before writes fail with ENOSPC (negative: no limit).
+    pub space_left: AtomicI64,
+    /// fsyncs that succeeded.
+    pub fsyncs: AtomicU64,
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        let f = Faults::default();
+        f.space_left.store(-1, Ordering::SeqCst);
+        Arc::new(f)
+    }
+}
+
+/// The real disk, with injectable fsync failures and a disk that fills up.
+#[derive(Debug)]
+pub struct FaultyStorage {
+    pub faults: Arc<Faults>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn SegmentFile>,
+    faults: Arc<Faults>,
+}
+
+impl SegmentFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let left = self.faults.space_left.load(Ordering::SeqCst);
+        if left >= 0 && (buf.len() as i64) > left {
+            // A real full disk writes what fits, then fails.
+            self.inner.write_all_at(&buf[..left as usize], pos)?;
+            self.faults.space_left.store(0, Ordering::SeqCst);
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        if left >= 0 {
+            self.faults
+                .space_left
+                .fetch_sub(buf.len() as i64, Ordering::SeqCst);
+        }
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.faults.fail_fsync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected EIO on fsync"));
+        }
+        self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl FaultyStorage {
+    fn wrap(&self, f: Arc<dyn SegmentFile>) -> Arc<dyn SegmentFile> {
+        Arc::new(FaultyFile {
+            inner: f,
+            faults: self.faults.clone(),
+        })
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        Ok(self.wrap(DiskStorage.open(path)?))
+    }
+    fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        Ok(self.wrap(DiskStorage.open_read_only(path)?))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
+        Ok(self.wrap(DiskStorage.create_new(path)?))
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        DiskStorage.sync_dir(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        DiskStorage.create_dir_all(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        DiskStorage.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        DiskStorage.rename(from, to)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        DiskStorage.list_dir(path)
+    }
+}
+
+pub const SHORT: Duration = Duration::from_millis(50);
