@@ -36,16 +36,25 @@ fn frames(c: &mut Criterion) {
 }
 
 fn append_and_read(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
-    rt.block_on(log.ensure_topic(&TopicSpec::new("t", 1))).unwrap();
+    rt.block_on(log.ensure_topic(&TopicSpec::new("t", 1)))
+        .unwrap();
     let batch: Vec<Record> = (0..100).map(|_| sample()).collect();
 
     let mut g = c.benchmark_group("log");
     g.throughput(Throughput::Elements(100));
     g.bench_function("append 100 x 256 B, fsync always, 1 appender", |b| {
-        b.iter_batched(|| batch.clone(), |recs| rt.block_on(log.append("t", 0, recs)).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || batch.clone(),
+            |recs| rt.block_on(log.append("t", 0, recs)).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
     let end = rt.block_on(log.offsets("t", 0)).unwrap().end;
     g.throughput(Throughput::Elements(1000));
@@ -55,7 +64,11 @@ fn append_and_read(c: &mut Criterion) {
             if from + 1000 > end {
                 from = 0;
             }
-            let limits = ReadLimits { max_records: 1000, max_bytes: 8 << 20, ..ReadLimits::default() };
+            let limits = ReadLimits {
+                max_records: 1000,
+                max_bytes: 8 << 20,
+                ..ReadLimits::default()
+            };
             let got = rt.block_on(log.read("t", 0, from, limits)).unwrap();
             from += got.len() as u64;
         })

@@ -1,0 +1,510 @@
+//! The pipeline file: one TOML document describing the engine, the admin API, topics and
+//! the three kinds of nodes. The doc comments on these structs are the reference
+//! (docs/configuration.md repeats them with examples).
+//!
+//! Parsing rejects unknown keys (with the line and the valid keys, from the TOML parser);
+//! [`crate::topology`] then checks the graph (unknown topics, cycles, a topic nobody
+//! writes), naming the file, the key and the fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::units::{Dur, Size};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where topics live.
+    pub engine: EngineConfig,
+    /// The admin API (health, metrics, operator commands).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Per-topic settings; topics not listed here are created on first use with the
+    /// engine's defaults.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Ingest nodes: outside → topic.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Transform nodes: topic → topic.
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageConfig>,
+    /// Delivery nodes: topic → outside.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// Which engine holds the topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The on-disk log in `data_dir` (one process).
+    Embedded,
+}
+
+/// When appended data is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// fsync before every acknowledgement (group commit). Zero loss on power failure.
+    #[default]
+    Always,
+    /// fsync every `fsync_interval`; a power failure may lose up to that much.
+    Interval,
+    /// Never fsync (tests and throw-away data only).
+    Never,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `"embedded"` (the only engine so far).
+    pub kind: EngineKind,
+    /// The embedded log's data directory (relative paths are relative to the pipeline
+    /// file's folder). Default `"./data"`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `"always"` (default), `"interval"` or `"never"`.
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: how often. Default `"1s"`.
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval: Dur,
+    /// Partitions of topics created on first use. Default 4.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Segment size. Default `"128MiB"`.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: Size,
+    /// Largest record. Default `"1MiB"`.
+    #[serde(default = "default_record_bytes")]
+    pub record_bytes_max: Size,
+    /// How long topics keep records by default. Default `"7d"`.
+    #[serde(default = "default_retention")]
+    pub retention: Dur,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin API. Default `127.0.0.1:8081`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `[topics.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Partitions (fixed at creation). Default: `engine.partitions`.
+    pub partitions: Option<u32>,
+    /// Retention by age. Default: `engine.retention`.
+    pub retention: Option<Dur>,
+    /// Retention by size per partition. Default: none.
+    pub retention_bytes: Option<Size>,
+}
+
+/// Source node types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    /// HTTP ingest: `POST /v1/events`.
+    Http,
+}
+
+/// `[sources.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `"http"`.
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_ingest_listen")]
+    pub listen: SocketAddr,
+    /// The topic events are appended to.
+    pub topic: Spanned<String>,
+    /// Largest request body, compressed or not (413 beyond). Default `"4MiB"`.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: Size,
+    /// Most events in one request. Default 10 000.
+    #[serde(default = "default_max_events")]
+    pub max_events_per_request: usize,
+    /// JSON pointer to the event time in plain JSON events (RFC 3339 string or epoch
+    /// milliseconds), e.g. `"/ts"`. When set, an event without it is rejected. When
+    /// unset, plain JSON events get their ingest time as event time. CloudEvents use
+    /// their `time` attribute (ingest time when absent).
+    pub event_time: Option<String>,
+    /// JSON pointer to the event id in plain JSON events, e.g. `"/id"` (string or
+    /// integer). Events without one get an id from hifi (a UUID v7).
+    pub id_field: Option<String>,
+    /// The CloudEvents `type` given to plain JSON events. Default `"hifi.event"`.
+    #[serde(default = "default_event_type")]
+    pub event_type: String,
+    /// An event whose (source, id) was accepted within this window is acknowledged
+    /// again but not stored again (also across restarts). Default `"10m"`.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: Dur,
+    /// Most ids remembered for de-duplication (memory bound; ~64 bytes each); past it
+    /// the oldest are forgotten early. Default 1 000 000.
+    #[serde(default = "default_dedup_max")]
+    pub dedup_max_ids: usize,
+    /// Request bytes being processed at once; beyond it requests get 503 with
+    /// `Retry-After`. Default `"64MiB"`.
+    #[serde(default = "default_inflight")]
+    pub max_inflight_bytes: Size,
+    /// Bearer-token authentication; absent = no authentication.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[sources.NAME.auth]`: accepted bearer tokens (inline, from a file, or both).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tokens accepted in `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// A file with one token per line (blank lines and `#` comments ignored).
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// `[stages.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Topic read.
+    pub input: Spanned<String>,
+    /// Topic written.
+    pub output: Spanned<String>,
+    /// Transforms applied in order; none = pass-through.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+    /// Records read per batch. Default 1000.
+    #[serde(default = "default_stage_batch")]
+    pub batch_max_events: usize,
+}
+
+/// One transform of a stage (`[[stages.NAME.transforms]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Keep events for which the CEL `condition` is true (the event's JSON is `event`,
+    /// e.g. `event.amount > 100 && event.country == "DE"`); others get the outcome
+    /// `filtered`.
+    Filter {
+        /// A CEL expression evaluating to a boolean.
+        condition: String,
+    },
+    /// Set a field (JSON pointer) to a JSON value, creating objects on the way.
+    Set {
+        /// JSON pointer, e.g. `"/meta/pipeline"`.
+        field: String,
+        /// Any TOML value (converted to JSON).
+        value: toml::Value,
+    },
+    /// Move a field.
+    Rename {
+        /// JSON pointer of the field to move.
+        from: String,
+        /// JSON pointer of its new place.
+        to: String,
+    },
+    /// Remove fields (missing fields are fine).
+    Remove {
+        /// JSON pointers.
+        fields: Vec<String>,
+    },
+    /// Replace a field's value with a salted SHA-256 hash (`mode = "hash"`, hex) or a
+    /// mask (`mode = "mask"`: `"****"` keeping the last `keep_last` characters).
+    Redact {
+        /// JSON pointer.
+        field: String,
+        /// `"hash"` or `"mask"`.
+        mode: RedactMode,
+        /// Salt for `hash` (required for `hash`).
+        salt: Option<String>,
+        /// Characters left visible by `mask`. Default 0.
+        #[serde(default)]
+        keep_last: usize,
+    },
+}
+
+/// How `redact` hides a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactMode {
+    /// Salted SHA-256, hex.
+    Hash,
+    /// `****` plus the last characters.
+    Mask,
+}
+
+/// Sink node types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    /// HTTP delivery of CloudEvents batches.
+    Http,
+}
+
+/// `[sinks.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `"http"`.
+    #[serde(rename = "type")]
+    pub kind: SinkType,
+    /// Topic delivered.
+    pub input: Spanned<String>,
+    /// Destination URL (`http://` or `https://`); batches are POSTed to it.
+    pub url: String,
+    /// Extra request headers (e.g. `Authorization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How events are grouped into requests.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Requests in flight at once. Default 8.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// A request that takes longer fails (and is retried). Default `"10s"`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// Retry backoff.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `[sinks.NAME.batch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events per request. Default 500.
+    #[serde(default = "default_batch_events")]
+    pub max_events: usize,
+    /// Most body bytes per request. Default `"1MiB"`.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: Size,
+    /// A batch is sent when this old even if not full. Default `"50ms"`.
+    #[serde(default = "default_batch_wait")]
+    pub max_wait: Dur,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_batch_events(),
+            max_bytes: default_batch_bytes(),
+            max_wait: default_batch_wait(),
+        }
+    }
+}
+
+/// `[sinks.NAME.retry]`: exponential backoff with full jitter; delivery is retried until
+/// it succeeds (events are never dropped).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First backoff. Default `"100ms"`.
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min: Dur,
+    /// Longest backoff. Default `"5s"`.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            backoff_min: default_backoff_min(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_fsync_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_partitions() -> u32 {
+    4
+}
+fn default_segment_bytes() -> Size {
+    Size(128 << 20)
+}
+fn default_record_bytes() -> Size {
+    Size(1 << 20)
+}
+fn default_retention() -> Dur {
+    Dur(Duration::from_secs(7 * 24 * 3600))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_ingest_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> Size {
+    Size(4 << 20)
+}
+fn default_max_events() -> usize {
+    10_000
+}
+fn default_event_type() -> String {
+    "hifi.event".into()
+}
+fn default_dedup_window() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_dedup_max() -> usize {
+    1_000_000
+}
+fn default_inflight() -> Size {
+    Size(64 << 20)
+}
+fn default_stage_batch() -> usize {
+    1000
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_batch_events() -> usize {
+    500
+}
+fn default_batch_bytes() -> Size {
+    Size(1 << 20)
+}
+fn default_batch_wait() -> Dur {
+    Dur(Duration::from_millis(50))
+}
+fn default_backoff_min() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_backoff_max() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// A configuration error: the file, where, what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The pipeline file.
+    pub file: String,
+    /// Line number, when known.
+    pub line: Option<usize>,
+    /// The key, as a dotted path (`sinks.partner.input`).
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A parsed pipeline file with what is needed for error messages.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The parsed configuration.
+    pub config: PipelineConfig,
+    /// Path of the file (for messages and relative paths).
+    pub path: PathBuf,
+    /// The file's text (to turn byte spans into line numbers).
+    pub text: String,
+}
+
+impl LoadedConfig {
+    /// Reads and parses a pipeline file (syntax and unknown keys; the graph is checked
+    /// by [`crate::topology::Topology::build`]).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read the pipeline file: {e}"),
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parses pipeline text as if read from `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Self, ConfigError> {
+        let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| line_of(&text, s.start));
+            ConfigError {
+                file: path.display().to_string(),
+                line,
+                key: "(syntax)".into(),
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        Ok(LoadedConfig {
+            config,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// Line number (1-based) of a byte position in the file.
+    pub fn line(&self, pos: usize) -> usize {
+        line_of(&self.text, pos)
+    }
+
+    /// An error at a spanned value.
+    pub fn error_at<T>(
+        &self,
+        at: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.display().to_string(),
+            line: Some(self.line(at.span().start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error without a known line.
+    pub fn error(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.display().to_string(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A path from the file, relative to the file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+fn line_of(text: &str, pos: usize) -> usize {
+    text.as_bytes()[..pos.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

@@ -1,0 +1,395 @@
+//! Parsing and validating ingest request bodies into events.
+//!
+//! Accepted bodies (`Content-Type`):
+//! - `application/json` — one JSON object (one event) or an array of objects;
+//! - `application/x-ndjson` — one JSON object per line (blank lines ignored);
+//! - `application/cloudevents+json` — one structured-mode CloudEvent;
+//! - `application/cloudevents-batch+json` — an array of CloudEvents.
+//!
+//! Validation is all-or-nothing: every event is checked and every problem reported with
+//! its index, so a producer can fix them all at once. The producer's bytes are kept
+//! unchanged as the record value.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::EventFormat;
+
+/// A body format, from the request's content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// A JSON object or an array of them.
+    Json,
+    /// Newline-delimited JSON objects.
+    Ndjson,
+    /// One structured CloudEvent.
+    CloudEvent,
+    /// A JSON array of structured CloudEvents.
+    CloudEventBatch,
+}
+
+/// Content types that [`BodyFormat::from_content_type`] understands, for messages.
+pub const ACCEPTED_CONTENT_TYPES: &str = "application/json, application/x-ndjson, \
+    application/cloudevents+json, application/cloudevents-batch+json";
+
+impl BodyFormat {
+    /// The format for a `Content-Type` header value (parameters such as `charset` are
+    /// ignored); `None` when unsupported.
+    pub fn from_content_type(ct: &str) -> Option<BodyFormat> {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(BodyFormat::Json),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                Some(BodyFormat::Ndjson)
+            }
+            "application/cloudevents+json" => Some(BodyFormat::CloudEvent),
+            "application/cloudevents-batch+json" => Some(BodyFormat::CloudEventBatch),
+            _ => None,
+        }
+    }
+}
+
+/// How a source reads metadata from plain JSON events.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// JSON pointer to the event time (required when set).
+    pub event_time: Option<String>,
+    /// JSON pointer to the event id.
+    pub id_field: Option<String>,
+    /// CloudEvents `source` given to plain JSON events.
+    pub default_source: String,
+    /// CloudEvents `type` given to plain JSON events.
+    pub event_type: String,
+    /// Most events in one request.
+    pub max_events: usize,
+}
+
+/// One valid event of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEvent {
+    /// Event id (`None`: hifi assigns one).
+    pub id: Option<String>,
+    /// CloudEvents source.
+    pub source: String,
+    /// CloudEvents type.
+    pub event_type: String,
+    /// Event time, epoch ms (`None`: the ingest time).
+    pub time_ms: Option<i64>,
+    /// Value shape.
+    pub format: EventFormat,
+    /// The producer's JSON, byte for byte.
+    pub value: Vec<u8>,
+}
+
+/// A problem with one event of a request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventError {
+    /// Position of the event in the request (array index or NDJSON line, from 0);
+    /// `None` for a problem with the body as a whole.
+    pub index: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Some events are invalid (each with its reason); nothing may be written.
+    Invalid(Vec<EventError>),
+    /// More events than `max_events`.
+    TooManyEvents { count: usize, max: usize },
+}
+
+/// Parses and validates a request body.
+pub fn parse_body(
+    body: &[u8],
+    format: BodyFormat,
+    opts: &ParseOptions,
+) -> Result<Vec<ParsedEvent>, ParseError> {
+    let items: Vec<&[u8]> = match format {
+        BodyFormat::Ndjson => body
+            .split(|&b| b == b'\n')
+            .map(trim_ascii)
+            .filter(|l| !l.is_empty())
+            .collect(),
+        BodyFormat::Json | BodyFormat::CloudEventBatch => {
+            let trimmed = trim_ascii(body);
+            if trimmed.first() == Some(&b'[') {
+                match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
+                    Ok(raws) => raws.into_iter().map(|r| r.get().as_bytes()).collect(),
+                    Err(e) => return Err(whole(format!("body is not a valid JSON array: {e}"))),
+                }
+            } else if format == BodyFormat::CloudEventBatch {
+                return Err(whole("a CloudEvents batch must be a JSON array".into()));
+            } else {
+                vec![trimmed]
+            }
+        }
+        BodyFormat::CloudEvent => vec![trim_ascii(body)],
+    };
+    if items.is_empty() {
+        return Err(whole("the body holds no events".into()));
+    }
+    if items.len() > opts.max_events {
+        return Err(ParseError::TooManyEvents {
+            count: items.len(),
+            max: opts.max_events,
+        });
+    }
+    let cloud = matches!(format, BodyFormat::CloudEvent | BodyFormat::CloudEventBatch);
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let parsed = if cloud {
+            parse_cloudevent(item)
+        } else {
+            parse_plain(item, opts)
+        };
+        match parsed {
+            Ok(e) => events.push(e),
+            Err(reason) => errors.push(EventError {
+                index: Some(i),
+                reason,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(ParseError::Invalid(errors))
+    }
+}
+
+fn whole(reason: String) -> ParseError {
+    ParseError::Invalid(vec![EventError {
+        index: None,
+        reason,
+    }])
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+fn parse_plain(item: &[u8], opts: &ParseOptions) -> Result<ParsedEvent, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(item).map_err(|e| format!("invalid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err(format!(
+            "an event must be a JSON object, not {}",
+            kind(&value)
+        ));
+    }
+    let id = match &opts.id_field {
+        None => None,
+        Some(ptr) => match value.pointer(ptr) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "id at {ptr} must be a non-empty string or an integer, not {}",
+                    kind(other)
+                ))
+            }
+        },
+    };
+    let time_ms = match &opts.event_time {
+        None => None,
+        Some(ptr) => match value.pointer(ptr) {
+            None | Some(serde_json::Value::Null) => {
+                return Err(format!("missing event time at {ptr}"))
+            }
+            Some(v) => Some(event_time(v).map_err(|why| format!("event time at {ptr} {why}"))?),
+        },
+    };
+    Ok(ParsedEvent {
+        id,
+        source: opts.default_source.clone(),
+        event_type: opts.event_type.clone(),
+        time_ms,
+        format: EventFormat::Json,
+        value: item.to_vec(),
+    })
+}
+
+/// The attributes of a structured CloudEvent that hifi reads (others pass through).
+#[derive(Deserialize)]
+struct CeAttributes<'a> {
+    #[serde(borrow)]
+    specversion: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    ty: Option<std::borrow::Cow<'a, str>>,
+    time: Option<serde_json::Value>,
+}
+
+fn parse_cloudevent(item: &[u8]) -> Result<ParsedEvent, String> {
+    if item.first() != Some(&b'{') {
+        return Err("a CloudEvent must be a JSON object".into());
+    }
+    let ce: CeAttributes<'_> =
+        serde_json::from_slice(item).map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
+    let required = |v: Option<std::borrow::Cow<'_, str>>, name: &str| -> Result<String, String> {
+        match v {
+            Some(s) if !s.is_empty() => Ok(s.into_owned()),
+            _ => Err(format!(
+                "CloudEvent attribute `{name}` is required and must be a non-empty string"
+            )),
+        }
+    };
+    let spec = required(ce.specversion, "specversion")?;
+    if spec != "1.0" {
+        return Err(format!(
+            "CloudEvent specversion must be \"1.0\", not {spec:?}"
+        ));
+    }
+    let id = required(ce.id, "id")?;
+    let source = required(ce.source, "source")?;
+    let event_type = required(ce.ty, "type")?;
+    let time_ms = match ce.time {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => {
+            Some(parse_rfc3339(&s).map_err(|e| format!("CloudEvent `time` {e}"))?)
+        }
+        Some(other) => {
+            return Err(format!(
+                "CloudEvent `time` must be an RFC 3339 string, not {}",
+                kind(&other)
+            ))
+        }
+    };
+    Ok(ParsedEvent {
+        id: Some(id),
+        source,
+        event_type,
+        time_ms,
+        format: EventFormat::CloudEvent,
+        value: item.to_vec(),
+    })
+}
+
+/// An event time from a JSON value: an RFC 3339 string or integer epoch milliseconds.
+fn event_time(v: &serde_json::Value) -> Result<i64, String> {
+    match v {
+        serde_json::Value::String(s) => parse_rfc3339(s),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("{n} is not an integer of epoch milliseconds")),
+        other => Err(format!(
+            "must be an RFC 3339 string or epoch milliseconds, not {}",
+            kind(other)
+        )),
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> ParseOptions {
+        ParseOptions {
+            event_time: Some("/ts".into()),
+            id_field: Some("/id".into()),
+            default_source: "hifi/api".into(),
+            event_type: "hifi.event".into(),
+            max_events: 3,
+        }
+    }
+
+    #[test]
+    fn arrays_and_ndjson_keep_the_producers_bytes() {
+        let body = br#"[ {"id":"a","ts":1000,"x": 1} , {"id":7,"ts":"1970-01-01T00:00:02Z"} ]"#;
+        let ev = parse_body(body, BodyFormat::Json, &opts()).unwrap();
+        assert_eq!(ev[0].value, br#"{"id":"a","ts":1000,"x": 1}"#);
+        assert_eq!(
+            (ev[0].id.as_deref(), ev[0].time_ms),
+            (Some("a"), Some(1000))
+        );
+        assert_eq!(
+            (ev[1].id.as_deref(), ev[1].time_ms),
+            (Some("7"), Some(2000))
+        );
+        let nd = b"{\"ts\":1}\n\n{\"ts\":2}\r\n";
+        let ev = parse_body(nd, BodyFormat::Ndjson, &opts()).unwrap();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1].value, b"{\"ts\":2}");
+        assert_eq!(ev[1].id, None);
+    }
+
+    #[test]
+    fn every_bad_event_is_reported_with_its_index() {
+        let body = br#"[{"ts":1}, 5, {"id":"x"}, {"ts":"yesterday"}]"#;
+        let o = ParseOptions {
+            max_events: 10,
+            ..opts()
+        };
+        let Err(ParseError::Invalid(errs)) = parse_body(body, BodyFormat::Json, &o) else {
+            panic!()
+        };
+        let idx: Vec<_> = errs.iter().map(|e| e.index.unwrap()).collect();
+        assert_eq!(idx, vec![1, 2, 3]);
+        assert!(errs[0].reason.contains("must be a JSON object"));
+        assert!(errs[1].reason.contains("missing event time at /ts"));
+        assert!(errs[2].reason.contains("RFC 3339"));
+    }
+
+    #[test]
+    fn cloudevents_are_checked() {
+        let ok = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2026-01-01T00:00:00.5+01:00","data":{}}"#;
+        let ev = parse_body(ok, BodyFormat::CloudEvent, &opts()).unwrap();
+        assert_eq!(ev[0].time_ms, Some(1_767_222_000_500));
+        let bad = br#"[{"specversion":"0.3","id":"1","source":"s","type":"t"},{"specversion":"1.0","source":"s","type":"t"}]"#;
+        let Err(ParseError::Invalid(errs)) = parse_body(bad, BodyFormat::CloudEventBatch, &opts())
+        else {
+            panic!()
+        };
+        assert!(errs[0].reason.contains("specversion"));
+        assert!(errs[1].reason.contains("`id`"));
+    }
+
+    #[test]
+    fn whole_body_problems() {
+        assert!(
+            matches!(parse_body(b"[1,", BodyFormat::Json, &opts()), Err(ParseError::Invalid(e)) if e[0].index.is_none())
+        );
+        assert!(matches!(
+            parse_body(b"   ", BodyFormat::Ndjson, &opts()),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_body(b"[{},{},{},{}]", BodyFormat::Json, &opts()),
+            Err(ParseError::TooManyEvents { count: 4, max: 3 })
+        ));
+        assert_eq!(
+            BodyFormat::from_content_type("application/json; charset=utf-8"),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(BodyFormat::from_content_type("text/plain"), None);
+    }
+}

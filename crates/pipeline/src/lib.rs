@@ -1,0 +1,24 @@
+//! hifi's pipelines: the configuration model, the checked topology, and the three kinds
+//! of nodes — sources (ingest), stages (transform) and sinks (delivery) — over the
+//! engine's [`hifi_log::Log`].
+//!
+//! Every link is at-least-once: a node commits its input position only after its output
+//! is durable (a stage's append, a sink's 2xx).
+
+pub mod config;
+pub mod event;
+pub mod ingest;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod stage;
+pub mod topology;
+pub mod transform;
+pub mod units;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,175 @@
+//! Starting and stopping a pipeline: open the engine, create topics, start sources,
+//! stages and sinks; on stop, let stages finish their batch and sinks drain in-flight
+//! deliveries, then commit and close the engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{EngineKind, FsyncMode, LoadedConfig, SourceConfig};
+use crate::sink::HttpSink;
+use crate::source::HttpSource;
+use crate::stage::Stage;
+use crate::topology::Topology;
+use crate::transform::Transforms;
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The engine could not be opened.
+    #[error("cannot open the engine: {0}")]
+    Open(#[from] OpenError),
+    /// The engine refused an operation (e.g. a topic exists with other partitions).
+    #[error("engine: {0}")]
+    Log(#[from] LogError),
+    /// Something in the configuration only detectable at start.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The embedded log configured from `[engine]`.
+pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
+    let e = &loaded.config.engine;
+    LogConfig {
+        fsync: match e.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(e.fsync_interval.0),
+            FsyncMode::Never => FsyncPolicy::Never,
+        },
+        segment_bytes_max: e.segment_bytes.0,
+        record_bytes_max: e.record_bytes_max.0 as usize,
+        default_retention: Retention {
+            age: Some(e.retention.0),
+            bytes: None,
+        },
+        ..LogConfig::default()
+    }
+}
+
+/// Opens the engine named in `[engine]` (blocking: recovery reads the disk).
+pub fn open_engine(loaded: &LoadedConfig) -> Result<EmbeddedLog, StartError> {
+    match loaded.config.engine.kind {
+        EngineKind::Embedded => {
+            let dir = loaded.resolve(&loaded.config.engine.data_dir);
+            Ok(EmbeddedLog::open(dir, log_config(loaded))?)
+        }
+    }
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The checked graph.
+    pub topology: Topology,
+    /// The engine.
+    pub log: Arc<dyn Log>,
+    /// Sources with their configuration (the server binds their listeners).
+    pub sources: Vec<(Arc<HttpSource>, SourceConfig)>,
+    /// Running stages.
+    pub stages: Vec<Arc<Stage>>,
+    /// Running sinks.
+    pub sinks: Vec<Arc<HttpSink>>,
+    /// Cancels stages and sinks.
+    shutdown: CancellationToken,
+    /// Stage and sink tasks.
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Pipeline {
+    /// Creates topics and starts every node (sources are ready to ingest; their HTTP
+    /// listeners are the server's job).
+    pub async fn start(
+        loaded: &LoadedConfig,
+        topology: Topology,
+        log: Arc<dyn Log>,
+        drain: Duration,
+    ) -> Result<Pipeline, StartError> {
+        for spec in topology.topics.values() {
+            let partitions = log.ensure_topic(spec).await?;
+            info!(topic = %spec.name, partitions, "topic ready");
+        }
+        for w in &topology.warnings {
+            warn!("{w}");
+        }
+        let cfg = &loaded.config;
+        let mut sources = Vec::new();
+        for (name, s) in &cfg.sources {
+            sources.push((
+                Arc::new(HttpSource::start(name, s, log.clone()).await?),
+                s.clone(),
+            ));
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut stages = Vec::new();
+        for (name, s) in &cfg.stages {
+            let transforms = Transforms::compile(&s.transforms)
+                .map_err(|e| StartError::Config(format!("stages.{name}.{e}")))?;
+            let stage = Arc::new(Stage {
+                name: name.clone(),
+                input: s.input.get_ref().clone(),
+                output: s.output.get_ref().clone(),
+                transforms: Arc::new(transforms),
+                batch_max_events: s.batch_max_events,
+                log: log.clone(),
+                stats: Default::default(),
+            });
+            let (st, token) = (stage.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = st.clone().run(token).await {
+                    error!(stage = %st.name, %e, "stage stopped");
+                }
+            });
+            stages.push(stage);
+        }
+        let mut sinks = Vec::new();
+        for (name, s) in &cfg.sinks {
+            let sink = Arc::new(
+                HttpSink::new(name, s, log.clone())
+                    .map_err(|e| StartError::Config(format!("sinks.{name}: {e}")))?,
+            );
+            let (sk, token) = (sink.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = sk.clone().run(token, drain).await {
+                    error!(sink = %sk.name, %e, "sink stopped");
+                }
+            });
+            sinks.push(sink);
+        }
+        Ok(Pipeline {
+            topology,
+            log,
+            sources,
+            stages,
+            sinks,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Node names by kind, for start-up messages.
+    pub fn describe(&self) -> BTreeMap<&'static str, Vec<String>> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "sources",
+            self.sources.iter().map(|(s, _)| s.name.clone()).collect(),
+        );
+        m.insert(
+            "stages",
+            self.stages.iter().map(|s| s.name.clone()).collect(),
+        );
+        m.insert("sinks", self.sinks.iter().map(|s| s.name.clone()).collect());
+        m
+    }
+
+    /// Stops stages and sinks (sinks drain in-flight deliveries, bounded by the drain
+    /// time given at start) and waits for them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

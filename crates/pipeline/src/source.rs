@@ -1,0 +1,277 @@
+//! The ingest node: turns validated events into records and appends them durably.
+//!
+//! One request = one append to one partition (round-robin over partitions), so a request
+//! is acknowledged only when all its events are durable together. De-duplication: an
+//! event whose (source, id) was accepted within `dedup_window` is acknowledged again
+//! without being stored again. The window is rebuilt from the topic's tail on start, so
+//! it survives restarts. Ids are remembered only once their append is durable: two
+//! concurrent requests with the same new id may both be stored (a duplicate, counted
+//! downstream), but an id is never acknowledged without being stored.
+//!
+//! Memory: the window keeps at most `dedup_max_ids` 128-bit hashes; past it the oldest
+//! are forgotten early (counted in [`SourceStats::dedup_evicted_total`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hifi_log::{Log, LogError, ReadLimits, Record};
+use tracing::info;
+
+use crate::config::SourceConfig;
+use crate::event::header;
+use crate::ingest::{ParseOptions, ParsedEvent};
+use crate::now_ms;
+
+/// Counters of one source.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Events stored.
+    pub accepted_events_total: AtomicU64,
+    /// Events acknowledged again without storing (already accepted).
+    pub duplicate_events_total: AtomicU64,
+    /// Requests refused for invalid input (4xx).
+    pub rejected_requests_total: AtomicU64,
+    /// Requests refused because of backpressure (503).
+    pub backpressure_rejections_total: AtomicU64,
+    /// Requests that failed because the engine failed (503).
+    pub engine_errors_total: AtomicU64,
+    /// Ids forgotten before their window ended (memory bound).
+    pub dedup_evicted_total: AtomicU64,
+}
+
+/// The result of one accepted request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IngestOutcome {
+    /// Events in the request (stored now or before).
+    pub accepted: usize,
+    /// Of those, events already accepted earlier (not stored again).
+    pub duplicates: usize,
+    /// Every event's id, in request order.
+    pub ids: Vec<String>,
+}
+
+/// Remembered (source, id) hashes with their acceptance time.
+#[derive(Debug)]
+struct Dedup {
+    window_ms: i64,
+    max: usize,
+    seen: HashMap<u128, i64>,
+    order: VecDeque<(i64, u128)>,
+}
+
+impl Dedup {
+    fn key(source: &str, id: &str) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(source.as_bytes());
+        h.update(&[0xff]);
+        h.update(id.as_bytes());
+        h.digest128()
+    }
+
+    fn expire(&mut self, now: i64) -> u64 {
+        let mut evicted = 0;
+        while let Some(&(at, key)) = self.order.front() {
+            let too_old = at < now - self.window_ms;
+            if !too_old && self.order.len() <= self.max {
+                break;
+            }
+            if !too_old {
+                evicted += 1;
+            }
+            self.order.pop_front();
+            if self.seen.get(&key) == Some(&at) {
+                self.seen.remove(&key);
+            }
+        }
+        evicted
+    }
+
+    fn insert(&mut self, key: u128, at: i64) {
+        self.seen.insert(key, at);
+        self.order.push_back((at, key));
+    }
+}
+
+/// An HTTP source node (the HTTP side lives in the server crate).
+#[derive(Debug)]
+pub struct HttpSource {
+    /// Node name (`api` for `[sources.api]`).
+    pub name: String,
+    /// The topic appended to.
+    pub topic: String,
+    /// Its partition count.
+    partitions: u32,
+    /// The engine.
+    log: Arc<dyn Log>,
+    /// How bodies are read.
+    pub parse: ParseOptions,
+    /// Recently accepted ids.
+    dedup: Mutex<Dedup>,
+    /// Round-robin partition choice.
+    next_partition: AtomicU32,
+    /// Counters.
+    pub stats: SourceStats,
+}
+
+impl HttpSource {
+    /// Creates the source and rebuilds its de-duplication window from the topic's tail.
+    pub async fn start(
+        name: &str,
+        cfg: &SourceConfig,
+        log: Arc<dyn Log>,
+    ) -> Result<Self, LogError> {
+        let topic = cfg.topic.get_ref().clone();
+        let partitions = log.partitions(&topic).await?;
+        let source = HttpSource {
+            name: name.to_owned(),
+            topic,
+            partitions,
+            log,
+            parse: ParseOptions {
+                event_time: cfg.event_time.clone(),
+                id_field: cfg.id_field.clone(),
+                default_source: format!("hifi/{name}"),
+                event_type: cfg.event_type.clone(),
+                max_events: cfg.max_events_per_request,
+            },
+            dedup: Mutex::new(Dedup {
+                window_ms: cfg.dedup_window.0.as_millis() as i64,
+                max: cfg.dedup_max_ids,
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
+            stats: SourceStats::default(),
+        };
+        source.rebuild_dedup().await?;
+        Ok(source)
+    }
+
+    async fn rebuild_dedup(&self) -> Result<(), LogError> {
+        let now = now_ms();
+        let window = self
+            .dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .window_ms;
+        let mut ids = 0u64;
+        let mut entries = Vec::new();
+        for p in 0..self.partitions {
+            let end = self.log.offsets(&self.topic, p).await?.end;
+            let Some(mut from) = self
+                .log
+                .offset_for_time(&self.topic, p, now - window)
+                .await?
+            else {
+                continue;
+            };
+            while from < end {
+                let limits = ReadLimits {
+                    max_records: 10_000,
+                    max_bytes: 8 << 20,
+                    wait: Duration::ZERO,
+                };
+                let batch = self.log.read(&self.topic, p, from, limits).await?;
+                let Some(last) = batch.last() else { break };
+                from = last.offset + 1;
+                for r in batch {
+                    let (Some(src), Some(id)) =
+                        (r.record.header(header::SOURCE), r.record.header(header::ID))
+                    else {
+                        continue;
+                    };
+                    let key =
+                        Dedup::key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
+                    entries.push((r.record.timestamp_ms, key));
+                    ids += 1;
+                }
+            }
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for (at, key) in entries {
+            d.insert(key, at);
+        }
+        d.expire(now);
+        info!(source = %self.name, ids, remembered = d.seen.len(), "de-duplication window rebuilt from the log");
+        Ok(())
+    }
+
+    /// Stores a request's events durably (all or nothing) and returns their ids.
+    pub async fn ingest(&self, events: Vec<ParsedEvent>) -> Result<IngestOutcome, LogError> {
+        let now = now_ms();
+        let now_text = now.to_string();
+        let mut ids = Vec::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
+        let mut keys = Vec::with_capacity(events.len());
+        let mut duplicates = 0;
+        {
+            let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            let evicted = d.expire(now);
+            self.stats
+                .dedup_evicted_total
+                .fetch_add(evicted, Ordering::Relaxed);
+            let mut in_request = HashSet::with_capacity(events.len());
+            for e in events {
+                let id = e.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                let key = Dedup::key(&e.source, &id);
+                if d.seen.contains_key(&key) || !in_request.insert(key) {
+                    duplicates += 1;
+                } else {
+                    let time = e.time_ms.unwrap_or(now).to_string();
+                    records.push(Record {
+                        key: Some(id.clone().into_bytes()),
+                        value: e.value,
+                        headers: vec![
+                            hdr(header::ID, id.as_bytes()),
+                            hdr(header::SOURCE, e.source.as_bytes()),
+                            hdr(header::TYPE, e.event_type.as_bytes()),
+                            hdr(header::TIME, time.as_bytes()),
+                            hdr(header::INGEST_TIME, now_text.as_bytes()),
+                            hdr(header::FORMAT, e.format.as_str().as_bytes()),
+                        ],
+                        timestamp_ms: now,
+                    });
+                    keys.push(key);
+                }
+                ids.push(id);
+            }
+        }
+        let stored = records.len() as u64;
+        if !records.is_empty() {
+            let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
+            self.log
+                .append(&self.topic, partition, records)
+                .await
+                .inspect_err(|_| {
+                    self.stats
+                        .engine_errors_total
+                        .fetch_add(1, Ordering::Relaxed);
+                })?;
+            let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            for key in keys {
+                d.insert(key, now);
+            }
+        }
+        self.stats
+            .accepted_events_total
+            .fetch_add(stored, Ordering::Relaxed);
+        self.stats
+            .duplicate_events_total
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
+        Ok(IngestOutcome {
+            accepted: ids.len(),
+            duplicates,
+            ids,
+        })
+    }
+}
+
+fn hdr(name: &str, value: &[u8]) -> hifi_log::Header {
+    hifi_log::Header {
+        name: name.to_owned(),
+        value: value.to_vec(),
+    }
+}

@@ -1,0 +1,217 @@
+//! The stage node: topic → transforms → topic, one worker per input partition.
+//!
+//! A worker reads a batch from its committed position, transforms each event, appends
+//! the kept ones to the output topic (input partition `p` goes to output partition
+//! `p % output partitions`, keeping per-partition order) and only then commits the input
+//! position: a crash between the append and the commit re-processes the batch
+//! (at-least-once, duplicates carry the same origin and id), never skips it.
+//!
+//! Output records keep every header and gain `hifi-origin` when they come from the first
+//! durable topic, so the origin travels with the event through every stage.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hifi_log::{Log, LogError, ReadLimits, Record, StoredRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::event::{header, EventMeta};
+use crate::transform::{Applied, Transforms};
+
+/// Counters of one stage.
+#[derive(Debug, Default)]
+pub struct StageStats {
+    /// Events read.
+    pub read_events_total: AtomicU64,
+    /// Events written to the output topic (outcome `passed`).
+    pub passed_events_total: AtomicU64,
+    /// Events dropped on purpose by a filter (outcome `filtered`).
+    pub filtered_events_total: AtomicU64,
+    /// Transforms that could not apply (the event passed unchanged).
+    pub transform_errors_total: AtomicU64,
+}
+
+/// A running stage's settings.
+#[derive(Debug)]
+pub struct Stage {
+    /// Node name.
+    pub name: String,
+    /// Topic read.
+    pub input: String,
+    /// Topic written.
+    pub output: String,
+    /// Compiled transforms.
+    pub transforms: Arc<Transforms>,
+    /// Records per batch.
+    pub batch_max_events: usize,
+    /// The engine.
+    pub log: Arc<dyn Log>,
+    /// Counters.
+    pub stats: Arc<StageStats>,
+}
+
+impl Stage {
+    /// The consumer group holding this stage's input positions.
+    pub fn group(&self) -> String {
+        format!("stage.{}", self.name)
+    }
+
+    /// Runs one worker per input partition until `shutdown`; each finishes its batch.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), LogError> {
+        let partitions = self.log.partitions(&self.input).await?;
+        let out_partitions = self.log.partitions(&self.output).await?;
+        let mut workers = tokio::task::JoinSet::new();
+        for p in 0..partitions {
+            let (stage, shutdown) = (self.clone(), shutdown.clone());
+            workers.spawn(async move { stage.worker(p, p % out_partitions, shutdown).await });
+        }
+        while let Some(r) = workers.join_next().await {
+            if let Ok(Err(e)) = r {
+                error!(stage = %self.name, %e, "stage worker stopped");
+            }
+        }
+        Ok(())
+    }
+
+    async fn worker(
+        &self,
+        p: u32,
+        out_p: u32,
+        shutdown: CancellationToken,
+    ) -> Result<(), LogError> {
+        let group = self.group();
+        let mut pos = start_position(self.log.as_ref(), &group, &self.input, p).await?;
+        let limits = ReadLimits {
+            max_records: self.batch_max_events,
+            max_bytes: 4 << 20,
+            wait: Duration::from_millis(500),
+        };
+        let cel_root = cel_interpreter::Context::default();
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.log.read(&self.input, p, pos, limits) => r,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
+                    error!(stage = %self.name, partition = p, from = pos, to = start,
+                        "input records were deleted by retention before this stage read them; skipping ahead (events lost to retention)");
+                    pos = start;
+                    continue;
+                }
+                Err(e) => {
+                    error!(stage = %self.name, partition = p, offset = pos, %e, "cannot read input; retrying in 5 s");
+                    sleep_or_cancel(&shutdown, Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let Some(last) = batch.last().map(|r| r.offset) else {
+                continue;
+            };
+            let outputs = self.transform_batch(p, batch, &cel_root);
+            if !outputs.is_empty() && !self.append_until_done(out_p, outputs, &shutdown).await {
+                break; // shut down before the output was durable: do not commit
+            }
+            pos = last + 1;
+            self.log.commit(&group, &self.input, p, pos).await?;
+        }
+        Ok(())
+    }
+
+    fn transform_batch(
+        &self,
+        p: u32,
+        batch: Vec<StoredRecord>,
+        cel_root: &cel_interpreter::Context<'_>,
+    ) -> Vec<Record> {
+        let mut out = Vec::with_capacity(batch.len());
+        let mut errors = Vec::new();
+        self.stats
+            .read_events_total
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for r in batch {
+            let origin_missing = r.record.header(header::ORIGIN).is_none();
+            let origin =
+                origin_missing.then(|| EventMeta::of(&self.input, p, &r).origin.to_string());
+            let mut rec = r.record;
+            match self.transforms.apply(cel_root, &rec.value, &mut errors) {
+                Applied::Filtered => {
+                    self.stats
+                        .filtered_events_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Applied::Keep(value) => rec.value = value,
+            }
+            if let Some(o) = origin {
+                rec.headers.push(hifi_log::Header {
+                    name: header::ORIGIN.into(),
+                    value: o.into_bytes(),
+                });
+            }
+            out.push(rec);
+        }
+        if !errors.is_empty() {
+            self.stats
+                .transform_errors_total
+                .fetch_add(errors.len() as u64, Ordering::Relaxed);
+            warn!(stage = %self.name, count = errors.len(), first = %errors[0], "transforms could not apply; events passed unchanged");
+        }
+        self.stats
+            .passed_events_total
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// Appends until durable; retries transient engine errors. False if shut down first.
+    async fn append_until_done(
+        &self,
+        out_p: u32,
+        records: Vec<Record>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.log.append(&self.output, out_p, records.clone()).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    error!(stage = %self.name, %e, "cannot append output; retrying");
+                    if !sleep_or_cancel(shutdown, backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Where a consumer starts: its committed position, or the oldest stored record.
+pub async fn start_position(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+    p: u32,
+) -> Result<u64, LogError> {
+    let offsets = log.offsets(topic, p).await?;
+    Ok(match log.committed(group, topic, p).await? {
+        Some(pos) if pos > offsets.end => {
+            warn!(group, topic, partition = p, committed = pos, end = offsets.end,
+                "committed position is past the end of the topic (was the data directory replaced?); starting at the end");
+            offsets.end
+        }
+        Some(pos) => pos.max(offsets.start),
+        None => offsets.start,
+    })
+}
+
+/// Sleeps unless shut down first; returns false when shut down.
+pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}

@@ -1,0 +1,385 @@
+//! Building and checking the pipeline graph: nodes connected by topics.
+//!
+//! Checks (each error names the file, the key and the fix):
+//! - node and topic names are usable (letters, digits, `.`, `_`, `-`);
+//! - every topic a stage or sink reads is written by a source or a stage;
+//! - every `[topics.X]` section names a topic some node uses;
+//! - stages form no cycle (a topic cannot feed itself through stages);
+//! - listen addresses do not collide; sink URLs are http(s); transforms compile.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use hifi_log::{validate_name, Retention, TopicSpec};
+
+use crate::config::{ConfigError, LoadedConfig};
+use crate::transform::Transforms;
+
+/// The checked graph: which topics exist and who writes and reads them.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Every topic the pipeline uses, with its creation settings.
+    pub topics: BTreeMap<String, TopicSpec>,
+    /// Topic → nodes writing it (`sources.api`, `stages.clean`).
+    pub writers: BTreeMap<String, Vec<String>>,
+    /// Topic → nodes reading it.
+    pub readers: BTreeMap<String, Vec<String>>,
+    /// Warnings that do not stop the pipeline (e.g. a topic nobody reads).
+    pub warnings: Vec<String>,
+}
+
+impl Topology {
+    /// Checks a loaded configuration and derives its topics.
+    pub fn build(loaded: &LoadedConfig) -> Result<Topology, ConfigError> {
+        let cfg = &loaded.config;
+        if cfg.sources.is_empty() && cfg.stages.is_empty() && cfg.sinks.is_empty() {
+            return Err(loaded.error("(pipeline)", "the pipeline has no nodes; add a [sources.NAME], [stages.NAME] or [sinks.NAME] section"));
+        }
+        let mut writers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let name_ok = |key: String, name: &str| {
+            validate_name(name).map_err(|e| loaded.error(key, format!("{e}; rename it")))
+        };
+        for (name, s) in &cfg.sources {
+            name_ok(format!("sources.{name}"), name)?;
+            name_ok(format!("sources.{name}.topic"), s.topic.get_ref())?;
+            writers
+                .entry(s.topic.get_ref().clone())
+                .or_default()
+                .push(format!("sources.{name}"));
+            if let Some(p) = &s.event_time {
+                crate::transform::parse_pointer(p)
+                    .map_err(|m| loaded.error(format!("sources.{name}.event_time"), m))?;
+            }
+            if let Some(p) = &s.id_field {
+                crate::transform::parse_pointer(p)
+                    .map_err(|m| loaded.error(format!("sources.{name}.id_field"), m))?;
+            }
+            if s.max_body_bytes.0 == 0
+                || s.max_events_per_request == 0
+                || s.max_inflight_bytes.0 < s.max_body_bytes.0
+            {
+                return Err(loaded.error(
+                    format!("sources.{name}"),
+                    "max_body_bytes and max_events_per_request must be above 0, and max_inflight_bytes at least max_body_bytes",
+                ));
+            }
+        }
+        for (name, s) in &cfg.stages {
+            name_ok(format!("stages.{name}"), name)?;
+            name_ok(format!("stages.{name}.output"), s.output.get_ref())?;
+            writers
+                .entry(s.output.get_ref().clone())
+                .or_default()
+                .push(format!("stages.{name}"));
+            readers
+                .entry(s.input.get_ref().clone())
+                .or_default()
+                .push(format!("stages.{name}"));
+            Transforms::compile(&s.transforms)
+                .map_err(|e| loaded.error(format!("stages.{name}.{e}"), e.message.clone()))?;
+            if s.batch_max_events == 0 {
+                return Err(loaded.error(
+                    format!("stages.{name}.batch_max_events"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (name, s) in &cfg.sinks {
+            name_ok(format!("sinks.{name}"), name)?;
+            readers
+                .entry(s.input.get_ref().clone())
+                .or_default()
+                .push(format!("sinks.{name}"));
+            let url = reqwest::Url::parse(&s.url).map_err(|e| {
+                loaded.error(
+                    format!("sinks.{name}.url"),
+                    format!("{:?} is not a URL ({e})", s.url),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(loaded.error(
+                    format!("sinks.{name}.url"),
+                    "only http:// and https:// URLs are supported",
+                ));
+            }
+            if s.concurrency == 0 || s.batch.max_events == 0 || s.batch.max_bytes.0 == 0 {
+                return Err(loaded.error(
+                    format!("sinks.{name}"),
+                    "concurrency, batch.max_events and batch.max_bytes must be at least 1",
+                ));
+            }
+            if s.retry.backoff_min > s.retry.backoff_max {
+                return Err(loaded.error(
+                    format!("sinks.{name}.retry"),
+                    "backoff_min must not exceed backoff_max",
+                ));
+            }
+        }
+        check_inputs(loaded, &writers)?;
+        check_cycles(loaded)?;
+        check_listeners(loaded)?;
+        let mut topics = BTreeMap::new();
+        for t in writers.keys().chain(readers.keys()) {
+            topics.insert(t.clone(), topic_spec(loaded, t));
+        }
+        for name in cfg.topics.keys() {
+            if !topics.contains_key(name) {
+                return Err(loaded.error(
+                    format!("topics.{name}"),
+                    format!("unknown topic: no node reads or writes {name:?}; remove the section or fix the name (topics in use: {})", list(topics.keys())),
+                ));
+            }
+        }
+        let warnings = writers
+            .keys()
+            .filter(|t| !readers.contains_key(*t))
+            .map(|t| {
+                format!(
+                    "topic {t:?} is written by {} but no stage or sink reads it",
+                    writers[t].join(", ")
+                )
+            })
+            .collect();
+        Ok(Topology {
+            topics,
+            writers,
+            readers,
+            warnings,
+        })
+    }
+}
+
+fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<_> = it.map(|s| format!("{s:?}")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn check_inputs(
+    loaded: &LoadedConfig,
+    writers: &BTreeMap<String, Vec<String>>,
+) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let inputs = cfg
+        .stages
+        .iter()
+        .map(|(n, s)| (format!("stages.{n}.input"), &s.input))
+        .chain(
+            cfg.sinks
+                .iter()
+                .map(|(n, s)| (format!("sinks.{n}.input"), &s.input)),
+        );
+    for (key, input) in inputs {
+        let topic = input.get_ref();
+        if !writers.contains_key(topic) {
+            let hint = writers
+                .keys()
+                .find(|w| strsim_close(w, topic))
+                .map(|w| format!(" Did you mean {w:?}?"))
+                .unwrap_or_default();
+            return Err(loaded.error_at(
+                input,
+                key,
+                format!(
+                    "no source or stage writes topic {topic:?}, so nothing would ever arrive; \
+                     set it to a topic that is written (written topics: {}).{hint}",
+                    list(writers.keys())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two names differ by at most two edits (for "did you mean").
+fn strsim_close(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2
+}
+
+fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    // Topic graph: an edge input → output per stage.
+    let stages = &loaded.config.stages;
+    let mut edges: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for (name, s) in stages {
+        edges
+            .entry(s.input.get_ref())
+            .or_default()
+            .push((s.output.get_ref(), name));
+    }
+    // Depth-first search from every topic, keeping the stages on the current path.
+    fn visit<'a>(
+        topic: &'a str,
+        edges: &BTreeMap<&'a str, Vec<(&'a str, &'a str)>>,
+        path: &mut Vec<(&'a str, &'a str)>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = path.iter().position(|(t, _)| *t == topic) {
+            return Some(
+                path[pos..]
+                    .iter()
+                    .map(|(t, s)| format!("{t} → [stages.{s}]"))
+                    .collect(),
+            );
+        }
+        if !done.insert(topic) {
+            return None;
+        }
+        for (out, stage) in edges.get(topic).into_iter().flatten() {
+            path.push((topic, stage));
+            if let Some(c) = visit(out, edges, path, done) {
+                return Some(c);
+            }
+            path.pop();
+        }
+        None
+    }
+    let mut done = BTreeSet::new();
+    for start in edges.keys() {
+        let mut path = Vec::new();
+        done.clear();
+        if let Some(cycle) = visit(start, &edges, &mut path, &mut done) {
+            let first_stage = cycle[0]
+                .rsplit("[stages.")
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(']');
+            let key = format!("stages.{first_stage}.output");
+            let at = &stages[first_stage].output;
+            return Err(loaded.error_at(
+                at,
+                key,
+                format!(
+                    "the stages form a cycle: {} → {start}; events would loop forever. \
+                     Write the last stage's output to a new topic",
+                    cycle.join(" → ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_listeners(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let mut seen = BTreeMap::new();
+    seen.insert(cfg.admin.listen, "admin.listen".to_owned());
+    for (name, s) in &cfg.sources {
+        let key = format!("sources.{name}.listen");
+        if let Some(other) = seen.insert(s.listen, key.clone()) {
+            return Err(loaded.error(
+                key,
+                format!(
+                    "{} is already used by {other}; give each listener its own port",
+                    s.listen
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn topic_spec(loaded: &LoadedConfig, topic: &str) -> TopicSpec {
+    let engine = &loaded.config.engine;
+    let t = loaded.config.topics.get(topic);
+    let retention = Retention {
+        age: Some(t.and_then(|t| t.retention).unwrap_or(engine.retention).0)
+            .filter(|d| *d != Duration::ZERO),
+        bytes: t.and_then(|t| t.retention_bytes).map(|s| s.0),
+    };
+    TopicSpec {
+        name: topic.to_owned(),
+        partitions: t.and_then(|t| t.partitions).unwrap_or(engine.partitions),
+        retention: Some(retention),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn build(text: &str) -> Result<Topology, ConfigError> {
+        let loaded = LoadedConfig::parse(Path::new("p.toml"), text.to_owned())?;
+        Topology::build(&loaded)
+    }
+
+    const HEAD: &str = "[engine]\nkind = \"embedded\"\n";
+
+    #[test]
+    fn the_minimal_file_from_the_issue_works() {
+        let t = build(&format!(
+            "{HEAD}data_dir = \"./data\"\n[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:8080\"\ntopic = \"events\"\n\
+             [sinks.partner]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://127.0.0.1:9000/ingest\"\n"
+        ))
+        .unwrap();
+        assert_eq!(t.topics["events"].partitions, 4);
+        assert_eq!(t.readers["events"], vec!["sinks.partner"]);
+    }
+
+    #[test]
+    fn errors_name_file_key_line_and_fix() {
+        let e = build(&format!(
+            "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"events\"\n[sinks.s]\ntype = \"http\"\ninput = \"evnts\"\nurl = \"http://x/\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("p.toml:8: sinks.s.input: no source or stage writes topic \"evnts\""),
+            "{e}"
+        );
+        assert!(e.contains("Did you mean \"events\"?"), "{e}");
+
+        let e = build(&format!(
+            "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"e\"\ncolour = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("p.toml:6")
+                && e.contains("unknown field `colour`")
+                && e.contains("expected one of"),
+            "{e}"
+        );
+
+        let e = build(&format!(
+            "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"a\"\n[stages.x]\ninput = \"a\"\noutput = \"b\"\n[stages.y]\ninput = \"b\"\noutput = \"a\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cycle") && e.contains("[stages.x]") && e.contains("[stages.y]"),
+            "{e}"
+        );
+
+        let e = build(&format!(
+            "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"a\"\n[topics.zzz]\npartitions = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("topics.zzz: unknown topic"), "{e}");
+
+        let e = build(HEAD).unwrap_err().to_string();
+        assert!(e.contains("no nodes"), "{e}");
+        let e = build(&format!(
+            "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"a\"\nlisten = \"127.0.0.1:8081\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("already used by admin.listen"), "{e}");
+    }
+}
