@@ -1,7 +1,10 @@
 //! The `hifi` command: parses arguments and calls the crates that do the work.
 
+mod demo;
 mod log_bench;
 mod log_cmd;
+mod receiver_cmd;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +18,37 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a pipeline until SIGINT/SIGTERM, then drain and stop cleanly.
+    Run {
+        /// The pipeline file (TOML).
+        file: std::path::PathBuf,
+        /// Longest time to wait for in-flight deliveries when stopping.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain: std::time::Duration,
+    },
+    /// Check a pipeline file without starting anything (exit 0 when valid).
+    Validate {
+        /// The pipeline file (TOML).
+        file: std::path::PathBuf,
+    },
+    /// A self-contained pipeline with a generator and a receiver, for a first look.
+    Demo {
+        /// Events per second from the generator.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// A destination that records every event it receives (for tests and demos).
+    Receiver {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// File to append one JSON line per received event to.
+        #[arg(long)]
+        record: std::path::PathBuf,
+    },
     /// Inspect and exercise the embedded log in a data directory.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -42,6 +76,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Log(cmd) => log_cmd::run(cmd).await,
+            Command::Run { file, drain } => run::run(file, drain).await,
+            Command::Validate { file } => Ok(run::validate(&file)),
+            Command::Demo { rate, duration } => demo::run(rate, duration).await,
+            Command::Receiver { listen, record } => receiver_cmd::run(listen, record).await,
         }
     });
     match result {

@@ -301,7 +301,8 @@ pub struct BatchConfig {
     /// Most body bytes per request. Default `"1MiB"`.
     #[serde(default = "default_batch_bytes")]
     pub max_bytes: Size,
-    /// A batch is sent when this old even if not full. Default `"50ms"`.
+    /// While all `concurrency` requests are busy, a batch keeps filling for up to this
+    /// long; with a free request slot it is sent at once. Default `"50ms"`.
     #[serde(default = "default_batch_wait")]
     pub max_wait: Dur,
 }

@@ -10,7 +10,8 @@
 //! ```
 //! Deliveries complete out of order; positions commit in order, so a crash re-sends
 //! (at-least-once; receivers de-duplicate with `Idempotency-Key` or event ids) and never
-//! skips. A failed delivery is retried with exponential backoff and full jitter until it
+//! skips. Batching happens while busy: with a free request slot a batch leaves at once,
+//! otherwise it fills for up to `batch.max_wait`. A failed delivery is retried with exponential backoff and full jitter until it
 //! succeeds: events are never dropped here. Memory is bounded by the queue
 //! (`2 × batch.max_events` events) plus `concurrency` batches of `batch.max_bytes`.
 
@@ -264,21 +265,32 @@ impl HttpSink {
                     },
                 },
             };
+            // Batch while busy: with a free request slot, send what is queued at once;
+            // with every slot busy, keep filling for up to `max_wait`.
             let deadline = tokio::time::Instant::now() + self.cfg.batch.max_wait.0;
             let mut bytes = first.body.len() + 2;
             let mut batch = vec![first];
             while batch.len() < max_events {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(item)) => {
-                        if bytes + item.body.len() + 1 > max_bytes {
-                            pending = Some(item);
-                            break;
-                        }
-                        bytes += item.body.len() + 1;
-                        batch.push(item);
+                let next = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) if permits.available_permits() > 0 => {
+                        None
                     }
-                    Ok(None) | Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                };
+                let Some(item) = next else { break };
+                if bytes + item.body.len() + 1 > max_bytes {
+                    pending = Some(item);
+                    break;
                 }
+                bytes += item.body.len() + 1;
+                batch.push(item);
             }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return in_flight,
@@ -359,7 +371,7 @@ impl HttpSink {
                 .failed_requests_total
                 .fetch_add(1, Ordering::Relaxed);
             let backoff = self.backoff(attempt);
-            if attempt < 3 || attempt % 20 == 0 {
+            if attempt < 3 || attempt.is_multiple_of(20) {
                 warn!(sink = %self.name, events = batch.len(), attempt = attempt + 1, error = %failure,
                     retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
             }

@@ -280,6 +280,9 @@ fn check_listeners(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     seen.insert(cfg.admin.listen, "admin.listen".to_owned());
     for (name, s) in &cfg.sources {
         let key = format!("sources.{name}.listen");
+        if s.listen.port() == 0 {
+            continue; // any free port: cannot collide
+        }
         if let Some(other) = seen.insert(s.listen, key.clone()) {
             return Err(loaded.error(
                 key,

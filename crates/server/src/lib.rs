@@ -1,1 +1,7 @@
+//! hifi's HTTP serving: the ingest API of each HTTP source, the admin API, and the test
+//! receiver. Handlers turn every failure into a status code and a JSON body; none drops a
+//! connection without an answer.
 
+pub mod admin;
+pub mod ingest;
+pub mod receiver;

@@ -1,0 +1,198 @@
+//! `hifi run` and `hifi validate`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hifi_log::{EmbeddedLog, Log};
+use hifi_pipeline::config::LoadedConfig;
+use hifi_pipeline::runtime::{open_engine, Pipeline};
+use hifi_pipeline::topology::Topology;
+use hifi_server::ingest::{read_tokens_file, IngestState};
+use hifi_server::receiver::bind;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A checked pipeline file, or an error message for the user.
+pub fn load(file: &Path) -> Result<(LoadedConfig, Topology), String> {
+    let loaded = LoadedConfig::load(file).map_err(|e| e.to_string())?;
+    let topology = Topology::build(&loaded).map_err(|e| e.to_string())?;
+    Ok((loaded, topology))
+}
+
+/// `hifi validate FILE`.
+pub fn validate(file: &Path) -> ExitCode {
+    match load(file) {
+        Ok((loaded, t)) => {
+            let c = &loaded.config;
+            println!(
+                "{}: ok — {} source(s), {} stage(s), {} sink(s); topics: {}",
+                file.display(),
+                c.sources.len(),
+                c.stages.len(),
+                c.sinks.len(),
+                t.topics
+                    .iter()
+                    .map(|(n, s)| format!("{n} ({} partitions)", s.partitions))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for w in &t.warnings {
+                println!("warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A started pipeline with its HTTP listeners.
+pub struct Running {
+    /// The nodes.
+    pub pipeline: Pipeline,
+    /// The engine (closed last).
+    pub engine: EmbeddedLog,
+    /// Where each source listens.
+    pub source_addrs: Vec<(String, SocketAddr)>,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    http_stop: CancellationToken,
+    servers: JoinSet<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("source_addrs", &self.source_addrs)
+            .field("admin_addr", &self.admin_addr)
+            .finish()
+    }
+}
+
+/// Opens the engine, starts the nodes and binds every listener.
+pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -> Result<Running> {
+    let engine = {
+        let loaded = loaded.clone();
+        tokio::task::spawn_blocking(move || open_engine(&loaded)).await??
+    };
+    let log: Arc<dyn Log> = Arc::new(engine.clone());
+    let pipeline = Pipeline::start(loaded, topology, log, drain).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_stop = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    let mut source_addrs = Vec::new();
+    for (source, cfg) in &pipeline.sources {
+        let from_file = match cfg.auth.as_ref().and_then(|a| a.tokens_file.as_ref()) {
+            Some(p) => {
+                let path = loaded.resolve(p);
+                read_tokens_file(&path).with_context(|| {
+                    format!(
+                        "sources.{}.auth.tokens_file: cannot read {}",
+                        source.name,
+                        path.display()
+                    )
+                })?
+            }
+            None => Vec::new(),
+        };
+        let state = Arc::new(IngestState::new(
+            source.clone(),
+            cfg,
+            from_file,
+            ready.clone(),
+        ));
+        let listener = bind(cfg.listen, &format!("sources.{}", source.name)).await?;
+        source_addrs.push((source.name.clone(), listener.local_addr()?));
+        let stop = http_stop.clone();
+        let app = hifi_server::ingest::router(state);
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    let listener = bind(loaded.config.admin.listen, "admin").await?;
+    let admin_addr = listener.local_addr()?;
+    let stop = http_stop.clone();
+    let app = hifi_server::admin::router(ready.clone());
+    servers.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    ready.store(true, Ordering::Release);
+    Ok(Running {
+        pipeline,
+        engine,
+        source_addrs,
+        admin_addr,
+        http_stop,
+        servers,
+    })
+}
+
+impl Running {
+    /// Stops accepting requests (in-flight ones finish), stops the nodes (sinks drain),
+    /// commits and closes the engine.
+    pub async fn stop(mut self) {
+        self.http_stop.cancel();
+        while self.servers.join_next().await.is_some() {}
+        self.pipeline.stop().await;
+        self.engine.close().await;
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns the signal's name.
+pub async fn signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// `hifi run FILE`.
+pub async fn run(file: PathBuf, drain: Duration) -> Result<ExitCode> {
+    let (loaded, topology) = match load(&file) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let running = start(&loaded, topology, drain).await?;
+    for (name, addr) in &running.source_addrs {
+        println!("source {name}: POST http://{addr}/v1/events");
+    }
+    println!("admin: http://{}", running.admin_addr);
+    for (kind, names) in running.pipeline.describe() {
+        if !names.is_empty() {
+            println!("{kind}: {}", names.join(", "));
+        }
+    }
+    println!(
+        "hifi is running (data in {}); stop with Ctrl-C or SIGTERM",
+        running.engine.root().display()
+    );
+    let sig = signal().await;
+    println!(
+        "{sig} received: draining (at most {} s)...",
+        drain.as_secs()
+    );
+    running.stop().await;
+    println!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}

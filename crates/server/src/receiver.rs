@@ -1,0 +1,208 @@
+//! `hifi receiver`: a destination for tests and demos. It accepts CloudEvents (a batch
+//! array or one event) on any path and appends one JSON line per event to a record file:
+//! `{"id", "source", "time", "event_time_ms", "received_at_ms", "idempotency_key"}`.
+//! The file is flushed before the 2xx is sent, so every acknowledged event is in it even
+//! if the receiver is killed. It counts received, distinct and duplicate events.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counts kept by a receiver.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ReceiverSummary {
+    /// Events received (with repeats).
+    pub received: u64,
+    /// Distinct (source, id) pairs.
+    pub distinct: u64,
+    /// Repeats of an already received (source, id).
+    pub duplicates: u64,
+    /// Requests answered 2xx.
+    pub requests: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The record file.
+    file: std::io::BufWriter<std::fs::File>,
+    /// Hashes of (source, id) seen, for the distinct count.
+    seen: HashSet<u128>,
+    /// Counts.
+    summary: ReceiverSummary,
+    /// Receive time − event time (ms) since the last [`Receiver::take_delays`].
+    delays: hdrhistogram::Histogram<u64>,
+}
+
+/// Percentiles of receive time − event time, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Delays {
+    /// Events measured.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 95th percentile.
+    pub p95: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// A receiver's shared state.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Receiver {
+    /// Opens (appending to) the record file.
+    pub fn open(record: &PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(record)?;
+        Ok(Receiver {
+            inner: Arc::new(Mutex::new(Inner {
+                file: std::io::BufWriter::new(file),
+                seen: HashSet::new(),
+                summary: ReceiverSummary::default(),
+                delays: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
+            })),
+        })
+    }
+
+    /// The counts so far.
+    pub fn summary(&self) -> ReceiverSummary {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).summary
+    }
+
+    /// Delay percentiles since the last call, and a fresh start.
+    pub fn take_delays(&self) -> Delays {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &inner.delays;
+        let d = Delays {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        };
+        inner.delays.reset();
+        d
+    }
+
+    /// The router (POST on any path).
+    pub fn router(&self) -> Router {
+        Router::new().fallback(receive).with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown`.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+}
+
+/// Binds a listener with a clear error.
+pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} for {what}: {e}"))
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+    let received_at = now_ms();
+    let events: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v @ serde_json::Value::Object(_)) => vec![v],
+        Ok(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "expected a CloudEvents batch (array) or one CloudEvent\n",
+            )
+                .into_response()
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}\n")).into_response(),
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut lines = Vec::with_capacity(events.len() * 160);
+    let mut delays = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    for e in &events {
+        let id = e.get("id").and_then(|v| v.as_str()).unwrap_or("");
+        let source = e.get("source").and_then(|v| v.as_str()).unwrap_or("");
+        let time = e.get("time").and_then(|v| v.as_str());
+        let event_time_ms = time
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|d| d.timestamp_millis());
+        let line = serde_json::json!({
+            "id": id, "source": source, "time": time, "event_time_ms": event_time_ms,
+            "received_at_ms": received_at, "idempotency_key": key,
+        });
+        if let Some(t) = event_time_ms {
+            delays.push((received_at - t).max(0) as u64);
+        }
+        let _ = serde_json::to_writer(&mut lines, &line);
+        lines.push(b'\n');
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(source.as_bytes());
+        h.update(&[0xff]);
+        h.update(id.as_bytes());
+        ids.push(h.digest128());
+    }
+    let mut inner = r.inner.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = inner
+        .file
+        .write_all(&lines)
+        .and_then(|()| inner.file.flush())
+    {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot record events: {e}\n"),
+        )
+            .into_response();
+    }
+    for h in ids {
+        inner.summary.received += 1;
+        if inner.seen.insert(h) {
+            inner.summary.distinct += 1;
+        } else {
+            inner.summary.duplicates += 1;
+        }
+    }
+    inner.summary.requests += 1;
+    for d in delays {
+        inner.delays.saturating_record(d);
+    }
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "received": events.len() })),
+    )
+        .into_response()
+}
