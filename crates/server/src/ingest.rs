@@ -246,7 +246,10 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
     };
     let body = match decode(encoding, raw, s.max_body_bytes) {
         Ok(b) => b,
-        Err(r) => return reject(r),
+        Err(DecodeError::TooLarge) => return reject(too_large(s.max_body_bytes)),
+        Err(DecodeError::Bad(msg)) => {
+            return reject(error(StatusCode::BAD_REQUEST, &msg, json!({})))
+        }
     };
     let events = match parse_body(&body, format, &s.source.parse) {
         Ok(ev) => ev,
@@ -284,30 +287,28 @@ fn too_large(max: u64) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, &msg, json!({}))
 }
 
+/// Why a body could not be decompressed.
+enum DecodeError {
+    TooLarge,
+    Bad(String),
+}
+
 /// Decompresses with a bound on the output (a zip bomb is a 413, not an allocation).
-fn decode(encoding: Encoding, raw: bytes::Bytes, max: u64) -> Result<bytes::Bytes, Response> {
+fn decode(encoding: Encoding, raw: bytes::Bytes, max: u64) -> Result<bytes::Bytes, DecodeError> {
     let reader: Box<dyn Read> = match encoding {
         Encoding::Identity => return Ok(raw),
         Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(raw))),
         Encoding::Zstd => match zstd::stream::read::Decoder::new(std::io::Cursor::new(raw)) {
             Ok(d) => Box::new(d),
-            Err(e) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid zstd body: {e}"),
-                    json!({}),
-                ))
-            }
+            Err(e) => return Err(DecodeError::Bad(format!("invalid zstd body: {e}"))),
         },
     };
     let mut out = Vec::new();
     match reader.take(max + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() as u64 > max => Err(too_large(max)),
+        Ok(_) if out.len() as u64 > max => Err(DecodeError::TooLarge),
         Ok(_) => Ok(out.into()),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("could not decompress the body: {e}"),
-            json!({}),
-        )),
+        Err(e) => Err(DecodeError::Bad(format!(
+            "could not decompress the body: {e}"
+        ))),
     }
 }
