@@ -1,0 +1,109 @@
+//! Every configuration error is caught at start-up (and by `hifi validate`) with a
+//! message naming the file, the key and the fix; nothing starts.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::process::Command;
+
+use support::HIFI;
+
+const HEAD: &str = "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n";
+const SOURCE: &str =
+    "[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\n";
+
+fn check(name: &str, body: &str, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, format!("{HEAD}{body}")).unwrap();
+    for cmd in ["validate", "run"] {
+        let out = Command::new(HIFI)
+            .args([cmd, file.to_str().unwrap()])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name} ({cmd}): {err}");
+        assert!(
+            err.contains("p.toml"),
+            "{name} ({cmd}): no file name in {err}"
+        );
+        for e in expect {
+            assert!(err.contains(e), "{name} ({cmd}): expected {e:?} in {err}");
+        }
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "{name}: nothing may start"
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_file_the_key_and_the_fix() {
+    check(
+        "unknown key",
+        &format!("{SOURCE}colour = \"red\"\n"),
+        &["p.toml:8", "unknown field `colour`", "expected one of"],
+    );
+    check(
+        "misspelled section",
+        "[sourcs.api]\ntype = \"http\"\ntopic = \"e\"\n",
+        &["p.toml:4", "unknown field `sourcs`", "sources"],
+    );
+    check(
+        "topic nobody writes",
+        &format!("{SOURCE}[sinks.out]\ntype = \"http\"\ninput = \"evnts\"\nurl = \"http://127.0.0.1:9/\"\n"),
+        &["p.toml:10", "sinks.out.input", "no source or stage writes topic \"evnts\"", "Did you mean \"events\"?"],
+    );
+    check(
+        "cycle",
+        &format!("{SOURCE}[stages.a]\ninput = \"events\"\noutput = \"x\"\n[stages.b]\ninput = \"x\"\noutput = \"events\"\n"),
+        &["cycle", "[stages.a]", "[stages.b]"],
+    );
+    check(
+        "unknown topic",
+        &format!("{SOURCE}[topics.evnts]\npartitions = 2\n"),
+        &["topics.evnts", "unknown topic"],
+    );
+    check(
+        "bad duration",
+        &format!("{SOURCE}dedup_window = \"ten minutes\"\n"),
+        &["invalid duration", "250ms"],
+    );
+    check(
+        "bad size",
+        &format!("{SOURCE}max_body_bytes = \"4 megs\"\n"),
+        &["invalid size", "4MiB"],
+    );
+    check(
+        "bad condition",
+        &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\n[[stages.s.transforms]]\ntype = \"filter\"\ncondition = \"event.a >\"\n"),
+        &["stages.s.transforms[0] (filter)", "cannot parse condition"],
+    );
+    check(
+        "bad url",
+        &format!("{SOURCE}[sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"ftp://x/\"\n"),
+        &["sinks.out.url", "http://"],
+    );
+    check("port clash", "[admin]\nlisten = \"127.0.0.1:7000\"\n[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:7000\"\ntopic = \"e\"\n", &["already used by admin.listen"]);
+    check("no nodes", "", &["no nodes"]);
+}
+
+#[test]
+fn a_valid_file_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, format!("{HEAD}{SOURCE}")).unwrap();
+    let out = Command::new(HIFI)
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ok") && text.contains("events (4 partitions)"),
+        "{text}"
+    );
+    assert!(text.contains("warning: topic \"events\""), "{text}");
+}

@@ -1,0 +1,189 @@
+//! Real processes for integration tests: `hifi run` and `hifi receiver` started on
+//! loopback with port 0, their addresses read from their first lines of output.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HIFI: &str = env!("CARGO_BIN_EXE_hifi");
+
+/// A running `hifi` child process with the addresses it printed.
+pub struct Proc {
+    pub child: Child,
+    /// "source api" → addr, "admin" → addr, "receiver" → addr.
+    pub addrs: HashMap<String, SocketAddr>,
+    pub stdout_rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `hifi ARGS` and waits until it printed `ready_line_prefix`.
+    pub fn start(args: &[&str], ready_prefix: &str, dir: &Path) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hifi.stderr"))
+            .unwrap();
+        let mut child = Command::new(HIFI)
+            .args(args)
+            .current_dir(dir)
+            .env("HIFI_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let err = std::fs::read_to_string(dir.join("hifi.stderr")).unwrap_or_default();
+                    panic!("hifi {args:?} did not start within 30 s; stderr:\n{err}");
+                }
+            };
+            if let Some((name, addr)) = parse_addr(&line) {
+                addrs.insert(name, addr);
+            }
+            if line.starts_with(ready_prefix) {
+                break;
+            }
+        }
+        Proc {
+            child,
+            addrs,
+            stdout_rest: rx,
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(name)
+            .unwrap_or_else(|| panic!("no address {name:?} in {:?}", self.addrs))
+    }
+
+    pub fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success());
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns the remaining stdout.
+    pub fn sigterm(mut self, within: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not stop within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut rest = Vec::new();
+        while let Ok(l) = self.stdout_rest.recv_timeout(Duration::from_millis(500)) {
+            rest.push(l);
+        }
+        (status, rest)
+    }
+}
+
+/// "source api: POST http://127.0.0.1:1234/v1/events" → ("source api", addr);
+/// "admin: http://127.0.0.1:1235" → ("admin", addr); "receiver: POST http://..." → ("receiver", addr).
+fn parse_addr(line: &str) -> Option<(String, SocketAddr)> {
+    let (name, rest) = line.split_once(": ")?;
+    let url = rest.split_whitespace().find(|w| w.starts_with("http://"))?;
+    let hostport = url.trim_start_matches("http://").split('/').next()?;
+    Some((name.to_owned(), hostport.parse().ok()?))
+}
+
+/// A pipeline file: one HTTP source on any port, an optional pass-through stage, and a
+/// sink to `sink_url`.
+pub fn pipeline_file(dir: &Path, sink_url: &str, extra_source: &str, with_stage: bool) -> PathBuf {
+    let (sink_input, stage) = if with_stage {
+        (
+            "clean",
+            "[stages.clean]\ninput = \"events\"\noutput = \"clean\"\n",
+        )
+    } else {
+        ("events", "")
+    };
+    let text = format!(
+        "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n{extra_source}\n\n\
+         {stage}\n[sinks.out]\ntype = \"http\"\ninput = \"{sink_input}\"\nurl = \"{sink_url}\"\n\
+         [sinks.out.retry]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn run_pipeline(dir: &Path, file: &Path) -> Proc {
+    Proc::start(
+        &["run", file.to_str().unwrap(), "--drain", "5s"],
+        "hifi is running",
+        dir,
+    )
+}
+
+pub fn run_receiver(dir: &Path, listen: &str, record: &Path) -> Proc {
+    Proc::start(
+        &[
+            "receiver",
+            "--listen",
+            listen,
+            "--record",
+            record.to_str().unwrap(),
+        ],
+        "receiver:",
+        dir,
+    )
+}
+
+/// Event ids in a receiver's record file, with how often each arrived.
+pub fn received_ids(record: &Path) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return out;
+    };
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *out.entry(v["id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    out
+}
+
+/// Polls `cond` until true or `within` passes.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
