@@ -1,6 +1,7 @@
 //! The `hifi` command: parses arguments and calls the crates that do the work.
 
 mod demo;
+mod loadtest;
 mod log_bench;
 mod log_cmd;
 mod receiver_cmd;
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
     },
+    /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
+    Loadtest(loadtest::LoadtestArgs),
     /// A destination that records every event it receives (for tests and demos).
     Receiver {
         /// Address to listen on.
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Validate { file } => Ok(run::validate(&file)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver { listen, record } => receiver_cmd::run(listen, record).await,
+            Command::Loadtest(args) => loadtest::run(args).await,
         }
     });
     match result {

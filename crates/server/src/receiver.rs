@@ -44,7 +44,8 @@ struct Inner {
     delays: hdrhistogram::Histogram<u64>,
 }
 
-/// Percentiles of receive time − event time, in milliseconds.
+/// Percentiles of receive time − event time, in milliseconds (recorded up to 24 h;
+/// longer delays count as 24 h).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Delays {
     /// Events measured.
@@ -77,7 +78,8 @@ impl Receiver {
                 file: std::io::BufWriter::new(file),
                 seen: HashSet::new(),
                 summary: ReceiverSummary::default(),
-                delays: hdrhistogram::Histogram::new(3).expect("3 significant figures is valid"),
+                delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
+                    .expect("valid bounds"),
             })),
         })
     }
