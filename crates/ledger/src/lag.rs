@@ -1,0 +1,172 @@
+//! Lag histograms of one node: lag-in (arrival − event time), lag-out (departure − event
+//! time) and process duration (departure − arrival), cumulative and per 10-second window.
+//!
+//! Values are microseconds in HDR histograms (2 significant digits, up to 30 days).
+//! Event times from the future are clamped to the arrival time and counted: they never
+//! make a lag negative. Closed windows keep only their percentiles (the last 60, i.e. ten
+//! minutes), so memory is fixed per node however long the stream runs.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Window length.
+pub const WINDOW_MS: i64 = 10_000;
+/// Closed windows kept.
+pub const WINDOWS_KEPT: usize = 60;
+const MAX_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
+/// p50/p95/p99/max in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    /// Percentiles of a µs histogram, in ms.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Quantiles {
+            p50: ms(h.value_at_quantile(0.5)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("valid histogram bounds")
+}
+
+/// The three histograms of one span of time.
+#[derive(Debug, Clone)]
+pub struct LagSet {
+    /// Arrival − event time.
+    pub lag_in: Histogram<u64>,
+    /// Departure − event time.
+    pub lag_out: Histogram<u64>,
+    /// Departure − arrival.
+    pub process: Histogram<u64>,
+}
+
+impl Default for LagSet {
+    fn default() -> Self {
+        LagSet {
+            lag_in: hist(),
+            lag_out: hist(),
+            process: hist(),
+        }
+    }
+}
+
+impl LagSet {
+    fn record(&mut self, lag_in: u64, lag_out: u64, process: u64) {
+        self.lag_in.saturating_record(lag_in.max(1));
+        self.lag_out.saturating_record(lag_out.max(1));
+        self.process.saturating_record(process.max(1));
+    }
+
+    /// Events recorded.
+    pub fn events(&self) -> u64 {
+        self.lag_out.len()
+    }
+
+    /// Percentiles of the three.
+    pub fn summary(&self) -> LagSummary {
+        LagSummary {
+            events: self.events(),
+            lag_in_ms: Quantiles::of(&self.lag_in),
+            lag_out_ms: Quantiles::of(&self.lag_out),
+            process_ms: Quantiles::of(&self.process),
+        }
+    }
+}
+
+/// Percentiles of a [`LagSet`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct LagSummary {
+    pub events: u64,
+    pub lag_in_ms: Quantiles,
+    pub lag_out_ms: Quantiles,
+    pub process_ms: Quantiles,
+}
+
+/// A closed window's percentiles.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct WindowSummary {
+    /// Window start, ms since the epoch.
+    pub start_ms: i64,
+    /// Its percentiles.
+    #[serde(flatten)]
+    pub lag: LagSummary,
+}
+
+/// One node's lag: cumulative, the open window, and closed windows' summaries.
+#[derive(Debug, Default)]
+pub struct LagRecorder {
+    /// Since start.
+    pub cumulative: LagSet,
+    /// The open window and its start.
+    current: Option<(i64, LagSet)>,
+    /// Closed windows, oldest first.
+    closed: VecDeque<WindowSummary>,
+    /// Events whose event time was after their arrival (clamped).
+    pub skewed_events: u64,
+}
+
+impl LagRecorder {
+    /// Records one event (all times in µs since the epoch).
+    pub fn record(&mut self, event_us: i64, arrival_us: i64, departure_us: i64) {
+        let departure_us = departure_us.max(arrival_us);
+        let event_us = if event_us > arrival_us {
+            self.skewed_events += 1;
+            arrival_us
+        } else {
+            event_us
+        };
+        let (lag_in, lag_out, process) = (
+            (arrival_us - event_us) as u64,
+            (departure_us - event_us) as u64,
+            (departure_us - arrival_us) as u64,
+        );
+        self.cumulative.record(lag_in, lag_out, process);
+        let window = (departure_us / 1000).div_euclid(WINDOW_MS) * WINDOW_MS;
+        self.roll(window);
+        if let Some((_, set)) = &mut self.current {
+            set.record(lag_in, lag_out, process);
+        }
+    }
+
+    /// Closes the open window if `now_ms` is past it.
+    pub fn roll(&mut self, window_start_ms: i64) {
+        let window = window_start_ms.div_euclid(WINDOW_MS) * WINDOW_MS;
+        match &self.current {
+            Some((start, _)) if *start >= window => {}
+            Some(_) => {
+                let (start, set) = self.current.take().expect("checked above");
+                self.closed.push_back(WindowSummary {
+                    start_ms: start,
+                    lag: set.summary(),
+                });
+                while self.closed.len() > WINDOWS_KEPT {
+                    self.closed.pop_front();
+                }
+                self.current = Some((window, LagSet::default()));
+            }
+            None => self.current = Some((window, LagSet::default())),
+        }
+    }
+
+    /// Closed windows, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &WindowSummary> {
+        self.closed.iter()
+    }
+}

@@ -1,0 +1,888 @@
+//! hifi's fidelity ledger: how late every event is at every node (lag) and exactly which
+//! events went missing where (loss).
+//!
+//! # Loss
+//! Each node records, per 1-minute event-time bucket, the set of origins it saw, split by
+//! outcome ([`tally`]). A node's records reach the ledger through [`NodeLedger::flush`],
+//! which appends them durably to the internal topic `__ledger` — and a node flushes
+//! **before** it commits its input position. After a crash, everything not committed is
+//! processed again and recorded again; records are sets, so nothing counts twice and
+//! nothing recorded is forgotten: a crash neither makes delivered events look lost nor
+//! lost events look delivered.
+//!
+//! A bucket **settles** when its tallies have not changed for `settle_after`. Its loss
+//! table is then computed: for each node, the events seen, the events lost there (passed
+//! by the nodes writing its input topic, with no outcome here), filtered, dead-lettered,
+//! delivered and still-retrying counts; and end to end, for each source → sink path, the
+//! source's events with no terminal outcome (filtered on the path, or delivered /
+//! dead-lettered / retrying at the sink). The table is kept durably in
+//! `__ledger_settled` (with the origins lost, up to [`LOST_LIST_MAX`] per bucket) for
+//! `history`, and the bucket's bitmaps are dropped: memory holds only open buckets.
+//! Outcomes arriving for a settled bucket re-open it; when it settles again, origins now
+//! seen leave the lost list (exact while the list is complete).
+//!
+//! # Lag
+//! See [`lag`]: per node HDR histograms of lag-in, lag-out and process duration,
+//! cumulative and per 10-second window. E2E lag is lag-out at the sinks.
+
+pub mod clock;
+pub mod lag;
+pub mod tally;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hifi_log::{Log, LogError, ReadLimits, Record, Retention, TopicSpec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use lag::{LagRecorder, LagSummary, Quantiles, WindowSummary};
+use tally::{bucket_of, count, difference, union_into, Delta, OriginSet};
+pub use tally::{Origin, Outcome};
+
+/// Internal topic carrying node tallies (one partition).
+pub const JOURNAL_TOPIC: &str = "__ledger";
+/// Internal topic keeping settled loss tables.
+pub const SETTLED_TOPIC: &str = "__ledger_settled";
+/// Lost origins kept per settled bucket (beyond it only counts are kept).
+pub const LOST_LIST_MAX: usize = 10_000;
+
+/// `[ledger]` settings.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Record anything at all (off only to measure the ledger's cost).
+    pub enabled: bool,
+    /// A bucket settles when unchanged this long.
+    pub settle_after: Duration,
+    /// Alarm when a settled bucket's E2E loss % is above this (0.0: any loss).
+    pub loss_alarm_percent: f64,
+    /// How long settled tables are kept.
+    pub history: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            enabled: true,
+            settle_after: Duration::from_secs(180),
+            loss_alarm_percent: 0.0,
+            history: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Node kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Source,
+    Stage,
+    Sink,
+}
+
+/// A node as the ledger sees it.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Name as in the configuration.
+    pub name: String,
+    /// Kind.
+    pub kind: NodeKind,
+    /// Topic read (stages, sinks).
+    pub input: Option<String>,
+    /// Topic written (sources, stages).
+    pub output: Option<String>,
+}
+
+/// One node's row of a loss table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeLoss {
+    pub node: String,
+    pub kind: NodeKind,
+    /// Distinct events with any outcome here.
+    pub seen: u64,
+    /// Passed on by the upstream nodes, no outcome here.
+    pub lost: u64,
+    pub passed: u64,
+    pub delivered: u64,
+    pub filtered: u64,
+    pub dead_lettered: u64,
+    /// Still waiting for a retry (no delivered or dead-lettered outcome yet).
+    pub retrying: u64,
+}
+
+/// A lost origin and the node it was lost at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostOrigin {
+    pub origin: String,
+    pub node: String,
+}
+
+/// The loss table of one bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LossTable {
+    /// Bucket start, RFC 3339.
+    pub start: String,
+    /// Bucket start, ms since the epoch.
+    pub start_ms: i64,
+    /// Whether the figures are final.
+    pub settled: bool,
+    /// Distinct events the sources stored in this bucket.
+    pub events: u64,
+    pub nodes: Vec<NodeLoss>,
+    /// Events with no terminal outcome on some source → sink path.
+    pub e2e_lost: u64,
+    pub e2e_loss_percent: f64,
+    /// Where each lost event was lost (up to [`LOST_LIST_MAX`]).
+    pub lost: Vec<LostOrigin>,
+    /// Whether `lost` lists every lost event.
+    pub lost_complete: bool,
+    /// Journal end when this table was written (replay skips older records of it).
+    #[serde(default)]
+    pub journal_end: u64,
+    /// Where replay must start to rebuild the buckets still open then.
+    #[serde(default)]
+    pub replay_from: u64,
+}
+
+/// Counters of the ledger.
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Events recorded with an event time after their arrival (lag clamped).
+    pub skewed_events_total: AtomicU64,
+    /// Buckets settled.
+    pub settled_buckets_total: AtomicU64,
+    /// Settled buckets over the loss alarm threshold.
+    pub loss_alarms_total: AtomicU64,
+    /// Events lost in settled buckets.
+    pub lost_events_total: AtomicU64,
+    /// Journal appends that failed (the node's commit waits and retries).
+    pub journal_errors_total: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct OpenBucket {
+    /// node → outcome → origins.
+    nodes: BTreeMap<String, BTreeMap<Outcome, OriginSet>>,
+    /// Last time a tally changed (ms, ledger clock).
+    last_change_ms: i64,
+    /// First journal offset holding records of this bucket.
+    first_journal_offset: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: BTreeMap<i64, OpenBucket>,
+    settled: BTreeMap<i64, LossTable>,
+}
+
+/// The ledger of one pipeline.
+#[derive(Debug)]
+pub struct Ledger {
+    cfg: LedgerConfig,
+    nodes: Vec<NodeSpec>,
+    /// Source → sink paths as node indices.
+    paths: Vec<Vec<usize>>,
+    log: Arc<dyn Log>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    lag: BTreeMap<String, Mutex<LagRecorder>>,
+    /// Counters.
+    pub stats: LedgerStats,
+    alarms: broadcast::Sender<LossTable>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+impl Ledger {
+    /// Opens the ledger: creates its topics, loads settled history and replays the
+    /// journal to rebuild open buckets.
+    pub async fn open(
+        cfg: LedgerConfig,
+        nodes: Vec<NodeSpec>,
+        log: Arc<dyn Log>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Ledger>, LogError> {
+        let journal = TopicSpec {
+            retention: Some(Retention {
+                age: Some(cfg.history.max(Duration::from_secs(24 * 3600))),
+                bytes: None,
+            }),
+            ..TopicSpec::new(JOURNAL_TOPIC, 1)
+        };
+        let settled = TopicSpec {
+            retention: Some(Retention {
+                age: Some(cfg.history),
+                bytes: None,
+            }),
+            ..TopicSpec::new(SETTLED_TOPIC, 1)
+        };
+        log.ensure_topic(&journal).await?;
+        log.ensure_topic(&settled).await?;
+        let paths = paths(&nodes);
+        let lag = nodes
+            .iter()
+            .map(|n| (n.name.clone(), Mutex::new(LagRecorder::default())))
+            .collect();
+        let ledger = Arc::new(Ledger {
+            cfg,
+            nodes,
+            paths,
+            log,
+            clock,
+            state: Mutex::new(State::default()),
+            lag,
+            stats: LedgerStats::default(),
+            alarms: broadcast::channel(64).0,
+        });
+        ledger.load().await?;
+        Ok(ledger)
+    }
+
+    async fn read_all(
+        &self,
+        topic: &str,
+        from: u64,
+        mut visit: impl FnMut(u64, &Record),
+    ) -> Result<(), LogError> {
+        let end = self.log.offsets(topic, 0).await?.end;
+        let mut pos = from.max(self.log.offsets(topic, 0).await?.start);
+        while pos < end {
+            let batch = self
+                .log
+                .read(
+                    topic,
+                    0,
+                    pos,
+                    ReadLimits {
+                        max_records: 5000,
+                        max_bytes: 8 << 20,
+                        wait: Duration::ZERO,
+                    },
+                )
+                .await?;
+            let Some(last) = batch.last().map(|r| r.offset) else {
+                break;
+            };
+            for r in &batch {
+                visit(r.offset, &r.record);
+            }
+            pos = last + 1;
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<(), LogError> {
+        let mut settled = BTreeMap::new();
+        let mut replay_from = 0;
+        self.read_all(SETTLED_TOPIC, 0, |_, r| {
+            match serde_json::from_slice::<LossTable>(&r.value) {
+                Ok(t) => {
+                    replay_from = t.replay_from;
+                    settled.insert(t.start_ms / 60_000, t);
+                }
+                Err(e) => warn!(%e, "unreadable settled loss table skipped"),
+            }
+        })
+        .await?;
+        let mut entries = Vec::new();
+        self.read_all(JOURNAL_TOPIC, replay_from, |offset, r| {
+            if let Some(e) = tally::decode_entry(&r.value) {
+                entries.push((offset, e));
+            }
+        })
+        .await?;
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let replayed = entries.len();
+        for (offset, e) in entries {
+            if settled
+                .get(&e.bucket)
+                .is_some_and(|t| offset < t.journal_end)
+            {
+                continue; // already counted in that settled table
+            }
+            let b = st.open.entry(e.bucket).or_insert_with(|| OpenBucket {
+                first_journal_offset: offset,
+                ..OpenBucket::default()
+            });
+            b.last_change_ms = now;
+            let set = b
+                .nodes
+                .entry(e.node)
+                .or_default()
+                .entry(e.outcome)
+                .or_default();
+            union_into(set, &BTreeMap::from([(e.origin_partition, e.offsets)]));
+        }
+        st.settled = settled;
+        info!(
+            replayed,
+            open_buckets = st.open.len(),
+            settled_buckets = st.settled.len(),
+            "ledger loaded"
+        );
+        Ok(())
+    }
+
+    /// A handle for one node.
+    pub fn node(self: &Arc<Self>, name: &str) -> NodeLedger {
+        NodeLedger {
+            ledger: self.clone(),
+            node: name.to_owned(),
+            pending: Mutex::new(Delta::default()),
+        }
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Alarms (settled buckets over the threshold) as they happen.
+    pub fn subscribe_alarms(&self) -> broadcast::Receiver<LossTable> {
+        self.alarms.subscribe()
+    }
+
+    fn merge(&self, node: &str, delta: &Delta, first_offset: u64) {
+        let now = self.clock.now_ms();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for ((bucket, outcome), set) in &delta.sets {
+            let b = st.open.entry(*bucket).or_insert_with(|| OpenBucket {
+                first_journal_offset: first_offset,
+                ..OpenBucket::default()
+            });
+            b.last_change_ms = now;
+            union_into(
+                b.nodes
+                    .entry(node.to_owned())
+                    .or_default()
+                    .entry(*outcome)
+                    .or_default(),
+                set,
+            );
+        }
+    }
+
+    /// Settles every bucket unchanged for `settle_after`: computes and persists its loss
+    /// table, raises alarms, drops its bitmaps. Call it periodically (the runtime does,
+    /// every second).
+    pub async fn tick(&self) -> Result<(), LogError> {
+        let now = self.clock.now_ms();
+        let due: Vec<i64> = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let settle = self.cfg.settle_after.as_millis() as i64;
+            st.open
+                .iter()
+                .filter(|(_, b)| b.last_change_ms + settle <= now)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        for bucket in due {
+            let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+            let table = {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(open) = st.open.remove(&bucket) else {
+                    continue;
+                };
+                let mut table = match st.settled.get(&bucket) {
+                    Some(old) => self.resettle(old, &open),
+                    None => self.table(bucket, &open, true),
+                };
+                table.journal_end = journal_end;
+                table.replay_from = st
+                    .open
+                    .values()
+                    .map(|b| b.first_journal_offset)
+                    .min()
+                    .unwrap_or(journal_end);
+                st.settled.insert(bucket, table.clone());
+                table
+            };
+            let value = serde_json::to_vec(&table).expect("loss tables serialise");
+            self.log
+                .append(SETTLED_TOPIC, 0, vec![Record::new(value, now)])
+                .await?;
+            self.stats
+                .settled_buckets_total
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .lost_events_total
+                .fetch_add(table.e2e_lost, Ordering::Relaxed);
+            if table.e2e_lost > 0 && table.e2e_loss_percent > self.cfg.loss_alarm_percent {
+                self.stats.loss_alarms_total.fetch_add(1, Ordering::Relaxed);
+                let at: Vec<_> = table
+                    .nodes
+                    .iter()
+                    .filter(|n| n.lost > 0)
+                    .map(|n| format!("{} lost {}", n.node, n.lost))
+                    .collect();
+                error!(bucket = %table.start, e2e_lost = table.e2e_lost, e2e_loss_percent = table.e2e_loss_percent,
+                    where_lost = %at.join(", "), first = ?table.lost.first(), "LOSS ALARM: events lost in a settled bucket");
+                let _ = self.alarms.send(table.clone());
+            }
+        }
+        let keep_after = (now - self.cfg.history.as_millis() as i64) / 60_000;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.settled.retain(|b, _| *b >= keep_after);
+        Ok(())
+    }
+
+    /// Computes a bucket's table from its tallies.
+    fn table(&self, bucket: i64, open: &OpenBucket, settled: bool) -> LossTable {
+        let empty = BTreeMap::new();
+        let outcomes = |node: &str| open.nodes.get(node).unwrap_or(&empty);
+        let get = |node: &str, o: Outcome| outcomes(node).get(&o).cloned().unwrap_or_default();
+        let mut rows = Vec::new();
+        let mut lost_list = Vec::new();
+        let mut lost_total = 0usize;
+        for n in &self.nodes {
+            let mut seen = OriginSet::new();
+            for set in outcomes(&n.name).values() {
+                union_into(&mut seen, set);
+            }
+            let upstream = self.upstream_passed(n, &open.nodes);
+            let lost = difference(&upstream, &seen);
+            let mut terminal = get(&n.name, Outcome::Delivered);
+            union_into(&mut terminal, &get(&n.name, Outcome::DeadLettered));
+            lost_total += count(&lost) as usize;
+            for o in tally::examples(&lost, LOST_LIST_MAX.saturating_sub(lost_list.len())) {
+                lost_list.push(LostOrigin {
+                    origin: o,
+                    node: n.name.clone(),
+                });
+            }
+            rows.push(NodeLoss {
+                node: n.name.clone(),
+                kind: n.kind,
+                seen: count(&seen),
+                lost: count(&lost),
+                passed: count(&get(&n.name, Outcome::Passed)),
+                delivered: count(&get(&n.name, Outcome::Delivered)),
+                filtered: count(&get(&n.name, Outcome::Filtered)),
+                dead_lettered: count(&get(&n.name, Outcome::DeadLettered)),
+                retrying: count(&difference(&get(&n.name, Outcome::Retrying), &terminal)),
+            });
+        }
+        let mut events = OriginSet::new();
+        let mut e2e_lost = OriginSet::new();
+        for path in &self.paths {
+            let source = &self.nodes[path[0]];
+            let stored = get(&source.name, Outcome::Passed);
+            union_into(&mut events, &stored);
+            let mut terminal = OriginSet::new();
+            for &i in &path[1..path.len() - 1] {
+                union_into(&mut terminal, &get(&self.nodes[i].name, Outcome::Filtered));
+            }
+            let sink = &self.nodes[path[path.len() - 1]].name;
+            for o in [Outcome::Delivered, Outcome::DeadLettered, Outcome::Retrying] {
+                union_into(&mut terminal, &get(sink, o));
+            }
+            union_into(&mut e2e_lost, &difference(&stored, &terminal));
+        }
+        let (events, lost) = (count(&events), count(&e2e_lost));
+        let start_ms = bucket * 60_000;
+        LossTable {
+            start: rfc3339(start_ms),
+            start_ms,
+            settled,
+            events,
+            nodes: rows,
+            e2e_lost: lost,
+            e2e_loss_percent: if events == 0 {
+                0.0
+            } else {
+                lost as f64 * 100.0 / events as f64
+            },
+            lost: lost_list,
+            lost_complete: lost_total <= LOST_LIST_MAX,
+            journal_end: 0,
+            replay_from: 0,
+        }
+    }
+
+    /// Late outcomes for a settled bucket: origins now seen leave the lost list.
+    fn resettle(&self, old: &LossTable, late: &OpenBucket) -> LossTable {
+        let mut t = old.clone();
+        let seen_at = |node: &str, o: &Origin| {
+            late.nodes
+                .get(node)
+                .is_some_and(|outs| outs.values().any(|s| tally::contains(s, o)))
+        };
+        let mut recovered: BTreeMap<String, u64> = BTreeMap::new();
+        t.lost.retain(|l| {
+            let found = l
+                .origin
+                .parse::<Origin>()
+                .is_ok_and(|o| seen_at(&l.node, &o));
+            if found {
+                *recovered.entry(l.node.clone()).or_default() += 1;
+            }
+            !found
+        });
+        for row in &mut t.nodes {
+            let r = recovered.get(&row.node).copied().unwrap_or(0);
+            row.lost -= r.min(row.lost);
+            row.seen += r;
+        }
+        let sinks: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Sink)
+            .map(|n| n.name.as_str())
+            .collect();
+        let delivered_late: u64 = recovered
+            .iter()
+            .filter(|(n, _)| sinks.contains(n.as_str()))
+            .map(|(_, c)| *c)
+            .sum();
+        t.e2e_lost -= delivered_late.min(t.e2e_lost);
+        t.e2e_loss_percent = if t.events == 0 {
+            0.0
+        } else {
+            t.e2e_lost as f64 * 100.0 / t.events as f64
+        };
+        t
+    }
+
+    /// Origins passed on by the nodes writing `n`'s input topic.
+    fn upstream_passed(
+        &self,
+        n: &NodeSpec,
+        tallies: &BTreeMap<String, BTreeMap<Outcome, OriginSet>>,
+    ) -> OriginSet {
+        let mut out = OriginSet::new();
+        let Some(input) = &n.input else { return out };
+        for w in self
+            .nodes
+            .iter()
+            .filter(|w| w.output.as_ref() == Some(input))
+        {
+            if let Some(set) = tallies.get(&w.name).and_then(|o| o.get(&Outcome::Passed)) {
+                union_into(&mut out, set);
+            }
+        }
+        out
+    }
+
+    /// Loss tables of buckets starting in `[from_ms, to_ms)`, newest first: settled ones
+    /// as stored, open ones computed now (`settled: false`).
+    pub fn loss(&self, from_ms: i64, to_ms: i64) -> Vec<LossTable> {
+        let (from, to) = (from_ms.div_euclid(60_000), to_ms.div_euclid(60_000));
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: BTreeMap<i64, LossTable> = st
+            .settled
+            .range(from..to)
+            .map(|(k, t)| (*k, t.clone()))
+            .collect();
+        for (k, b) in st.open.range(from..to) {
+            if !out.contains_key(k) {
+                out.insert(*k, self.table(*k, b, false));
+            }
+        }
+        out.into_values().rev().collect()
+    }
+
+    /// Open buckets and settled tables held in memory.
+    pub fn bucket_counts(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.open.len(), st.settled.len())
+    }
+
+    /// Lag per node.
+    pub fn lag(&self) -> LagReport {
+        let now = self.clock.now_ms();
+        let mut nodes = Vec::new();
+        let mut e2e = None::<hdrhistogram::Histogram<u64>>;
+        let mut history: BTreeMap<i64, HistoryPoint> = BTreeMap::new();
+        for n in &self.nodes {
+            let mut rec = self.lag[&n.name].lock().unwrap_or_else(|p| p.into_inner());
+            rec.roll(now);
+            let summary = rec.cumulative.summary();
+            if n.kind == NodeKind::Sink {
+                match &mut e2e {
+                    Some(h) => {
+                        let _ = h.add(&rec.cumulative.lag_out);
+                    }
+                    None => e2e = Some(rec.cumulative.lag_out.clone()),
+                }
+            }
+            for w in rec.history() {
+                let p = history.entry(w.start_ms).or_insert_with(|| HistoryPoint {
+                    t: rfc3339(w.start_ms + lag::WINDOW_MS),
+                    ..Default::default()
+                });
+                p.nodes.insert(
+                    n.name.clone(),
+                    HistoryNode {
+                        events: w.lag.events,
+                        process_p50_ms: w.lag.process_ms.p50,
+                        lag_out_p95_ms: w.lag.lag_out_ms.p95,
+                    },
+                );
+                if n.kind == NodeKind::Sink {
+                    p.e2e_p95_ms = p.e2e_p95_ms.max(w.lag.lag_out_ms.p95);
+                }
+            }
+            nodes.push(NodeLag {
+                node: n.name.clone(),
+                kind: n.kind,
+                skewed_events: rec.skewed_events,
+                lag: summary,
+            });
+        }
+        LagReport {
+            window_s: (lag::WINDOW_MS / 1000) as u64,
+            nodes,
+            e2e_ms: e2e.as_ref().map(Quantiles::of).unwrap_or_default(),
+            history: history.into_values().collect(),
+        }
+    }
+
+    /// What the ledger knows of one event: its bucket (from its event time) and, per
+    /// node, its outcomes (open bucket) or whether it was lost there (settled bucket).
+    pub fn trace(&self, origin: &Origin, event_time_ms: i64) -> Trace {
+        let bucket = bucket_of(event_time_ms);
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = Vec::new();
+        if let Some(b) = st.open.get(&bucket) {
+            for n in &self.nodes {
+                let outcomes: Vec<Outcome> = b
+                    .nodes
+                    .get(&n.name)
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(_, s)| tally::contains(s, origin))
+                            .map(|(k, _)| *k)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let upstream = self.upstream_passed(n, &b.nodes);
+                let lost_here = outcomes.is_empty() && tally::contains(&upstream, origin);
+                nodes.push(TraceNode {
+                    node: n.name.clone(),
+                    kind: n.kind,
+                    outcomes,
+                    lost_here,
+                });
+            }
+            return Trace {
+                bucket: rfc3339(bucket * 60_000),
+                settled: false,
+                nodes,
+                note: None,
+            };
+        }
+        if let Some(t) = st.settled.get(&bucket) {
+            let lost_at: Option<&str> = t
+                .lost
+                .iter()
+                .find(|l| l.origin == origin.to_string())
+                .map(|l| l.node.as_str());
+            for n in &self.nodes {
+                nodes.push(TraceNode {
+                    node: n.name.clone(),
+                    kind: n.kind,
+                    outcomes: Vec::new(),
+                    lost_here: lost_at == Some(n.name.as_str()),
+                });
+            }
+            let note = match lost_at {
+                Some(node) => format!("lost at {node} (bucket settled)"),
+                None if t.lost_complete => {
+                    "not lost: the bucket settled and this event is not in its lost list".into()
+                }
+                None => {
+                    "not in the kept lost list (the bucket lost more events than are listed)".into()
+                }
+            };
+            return Trace {
+                bucket: t.start.clone(),
+                settled: true,
+                nodes,
+                note: Some(note),
+            };
+        }
+        Trace {
+            bucket: rfc3339(bucket * 60_000),
+            settled: false,
+            nodes,
+            note: Some(
+                "no tallies for this event's bucket (outside history, or not yet recorded)".into(),
+            ),
+        }
+    }
+}
+
+/// Source → sink paths through the topic graph, as node indices.
+fn paths(nodes: &[NodeSpec]) -> Vec<Vec<usize>> {
+    fn walk(nodes: &[NodeSpec], path: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        let last = &nodes[*path.last().expect("non-empty")];
+        if last.kind == NodeKind::Sink {
+            out.push(path.clone());
+            return;
+        }
+        let Some(topic) = &last.output else { return };
+        for (i, n) in nodes.iter().enumerate() {
+            if n.input.as_ref() == Some(topic) && !path.contains(&i) {
+                path.push(i);
+                walk(nodes, path, out);
+                path.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.kind == NodeKind::Source {
+            walk(nodes, &mut vec![i], &mut out);
+        }
+    }
+    out
+}
+
+/// `GET /v1/lag`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LagReport {
+    pub window_s: u64,
+    pub nodes: Vec<NodeLag>,
+    pub e2e_ms: Quantiles,
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One node's lag since start.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeLag {
+    pub node: String,
+    pub kind: NodeKind,
+    pub skewed_events: u64,
+    #[serde(flatten)]
+    pub lag: LagSummary,
+}
+
+/// One 10-second window of the history.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistoryPoint {
+    /// Window end, RFC 3339.
+    pub t: String,
+    /// Largest sink lag-out p95 in the window.
+    pub e2e_p95_ms: f64,
+    pub nodes: BTreeMap<String, HistoryNode>,
+}
+
+/// One node in one window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistoryNode {
+    pub events: u64,
+    pub process_p50_ms: f64,
+    pub lag_out_p95_ms: f64,
+}
+
+/// `GET /v1/events/{origin}/trace`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub bucket: String,
+    pub settled: bool,
+    pub nodes: Vec<TraceNode>,
+    pub note: Option<String>,
+}
+
+/// One node of a trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceNode {
+    pub node: String,
+    pub kind: NodeKind,
+    /// Outcomes recorded for the event here (open buckets).
+    pub outcomes: Vec<Outcome>,
+    /// Passed on to this node and no outcome here.
+    pub lost_here: bool,
+}
+
+/// One node's handle: records outcomes and lag, and flushes them durably.
+#[derive(Debug)]
+pub struct NodeLedger {
+    ledger: Arc<Ledger>,
+    node: String,
+    pending: Mutex<Delta>,
+}
+
+impl NodeLedger {
+    /// Whether the ledger records anything.
+    pub fn enabled(&self) -> bool {
+        self.ledger.cfg.enabled
+    }
+
+    /// Now in µs on the ledger's clock.
+    pub fn now_us(&self) -> i64 {
+        self.ledger.clock.now_us()
+    }
+
+    /// Records an outcome for an event.
+    pub fn outcome(&self, outcome: Outcome, origin: &Origin, event_time_ms: i64) {
+        if !self.enabled() {
+            return;
+        }
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(
+            bucket_of(event_time_ms),
+            outcome,
+            origin,
+        );
+    }
+
+    /// Records an event's lag at this node (times in µs since the epoch).
+    pub fn lag(&self, event_time_ms: i64, arrival_us: i64, departure_us: i64) {
+        if !self.enabled() {
+            return;
+        }
+        let mut rec = self.ledger.lag[&self.node]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = rec.skewed_events;
+        rec.record(event_time_ms * 1000, arrival_us, departure_us);
+        if rec.skewed_events > before {
+            self.ledger
+                .stats
+                .skewed_events_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends everything recorded so far to the journal, durably, and makes it part of
+    /// the open buckets. Call before committing the input position. On error nothing is
+    /// lost: the records stay pending for the next flush.
+    pub async fn flush(&self) -> Result<(), LogError> {
+        let delta = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let now = self.ledger.clock.now_ms();
+        let records: Vec<Record> = delta
+            .encode(&self.node)
+            .into_iter()
+            .map(|v| Record::new(v, now))
+            .collect();
+        match self.ledger.log.append(JOURNAL_TOPIC, 0, records).await {
+            Ok(range) => {
+                self.ledger.merge(&self.node, &delta, range.start);
+                Ok(())
+            }
+            Err(e) => {
+                self.ledger
+                    .stats
+                    .journal_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for ((b, o), set) in delta.sets {
+                    union_into(p.sets.entry((b, o)).or_default(), &set);
+                }
+                Err(e)
+            }
+        }
+    }
+}

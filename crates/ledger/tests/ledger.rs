@@ -1,0 +1,254 @@
+//! The ledger on a real embedded log with controllable time: exact loss tables,
+//! settling, alarms, history, replay after a restart, late data, clock skew.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use hifi_ledger::{Ledger, LedgerConfig, ManualClock, NodeKind, NodeSpec, Origin, Outcome};
+use hifi_log::{EmbeddedLog, Log, LogConfig};
+use std::sync::Arc;
+
+const T0: i64 = 1_800_000_000_000; // a minute boundary
+
+fn nodes() -> Vec<NodeSpec> {
+    let n = |name: &str, kind, input: Option<&str>, output: Option<&str>| NodeSpec {
+        name: name.into(),
+        kind,
+        input: input.map(Into::into),
+        output: output.map(Into::into),
+    };
+    vec![
+        n("api", NodeKind::Source, None, Some("events")),
+        n("clean", NodeKind::Stage, Some("events"), Some("clean")),
+        n("partner", NodeKind::Sink, Some("clean"), None),
+    ]
+}
+
+fn o(offset: u64) -> Origin {
+    Origin {
+        topic: "events".into(),
+        partition: 0,
+        offset,
+    }
+}
+
+async fn open(dir: &std::path::Path, clock: &ManualClock) -> (EmbeddedLog, Arc<Ledger>) {
+    let log = EmbeddedLog::open(dir, LogConfig::default()).unwrap();
+    let ledger = Ledger::open(
+        LedgerConfig::default(),
+        nodes(),
+        Arc::new(log.clone()) as Arc<dyn Log>,
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    (log, ledger)
+}
+
+/// 100 events stored; the stage passes 0..90, filters 90..95, loses 95..100;
+/// the sink delivers 0..85 and loses 85..90.
+async fn scenario(ledger: &Arc<Ledger>) {
+    let (api, clean, partner) = (
+        ledger.node("api"),
+        ledger.node("clean"),
+        ledger.node("partner"),
+    );
+    let t = T0 + 5_000;
+    for i in 0..100 {
+        api.outcome(Outcome::Passed, &o(i), t);
+    }
+    for i in 0..90 {
+        clean.outcome(Outcome::Passed, &o(i), t);
+    }
+    for i in 90..95 {
+        clean.outcome(Outcome::Filtered, &o(i), t);
+    }
+    for i in 0..85 {
+        partner.outcome(Outcome::Delivered, &o(i), t);
+    }
+    for n in [&api, &clean, &partner] {
+        n.flush().await.unwrap();
+    }
+}
+
+fn row<'a>(t: &'a hifi_ledger::LossTable, node: &str) -> &'a hifi_ledger::NodeLoss {
+    t.nodes.iter().find(|n| n.node == node).unwrap()
+}
+
+#[tokio::test]
+async fn a_bucket_settles_into_an_exact_loss_table_and_raises_an_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    let mut alarms = ledger.subscribe_alarms();
+    scenario(&ledger).await;
+
+    ledger.tick().await.unwrap();
+    let open = ledger.loss(T0, T0 + 60_000);
+    assert_eq!(open.len(), 1);
+    assert!(!open[0].settled, "not settled before settle_after");
+
+    clock.advance_ms(179_000);
+    ledger.tick().await.unwrap();
+    assert!(!ledger.loss(T0, T0 + 60_000)[0].settled, "still 1 s to go");
+    clock.advance_ms(1_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(t.settled);
+    assert_eq!(t.events, 100);
+    assert_eq!((row(t, "api").seen, row(t, "api").lost), (100, 0));
+    assert_eq!(
+        (
+            row(t, "clean").seen,
+            row(t, "clean").lost,
+            row(t, "clean").filtered
+        ),
+        (95, 5, 5)
+    );
+    assert_eq!(
+        (
+            row(t, "partner").seen,
+            row(t, "partner").lost,
+            row(t, "partner").delivered
+        ),
+        (85, 5, 85)
+    );
+    assert_eq!(t.e2e_lost, 10);
+    assert!((t.e2e_loss_percent - 10.0).abs() < 1e-9);
+    let mut lost: Vec<_> = t
+        .lost
+        .iter()
+        .map(|l| (l.origin.clone(), l.node.clone()))
+        .collect();
+    lost.sort();
+    assert_eq!(lost.len(), 10);
+    assert!(lost.contains(&("events/0/97".into(), "clean".into())));
+    assert!(lost.contains(&("events/0/86".into(), "partner".into())));
+    let alarm = alarms.try_recv().unwrap();
+    assert_eq!(alarm.e2e_lost, 10);
+    assert_eq!(
+        ledger
+            .stats
+            .loss_alarms_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        ledger.bucket_counts(),
+        (0, 1),
+        "bitmaps dropped once settled"
+    );
+
+    // Trace names the node where each event stopped.
+    let tr = ledger.trace(&o(97), T0 + 5_000);
+    assert!(
+        tr.settled && tr.note.as_deref().unwrap().contains("lost at clean"),
+        "{tr:?}"
+    );
+    let tr = ledger.trace(&o(3), T0 + 5_000);
+    assert!(
+        tr.note.as_deref().unwrap().starts_with("not lost"),
+        "{tr:?}"
+    );
+}
+
+#[tokio::test]
+async fn tallies_survive_a_restart_and_re_sends_never_count_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    {
+        let (log, ledger) = open(dir.path(), &clock).await;
+        scenario(&ledger).await;
+        // A crash: nothing settled, the process is gone.
+        drop(ledger);
+        log.close().await;
+    }
+    let (log, ledger) = open(dir.path(), &clock).await;
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert_eq!(
+        (t.events, row(t, "partner").delivered, t.e2e_lost),
+        (100, 85, 10),
+        "rebuilt from the journal"
+    );
+    // After the restart the sink re-sends what it had not committed: the same origins.
+    let partner = ledger.node("partner");
+    for i in 80..90 {
+        partner.outcome(Outcome::Delivered, &o(i), T0 + 5_000);
+    }
+    partner.flush().await.unwrap();
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(t.settled);
+    assert_eq!(
+        row(t, "partner").delivered,
+        90,
+        "85 + 5 new, the 5 repeats not doubled"
+    );
+    assert_eq!((row(t, "partner").lost, t.e2e_lost), (0, 5));
+
+    // Settled tables come back after another restart, and open nothing.
+    drop(partner);
+    drop(ledger);
+    log.close().await;
+    drop(log);
+    let (log, ledger) = open(dir.path(), &clock).await;
+    assert_eq!(ledger.bucket_counts(), (0, 1));
+    assert_eq!(ledger.loss(T0, T0 + 60_000)[0].e2e_lost, 5);
+
+    // Past the history, settled tables leave memory.
+    clock.advance_ms(8 * 24 * 3600 * 1000);
+    ledger.tick().await.unwrap();
+    assert_eq!(ledger.bucket_counts(), (0, 0));
+    log.close().await;
+}
+
+#[tokio::test]
+async fn late_outcomes_reopen_a_settled_bucket_and_clear_its_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    scenario(&ledger).await;
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    assert_eq!(ledger.loss(T0, T0 + 60_000)[0].e2e_lost, 10);
+    // The sink was only slow: its last five arrive now.
+    let partner = ledger.node("partner");
+    for i in 85..90 {
+        partner.outcome(Outcome::Delivered, &o(i), T0 + 5_000);
+    }
+    partner.flush().await.unwrap();
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(t.settled);
+    assert_eq!(
+        (row(t, "partner").lost, row(t, "clean").lost, t.e2e_lost),
+        (0, 5, 5)
+    );
+}
+
+#[tokio::test]
+async fn event_times_from_the_future_are_clamped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    let sink = ledger.node("partner");
+    let now_us = T0 * 1000;
+    sink.lag(T0 + 60_000, now_us, now_us + 2_000); // producer clock one minute ahead
+    sink.lag(T0 - 10, now_us, now_us + 2_000);
+    let lag = ledger.lag();
+    let p = lag.nodes.iter().find(|n| n.node == "partner").unwrap();
+    assert_eq!(p.skewed_events, 1);
+    assert!(
+        p.lag.lag_in_ms.p50 >= 0.0 && p.lag.lag_out_ms.max <= 12.1,
+        "{:?}",
+        p.lag
+    );
+    assert_eq!(
+        ledger
+            .stats
+            .skewed_events_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
