@@ -38,6 +38,48 @@ pub struct PipelineConfig {
     /// Delivery nodes: topic → outside.
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// The fidelity ledger (lag and loss).
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// `[ledger]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// Record lag and loss. Default true (turn off only to measure the ledger's cost).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A bucket settles when its tallies have not changed this long. Default `"3m"`.
+    #[serde(default = "default_settle_after")]
+    pub settle_after: Dur,
+    /// Alarm when a settled bucket's end-to-end loss % is above this. Default 0.0 (any loss).
+    #[serde(default)]
+    pub loss_alarm_percent: f64,
+    /// How long settled loss tables are kept. Default `"7d"`.
+    #[serde(default = "default_retention")]
+    pub history: Dur,
+    /// POST each alarm's loss table (JSON) to this URL. Default none.
+    pub alarm_webhook: Option<String>,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            enabled: true,
+            settle_after: default_settle_after(),
+            loss_alarm_percent: 0.0,
+            history: default_retention(),
+            alarm_webhook: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_settle_after() -> Dur {
+    Dur(Duration::from_secs(180))
 }
 
 /// Which engine holds the topics.
@@ -198,6 +240,9 @@ pub struct StageConfig {
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
+    /// **Test only**: silently drop events whose id matches this regex, recording no
+    /// outcome (simulates a bug, so tests can prove the ledger finds the loss).
+    pub test_drop_ids_matching: Option<String>,
 }
 
 /// One transform of a stage (`[[stages.NAME.transforms]]`).

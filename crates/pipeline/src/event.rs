@@ -53,42 +53,7 @@ impl EventFormat {
     }
 }
 
-/// An event's position in the first durable topic it entered: the ledger's key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Origin {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: u32,
-    /// Offset.
-    pub offset: u64,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
-    }
-}
-
-impl std::str::FromStr for Origin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut it = s.rsplitn(3, '/');
-        let (offset, partition, topic) = (it.next(), it.next(), it.next());
-        match (
-            topic,
-            partition.and_then(|p| p.parse().ok()),
-            offset.and_then(|o| o.parse().ok()),
-        ) {
-            (Some(t), Some(partition), Some(offset)) if !t.is_empty() => Ok(Origin {
-                topic: t.to_owned(),
-                partition,
-                offset,
-            }),
-            _ => Err(format!("{s:?} is not an origin (topic/partition/offset)")),
-        }
-    }
-}
+pub use hifi_ledger::Origin;
 
 /// A stored event's metadata, read from its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,22 +143,6 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_round_trip_even_with_slashes_in_topic_names_rejected_elsewhere() {
-        let o: Origin = "events/3/1234".parse().unwrap();
-        assert_eq!(
-            o,
-            Origin {
-                topic: "events".into(),
-                partition: 3,
-                offset: 1234
-            }
-        );
-        assert_eq!(o.to_string(), "events/3/1234");
-        assert!("events/x/1".parse::<Origin>().is_err());
-        assert!("/1/2".parse::<Origin>().is_err());
-    }
 
     #[test]
     fn plain_json_becomes_a_cloudevent() {

@@ -6,14 +6,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
+use hifi_ledger::{
+    Ledger, LedgerConfig, NodeKind, NodeLedger, NodeSpec, Origin, Outcome, SystemClock,
+};
+use hifi_log::{
+    EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, ReadLimits, Retention,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{EngineKind, FsyncMode, LoadedConfig, SourceConfig};
+use crate::event::EventMeta;
 use crate::sink::HttpSink;
 use crate::source::HttpSource;
 use crate::stage::Stage;
+use crate::stage::{sleep_or_cancel, start_position};
 use crate::topology::Topology;
 use crate::transform::Transforms;
 
@@ -73,6 +80,8 @@ pub struct Pipeline {
     pub stages: Vec<Arc<Stage>>,
     /// Running sinks.
     pub sinks: Vec<Arc<HttpSink>>,
+    /// The fidelity ledger.
+    pub ledger: Arc<Ledger>,
     /// Cancels stages and sinks.
     shutdown: CancellationToken,
     /// Stage and sink tasks.
@@ -96,15 +105,54 @@ impl Pipeline {
             warn!("{w}");
         }
         let cfg = &loaded.config;
-        let mut sources = Vec::new();
-        for (name, s) in &cfg.sources {
-            sources.push((
-                Arc::new(HttpSource::start(name, s, log.clone()).await?),
-                s.clone(),
-            ));
-        }
+        let ledger = open_ledger(loaded, log.clone()).await?;
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut sources = Vec::new();
+        for (name, s) in &cfg.sources {
+            let source = HttpSource::start(name, s, log.clone(), ledger.node(name)).await?;
+            sources.push((Arc::new(source), s.clone()));
+            if ledger_enabled(loaded) {
+                let node = Arc::new(ledger.node(name));
+                let (log, topic, token) =
+                    (log.clone(), s.topic.get_ref().clone(), shutdown.clone());
+                tasks.spawn(async move { tally_source(log, node, topic, token).await });
+            }
+        }
+        {
+            let (l, token) = (ledger.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while sleep_or_cancel(&token, Duration::from_secs(1)).await {
+                    if let Err(e) = l.tick().await {
+                        error!(%e, "ledger could not settle buckets; retrying");
+                    }
+                }
+            });
+        }
+        if let Some(url) = cfg.ledger.alarm_webhook.clone() {
+            let mut alarms = ledger.subscribe_alarms();
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                let client = reqwest::Client::new();
+                loop {
+                    let table = tokio::select! {
+                        _ = token.cancelled() => return,
+                        t = alarms.recv() => match t { Ok(t) => t, Err(_) => continue },
+                    };
+                    let sent = client
+                        .post(&url)
+                        .json(&table)
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => warn!(%url, status = %r.status(), "loss alarm webhook refused"),
+                        Err(e) => warn!(%url, %e, "loss alarm webhook failed"),
+                    }
+                }
+            });
+        }
         let mut stages = Vec::new();
         for (name, s) in &cfg.stages {
             let transforms = Transforms::compile(&s.transforms)
@@ -117,6 +165,13 @@ impl Pipeline {
                 batch_max_events: s.batch_max_events,
                 log: log.clone(),
                 stats: Default::default(),
+                ledger: ledger.node(name),
+                test_drop_ids: match &s.test_drop_ids_matching {
+                    Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                        StartError::Config(format!("stages.{name}.test_drop_ids_matching: {e}"))
+                    })?),
+                    None => None,
+                },
             });
             let (st, token) = (stage.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -129,7 +184,7 @@ impl Pipeline {
         let mut sinks = Vec::new();
         for (name, s) in &cfg.sinks {
             let sink = Arc::new(
-                HttpSink::new(name, s, log.clone())
+                HttpSink::new(name, s, log.clone(), ledger.node(name))
                     .map_err(|e| StartError::Config(format!("sinks.{name}: {e}")))?,
             );
             let (sk, token) = (sink.clone(), shutdown.clone());
@@ -146,6 +201,7 @@ impl Pipeline {
             sources,
             stages,
             sinks,
+            ledger,
             shutdown,
             tasks,
         })
@@ -172,4 +228,108 @@ impl Pipeline {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+fn ledger_enabled(loaded: &LoadedConfig) -> bool {
+    loaded.config.ledger.enabled
+}
+
+/// The ledger's view of the configured nodes.
+pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
+    let c = &loaded.config;
+    let mut nodes = Vec::new();
+    for (name, s) in &c.sources {
+        nodes.push(NodeSpec {
+            name: name.clone(),
+            kind: NodeKind::Source,
+            input: None,
+            output: Some(s.topic.get_ref().clone()),
+        });
+    }
+    for (name, s) in &c.stages {
+        nodes.push(NodeSpec {
+            name: name.clone(),
+            kind: NodeKind::Stage,
+            input: Some(s.input.get_ref().clone()),
+            output: Some(s.output.get_ref().clone()),
+        });
+    }
+    for (name, s) in &c.sinks {
+        nodes.push(NodeSpec {
+            name: name.clone(),
+            kind: NodeKind::Sink,
+            input: Some(s.input.get_ref().clone()),
+            output: None,
+        });
+    }
+    nodes
+}
+
+async fn open_ledger(loaded: &LoadedConfig, log: Arc<dyn Log>) -> Result<Arc<Ledger>, StartError> {
+    let l = &loaded.config.ledger;
+    let cfg = LedgerConfig {
+        enabled: l.enabled,
+        settle_after: l.settle_after.0,
+        loss_alarm_percent: l.loss_alarm_percent,
+        history: l.history.0,
+    };
+    Ok(Ledger::open(cfg, node_specs(loaded), log, Arc::new(SystemClock)).await?)
+}
+
+/// Records the `passed` outcome of a source by reading back what it stored (so the
+/// tally is exact after a crash: it commits its position only after the tallies are
+/// durable). One task per source, one reader per partition.
+async fn tally_source(
+    log: Arc<dyn Log>,
+    node: Arc<NodeLedger>,
+    topic: String,
+    shutdown: CancellationToken,
+) {
+    let Ok(partitions) = log.partitions(&topic).await else {
+        return;
+    };
+    let mut readers = tokio::task::JoinSet::new();
+    for p in 0..partitions {
+        let (log, node, topic, shutdown) =
+            (log.clone(), node.clone(), topic.clone(), shutdown.clone());
+        readers.spawn(async move {
+            let group = format!("ledger.{}", topic);
+            let Ok(mut pos) = start_position(log.as_ref(), &group, &topic, p).await else { return };
+            let limits = ReadLimits { max_records: 10_000, max_bytes: 8 << 20, wait: Duration::from_millis(500) };
+            while !shutdown.is_cancelled() {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = log.read(&topic, p, pos, limits) => r,
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
+                        pos = start;
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(%topic, partition = p, %e, "ledger cannot read the source topic; retrying");
+                        sleep_or_cancel(&shutdown, Duration::from_secs(5)).await;
+                        continue;
+                    }
+                };
+                let Some(last) = batch.last().map(|r| r.offset) else { continue };
+                for r in &batch {
+                    let meta = EventMeta::of(&topic, p, r);
+                    let origin = Origin { topic: topic.clone(), partition: p, offset: r.offset };
+                    node.outcome(Outcome::Passed, &origin, meta.time_ms);
+                }
+                if let Err(e) = node.flush().await {
+                    error!(%topic, %e, "ledger cannot record source tallies; retrying");
+                    sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+                pos = last + 1;
+                if let Err(e) = log.commit(&group, &topic, p, pos).await {
+                    error!(%topic, %e, "ledger cannot commit its source position");
+                }
+            }
+        });
+    }
+    while readers.join_next().await.is_some() {}
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hifi_ledger::{NodeLedger, Origin, Outcome};
 use hifi_log::{Log, LogError, ReadLimits};
 use rand::Rng;
 use tokio::sync::{mpsc, Semaphore};
@@ -49,6 +50,12 @@ struct Item {
     partition: u32,
     offset: u64,
     id: String,
+    /// The event's origin (ledger key).
+    origin: Origin,
+    /// Event time, ms.
+    event_time_ms: i64,
+    /// When the sink read it, µs.
+    arrival_us: i64,
     /// The event rendered as a CloudEvent (JSON object).
     body: Vec<u8>,
 }
@@ -85,11 +92,18 @@ pub struct HttpSink {
     client: reqwest::Client,
     /// Counters.
     pub stats: Arc<SinkStats>,
+    /// Outcomes and lag (flushed before every commit).
+    pub ledger: NodeLedger,
 }
 
 impl HttpSink {
     /// Creates a sink (no I/O yet).
-    pub fn new(name: &str, cfg: &SinkConfig, log: Arc<dyn Log>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        name: &str,
+        cfg: &SinkConfig,
+        log: Arc<dyn Log>,
+        ledger: NodeLedger,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout.0)
             .connect_timeout(cfg.request_timeout.0.min(Duration::from_secs(5)))
@@ -102,6 +116,7 @@ impl HttpSink {
             log,
             client,
             stats: Arc::new(SinkStats::default()),
+            ledger,
         })
     }
 
@@ -212,6 +227,7 @@ impl HttpSink {
                     continue;
                 }
             };
+            let arrival_us = self.ledger.now_us();
             for r in batch {
                 let meta = EventMeta::of(&self.input, p, &r);
                 let mut body = Vec::with_capacity(r.record.value.len() + 200);
@@ -228,6 +244,9 @@ impl HttpSink {
                     partition: p,
                     offset: r.offset,
                     id: meta.id,
+                    origin: meta.origin,
+                    event_time_ms: meta.time_ms,
+                    arrival_us,
                     body,
                 };
                 // Backpressure: waits while the batcher and deliveries are full. An item
@@ -346,6 +365,13 @@ impl HttpSink {
             }
             let failure = match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
+                    let departure_us = self.ledger.now_us();
+                    for item in batch {
+                        self.ledger
+                            .outcome(Outcome::Delivered, &item.origin, item.event_time_ms);
+                        self.ledger
+                            .lag(item.event_time_ms, item.arrival_us, departure_us);
+                    }
                     self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .delivered_events_total
@@ -400,12 +426,21 @@ impl HttpSink {
     }
 
     async fn commit_positions(&self, trackers: &[Mutex<Tracker>]) {
-        let group = self.group();
-        for (p, t) in trackers.iter().enumerate() {
-            let (pos, committed) = {
+        // Positions are read before the flush: every event below them has its outcome
+        // recorded already, and the flush makes those records durable first.
+        let positions: Vec<(u64, u64)> = trackers
+            .iter()
+            .map(|t| {
                 let t = t.lock().unwrap_or_else(|e| e.into_inner());
                 (t.position(), t.committed)
-            };
+            })
+            .collect();
+        if let Err(e) = self.ledger.flush().await {
+            error!(sink = %self.name, %e, "cannot record outcomes in the ledger; not committing this round");
+            return;
+        }
+        let group = self.group();
+        for (p, (t, (pos, committed))) in trackers.iter().zip(positions).enumerate() {
             if pos != committed {
                 match self.log.commit(&group, &self.input, p as u32, pos).await {
                     Ok(()) => t.lock().unwrap_or_else(|e| e.into_inner()).committed = pos,

@@ -19,6 +19,8 @@ use std::time::Duration;
 use hifi_log::{Log, LogError, ReadLimits, Record};
 use tracing::info;
 
+use hifi_ledger::NodeLedger;
+
 use crate::config::SourceConfig;
 use crate::event::header;
 use crate::ingest::{ParseOptions, ParsedEvent};
@@ -113,6 +115,8 @@ pub struct HttpSource {
     next_partition: AtomicU32,
     /// Counters.
     pub stats: SourceStats,
+    /// Lag recording (the `passed` outcomes come from [`crate::runtime`]'s tally reader).
+    ledger: NodeLedger,
 }
 
 impl HttpSource {
@@ -121,6 +125,7 @@ impl HttpSource {
         name: &str,
         cfg: &SourceConfig,
         log: Arc<dyn Log>,
+        ledger: NodeLedger,
     ) -> Result<Self, LogError> {
         let topic = cfg.topic.get_ref().clone();
         let partitions = log.partitions(&topic).await?;
@@ -144,6 +149,7 @@ impl HttpSource {
             }),
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
+            ledger,
         };
         source.rebuild_dedup().await?;
         Ok(source)
@@ -201,11 +207,13 @@ impl HttpSource {
 
     /// Stores a request's events durably (all or nothing) and returns their ids.
     pub async fn ingest(&self, events: Vec<ParsedEvent>) -> Result<IngestOutcome, LogError> {
-        let now = now_ms();
+        let arrival_us = self.ledger.now_us();
+        let now = arrival_us / 1000;
         let now_text = now.to_string();
         let mut ids = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut keys = Vec::with_capacity(events.len());
+        let mut event_times = Vec::with_capacity(events.len());
         let mut duplicates = 0;
         {
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,6 +228,7 @@ impl HttpSource {
                 if d.seen.contains_key(&key) || !in_request.insert(key) {
                     duplicates += 1;
                 } else {
+                    event_times.push(e.time_ms.unwrap_or(now));
                     let time = e.time_ms.unwrap_or(now).to_string();
                     records.push(Record {
                         key: Some(id.clone().into_bytes()),
@@ -250,6 +259,10 @@ impl HttpSource {
                         .engine_errors_total
                         .fetch_add(1, Ordering::Relaxed);
                 })?;
+            let departure_us = self.ledger.now_us();
+            for t in event_times {
+                self.ledger.lag(t, arrival_us, departure_us);
+            }
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
             for key in keys {
                 d.insert(key, now);

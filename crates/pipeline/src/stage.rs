@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hifi_ledger::{NodeLedger, Origin, Outcome};
 use hifi_log::{Log, LogError, ReadLimits, Record, StoredRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -50,6 +51,17 @@ pub struct Stage {
     pub log: Arc<dyn Log>,
     /// Counters.
     pub stats: Arc<StageStats>,
+    /// Outcomes and lag.
+    pub ledger: NodeLedger,
+    /// Test only: ids dropped without an outcome (simulated bug).
+    pub test_drop_ids: Option<regex::Regex>,
+}
+
+/// What happened to one input event, recorded once the output is durable.
+struct Fate {
+    origin: Origin,
+    event_time_ms: i64,
+    outcome: Outcome,
 }
 
 impl Stage {
@@ -98,12 +110,14 @@ impl Stage {
                 Ok(b) => b,
                 Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
                     error!(stage = %self.name, partition = p, from = pos, to = start,
-                        "input records were deleted by retention before this stage read them; skipping ahead (events lost to retention)");
+                        "input records were deleted by retention before this stage read them; \
+                         skipping ahead (events lost to retention)");
                     pos = start;
                     continue;
                 }
                 Err(e) => {
-                    error!(stage = %self.name, partition = p, offset = pos, %e, "cannot read input; retrying in 5 s");
+                    error!(stage = %self.name, partition = p, offset = pos, %e,
+                        "cannot read input; retrying in 5 s");
                     sleep_or_cancel(&shutdown, Duration::from_secs(5)).await;
                     continue;
                 }
@@ -111,9 +125,21 @@ impl Stage {
             let Some(last) = batch.last().map(|r| r.offset) else {
                 continue;
             };
-            let outputs = self.transform_batch(p, batch, &cel_root);
+            let arrival_us = self.ledger.now_us();
+            let (outputs, fates) = self.transform_batch(p, batch, &cel_root);
             if !outputs.is_empty() && !self.append_until_done(out_p, outputs, &shutdown).await {
                 break; // shut down before the output was durable: do not commit
+            }
+            let departure_us = self.ledger.now_us();
+            for f in &fates {
+                self.ledger.outcome(f.outcome, &f.origin, f.event_time_ms);
+                self.ledger.lag(f.event_time_ms, arrival_us, departure_us);
+            }
+            // Tallies are durable before the position moves past their events.
+            if let Err(e) = self.ledger.flush().await {
+                error!(stage = %self.name, %e, "cannot record outcomes in the ledger; retrying the batch");
+                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
+                continue;
             }
             pos = last + 1;
             self.log.commit(&group, &self.input, p, pos).await?;
@@ -126,30 +152,45 @@ impl Stage {
         p: u32,
         batch: Vec<StoredRecord>,
         cel_root: &cel_interpreter::Context<'_>,
-    ) -> Vec<Record> {
+    ) -> (Vec<Record>, Vec<Fate>) {
         let mut out = Vec::with_capacity(batch.len());
+        let mut fates = Vec::with_capacity(batch.len());
         let mut errors = Vec::new();
         self.stats
             .read_events_total
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for r in batch {
+            let meta = EventMeta::of(&self.input, p, &r);
             let origin_missing = r.record.header(header::ORIGIN).is_none();
-            let origin =
-                origin_missing.then(|| EventMeta::of(&self.input, p, &r).origin.to_string());
             let mut rec = r.record;
+            if self
+                .test_drop_ids
+                .as_ref()
+                .is_some_and(|re| re.is_match(&meta.id))
+            {
+                continue; // simulated bug: no output, no outcome
+            }
+            let fate = |outcome| Fate {
+                origin: meta.origin.clone(),
+                event_time_ms: meta.time_ms,
+                outcome,
+            };
             match self.transforms.apply(cel_root, &rec.value, &mut errors) {
                 Applied::Filtered => {
                     self.stats
                         .filtered_events_total
                         .fetch_add(1, Ordering::Relaxed);
+                    fates.push(fate(Outcome::Filtered));
                     continue;
                 }
                 Applied::Keep(value) => rec.value = value,
             }
-            if let Some(o) = origin {
+            fates.push(fate(Outcome::Passed));
+            if origin_missing {
+                let value = meta.origin.to_string().into_bytes();
                 rec.headers.push(hifi_log::Header {
                     name: header::ORIGIN.into(),
-                    value: o.into_bytes(),
+                    value,
                 });
             }
             out.push(rec);
@@ -158,12 +199,13 @@ impl Stage {
             self.stats
                 .transform_errors_total
                 .fetch_add(errors.len() as u64, Ordering::Relaxed);
-            warn!(stage = %self.name, count = errors.len(), first = %errors[0], "transforms could not apply; events passed unchanged");
+            warn!(stage = %self.name, count = errors.len(), first = %errors[0],
+                "transforms could not apply; events passed unchanged");
         }
         self.stats
             .passed_events_total
             .fetch_add(out.len() as u64, Ordering::Relaxed);
-        out
+        (out, fates)
     }
 
     /// Appends until durable; retries transient engine errors. False if shut down first.
