@@ -4,6 +4,7 @@ mod demo;
 mod loadtest;
 mod log_bench;
 mod log_cmd;
+mod ops;
 mod receiver_cmd;
 mod run;
 
@@ -40,6 +41,29 @@ enum Command {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
+    },
+    /// Lag per node of a running instance (admin API).
+    Lag(ops::Admin),
+    /// Loss tables per minute of a running instance (exit 1 if a settled bucket lost events).
+    Loss {
+        #[command(flatten)]
+        admin: ops::Admin,
+        /// From (RFC 3339 or epoch ms; default one hour ago).
+        #[arg(long)]
+        from: Option<String>,
+        /// To (RFC 3339 or epoch ms; default now).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Where did an event go? By origin (topic/partition/offset) or --id.
+    Trace {
+        #[command(flatten)]
+        admin: ops::Admin,
+        /// The event's origin, e.g. events/2/1234.
+        origin: Option<String>,
+        /// The event's id (searched in the source topics over the last hour).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
     Loadtest(loadtest::LoadtestArgs),
@@ -84,6 +108,9 @@ fn main() -> std::process::ExitCode {
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver { listen, record } => receiver_cmd::run(listen, record).await,
             Command::Loadtest(args) => loadtest::run(args).await,
+            Command::Lag(admin) => ops::lag(admin).await,
+            Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
+            Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
         }
     });
     match result {

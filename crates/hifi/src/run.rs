@@ -121,7 +121,9 @@ pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -
     let listener = bind(loaded.config.admin.listen, "admin").await?;
     let admin_addr = listener.local_addr()?;
     let stop = http_stop.clone();
-    let app = hifi_server::admin::router(ready.clone());
+    let admin_state =
+        hifi_server::admin::AdminState::new(&pipeline, Some(engine.clone()), ready.clone());
+    let app = hifi_server::admin::router(admin_state);
     servers.spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())

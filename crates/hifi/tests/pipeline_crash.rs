@@ -118,6 +118,14 @@ async fn no_acknowledged_event_is_lost_when_hifi_is_killed_repeatedly() {
         .take(10)
         .collect();
     let duplicates: u32 = got.values().map(|n| n - 1).sum();
+    // The ledger agrees: after settling, no loss, and re-sends did not double the counts.
+    let buckets = settled_buckets(proc.addr("admin"), Duration::from_secs(60)).await;
+    let stored: u64 = buckets.iter().map(|b| b["events"].as_u64().unwrap()).sum();
+    let e2e_lost: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    let delivered = node_sum(&buckets, "out", "delivered");
     let (status, out) = proc.sigterm(Duration::from_secs(30));
     receiver.sigterm(Duration::from_secs(10));
     eprintln!(
@@ -130,6 +138,20 @@ async fn no_acknowledged_event_is_lost_when_hifi_is_killed_repeatedly() {
     assert!(
         all_arrived && missing.is_empty(),
         "acknowledged but never delivered: {missing:?}"
+    );
+    eprintln!("ledger: {stored} events stored, {delivered} delivered, {e2e_lost} lost in {} settled buckets", buckets.len());
+    assert_eq!(
+        e2e_lost, 0,
+        "the ledger reports loss where there was none: {buckets:?}"
+    );
+    assert_eq!(
+        delivered, stored,
+        "every stored event delivered once in the ledger; re-sends not counted twice"
+    );
+    assert!(
+        stored >= acked.len() as u64,
+        "stored {stored} < acked {}",
+        acked.len()
     );
     // The scenario really happened: load flowed between every kill and the kills hurt.
     assert!(

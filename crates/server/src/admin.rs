@@ -1,29 +1,355 @@
-//! The admin API (its own listener, `[admin] listen`): health and readiness now;
-//! metrics, lag, loss and the dashboard arrive with the ledger.
+//! The admin API (its own listener, `[admin] listen`).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz`, `/readyz` | process up / engine open and listeners bound |
+//! | `GET /metrics` | Prometheus (OpenMetrics text) — see [`crate::metrics`] |
+//! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
+//! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
+//! | `GET /v1/stats` | counters per node |
+//! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
+//! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
+//! | `GET /` | the dashboard |
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use hifi_ledger::{Ledger, Origin};
+use hifi_log::{EmbeddedLog, Log, ReadLimits};
+use hifi_pipeline::event::{header as hdr, EventMeta};
+use hifi_pipeline::runtime::Pipeline;
+use hifi_pipeline::sink::HttpSink;
+use hifi_pipeline::source::HttpSource;
+use hifi_pipeline::stage::Stage;
+use serde::Deserialize;
+use serde_json::json;
 
-/// The admin router. `ready` is set once the engine is open and every listener bound.
-pub fn router(ready: Arc<AtomicBool>) -> Router {
+use crate::ingest::error;
+
+/// What the admin handlers read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// The fidelity ledger.
+    pub ledger: Arc<Ledger>,
+    /// The engine.
+    pub log: Arc<dyn Log>,
+    /// The embedded engine, for its counters.
+    pub engine: Option<EmbeddedLog>,
+    /// Nodes.
+    pub sources: Vec<Arc<HttpSource>>,
+    /// Nodes.
+    pub stages: Vec<Arc<Stage>>,
+    /// Nodes.
+    pub sinks: Vec<Arc<HttpSink>>,
+    /// Set once the engine is open and every listener bound.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// The admin view of a running pipeline.
+    pub fn new(p: &Pipeline, engine: Option<EmbeddedLog>, ready: Arc<AtomicBool>) -> Self {
+        AdminState {
+            ledger: p.ledger.clone(),
+            log: p.log.clone(),
+            engine,
+            sources: p.sources.iter().map(|(s, _)| s.clone()).collect(),
+            stages: p.stages.clone(),
+            sinks: p.sinks.clone(),
+            ready,
+        }
+    }
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.load(Ordering::Acquire) {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
-                    }
-                }
-            }),
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/lag", get(lag))
+        .route("/v1/loss", get(loss))
+        .route("/v1/stats", get(stats))
+        .route("/v1/events/{*origin}", get(trace_origin))
+        .route("/v1/trace", get(trace_id))
+        .merge(crate::dashboard::router())
+        .with_state(Arc::new(state))
+}
+
+type S = State<Arc<AdminState>>;
+
+async fn readyz(State(s): S) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics(State(s): S) -> Response {
+    match crate::metrics::render(&s) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
         )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode metrics: {e}"),
+            json!({}),
+        ),
+    }
+}
+
+async fn lag(State(s): S) -> Response {
+    Json(s.ledger.lag()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LossQuery {
+    /// RFC 3339 or epoch ms; default one hour ago.
+    from: Option<String>,
+    /// RFC 3339 or epoch ms; default now + 1 minute.
+    to: Option<String>,
+    /// Include every lost origin (default: the first 20 per bucket).
+    #[serde(default)]
+    lost: bool,
+}
+
+/// Parses an RFC 3339 time or epoch milliseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+async fn loss(State(s): S, Query(q): Query<LossQuery>) -> Response {
+    let now = s.ledger.clock().now_ms();
+    let from = match q.from.as_deref().map(parse_time) {
+        None => now - 3_600_000,
+        Some(Some(t)) => t,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`from` must be RFC 3339 or epoch milliseconds",
+                json!({}),
+            )
+        }
+    };
+    let to = match q.to.as_deref().map(parse_time) {
+        None => now + 60_000,
+        Some(Some(t)) => t,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`to` must be RFC 3339 or epoch milliseconds",
+                json!({}),
+            )
+        }
+    };
+    let mut buckets = s.ledger.loss(from, to);
+    if !q.lost {
+        for b in &mut buckets {
+            b.lost.truncate(20);
+        }
+    }
+    // journal_end / replay_from are the ledger's own bookkeeping.
+    let buckets: Vec<serde_json::Value> = buckets
+        .into_iter()
+        .map(|b| {
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("journal_end");
+                o.remove("replay_from");
+            }
+            v
+        })
+        .collect();
+    Json(json!({ "buckets": buckets })).into_response()
+}
+
+async fn stats(State(s): S) -> Response {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut nodes = Vec::new();
+    for src in &s.sources {
+        let st = &src.stats;
+        nodes.push(json!({"node": src.name, "kind": "source", "events_in_total": r(&st.accepted_events_total) + r(&st.duplicate_events_total),
+            "events_out_total": r(&st.accepted_events_total), "duplicates_total": r(&st.duplicate_events_total),
+            "rejected_requests_total": r(&st.rejected_requests_total), "backpressure_rejections_total": r(&st.backpressure_rejections_total),
+            "filtered_total": 0, "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0}));
+    }
+    for st in &s.stages {
+        let c = &st.stats;
+        nodes.push(json!({"node": st.name, "kind": "stage", "events_in_total": r(&c.read_events_total), "events_out_total": r(&c.passed_events_total),
+            "filtered_total": r(&c.filtered_events_total), "transform_errors_total": r(&c.transform_errors_total),
+            "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0}));
+    }
+    for sk in &s.sinks {
+        let c = &sk.stats;
+        nodes.push(json!({"node": sk.name, "kind": "sink", "events_in_total": r(&c.delivered_events_total), "events_out_total": r(&c.delivered_events_total),
+            "delivered_total": r(&c.delivered_events_total), "requests_total": r(&c.requests_total), "failed_requests_total": r(&c.failed_requests_total),
+            "retrying": r(&c.retrying_events), "dead_lettered_total": 0, "filtered_total": 0}));
+    }
+    Json(json!({ "nodes": nodes })).into_response()
+}
+
+/// Reads the event at `origin` and traces it through the ledger.
+async fn trace(s: &AdminState, origin: Origin) -> Response {
+    let limits = ReadLimits {
+        max_records: 1,
+        max_bytes: 1,
+        wait: Duration::ZERO,
+    };
+    let rec = match s
+        .log
+        .read(&origin.topic, origin.partition, origin.offset, limits)
+        .await
+    {
+        Ok(mut v) if !v.is_empty() && v[0].offset == origin.offset => v.remove(0),
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no event at origin {origin}"),
+                json!({}),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no event at origin {origin}: {e}"),
+                json!({}),
+            )
+        }
+    };
+    let meta = EventMeta::of(&origin.topic, origin.partition, &rec);
+    let ingest_ms: Option<i64> = rec
+        .record
+        .header(hdr::INGEST_TIME)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok());
+    let t = s.ledger.trace(&origin, meta.time_ms);
+    Json(json!({
+        "origin": origin.to_string(),
+        "id": meta.id,
+        "source": meta.source,
+        "event_time": hifi_pipeline::event::rfc3339_ms(meta.time_ms),
+        "ingest_time": ingest_ms.map(hifi_pipeline::event::rfc3339_ms),
+        "bucket": t.bucket,
+        "settled": t.settled,
+        "nodes": t.nodes,
+        "note": t.note,
+    }))
+    .into_response()
+}
+
+async fn trace_origin(State(s): S, Path(rest): Path<String>) -> Response {
+    let Some(origin) = rest.strip_suffix("/trace") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "use /v1/events/{topic/partition/offset}/trace",
+            json!({}),
+        );
+    };
+    match origin.parse::<Origin>() {
+        Ok(o) => trace(&s, o).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, &e, json!({})),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TraceQuery {
+    id: String,
+    /// How far back to search the source topics (default 1 h).
+    since: Option<String>,
+}
+
+async fn trace_id(State(s): S, Query(q): Query<TraceQuery>) -> Response {
+    let since = match q.since.as_deref().map(humantime_like) {
+        None => Duration::from_secs(3600),
+        Some(Some(d)) => d,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`since` must be a duration like 30m or 2h",
+                json!({}),
+            )
+        }
+    };
+    let from_ms = s.ledger.clock().now_ms() - since.as_millis() as i64;
+    for src in &s.sources {
+        let Ok(parts) = s.log.partitions(&src.topic).await else {
+            continue;
+        };
+        for p in 0..parts {
+            if let Some(origin) = find_id(&s, &src.topic, p, from_ms, &q.id).await {
+                return trace(&s, origin).await;
+            }
+        }
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "no event with id {:?} in the source topics since {since:?}",
+            q.id
+        ),
+        json!({}),
+    )
+}
+
+fn humantime_like(s: &str) -> Option<Duration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = n.parse().ok()?;
+    Some(Duration::from_secs(
+        n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        },
+    ))
+}
+
+/// Scans one partition from `from_ms` for an event id (bounded by the time range).
+async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) -> Option<Origin> {
+    let mut pos = s.log.offset_for_time(topic, p, from_ms).await.ok()??;
+    let end = s.log.offsets(topic, p).await.ok()?.end;
+    while pos < end {
+        let batch = s
+            .log
+            .read(
+                topic,
+                p,
+                pos,
+                ReadLimits {
+                    max_records: 10_000,
+                    max_bytes: 8 << 20,
+                    wait: Duration::ZERO,
+                },
+            )
+            .await
+            .ok()?;
+        let last = batch.last()?.offset;
+        for r in &batch {
+            if r.record.header(hdr::ID) == Some(id.as_bytes()) {
+                return Some(Origin {
+                    topic: topic.to_owned(),
+                    partition: p,
+                    offset: r.offset,
+                });
+            }
+        }
+        pos = last + 1;
+    }
+    None
 }

@@ -1,7 +1,9 @@
-//! hifi's HTTP serving: the ingest API of each HTTP source, the admin API, and the test
-//! receiver. Handlers turn every failure into a status code and a JSON body; none drops a
-//! connection without an answer.
+//! hifi's HTTP serving: the ingest API of each HTTP source, the admin API (metrics, lag,
+//! loss, traces, the dashboard), and the test receiver. Handlers turn every failure into
+//! a status code and a JSON body; none drops a connection without an answer.
 
 pub mod admin;
+pub mod dashboard;
 pub mod ingest;
+pub mod metrics;
 pub mod receiver;

@@ -1,6 +1,7 @@
 //! `hifi receiver`: a destination for tests and demos. It accepts CloudEvents (a batch
 //! array or one event) on any path and appends one JSON line per event to a record file:
-//! `{"id", "source", "time", "event_time_ms", "received_at_ms", "idempotency_key"}`.
+//! `{"id", "source", "time", "event_time_ms", "received_at_ms", "received_at_us",
+//! "idempotency_key"}`.
 //! The file is flushed before the 2xx is sent, so every acknowledged event is in it even
 //! if the receiver is killed. It counts received, distinct and duplicate events.
 
@@ -128,14 +129,15 @@ pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> 
     })
 }
 
-fn now_ms() -> i64 {
+fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let received_at = now_ms();
+    let received_at_us = now_us();
+    let received_at = received_at_us / 1000;
     let events: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(a)) => a,
         Ok(v @ serde_json::Value::Object(_)) => vec![v],
@@ -165,7 +167,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             .map(|d| d.timestamp_millis());
         let line = serde_json::json!({
             "id": id, "source": source, "time": time, "event_time_ms": event_time_ms,
-            "received_at_ms": received_at, "idempotency_key": key,
+            "received_at_ms": received_at, "received_at_us": received_at_us, "idempotency_key": key,
         });
         if let Some(t) = event_time_ms {
             delays.push((received_at - t).max(0) as u64);

@@ -120,18 +120,33 @@ fn parse_addr(line: &str) -> Option<(String, SocketAddr)> {
 }
 
 /// A pipeline file: one HTTP source on any port, an optional pass-through stage, and a
-/// sink to `sink_url`.
+/// sink to `sink_url`; the ledger settles after 2 s.
 pub fn pipeline_file(dir: &Path, sink_url: &str, extra_source: &str, with_stage: bool) -> PathBuf {
-    let (sink_input, stage) = if with_stage {
-        (
+    pipeline_file_with(
+        dir,
+        sink_url,
+        extra_source,
+        if with_stage { Some("") } else { None },
+    )
+}
+
+/// As [`pipeline_file`]; `stage` = extra lines of a stage `clean` (None: no stage).
+pub fn pipeline_file_with(
+    dir: &Path,
+    sink_url: &str,
+    extra_source: &str,
+    stage: Option<&str>,
+) -> PathBuf {
+    let (sink_input, stage) = match stage {
+        Some(extra) => (
             "clean",
-            "[stages.clean]\ninput = \"events\"\noutput = \"clean\"\n",
-        )
-    } else {
-        ("events", "")
+            format!("[stages.clean]\ninput = \"events\"\noutput = \"clean\"\n{extra}\n"),
+        ),
+        None => ("events", String::new()),
     };
     let text = format!(
         "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [ledger]\nsettle_after = \"2s\"\n\n\
          [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n{extra_source}\n\n\
          {stage}\n[sinks.out]\ntype = \"http\"\ninput = \"{sink_input}\"\nurl = \"{sink_url}\"\n\
          [sinks.out.retry]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
@@ -186,4 +201,39 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     cond()
+}
+
+/// GET a JSON document from a running instance.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// Waits until every loss bucket of the instance is settled; returns them.
+pub async fn settled_buckets(
+    admin: std::net::SocketAddr,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = get_json(&format!("http://{admin}/v1/loss?lost=true")).await;
+        let buckets = v["buckets"].as_array().cloned().unwrap_or_default();
+        if !buckets.is_empty() && buckets.iter().all(|b| b["settled"] == true) {
+            return buckets;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "buckets did not settle within {within:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Sum of a node's column over buckets.
+pub fn node_sum(buckets: &[serde_json::Value], node: &str, column: &str) -> u64 {
+    buckets
+        .iter()
+        .flat_map(|b| b["nodes"].as_array().cloned().unwrap_or_default())
+        .filter(|n| n["node"] == node)
+        .map(|n| n[column].as_u64().unwrap())
+        .sum()
 }

@@ -1,0 +1,111 @@
+//! The stream's own loss figures agree with the truth: injected loss is found exactly,
+//! at exactly the node that lost it, by the loss tables, trace, `hifi loss` and alarms.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_loss_is_found_exactly_at_the_node_that_lost_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
+    let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
+    let file = pipeline_file_with(
+        dir.path(),
+        &sink_url,
+        "",
+        Some("test_drop_ids_matching = \"^drop-\""),
+    );
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let admin = proc.addr("admin");
+    let client = reqwest::Client::new();
+    let mut dropped = BTreeSet::new();
+    for b in 0..20 {
+        let ids: Vec<String> = (0..10)
+            .map(|i| {
+                if (b * 10 + i) % 29 == 0 {
+                    format!("drop-{b}-{i}")
+                } else {
+                    format!("keep-{b}-{i}")
+                }
+            })
+            .collect();
+        dropped.extend(ids.iter().filter(|id| id.starts_with("drop-")).cloned());
+        let body: Vec<_> = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
+        assert_eq!(
+            client.post(&url).json(&body).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(dropped.len(), 7);
+
+    let buckets = settled_buckets(admin, Duration::from_secs(30)).await;
+    assert_eq!(node_sum(&buckets, "clean", "lost"), 7, "{buckets:?}");
+    assert_eq!(node_sum(&buckets, "api", "lost"), 0);
+    assert_eq!(node_sum(&buckets, "out", "lost"), 0);
+    assert_eq!(node_sum(&buckets, "out", "delivered"), 193);
+    let e2e: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(e2e, 7);
+    // The lost list names exactly the dropped events, and trace says where they stopped.
+    let mut lost_ids = BTreeSet::new();
+    for l in buckets
+        .iter()
+        .flat_map(|b| b["lost"].as_array().cloned().unwrap_or_default())
+    {
+        assert_eq!(l["node"], "clean");
+        let t = get_json(&format!(
+            "http://{admin}/v1/events/{}/trace",
+            l["origin"].as_str().unwrap()
+        ))
+        .await;
+        lost_ids.insert(t["id"].as_str().unwrap().to_owned());
+        assert!(t["note"].as_str().unwrap().contains("lost at clean"), "{t}");
+    }
+    assert_eq!(lost_ids, dropped);
+    let out = std::process::Command::new(HIFI)
+        .args(["trace", "--admin", &admin.to_string(), "--id", "drop-0-0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("lost at clean"),
+        "{text}"
+    );
+    let out = std::process::Command::new(HIFI)
+        .args(["loss", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "hifi loss exits 1 when a settled bucket lost events"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost:"));
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hifi_ledger_loss_alarms_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(std::fs::read_to_string(dir.path().join("hifi.stderr"))
+        .unwrap()
+        .contains("LOSS ALARM"));
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

@@ -1,0 +1,368 @@
+// hifi admin dashboard: polls /v1/lag, /v1/loss and /v1/stats (same origin, relative URLs)
+// every 2 s and redraws in place. No framework, no build step; charts use the vendored uPlot.
+//
+// Markers kept stable for scripts/check-dashboard:
+//   [data-chart=pie|process-history|e2e|throughput] get data-rendered="true|false" and
+//   data-points="<n>" (pie: slices drawn; time charts: non-null values plotted, all series);
+//   #loss-table has one tr[data-bucket=<start>] per bucket, class "lossy" when e2e_lost > 0;
+//   [data-stat=retrying|dead_lettered][data-node=<sink>] hold the sink figures;
+//   body[data-loaded="true"] once a refresh got all three APIs and drew them.
+(function () {
+  "use strict";
+
+  const REFRESH_MS = 2000;
+  const FETCH_TIMEOUT_MS = 5000;
+  const CHART_HEIGHT = 240;
+  const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
+                   "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+
+  const $ = (sel) => document.querySelector(sel);
+  const chartEl = (name) => document.querySelector(`[data-chart="${name}"]`);
+
+  // ---- formatting --------------------------------------------------------------------
+
+  const intFmt = new Intl.NumberFormat("en-US");
+  const fmtInt = (n) => (n == null ? "–" : intFmt.format(Math.round(n)));
+
+  function fmtMs(ms) {
+    if (ms == null || !isFinite(ms)) return "–";
+    if (ms >= 1000) return (ms / 1000).toFixed(ms >= 10000 ? 0 : 2) + " s";
+    return ms.toFixed(ms >= 100 ? 0 : ms >= 10 ? 1 : 2) + " ms";
+  }
+
+  function fmtPct(p) {
+    if (p == null || !isFinite(p)) return "–";
+    if (p === 0) return "0%";
+    return (p < 0.01 ? p.toPrecision(2) : p.toFixed(2)) + "%";
+  }
+
+  // Local wall-clock time (24 h) of an RFC 3339 string or epoch milliseconds.
+  function fmtTime(t) {
+    const d = new Date(t);
+    return isNaN(d) ? String(t) : d.toLocaleTimeString("en-GB");
+  }
+
+  function el(tag, text, attrs) {
+    const e = document.createElement(tag);
+    if (text != null) e.textContent = text;
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    return e;
+  }
+
+  // ---- node colours: assigned in pipeline order on first sight, stable afterwards ----
+
+  const nodeColor = new Map();
+  function colorOf(node) {
+    if (!nodeColor.has(node)) nodeColor.set(node, PALETTE[nodeColor.size % PALETTE.length]);
+    return nodeColor.get(node);
+  }
+
+  // An opaque tint of a "#rrggbb" colour (stacked fills must not blend into each other).
+  function tint(hex, amount) {
+    const c = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    const m = c.map((v) => Math.round(v * amount + 255 * (1 - amount)));
+    return `rgb(${m.join(",")})`;
+  }
+
+  function swatch(node) {
+    const s = el("span", null, { class: "swatch" });
+    s.style.background = colorOf(node);
+    return s;
+  }
+
+  function markChart(elem, points) {
+    elem.dataset.rendered = points > 0 ? "true" : "false";
+    elem.dataset.points = String(points);
+  }
+
+  // ---- pie: share of each node's process p50 in the current window ------------------
+
+  function renderPie(lag) {
+    const box = chartEl("pie");
+    const canvas = box.querySelector("canvas");
+    const legend = box.querySelector(".legend tbody");
+    const nodes = (lag.nodes || []).map((n) => ({
+      node: n.node, kind: n.kind, p50: Math.max(0, n.process_ms?.p50 ?? 0),
+    }));
+    const total = nodes.reduce((s, n) => s + n.p50, 0);
+
+    const size = 220, dpr = window.devicePixelRatio || 1, r = size / 2 - 4;
+    canvas.width = size * dpr;
+    canvas.height = size * dpr;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, size, size);
+
+    let slices = 0;
+    if (total > 0) {
+      let angle = -Math.PI / 2;
+      for (const n of nodes.filter((n) => n.p50 > 0)) {
+        const sweep = (n.p50 / total) * 2 * Math.PI;
+        ctx.beginPath();
+        ctx.moveTo(size / 2, size / 2);
+        ctx.arc(size / 2, size / 2, r, angle, angle + sweep);
+        ctx.closePath();
+        ctx.fillStyle = colorOf(n.node);
+        ctx.fill();
+        ctx.strokeStyle = "#fff";
+        ctx.lineWidth = 2;
+        ctx.stroke();
+        angle += sweep;
+        slices++;
+      }
+    } else {
+      ctx.beginPath();
+      ctx.arc(size / 2, size / 2, r, 0, 2 * Math.PI);
+      ctx.fillStyle = "#e3e6ea";
+      ctx.fill();
+    }
+
+    legend.replaceChildren(...nodes.map((n) => {
+      const tr = el("tr");
+      const name = el("td");
+      name.append(swatch(n.node), `${n.node} (${n.kind || "?"})`);
+      tr.append(name, el("td", fmtMs(n.p50)),
+                el("td", total > 0 ? fmtPct((100 * n.p50) / total) : "–"));
+      return tr;
+    }));
+    markChart(box, slices);
+  }
+
+  // ---- time charts (uPlot) -----------------------------------------------------------
+
+  const plots = new Map(); // chart name -> { plot, key }
+
+  // Draws (or updates) a time chart. series: [{ label, color, values, fill, show }], where
+  // values are what is plotted and show(i) is what the legend prints for point i.
+  function drawTimeChart(name, xs, series, yFmt) {
+    const box = chartEl(name);
+    const points = series.reduce((s, ser) => s + ser.values.filter((v) => v != null).length, 0);
+    const old = plots.get(name);
+    if (points === 0) {
+      if (old) old.plot.destroy();
+      plots.delete(name);
+      box.replaceChildren(el("p", "no data yet", { class: "empty" }));
+      markChart(box, 0);
+      return;
+    }
+    const data = [xs, ...series.map((s) => s.values)];
+    const key = series.map((s) => s.label).join("\n");
+    if (old && old.key === key) {
+      old.plot.setData(data);
+    } else {
+      if (old) old.plot.destroy();
+      box.replaceChildren();
+      const opts = {
+        width: Math.max(300, box.clientWidth),
+        height: CHART_HEIGHT,
+        cursor: { drag: { x: false, y: false } },
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+        axes: [
+          { space: 80, values: (u, ticks) => ticks.map((t) => fmtTime(t * 1000)) },
+          { size: 70, values: (u, ticks) => ticks.map(yFmt) },
+        ],
+        series: [{}, ...series.map((s) => ({
+          label: s.label,
+          stroke: s.color,
+          fill: s.fill,
+          width: 1.5,
+          value: (u, v, si, i) => (i == null ? "–" : s.show(i)),
+        }))],
+      };
+      plots.set(name, { plot: new uPlot(opts, data, box), key });
+    }
+    markChart(box, points);
+  }
+
+  window.addEventListener("resize", () => {
+    for (const [name, { plot }] of plots) {
+      plot.setSize({ width: Math.max(300, chartEl(name).clientWidth), height: CHART_HEIGHT });
+    }
+  });
+
+  function renderHistory(lag) {
+    const history = (lag.history || []).filter((h) => !isNaN(Date.parse(h.t)));
+    const xs = history.map((h) => Date.parse(h.t) / 1000);
+    const nodes = (lag.nodes || []).map((n) => n.node);
+    const windowS = lag.window_s > 0 ? lag.window_s : 10;
+    const val = (h, node, field) => h.nodes?.[node]?.[field] ?? null;
+
+    // Process p50, stacked: series k plots the sum of nodes 0..k. The biggest sum is drawn
+    // first so each smaller band paints over it; the legend prints each node's own value.
+    const raw = nodes.map((node) => history.map((h) => val(h, node, "process_p50_ms")));
+    const sums = [];
+    raw.forEach((values, k) => {
+      sums.push(values.map((v, i) => (k > 0 ? sums[k - 1][i] : 0) + (v ?? 0)));
+    });
+    const stacked = nodes.map((node, k) => ({
+      label: node, color: colorOf(node), fill: tint(colorOf(node), 0.45),
+      values: raw[k].some((v) => v != null) ? sums[k] : raw[k],
+      show: (i) => fmtMs(raw[k][i]),
+    })).reverse();
+    drawTimeChart("process-history", xs, stacked, fmtMs);
+
+    const e2e = history.map((h) => h.e2e_p95_ms ?? null);
+    drawTimeChart("e2e", xs, [{
+      label: "e2e p95", color: "#c62828", fill: "rgba(198,40,40,0.08)",
+      values: e2e, show: (i) => fmtMs(e2e[i]),
+    }], fmtMs);
+
+    const rateFmt = (v) => (v == null ? "–" : v >= 100 ? fmtInt(v) : v.toFixed(1)) + "/s";
+    drawTimeChart("throughput", xs, nodes.map((node) => {
+      const rates = history.map((h) => {
+        const n = val(h, node, "events");
+        return n == null ? null : n / windowS;
+      });
+      return { label: node, color: colorOf(node), values: rates, show: (i) => rateFmt(rates[i]) };
+    }), (v) => (v >= 1000 ? (v / 1000).toFixed(1) + "k" : String(+v.toFixed(1))));
+  }
+
+  // ---- loss table: one row per bucket, newest first ---------------------------------
+
+  function renderLoss(loss, nodeOrder) {
+    const buckets = loss.buckets || [];
+    const nodes = [...nodeOrder];
+    for (const b of buckets) for (const n of b.nodes || []) {
+      if (!nodes.includes(n.node)) nodes.push(n.node);
+    }
+    const table = $("#loss-table");
+
+    const head1 = el("tr"), head2 = el("tr");
+    for (const h of ["start", "settled", "events"]) head1.append(el("th", h, { rowspan: 2 }));
+    for (const n of nodes) {
+      const th = el("th", null, { colspan: 2 });
+      th.append(swatch(n), n);
+      head1.append(th);
+      head2.append(el("th", "seen"), el("th", "lost"));
+    }
+    for (const h of ["filtered", "dead-lettered", "e2e lost", "e2e loss"]) {
+      head1.append(el("th", h, { rowspan: 2 }));
+    }
+    table.tHead.replaceChildren(head1, head2);
+
+    const rows = buckets.map((b) => {
+      const byNode = new Map((b.nodes || []).map((n) => [n.node, n]));
+      const sum = (f) => (b.nodes || []).reduce((s, n) => s + (n[f] || 0), 0);
+      const tr = el("tr", null, { "data-bucket": b.start });
+      if (b.e2e_lost > 0) tr.classList.add("lossy");
+      if (!b.settled) tr.classList.add("open");
+      tr.append(el("td", fmtTime(b.start), { title: b.start }),
+                el("td", b.settled ? "yes" : "open"), el("td", fmtInt(b.events)));
+      for (const n of nodes) {
+        const c = byNode.get(n);
+        const lost = el("td", c ? fmtInt(c.lost) : "–");
+        if (c && c.lost > 0) lost.className = "bad";
+        tr.append(el("td", c ? fmtInt(c.seen) : "–"), lost);
+      }
+      tr.append(el("td", fmtInt(sum("filtered"))), el("td", fmtInt(sum("dead_lettered"))),
+                el("td", fmtInt(b.e2e_lost)), el("td", fmtPct(b.e2e_loss_percent)));
+      return tr;
+    });
+    if (rows.length === 0) {
+      rows.push(el("tr"));
+      rows[0].append(el("td", "no buckets yet", { colspan: nodes.length * 2 + 7, class: "empty" }));
+    }
+    table.tBodies[0].replaceChildren(...rows);
+  }
+
+  // ---- sinks: delivered, retrying, dead-lettered -------------------------------------
+
+  function renderSinks(stats) {
+    const sinks = (stats.nodes || []).filter((n) => n.kind === "sink");
+    const rows = sinks.map((s) => {
+      const tr = el("tr");
+      const name = el("td");
+      name.append(swatch(s.node), s.node);
+      const dead = el("td", fmtInt(s.dead_lettered_total ?? 0),
+                      { "data-stat": "dead_lettered", "data-node": s.node });
+      if (s.dead_lettered_total > 0) dead.className = "bad";
+      tr.append(name, el("td", fmtInt(s.delivered_total)),
+                el("td", fmtInt(s.retrying ?? 0), { "data-stat": "retrying", "data-node": s.node }),
+                dead);
+      return tr;
+    });
+    if (rows.length === 0) {
+      rows.push(el("tr"));
+      rows[0].append(el("td", "no sinks", { colspan: 4, class: "empty" }));
+    }
+    $("#sink-table").tBodies[0].replaceChildren(...rows);
+  }
+
+  // ---- header summary -----------------------------------------------------------------
+
+  function renderSummary(lag, loss, stats) {
+    if (lag) $("#sum-e2e").textContent = fmtMs(lag.e2e_ms?.p95);
+    if (stats) {
+      const delivered = (stats.nodes || []).filter((n) => n.kind === "sink")
+        .reduce((s, n) => s + (n.delivered_total || 0), 0);
+      $("#sum-delivered").textContent = fmtInt(delivered);
+    }
+    if (loss) {
+      const settled = (loss.buckets || []).filter((b) => b.settled);
+      const lost = settled.reduce((s, b) => s + (b.e2e_lost || 0), 0);
+      const events = settled.reduce((s, b) => s + (b.events || 0), 0);
+      const dd = $("#sum-loss");
+      dd.textContent = `${fmtInt(lost)} of ${fmtInt(events)}` +
+        (events > 0 ? ` (${fmtPct((100 * lost) / events)})` : "");
+      dd.classList.toggle("bad", lost > 0);
+    }
+  }
+
+  // ---- refresh loop -------------------------------------------------------------------
+
+  async function getJSON(path) {
+    let res;
+    try {
+      res = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+    } catch (e) {
+      throw new Error(`GET ${path}: ${e.message}`);
+    }
+    if (!res.ok) throw new Error(`GET ${path}: HTTP ${res.status} ${res.statusText}`);
+    try {
+      return await res.json();
+    } catch (e) {
+      throw new Error(`GET ${path}: invalid JSON (${e.message})`);
+    }
+  }
+
+  async function refresh() {
+    const errors = [];
+    const [lag, loss, stats] = (await Promise.allSettled(
+      ["v1/lag", "v1/loss", "v1/stats"].map(getJSON),
+    )).map((r) => {
+      if (r.status === "fulfilled") return r.value;
+      errors.push(r.reason.message);
+      return null;
+    });
+
+    // Each part draws on its own: one failing API (or drawing bug) leaves the rest current.
+    const draw = (what, fn) => {
+      try { fn(); } catch (e) { errors.push(`drawing ${what}: ${e.message}`); }
+    };
+    if (lag) {
+      for (const n of lag.nodes || []) colorOf(n.node);
+      draw("process share", () => renderPie(lag));
+      draw("history charts", () => renderHistory(lag));
+    }
+    if (loss) draw("loss table", () => renderLoss(loss, (lag?.nodes || []).map((n) => n.node)));
+    if (stats) draw("sinks", () => renderSinks(stats));
+    draw("summary", () => renderSummary(lag, loss, stats));
+
+    const banner = $("#error");
+    banner.hidden = errors.length === 0;
+    banner.textContent = errors.length ? `Refresh failed: ${errors.join("; ")}` : "";
+    const now = new Date().toLocaleTimeString("en-GB");
+    $("#updated").textContent = errors.length ? `last attempt ${now} (failed)` : `updated ${now}`;
+    if (errors.length === 0) document.body.dataset.loaded = "true";
+  }
+
+  async function loop() {
+    try {
+      await refresh();
+    } finally {
+      setTimeout(loop, REFRESH_MS);
+    }
+  }
+
+  loop();
+})();
