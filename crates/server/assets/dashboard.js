@@ -117,14 +117,19 @@
       ctx.fill();
     }
 
-    legend.replaceChildren(...nodes.map((n) => {
+    const rows = nodes.map((n) => {
       const tr = el("tr");
       const name = el("td");
       name.append(swatch(n.node), `${n.node} (${n.kind || "?"})`);
       tr.append(name, el("td", fmtMs(n.p50)),
                 el("td", total > 0 ? fmtPct((100 * n.p50) / total) : "–"));
       return tr;
-    }));
+    });
+    if (rows.length === 0) {
+      rows.push(el("tr"));
+      rows[0].append(el("td", "no data yet", { class: "empty" }));
+    }
+    legend.replaceChildren(...rows);
     markChart(box, slices);
   }
 
