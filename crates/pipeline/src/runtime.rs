@@ -6,21 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hifi_ledger::{
-    Ledger, LedgerConfig, NodeKind, NodeLedger, NodeSpec, Origin, Outcome, SystemClock,
-};
-use hifi_log::{
-    EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, ReadLimits, Retention,
-};
+use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
+use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{EngineKind, FsyncMode, LoadedConfig, SourceConfig};
-use crate::event::EventMeta;
 use crate::sink::HttpSink;
 use crate::source::HttpSource;
+use crate::stage::sleep_or_cancel;
 use crate::stage::Stage;
-use crate::stage::{sleep_or_cancel, start_position};
 use crate::topology::Topology;
 use crate::transform::Transforms;
 
@@ -113,10 +108,18 @@ impl Pipeline {
             let source = HttpSource::start(name, s, log.clone(), ledger.node(name)).await?;
             sources.push((Arc::new(source), s.clone()));
             if ledger_enabled(loaded) {
-                let node = Arc::new(ledger.node(name));
-                let (log, topic, token) =
-                    (log.clone(), s.topic.get_ref().clone(), shutdown.clone());
-                tasks.spawn(async move { tally_source(log, node, topic, token).await });
+                let (source, token) = (sources.last().expect("pushed").0.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let stop = !sleep_or_cancel(&token, Duration::from_millis(100)).await;
+                        if let Err(e) = source.flush_tallies().await {
+                            error!(source = %source.name, %e, "cannot record source outcomes in the ledger; retrying");
+                        }
+                        if stop {
+                            return;
+                        }
+                    }
+                });
             }
         }
         {
@@ -274,62 +277,4 @@ async fn open_ledger(loaded: &LoadedConfig, log: Arc<dyn Log>) -> Result<Arc<Led
         history: l.history.0,
     };
     Ok(Ledger::open(cfg, node_specs(loaded), log, Arc::new(SystemClock)).await?)
-}
-
-/// Records the `passed` outcome of a source by reading back what it stored (so the
-/// tally is exact after a crash: it commits its position only after the tallies are
-/// durable). One task per source, one reader per partition.
-async fn tally_source(
-    log: Arc<dyn Log>,
-    node: Arc<NodeLedger>,
-    topic: String,
-    shutdown: CancellationToken,
-) {
-    let Ok(partitions) = log.partitions(&topic).await else {
-        return;
-    };
-    let mut readers = tokio::task::JoinSet::new();
-    for p in 0..partitions {
-        let (log, node, topic, shutdown) =
-            (log.clone(), node.clone(), topic.clone(), shutdown.clone());
-        readers.spawn(async move {
-            let group = format!("ledger.{}", topic);
-            let Ok(mut pos) = start_position(log.as_ref(), &group, &topic, p).await else { return };
-            let limits = ReadLimits { max_records: 10_000, max_bytes: 8 << 20, wait: Duration::from_millis(500) };
-            while !shutdown.is_cancelled() {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = log.read(&topic, p, pos, limits) => r,
-                };
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
-                        pos = start;
-                        continue;
-                    }
-                    Err(e) => {
-                        error!(%topic, partition = p, %e, "ledger cannot read the source topic; retrying");
-                        sleep_or_cancel(&shutdown, Duration::from_secs(5)).await;
-                        continue;
-                    }
-                };
-                let Some(last) = batch.last().map(|r| r.offset) else { continue };
-                for r in &batch {
-                    let meta = EventMeta::of(&topic, p, r);
-                    let origin = Origin { topic: topic.clone(), partition: p, offset: r.offset };
-                    node.outcome(Outcome::Passed, &origin, meta.time_ms);
-                }
-                if let Err(e) = node.flush().await {
-                    error!(%topic, %e, "ledger cannot record source tallies; retrying");
-                    sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-                pos = last + 1;
-                if let Err(e) = log.commit(&group, &topic, p, pos).await {
-                    error!(%topic, %e, "ledger cannot commit its source position");
-                }
-            }
-        });
-    }
-    while readers.join_next().await.is_some() {}
 }

@@ -96,6 +96,27 @@ impl Dedup {
     }
 }
 
+/// Which offsets of one partition have their `passed` outcome recorded: everything below
+/// `contiguous`, plus ranges above it recorded out of order (concurrent requests).
+#[derive(Debug, Default)]
+struct TallyTracker {
+    contiguous: u64,
+    ahead: std::collections::BTreeMap<u64, u64>,
+}
+
+impl TallyTracker {
+    fn mark(&mut self, range: std::ops::Range<u64>) {
+        self.ahead.insert(range.start, range.end);
+        while let Some((&start, &end)) = self.ahead.first_key_value() {
+            if start > self.contiguous {
+                break;
+            }
+            self.contiguous = self.contiguous.max(end);
+            self.ahead.remove(&start);
+        }
+    }
+}
+
 /// An HTTP source node (the HTTP side lives in the server crate).
 #[derive(Debug)]
 pub struct HttpSource {
@@ -115,8 +136,10 @@ pub struct HttpSource {
     next_partition: AtomicU32,
     /// Counters.
     pub stats: SourceStats,
-    /// Lag recording (the `passed` outcomes come from [`crate::runtime`]'s tally reader).
+    /// Outcomes (`passed`) and lag.
     ledger: NodeLedger,
+    /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
+    tallied: Vec<Mutex<TallyTracker>>,
 }
 
 impl HttpSource {
@@ -150,9 +173,79 @@ impl HttpSource {
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
             ledger,
+            tallied: (0..partitions)
+                .map(|_| Mutex::new(TallyTracker::default()))
+                .collect(),
         };
         source.rebuild_dedup().await?;
+        source.catch_up_tallies().await?;
         Ok(source)
+    }
+
+    /// The consumer group whose positions say up to where `passed` is recorded durably.
+    fn tally_group(&self) -> String {
+        format!("ledger.{}", self.name)
+    }
+
+    /// Records `passed` for records stored before a crash whose tallies were not yet
+    /// durable (from the tally position to the end), so the ledger is exact.
+    async fn catch_up_tallies(&self) -> Result<(), LogError> {
+        let group = self.tally_group();
+        let mut caught_up = 0u64;
+        for p in 0..self.partitions {
+            let offsets = self.log.offsets(&self.topic, p).await?;
+            let mut pos =
+                crate::stage::start_position(self.log.as_ref(), &group, &self.topic, p).await?;
+            if self.ledger.enabled() {
+                while pos < offsets.end {
+                    let limits = ReadLimits {
+                        max_records: 10_000,
+                        max_bytes: 8 << 20,
+                        wait: Duration::ZERO,
+                    };
+                    let batch = self.log.read(&self.topic, p, pos, limits).await?;
+                    let Some(last) = batch.last().map(|r| r.offset) else {
+                        break;
+                    };
+                    for r in &batch {
+                        let meta = crate::event::EventMeta::of(&self.topic, p, r);
+                        self.ledger.outcome(
+                            hifi_ledger::Outcome::Passed,
+                            &meta.origin,
+                            meta.time_ms,
+                        );
+                    }
+                    caught_up += batch.len() as u64;
+                    pos = last + 1;
+                }
+            }
+            self.tallied[p as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contiguous = offsets.end;
+        }
+        self.flush_tallies().await?;
+        if caught_up > 0 {
+            info!(source = %self.name, events = caught_up, "recorded outcomes lost in a crash");
+        }
+        Ok(())
+    }
+
+    /// Makes recorded `passed` outcomes durable and moves the tally positions past them.
+    pub async fn flush_tallies(&self) -> Result<(), LogError> {
+        let positions: Vec<u64> = self
+            .tallied
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).contiguous)
+            .collect();
+        self.ledger.flush().await?;
+        let group = self.tally_group();
+        for (p, pos) in positions.into_iter().enumerate() {
+            if self.log.committed(&group, &self.topic, p as u32).await? != Some(pos) {
+                self.log.commit(&group, &self.topic, p as u32, pos).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn rebuild_dedup(&self) -> Result<(), LogError> {
@@ -251,7 +344,8 @@ impl HttpSource {
         let stored = records.len() as u64;
         if !records.is_empty() {
             let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
-            self.log
+            let range = self
+                .log
                 .append(&self.topic, partition, records)
                 .await
                 .inspect_err(|_| {
@@ -260,9 +354,20 @@ impl HttpSource {
                         .fetch_add(1, Ordering::Relaxed);
                 })?;
             let departure_us = self.ledger.now_us();
-            for t in event_times {
+            for (t, offset) in event_times.into_iter().zip(range.clone()) {
                 self.ledger.lag(t, arrival_us, departure_us);
+                let origin = hifi_ledger::Origin {
+                    topic: self.topic.clone(),
+                    partition,
+                    offset,
+                };
+                self.ledger
+                    .outcome(hifi_ledger::Outcome::Passed, &origin, t);
             }
+            self.tallied[partition as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mark(range);
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
             for key in keys {
                 d.insert(key, now);
