@@ -42,6 +42,9 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
     },
+    /// Dead letters of a running instance's sink: list, show, re-drive.
+    #[command(subcommand)]
+    Dlq(ops::DlqCommand),
     /// Lag per node of a running instance (admin API).
     Lag(ops::Admin),
     /// Loss tables per minute of a running instance (exit 1 if a settled bucket lost events).
@@ -68,14 +71,7 @@ enum Command {
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
     Loadtest(loadtest::LoadtestArgs),
     /// A destination that records every event it receives (for tests and demos).
-    Receiver {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: std::net::SocketAddr,
-        /// File to append one JSON line per received event to.
-        #[arg(long)]
-        record: std::path::PathBuf,
-    },
+    Receiver(receiver_cmd::ReceiverArgs),
     /// Inspect and exercise the embedded log in a data directory.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -106,9 +102,10 @@ fn main() -> std::process::ExitCode {
             Command::Run { file, drain } => run::run(file, drain).await,
             Command::Validate { file } => Ok(run::validate(&file)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
-            Command::Receiver { listen, record } => receiver_cmd::run(listen, record).await,
+            Command::Receiver(args) => receiver_cmd::run(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
             Command::Lag(admin) => ops::lag(admin).await,
+            Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
         }

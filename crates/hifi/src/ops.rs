@@ -209,3 +209,140 @@ fn url_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// `hifi dlq ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter: event id, when, reason.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+        /// The sink.
+        sink: String,
+        /// Most recent N.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// One dead letter in full (reason and event).
+    Show {
+        #[command(flatten)]
+        admin: Admin,
+        /// The sink.
+        sink: String,
+        /// The event id.
+        event_id: String,
+    },
+    /// Send dead letters through the sink again (original ids and event times).
+    Redrive {
+        #[command(flatten)]
+        admin: Admin,
+        /// The sink.
+        sink: String,
+        /// Only dead letters from this time on (RFC 3339 or epoch ms).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those whose reason contains this text.
+        #[arg(long)]
+        reason_contains: Option<String>,
+        /// Count what would be re-driven; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `hifi dlq`.
+pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
+    match cmd {
+        DlqCommand::List { admin, sink, limit } => {
+            let v = get(
+                &admin,
+                &format!("/v1/sinks/{}/dlq?limit={limit}", url_escape(&sink)),
+            )
+            .await?;
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
+            for d in &items {
+                let r = &d["reason"];
+                println!(
+                    "{}  {}  {}{}: {}",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["dead_lettered_at"].as_str().unwrap_or("?"),
+                    r["class"].as_str().unwrap_or("?"),
+                    if d["redriven"] == true {
+                        " (re-driven)"
+                    } else {
+                        ""
+                    },
+                    r["body"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "{} dead letter(s) in sink {sink}",
+                v["total"].as_u64().unwrap_or(0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show {
+            admin,
+            sink,
+            event_id,
+        } => {
+            let v = get(
+                &admin,
+                &format!(
+                    "/v1/sinks/{}/dlq/{}",
+                    url_escape(&sink),
+                    url_escape(&event_id)
+                ),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Redrive {
+            admin,
+            sink,
+            since,
+            reason_contains,
+            dry_run,
+        } => {
+            let url = format!(
+                "http://{}/v1/sinks/{}/dlq/redrive",
+                admin.admin,
+                url_escape(&sink)
+            );
+            let body = serde_json::json!({ "since": since, "reason_contains": reason_contains, "dry_run": dry_run });
+            let resp = reqwest::Client::new()
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = resp.status();
+            let v: Value = resp
+                .json()
+                .await
+                .with_context(|| format!("{url} did not answer JSON"))?;
+            if !status.is_success() {
+                bail!(
+                    "{url}: {status}: {}",
+                    v["error"].as_str().unwrap_or("error")
+                );
+            }
+            if admin.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if dry_run {
+                println!(
+                    "would re-drive {} dead letter(s) of sink {sink} (dry run)",
+                    v["matched"]
+                );
+            } else {
+                println!("re-drove {} dead letter(s) of sink {sink}", v["redriven"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

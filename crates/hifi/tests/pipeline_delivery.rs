@@ -18,7 +18,14 @@ async fn events_wait_through_a_receiver_outage_then_all_arrive() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let file = pipeline_file(dir.path(), &format!("http://{addr}/ingest"), "", false);
+    let retry = "[sinks.out.retry.global]\nschedule = [\"1s\", \"2s\"]\n[sinks.out.breaker]\nprobe = \"500ms\"\n";
+    let file = pipeline_file_full(
+        dir.path(),
+        &format!("http://{addr}/ingest"),
+        "",
+        None,
+        retry,
+    );
     let proc = run_pipeline(dir.path(), &file);
     let url = format!("http://{}/v1/events", proc.addr("source api"));
     let client = reqwest::Client::new();
@@ -38,7 +45,7 @@ async fn events_wait_through_a_receiver_outage_then_all_arrive() {
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(&stderr)
             .unwrap_or_default()
-            .contains("delivery failed")),
+            .contains("circuit breaker open")),
         "the sink never reported a failed delivery"
     );
     assert!(received_ids(&record).is_empty());

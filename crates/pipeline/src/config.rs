@@ -331,9 +331,15 @@ pub struct SinkConfig {
     /// A request that takes longer fails (and is retried). Default `"10s"`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
-    /// Retry backoff.
+    /// Local and global retries.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Failure-class overrides.
+    #[serde(default)]
+    pub classify: ClassifyConfig,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 /// `[sinks.NAME.batch]`
@@ -362,11 +368,26 @@ impl Default for BatchConfig {
     }
 }
 
-/// `[sinks.NAME.retry]`: exponential backoff with full jitter; delivery is retried until
-/// it succeeds (events are never dropped).
-#[derive(Debug, Clone, Deserialize)]
+/// `[sinks.NAME.retry]`: two tiers of retries.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// Retries inside the sink.
+    #[serde(default)]
+    pub local: LocalRetry,
+    /// Retries through the sink's retry topics.
+    #[serde(default)]
+    pub global: GlobalRetry,
+}
+
+/// `[sinks.NAME.retry.local]`: exponential backoff with full jitter, at least the
+/// destination's `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRetry {
+    /// Attempts of one batch before its events go to the retry topic. Default 3.
+    #[serde(default = "default_local_attempts")]
+    pub attempts: u32,
     /// First backoff. Default `"100ms"`.
     #[serde(default = "default_backoff_min")]
     pub backoff_min: Dur,
@@ -375,13 +396,95 @@ pub struct RetryConfig {
     pub backoff_max: Dur,
 }
 
-impl Default for RetryConfig {
+impl Default for LocalRetry {
     fn default() -> Self {
-        RetryConfig {
+        LocalRetry {
+            attempts: default_local_attempts(),
             backoff_min: default_backoff_min(),
             backoff_max: default_backoff_max(),
         }
     }
+}
+
+/// `[sinks.NAME.retry.global]`: delay tiers (one retry topic each); an event moves up a
+/// tier after each failed global retry and stays in the last one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRetry {
+    /// Delays. Default `["30s", "2m", "10m", "30m", "1h", "2h"]`.
+    #[serde(default = "default_schedule")]
+    pub schedule: Vec<Dur>,
+    /// Dead-letter events still failing this long after their first failure. Default `"24h"`.
+    #[serde(default = "default_max_age")]
+    pub max_age: Dur,
+    /// Global retries per second at most (a recovering destination is not flooded). Default 1000.
+    #[serde(default = "default_retry_rate")]
+    pub rate: u64,
+}
+
+impl Default for GlobalRetry {
+    fn default() -> Self {
+        GlobalRetry {
+            schedule: default_schedule(),
+            max_age: default_max_age(),
+            rate: default_retry_rate(),
+        }
+    }
+}
+
+/// `[sinks.NAME.classify]`: move HTTP statuses between the failure classes.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// Statuses to retry although non-recoverable by default (e.g. `[404]`).
+    #[serde(default)]
+    pub recoverable: Vec<u16>,
+    /// Statuses to dead-letter although recoverable by default (e.g. `[501]`).
+    #[serde(default)]
+    pub non_recoverable: Vec<u16>,
+}
+
+/// `[sinks.NAME.breaker]`: the circuit breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed requests that open it. Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// While open, one probe request this often. Default `"5s"`.
+    #[serde(default = "default_breaker_probe")]
+    pub probe: Dur,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_breaker_failures(),
+            probe: default_breaker_probe(),
+        }
+    }
+}
+
+fn default_local_attempts() -> u32 {
+    3
+}
+fn default_schedule() -> Vec<Dur> {
+    [30, 120, 600, 1800, 3600, 7200]
+        .iter()
+        .map(|s| Dur(Duration::from_secs(*s)))
+        .collect()
+}
+fn default_max_age() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+fn default_retry_rate() -> u64 {
+    1000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_probe() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 
 fn default_data_dir() -> PathBuf {

@@ -6,8 +6,10 @@
 //! is durable (a stage's append, a sink's 2xx).
 
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod ingest;
+pub mod retry;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -1,34 +1,48 @@
-//! The HTTP sink: topic → CloudEvents batches → destination.
+//! The HTTP sink: topic → CloudEvents batches → destination, with failure classes,
+//! two tiers of retries and dead letters.
 //!
 //! ```text
 //! reader per partition ──(bounded queue)──▶ batcher ──▶ up to `concurrency` deliveries
-//!        │ registers offsets                               │ on 2xx: complete offsets
-//!        └──────────────── tracker per partition ◀─────────┘
-//!                              │ every 100 ms: commit the lowest offset below which
-//!                              ▼ every event is delivered
+//!        │ registers offsets                               │ each ends with a fate per event:
+//!        └──────────────── tracker per partition ◀─────────┤   delivered / retry topic / DLQ
+//!                              │ every 100 ms: flush the ledger, then commit the lowest
+//!                              ▼ offset below which every event has its fate durable
 //!                           log.commit
+//! retrier per tier: head of __retry.<sink>.<tier> ──(when due, rate-limited)──▶ delivery
 //! ```
-//! Deliveries complete out of order; positions commit in order, so a crash re-sends
-//! (at-least-once; receivers de-duplicate with `Idempotency-Key` or event ids) and never
-//! skips. Batching happens while busy: with a free request slot a batch leaves at once,
-//! otherwise it fills for up to `batch.max_wait`. A failed delivery is retried with exponential backoff and full jitter until it
-//! succeeds: events are never dropped here. Memory is bounded by the queue
-//! (`2 × batch.max_events` events) plus `concurrency` batches of `batch.max_bytes`.
+//!
+//! A delivery tries a batch up to `retry.local.attempts` times (exponential backoff with
+//! full jitter, at least the destination's `Retry-After`). A non-recoverable answer is
+//! bisected to isolate the failing events (about log2(batch) extra requests per bad event):
+//! the good ones are delivered, the bad ones dead-lettered. Events still failing after the
+//! local attempts go to the first retry tier (durably, before the input position moves
+//! past them) and the sink moves on: one bad batch never blocks the events behind it.
+//! The retriers re-deliver them when due, moving them up the tiers, until
+//! `retry.global.max_age` after the first failure, then dead-letter them.
+//!
+//! The circuit breaker: after `breaker.failures` consecutive failed requests it opens;
+//! deliveries then wait (using no attempts and no CPU, logging once) while one probe goes
+//! every `breaker.probe`; lag grows visibly meanwhile. Deliveries complete out of order;
+//! positions commit in order, so a crash re-sends (at-least-once, `Idempotency-Key` and
+//! event ids for de-duplication) and never skips.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hifi_ledger::{NodeLedger, Origin, Outcome};
-use hifi_log::{Log, LogError, ReadLimits};
-use rand::Rng;
+use hifi_log::{Log, LogError, ReadLimits, Record};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::SinkConfig;
-use crate::event::{write_cloudevent, EventMeta};
+use crate::delivery::{backoff, parse_retry_after, Breaker, Class, Classifier, Gate, RateLimit};
+use crate::event::{rfc3339_ms, write_cloudevent, EventMeta};
+use crate::retry::{
+    annotate, dlq_topic, due_ms, retry_header, retry_state, retry_topic, DlqReason, RetryState,
+};
 use crate::stage::{sleep_or_cancel, start_position};
 
 /// Counters of one sink.
@@ -38,29 +52,63 @@ pub struct SinkStats {
     pub delivered_events_total: AtomicU64,
     /// Requests that succeeded.
     pub requests_total: AtomicU64,
-    /// Requests that failed and were retried.
+    /// Requests that failed.
     pub failed_requests_total: AtomicU64,
-    /// Events waiting for a retry right now.
+    /// Local retries made (requests sent again).
+    pub local_retries_total: AtomicU64,
+    /// Events moved to a retry topic (global retries).
+    pub retried_events_total: AtomicU64,
+    /// Events in retry topics now (waiting for a global retry).
     pub retrying_events: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_lettered_events_total: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opens_total: AtomicU64,
+    /// 1 while the circuit breaker is open.
+    pub breaker_open: AtomicU64,
 }
 
 /// One event on its way to the destination.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Item {
-    partition: u32,
+    /// Where it was read: input partition (main path) or retry tier.
+    from: From,
     offset: u64,
     id: String,
-    /// The event's origin (ledger key).
     origin: Origin,
-    /// Event time, ms.
     event_time_ms: i64,
     /// When the sink read it, µs.
     arrival_us: i64,
     /// The event rendered as a CloudEvent (JSON object).
     body: Vec<u8>,
+    /// The stored record (for the retry topic or the DLQ).
+    record: Record,
+    /// Earlier attempts (retried events).
+    retry: Option<RetryState>,
 }
 
-/// Offsets read but not yet delivered, per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Partition(u32),
+    Tier(usize),
+}
+
+/// What finally happened to one event of a delivery.
+#[derive(Debug, Clone)]
+enum Fate {
+    Delivered,
+    Retry {
+        reason: String,
+        attempts: u32,
+    },
+    Dead {
+        status: u16,
+        body: String,
+        attempts: u32,
+    },
+}
+
+/// Offsets read but without a durable fate yet, per partition.
 #[derive(Debug, Default)]
 struct Tracker {
     outstanding: BTreeSet<u64>,
@@ -71,7 +119,6 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Everything below this is delivered.
     fn position(&self) -> u64 {
         self.outstanding.first().copied().unwrap_or(self.next)
     }
@@ -94,7 +141,15 @@ pub struct HttpSink {
     pub stats: Arc<SinkStats>,
     /// Outcomes and lag (flushed before every commit).
     pub ledger: NodeLedger,
+    /// Status-code classes.
+    classifier: Classifier,
+    /// Opens while the destination is down.
+    breaker: Mutex<Breaker>,
+    /// Paces global retries.
+    retry_rate: Mutex<RateLimit>,
 }
+
+const BODY_SNIPPET_BYTES: usize = 1024;
 
 impl HttpSink {
     /// Creates a sink (no I/O yet).
@@ -117,6 +172,15 @@ impl HttpSink {
             client,
             stats: Arc::new(SinkStats::default()),
             ledger,
+            classifier: Classifier {
+                recoverable: cfg.classify.recoverable.clone(),
+                non_recoverable: cfg.classify.non_recoverable.clone(),
+            },
+            breaker: Mutex::new(Breaker::new(cfg.breaker.failures, cfg.breaker.probe.0)),
+            retry_rate: Mutex::new(RateLimit::new(
+                cfg.retry.global.rate,
+                tokio::time::Instant::now(),
+            )),
         })
     }
 
@@ -125,13 +189,19 @@ impl HttpSink {
         format!("sink.{}", self.name)
     }
 
+    fn tiers(&self) -> usize {
+        self.cfg.retry.global.schedule.len()
+    }
+
     /// Runs until `shutdown`, then drains in-flight deliveries for at most `drain` and
-    /// commits what was delivered.
+    /// commits what has a durable fate.
     pub async fn run(
         self: Arc<Self>,
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), LogError> {
+        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers()).await?;
+        self.count_waiting_retries().await?;
         let partitions = self.log.partitions(&self.input).await?;
         let group = self.group();
         let mut trackers = Vec::new();
@@ -157,21 +227,25 @@ impl HttpSink {
             readers.spawn(async move { sink.reader(p, tx, trackers, stop).await });
         }
         drop(tx);
-        // Deliveries get their own token: they keep retrying through the drain period.
+        let mut retriers = tokio::task::JoinSet::new();
+        for tier in 0..self.tiers() {
+            let (sink, stop) = (self.clone(), shutdown.clone());
+            retriers.spawn(async move { sink.retrier(tier, stop).await });
+        }
+        // Deliveries get their own token: they keep going through the drain period.
         let deliver_stop = CancellationToken::new();
         let committer = {
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), deliver_stop.clone());
             tokio::spawn(async move { sink.committer(trackers, stop).await })
         };
-        let in_flight = self
+        let mut in_flight = self
             .clone()
             .batcher(rx, trackers.clone(), shutdown.clone(), deliver_stop.clone())
             .await;
-        // The batcher returns at shutdown; queued events it did not send stay outstanding.
         while readers.join_next().await.is_some() {}
+        while retriers.join_next().await.is_some() {}
         let deadline = tokio::time::sleep(drain);
         tokio::pin!(deadline);
-        let mut in_flight = in_flight;
         loop {
             tokio::select! {
                 _ = &mut deadline => {
@@ -186,6 +260,45 @@ impl HttpSink {
         let _ = committer.await;
         self.commit_positions(&trackers).await;
         Ok(())
+    }
+
+    async fn count_waiting_retries(&self) -> Result<(), LogError> {
+        let mut waiting = 0;
+        for tier in 0..self.tiers() {
+            let topic = retry_topic(&self.name, tier);
+            let pos = start_position(self.log.as_ref(), &self.retry_group(tier), &topic, 0).await?;
+            waiting += self.log.offsets(&topic, 0).await?.end - pos;
+        }
+        self.stats.retrying_events.store(waiting, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn retry_group(&self, tier: usize) -> String {
+        format!("sink.{}.retry.{tier}", self.name)
+    }
+
+    fn item(
+        &self,
+        topic: &str,
+        p: u32,
+        from: From,
+        r: hifi_log::StoredRecord,
+        arrival_us: i64,
+    ) -> Item {
+        let meta = EventMeta::of(topic, p, &r);
+        let mut body = Vec::with_capacity(r.record.value.len() + 200);
+        write_cloudevent(&mut body, &meta, &r.record.value);
+        Item {
+            from,
+            offset: r.offset,
+            id: meta.id,
+            origin: meta.origin,
+            event_time_ms: meta.time_ms,
+            arrival_us,
+            body,
+            retry: retry_state(&r.record),
+            record: r.record,
+        }
     }
 
     async fn reader(
@@ -229,26 +342,16 @@ impl HttpSink {
             };
             let arrival_us = self.ledger.now_us();
             for r in batch {
-                let meta = EventMeta::of(&self.input, p, &r);
-                let mut body = Vec::with_capacity(r.record.value.len() + 200);
-                write_cloudevent(&mut body, &meta, &r.record.value);
+                let offset = r.offset;
+                let item = self.item(&self.input, p, From::Partition(p), r, arrival_us);
                 {
                     let mut t = trackers[p as usize]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
-                    t.outstanding.insert(r.offset);
-                    t.next = r.offset + 1;
+                    t.outstanding.insert(offset);
+                    t.next = offset + 1;
                 }
-                pos = r.offset + 1;
-                let item = Item {
-                    partition: p,
-                    offset: r.offset,
-                    id: meta.id,
-                    origin: meta.origin,
-                    event_time_ms: meta.time_ms,
-                    arrival_us,
-                    body,
-                };
+                pos = offset + 1;
                 // Backpressure: waits while the batcher and deliveries are full. An item
                 // abandoned here stays outstanding, so its offset is never committed.
                 tokio::select! {
@@ -260,7 +363,7 @@ impl HttpSink {
     }
 
     /// Groups queued events into batches and starts deliveries; returns the deliveries
-    /// still in flight once the queue is closed and empty.
+    /// still in flight at shutdown.
     async fn batcher(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Item>,
@@ -320,12 +423,16 @@ impl HttpSink {
             };
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), stop.clone());
             in_flight.spawn(async move {
-                if sink.deliver(&batch, &stop).await {
-                    for item in &batch {
-                        let mut t = trackers[item.partition as usize]
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        t.outstanding.remove(&item.offset);
+                if let Some(fates) = sink.deliver(&batch, &stop).await {
+                    if sink.settle(&batch, &fates, 0).await.is_ok() {
+                        for item in &batch {
+                            if let From::Partition(p) = item.from {
+                                let mut t = trackers[p as usize]
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner());
+                                t.outstanding.remove(&item.offset);
+                            }
+                        }
                     }
                 }
                 drop(permit);
@@ -334,8 +441,51 @@ impl HttpSink {
         }
     }
 
-    /// Sends one batch until the destination accepts it (true) or shutdown (false).
-    async fn deliver(&self, batch: &[Item], stop: &CancellationToken) -> bool {
+    /// Waits until the breaker lets a request go; false at shutdown.
+    async fn gate(&self, stop: &CancellationToken) -> bool {
+        loop {
+            let gate = self
+                .breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .gate(tokio::time::Instant::now());
+            match gate {
+                Gate::Go => return true,
+                Gate::WaitUntil(t) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep_until(t) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn breaker_result(&self, ok: bool) {
+        let changed = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(ok, tokio::time::Instant::now());
+        match changed {
+            Some(true) => {
+                self.stats
+                    .breaker_opens_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.breaker_open.store(1, Ordering::Relaxed);
+                warn!(sink = %self.name, probe_every = ?self.cfg.breaker.probe.0,
+                    "destination keeps failing: circuit breaker open, pausing delivery and probing");
+            }
+            Some(false) => {
+                self.stats.breaker_open.store(0, Ordering::Relaxed);
+                info!(sink = %self.name, "destination answers again: circuit breaker closed");
+            }
+            None => {}
+        }
+    }
+
+    /// Sends one request; returns its class.
+    async fn send(&self, batch: &[Item]) -> Class {
         let mut body =
             Vec::with_capacity(batch.iter().map(|i| i.body.len() + 1).sum::<usize>() + 2);
         body.push(b'[');
@@ -349,74 +499,379 @@ impl HttpSink {
             key.update(&[0]);
         }
         body.push(b']');
-        let idempotency_key = format!("{:032x}", key.digest128());
-        let body = bytes::Bytes::from(body);
-        let mut attempt = 0u32;
-        let started = Instant::now();
-        loop {
-            let mut req = self
-                .client
-                .post(&self.cfg.url)
-                .header("content-type", "application/cloudevents-batch+json")
-                .header("idempotency-key", &idempotency_key)
-                .body(body.clone());
-            for (k, v) in &self.cfg.headers {
-                req = req.header(k, v);
+        let mut req = self
+            .client
+            .post(&self.cfg.url)
+            .header("content-type", "application/cloudevents-batch+json")
+            .header("idempotency-key", format!("{:032x}", key.digest128()))
+            .body(body);
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k, v);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                let snippet = if resp.status().is_success() {
+                    String::new()
+                } else {
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    let cut = &bytes[..bytes.len().min(BODY_SNIPPET_BYTES)];
+                    String::from_utf8_lossy(cut).trim().to_owned()
+                };
+                self.classifier.status(status, &snippet, retry_after)
             }
-            let failure = match req.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    let departure_us = self.ledger.now_us();
-                    for item in batch {
-                        self.ledger
-                            .outcome(Outcome::Delivered, &item.origin, item.event_time_ms);
-                        self.ledger
-                            .lag(item.event_time_ms, item.arrival_us, departure_us);
-                    }
-                    self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .delivered_events_total
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    if attempt > 0 {
-                        self.stats
-                            .retrying_events
-                            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-                        info!(sink = %self.name, events = batch.len(), attempts = attempt + 1,
-                            waited_ms = started.elapsed().as_millis() as u64, "delivered after retries");
-                    }
-                    return true;
-                }
-                Ok(resp) => format!("HTTP {}", resp.status()),
-                Err(e) => format!("{e}"),
-            };
-            if attempt == 0 {
-                self.stats
-                    .retrying_events
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            self.stats
-                .failed_requests_total
-                .fetch_add(1, Ordering::Relaxed);
-            let backoff = self.backoff(attempt);
-            if attempt < 3 || attempt.is_multiple_of(20) {
-                warn!(sink = %self.name, events = batch.len(), attempt = attempt + 1, error = %failure,
-                    retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
-            }
-            attempt = attempt.saturating_add(1);
-            if !sleep_or_cancel(stop, backoff).await {
-                self.stats
-                    .retrying_events
-                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-                return false;
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    format!("timeout after {:?}", self.cfg.request_timeout.0)
+                } else {
+                    error_chain(&e)
+                };
+                self.classifier.transport(&what)
             }
         }
     }
 
-    /// Exponential backoff with full jitter: uniform in [0, min(max, min·2^attempt)].
-    fn backoff(&self, attempt: u32) -> Duration {
-        let (min, max) = (self.cfg.retry.backoff_min.0, self.cfg.retry.backoff_max.0);
-        let cap = min.saturating_mul(1u32 << attempt.min(20)).min(max);
-        let ms = rand::thread_rng().gen_range(0..=cap.as_millis().max(1) as u64);
-        Duration::from_millis(ms)
+    /// Delivers a batch: local retries, bisection of non-recoverable answers. Returns a
+    /// fate per event, or `None` at shutdown (nothing decided; the events stay pending).
+    async fn deliver(&self, batch: &[Item], stop: &CancellationToken) -> Option<Vec<Fate>> {
+        let attempts_max = self.cfg.retry.local.attempts.max(1);
+        let mut attempt = 0u32;
+        loop {
+            if !self.gate(stop).await {
+                return None;
+            }
+            let class = self.send(batch).await;
+            attempt += 1;
+            let prior = batch
+                .iter()
+                .map(|i| i.retry.map_or(0, |r| r.attempts))
+                .max()
+                .unwrap_or(0);
+            match class {
+                Class::Success => {
+                    self.breaker_result(true);
+                    self.on_delivered(batch);
+                    return Some(vec![Fate::Delivered; batch.len()]);
+                }
+                Class::NonRecoverable { status, reason } => {
+                    self.breaker_result(true); // the destination is up; the data is bad
+                    self.stats
+                        .failed_requests_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    if batch.len() == 1 {
+                        warn!(sink = %self.name, id = %batch[0].id, %reason, "event refused; dead-lettering it");
+                        return Some(vec![Fate::Dead {
+                            status,
+                            body: reason,
+                            attempts: prior + attempt,
+                        }]);
+                    }
+                    let mid = batch.len() / 2;
+                    let (a, b) = batch.split_at(mid);
+                    let mut fates = Box::pin(self.deliver(a, stop)).await?;
+                    fates.extend(Box::pin(self.deliver(b, stop)).await?);
+                    return Some(fates);
+                }
+                Class::Recoverable {
+                    reason,
+                    retry_after,
+                } => {
+                    self.breaker_result(false);
+                    self.stats
+                        .failed_requests_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    if attempt >= attempts_max {
+                        warn!(sink = %self.name, events = batch.len(), attempts = attempt, %reason,
+                            "local retries exhausted; moving the events to the retry topic");
+                        return Some(vec![
+                            Fate::Retry {
+                                reason,
+                                attempts: prior + attempt
+                            };
+                            batch.len()
+                        ]);
+                    }
+                    let local = &self.cfg.retry.local;
+                    let wait = backoff(
+                        local.backoff_min.0,
+                        local.backoff_max.0,
+                        attempt - 1,
+                        retry_after,
+                    );
+                    self.stats
+                        .local_retries_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !sleep_or_cancel(stop, wait).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_delivered(&self, batch: &[Item]) {
+        let departure_us = self.ledger.now_us();
+        for item in batch {
+            self.ledger
+                .outcome(Outcome::Delivered, &item.origin, item.event_time_ms);
+            self.ledger
+                .lag(item.event_time_ms, item.arrival_us, departure_us);
+        }
+        self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .delivered_events_total
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes the fates of a delivery durable: retried events to the retry tier
+    /// `next_tier` (dead letters past `max_age`), refused ones to the DLQ; records the
+    /// outcomes. An error leaves the events pending (they are re-sent later).
+    async fn settle(
+        &self,
+        batch: &[Item],
+        fates: &[Fate],
+        next_tier: usize,
+    ) -> Result<(), LogError> {
+        let now = crate::now_ms();
+        let mut retries = Vec::new();
+        let mut dead = Vec::new();
+        for (item, fate) in batch.iter().zip(fates) {
+            match fate {
+                Fate::Delivered => {}
+                Fate::Retry { reason, attempts } => {
+                    let first = item.retry.map_or(now, |r| r.first_ms);
+                    if now - first >= self.cfg.retry.global.max_age.0.as_millis() as i64 {
+                        let why = format!(
+                            "retries exhausted after {:?}: {reason}",
+                            self.cfg.retry.global.max_age.0
+                        );
+                        dead.push((
+                            item,
+                            self.dlq_record(
+                                item,
+                                "retries_exhausted",
+                                0,
+                                &why,
+                                *attempts,
+                                first,
+                                now,
+                            ),
+                        ));
+                    } else {
+                        let tier = next_tier.min(self.tiers() - 1);
+                        let due = now + self.cfg.retry.global.schedule[tier].0.as_millis() as i64;
+                        let rec = annotate(
+                            &item.record,
+                            &item.origin.to_string(),
+                            vec![
+                                (retry_header::ATTEMPTS, attempts.to_string()),
+                                (retry_header::FIRST_MS, first.to_string()),
+                                (retry_header::DUE_MS, due.to_string()),
+                                (retry_header::REASON, reason.clone()),
+                            ],
+                        );
+                        retries.push((item, tier, rec));
+                    }
+                }
+                Fate::Dead {
+                    status,
+                    body,
+                    attempts,
+                } => {
+                    let first = item.retry.map_or(now, |r| r.first_ms);
+                    dead.push((
+                        item,
+                        self.dlq_record(
+                            item,
+                            "non_recoverable",
+                            *status,
+                            body,
+                            *attempts,
+                            first,
+                            now,
+                        ),
+                    ));
+                }
+            }
+        }
+        for tier in 0..self.tiers() {
+            let recs: Vec<Record> = retries
+                .iter()
+                .filter(|r| r.1 == tier)
+                .map(|r| r.2.clone())
+                .collect();
+            if !recs.is_empty() {
+                self.log
+                    .append(&retry_topic(&self.name, tier), 0, recs)
+                    .await?;
+            }
+        }
+        if !dead.is_empty() {
+            self.log
+                .append(
+                    &dlq_topic(&self.name),
+                    0,
+                    dead.iter().map(|d| d.1.clone()).collect(),
+                )
+                .await?;
+        }
+        for (item, _, _) in &retries {
+            self.ledger
+                .outcome(Outcome::Retrying, &item.origin, item.event_time_ms);
+        }
+        for (item, _) in &dead {
+            self.ledger
+                .outcome(Outcome::DeadLettered, &item.origin, item.event_time_ms);
+        }
+        let from_retry = batch
+            .iter()
+            .filter(|i| matches!(i.from, From::Tier(_)))
+            .count() as u64;
+        self.stats
+            .retried_events_total
+            .fetch_add(retries.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_lettered_events_total
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        let waiting = self.stats.retrying_events.load(Ordering::Relaxed) + retries.len() as u64;
+        self.stats
+            .retrying_events
+            .store(waiting.saturating_sub(from_retry), Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dlq_record(
+        &self,
+        item: &Item,
+        class: &str,
+        status: u16,
+        body: &str,
+        attempts: u32,
+        first: i64,
+        now: i64,
+    ) -> Record {
+        let mut snippet = body.to_owned();
+        if snippet.len() > BODY_SNIPPET_BYTES {
+            let mut cut = BODY_SNIPPET_BYTES;
+            while !snippet.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            snippet.truncate(cut);
+        }
+        let reason = DlqReason {
+            class: class.into(),
+            status,
+            body: snippet,
+            attempts,
+            first_attempt: rfc3339_ms(first),
+            last_attempt: rfc3339_ms(now),
+        };
+        let mut rec = annotate(
+            &item.record,
+            &item.origin.to_string(),
+            vec![(
+                retry_header::DLQ_REASON,
+                serde_json::to_string(&reason).unwrap_or_default(),
+            )],
+        );
+        rec.timestamp_ms = now;
+        rec
+    }
+
+    /// Re-delivers the events of one retry tier when they are due, rate-limited.
+    async fn retrier(&self, tier: usize, stop: CancellationToken) {
+        let topic = retry_topic(&self.name, tier);
+        let group = self.retry_group(tier);
+        let Ok(mut pos) = start_position(self.log.as_ref(), &group, &topic, 0).await else {
+            return;
+        };
+        let limits = ReadLimits {
+            max_records: self.cfg.batch.max_events,
+            max_bytes: 4 << 20,
+            wait: Duration::from_secs(1),
+        };
+        while !stop.is_cancelled() {
+            let batch = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.log.read(&topic, 0, pos, limits) => r,
+            };
+            let batch = match batch {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => continue,
+                Err(e) => {
+                    error!(sink = %self.name, tier, %e, "cannot read the retry topic; retrying in 5 s");
+                    sleep_or_cancel(&stop, Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            // Records of one tier become due in order: wait for the head, take what is due.
+            let now = crate::now_ms();
+            let head_due = due_ms(&batch[0].record);
+            if head_due > now {
+                sleep_or_cancel(&stop, Duration::from_millis((head_due - now) as u64)).await;
+                continue;
+            }
+            let arrival_us = self.ledger.now_us();
+            let due: Vec<Item> = batch
+                .into_iter()
+                .take_while(|r| due_ms(&r.record) <= now)
+                .map(|r| self.item(&topic, 0, From::Tier(tier), r, arrival_us))
+                .collect();
+            if !self.pace(due.len() as u64, &stop).await {
+                return;
+            }
+            let Some(fates) = self.deliver(&due, &stop).await else {
+                return;
+            };
+            if let Err(e) = self.settle(&due, &fates, tier + 1).await {
+                error!(sink = %self.name, tier, %e, "cannot store retry fates; retrying");
+                sleep_or_cancel(&stop, Duration::from_secs(1)).await;
+                continue;
+            }
+            let delivered = fates
+                .iter()
+                .filter(|f| matches!(f, Fate::Delivered))
+                .count() as u64;
+            let left = self
+                .stats
+                .retrying_events
+                .load(Ordering::Relaxed)
+                .saturating_sub(delivered);
+            self.stats.retrying_events.store(left, Ordering::Relaxed);
+            if let Err(e) = self.ledger.flush().await {
+                error!(sink = %self.name, %e, "cannot record outcomes in the ledger; retrying");
+                continue;
+            }
+            pos = due.last().map_or(pos, |i| i.offset + 1);
+            if let Err(e) = self.log.commit(&group, &topic, 0, pos).await {
+                error!(sink = %self.name, tier, %e, "cannot commit the retry position");
+            }
+        }
+    }
+
+    /// Waits for rate-limit tokens for `n` global retries; false at shutdown.
+    async fn pace(&self, n: u64, stop: &CancellationToken) -> bool {
+        loop {
+            let r = self
+                .retry_rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(n, tokio::time::Instant::now());
+            match r {
+                Ok(()) => return true,
+                Err(wait) => {
+                    if !sleep_or_cancel(stop, wait).await {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     async fn committer(&self, trackers: Arc<Vec<Mutex<Tracker>>>, stop: CancellationToken) {
@@ -426,7 +881,7 @@ impl HttpSink {
     }
 
     async fn commit_positions(&self, trackers: &[Mutex<Tracker>]) {
-        // Positions are read before the flush: every event below them has its outcome
+        // Positions are read before the flush: every event below them has its fate
         // recorded already, and the flush makes those records durable first.
         let positions: Vec<(u64, u64)> = trackers
             .iter()
@@ -451,4 +906,16 @@ impl HttpSink {
             }
         }
     }
+}
+
+/// An error with its causes ("error sending request: connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

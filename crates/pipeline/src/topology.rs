@@ -109,11 +109,22 @@ impl Topology {
                     "concurrency, batch.max_events and batch.max_bytes must be at least 1",
                 ));
             }
-            if s.retry.backoff_min > s.retry.backoff_max {
+            if s.retry.local.backoff_min > s.retry.local.backoff_max {
                 return Err(loaded.error(
-                    format!("sinks.{name}.retry"),
+                    format!("sinks.{name}.retry.local"),
                     "backoff_min must not exceed backoff_max",
                 ));
+            }
+            if s.retry.global.schedule.is_empty()
+                || s.retry.global.schedule.iter().any(|d| d.0.is_zero())
+            {
+                return Err(loaded.error(
+                    format!("sinks.{name}.retry.global.schedule"),
+                    "give at least one delay, each above zero (e.g. [\"30s\", \"2m\"])",
+                ));
+            }
+            if s.retry.local.attempts == 0 || s.retry.global.rate == 0 || s.breaker.failures == 0 {
+                return Err(loaded.error(format!("sinks.{name}"), "retry.local.attempts, retry.global.rate and breaker.failures must be at least 1"));
             }
         }
         check_inputs(loaded, &writers)?;

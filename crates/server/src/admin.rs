@@ -77,6 +77,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/events/{*origin}", get(trace_origin))
         .route("/v1/trace", get(trace_id))
+        .route("/v1/sinks/{sink}/dlq", get(dlq_list))
+        .route(
+            "/v1/sinks/{sink}/dlq/redrive",
+            axum::routing::post(dlq_redrive),
+        )
+        .route("/v1/sinks/{sink}/dlq/{id}", get(dlq_show))
         .merge(crate::dashboard::router())
         .with_state(Arc::new(state))
 }
@@ -198,7 +204,9 @@ async fn stats(State(s): S) -> Response {
         let c = &sk.stats;
         nodes.push(json!({"node": sk.name, "kind": "sink", "events_in_total": r(&c.delivered_events_total), "events_out_total": r(&c.delivered_events_total),
             "delivered_total": r(&c.delivered_events_total), "requests_total": r(&c.requests_total), "failed_requests_total": r(&c.failed_requests_total),
-            "retrying": r(&c.retrying_events), "dead_lettered_total": 0, "filtered_total": 0}));
+            "local_retries_total": r(&c.local_retries_total), "retried_events_total": r(&c.retried_events_total),
+            "retrying": r(&c.retrying_events), "dead_lettered_total": r(&c.dead_lettered_events_total),
+            "breaker_open": r(&c.breaker_open) == 1, "filtered_total": 0}));
     }
     Json(json!({ "nodes": nodes })).into_response()
 }
@@ -352,4 +360,117 @@ async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) ->
         pos = last + 1;
     }
     None
+}
+
+fn sink_exists(s: &AdminState, sink: &str) -> Result<(), Box<Response>> {
+    if s.sinks.iter().any(|k| k.name == sink) {
+        Ok(())
+    } else {
+        let names: Vec<&str> = s.sinks.iter().map(|k| k.name.as_str()).collect();
+        Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            &format!("no sink {sink:?}; sinks: {}", names.join(", ")),
+            json!({}),
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DlqQuery {
+    /// Most recent N (default 1000).
+    limit: Option<usize>,
+}
+
+async fn dlq_list(State(s): S, Path(sink): Path<String>, Query(q): Query<DlqQuery>) -> Response {
+    if let Err(r) = sink_exists(&s, &sink) {
+        return *r;
+    }
+    match hifi_pipeline::retry::dead_letters(s.log.as_ref(), &sink).await {
+        Ok(all) => {
+            let total = all.len();
+            let limit = q.limit.unwrap_or(1000);
+            let items: Vec<_> = all.into_iter().rev().take(limit).map(|(d, _)| d).collect();
+            Json(json!({ "sink": sink, "total": total, "dead_letters": items })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot read the dead-letter queue: {e}"),
+            json!({}),
+        ),
+    }
+}
+
+async fn dlq_show(State(s): S, Path((sink, id)): Path<(String, String)>) -> Response {
+    if let Err(r) = sink_exists(&s, &sink) {
+        return *r;
+    }
+    match hifi_pipeline::retry::dead_letters(s.log.as_ref(), &sink).await {
+        Ok(all) => match all.into_iter().rev().find(|(d, _)| d.id == id) {
+            Some((d, rec)) => {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&rec.value).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&rec.value).into_owned())
+                    });
+                Json(json!({ "dead_letter": d, "value": value })).into_response()
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no dead letter with id {id:?} in sink {sink:?}"),
+                json!({}),
+            ),
+        },
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot read the dead-letter queue: {e}"),
+            json!({}),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    since: Option<String>,
+    reason_contains: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn dlq_redrive(
+    State(s): S,
+    Path(sink): Path<String>,
+    body: Option<Json<RedriveBody>>,
+) -> Response {
+    if let Err(r) = sink_exists(&s, &sink) {
+        return *r;
+    }
+    let b = body.map(|Json(b)| b).unwrap_or(RedriveBody {
+        since: None,
+        reason_contains: None,
+        dry_run: false,
+    });
+    let since_ms = match b.since.as_deref().map(parse_time) {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`since` must be RFC 3339 or epoch milliseconds",
+                json!({}),
+            )
+        }
+    };
+    let filter = hifi_pipeline::retry::RedriveFilter {
+        since_ms,
+        reason_contains: b.reason_contains,
+        dry_run: b.dry_run,
+    };
+    match hifi_pipeline::retry::redrive(&s.log, &sink, &filter, s.ledger.clock().now_ms()).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("re-drive failed: {e}; nothing was marked re-driven"),
+            json!({}),
+        ),
+    }
 }

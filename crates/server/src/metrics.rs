@@ -181,9 +181,44 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "hifi_sink_retrying_events",
-            "Events waiting for a delivery retry now",
+            "Events in the sink's retry topics now (waiting for a global retry)",
             g,
             per_sink(&|st| &st.retrying_events),
+        )?;
+        family(
+            &mut enc,
+            "hifi_sink_local_retries",
+            "Requests sent again by local retries",
+            c,
+            per_sink(&|st| &st.local_retries_total),
+        )?;
+        family(
+            &mut enc,
+            "hifi_sink_retried_events",
+            "Events moved to a retry topic (global retries)",
+            c,
+            per_sink(&|st| &st.retried_events_total),
+        )?;
+        family(
+            &mut enc,
+            "hifi_sink_dead_lettered_events",
+            "Events moved to the dead-letter queue",
+            c,
+            per_sink(&|st| &st.dead_lettered_events_total),
+        )?;
+        family(
+            &mut enc,
+            "hifi_sink_breaker_opens",
+            "Times the circuit breaker opened",
+            c,
+            per_sink(&|st| &st.breaker_opens_total),
+        )?;
+        family(
+            &mut enc,
+            "hifi_sink_breaker_open",
+            "1 while the circuit breaker is open (delivery paused, probing)",
+            g,
+            per_sink(&|st| &st.breaker_open),
         )?;
 
         let lag = s.ledger.lag();

@@ -4,6 +4,11 @@
 //! "idempotency_key"}`.
 //! The file is flushed before the 2xx is sent, so every acknowledged event is in it even
 //! if the receiver is killed. It counts received, distinct and duplicate events.
+//!
+//! It can fail on purpose ([`Faults`]): a share of requests answered with an error
+//! status, requests containing matching event ids refused whole (as real destinations
+//! do), added latency, `Retry-After` on failures, the first N requests failed. Refused
+//! requests record nothing.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -61,15 +66,44 @@ pub struct Delays {
     pub max: u64,
 }
 
+/// Failures a receiver injects.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Share of requests (0.0–1.0) answered with `fail_status`.
+    pub fail_rate: f64,
+    /// Status for `fail_rate` and `fail_first` failures (default 503).
+    pub fail_status: u16,
+    /// The first this-many requests fail with `fail_status`.
+    pub fail_first: u64,
+    /// A request containing an event id matching this is refused whole.
+    pub reject_ids: Option<regex::Regex>,
+    /// Status for rejected requests (default 422).
+    pub reject_status: u16,
+    /// Added latency per request: uniform in [min, max].
+    pub latency: Option<(std::time::Duration, std::time::Duration)>,
+    /// `Retry-After` seconds sent with failures.
+    pub retry_after_s: Option<u64>,
+}
+
 /// A receiver's shared state.
 #[derive(Debug, Clone)]
 pub struct Receiver {
+    /// Record file and counts.
     inner: Arc<Mutex<Inner>>,
+    /// Failures to inject.
+    faults: Arc<Faults>,
+    /// Requests seen (including failed ones).
+    requests_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Receiver {
     /// Opens (appending to) the record file.
     pub fn open(record: &PathBuf) -> std::io::Result<Self> {
+        Self::with_faults(record, Faults::default())
+    }
+
+    /// Opens the record file; the receiver injects `faults`.
+    pub fn with_faults(record: &PathBuf, faults: Faults) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,6 +116,8 @@ impl Receiver {
                 delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
                     .expect("valid bounds"),
             })),
+            faults: Arc::new(faults),
+            requests_seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }
 
@@ -135,8 +171,34 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// An injected failure response.
+fn failure(status: u16, faults: &Faults, why: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut resp = (status, format!("{why}\n")).into_response();
+    if let Some(s) = faults.retry_after_s {
+        if let Ok(v) = s.to_string().parse() {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
+}
+
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
     let received_at_us = now_us();
+    let nth = r
+        .requests_seen
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let f = &r.faults;
+    if let Some((min, max)) = f.latency {
+        let ms = rand::Rng::gen_range(
+            &mut rand::thread_rng(),
+            min.as_millis() as u64..=max.as_millis().max(min.as_millis()) as u64,
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if nth < f.fail_first || (f.fail_rate > 0.0 && rand::random::<f64>() < f.fail_rate) {
+        return failure(f.fail_status, f, "injected failure");
+    }
     let received_at = received_at_us / 1000;
     let events: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(a)) => a,
@@ -150,6 +212,20 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         }
         Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}\n")).into_response(),
     };
+    if let Some(re) = &f.reject_ids {
+        let bad: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.get("id").and_then(|v| v.as_str()))
+            .filter(|id| re.is_match(id))
+            .collect();
+        if !bad.is_empty() {
+            return failure(
+                f.reject_status,
+                f,
+                &format!("rejected event ids: {}", bad.join(", ")),
+            );
+        }
+    }
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

@@ -137,6 +137,17 @@ pub fn pipeline_file_with(
     extra_source: &str,
     stage: Option<&str>,
 ) -> PathBuf {
+    pipeline_file_full(dir, sink_url, extra_source, stage, "")
+}
+
+/// As [`pipeline_file_with`], with extra lines after the sink (e.g. its retry tables).
+pub fn pipeline_file_full(
+    dir: &Path,
+    sink_url: &str,
+    extra_source: &str,
+    stage: Option<&str>,
+    extra_sink: &str,
+) -> PathBuf {
     let (sink_input, stage) = match stage {
         Some(extra) => (
             "clean",
@@ -149,7 +160,7 @@ pub fn pipeline_file_with(
          [ledger]\nsettle_after = \"2s\"\n\n\
          [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n{extra_source}\n\n\
          {stage}\n[sinks.out]\ntype = \"http\"\ninput = \"{sink_input}\"\nurl = \"{sink_url}\"\n\
-         [sinks.out.retry]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
+         [sinks.out.retry.local]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n{extra_sink}"
     );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();

@@ -1,0 +1,315 @@
+//! Global retries and dead letters of one HTTP sink.
+//!
+//! # Topics (created with the sink, one partition each)
+//! - `__retry.<sink>.<tier>` — one topic per delay tier of `retry.global.schedule`
+//!   (default 30 s, 2 min, 10 min, 30 min, 1 h, 2 h). Every record in a tier waits the same
+//!   delay, so records become due in append order: the retrier only ever looks at the head
+//!   of each tier, never scans.
+//! - `__dlq.<sink>` — dead letters, with the reason.
+//! - `__dlq.<sink>.redriven` — offsets of dead letters already re-driven (so a second
+//!   re-drive does not send them again).
+//!
+//! A retried or dead-lettered record is the original record (value and headers, with
+//! `hifi-origin` added) plus headers:
+//!
+//! | header | meaning |
+//! |---|---|
+//! | `hifi-retry-attempts` | delivery attempts so far |
+//! | `hifi-retry-first-ms` | first failed attempt, epoch ms |
+//! | `hifi-retry-due-ms` | when the next attempt is due, epoch ms |
+//! | `hifi-retry-reason` | the last failure |
+//! | `hifi-dlq-reason` | (dead letters) JSON: `class`, `status`, `body` (≤ 1 KiB), `attempts`, `first_attempt`, `last_attempt` |
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hifi_log::{Header, Log, LogError, ReadLimits, Record, TopicSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{header, rfc3339_ms, EventMeta};
+
+/// Header names of retried and dead-lettered records.
+pub mod retry_header {
+    /// Attempts so far.
+    pub const ATTEMPTS: &str = "hifi-retry-attempts";
+    /// First failure, epoch ms.
+    pub const FIRST_MS: &str = "hifi-retry-first-ms";
+    /// Next attempt due, epoch ms.
+    pub const DUE_MS: &str = "hifi-retry-due-ms";
+    /// Last failure.
+    pub const REASON: &str = "hifi-retry-reason";
+    /// Dead-letter reason (JSON).
+    pub const DLQ_REASON: &str = "hifi-dlq-reason";
+}
+
+/// Topic of a retry tier.
+pub fn retry_topic(sink: &str, tier: usize) -> String {
+    format!("__retry.{sink}.{tier}")
+}
+
+/// Topic of a sink's dead letters.
+pub fn dlq_topic(sink: &str) -> String {
+    format!("__dlq.{sink}")
+}
+
+fn redriven_topic(sink: &str) -> String {
+    format!("__dlq.{sink}.redriven")
+}
+
+/// Creates a sink's retry, DLQ and re-drive topics.
+pub async fn ensure_topics(log: &dyn Log, sink: &str, tiers: usize) -> Result<(), LogError> {
+    for t in 0..tiers {
+        log.ensure_topic(&TopicSpec::new(retry_topic(sink, t), 1))
+            .await?;
+    }
+    log.ensure_topic(&TopicSpec::new(dlq_topic(sink), 1))
+        .await?;
+    log.ensure_topic(&TopicSpec::new(redriven_topic(sink), 1))
+        .await?;
+    Ok(())
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DlqReason {
+    /// `non_recoverable` or `retries_exhausted`.
+    pub class: String,
+    /// Last HTTP status (0 for a transport error).
+    pub status: u16,
+    /// Last failure: response body snippet (≤ 1 KiB) or transport error.
+    pub body: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// First failed attempt, RFC 3339.
+    pub first_attempt: String,
+    /// Last attempt, RFC 3339.
+    pub last_attempt: String,
+}
+
+/// Retry bookkeeping of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryState {
+    /// Attempts so far.
+    pub attempts: u32,
+    /// First failure, epoch ms.
+    pub first_ms: i64,
+}
+
+fn hdr_str<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
+    r.header(name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The retry state carried by a record (none for a first delivery).
+pub fn retry_state(r: &Record) -> Option<RetryState> {
+    Some(RetryState {
+        attempts: hdr_str(r, retry_header::ATTEMPTS)?.parse().ok()?,
+        first_ms: hdr_str(r, retry_header::FIRST_MS)?.parse().ok()?,
+    })
+}
+
+/// When a retry record is due (epoch ms).
+pub fn due_ms(r: &Record) -> i64 {
+    hdr_str(r, retry_header::DUE_MS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The record to store for a retry or dead letter: the original, with its origin made
+/// explicit and the retry headers replaced.
+pub fn annotate(original: &Record, origin: &str, extra: Vec<(&str, String)>) -> Record {
+    let mut r = original.clone();
+    r.headers
+        .retain(|h| !h.name.starts_with("hifi-retry-") && h.name != retry_header::DLQ_REASON);
+    if r.header(header::ORIGIN).is_none() {
+        r.headers.push(Header {
+            name: header::ORIGIN.into(),
+            value: origin.as_bytes().to_vec(),
+        });
+    }
+    for (name, value) in extra {
+        r.headers.push(Header {
+            name: name.into(),
+            value: value.into_bytes(),
+        });
+    }
+    r
+}
+
+/// One dead letter as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Position in the DLQ topic.
+    pub dlq_offset: u64,
+    /// Event id.
+    pub id: String,
+    /// Origin.
+    pub origin: String,
+    /// Event time.
+    pub event_time: String,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: String,
+    /// Why.
+    pub reason: Option<DlqReason>,
+    /// Whether it was re-driven already.
+    pub redriven: bool,
+}
+
+async fn read_all(
+    log: &dyn Log,
+    topic: &str,
+    mut visit: impl FnMut(u64, Record),
+) -> Result<(), LogError> {
+    let o = log.offsets(topic, 0).await?;
+    let mut pos = o.start;
+    while pos < o.end {
+        let batch = log
+            .read(
+                topic,
+                0,
+                pos,
+                ReadLimits {
+                    max_records: 5000,
+                    max_bytes: 8 << 20,
+                    wait: Duration::ZERO,
+                },
+            )
+            .await?;
+        let Some(last) = batch.last().map(|r| r.offset) else {
+            break;
+        };
+        for r in batch {
+            visit(r.offset, r.record);
+        }
+        pos = last + 1;
+    }
+    Ok(())
+}
+
+async fn redriven(log: &dyn Log, sink: &str) -> Result<BTreeSet<u64>, LogError> {
+    let mut set = BTreeSet::new();
+    read_all(log, &redriven_topic(sink), |_, r| {
+        if let Ok(s) = std::str::from_utf8(&r.value) {
+            set.extend(s.split(',').filter_map(|x| x.parse::<u64>().ok()));
+        }
+    })
+    .await?;
+    Ok(set)
+}
+
+/// Every dead letter of a sink (oldest first) with its record.
+pub async fn dead_letters(
+    log: &dyn Log,
+    sink: &str,
+) -> Result<Vec<(DeadLetter, Record)>, LogError> {
+    let done = redriven(log, sink).await?;
+    let topic = dlq_topic(sink);
+    let mut out = Vec::new();
+    read_all(log, &topic, |offset, r| {
+        let stored = hifi_log::StoredRecord { offset, record: r };
+        let meta = EventMeta::of(&topic, 0, &stored);
+        let r = stored.record;
+        out.push((
+            DeadLetter {
+                dlq_offset: offset,
+                id: meta.id,
+                origin: meta.origin.to_string(),
+                event_time: rfc3339_ms(meta.time_ms),
+                dead_lettered_at: rfc3339_ms(r.timestamp_ms),
+                reason: hdr_str(&r, retry_header::DLQ_REASON)
+                    .and_then(|j| serde_json::from_str(j).ok()),
+                redriven: done.contains(&offset),
+            },
+            r,
+        ));
+    })
+    .await?;
+    Ok(out)
+}
+
+/// What to re-drive.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RedriveFilter {
+    /// Only dead letters from this time on (RFC 3339 or epoch ms).
+    pub since_ms: Option<i64>,
+    /// Only those whose reason contains this text.
+    pub reason_contains: Option<String>,
+    /// Count, do not send.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The result of a re-drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedriveResult {
+    /// Dead letters matching the filter and not re-driven before.
+    pub matched: usize,
+    /// Of those, sent back through the sink (0 on a dry run).
+    pub redriven: usize,
+    /// Their event ids.
+    pub ids: Vec<String>,
+}
+
+/// Sends matching dead letters through the sink again (first retry tier, due now),
+/// with their original ids and event times; marks them re-driven.
+pub async fn redrive(
+    log: &Arc<dyn Log>,
+    sink: &str,
+    filter: &RedriveFilter,
+    now_ms: i64,
+) -> Result<RedriveResult, LogError> {
+    let all = dead_letters(log.as_ref(), sink).await?;
+    let chosen: Vec<(DeadLetter, Record)> = all
+        .into_iter()
+        .filter(|(d, r)| {
+            !d.redriven
+                && filter.since_ms.is_none_or(|t| r.timestamp_ms >= t)
+                && filter.reason_contains.as_ref().is_none_or(|s| {
+                    let reason = hdr_str(r, retry_header::DLQ_REASON).unwrap_or("");
+                    reason.contains(s.as_str())
+                })
+        })
+        .collect();
+    let ids: Vec<String> = chosen.iter().map(|(d, _)| d.id.clone()).collect();
+    if filter.dry_run || chosen.is_empty() {
+        return Ok(RedriveResult {
+            matched: chosen.len(),
+            redriven: 0,
+            ids,
+        });
+    }
+    let records: Vec<Record> = chosen
+        .iter()
+        .map(|(d, r)| {
+            annotate(
+                r,
+                &d.origin,
+                vec![
+                    (retry_header::ATTEMPTS, "0".into()),
+                    (retry_header::FIRST_MS, now_ms.to_string()),
+                    (retry_header::DUE_MS, now_ms.to_string()),
+                    (
+                        retry_header::REASON,
+                        "re-driven from the dead-letter queue".into(),
+                    ),
+                ],
+            )
+        })
+        .collect();
+    log.append(&retry_topic(sink, 0), 0, records).await?;
+    let offsets: Vec<String> = chosen
+        .iter()
+        .map(|(d, _)| d.dlq_offset.to_string())
+        .collect();
+    log.append(
+        &redriven_topic(sink),
+        0,
+        vec![Record::new(offsets.join(","), now_ms)],
+    )
+    .await?;
+    Ok(RedriveResult {
+        matched: chosen.len(),
+        redriven: chosen.len(),
+        ids,
+    })
+}
