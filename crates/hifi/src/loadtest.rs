@@ -62,6 +62,28 @@ pub struct LoadtestArgs {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts here (and the JSON beside it,
+    /// same name with .json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Find the traffic rating: step the rate up from --rate (doubling), then bisect,
+    /// until the pipeline stops meeting the SLO; each step lasts --duration.
+    #[arg(long, requires = "slo_p95")]
+    find_rating: bool,
+    /// The SLO's bound on end-to-end p95 (with --find-rating), e.g. 100ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slo_p95: Option<Duration>,
+    /// Highest rate the search tries.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rate: u64,
+    /// Faults while loading: "kill:every=20s" (SIGKILL a supervised `hifi run
+    /// --pipeline FILE` at random moments around that period, restarting it) and/or
+    /// "receiver-flap" (the in-process receiver goes down and up). Comma-separated.
+    #[arg(long)]
+    chaos: Option<String>,
+    /// With --chaos kill: the pipeline file to run (and kill) as a child process.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
 }
 
 /// Percentiles in milliseconds.
@@ -107,20 +129,252 @@ pub struct Outcome {
     pub e2e_ms: Option<Quantiles>,
     /// Up to 20 lost ids, for investigation.
     pub lost_examples: Vec<String>,
+    /// Per second of the run: acknowledged events and ingest latency.
+    pub timeline: Vec<SecondStats>,
+    /// Faults injected (with --chaos).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::chaos::ChaosReport>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondStats {
+    /// Seconds since the start.
+    pub t: u64,
+    /// Events acknowledged from requests scheduled in this second.
+    pub acked: u64,
+    /// Ingest latency of those requests.
+    pub ingest_ms: Quantiles,
 }
 
 pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
-    let outcome = run_once(&args).await?;
+    let spec = match &args.chaos {
+        Some(c) => crate::chaos::ChaosSpec::parse(c)?,
+        None => crate::chaos::ChaosSpec::default(),
+    };
+    if spec.receiver_flap && args.receiver.is_none() {
+        bail!("--chaos receiver-flap needs the in-process receiver (--receiver ADDR)");
+    }
+    let killer = match (spec.kill_every, &args.pipeline) {
+        (Some(every), Some(file)) => Some(crate::chaos::Killer::start(file.clone(), every).await?),
+        (Some(_), None) => {
+            bail!("--chaos kill:every=... needs --pipeline FILE (the pipeline to run and kill)")
+        }
+        _ => None,
+    };
+    let flaps = Arc::new(AtomicU64::new(0));
+    let result = if args.find_rating {
+        find_rating(&args, spec.receiver_flap, &flaps).await
+    } else {
+        run_once(&args, spec.receiver_flap, &flaps)
+            .await
+            .map(|o| (o, None))
+    };
+    let chaos = match killer {
+        Some(k) => {
+            let (child, kills) = k.stop_killing().await;
+            tokio::task::spawn_blocking(move || crate::chaos::terminate(child)).await?;
+            Some(crate::chaos::ChaosReport {
+                kills,
+                receiver_flaps: flaps.load(Ordering::Relaxed),
+            })
+        }
+        None if spec.receiver_flap => Some(crate::chaos::ChaosReport {
+            kills: 0,
+            receiver_flaps: flaps.load(Ordering::Relaxed),
+        }),
+        None => None,
+    };
+    let (mut outcome, rating) = result?;
+    outcome.chaos = chaos;
     print_outcome(&outcome);
+    if let Some(r) = &rating {
+        println!("{}", r.sentence());
+    }
+    let json = serde_json::json!({ "outcome": &outcome, "rating": &rating });
+    let mut flat = serde_json::to_value(&outcome)?;
+    if let (Some(o), Some(r)) = (flat.as_object_mut(), &rating) {
+        o.insert("rating".into(), serde_json::to_value(r)?);
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&outcome)?)
+        std::fs::write(path, serde_json::to_vec_pretty(&flat)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(
+            path.with_extension("json"),
+            serde_json::to_vec_pretty(&flat)?,
+        )?;
+        std::fs::write(path, crate::report::html(&json))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "report: {} (and {})",
+            path.display(),
+            path.with_extension("json").display()
+        );
     }
     Ok(if outcome.lost.unwrap_or(0) > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One step of a rating search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub rate: u64,
+    pub achieved_rate: f64,
+    pub e2e_p95_ms: f64,
+    pub lost: u64,
+    pub acked: u64,
+    pub meets_slo: bool,
+}
+
+/// The traffic rating.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rating {
+    /// Highest rate that met the SLO (0 if none did).
+    pub events_per_s: u64,
+    /// Its E2E p95.
+    pub e2e_p95_ms: f64,
+    /// The SLO bound.
+    pub slo_p95_ms: f64,
+    /// Events checked over all steps.
+    pub events_checked: u64,
+    /// Every step, in order.
+    pub steps: Vec<Step>,
+}
+
+impl Rating {
+    fn sentence(&self) -> String {
+        if self.events_per_s == 0 {
+            return format!(
+                "no rate met the SLO (p95 E2E ≤ {} ms, zero loss, ≥ 99 % of target)",
+                self.slo_p95_ms
+            );
+        }
+        format!(
+            "traffic rating: sustains {} events/s at p95 E2E {:.1} ms with 0 loss ({} events checked)",
+            self.events_per_s, self.e2e_p95_ms, self.events_checked
+        )
+    }
+}
+
+/// Steps the rate up (doubling) from `--rate`, then bisects between the last rate that
+/// met the SLO and the first that did not (4 steps). Returns the last step's outcome.
+async fn find_rating(
+    args: &LoadtestArgs,
+    flap: bool,
+    flaps: &Arc<AtomicU64>,
+) -> Result<(Outcome, Option<Rating>)> {
+    if args.receiver.is_none() && args.receiver_record.is_none() {
+        bail!("--find-rating needs a receiver (--receiver ADDR or --receiver-record FILE) to check loss and E2E");
+    }
+    let slo_ms = args.slo_p95.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let mut steps = Vec::new();
+    let mut checked = 0;
+    let mut last;
+    let try_rate = |rate: u64| {
+        let mut a = args.clone();
+        a.rate = rate;
+        a
+    };
+    let mut good: Option<(u64, f64)> = None;
+    let mut bad: Option<u64> = None;
+    let mut rate = args.rate.max(1);
+    let mut bisections = 0;
+    loop {
+        eprintln!("rating: trying {rate} events/s for {:?}", args.duration);
+        let o = run_once(&try_rate(rate), flap, flaps).await?;
+        let p95 = o.e2e_ms.map_or(f64::INFINITY, |q| q.p95);
+        let meets = o.lost == Some(0) && o.achieved_rate >= 0.99 * rate as f64 && p95 <= slo_ms;
+        checked += o.acked;
+        steps.push(Step {
+            rate,
+            achieved_rate: o.achieved_rate,
+            e2e_p95_ms: p95,
+            lost: o.lost.unwrap_or(0),
+            acked: o.acked,
+            meets_slo: meets,
+        });
+        eprintln!(
+            "rating: {rate} events/s → achieved {:.0}, p95 {p95:.1} ms, lost {} → {}",
+            o.achieved_rate,
+            o.lost.unwrap_or(0),
+            if meets { "meets the SLO" } else { "misses" }
+        );
+        last = Some(o);
+        if meets {
+            good = Some((rate, p95));
+        } else {
+            bad = Some(rate);
+        }
+        rate = match (good, bad) {
+            (_, None) if rate.saturating_mul(2) <= args.max_rate => rate * 2,
+            (_, None) => break,
+            (None, Some(_)) => break,
+            (Some((g, _)), Some(b)) => {
+                bisections += 1;
+                if bisections > 4 || b - g <= g / 20 {
+                    break;
+                }
+                (g + b) / 2
+            }
+        };
+    }
+    let (events_per_s, e2e_p95_ms) = good.unwrap_or((0, 0.0));
+    let rating = Rating {
+        events_per_s,
+        e2e_p95_ms,
+        slo_p95_ms: slo_ms,
+        events_checked: checked,
+        steps,
+    };
+    Ok((last.expect("at least one step"), Some(rating)))
+}
+
+/// The receiver, going down (connections refused) and up again until `stop`.
+async fn flapping(
+    receiver: Receiver,
+    first: tokio::net::TcpListener,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    flaps: Arc<AtomicU64>,
+) {
+    let mut listener = Some(first);
+    while !stop.is_cancelled() {
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match bind(addr, "the load test's receiver").await {
+                Ok(l) => l,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let up_for =
+            Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 2000..6000));
+        let down = CancellationToken::new();
+        let serving = {
+            let (r, d) = (receiver.clone(), down.clone());
+            tokio::spawn(async move { r.serve(l, d).await })
+        };
+        tokio::select! {
+            _ = stop.cancelled() => { down.cancel(); let _ = serving.await; return; }
+            _ = tokio::time::sleep(up_for) => {}
+        }
+        down.cancel();
+        let _ = serving.await;
+        flaps.fetch_add(1, Ordering::Relaxed);
+        let down_for =
+            Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..3000));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(down_for) => {}
+        }
+    }
 }
 
 fn print_outcome(o: &Outcome) {
@@ -143,6 +397,11 @@ fn print_outcome(o: &Outcome) {
             );
             println!("end-to-end delay: {}", q(e2e));
             if l > 0 {
+                println!(
+                    "note: \"lost\" = acknowledged but not delivered within --drain. Events may still be in the \
+                     pipeline (retry topics: first global retry after 30 s by default); check `hifi loss` and \
+                     `hifi dlq list <sink>` before concluding, or run with a longer --drain."
+                );
                 println!(
                     "lost ids (first {}): {}",
                     o.lost_examples.len(),
@@ -169,11 +428,12 @@ enum Delivered {
     None,
 }
 
-pub async fn run_once(args: &LoadtestArgs) -> Result<Outcome> {
+/// One run at `args.rate`; `flap` makes the in-process receiver go down and up.
+pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -> Result<Outcome> {
     if args.rate == 0 || args.batch == 0 || args.connections == 0 {
         bail!("--rate, --batch and --connections must be at least 1");
     }
-    let url = reqwest::Url::parse(&args.target)
+    reqwest::Url::parse(&args.target)
         .with_context(|| format!("--target {:?} is not a URL", args.target))?;
     let delivered = match (&args.receiver, &args.receiver_record) {
         (Some(addr), _) => {
@@ -182,6 +442,20 @@ pub async fn run_once(args: &LoadtestArgs) -> Result<Outcome> {
             let receiver = Receiver::open(&record)?;
             let listener = bind(*addr, "the load test's receiver").await?;
             let stop = CancellationToken::new();
+            if flap {
+                let (r, s, addr, flaps) = (receiver.clone(), stop.clone(), *addr, flaps.clone());
+                tokio::spawn(async move { flapping(r, listener, addr, s, flaps).await });
+                return finish_setup(
+                    args,
+                    Delivered::InProcess {
+                        receiver,
+                        record,
+                        stop,
+                        _dir: dir,
+                    },
+                )
+                .await;
+            }
             let (r, s) = (receiver.clone(), stop.clone());
             tokio::spawn(async move { r.serve(listener, s).await });
             Delivered::InProcess {
@@ -194,7 +468,19 @@ pub async fn run_once(args: &LoadtestArgs) -> Result<Outcome> {
         (None, Some(path)) => Delivered::File(path.clone()),
         (None, None) => Delivered::None,
     };
-    let run_id = format!("{:x}", hifi_pipeline::now_ms());
+    finish_setup(args, delivered).await
+}
+
+/// Sends the load and computes the outcome against `delivered`.
+async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outcome> {
+    let url = reqwest::Url::parse(&args.target)
+        .with_context(|| format!("--target {:?} is not a URL", args.target))?;
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run_id = format!(
+        "{:x}{:x}",
+        hifi_pipeline::now_ms(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     let sender = Sender::new(args, url, run_id)?;
     let started = Instant::now();
     let (acked_ids, ingest) = sender.send_all().await;
@@ -215,7 +501,9 @@ pub async fn run_once(args: &LoadtestArgs) -> Result<Outcome> {
         delivered: None,
         lost: None,
         duplicates: None,
-        ingest_ms: Quantiles::of_us(&ingest),
+        ingest_ms: Quantiles::of_us(&ingest.total),
+        timeline: ingest.per_second(),
+        chaos: None,
         e2e_ms: None,
         lost_examples: Vec::new(),
     };
@@ -312,16 +600,14 @@ impl Sender {
 
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
     /// (µs from the scheduled time to the acknowledgement).
-    async fn send_all(self: &Arc<Self>) -> (HashSet<String>, Histogram<u64>) {
+    async fn send_all(self: &Arc<Self>) -> (HashSet<String>, Timeline) {
         let interval = Duration::from_secs_f64(self.args.batch as f64 / self.args.rate as f64);
         let requests = (self.args.duration.as_secs_f64() / interval.as_secs_f64())
             .round()
             .max(1.0) as u64;
         let permits = Arc::new(Semaphore::new(self.args.connections));
         let acked = Arc::new(Mutex::new(HashSet::new()));
-        let hist = Arc::new(Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-        ));
+        let hist = Arc::new(Mutex::new(Timeline::default()));
         let give_up = Instant::now() + self.args.duration + self.args.drain;
         let start = tokio::time::Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -339,9 +625,12 @@ impl Sender {
                 let _permit = permits.acquire().await;
                 if me.post_until_acked(body, give_up).await {
                     let us = scheduled.elapsed().as_micros() as u64;
-                    hist.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .saturating_record(us);
+                    let second = scheduled.duration_since(start).as_secs() as usize;
+                    hist.lock().unwrap_or_else(|p| p.into_inner()).record(
+                        second,
+                        us,
+                        me.args.batch,
+                    );
                     acked_by_task
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -412,5 +701,51 @@ impl Sender {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Ingest latency overall and per second of the schedule.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    /// All requests.
+    pub total: Histogram<u64>,
+    /// Per second: (events acknowledged, latency).
+    pub seconds: Vec<(u64, Histogram<u64>)>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline {
+            total: latency_histogram(),
+            seconds: Vec::new(),
+        }
+    }
+}
+
+impl Timeline {
+    fn record(&mut self, second: usize, us: u64, events: u64) {
+        self.total.saturating_record(us);
+        while self.seconds.len() <= second {
+            self.seconds.push((0, latency_histogram()));
+        }
+        let s = &mut self.seconds[second];
+        s.0 += events;
+        s.1.saturating_record(us);
+    }
+
+    fn per_second(&self) -> Vec<SecondStats> {
+        self.seconds
+            .iter()
+            .enumerate()
+            .map(|(t, (acked, h))| SecondStats {
+                t: t as u64,
+                acked: *acked,
+                ingest_ms: Quantiles::of_us(h),
+            })
+            .collect()
     }
 }

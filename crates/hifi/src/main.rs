@@ -1,11 +1,13 @@
 //! The `hifi` command: parses arguments and calls the crates that do the work.
 
+mod chaos;
 mod demo;
 mod loadtest;
 mod log_bench;
 mod log_cmd;
 mod ops;
 mod receiver_cmd;
+mod report;
 mod run;
 
 use clap::{Parser, Subcommand};

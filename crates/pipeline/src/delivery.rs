@@ -21,10 +21,14 @@ use tokio::time::Instant;
 pub enum Class {
     /// Delivered.
     Success,
-    /// May succeed later; `retry_after` is the destination's `Retry-After`.
+    /// May succeed later; `retry_after` is the destination's `Retry-After`. `transport`:
+    /// the destination could not be reached at all (connection refused or reset, DNS,
+    /// timeout) — a destination-wide outage, which the circuit breaker waits out instead
+    /// of spending the batch's attempts.
     Recoverable {
         reason: String,
         retry_after: Option<Duration>,
+        transport: bool,
     },
     /// Never will: dead-letter (after isolating the failing events).
     NonRecoverable { status: u16, reason: String },
@@ -63,6 +67,7 @@ impl Classifier {
             Class::Recoverable {
                 reason,
                 retry_after: honoured,
+                transport: false,
             }
         } else {
             Class::NonRecoverable { status, reason }
@@ -74,6 +79,7 @@ impl Classifier {
         Class::Recoverable {
             reason: error.to_owned(),
             retry_after: None,
+            transport: true,
         }
     }
 }

@@ -574,7 +574,10 @@ impl HttpSink {
                     // Bisect: both halves at once, so isolating the bad events costs about
                     // log2(batch) rounds of requests, not their sum.
                     let (a, b) = batch.split_at(batch.len() / 2);
-                    let (fa, fb) = tokio::join!(Box::pin(self.deliver(a, stop)), Box::pin(self.deliver(b, stop)));
+                    let (fa, fb) = tokio::join!(
+                        Box::pin(self.deliver(a, stop)),
+                        Box::pin(self.deliver(b, stop))
+                    );
                     let mut fates = fa?;
                     fates.extend(fb?);
                     return Some(fates);
@@ -582,11 +585,17 @@ impl HttpSink {
                 Class::Recoverable {
                     reason,
                     retry_after,
+                    transport,
                 } => {
                     self.breaker_result(false);
                     self.stats
                         .failed_requests_total
                         .fetch_add(1, Ordering::Relaxed);
+                    if transport {
+                        // Unreachable: wait behind the breaker; the attempts are for
+                        // failures that may be this batch's own.
+                        attempt -= 1;
+                    }
                     if attempt >= attempts_max {
                         warn!(sink = %self.name, events = batch.len(), attempts = attempt, %reason,
                             "local retries exhausted; moving the events to the retry topic");
@@ -602,7 +611,7 @@ impl HttpSink {
                     let wait = backoff(
                         local.backoff_min.0,
                         local.backoff_max.0,
-                        attempt - 1,
+                        attempt.saturating_sub(1),
                         retry_after,
                     );
                     self.stats

@@ -90,7 +90,7 @@ pub struct Faults {
 pub struct Receiver {
     /// Record file and counts.
     inner: Arc<Mutex<Inner>>,
-        /// Failures to inject.
+    /// Failures to inject.
     faults: Arc<Faults>,
     /// `<record>.failures.jsonl`: the ids of every request failed on purpose.
     failures: Arc<Mutex<Option<std::fs::File>>>,
@@ -118,11 +118,18 @@ impl Receiver {
                 delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
                     .expect("valid bounds"),
             })),
-                        failures: Arc::new(Mutex::new(if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
-                Some(std::fs::OpenOptions::new().create(true).append(true).open(record.with_extension("failures.jsonl"))?)
-            } else {
-                None
-            })),
+            failures: Arc::new(Mutex::new(
+                if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
+                    Some(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(record.with_extension("failures.jsonl"))?,
+                    )
+                } else {
+                    None
+                },
+            )),
             faults: Arc::new(faults),
             requests_seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
@@ -203,7 +210,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         );
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-        if nth < f.fail_first || (f.fail_rate > 0.0 && rand::random::<f64>() < f.fail_rate) {
+    if nth < f.fail_first || (f.fail_rate > 0.0 && rand::random::<f64>() < f.fail_rate) {
         log_failure(&r, &ids_in(&body), f.fail_status, received_at_us);
         return failure(f.fail_status, f, "injected failure");
     }
@@ -226,7 +233,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             .filter_map(|e| e.get("id").and_then(|v| v.as_str()))
             .filter(|id| re.is_match(id))
             .collect();
-                if !bad.is_empty() {
+        if !bad.is_empty() {
             log_failure(&r, &bad, f.reject_status, received_at_us);
             return failure(
                 f.reject_status,
@@ -299,8 +306,15 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
 /// Event ids of a request body.
 fn ids_in(body: &[u8]) -> Vec<String> {
     match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Array(a)) => a.iter().filter_map(|e| e.get("id")?.as_str().map(str::to_owned)).collect(),
-        Ok(v) => v.get("id").and_then(|i| i.as_str()).map(|s| vec![s.to_owned()]).unwrap_or_default(),
+        Ok(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|e| e.get("id")?.as_str().map(str::to_owned))
+            .collect(),
+        Ok(v) => v
+            .get("id")
+            .and_then(|i| i.as_str())
+            .map(|s| vec![s.to_owned()])
+            .unwrap_or_default(),
         Err(_) => Vec::new(),
     }
 }
@@ -310,9 +324,12 @@ fn ids_in(body: &[u8]) -> Vec<String> {
 fn log_failure<S: AsRef<str>>(r: &Receiver, ids: &[S], status: u16, at_us: i64) {
     let mut guard = r.failures.lock().unwrap_or_else(|p| p.into_inner());
     let Some(file) = guard.as_mut() else { return };
-        let mut out = Vec::new();
+    let mut out = Vec::new();
     for id in ids {
-        let _ = serde_json::to_writer(&mut out, &serde_json::json!({"id": id.as_ref(), "status": status, "at_us": at_us}));
+        let _ = serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"id": id.as_ref(), "status": status, "at_us": at_us}),
+        );
         out.push(b'\n');
     }
     let _ = file.write_all(&out);
