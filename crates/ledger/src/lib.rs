@@ -193,6 +193,9 @@ pub struct Ledger {
     /// Counters.
     pub stats: LedgerStats,
     alarms: broadcast::Sender<LossTable>,
+    /// Flushes hold it shared from journal append to merge; `tick` holds it exclusively,
+    /// so a settled table never misses a delta that is appended but not yet merged.
+    journal_gate: tokio::sync::RwLock<()>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -241,6 +244,7 @@ impl Ledger {
             lag,
             stats: LedgerStats::default(),
             alarms: broadcast::channel(64).0,
+            journal_gate: tokio::sync::RwLock::new(()),
         });
         ledger.load().await?;
         Ok(ledger)
@@ -338,6 +342,7 @@ impl Ledger {
             ledger: self.clone(),
             node: name.to_owned(),
             pending: Mutex::new(Delta::default()),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -375,6 +380,7 @@ impl Ledger {
     /// table, raises alarms, drops its bitmaps. Call it periodically (the runtime does,
     /// every second).
     pub async fn tick(&self) -> Result<(), LogError> {
+        let _exclusive = self.journal_gate.write().await;
         let now = self.clock.now_ms();
         let due: Vec<i64> = {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -387,36 +393,49 @@ impl Ledger {
         };
         for bucket in due {
             let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
-            let table = {
-                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(open) = st.open.remove(&bucket) else {
+            let (table, previous) = {
+                let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(open) = st.open.get(&bucket) else {
                     continue;
                 };
-                let mut table = match st.settled.get(&bucket) {
-                    Some(old) => self.resettle(old, &open),
-                    None => self.table(bucket, &open, true),
+                let previous = st.settled.get(&bucket).cloned();
+                let mut table = match &previous {
+                    Some(old) => self.resettle(old, open),
+                    None => self.table(bucket, open, true),
                 };
                 table.journal_end = journal_end;
                 table.replay_from = st
                     .open
-                    .values()
-                    .map(|b| b.first_journal_offset)
+                    .iter()
+                    .filter(|(k, _)| **k != bucket)
+                    .map(|(_, b)| b.first_journal_offset)
                     .min()
                     .unwrap_or(journal_end);
-                st.settled.insert(bucket, table.clone());
-                table
+                (table, previous)
             };
+            // Durable first; only then does the bucket leave the open set.
             let value = serde_json::to_vec(&table).expect("loss tables serialise");
             self.log
                 .append(SETTLED_TOPIC, 0, vec![Record::new(value, now)])
                 .await?;
-            self.stats
-                .settled_buckets_total
-                .fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .lost_events_total
-                .fetch_add(table.e2e_lost, Ordering::Relaxed);
-            if table.e2e_lost > 0 && table.e2e_loss_percent > self.cfg.loss_alarm_percent {
+            {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.open.remove(&bucket);
+                st.settled.insert(bucket, table.clone());
+            }
+            let old_lost = previous.as_ref().map_or(0, |t| t.e2e_lost);
+            if previous.is_none() {
+                self.stats
+                    .settled_buckets_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if table.e2e_lost > old_lost {
+                self.stats
+                    .lost_events_total
+                    .fetch_add(table.e2e_lost - old_lost, Ordering::Relaxed);
+            }
+            let over = table.e2e_lost > 0 && table.e2e_loss_percent > self.cfg.loss_alarm_percent;
+            if over && table.e2e_lost > old_lost {
                 self.stats.loss_alarms_total.fetch_add(1, Ordering::Relaxed);
                 let at: Vec<_> = table
                     .nodes
@@ -810,6 +829,9 @@ pub struct NodeLedger {
     ledger: Arc<Ledger>,
     node: String,
     pending: Mutex<Delta>,
+    /// One flush at a time: a flush returns only when everything recorded before it is
+    /// durable (a concurrent caller waits for the flush in progress, then flushes).
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl NodeLedger {
@@ -857,6 +879,8 @@ impl NodeLedger {
     /// the open buckets. Call before committing the input position. On error nothing is
     /// lost: the records stay pending for the next flush.
     pub async fn flush(&self) -> Result<(), LogError> {
+        let _one_at_a_time = self.flushing.lock().await;
+        let _not_while_settling = self.ledger.journal_gate.read().await;
         let delta = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if delta.is_empty() {
             return Ok(());

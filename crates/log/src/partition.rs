@@ -9,9 +9,11 @@
 //! and go into the next one: no appender waits more than one fsync behind.
 //!
 //! # Visibility
-//! Readers see records only up to the *high watermark*: the end of the last write that
-//! is durable under the fsync policy. A record that could vanish in a crash is never
-//! handed to a reader (so an origin offset is never reused for a different event).
+//! Readers see records only up to the *high watermark*. With `fsync = "always"` that is
+//! the end of the last fsync'd write: a record that could vanish in a crash is never
+//! handed to a reader (so an origin offset is never reused for a different event). With
+//! `"interval"` or `"never"` records are visible once written — a power failure (not a
+//! process crash) may then take back records that readers already saw.
 //!
 //! # Failure
 //! A failed `fdatasync` marks the partition failed: the pending appenders get an error,
@@ -602,9 +604,17 @@ fn create_segment(
         storage.remove_file(&path)?;
     }
     let file = storage.create_new(&path)?;
-    file.write_all_at(&segment_header(base), 0)?;
-    file.sync_data()?;
-    storage.sync_dir(dir)?;
+    let made = file
+        .write_all_at(&segment_header(base), 0)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| storage.sync_dir(dir));
+    if let Err(e) = made {
+        // Never leave a half-made segment behind: the old segment stays active, and a
+        // stray file above it would make the partition unopenable.
+        let _ = storage.remove_file(&path);
+        let _ = storage.sync_dir(dir);
+        return Err(e);
+    }
     Ok(file)
 }
 

@@ -57,11 +57,25 @@ fn redriven_topic(sink: &str) -> String {
     format!("__dlq.{sink}.redriven")
 }
 
-/// Creates a sink's retry, DLQ and re-drive topics.
-pub async fn ensure_topics(log: &dyn Log, sink: &str, tiers: usize) -> Result<(), LogError> {
+/// Creates a sink's retry, DLQ and re-drive topics. Retry topics keep records for at
+/// least `keep` (the global `max_age` plus the longest delay, so nothing is deleted
+/// before it is due), whatever the engine's default retention.
+pub async fn ensure_topics(
+    log: &dyn Log,
+    sink: &str,
+    tiers: usize,
+    keep: Duration,
+) -> Result<(), LogError> {
+    let retention = hifi_log::Retention {
+        age: Some(keep.max(Duration::from_secs(7 * 24 * 3600))),
+        bytes: None,
+    };
     for t in 0..tiers {
-        log.ensure_topic(&TopicSpec::new(retry_topic(sink, t), 1))
-            .await?;
+        let spec = TopicSpec {
+            retention: Some(retention),
+            ..TopicSpec::new(retry_topic(sink, t), 1)
+        };
+        log.ensure_topic(&spec).await?;
     }
     log.ensure_topic(&TopicSpec::new(dlq_topic(sink), 1))
         .await?;

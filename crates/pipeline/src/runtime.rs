@@ -105,7 +105,9 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut sources = Vec::new();
         for (name, s) in &cfg.sources {
-            let source = HttpSource::start(name, s, log.clone(), ledger.node(name)).await?;
+            let record_max = loaded.config.engine.record_bytes_max.0 as usize;
+            let source =
+                HttpSource::start(name, s, log.clone(), ledger.node(name), record_max).await?;
             sources.push((Arc::new(source), s.clone()));
             if ledger_enabled(loaded) {
                 let (source, token) = (sources.last().expect("pushed").0.clone(), shutdown.clone());

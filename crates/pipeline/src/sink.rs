@@ -200,7 +200,9 @@ impl HttpSink {
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), LogError> {
-        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers()).await?;
+        let g = &self.cfg.retry.global;
+        let keep = g.max_age.0 + g.schedule.iter().map(|d| d.0).max().unwrap_or_default();
+        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep).await?;
         self.count_waiting_retries().await?;
         let partitions = self.log.partitions(&self.input).await?;
         let group = self.group();
@@ -424,7 +426,7 @@ impl HttpSink {
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), stop.clone());
             in_flight.spawn(async move {
                 if let Some(fates) = sink.deliver(&batch, &stop).await {
-                    if sink.settle(&batch, &fates, 0).await.is_ok() {
+                    if sink.settle_until_done(&batch, &fates, 0, &stop).await {
                         for item in &batch {
                             if let From::Partition(p) = item.from {
                                 let mut t = trackers[p as usize]
@@ -686,6 +688,8 @@ impl HttpSink {
                                 (retry_header::REASON, reason.clone()),
                             ],
                         );
+                        let mut rec = rec;
+                        rec.timestamp_ms = now; // retention judges retry records by when they were written
                         retries.push((item, tier, rec));
                     }
                 }
@@ -799,8 +803,16 @@ impl HttpSink {
     async fn retrier(&self, tier: usize, stop: CancellationToken) {
         let topic = retry_topic(&self.name, tier);
         let group = self.retry_group(tier);
-        let Ok(mut pos) = start_position(self.log.as_ref(), &group, &topic, 0).await else {
-            return;
+        let mut pos = loop {
+            match start_position(self.log.as_ref(), &group, &topic, 0).await {
+                Ok(pos) => break pos,
+                Err(e) => {
+                    error!(sink = %self.name, tier, %e, "cannot read the retry position; retrying");
+                    if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                }
+            }
         };
         let limits = ReadLimits {
             max_records: self.cfg.batch.max_events,
@@ -815,6 +827,12 @@ impl HttpSink {
             let batch = match batch {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => continue,
+                Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
+                    error!(sink = %self.name, tier, from = pos, to = start,
+                        "retry records were deleted by retention before they were due; skipping ahead (events lost to retention: raise the retention of the retry topics)");
+                    pos = start;
+                    continue;
+                }
                 Err(e) => {
                     error!(sink = %self.name, tier, %e, "cannot read the retry topic; retrying in 5 s");
                     sleep_or_cancel(&stop, Duration::from_secs(5)).await;
@@ -840,28 +858,44 @@ impl HttpSink {
             let Some(fates) = self.deliver(&due, &stop).await else {
                 return;
             };
-            if let Err(e) = self.settle(&due, &fates, tier + 1).await {
-                error!(sink = %self.name, tier, %e, "cannot store retry fates; retrying");
-                sleep_or_cancel(&stop, Duration::from_secs(1)).await;
-                continue;
+            if !self.settle_until_done(&due, &fates, tier + 1, &stop).await {
+                return;
             }
-            let delivered = fates
-                .iter()
-                .filter(|f| matches!(f, Fate::Delivered))
-                .count() as u64;
-            let left = self
-                .stats
-                .retrying_events
-                .load(Ordering::Relaxed)
-                .saturating_sub(delivered);
-            self.stats.retrying_events.store(left, Ordering::Relaxed);
-            if let Err(e) = self.ledger.flush().await {
+            // The fates are durable: retry only the bookkeeping, never the deliveries.
+            while let Err(e) = self.ledger.flush().await {
                 error!(sink = %self.name, %e, "cannot record outcomes in the ledger; retrying");
-                continue;
+                if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
             }
             pos = due.last().map_or(pos, |i| i.offset + 1);
-            if let Err(e) = self.log.commit(&group, &topic, 0, pos).await {
-                error!(sink = %self.name, tier, %e, "cannot commit the retry position");
+            while let Err(e) = self.log.commit(&group, &topic, 0, pos).await {
+                error!(sink = %self.name, tier, %e, "cannot commit the retry position; retrying");
+                if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`Self::settle`] until it succeeds (e.g. after a disk-full) or shutdown (false:
+    /// the events stay pending and are re-sent after a restart).
+    async fn settle_until_done(
+        &self,
+        batch: &[Item],
+        fates: &[Fate],
+        next_tier: usize,
+        stop: &CancellationToken,
+    ) -> bool {
+        loop {
+            match self.settle(batch, fates, next_tier).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    error!(sink = %self.name, %e, "cannot store the fate of delivered/failed events; retrying");
+                    if !sleep_or_cancel(stop, Duration::from_secs(1)).await {
+                        return false;
+                    }
+                }
             }
         }
     }

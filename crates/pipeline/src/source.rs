@@ -140,7 +140,13 @@ pub struct HttpSource {
     ledger: NodeLedger,
     /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
     tallied: Vec<Mutex<TallyTracker>>,
+    /// Largest record accepted: the engine's limit minus [`RECORD_HEADROOM_BYTES`].
+    record_bytes_max: usize,
 }
+
+/// Room kept under the engine's record limit at ingest, so that what later hops add to a
+/// record (origin header, retry headers, a dead-letter reason of up to 1 KiB) always fits.
+pub const RECORD_HEADROOM_BYTES: usize = 4096;
 
 impl HttpSource {
     /// Creates the source and rebuilds its de-duplication window from the topic's tail.
@@ -149,6 +155,7 @@ impl HttpSource {
         cfg: &SourceConfig,
         log: Arc<dyn Log>,
         ledger: NodeLedger,
+        engine_record_bytes_max: usize,
     ) -> Result<Self, LogError> {
         let topic = cfg.topic.get_ref().clone();
         let partitions = log.partitions(&topic).await?;
@@ -173,6 +180,9 @@ impl HttpSource {
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
             ledger,
+            record_bytes_max: engine_record_bytes_max
+                .saturating_sub(RECORD_HEADROOM_BYTES)
+                .max(1024),
             tallied: (0..partitions)
                 .map(|_| Mutex::new(TallyTracker::default()))
                 .collect(),
@@ -299,7 +309,10 @@ impl HttpSource {
     }
 
     /// Stores a request's events durably (all or nothing) and returns their ids.
-    pub async fn ingest(&self, events: Vec<ParsedEvent>) -> Result<IngestOutcome, LogError> {
+    pub async fn ingest(
+        self: &Arc<Self>,
+        events: Vec<ParsedEvent>,
+    ) -> Result<IngestOutcome, LogError> {
         let arrival_us = self.ledger.now_us();
         let now = arrival_us / 1000;
         let now_text = now.to_string();
@@ -341,37 +354,27 @@ impl HttpSource {
                 ids.push(id);
             }
         }
+        if let Some(big) = records
+            .iter()
+            .map(Record::frame_bytes)
+            .find(|b| *b > self.record_bytes_max)
+        {
+            return Err(LogError::RecordTooLarge {
+                bytes: big,
+                max: self.record_bytes_max,
+            });
+        }
         let stored = records.len() as u64;
         if !records.is_empty() {
-            let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
-            let range = self
-                .log
-                .append(&self.topic, partition, records)
-                .await
-                .inspect_err(|_| {
-                    self.stats
-                        .engine_errors_total
-                        .fetch_add(1, Ordering::Relaxed);
-                })?;
-            let departure_us = self.ledger.now_us();
-            for (t, offset) in event_times.into_iter().zip(range.clone()) {
-                self.ledger.lag(t, arrival_us, departure_us);
-                let origin = hifi_ledger::Origin {
-                    topic: self.topic.clone(),
-                    partition,
-                    offset,
-                };
-                self.ledger
-                    .outcome(hifi_ledger::Outcome::Passed, &origin, t);
-            }
-            self.tallied[partition as usize]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .mark(range);
-            let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
-            for key in keys {
-                d.insert(key, now);
-            }
+            // In its own task: if the request is dropped (client gone) after the append
+            // became durable, the bookkeeping below still happens.
+            let me = self.clone();
+            let work =
+                tokio::spawn(
+                    async move { me.store(records, keys, event_times, arrival_us, now).await },
+                );
+            work.await
+                .map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))??;
         }
         self.stats
             .accepted_events_total
@@ -384,6 +387,50 @@ impl HttpSource {
             duplicates,
             ids,
         })
+    }
+}
+
+impl HttpSource {
+    /// Appends one request's new records durably, then records their outcomes, lag and
+    /// ids (runs to completion even if the request that started it is dropped).
+    async fn store(
+        &self,
+        records: Vec<Record>,
+        keys: Vec<u128>,
+        event_times: Vec<i64>,
+        arrival_us: i64,
+        now: i64,
+    ) -> Result<(), LogError> {
+        let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
+        let range = self
+            .log
+            .append(&self.topic, partition, records)
+            .await
+            .inspect_err(|_| {
+                self.stats
+                    .engine_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+            })?;
+        let departure_us = self.ledger.now_us();
+        for (t, offset) in event_times.into_iter().zip(range.clone()) {
+            self.ledger.lag(t, arrival_us, departure_us);
+            let origin = hifi_ledger::Origin {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+            };
+            self.ledger
+                .outcome(hifi_ledger::Outcome::Passed, &origin, t);
+        }
+        self.tallied[partition as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mark(range);
+        let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            d.insert(key, now);
+        }
+        Ok(())
     }
 }
 

@@ -94,7 +94,17 @@ impl Stage {
         shutdown: CancellationToken,
     ) -> Result<(), LogError> {
         let group = self.group();
-        let mut pos = start_position(self.log.as_ref(), &group, &self.input, p).await?;
+        let mut pos = loop {
+            match start_position(self.log.as_ref(), &group, &self.input, p).await {
+                Ok(pos) => break pos,
+                Err(e) => {
+                    error!(stage = %self.name, partition = p, %e, "cannot read the start position; retrying");
+                    if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
         let limits = ReadLimits {
             max_records: self.batch_max_events,
             max_bytes: 4 << 20,
@@ -135,14 +145,21 @@ impl Stage {
                 self.ledger.outcome(f.outcome, &f.origin, f.event_time_ms);
                 self.ledger.lag(f.event_time_ms, arrival_us, departure_us);
             }
-            // Tallies are durable before the position moves past their events.
-            if let Err(e) = self.ledger.flush().await {
-                error!(stage = %self.name, %e, "cannot record outcomes in the ledger; retrying the batch");
-                sleep_or_cancel(&shutdown, Duration::from_secs(1)).await;
-                continue;
+            // Tallies are durable before the position moves past their events. The output
+            // is durable already: retry only what failed, never the whole batch.
+            while let Err(e) = self.ledger.flush().await {
+                error!(stage = %self.name, %e, "cannot record outcomes in the ledger; retrying");
+                if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
+                    return Ok(());
+                }
             }
             pos = last + 1;
-            self.log.commit(&group, &self.input, p, pos).await?;
+            while let Err(e) = self.log.commit(&group, &self.input, p, pos).await {
+                error!(stage = %self.name, partition = p, %e, "cannot commit the input position; retrying");
+                if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     }
