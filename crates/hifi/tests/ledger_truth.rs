@@ -109,3 +109,61 @@ async fn injected_loss_is_found_exactly_at_the_node_that_lost_it() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_a_transform_grows_past_the_record_limit_is_reported_lost_at_that_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
+    let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
+    // Limit 8 KiB; ingest accepts up to 4 KiB (headroom). The stage adds a 5 000-byte
+    // field: small events stay under 8 KiB, 3 000-byte ones grow past it.
+    let stage = format!(
+        "[[stages.clean.transforms]]\ntype = \"set\"\nfield = \"/extra\"\nvalue = \"{}\"\n",
+        "z".repeat(5000)
+    );
+    let file = pipeline_file_with(dir.path(), &sink_url, "", Some(&stage));
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nrecord_bytes_max = \"8KiB\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let (url, admin) = (
+        format!("http://{}/v1/events", proc.addr("source api")),
+        proc.addr("admin"),
+    );
+    let client = reqwest::Client::new();
+    let huge = serde_json::json!([{"id": "huge", "pad": "x".repeat(5000)}]);
+    assert_eq!(
+        client.post(&url).json(&huge).send().await.unwrap().status(),
+        413,
+        "over the ingest limit"
+    );
+    let mut body: Vec<_> = (0..5)
+        .map(|i| serde_json::json!({"id": format!("small-{i}"), "pad": "y".repeat(100)}))
+        .collect();
+    body.extend(
+        (0..3).map(|i| serde_json::json!({"id": format!("big-{i}"), "pad": "y".repeat(3000)})),
+    );
+    assert_eq!(
+        client.post(&url).json(&body).send().await.unwrap().status(),
+        200
+    );
+    assert!(wait_until(Duration::from_secs(20), || received_ids(
+        &record
+    )
+    .len()
+        == 5));
+    let buckets = settled_buckets(admin, Duration::from_secs(30)).await;
+    assert_eq!(node_sum(&buckets, "clean", "lost"), 3, "{buckets:?}");
+    assert_eq!(node_sum(&buckets, "out", "delivered"), 5);
+    assert!(std::fs::read_to_string(dir.path().join("hifi.stderr"))
+        .unwrap()
+        .contains("LOST at this stage"));
+    assert!(received_ids(&record)
+        .keys()
+        .all(|id| id.starts_with("small-")));
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

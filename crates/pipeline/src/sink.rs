@@ -446,6 +446,9 @@ impl HttpSink {
     /// Waits until the breaker lets a request go; false at shutdown.
     async fn gate(&self, stop: &CancellationToken) -> bool {
         loop {
+            if stop.is_cancelled() {
+                return false;
+            }
             let gate = self
                 .breaker
                 .lock()

@@ -32,6 +32,8 @@ pub struct StageStats {
     pub filtered_events_total: AtomicU64,
     /// Transforms that could not apply (the event passed unchanged).
     pub transform_errors_total: AtomicU64,
+    /// Events a transform grew past `record_bytes_max` (lost here; logged).
+    pub oversize_events_total: AtomicU64,
 }
 
 /// A running stage's settings.
@@ -137,8 +139,16 @@ impl Stage {
             };
             let arrival_us = self.ledger.now_us();
             let (outputs, fates) = self.transform_batch(p, batch, &cel_root);
-            if !outputs.is_empty() && !self.append_until_done(out_p, outputs, &shutdown).await {
-                break; // shut down before the output was durable: do not commit
+            let mut fates = fates;
+            if !outputs.is_empty() {
+                let Some(dropped) = self.append_until_done(out_p, outputs, &shutdown).await else {
+                    break; // shut down before the output was durable: do not commit
+                };
+                if !dropped.is_empty() {
+                    fates.retain(|f| {
+                        !(f.outcome == Outcome::Passed && dropped.contains(&f.origin.to_string()))
+                    });
+                }
             }
             let departure_us = self.ledger.now_us();
             for f in &fates {
@@ -226,20 +236,52 @@ impl Stage {
     }
 
     /// Appends until durable; retries transient engine errors. False if shut down first.
+    /// Appends until durable; retries transient engine errors. Records that can never
+    /// be appended (grown by transforms past `record_bytes_max`) are left out, logged and
+    /// counted; their origins are returned so that no outcome is recorded for them (the
+    /// ledger then shows them lost at this stage). `None` if shut down first.
     async fn append_until_done(
         &self,
         out_p: u32,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Vec<String>> {
         let mut backoff = Duration::from_millis(100);
+        let mut dropped = Vec::new();
         loop {
+            if records.is_empty() {
+                return Some(dropped);
+            }
             match self.log.append(&self.output, out_p, records.clone()).await {
-                Ok(_) => return true,
+                Ok(_) => return Some(dropped),
+                Err(LogError::RecordTooLarge { max, .. }) => {
+                    let (fit, too_big): (Vec<Record>, Vec<Record>) =
+                        records.into_iter().partition(|r| r.frame_bytes() <= max);
+                    for r in &too_big {
+                        let origin = r
+                            .header(header::ORIGIN)
+                            .map(|o| String::from_utf8_lossy(o).into_owned())
+                            .unwrap_or_default();
+                        let id = r
+                            .header(header::ID)
+                            .map(|o| String::from_utf8_lossy(o).into_owned())
+                            .unwrap_or_default();
+                        error!(stage = %self.name, %id, %origin, bytes = r.frame_bytes(), max,
+                            "transformed event is larger than record_bytes_max and cannot be written; it is LOST at this stage (the ledger shows it)");
+                        dropped.push(origin);
+                    }
+                    self.stats
+                        .oversize_events_total
+                        .fetch_add(too_big.len() as u64, Ordering::Relaxed);
+                    if too_big.is_empty() {
+                        return Some(dropped); // cannot happen: the limit applies per record
+                    }
+                    records = fit;
+                }
                 Err(e) => {
                     error!(stage = %self.name, %e, "cannot append output; retrying");
                     if !sleep_or_cancel(shutdown, backoff).await {
-                        return false;
+                        return None;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
