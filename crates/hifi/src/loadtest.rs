@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
+use hifi_ledger::Quantiles;
 use hifi_server::receiver::{bind, Receiver};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -84,30 +85,6 @@ pub struct LoadtestArgs {
     /// With --chaos kill: the pipeline file to run (and kill) as a child process.
     #[arg(long)]
     pipeline: Option<PathBuf>,
-}
-
-/// Percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Quantiles {
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
-impl Quantiles {
-    fn of_us(h: &Histogram<u64>) -> Self {
-        let ms = |v: u64| v as f64 / 1000.0;
-        if h.is_empty() {
-            return Quantiles::default();
-        }
-        Quantiles {
-            p50: ms(h.value_at_quantile(0.5)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-        }
-    }
 }
 
 /// The outcome of one run.
@@ -501,7 +478,7 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         delivered: None,
         lost: None,
         duplicates: None,
-        ingest_ms: Quantiles::of_us(&ingest.total),
+        ingest_ms: Quantiles::of(&ingest.total),
         timeline: ingest.per_second(),
         chaos: None,
         e2e_ms: None,
@@ -534,7 +511,7 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         outcome.lost = Some(lost.len() as u64);
         outcome.lost_examples = lost.iter().take(20).map(|s| s.to_string()).collect();
         outcome.duplicates = Some(duplicates);
-        outcome.e2e_ms = Some(Quantiles::of_us(&e2e));
+        outcome.e2e_ms = Some(Quantiles::of(&e2e));
     }
     if let Delivered::InProcess { stop, receiver, .. } = &delivered {
         let _ = receiver.summary();
@@ -744,7 +721,7 @@ impl Timeline {
             .map(|(t, (acked, h))| SecondStats {
                 t: t as u64,
                 acked: *acked,
-                ingest_ms: Quantiles::of_us(h),
+                ingest_ms: Quantiles::of(h),
             })
             .collect()
     }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hifi_log::{Log, LogError, ReadLimits, Record, Retention, TopicSpec};
+use hifi_log::{Log, LogError, Record, Retention, TopicSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
@@ -250,44 +250,11 @@ impl Ledger {
         Ok(ledger)
     }
 
-    async fn read_all(
-        &self,
-        topic: &str,
-        from: u64,
-        mut visit: impl FnMut(u64, &Record),
-    ) -> Result<(), LogError> {
-        let end = self.log.offsets(topic, 0).await?.end;
-        let mut pos = from.max(self.log.offsets(topic, 0).await?.start);
-        while pos < end {
-            let batch = self
-                .log
-                .read(
-                    topic,
-                    0,
-                    pos,
-                    ReadLimits {
-                        max_records: 5000,
-                        max_bytes: 8 << 20,
-                        wait: Duration::ZERO,
-                    },
-                )
-                .await?;
-            let Some(last) = batch.last().map(|r| r.offset) else {
-                break;
-            };
-            for r in &batch {
-                visit(r.offset, &r.record);
-            }
-            pos = last + 1;
-        }
-        Ok(())
-    }
-
     async fn load(&self) -> Result<(), LogError> {
         let mut settled = BTreeMap::new();
         let mut replay_from = 0;
-        self.read_all(SETTLED_TOPIC, 0, |_, r| {
-            match serde_json::from_slice::<LossTable>(&r.value) {
+        hifi_log::read_to_end(self.log.as_ref(), SETTLED_TOPIC, 0, 0, |r| {
+            match serde_json::from_slice::<LossTable>(&r.record.value) {
                 Ok(t) => {
                     replay_from = t.replay_from;
                     settled.insert(t.start_ms / 60_000, t);
@@ -297,9 +264,9 @@ impl Ledger {
         })
         .await?;
         let mut entries = Vec::new();
-        self.read_all(JOURNAL_TOPIC, replay_from, |offset, r| {
-            if let Some(e) = tally::decode_entry(&r.value) {
-                entries.push((offset, e));
+        hifi_log::read_to_end(self.log.as_ref(), JOURNAL_TOPIC, 0, replay_from, |r| {
+            if let Some(e) = tally::decode_entry(&r.record.value) {
+                entries.push((r.offset, e));
             }
         })
         .await?;

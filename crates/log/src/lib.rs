@@ -379,3 +379,31 @@ pub fn validate_name(name: &str) -> Result<(), LogError> {
     }
     Ok(())
 }
+
+/// Reads one partition from `from` (or its start, if later) to the end it has when the
+/// call begins, calling `visit` for each record in order. For small internal topics and
+/// tools; streaming consumers use [`Log::read`] with long-poll.
+pub async fn read_to_end(
+    log: &dyn Log,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    mut visit: impl FnMut(StoredRecord),
+) -> Result<(), LogError> {
+    let o = log.offsets(topic, partition).await?;
+    let mut pos = from.max(o.start);
+    let limits = ReadLimits {
+        max_records: 5000,
+        max_bytes: 8 << 20,
+        wait: Duration::ZERO,
+    };
+    while pos < o.end {
+        let batch = log.read(topic, partition, pos, limits).await?;
+        let Some(last) = batch.last().map(|r| r.offset) else {
+            break;
+        };
+        batch.into_iter().for_each(&mut visit);
+        pos = last + 1;
+    }
+    Ok(())
+}

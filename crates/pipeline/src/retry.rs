@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hifi_log::{Header, Log, LogError, ReadLimits, Record, TopicSpec};
+use hifi_log::{Header, Log, LogError, Record, TopicSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{header, rfc3339_ms, EventMeta};
@@ -169,41 +169,10 @@ pub struct DeadLetter {
     pub redriven: bool,
 }
 
-async fn read_all(
-    log: &dyn Log,
-    topic: &str,
-    mut visit: impl FnMut(u64, Record),
-) -> Result<(), LogError> {
-    let o = log.offsets(topic, 0).await?;
-    let mut pos = o.start;
-    while pos < o.end {
-        let batch = log
-            .read(
-                topic,
-                0,
-                pos,
-                ReadLimits {
-                    max_records: 5000,
-                    max_bytes: 8 << 20,
-                    wait: Duration::ZERO,
-                },
-            )
-            .await?;
-        let Some(last) = batch.last().map(|r| r.offset) else {
-            break;
-        };
-        for r in batch {
-            visit(r.offset, r.record);
-        }
-        pos = last + 1;
-    }
-    Ok(())
-}
-
 async fn redriven(log: &dyn Log, sink: &str) -> Result<BTreeSet<u64>, LogError> {
     let mut set = BTreeSet::new();
-    read_all(log, &redriven_topic(sink), |_, r| {
-        if let Ok(s) = std::str::from_utf8(&r.value) {
+    hifi_log::read_to_end(log, &redriven_topic(sink), 0, 0, |r| {
+        if let Ok(s) = std::str::from_utf8(&r.record.value) {
             set.extend(s.split(',').filter_map(|x| x.parse::<u64>().ok()));
         }
     })
@@ -219,8 +188,8 @@ pub async fn dead_letters(
     let done = redriven(log, sink).await?;
     let topic = dlq_topic(sink);
     let mut out = Vec::new();
-    read_all(log, &topic, |offset, r| {
-        let stored = hifi_log::StoredRecord { offset, record: r };
+    hifi_log::read_to_end(log, &topic, 0, 0, |stored| {
+        let offset = stored.offset;
         let meta = EventMeta::of(&topic, 0, &stored);
         let r = stored.record;
         out.push((
