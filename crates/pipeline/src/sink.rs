@@ -756,10 +756,12 @@ impl HttpSink {
         self.stats
             .dead_lettered_events_total
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        let waiting = self.stats.retrying_events.load(Ordering::Relaxed) + retries.len() as u64;
-        self.stats
-            .retrying_events
-            .store(waiting.saturating_sub(from_retry), Ordering::Relaxed);
+        // Concurrent deliveries settle at once: update the gauge atomically.
+        let gauge = &self.stats.retrying_events;
+        gauge.fetch_add(retries.len() as u64, Ordering::Relaxed);
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(from_retry))
+        });
         Ok(())
     }
 

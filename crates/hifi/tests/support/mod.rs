@@ -110,6 +110,17 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    /// A test that fails (panics) must not leave its processes running: they would load
+    /// the machine for every test after it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// "source api: POST http://127.0.0.1:1234/v1/events" → ("source api", addr);
 /// "admin: http://127.0.0.1:1235" → ("admin", addr); "receiver: POST http://..." → ("receiver", addr).
 fn parse_addr(line: &str) -> Option<(String, SocketAddr)> {
