@@ -491,11 +491,15 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
     };
     if let Some(record) = record {
         let deadline = Instant::now() + args.drain;
-        let mut seen = read_record(&record, &sender.run_id)?;
-        while acked_ids.iter().any(|id| !seen.contains_key(id)) && Instant::now() < deadline {
+        let mut deliveries = Deliveries::new(record, &sender.run_id);
+        deliveries.refresh()?;
+        while acked_ids.iter().any(|id| !deliveries.seen.contains_key(id))
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            seen = read_record(&record, &sender.run_id)?;
+            deliveries.refresh()?;
         }
+        let seen = deliveries.seen;
         let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         let mut duplicates = 0;
         for (count, delay_us) in seen.values() {
@@ -520,30 +524,59 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
     Ok(outcome)
 }
 
-/// Delivered ids of this run: id → (times received, first delay in µs).
-fn read_record(path: &PathBuf, run_id: &str) -> Result<HashMap<String, (u32, u64)>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let prefix = format!("lt-{run_id}-");
-    let mut out: HashMap<String, (u32, u64)> = HashMap::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let Some(id) = v["id"].as_str().filter(|id| id.starts_with(&prefix)) else {
-            continue;
-        };
-        let delay_ms =
-            v["received_at_ms"].as_i64().unwrap_or(0) - v["event_time_ms"].as_i64().unwrap_or(0);
-        let e = out
-            .entry(id.to_owned())
-            .or_insert((0, delay_ms.max(0) as u64 * 1000));
-        e.0 += 1;
+/// Delivered ids of this run, read from a receiver's record file as it grows: each
+/// refresh reads only the complete lines appended since the last one.
+struct Deliveries {
+    path: PathBuf,
+    /// Ids of this run start with this.
+    prefix: String,
+    /// Bytes of the file already read.
+    read: u64,
+    /// id → (times received, first delay in µs).
+    seen: HashMap<String, (u32, u64)>,
+}
+
+impl Deliveries {
+    fn new(path: PathBuf, run_id: &str) -> Self {
+        Deliveries {
+            path,
+            prefix: format!("lt-{run_id}-"),
+            read: 0,
+            seen: HashMap::new(),
+        }
     }
-    Ok(out)
+
+    fn refresh(&mut self) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        file.seek(SeekFrom::Start(self.read))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        // A line still being written is read next time.
+        let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.read += complete as u64;
+        for line in buf[..complete].split(|&b| b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(id) = v["id"].as_str().filter(|id| id.starts_with(&self.prefix)) else {
+                continue;
+            };
+            let delay_ms = v["received_at_ms"].as_i64().unwrap_or(0)
+                - v["event_time_ms"].as_i64().unwrap_or(0);
+            let e = self
+                .seen
+                .entry(id.to_owned())
+                .or_insert((0, delay_ms.max(0) as u64 * 1000));
+            e.0 += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Sends the scheduled requests.

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -228,12 +228,6 @@ fn record_json(r: &StoredRecord) -> serde_json::Value {
     })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 async fn open_log(data_dir: PathBuf, config: LogConfig) -> Result<EmbeddedLog> {
     let shown = data_dir.display().to_string();
     tokio::task::spawn_blocking(move || EmbeddedLog::open(&data_dir, config))
@@ -291,7 +285,7 @@ async fn append(
                 Err(_) => break,
             }
         }
-        let ts = now_ms();
+        let ts = hifi_pipeline::now_ms();
         let records: Vec<Record> = lines.into_iter().map(|l| Record::new(l, ts)).collect();
         let offsets = log.append(&at.topic, at.partition, records).await?;
         let mut out = std::io::stdout().lock();

@@ -20,7 +20,21 @@ pub struct Admin {
 
 async fn get(admin: &Admin, path: &str) -> Result<Value> {
     let url = format!("http://{}{path}", admin.admin);
-    let resp = reqwest::get(&url).await.with_context(|| {
+    answer(&url, reqwest::get(&url).await).await
+}
+
+async fn post(admin: &Admin, path: &str, body: &Value) -> Result<Value> {
+    let url = format!("http://{}{path}", admin.admin);
+    answer(
+        &url,
+        reqwest::Client::new().post(&url).json(body).send().await,
+    )
+    .await
+}
+
+/// The JSON of an admin API answer, or an error saying what went wrong.
+async fn answer(url: &str, resp: reqwest::Result<reqwest::Response>) -> Result<Value> {
+    let resp = resp.with_context(|| {
         format!("cannot reach the admin API at {url} (is hifi running? --admin ADDR)")
     })?;
     let status = resp.status();
@@ -309,29 +323,13 @@ pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
             reason_contains,
             dry_run,
         } => {
-            let url = format!(
-                "http://{}/v1/sinks/{}/dlq/redrive",
-                admin.admin,
-                url_escape(&sink)
-            );
             let body = serde_json::json!({ "since": since, "reason_contains": reason_contains, "dry_run": dry_run });
-            let resp = reqwest::Client::new()
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            let status = resp.status();
-            let v: Value = resp
-                .json()
-                .await
-                .with_context(|| format!("{url} did not answer JSON"))?;
-            if !status.is_success() {
-                bail!(
-                    "{url}: {status}: {}",
-                    v["error"].as_str().unwrap_or("error")
-                );
-            }
+            let v = post(
+                &admin,
+                &format!("/v1/sinks/{}/dlq/redrive", url_escape(&sink)),
+                &body,
+            )
+            .await?;
             if admin.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if dry_run {

@@ -112,11 +112,7 @@ pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -
         source_addrs.push((source.name.clone(), listener.local_addr()?));
         let stop = http_stop.clone();
         let app = hifi_server::ingest::router(state);
-        servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        servers.spawn(hifi_server::serve(listener, app, stop));
     }
     let listener = bind(loaded.config.admin.listen, "admin").await?;
     let admin_addr = listener.local_addr()?;
@@ -124,11 +120,7 @@ pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -
     let admin_state =
         hifi_server::admin::AdminState::new(&pipeline, Some(engine.clone()), ready.clone());
     let app = hifi_server::admin::router(admin_state);
-    servers.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    servers.spawn(hifi_server::serve(listener, app, stop));
     ready.store(true, Ordering::Release);
     Ok(Running {
         pipeline,

@@ -358,8 +358,9 @@ impl Ledger {
                 .map(|(k, _)| *k)
                 .collect()
         };
+        // Flushes are excluded while this runs, so the journal end cannot move.
+        let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
         for bucket in due {
-            let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
             let (table, previous) = {
                 let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(open) = st.open.get(&bucket) else {

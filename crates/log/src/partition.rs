@@ -38,7 +38,7 @@ use crate::segment::{
     scan_segment, segment_header, segment_path, HeaderError, Indexer, Indexes, ScanOptions,
     ScanOutcome, SegmentSummary, SEGMENT_HEADER_BYTES,
 };
-use crate::storage::{read_exact_at, write_file_atomic, SegmentFile, Storage};
+use crate::storage::{read_exact_at, remove_if_present, write_file_atomic, SegmentFile, Storage};
 use crate::{LogError, LogStats, OpenError};
 
 /// What readers may see of one segment.
@@ -600,9 +600,7 @@ fn create_segment(
 ) -> std::io::Result<Arc<dyn SegmentFile>> {
     let path = segment_path(dir, base, "log");
     // A leftover from a failed roll holds no acknowledged data (nothing was appended to it).
-    if storage.list_dir(dir)?.contains(&path) {
-        storage.remove_file(&path)?;
-    }
+    remove_if_present(storage, &path)?;
     let file = storage.create_new(&path)?;
     let made = file
         .write_all_at(&segment_header(base), 0)
@@ -960,10 +958,8 @@ impl Writer {
         for seg in &doomed {
             for ext in ["log", "index", "timeindex"] {
                 let path = segment_path(&dir, seg.base, ext);
-                if let Err(e) = self.storage.remove_file(&path) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        warn!(path = %path.display(), %e, "could not delete segment file");
-                    }
+                if let Err(e) = remove_if_present(self.storage.as_ref(), &path) {
+                    warn!(path = %path.display(), %e, "could not delete segment file");
                 }
             }
             self.shared

@@ -157,15 +157,18 @@ pub(crate) fn write_file_atomic(
     bytes: &[u8],
 ) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    if storage
-        .list_dir(path.parent().unwrap_or(Path::new(".")))?
-        .contains(&tmp)
-    {
-        storage.remove_file(&tmp)?;
-    }
+    remove_if_present(storage, &tmp)?;
     let file = storage.create_new(&tmp)?;
     file.write_all_at(bytes, 0)?;
     file.sync_data()?;
     storage.rename(&tmp, path)?;
     storage.sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Removes a file; a file that is not there is fine.
+pub(crate) fn remove_if_present(storage: &dyn Storage, path: &Path) -> io::Result<()> {
+    match storage.remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -43,7 +43,7 @@ use crate::event::{rfc3339_ms, write_cloudevent, EventMeta};
 use crate::retry::{
     annotate, dlq_topic, due_ms, retry_header, retry_state, retry_topic, DlqReason, RetryState,
 };
-use crate::stage::{sleep_or_cancel, start_position};
+use crate::stage::{retry_until_ok, sleep_or_cancel, start_position};
 
 /// Counters of one sink.
 #[derive(Debug, Default)]
@@ -808,16 +808,11 @@ impl HttpSink {
     async fn retrier(&self, tier: usize, stop: CancellationToken) {
         let topic = retry_topic(&self.name, tier);
         let group = self.retry_group(tier);
-        let mut pos = loop {
-            match start_position(self.log.as_ref(), &group, &topic, 0).await {
-                Ok(pos) => break pos,
-                Err(e) => {
-                    error!(sink = %self.name, tier, %e, "cannot read the retry position; retrying");
-                    if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
-                        return;
-                    }
-                }
-            }
+        let start = || start_position(self.log.as_ref(), &group, &topic, 0);
+        let Some(mut pos) =
+            retry_until_ok(&stop, &self.name, "read the retry position", start).await
+        else {
+            return;
         };
         let limits = ReadLimits {
             max_records: self.cfg.batch.max_events,
@@ -867,18 +862,20 @@ impl HttpSink {
                 return;
             }
             // The fates are durable: retry only the bookkeeping, never the deliveries.
-            while let Err(e) = self.ledger.flush().await {
-                error!(sink = %self.name, %e, "cannot record outcomes in the ledger; retrying");
-                if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
-                    return;
-                }
+            let flushed =
+                retry_until_ok(&stop, &self.name, "record outcomes in the ledger", || {
+                    self.ledger.flush()
+                });
+            if flushed.await.is_none() {
+                return;
             }
             pos = due.last().map_or(pos, |i| i.offset + 1);
-            while let Err(e) = self.log.commit(&group, &topic, 0, pos).await {
-                error!(sink = %self.name, tier, %e, "cannot commit the retry position; retrying");
-                if !sleep_or_cancel(&stop, Duration::from_secs(1)).await {
-                    return;
-                }
+            let commit = || self.log.commit(&group, &topic, 0, pos);
+            if retry_until_ok(&stop, &self.name, "commit the retry position", commit)
+                .await
+                .is_none()
+            {
+                return;
             }
         }
     }
@@ -892,17 +889,15 @@ impl HttpSink {
         next_tier: usize,
         stop: &CancellationToken,
     ) -> bool {
-        loop {
-            match self.settle(batch, fates, next_tier).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    error!(sink = %self.name, %e, "cannot store the fate of delivered/failed events; retrying");
-                    if !sleep_or_cancel(stop, Duration::from_secs(1)).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        let settle = || self.settle(batch, fates, next_tier);
+        retry_until_ok(
+            stop,
+            &self.name,
+            "store the fate of delivered/failed events",
+            settle,
+        )
+        .await
+        .is_some()
     }
 
     /// Waits for rate-limit tokens for `n` global retries; false at shutdown.

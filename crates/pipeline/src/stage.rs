@@ -96,16 +96,11 @@ impl Stage {
         shutdown: CancellationToken,
     ) -> Result<(), LogError> {
         let group = self.group();
-        let mut pos = loop {
-            match start_position(self.log.as_ref(), &group, &self.input, p).await {
-                Ok(pos) => break pos,
-                Err(e) => {
-                    error!(stage = %self.name, partition = p, %e, "cannot read the start position; retrying");
-                    if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let start = || start_position(self.log.as_ref(), &group, &self.input, p);
+        let Some(mut pos) =
+            retry_until_ok(&shutdown, &self.name, "read the start position", start).await
+        else {
+            return Ok(());
         };
         let limits = ReadLimits {
             max_records: self.batch_max_events,
@@ -157,18 +152,22 @@ impl Stage {
             }
             // Tallies are durable before the position moves past their events. The output
             // is durable already: retry only what failed, never the whole batch.
-            while let Err(e) = self.ledger.flush().await {
-                error!(stage = %self.name, %e, "cannot record outcomes in the ledger; retrying");
-                if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
-                    return Ok(());
-                }
+            let flushed = retry_until_ok(
+                &shutdown,
+                &self.name,
+                "record outcomes in the ledger",
+                || self.ledger.flush(),
+            );
+            if flushed.await.is_none() {
+                return Ok(());
             }
             pos = last + 1;
-            while let Err(e) = self.log.commit(&group, &self.input, p, pos).await {
-                error!(stage = %self.name, partition = p, %e, "cannot commit the input position; retrying");
-                if !sleep_or_cancel(&shutdown, Duration::from_secs(1)).await {
-                    return Ok(());
-                }
+            let commit = || self.log.commit(&group, &self.input, p, pos);
+            if retry_until_ok(&shutdown, &self.name, "commit the input position", commit)
+                .await
+                .is_none()
+            {
+                return Ok(());
             }
         }
         Ok(())
@@ -307,6 +306,32 @@ pub async fn start_position(
         Some(pos) => pos.max(offsets.start),
         None => offsets.start,
     })
+}
+
+/// Runs `op` until it succeeds, logging each failure as "`node`: cannot `what`" and
+/// waiting a second before the next try; `None` if `shutdown` comes first. For work whose
+/// failure must not be skipped (ledger flushes, commits, storing fates).
+pub async fn retry_until_ok<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    shutdown: &CancellationToken,
+    node: &str,
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> Option<T> {
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                error!(node, %e, "cannot {what}; retrying");
+                if !sleep_or_cancel(shutdown, Duration::from_secs(1)).await {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Sleeps unless shut down first; returns false when shut down.

@@ -90,11 +90,7 @@ pub fn router(state: AdminState) -> Router {
 type S = State<Arc<AdminState>>;
 
 async fn readyz(State(s): S) -> Response {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
-    }
+    crate::ingest::readiness(&s.ready)
 }
 
 async fn metrics(State(s): S) -> Response {

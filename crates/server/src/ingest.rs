@@ -101,7 +101,12 @@ pub fn router(state: Arc<IngestState>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<IngestState>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
+    readiness(&s.ready)
+}
+
+/// `GET /readyz` of every listener: 200 once the engine is open and every listener bound.
+pub fn readiness(ready: &AtomicBool) -> Response {
+    if ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()

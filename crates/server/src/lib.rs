@@ -7,3 +7,14 @@ pub mod dashboard;
 pub mod ingest;
 pub mod metrics;
 pub mod receiver;
+
+/// Serves `app` on `listener` until `shutdown`; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

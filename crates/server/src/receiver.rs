@@ -166,9 +166,7 @@ impl Receiver {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        crate::serve(listener, self.router(), shutdown).await
     }
 }
 
