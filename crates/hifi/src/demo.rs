@@ -61,7 +61,11 @@ url = "http://{receiver_addr}/ingest"
     std::fs::write(&path, &text)?;
     let loaded = LoadedConfig::parse(&path, text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let topology = Topology::build(&loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = crate::run::start(&loaded, topology, Duration::from_secs(5)).await?;
+    let opts = crate::run::RunOptions {
+        drain: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let running = crate::run::start(&loaded, topology, &opts).await?;
     let ingest = format!("http://{}/v1/events", running.source_addrs[0].1);
     println!("hifi demo: generator → POST {ingest} → topic events → stage clean (filter amount >= 10, mask email)");
     println!("           → topic clean → sink partner → receiver http://{receiver_addr}/ingest");

@@ -289,11 +289,11 @@ async fn append(
         let records: Vec<Record> = lines.into_iter().map(|l| Record::new(l, ts)).collect();
         let offsets = log.append(&at.topic, at.partition, records).await?;
         let mut out = std::io::stdout().lock();
-        for o in offsets.clone() {
+        for o in &offsets {
             writeln!(out, "{o}")?;
         }
         out.flush()?;
-        total += offsets.end - offsets.start;
+        total += offsets.len() as u64;
     }
     log.close().await;
     eprintln!("appended {total} records to {}/{}", at.topic, at.partition);
@@ -320,7 +320,7 @@ async fn stress(args: StressArgs) -> Result<ExitCode> {
                     .collect();
                 let offsets = log.append(&topic, partition, records).await?;
                 let mut line = String::new();
-                for (i, o) in offsets.enumerate() {
+                for (i, o) in offsets.into_iter().enumerate() {
                     line.push_str(&format!("ack {partition} {o} {task} {}\n", seq + i as u64));
                 }
                 let mut out = std::io::stdout().lock();

@@ -29,6 +29,14 @@ enum Command {
         /// Longest time to wait for in-flight deliveries when stopping.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain: std::time::Duration,
+        /// Run only these nodes (comma-separated, e.g. `sources.api,stages.clean`), so
+        /// several processes can share one pipeline (Kafka engine).
+        #[arg(long, value_name = "NODES")]
+        only: Option<String>,
+        /// Listen address of the admin API, instead of `[admin] listen` (for several
+        /// processes on one machine).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Check a pipeline file without starting anything (exit 0 when valid).
     Validate {
@@ -101,7 +109,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Log(cmd) => log_cmd::run(cmd).await,
-            Command::Run { file, drain } => run::run(file, drain).await,
+            Command::Run {
+                file,
+                drain,
+                only,
+                admin,
+            } => run::run(file, drain, only, admin).await,
             Command::Validate { file } => Ok(run::validate(&file)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,

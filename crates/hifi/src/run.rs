@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hifi_log::{EmbeddedLog, Log};
 use hifi_pipeline::config::LoadedConfig;
-use hifi_pipeline::runtime::{open_engine, Pipeline};
+use hifi_pipeline::runtime::{open_engine, Engine, NodeFilter, Pipeline};
 use hifi_pipeline::topology::Topology;
 use hifi_server::ingest::{read_tokens_file, IngestState};
 use hifi_server::receiver::bind;
@@ -58,7 +57,7 @@ pub struct Running {
     /// The nodes.
     pub pipeline: Pipeline,
     /// The engine (closed last).
-    pub engine: EmbeddedLog,
+    pub engine: Engine,
     /// Where each source listens.
     pub source_addrs: Vec<(String, SocketAddr)>,
     /// Where the admin API listens.
@@ -76,14 +75,38 @@ impl std::fmt::Debug for Running {
     }
 }
 
+/// How `hifi run` was asked to run the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Longest time to wait for in-flight deliveries when stopping.
+    pub drain: Duration,
+    /// The nodes this process runs.
+    pub only: NodeFilter,
+    /// Listen address of the admin API instead of `[admin] listen`.
+    pub admin: Option<SocketAddr>,
+}
+
 /// Opens the engine, starts the nodes and binds every listener.
-pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -> Result<Running> {
+pub async fn start(
+    loaded: &LoadedConfig,
+    topology: Topology,
+    opts: &RunOptions,
+) -> Result<Running> {
     let engine = {
         let loaded = loaded.clone();
         tokio::task::spawn_blocking(move || open_engine(&loaded)).await??
     };
-    let log: Arc<dyn Log> = Arc::new(engine.clone());
-    let pipeline = Pipeline::start(loaded, topology, log, drain).await?;
+    if let Engine::Kafka(k) = &engine {
+        let topics: Vec<String> = topology.topics.keys().cloned().collect();
+        k.check_cluster(&topics).await.with_context(|| {
+            format!(
+                "cannot reach the Kafka cluster at {}",
+                loaded.config.engine.brokers.as_deref().unwrap_or_default()
+            )
+        })?;
+    }
+    let log = engine.log();
+    let pipeline = Pipeline::start(loaded, topology, log, opts.drain, &opts.only).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -114,11 +137,11 @@ pub async fn start(loaded: &LoadedConfig, topology: Topology, drain: Duration) -
         let app = hifi_server::ingest::router(state);
         servers.spawn(hifi_server::serve(listener, app, stop));
     }
-    let listener = bind(loaded.config.admin.listen, "admin").await?;
+    let listener = bind(opts.admin.unwrap_or(loaded.config.admin.listen), "admin").await?;
     let admin_addr = listener.local_addr()?;
     let stop = http_stop.clone();
     let admin_state =
-        hifi_server::admin::AdminState::new(&pipeline, Some(engine.clone()), ready.clone());
+        hifi_server::admin::AdminState::new(&pipeline, engine.embedded(), ready.clone());
     let app = hifi_server::admin::router(admin_state);
     servers.spawn(hifi_server::serve(listener, app, stop));
     ready.store(true, Ordering::Release);
@@ -158,8 +181,13 @@ pub async fn signal() -> &'static str {
     }
 }
 
-/// `hifi run FILE`.
-pub async fn run(file: PathBuf, drain: Duration) -> Result<ExitCode> {
+/// `hifi run FILE [--only NODES] [--admin ADDR]`.
+pub async fn run(
+    file: PathBuf,
+    drain: Duration,
+    only: Option<String>,
+    admin: Option<SocketAddr>,
+) -> Result<ExitCode> {
     let (loaded, topology) = match load(&file) {
         Ok(x) => x,
         Err(e) => {
@@ -167,7 +195,15 @@ pub async fn run(file: PathBuf, drain: Duration) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let running = start(&loaded, topology, drain).await?;
+    let only = match only.map(|o| NodeFilter::parse(&o, &loaded)).transpose() {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let opts = RunOptions { drain, only, admin };
+    let running = start(&loaded, topology, &opts).await?;
     for (name, addr) in &running.source_addrs {
         println!("source {name}: POST http://{addr}/v1/events");
     }
@@ -178,8 +214,8 @@ pub async fn run(file: PathBuf, drain: Duration) -> Result<ExitCode> {
         }
     }
     println!(
-        "hifi is running (data in {}); stop with Ctrl-C or SIGTERM",
-        running.engine.root().display()
+        "hifi is running ({}); stop with Ctrl-C or SIGTERM",
+        running.engine.describe(&loaded)
     );
     let sig = signal().await;
     println!(

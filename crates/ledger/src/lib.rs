@@ -62,6 +62,9 @@ pub struct LedgerConfig {
     pub loss_alarm_percent: f64,
     /// How long settled tables are kept.
     pub history: Duration,
+    /// Merge the tallies other processes append to the journal (an engine shared by
+    /// several processes), so every process's tables cover the whole pipeline.
+    pub follow_journal: bool,
 }
 
 impl Default for LedgerConfig {
@@ -71,6 +74,7 @@ impl Default for LedgerConfig {
             settle_after: Duration::from_secs(180),
             loss_alarm_percent: 0.0,
             history: Duration::from_secs(7 * 24 * 3600),
+            follow_journal: false,
         }
     }
 }
@@ -196,6 +200,8 @@ pub struct Ledger {
     /// Flushes hold it shared from journal append to merge; `tick` holds it exclusively,
     /// so a settled table never misses a delta that is appended but not yet merged.
     journal_gate: tokio::sync::RwLock<()>,
+    /// The next journal offset [`Ledger::follow_journal`] reads.
+    journal_read: tokio::sync::Mutex<u64>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -245,6 +251,7 @@ impl Ledger {
             stats: LedgerStats::default(),
             alarms: broadcast::channel(64).0,
             journal_gate: tokio::sync::RwLock::new(()),
+            journal_read: tokio::sync::Mutex::new(0),
         });
         ledger.load().await?;
         Ok(ledger)
@@ -263,18 +270,43 @@ impl Ledger {
             }
         })
         .await?;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).settled = settled;
+        let end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+        *self.journal_read.lock().await = replay_from;
+        let replayed = self.follow_journal(end).await?;
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        info!(
+            replayed,
+            open_buckets = st.open.len(),
+            settled_buckets = st.settled.len(),
+            "ledger loaded"
+        );
+        Ok(())
+    }
+
+    /// Merges the journal's entries from where the last call ended up to `end` (those of
+    /// other processes sharing the engine; this process's own are merged already, and
+    /// merging a set twice changes nothing). Returns the entries merged.
+    async fn follow_journal(&self, end: u64) -> Result<usize, LogError> {
+        let mut read = self.journal_read.lock().await;
+        if *read >= end {
+            return Ok(0);
+        }
         let mut entries = Vec::new();
-        hifi_log::read_to_end(self.log.as_ref(), JOURNAL_TOPIC, 0, replay_from, |r| {
+        let mut last = None;
+        hifi_log::read_to_end(self.log.as_ref(), JOURNAL_TOPIC, 0, *read, |r| {
+            last = Some(r.offset);
             if let Some(e) = tally::decode_entry(&r.record.value) {
                 entries.push((r.offset, e));
             }
         })
         .await?;
         let now = self.clock.now_ms();
+        let merged = entries.len();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let replayed = entries.len();
         for (offset, e) in entries {
-            if settled
+            if st
+                .settled
                 .get(&e.bucket)
                 .is_some_and(|t| offset < t.journal_end)
             {
@@ -284,23 +316,22 @@ impl Ledger {
                 first_journal_offset: offset,
                 ..OpenBucket::default()
             });
-            b.last_change_ms = now;
             let set = b
                 .nodes
                 .entry(e.node)
                 .or_default()
                 .entry(e.outcome)
                 .or_default();
+            let before = count(set);
             union_into(set, &BTreeMap::from([(e.origin_partition, e.offsets)]));
+            if count(set) != before {
+                b.last_change_ms = now;
+            }
         }
-        st.settled = settled;
-        info!(
-            replayed,
-            open_buckets = st.open.len(),
-            settled_buckets = st.settled.len(),
-            "ledger loaded"
-        );
-        Ok(())
+        if let Some(l) = last {
+            *read = (*read).max(l + 1);
+        }
+        Ok(merged)
     }
 
     /// A handle for one node.
@@ -358,8 +389,13 @@ impl Ledger {
                 .map(|(k, _)| *k)
                 .collect()
         };
-        // Flushes are excluded while this runs, so the journal end cannot move.
+        // Flushes of this process are excluded while this runs, so the journal end cannot
+        // move but by other processes sharing the engine; their entries below it are
+        // merged before anything settles.
         let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+        if self.cfg.follow_journal {
+            self.follow_journal(journal_end).await?;
+        }
         for bucket in due {
             let (table, previous) = {
                 let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -860,8 +896,8 @@ impl NodeLedger {
             .map(|v| Record::new(v, now))
             .collect();
         match self.ledger.log.append(JOURNAL_TOPIC, 0, records).await {
-            Ok(range) => {
-                self.ledger.merge(&self.node, &delta, range.start);
+            Ok(offsets) => {
+                self.ledger.merge(&self.node, &delta, offsets[0]);
                 Ok(())
             }
             Err(e) => {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -492,7 +491,7 @@ impl Log for EmbeddedLog {
         topic: &str,
         partition: u32,
         records: Vec<Record>,
-    ) -> Result<Range<u64>, LogError> {
+    ) -> Result<Vec<u64>, LogError> {
         if records.is_empty() {
             return Err(LogError::Invalid(
                 "an append needs at least one record".into(),
@@ -518,7 +517,8 @@ impl Log for EmbeddedLog {
         })
         .await
         .map_err(|_| LogError::Closed)?;
-        answer.await.map_err(|_| LogError::Closed)?
+        let range = answer.await.map_err(|_| LogError::Closed)??;
+        Ok(range.collect())
     }
 
     async fn read(

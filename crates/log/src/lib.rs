@@ -59,8 +59,11 @@
 //! queued appends, group-commit size, read batch. Every one has a default.
 
 pub mod config;
+#[doc(hidden)]
+pub mod conformance;
 mod embedded;
 mod groups;
+mod membership;
 mod partition;
 pub mod record;
 pub mod segment;
@@ -68,13 +71,13 @@ pub mod storage;
 pub mod testing;
 pub mod verify;
 
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use config::{FsyncPolicy, LogConfig, Retention};
 pub use embedded::EmbeddedLog;
+pub use membership::{Membership, MembershipControl};
 pub use record::{Header, Record, StoredRecord};
 
 /// What to create: a topic with a partition count and, optionally, its own retention.
@@ -308,14 +311,16 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     /// The partition count of an existing topic.
     async fn partitions(&self, topic: &str) -> Result<u32, LogError>;
 
-    /// Appends records to one partition; returns their offsets (contiguous) once they
-    /// are durable. All or nothing: on error none of them is acknowledged.
+    /// Appends records to one partition; returns their offsets, in order, once they are
+    /// durable. On error none of them is acknowledged (some may still have been stored:
+    /// a caller that tries again may store them twice). The embedded engine gives
+    /// contiguous offsets; on Kafka another producer's records may sit between them.
     async fn append(
         &self,
         topic: &str,
         partition: u32,
         records: Vec<Record>,
-    ) -> Result<Range<u64>, LogError>;
+    ) -> Result<Vec<u64>, LogError>;
 
     /// Reads verified records from `from`; when none is there yet, waits up to
     /// `limits.wait` for one. Returns an empty vector when the wait ends without data.
@@ -355,6 +360,16 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         partition: u32,
         timestamp_ms: i64,
     ) -> Result<Option<u64>, LogError>;
+
+    /// Joins `group` as a consumer of `topic`: the returned [`Membership`] says which
+    /// partitions this process works on, and how that changes as processes join and
+    /// leave. An engine run by one process (the embedded log) gives every partition.
+    /// Commits for the group's partitions should come from this process while it owns
+    /// them.
+    async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
+        validate_name(group)?;
+        Ok(Membership::fixed(self.partitions(topic).await?))
+    }
 }
 
 /// Checks a topic or group name: 1..=200 of `[A-Za-z0-9._-]`, not `.` or `..`.

@@ -124,7 +124,7 @@ async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
         );
         // Appending continues right after the last good record, and the file is clean.
         assert_eq!(
-            log.append("t", 0, vec![record(500)]).await.unwrap().start,
+            log.append("t", 0, vec![record(500)]).await.unwrap()[0],
             base + whole
         );
         log.close().await;
@@ -236,7 +236,7 @@ async fn a_flipped_bit_in_the_middle_of_the_active_segment_stops_reads_there() {
         .unwrap();
     assert_eq!(after[0].record, recs[victim as usize + 1]);
     assert_eq!(
-        log.append("t", 0, vec![record(1)]).await.unwrap().start,
+        log.append("t", 0, vec![record(1)]).await.unwrap()[0],
         RECORDS
     );
 }

@@ -128,7 +128,10 @@ async fn run(ops: Vec<Op>) {
                     Some(None) => assert!(matches!(got, Err(LogError::PartitionNotFound { .. }))),
                     Some(Some(records)) => {
                         let start = records.len() as u64;
-                        assert_eq!(got.unwrap(), start..start + recs.len() as u64);
+                        assert_eq!(
+                            got.unwrap(),
+                            (start..start + recs.len() as u64).collect::<Vec<_>>()
+                        );
                         records.extend(recs);
                     }
                 }

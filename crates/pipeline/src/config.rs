@@ -88,6 +88,8 @@ fn default_settle_after() -> Dur {
 pub enum EngineKind {
     /// The on-disk log in `data_dir` (one process).
     Embedded,
+    /// A Kafka-protocol cluster at `brokers` (any number of processes).
+    Kafka,
 }
 
 /// When appended data is made durable.
@@ -107,7 +109,7 @@ pub enum FsyncMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// `"embedded"` (the only engine so far).
+    /// `"embedded"` or `"kafka"`.
     pub kind: EngineKind,
     /// The embedded log's data directory (relative paths are relative to the pipeline
     /// file's folder). Default `"./data"`.
@@ -131,6 +133,19 @@ pub struct EngineConfig {
     /// How long topics keep records by default. Default `"7d"`.
     #[serde(default = "default_retention")]
     pub retention: Dur,
+    /// Kafka: bootstrap brokers, `"host:port,host:port"` (required with `kind = "kafka"`).
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Kafka: prefix of every topic and consumer group name. Default `"hifi."`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Kafka: replication factor of the topics hifi creates. Default 3.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u16,
+    /// Kafka: client settings passed to librdkafka as they are (TLS, SASL, timeouts),
+    /// e.g. `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
 }
 
 /// `[admin]`
@@ -492,6 +507,12 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_fsync_interval() -> Dur {
     Dur(Duration::from_secs(1))
+}
+fn default_topic_prefix() -> String {
+    "hifi.".into()
+}
+fn default_replication_factor() -> u16 {
+    3
 }
 fn default_partitions() -> u32 {
     4

@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod ingest;
+pub mod owned;
 pub mod retry;
 pub mod runtime;
 pub mod sink;

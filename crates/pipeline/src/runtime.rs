@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hifi_kafka::{KafkaConfig, KafkaLog};
 use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
 use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
 use tokio_util::sync::CancellationToken;
@@ -52,13 +53,117 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
     }
 }
 
-/// Opens the engine named in `[engine]` (blocking: recovery reads the disk).
-pub fn open_engine(loaded: &LoadedConfig) -> Result<EmbeddedLog, StartError> {
-    match loaded.config.engine.kind {
-        EngineKind::Embedded => {
-            let dir = loaded.resolve(&loaded.config.engine.data_dir);
-            Ok(EmbeddedLog::open(dir, log_config(loaded))?)
+/// The engine a pipeline runs on.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// The embedded log (one process).
+    Embedded(EmbeddedLog),
+    /// A Kafka-protocol cluster.
+    Kafka(Arc<KafkaLog>),
+}
+
+impl Engine {
+    /// The engine as the pipeline uses it.
+    pub fn log(&self) -> Arc<dyn Log> {
+        match self {
+            Engine::Embedded(e) => Arc::new(e.clone()),
+            Engine::Kafka(k) => k.clone(),
         }
+    }
+
+    /// The embedded log, for its counters.
+    pub fn embedded(&self) -> Option<EmbeddedLog> {
+        match self {
+            Engine::Embedded(e) => Some(e.clone()),
+            Engine::Kafka(_) => None,
+        }
+    }
+
+    /// Where the data is, for start-up messages.
+    pub fn describe(&self, loaded: &LoadedConfig) -> String {
+        match self {
+            Engine::Embedded(e) => format!("data in {}", e.root().display()),
+            Engine::Kafka(_) => format!(
+                "data in Kafka at {}, topics prefixed {:?}",
+                loaded.config.engine.brokers.as_deref().unwrap_or_default(),
+                loaded.config.engine.topic_prefix
+            ),
+        }
+    }
+
+    /// Flushes and closes.
+    pub async fn close(&self) {
+        if let Engine::Embedded(e) = self {
+            e.close().await;
+        }
+    }
+}
+
+/// Opens the engine named in `[engine]` (blocking: recovery reads the disk).
+pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
+    let e = &loaded.config.engine;
+    match e.kind {
+        EngineKind::Embedded => {
+            let dir = loaded.resolve(&e.data_dir);
+            Ok(Engine::Embedded(EmbeddedLog::open(
+                dir,
+                log_config(loaded),
+            )?))
+        }
+        EngineKind::Kafka => {
+            let cfg = KafkaConfig {
+                brokers: e.brokers.clone().unwrap_or_default(),
+                topic_prefix: e.topic_prefix.clone(),
+                replication_factor: e.replication_factor,
+                client: e.client.clone(),
+            };
+            Ok(Engine::Kafka(Arc::new(KafkaLog::connect(cfg)?)))
+        }
+    }
+}
+
+/// Which nodes this process runs (`hifi run --only sources.api,sinks.partner`); all by
+/// default.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter(Option<std::collections::BTreeSet<String>>);
+
+impl NodeFilter {
+    /// Every node.
+    pub fn all() -> Self {
+        NodeFilter(None)
+    }
+
+    /// Parses `sources.api,stages.clean`, checking every name is a node of the pipeline.
+    pub fn parse(list: &str, loaded: &LoadedConfig) -> Result<Self, String> {
+        let c = &loaded.config;
+        let mut known: Vec<String> = Vec::new();
+        known.extend(c.sources.keys().map(|n| format!("sources.{n}")));
+        known.extend(c.stages.keys().map(|n| format!("stages.{n}")));
+        known.extend(c.sinks.keys().map(|n| format!("sinks.{n}")));
+        let mut set = std::collections::BTreeSet::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !known.iter().any(|k| k == item) {
+                return Err(format!(
+                    "--only: {item:?} is not a node of this pipeline; the nodes are: {}",
+                    known.join(", ")
+                ));
+            }
+            set.insert(item.to_owned());
+        }
+        if set.is_empty() {
+            return Err(format!(
+                "--only needs at least one node, e.g. --only {}",
+                known.first().map_or("sources.api", String::as_str)
+            ));
+        }
+        Ok(NodeFilter(Some(set)))
+    }
+
+    /// Whether this process runs the node (`kind` is `sources`, `stages` or `sinks`).
+    pub fn runs(&self, kind: &str, name: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|s| s.contains(&format!("{kind}.{name}")))
     }
 }
 
@@ -91,6 +196,7 @@ impl Pipeline {
         topology: Topology,
         log: Arc<dyn Log>,
         drain: Duration,
+        only: &NodeFilter,
     ) -> Result<Pipeline, StartError> {
         for spec in topology.topics.values() {
             let partitions = log.ensure_topic(spec).await?;
@@ -104,7 +210,7 @@ impl Pipeline {
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let mut sources = Vec::new();
-        for (name, s) in &cfg.sources {
+        for (name, s) in cfg.sources.iter().filter(|(n, _)| only.runs("sources", n)) {
             let record_max = loaded.config.engine.record_bytes_max.0 as usize;
             let source =
                 HttpSource::start(name, s, log.clone(), ledger.node(name), record_max).await?;
@@ -159,7 +265,7 @@ impl Pipeline {
             });
         }
         let mut stages = Vec::new();
-        for (name, s) in &cfg.stages {
+        for (name, s) in cfg.stages.iter().filter(|(n, _)| only.runs("stages", n)) {
             let transforms = Transforms::compile(&s.transforms)
                 .map_err(|e| StartError::Config(format!("stages.{name}.{e}")))?;
             let stage = Arc::new(Stage {
@@ -187,7 +293,7 @@ impl Pipeline {
             stages.push(stage);
         }
         let mut sinks = Vec::new();
-        for (name, s) in &cfg.sinks {
+        for (name, s) in cfg.sinks.iter().filter(|(n, _)| only.runs("sinks", n)) {
             let sink = Arc::new(
                 HttpSink::new(name, s, log.clone(), ledger.node(name))
                     .map_err(|e| StartError::Config(format!("sinks.{name}: {e}")))?,
@@ -277,6 +383,7 @@ async fn open_ledger(loaded: &LoadedConfig, log: Arc<dyn Log>) -> Result<Arc<Led
         settle_after: l.settle_after.0,
         loss_alarm_percent: l.loss_alarm_percent,
         history: l.history.0,
+        follow_journal: loaded.config.engine.kind == EngineKind::Kafka,
     };
     Ok(Ledger::open(cfg, node_specs(loaded), log, Arc::new(SystemClock)).await?)
 }

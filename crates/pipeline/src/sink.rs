@@ -116,6 +116,8 @@ struct Tracker {
     next: u64,
     /// Last committed position.
     committed: u64,
+    /// Whether this process works on the partition (only owned positions are committed).
+    owned: bool,
 }
 
 impl Tracker {
@@ -150,6 +152,8 @@ pub struct HttpSink {
 }
 
 const BODY_SNIPPET_BYTES: usize = 1024;
+/// How long a revoked partition's events in flight may take before it is released.
+const REVOKE_DRAIN: Duration = Duration::from_secs(15);
 
 impl HttpSink {
     /// Creates a sink (no I/O yet).
@@ -205,34 +209,47 @@ impl HttpSink {
         crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep).await?;
         self.count_waiting_retries().await?;
         let partitions = self.log.partitions(&self.input).await?;
-        let group = self.group();
-        let mut trackers = Vec::new();
-        for p in 0..partitions {
-            let pos = start_position(self.log.as_ref(), &group, &self.input, p).await?;
-            trackers.push(Mutex::new(Tracker {
-                outstanding: BTreeSet::new(),
-                next: pos,
-                committed: pos,
-            }));
-        }
-        let trackers = Arc::new(trackers);
+        let trackers: Arc<Vec<Mutex<Tracker>>> =
+            Arc::new((0..partitions).map(|_| Mutex::default()).collect());
         let (tx, rx) = mpsc::channel::<Item>(self.cfg.batch.max_events * 2);
         let read_stop = shutdown.child_token();
-        let mut readers = tokio::task::JoinSet::new();
-        for p in 0..partitions {
-            let (sink, tx, trackers, stop) = (
-                self.clone(),
-                tx.clone(),
-                trackers.clone(),
-                read_stop.clone(),
-            );
-            readers.spawn(async move { sink.reader(p, tx, trackers, stop).await });
-        }
-        drop(tx);
+        let readers = {
+            let (sink, trackers, stop) = (self.clone(), trackers.clone(), read_stop.clone());
+            tokio::spawn(async move {
+                let (group, shutdown) = (sink.group(), stop.clone());
+                crate::owned::run_owned(
+                    sink.log.as_ref(),
+                    &sink.name,
+                    &group,
+                    &sink.input,
+                    &shutdown,
+                    |p, stop| {
+                        let (sink, tx, trackers) = (sink.clone(), tx.clone(), trackers.clone());
+                        let shutdown = shutdown.clone();
+                        async move { sink.partition_worker(p, tx, trackers, stop, shutdown).await }
+                    },
+                )
+                .await;
+            })
+        };
         let mut retriers = tokio::task::JoinSet::new();
         for tier in 0..self.tiers() {
-            let (sink, stop) = (self.clone(), shutdown.clone());
-            retriers.spawn(async move { sink.retrier(tier, stop).await });
+            let (sink, shutdown) = (self.clone(), shutdown.clone());
+            retriers.spawn(async move {
+                let (group, topic) = (sink.retry_group(tier), retry_topic(&sink.name, tier));
+                crate::owned::run_owned(
+                    sink.log.as_ref(),
+                    &sink.name,
+                    &group,
+                    &topic,
+                    &shutdown,
+                    |_, stop| {
+                        let sink = sink.clone();
+                        async move { sink.retrier(tier, stop).await }
+                    },
+                )
+                .await;
+            });
         }
         // Deliveries get their own token: they keep going through the drain period.
         let deliver_stop = CancellationToken::new();
@@ -244,7 +261,7 @@ impl HttpSink {
             .clone()
             .batcher(rx, trackers.clone(), shutdown.clone(), deliver_stop.clone())
             .await;
-        while readers.join_next().await.is_some() {}
+        let _ = readers.await;
         while retriers.join_next().await.is_some() {}
         let deadline = tokio::time::sleep(drain);
         tokio::pin!(deadline);
@@ -303,6 +320,54 @@ impl HttpSink {
         }
     }
 
+    /// Works on one owned partition: reads it from the committed position until `stop`.
+    /// When the partition is revoked (not at shutdown, which drains everything), waits
+    /// for its events in flight (bounded) and commits what is done before it is released.
+    async fn partition_worker(
+        self: Arc<Self>,
+        p: u32,
+        tx: mpsc::Sender<Item>,
+        trackers: Arc<Vec<Mutex<Tracker>>>,
+        stop: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
+        let group = self.group();
+        let start = || start_position(self.log.as_ref(), &group, &self.input, p);
+        let Some(pos) = retry_until_ok(&stop, &self.name, "read the start position", start).await
+        else {
+            return;
+        };
+        *trackers[p as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Tracker {
+            outstanding: BTreeSet::new(),
+            next: pos,
+            committed: pos,
+            owned: true,
+        };
+        self.reader(p, tx, trackers.clone(), stop).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + REVOKE_DRAIN;
+        while tokio::time::Instant::now() < deadline {
+            let idle = trackers[p as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .outstanding
+                .is_empty();
+            if idle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.commit_positions(&trackers).await;
+        trackers[p as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .owned = false;
+    }
+
     async fn reader(
         &self,
         p: u32,
@@ -355,10 +420,18 @@ impl HttpSink {
                 }
                 pos = offset + 1;
                 // Backpressure: waits while the batcher and deliveries are full. An item
-                // abandoned here stays outstanding, so its offset is never committed.
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    sent = tx.send(item) => if sent.is_err() { return },
+                // abandoned here is never committed: the position stays at or before it.
+                let sent = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    sent = tx.send(item) => sent.is_ok(),
+                };
+                if !sent {
+                    let mut t = trackers[p as usize]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    t.outstanding.remove(&offset);
+                    t.next = offset;
+                    return;
                 }
             }
         }
@@ -932,7 +1005,10 @@ impl HttpSink {
             .iter()
             .map(|t| {
                 let t = t.lock().unwrap_or_else(|e| e.into_inner());
-                (t.position(), t.committed)
+                (
+                    t.position(),
+                    if t.owned { t.committed } else { t.position() },
+                )
             })
             .collect();
         if let Err(e) = self.ledger.flush().await {

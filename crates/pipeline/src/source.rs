@@ -402,7 +402,7 @@ impl HttpSource {
         now: i64,
     ) -> Result<(), LogError> {
         let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
-        let range = self
+        let offsets = self
             .log
             .append(&self.topic, partition, records)
             .await
@@ -412,7 +412,7 @@ impl HttpSource {
                     .fetch_add(1, Ordering::Relaxed);
             })?;
         let departure_us = self.ledger.now_us();
-        for (t, offset) in event_times.into_iter().zip(range.clone()) {
+        for (t, &offset) in event_times.into_iter().zip(&offsets) {
             self.ledger.lag(t, arrival_us, departure_us);
             let origin = hifi_ledger::Origin {
                 topic: self.topic.clone(),
@@ -425,7 +425,7 @@ impl HttpSource {
         self.tallied[partition as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .mark(range);
+            .mark(offsets[0]..offsets[offsets.len() - 1] + 1);
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             d.insert(key, now);

@@ -72,20 +72,27 @@ impl Stage {
         format!("stage.{}", self.name)
     }
 
-    /// Runs one worker per input partition until `shutdown`; each finishes its batch.
+    /// Runs one worker per input partition this process owns until `shutdown`; each
+    /// finishes its batch.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), LogError> {
-        let partitions = self.log.partitions(&self.input).await?;
         let out_partitions = self.log.partitions(&self.output).await?;
-        let mut workers = tokio::task::JoinSet::new();
-        for p in 0..partitions {
-            let (stage, shutdown) = (self.clone(), shutdown.clone());
-            workers.spawn(async move { stage.worker(p, p % out_partitions, shutdown).await });
-        }
-        while let Some(r) = workers.join_next().await {
-            if let Ok(Err(e)) = r {
-                error!(stage = %self.name, %e, "stage worker stopped");
-            }
-        }
+        let group = self.group();
+        crate::owned::run_owned(
+            self.log.as_ref(),
+            &self.name,
+            &group,
+            &self.input,
+            &shutdown,
+            |p, stop| {
+                let stage = self.clone();
+                async move {
+                    if let Err(e) = stage.worker(p, p % out_partitions, stop).await {
+                        error!(stage = %stage.name, %e, "stage worker stopped");
+                    }
+                }
+            },
+        )
+        .await;
         Ok(())
     }
 

@@ -35,6 +35,7 @@ impl Topology {
         if cfg.sources.is_empty() && cfg.stages.is_empty() && cfg.sinks.is_empty() {
             return Err(loaded.error("(pipeline)", "the pipeline has no nodes; add a [sources.NAME], [stages.NAME] or [sinks.NAME] section"));
         }
+        check_engine(loaded)?;
         let mut writers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let name_ok = |key: String, name: &str| {
@@ -281,6 +282,47 @@ fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let e = &loaded.config.engine;
+    if e.kind != crate::config::EngineKind::Kafka {
+        return Ok(());
+    }
+    match e.brokers.as_deref().map(str::trim) {
+        None | Some("") => {
+            return Err(loaded.error(
+                "engine.brokers",
+                "kind = \"kafka\" needs the cluster's bootstrap brokers: brokers = \"host:9092,host2:9092\"",
+            ))
+        }
+        Some(b) => {
+            if let Some(bad) = b.split(',').map(str::trim).find(|a| a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) {
+                return Err(loaded.error(
+                    "engine.brokers",
+                    format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),
+                ));
+            }
+        }
+    }
+    if e.replication_factor == 0 {
+        return Err(loaded.error(
+            "engine.replication_factor",
+            "must be at least 1 (3 for zero loss)",
+        ));
+    }
+    if e.topic_prefix.len() > 40
+        || !e
+            .topic_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(loaded.error(
+            "engine.topic_prefix",
+            "use at most 40 letters, digits, '.', '_' or '-'",
+        ));
     }
     Ok(())
 }

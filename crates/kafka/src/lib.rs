@@ -1,0 +1,821 @@
+//! hifi's Kafka engine: the [`Log`] trait on any Kafka-protocol cluster (Apache Kafka,
+//! Redpanda, MSK, Confluent), through librdkafka.
+//!
+//! # Mapping
+//! - A topic `t` is the Kafka topic `<topic_prefix>t`; a group `g` is the consumer group
+//!   `<topic_prefix>g`.
+//! - `append` = the idempotent producer with `acks=all`; it answers only after **every**
+//!   record's delivery report is a success, with the offsets the broker gave.
+//! - `read` = one consumer per partition being read, assigned (not subscribed) to that
+//!   partition, seeking when the caller reads from somewhere else than where the last read
+//!   ended. Only records up to the high watermark (replicated to all in-sync replicas) are
+//!   ever returned.
+//! - `join` = a consumer subscribed to the topic in the group, used only for membership:
+//!   its partitions are paused (it fetches nothing) and a thread of its own serves its
+//!   rebalances. Before it gives partitions away it waits for the owner to release them
+//!   ([`Membership`]), so work in flight is finished and committed first.
+//! - `commit`/`committed` = the group's committed offsets, through the group's member
+//!   when this process has one (commits must carry its generation), else through a
+//!   consumer that only commits.
+//! - `offset_for_time` = `offsets_for_times`.
+//!
+//! No transactions: the pipeline is at-least-once (committed positions that only ever
+//! cover finished work) and removes duplicates by event id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hifi_log::{
+    validate_name, Header, Log, LogError, Membership, MembershipControl, PartitionOffsets,
+    ReadLimits, Record, StoredRecord, TopicSpec,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+/// How long a blocking cluster request (metadata, offsets, commits) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rebalance waits for the owner to release revoked partitions.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `[engine]` settings of the Kafka engine.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port,...`
+    pub brokers: String,
+    /// Prefix of every topic and group name (default `hifi.`).
+    pub topic_prefix: String,
+    /// Replication factor of created topics (default 3).
+    pub replication_factor: u16,
+    /// Client settings passed to librdkafka as they are (TLS, SASL, timeouts); they
+    /// override hifi's defaults, except the ones zero loss depends on.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "hifi.".into(),
+            replication_factor: 3,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// Settings hifi will not let `[engine.client]` change: zero loss depends on them.
+const FIXED: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
+
+impl KafkaConfig {
+    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config(&[
+            // A record not delivered within this is reported failed (the append errs and
+            // the ingest answers 503) instead of hanging while the cluster is away.
+            ("message.timeout.ms", "10000"),
+            ("linger.ms", "1"),
+        ]);
+        for (k, v) in FIXED.iter().take(2) {
+            c.set(*k, *v);
+        }
+        c
+    }
+
+    fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
+        let mut c = self.client_config(&[
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "100"),
+            ("auto.offset.reset", "error"),
+            ("partition.assignment.strategy", "range"),
+        ]);
+        match group {
+            Some(g) => c.set("group.id", g),
+            // librdkafka wants a group id even for consumers that never join one.
+            None => c.set("group.id", format!("{}__reader", self.topic_prefix)),
+        };
+        for (k, v) in FIXED.iter().skip(2) {
+            c.set(*k, *v);
+        }
+        c
+    }
+}
+
+/// One partition's reader: a consumer assigned to it, and where the last read ended.
+struct Reader {
+    consumer: StreamConsumer,
+    next: Option<u64>,
+}
+
+/// A reader shared by the reads of one partition (one read at a time).
+type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
+
+/// Serves one group member's rebalances.
+struct MemberContext {
+    control: MembershipControl,
+    closing: AtomicBool,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked: BTreeSet<u32> = tpl
+                .elements()
+                .iter()
+                .map(|e| e.partition() as u32)
+                .collect();
+            let timeout = if self.closing.load(Ordering::Relaxed) {
+                Duration::ZERO
+            } else {
+                RELEASE_TIMEOUT
+            };
+            let left = self.control.revoke(&revoked, timeout);
+            if !left.is_empty() {
+                warn!(partitions = ?left, "rebalance: partitions not released in time; their in-flight work will be redone by the next owner");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                // The member only holds the assignment; readers fetch. Paused, it fetches
+                // nothing.
+                if let Err(e) = consumer.pause(tpl) {
+                    warn!(%e, "cannot pause the group member's partitions");
+                }
+                let got: BTreeSet<u32> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition() as u32)
+                    .collect();
+                info!(partitions = ?got, "rebalance: partitions assigned");
+                self.control.assign(&got);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => error!(%e, "rebalance failed"),
+        }
+    }
+}
+
+/// A group member: the consumer and the thread polling it.
+struct Member {
+    consumer: Arc<BaseConsumer<MemberContext>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The Kafka engine.
+pub struct KafkaLog {
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// For metadata, watermarks and offsets for times.
+    meta: Arc<BaseConsumer>,
+    readers: Mutex<HashMap<(String, u32), SharedReader>>,
+    members: Mutex<HashMap<String, Weak<Member>>>,
+    committers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    partition_counts: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.cfg.brokers)
+            .field("topic_prefix", &self.cfg.topic_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
+    LogError::Io {
+        context: context.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Invalid(format!("engine task failed: {e}")))?
+}
+
+impl KafkaLog {
+    /// Connects to the cluster (clients only; nothing is checked until first use — see
+    /// [`KafkaLog::check_cluster`]).
+    pub fn connect(cfg: KafkaConfig) -> Result<Self, LogError> {
+        validate_name(cfg.topic_prefix.trim_end_matches('.')).or_else(|_| {
+            if cfg.topic_prefix.is_empty() {
+                Ok(())
+            } else {
+                Err(LogError::Invalid(format!(
+                    "topic_prefix {:?} may only contain letters, digits, '.', '_' and '-'",
+                    cfg.topic_prefix
+                )))
+            }
+        })?;
+        let cfg_err = |what: &str, e: KafkaError| {
+            LogError::Invalid(format!("cannot create the Kafka {what}: {e}"))
+        };
+        let producer: FutureProducer = cfg
+            .producer_config()
+            .create()
+            .map_err(|e| cfg_err("producer", e))?;
+        let admin: AdminClient<DefaultClientContext> = cfg
+            .client_config(&[])
+            .create()
+            .map_err(|e| cfg_err("admin client", e))?;
+        let meta: BaseConsumer = cfg
+            .consumer_config(None)
+            .create()
+            .map_err(|e| cfg_err("consumer", e))?;
+        Ok(KafkaLog {
+            cfg,
+            producer,
+            admin,
+            meta: Arc::new(meta),
+            readers: Mutex::default(),
+            members: Mutex::default(),
+            committers: Mutex::default(),
+            partition_counts: Mutex::default(),
+        })
+    }
+
+    fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.cfg.topic_prefix)
+    }
+
+    /// Checks the cluster answers, and warns loudly about settings that cannot give zero
+    /// loss (replication factor < 3, `min.insync.replicas` < 2, unclean leader election)
+    /// for the given topics. Returns the warnings.
+    pub async fn check_cluster(&self, topics: &[String]) -> Result<Vec<String>, LogError> {
+        let meta = self.meta.clone();
+        let md = blocking(move || {
+            meta.fetch_metadata(None, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err("reaching the Kafka cluster", e))
+        })
+        .await?;
+        let brokers = md.brokers().len();
+        let mut warnings = Vec::new();
+        if self.cfg.replication_factor < 3 {
+            warnings.push(format!(
+                "engine.replication_factor is {}: a broker failure can lose acknowledged events (zero loss needs 3)",
+                self.cfg.replication_factor
+            ));
+        }
+        if brokers < 3 {
+            warnings.push(format!(
+                "the cluster has {brokers} broker(s): a broker failure can lose acknowledged events (zero loss needs 3 brokers, replication factor 3, min.insync.replicas 2)"
+            ));
+        }
+        let names: Vec<String> = topics.iter().map(|t| self.name(t)).collect();
+        let specs: Vec<ResourceSpecifier<'_>> =
+            names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+        match self.admin.describe_configs(&specs, &opts).await {
+            Ok(results) => {
+                for (name, r) in names.iter().zip(results) {
+                    let Ok(res) = r else { continue };
+                    let entries = res.entry_map();
+                    let value = |k: &str| entries.get(k).and_then(|e| e.value.clone());
+                    if let Some(v) = value("min.insync.replicas") {
+                        if v.parse::<u32>().unwrap_or(0) < 2 {
+                            warnings.push(format!("topic {name}: min.insync.replicas is {v}; zero loss needs 2"));
+                        }
+                    }
+                    if value("unclean.leader.election.enable").as_deref() == Some("true") {
+                        warnings.push(format!("topic {name}: unclean.leader.election.enable is true; a lagging replica can become leader and drop acknowledged events"));
+                    }
+                }
+            }
+            Err(e) => warnings.push(format!(
+                "cannot read the topics' settings to check them ({e}); make sure min.insync.replicas >= 2 and unclean leader election is off"
+            )),
+        }
+        for w in &warnings {
+            warn!("ZERO LOSS AT RISK: {w}");
+        }
+        Ok(warnings)
+    }
+
+    fn reader(&self, topic: &str, partition: u32) -> Result<SharedReader, LogError> {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = readers.get(&(topic.to_owned(), partition)) {
+            return Ok(r.clone());
+        }
+        let consumer: StreamConsumer = self
+            .cfg
+            .consumer_config(None)
+            .create()
+            .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
+        let r = Arc::new(tokio::sync::Mutex::new(Reader {
+            consumer,
+            next: None,
+        }));
+        readers.insert((topic.to_owned(), partition), r.clone());
+        Ok(r)
+    }
+
+    /// The group's member in this process, if it has one.
+    fn member(&self, group: &str) -> Option<Arc<Member>> {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.get(group).and_then(Weak::upgrade)
+    }
+
+    fn committer(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut c = self.committers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = c.get(group) {
+            return Ok(k.clone());
+        }
+        let k: BaseConsumer = self
+            .cfg
+            .consumer_config(Some(group))
+            .create()
+            .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
+        let k = Arc::new(k);
+        c.insert(group.to_owned(), k.clone());
+        Ok(k)
+    }
+
+    async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        let (meta, name) = (self.meta.clone(), self.name(topic));
+        let t = topic.to_owned();
+        blocking(move || {
+            meta.fetch_watermarks(&name, partition as i32, REQUEST_TIMEOUT)
+                .map(|(lo, hi)| (lo.max(0) as u64, hi.max(0) as u64))
+                .map_err(|e| kafka_err(format!("reading the offsets of {t}/{partition}"), e))
+        })
+        .await
+    }
+
+    async fn check_partition(&self, topic: &str, partition: u32) -> Result<(), LogError> {
+        let partitions = self.partitions(topic).await?;
+        if partition >= partitions {
+            return Err(LogError::PartitionNotFound {
+                topic: topic.to_owned(),
+                partition,
+                partitions,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn to_stored(m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| Header {
+                    name: h.key.to_owned(),
+                    value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    StoredRecord {
+        offset: m.offset() as u64,
+        record: Record {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl Log for KafkaLog {
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32, LogError> {
+        validate_name(&spec.name)?;
+        if spec.partitions == 0 || spec.partitions > 10_000 {
+            return Err(LogError::Invalid(format!(
+                "topic {:?}: partitions must be 1..=10000",
+                spec.name
+            )));
+        }
+        let name = self.name(&spec.name);
+        let retention_ms = spec
+            .retention
+            .and_then(|r| r.age)
+            .map(|a| a.as_millis().to_string());
+        let retention_bytes = spec.retention.and_then(|r| r.bytes).map(|b| b.to_string());
+        let mut new = NewTopic::new(
+            &name,
+            spec.partitions as i32,
+            TopicReplication::Fixed(self.cfg.replication_factor as i32),
+        );
+        if let Some(ms) = &retention_ms {
+            new = new.set("retention.ms", ms);
+        }
+        if let Some(b) = &retention_bytes {
+            new = new.set("retention.bytes", b);
+        }
+        let opts = AdminOptions::new()
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|e| kafka_err(format!("creating topic {name}"), e))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    info!(topic = %name, partitions = spec.partitions, replication_factor = self.cfg.replication_factor, "Kafka topic created")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(LogError::Io {
+                        context: format!(
+                            "creating topic {name} ({} partitions, replication factor {})",
+                            spec.partitions, self.cfg.replication_factor
+                        ),
+                        source: std::io::Error::other(code.to_string()),
+                    })
+                }
+            }
+        }
+        self.partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&spec.name);
+        // A topic just created may take a moment to show in metadata.
+        let mut tries = 0;
+        let existing = loop {
+            match self.partitions(&spec.name).await {
+                Err(LogError::TopicNotFound { .. }) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
+        if existing != spec.partitions {
+            return Err(LogError::PartitionCountMismatch {
+                topic: spec.name.clone(),
+                existing,
+                requested: spec.partitions,
+            });
+        }
+        Ok(existing)
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, LogError> {
+        if let Some(n) = self
+            .partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+        {
+            return Ok(*n);
+        }
+        let (meta, name) = (self.meta.clone(), self.name(topic));
+        let n = blocking(move || {
+            let md = meta
+                .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err(format!("reading metadata of {name}"), e))?;
+            let t = md.topics().iter().find(|t| t.name() == name);
+            match t {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(t.partitions().len() as u32)
+                }
+                _ => Ok(0),
+            }
+        })
+        .await?;
+        if n == 0 {
+            return Err(LogError::TopicNotFound {
+                topic: topic.to_owned(),
+            });
+        }
+        self.partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned(), n);
+        Ok(n)
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<Vec<u64>, LogError> {
+        if records.is_empty() {
+            return Err(LogError::Invalid(
+                "an append needs at least one record".into(),
+            ));
+        }
+        self.check_partition(topic, partition).await?;
+        let name = self.name(topic);
+        let mut waiting = Vec::with_capacity(records.len());
+        for r in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for h in &r.headers {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: &h.name,
+                    value: Some(&h.value),
+                });
+            }
+            let mut rec = FutureRecord::<[u8], [u8]>::to(&name)
+                .partition(partition as i32)
+                .payload(&r.value)
+                .timestamp(r.timestamp_ms)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(f) => {
+                        waiting.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_err(format!("appending to {name}/{partition}"), e))
+                    }
+                }
+            }
+        }
+        let mut offsets = Vec::with_capacity(waiting.len());
+        let mut first_error = None;
+        for f in waiting {
+            match f.await {
+                Ok(Ok(d)) => offsets.push(d.offset as u64),
+                Ok(Err((e, _))) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(KafkaError::Canceled);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(kafka_err(format!("appending to {name}/{partition}"), e));
+        }
+        Ok(offsets)
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<StoredRecord>, LogError> {
+        self.check_partition(topic, partition).await?;
+        let reader = self.reader(topic, partition)?;
+        let mut r = reader.lock().await;
+        let mut high = None;
+        if r.next != Some(from) {
+            let (start, end) = self.watermarks(topic, partition).await?;
+            if from < start || from > end {
+                return Err(LogError::OffsetOutOfRange {
+                    topic: topic.to_owned(),
+                    partition,
+                    requested: from,
+                    start,
+                    end,
+                });
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                &self.name(topic),
+                partition as i32,
+                Offset::Offset(from as i64),
+            )
+            .map_err(|e| kafka_err("positioning a reader", e))?;
+            r.consumer
+                .assign(&tpl)
+                .map_err(|e| kafka_err("positioning a reader", e))?;
+            r.next = Some(from);
+            high = Some(end);
+        }
+        // A read that may not wait still has to wait for the fetch when records exist.
+        let mut wait = limits.wait;
+        if wait.is_zero() {
+            let end = match high {
+                Some(e) => e,
+                None => self.watermarks(topic, partition).await?.1,
+            };
+            if from >= end {
+                return Ok(Vec::new());
+            }
+            wait = REQUEST_TIMEOUT;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let deadline = tokio::time::Instant::now() + wait;
+        while out.len() < limits.max_records.max(1) && (out.is_empty() || bytes < limits.max_bytes)
+        {
+            let until = if out.is_empty() {
+                deadline
+            } else {
+                tokio::time::Instant::now()
+            };
+            let m = match tokio::time::timeout_at(until, r.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+                Ok(Err(e)) => {
+                    r.next = None;
+                    if out.is_empty() {
+                        return Err(kafka_err(format!("reading {topic}/{partition}"), e));
+                    }
+                    break;
+                }
+                Ok(Ok(m)) => m,
+            };
+            let expected = from + out.len() as u64;
+            let offset = m.offset() as u64;
+            if m.partition() as u32 != partition || offset < expected {
+                continue; // left over from before a seek
+            }
+            let rec = to_stored(&m);
+            bytes += rec.record.value.len() + 64;
+            out.push(rec);
+        }
+        if let Some(last) = out.last() {
+            r.next = Some(last.offset + 1);
+        }
+        Ok(out)
+    }
+
+    async fn offsets(&self, topic: &str, partition: u32) -> Result<PartitionOffsets, LogError> {
+        self.check_partition(topic, partition).await?;
+        let (start, end) = self.watermarks(topic, partition).await?;
+        Ok(PartitionOffsets { start, end })
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), LogError> {
+        validate_name(group)?;
+        self.check_partition(topic, partition).await?;
+        let g = self.name(group);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.name(topic),
+            partition as i32,
+            Offset::Offset(offset as i64),
+        )
+        .map_err(|e| kafka_err("committing", e))?;
+        let what = format!("committing {group} at {topic}/{partition}@{offset}");
+        if let Some(m) = self.member(&g) {
+            return blocking(move || {
+                m.consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(|e| kafka_err(what, e))
+            })
+            .await;
+        }
+        let c = self.committer(&g)?;
+        blocking(move || {
+            c.commit(&tpl, CommitMode::Sync)
+                .map_err(|e| kafka_err(what, e))
+        })
+        .await
+    }
+
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError> {
+        validate_name(group)?;
+        self.check_partition(topic, partition).await?;
+        let g = self.name(group);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.name(topic), partition as i32);
+        let what = format!("reading the position of {group} at {topic}/{partition}");
+        let c = self.committer(&g)?;
+        let got = blocking(move || {
+            c.committed_offsets(tpl, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err(what, e))
+        })
+        .await?;
+        Ok(got.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o as u64),
+            _ => None,
+        }))
+    }
+
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, LogError> {
+        self.check_partition(topic, partition).await?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.name(topic),
+            partition as i32,
+            Offset::Offset(timestamp_ms),
+        )
+        .map_err(|e| kafka_err("finding an offset for a time", e))?;
+        let meta = self.meta.clone();
+        let got = blocking(move || {
+            meta.offsets_for_times(tpl, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err("finding an offset for a time", e))
+        })
+        .await?;
+        Ok(got.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o as u64),
+            _ => None,
+        }))
+    }
+
+    async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
+        validate_name(group)?;
+        self.partitions(topic).await?;
+        let g = self.name(group);
+        let (membership, control) = Membership::dynamic();
+        let ctx = MemberContext {
+            control,
+            closing: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<MemberContext> = self
+            .cfg
+            .consumer_config(Some(&g))
+            .create_with_context(ctx)
+            .map_err(|e| kafka_err("creating a Kafka group member", e))?;
+        consumer
+            .subscribe(&[&self.name(topic)])
+            .map_err(|e| kafka_err(format!("joining group {g}"), e))?;
+        let consumer = Arc::new(consumer);
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (consumer, stop, g) = (consumer.clone(), stop.clone(), g.clone());
+            std::thread::Builder::new()
+                .name(format!("kafka-member-{group}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Serves rebalances; the partitions are paused, so no messages.
+                        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                            warn!(group = %g, %e, "group member");
+                        }
+                    }
+                    consumer.unsubscribe();
+                })
+                .map_err(|e| LogError::Io {
+                    context: "starting a group member thread".into(),
+                    source: e,
+                })?;
+        }
+        let member = Arc::new(Member { consumer, stop });
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(g, Arc::downgrade(&member));
+        Ok(membership.holding(Box::new(member)))
+    }
+}

@@ -1,0 +1,233 @@
+//! The engine conformance suite: what every [`Log`] must do, whatever stores it.
+//!
+//! Each check takes an [`Engine`] — something that opens the same storage again, as a
+//! restarted process would — and panics with a message on the first thing that does not
+//! hold. The embedded engine runs the suite in `crates/log/tests/conformance.rs`, the
+//! Kafka engine in `crates/kafka/tests/conformance.rs` against a real broker. Checks of
+//! one engine's own machinery (segments, checksums, torn tails) live beside that engine.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a test suite fails loudly
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{Header, Log, LogError, ReadLimits, Record, StoredRecord, TopicSpec};
+
+/// Opens the storage under test.
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync {
+    /// An engine instance on the storage (a new process after the previous one stopped).
+    async fn open(&self) -> Arc<dyn Log>;
+    /// Stops an instance cleanly before the next [`Engine::open`].
+    async fn close(&self, log: Arc<dyn Log>);
+}
+
+/// Runs every check, each on its own topics.
+pub async fn run_all(engine: &dyn Engine) {
+    durable_at_ack_and_read_your_writes(engine).await;
+    long_poll_wakes_on_append(engine).await;
+    committed_positions_survive_restart(engine).await;
+    offset_for_time(engine).await;
+    errors_name_what_is_wrong(engine).await;
+    one_member_owns_every_partition(engine).await;
+}
+
+fn record(i: u64) -> Record {
+    Record {
+        key: i.is_multiple_of(3).then(|| format!("k{i}").into_bytes()),
+        value: format!("value {i} {}", "x".repeat((i % 50) as usize)).into_bytes(),
+        headers: vec![Header {
+            name: "id".into(),
+            value: i.to_le_bytes().to_vec(),
+        }],
+        timestamp_ms: 1_700_000_000_000 + i as i64,
+    }
+}
+
+async fn read_all(log: &dyn Log, topic: &str, partition: u32) -> Vec<StoredRecord> {
+    let mut out = Vec::new();
+    crate::read_to_end(log, topic, partition, 0, |r| out.push(r))
+        .await
+        .unwrap();
+    out
+}
+
+/// Appends are acknowledged with increasing offsets, read back identical (key, value,
+/// headers, timestamp) by the same and by a restarted instance; partitions are isolated.
+pub async fn durable_at_ack_and_read_your_writes(engine: &dyn Engine) {
+    let log = engine.open().await;
+    assert_eq!(
+        log.ensure_topic(&TopicSpec::new("events", 2))
+            .await
+            .unwrap(),
+        2
+    );
+    let mut expected = Vec::new();
+    let mut last = None;
+    for chunk in 0..20u64 {
+        let recs: Vec<Record> = (chunk * 7..chunk * 7 + 7).map(record).collect();
+        let offsets = log.append("events", 1, recs.clone()).await.unwrap();
+        assert_eq!(offsets.len(), 7, "one offset per record");
+        for o in &offsets {
+            assert!(last < Some(*o), "offsets increase: {last:?} then {o}");
+            last = Some(*o);
+        }
+        expected.extend(offsets.into_iter().zip(recs));
+    }
+    let check = |got: Vec<StoredRecord>| {
+        let got: Vec<(u64, Record)> = got.into_iter().map(|r| (r.offset, r.record)).collect();
+        assert_eq!(got.len(), expected.len());
+        assert!(
+            got == expected,
+            "records read back differ from those appended"
+        );
+    };
+    check(read_all(log.as_ref(), "events", 1).await);
+    let other = log.offsets("events", 0).await.unwrap();
+    assert_eq!(other.end, other.start, "partition 0 got nothing");
+    engine.close(log).await;
+
+    let log = engine.open().await;
+    check(read_all(log.as_ref(), "events", 1).await);
+    let next = log.append("events", 1, vec![record(999)]).await.unwrap();
+    assert!(next[0] > last.unwrap(), "after a restart offsets go on");
+    engine.close(log).await;
+}
+
+/// A read parked at the end wakes when a record arrives; a wait with nothing to read ends
+/// empty at its deadline.
+pub async fn long_poll_wakes_on_append(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("poll", 1)).await.unwrap();
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let limits = ReadLimits {
+                wait: Duration::from_secs(30),
+                ..ReadLimits::default()
+            };
+            let started = Instant::now();
+            let got = log.read("poll", 0, 0, limits).await.unwrap();
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    log.append("poll", 0, vec![record(1)]).await.unwrap();
+    let (got, waited) = reader.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke on append, not on timeout ({waited:?})"
+    );
+    let limits = ReadLimits {
+        wait: Duration::from_millis(300),
+        ..ReadLimits::default()
+    };
+    let started = Instant::now();
+    assert!(log.read("poll", 0, 1, limits).await.unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250), "waited");
+    engine.close(log).await;
+}
+
+/// Commits are per group, topic and partition, the last one wins, and they survive a
+/// restart.
+pub async fn committed_positions_survive_restart(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("ca", 2)).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("cb", 1)).await.unwrap();
+    assert_eq!(log.committed("g1", "ca", 0).await.unwrap(), None);
+    for i in 0..20u64 {
+        log.commit("g1", "ca", (i % 2) as u32, i).await.unwrap();
+    }
+    log.commit("g2", "cb", 0, 7).await.unwrap();
+    engine.close(log).await;
+
+    let log = engine.open().await;
+    assert_eq!(log.committed("g1", "ca", 0).await.unwrap(), Some(18));
+    assert_eq!(log.committed("g1", "ca", 1).await.unwrap(), Some(19));
+    assert_eq!(log.committed("g2", "cb", 0).await.unwrap(), Some(7));
+    assert_eq!(log.committed("g2", "ca", 0).await.unwrap(), None);
+    assert!(matches!(
+        log.commit("g1", "nope", 0, 1).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        log.commit("bad/name", "ca", 0, 1).await,
+        Err(LogError::InvalidName { .. })
+    ));
+    engine.close(log).await;
+}
+
+/// The first offset whose timestamp is at or after a time.
+pub async fn offset_for_time(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("times", 1)).await.unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..10i64 {
+        let r = Record::new(format!("at {i}"), 1_000_000 + i * 1000);
+        offsets.extend(log.append("times", 0, vec![r]).await.unwrap());
+    }
+    let at = |ms| log.offset_for_time("times", 0, ms);
+    assert_eq!(at(0).await.unwrap(), Some(offsets[0]), "before the first");
+    assert_eq!(at(1_000_000).await.unwrap(), Some(offsets[0]), "exactly");
+    assert_eq!(at(1_004_500).await.unwrap(), Some(offsets[5]), "between");
+    assert_eq!(at(1_009_000).await.unwrap(), Some(offsets[9]), "the last");
+    assert_eq!(at(1_009_001).await.unwrap(), None, "after the last");
+    engine.close(log).await;
+}
+
+/// Missing topics and partitions, empty appends, reads out of range and partition-count
+/// clashes are errors that say so.
+pub async fn errors_name_what_is_wrong(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("errs", 2)).await.unwrap();
+    assert!(matches!(
+        log.append("missing", 0, vec![record(1)]).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        log.append("errs", 2, vec![record(1)]).await,
+        Err(LogError::PartitionNotFound { partitions: 2, .. })
+    ));
+    assert!(matches!(
+        log.append("errs", 0, vec![]).await,
+        Err(LogError::Invalid(_))
+    ));
+    assert!(matches!(
+        log.read("missing", 0, 0, ReadLimits::default()).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    let appended = log.append("errs", 0, vec![record(1)]).await.unwrap();
+    assert!(matches!(
+        log.read("errs", 0, appended[0] + 100, ReadLimits::default())
+            .await,
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        log.ensure_topic(&TopicSpec::new("errs", 3)).await,
+        Err(LogError::PartitionCountMismatch {
+            existing: 2,
+            requested: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        log.ensure_topic(&TopicSpec::new("no/slash", 1)).await,
+        Err(LogError::InvalidName { .. })
+    ));
+    engine.close(log).await;
+}
+
+/// A group with one member owns every partition.
+pub async fn one_member_owns_every_partition(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("owned", 3)).await.unwrap();
+    let mut m = log.join("solo", "owned").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while m.owned().len() < 3 && Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(200), m.changed()).await;
+    }
+    assert_eq!(m.owned(), BTreeSet::from([0, 1, 2]));
+    drop(m);
+    engine.close(log).await;
+}
