@@ -79,6 +79,44 @@ impl LagSet {
         self.lag_out.len()
     }
 
+    /// Adds another set's counts.
+    pub fn add(&mut self, other: &LagSet) {
+        let _ = self.lag_in.add(&other.lag_in);
+        let _ = self.lag_out.add(&other.lag_out);
+        let _ = self.process.add(&other.process);
+    }
+
+    /// The counts as `{"lag_in": [[µs, count], ...], "lag_out": .., "process": ..}` (a
+    /// few hundred pairs at most: the histograms keep 2 significant digits).
+    pub fn encode(&self) -> serde_json::Value {
+        let pairs = |h: &Histogram<u64>| {
+            h.iter_recorded()
+                .map(|v| [v.value_iterated_to(), v.count_at_value()])
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "lag_in": pairs(&self.lag_in),
+            "lag_out": pairs(&self.lag_out),
+            "process": pairs(&self.process),
+        })
+    }
+
+    /// Reads [`LagSet::encode`]'s form; `None` if it is not that.
+    pub fn decode(v: &serde_json::Value) -> Option<LagSet> {
+        let mut set = LagSet::default();
+        for (name, h) in [
+            ("lag_in", &mut set.lag_in),
+            ("lag_out", &mut set.lag_out),
+            ("process", &mut set.process),
+        ] {
+            for pair in v.get(name)?.as_array()? {
+                let (value, count) = (pair.get(0)?.as_u64()?, pair.get(1)?.as_u64()?);
+                h.saturating_record_n(value.max(1), count);
+            }
+        }
+        Some(set)
+    }
+
     /// Percentiles of the three.
     pub fn summary(&self) -> LagSummary {
         LagSummary {
@@ -120,6 +158,9 @@ pub struct LagRecorder {
     closed: VecDeque<WindowSummary>,
     /// Events whose event time was after their arrival (clamped).
     pub skewed_events: u64,
+    /// What was recorded since the last [`LagRecorder::take_outbox`], when this node's
+    /// lag is shared with other processes.
+    outbox: Option<LagSet>,
 }
 
 impl LagRecorder {
@@ -138,6 +179,9 @@ impl LagRecorder {
             (departure_us - arrival_us) as u64,
         );
         self.cumulative.record(lag_in, lag_out, process);
+        if let Some(o) = &mut self.outbox {
+            o.record(lag_in, lag_out, process);
+        }
         let window = (departure_us / 1000).div_euclid(WINDOW_MS) * WINDOW_MS;
         self.roll(window);
         if let Some((_, set)) = &mut self.current {
@@ -162,6 +206,29 @@ impl LagRecorder {
                 self.current = Some((window, LagSet::default()));
             }
             None => self.current = Some((window, LagSet::default())),
+        }
+    }
+
+    /// Starts keeping what is recorded for [`LagRecorder::take_outbox`].
+    pub fn share(&mut self) {
+        self.outbox.get_or_insert_with(LagSet::default);
+    }
+
+    /// What was recorded since the last call (sharing only; `None` when nothing was).
+    pub fn take_outbox(&mut self) -> Option<LagSet> {
+        let o = self.outbox.as_mut()?;
+        if o.events() == 0 {
+            return None;
+        }
+        Some(std::mem::take(o))
+    }
+
+    /// Adds lag another process recorded for this node, at `now_ms`.
+    pub fn add_remote(&mut self, set: &LagSet, now_ms: i64) {
+        self.cumulative.add(set);
+        self.roll(now_ms);
+        if let Some((_, w)) = &mut self.current {
+            w.add(set);
         }
     }
 

@@ -48,6 +48,8 @@ pub use tally::{Origin, Outcome};
 pub const JOURNAL_TOPIC: &str = "__ledger";
 /// Internal topic keeping settled loss tables.
 pub const SETTLED_TOPIC: &str = "__ledger_settled";
+/// Internal topic carrying lag histograms between processes sharing the engine.
+pub const LAG_TOPIC: &str = "__ledger_lag";
 /// Lost origins kept per settled bucket (beyond it only counts are kept).
 pub const LOST_LIST_MAX: usize = 10_000;
 
@@ -202,6 +204,10 @@ pub struct Ledger {
     journal_gate: tokio::sync::RwLock<()>,
     /// The next journal offset [`Ledger::follow_journal`] reads.
     journal_read: tokio::sync::Mutex<u64>,
+    /// This process, in [`LAG_TOPIC`] records.
+    process_id: u64,
+    /// The next [`LAG_TOPIC`] offset [`Ledger::share_lag`] reads.
+    lag_read: tokio::sync::Mutex<u64>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -252,7 +258,26 @@ impl Ledger {
             alarms: broadcast::channel(64).0,
             journal_gate: tokio::sync::RwLock::new(()),
             journal_read: tokio::sync::Mutex::new(0),
+            process_id: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()) << 32,
+            lag_read: tokio::sync::Mutex::new(0),
         });
+        if ledger.cfg.follow_journal {
+            let lag_topic = TopicSpec {
+                retention: Some(Retention {
+                    age: Some(Duration::from_secs(3600)),
+                    bytes: None,
+                }),
+                ..TopicSpec::new(LAG_TOPIC, 1)
+            };
+            ledger.log.ensure_topic(&lag_topic).await?;
+            *ledger.lag_read.lock().await = ledger.log.offsets(LAG_TOPIC, 0).await?.end;
+            for rec in ledger.lag.values() {
+                rec.lock().unwrap_or_else(|p| p.into_inner()).share();
+            }
+        }
         ledger.load().await?;
         Ok(ledger)
     }
@@ -334,6 +359,49 @@ impl Ledger {
         Ok(merged)
     }
 
+    /// Publishes the lag this process recorded since the last call on [`LAG_TOPIC`] and
+    /// adds what other processes published, so every process shows every node's lag.
+    async fn share_lag(&self) -> Result<(), LogError> {
+        let now = self.clock.now_ms();
+        let mut records = Vec::new();
+        for (node, rec) in &self.lag {
+            let out = rec.lock().unwrap_or_else(|p| p.into_inner()).take_outbox();
+            if let Some(set) = out {
+                let v = serde_json::json!({"process": self.process_id, "node": node, "lag": set.encode()});
+                records.push(Record::new(v.to_string(), now));
+            }
+        }
+        if !records.is_empty() {
+            // A sample lost to an error here only leaves other processes' lag views short.
+            self.log.append(LAG_TOPIC, 0, records).await?;
+        }
+        let mut read = self.lag_read.lock().await;
+        let mut remote = Vec::new();
+        let mut next = *read;
+        hifi_log::read_to_end(self.log.as_ref(), LAG_TOPIC, 0, *read, |r| {
+            next = r.offset + 1;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.record.value) else {
+                return;
+            };
+            if v["process"].as_u64() == Some(self.process_id) {
+                return;
+            }
+            if let (Some(node), Some(set)) = (v["node"].as_str(), lag::LagSet::decode(&v["lag"])) {
+                remote.push((node.to_owned(), set));
+            }
+        })
+        .await?;
+        *read = next;
+        for (node, set) in remote {
+            if let Some(rec) = self.lag.get(&node) {
+                rec.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_remote(&set, now);
+            }
+        }
+        Ok(())
+    }
+
     /// A handle for one node.
     pub fn node(self: &Arc<Self>, name: &str) -> NodeLedger {
         NodeLedger {
@@ -378,7 +446,19 @@ impl Ledger {
     /// table, raises alarms, drops its bitmaps. Call it periodically (the runtime does,
     /// every second).
     pub async fn tick(&self) -> Result<(), LogError> {
+        if self.cfg.follow_journal {
+            if let Err(e) = self.share_lag().await {
+                warn!(%e, "cannot share lag with the other processes; retrying");
+            }
+        }
         let _exclusive = self.journal_gate.write().await;
+        // Flushes of this process are excluded while this runs, so the journal end cannot
+        // move but by other processes sharing the engine; their entries below it are
+        // merged before anything settles.
+        let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+        if self.cfg.follow_journal {
+            self.follow_journal(journal_end).await?;
+        }
         let now = self.clock.now_ms();
         let due: Vec<i64> = {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -389,13 +469,6 @@ impl Ledger {
                 .map(|(k, _)| *k)
                 .collect()
         };
-        // Flushes of this process are excluded while this runs, so the journal end cannot
-        // move but by other processes sharing the engine; their entries below it are
-        // merged before anything settles.
-        let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
-        if self.cfg.follow_journal {
-            self.follow_journal(journal_end).await?;
-        }
         for bucket in due {
             let (table, previous) = {
                 let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
