@@ -293,8 +293,9 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &format!("sqlite://{}", self.db.display()),
+                "sqlite://tansu.db", // relative to the working directory
             ])
+            .current_dir(self.db.parent().unwrap())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

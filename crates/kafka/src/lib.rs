@@ -768,10 +768,25 @@ impl Log for KafkaLog {
                 .map_err(|e| kafka_err("finding an offset for a time", e))
         })
         .await?;
-        Ok(got.elements().first().and_then(|e| match e.offset() {
+        let Some(found) = got.elements().first().and_then(|e| match e.offset() {
             Offset::Offset(o) if o >= 0 => Some(o as u64),
             _ => None,
-        }))
+        }) else {
+            return Ok(None);
+        };
+        // Some brokers (tansu 0.6) answer offset 0 instead of "none" when every record is
+        // older: check the record found really is at or after the time.
+        let limits = ReadLimits {
+            max_records: 1,
+            max_bytes: 1,
+            wait: Duration::ZERO,
+        };
+        let first = self.read(topic, partition, found, limits).await;
+        match first.as_deref() {
+            Ok([r, ..]) if r.record.timestamp_ms >= timestamp_ms => Ok(Some(found)),
+            Ok(_) | Err(LogError::OffsetOutOfRange { .. }) => Ok(None),
+            Err(_) => Ok(Some(found)),
+        }
     }
 
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
