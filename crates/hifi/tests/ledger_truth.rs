@@ -103,7 +103,7 @@ async fn injected_loss_is_found_exactly_at_the_node_that_lost_it() {
             .any(|l| l.starts_with("hifi_ledger_loss_alarms_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
-    assert!(std::fs::read_to_string(dir.path().join("hifi.stderr"))
+    assert!(std::fs::read_to_string(&proc.log)
         .unwrap()
         .contains("LOSS ALARM"));
     proc.sigterm(Duration::from_secs(20));
@@ -158,7 +158,7 @@ async fn an_event_a_transform_grows_past_the_record_limit_is_reported_lost_at_th
     let buckets = settled_buckets(admin, Duration::from_secs(30)).await;
     assert_eq!(node_sum(&buckets, "clean", "lost"), 3, "{buckets:?}");
     assert_eq!(node_sum(&buckets, "out", "delivered"), 5);
-    assert!(std::fs::read_to_string(dir.path().join("hifi.stderr"))
+    assert!(std::fs::read_to_string(&proc.log)
         .unwrap()
         .contains("LOST at this stage"));
     assert!(received_ids(&record)

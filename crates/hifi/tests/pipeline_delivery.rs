@@ -41,7 +41,7 @@ async fn events_wait_through_a_receiver_outage_then_all_arrive() {
         ids.extend(batch);
     }
     // The sink is failing now: the scenario is real.
-    let stderr = dir.path().join("hifi.stderr");
+    let stderr = proc.log.clone();
     assert!(
         wait_until(Duration::from_secs(10), || std::fs::read_to_string(&stderr)
             .unwrap_or_default()

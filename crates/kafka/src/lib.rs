@@ -39,7 +39,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
@@ -116,7 +116,9 @@ impl KafkaConfig {
             ("partition.assignment.strategy", "range"),
         ]);
         match group {
-            Some(g) => c.set("group.id", g),
+            // Group members and committers never fetch (a member's partitions are
+            // paused): "error" would only log a reset error for every new partition.
+            Some(g) => c.set("group.id", g).set("auto.offset.reset", "latest"),
             // librdkafka wants a group id even for consumers that never join one.
             None => c.set("group.id", format!("{}__reader", self.topic_prefix)),
         };
@@ -205,7 +207,8 @@ impl Drop for Member {
 /// The Kafka engine.
 pub struct KafkaLog {
     cfg: KafkaConfig,
-    producer: FutureProducer,
+    /// Replaced when librdkafka declares it fatally failed (see [`KafkaLog::producer`]).
+    producer: Mutex<Arc<FutureProducer>>,
     admin: AdminClient<DefaultClientContext>,
     /// For metadata, watermarks and offsets for times.
     meta: Arc<BaseConsumer>,
@@ -270,7 +273,7 @@ impl KafkaLog {
             .map_err(|e| cfg_err("consumer", e))?;
         Ok(KafkaLog {
             cfg,
-            producer,
+            producer: Mutex::new(Arc::new(producer)),
             admin,
             meta: Arc::new(meta),
             readers: Mutex::default(),
@@ -278,6 +281,25 @@ impl KafkaLog {
             committers: Mutex::default(),
             partition_counts: Mutex::default(),
         })
+    }
+
+    /// The producer appends use. An idempotent producer can fail fatally (librdkafka
+    /// gives up on it, for example when a broker restarted without the producer's state
+    /// and its sequence numbers no longer line up); every later send would then fail.
+    /// Such a producer is replaced by a new one, with a new producer id. Nothing is lost:
+    /// the appends that failed were never acknowledged, and their producers retry them.
+    fn producer(&self) -> Result<Arc<FutureProducer>, LogError> {
+        let mut p = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fatal) = p.client().fatal_error() {
+            error!(error = ?fatal, "the Kafka producer failed fatally; starting a new one");
+            *p = Arc::new(
+                self.cfg
+                    .producer_config()
+                    .create()
+                    .map_err(|e| kafka_err("creating a new Kafka producer", e))?,
+            );
+        }
+        Ok(p.clone())
     }
 
     fn name(&self, topic: &str) -> String {
@@ -548,6 +570,7 @@ impl Log for KafkaLog {
         }
         self.check_partition(topic, partition).await?;
         let name = self.name(topic);
+        let producer = self.producer()?;
         let mut waiting = Vec::with_capacity(records.len());
         for r in &records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -566,7 +589,7 @@ impl Log for KafkaLog {
                 rec = rec.key(k.as_slice());
             }
             loop {
-                match self.producer.send_result(rec) {
+                match producer.send_result(rec) {
                     Ok(f) => {
                         waiting.push(f);
                         break;

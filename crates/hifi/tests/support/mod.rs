@@ -17,20 +17,29 @@ pub struct Proc {
     /// "source api" → addr, "admin" → addr, "receiver" → addr.
     pub addrs: HashMap<String, SocketAddr>,
     pub stdout_rest: std::sync::mpsc::Receiver<String>,
+    /// Its stderr (the log), in the test's directory.
+    pub log: PathBuf,
 }
 
 impl Proc {
     /// Starts `hifi ARGS` and waits until it printed `ready_line_prefix`.
     pub fn start(args: &[&str], ready_prefix: &str, dir: &Path) -> Proc {
+        // One log per process: `hifi-1.stderr`, `hifi-2.stderr`, ... in start order.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let log_path = dir.join(format!("hifi-{n}.stderr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("hifi.stderr"))
+            .open(&log_path)
             .unwrap();
         let mut child = Command::new(HIFI)
             .args(args)
             .current_dir(dir)
-            .env("HIFI_LOG", "warn")
+            .env(
+                "HIFI_LOG",
+                std::env::var("HIFI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -53,7 +62,7 @@ impl Proc {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    let err = std::fs::read_to_string(dir.join("hifi.stderr")).unwrap_or_default();
+                    let err = std::fs::read_to_string(&log_path).unwrap_or_default();
                     panic!("hifi {args:?} did not start within 30 s; stderr:\n{err}");
                 }
             };
@@ -68,6 +77,7 @@ impl Proc {
             child,
             addrs,
             stdout_rest: rx,
+            log: log_path,
         }
     }
 
@@ -119,6 +129,21 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A test's directory, removed afterwards unless `HIFI_TEST_KEEP=1` (then its path is
+/// printed, with the processes' `hifi-N.stderr`; `HIFI_TEST_LOG=info` makes that verbose).
+pub fn test_dir() -> tempfile::TempDir {
+    let keep = std::env::var("HIFI_TEST_KEEP").as_deref() == Ok("1");
+    let dir = tempfile::Builder::new()
+        .prefix("hifi-test")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        eprintln!("test directory kept: {}", dir.path().display());
+    }
+    dir
 }
 
 /// "source api: POST http://127.0.0.1:1234/v1/events" → ("source api", addr);
