@@ -634,7 +634,11 @@ impl Log for KafkaLog {
         let reader = self.reader(topic, partition)?;
         let mut r = reader.lock().await;
         let mut high = None;
-        if r.next != Some(from) {
+        // Until this read returns, the consumer's position is unknown to the next one: a
+        // read cancelled midway (its caller stopped waiting) may have taken records off
+        // the consumer's queue, and the next read must seek rather than skip them.
+        let positioned = r.next.take() == Some(from);
+        if !positioned {
             let (start, end) = self.watermarks(topic, partition).await?;
             if from < start || from > end {
                 return Err(LogError::OffsetOutOfRange {
@@ -655,7 +659,6 @@ impl Log for KafkaLog {
             r.consumer
                 .assign(&tpl)
                 .map_err(|e| kafka_err("positioning a reader", e))?;
-            r.next = Some(from);
             high = Some(end);
         }
         // A read that may not wait still has to wait for the fetch when records exist.
@@ -666,6 +669,7 @@ impl Log for KafkaLog {
                 None => self.watermarks(topic, partition).await?.1,
             };
             if from >= end {
+                r.next = Some(from);
                 return Ok(Vec::new());
             }
             wait = REQUEST_TIMEOUT;
@@ -683,16 +687,14 @@ impl Log for KafkaLog {
             let m = match tokio::time::timeout_at(until, r.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(KafkaError::PartitionEOF(_))) => continue,
-                Ok(Err(e)) => {
-                    r.next = None;
-                    if out.is_empty() {
-                        return Err(kafka_err(format!("reading {topic}/{partition}"), e));
-                    }
-                    break;
+                // The position is unknown after an error: the next read seeks.
+                Ok(Err(e)) if out.is_empty() => {
+                    return Err(kafka_err(format!("reading {topic}/{partition}"), e));
                 }
+                Ok(Err(_)) => return Ok(out),
                 Ok(Ok(m)) => m,
             };
-            let expected = from + out.len() as u64;
+            let expected = out.last().map_or(from, |last| last.offset + 1);
             let offset = m.offset() as u64;
             if m.partition() as u32 != partition || offset < expected {
                 continue; // left over from before a seek
@@ -701,9 +703,7 @@ impl Log for KafkaLog {
             bytes += rec.record.value.len() + 64;
             out.push(rec);
         }
-        if let Some(last) = out.last() {
-            r.next = Some(last.offset + 1);
-        }
+        r.next = Some(out.last().map_or(from, |last| last.offset + 1));
         Ok(out)
     }
 

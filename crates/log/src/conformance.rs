@@ -26,6 +26,7 @@ pub trait Engine: Send + Sync {
 pub async fn run_all(engine: &dyn Engine) {
     durable_at_ack_and_read_your_writes(engine).await;
     long_poll_wakes_on_append(engine).await;
+    cancelled_reads_skip_nothing(engine).await;
     committed_positions_survive_restart(engine).await;
     offset_for_time(engine).await;
     errors_name_what_is_wrong(engine).await;
@@ -126,6 +127,68 @@ pub async fn long_poll_wakes_on_append(engine: &dyn Engine) {
     let started = Instant::now();
     assert!(log.read("poll", 0, 1, limits).await.unwrap().is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250), "waited");
+    engine.close(log).await;
+}
+
+/// A read whose caller stops waiting (its future dropped midway, as a revoked partition's
+/// reader is) takes nothing away from the next read: reading again from the same offset
+/// returns the records from exactly there. Large reads matter: a read may give way
+/// (tokio's cooperative budget) with records already taken, and be dropped right then.
+pub async fn cancelled_reads_skip_nothing(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("cancel", 1))
+        .await
+        .unwrap();
+    const N: u64 = 3000;
+    for chunk in 0..N / 500 {
+        let recs = (chunk * 500..chunk * 500 + 500).map(record).collect();
+        log.append("cancel", 0, recs).await.unwrap();
+    }
+    let limits = ReadLimits {
+        max_records: 300,
+        wait: Duration::from_millis(500),
+        ..ReadLimits::default()
+    };
+    let (mut from, mut round) = (0u64, 0u64);
+    while from < N {
+        // Alternately: dropped when its task's budget runs out (the read gives way in
+        // the middle of taking records), and dropped after 0 to 6 ms.
+        round += 1;
+        let budget_spent = std::future::poll_fn(|_| {
+            if tokio::task::coop::has_budget_remaining() {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        });
+        let cancel_after = Duration::from_micros((round % 31) * 200);
+        if round % 2 == 0 {
+            tokio::select! {
+                biased;
+                _ = log.read("cancel", 0, from, limits) => {}
+                () = budget_spent => {}
+            }
+        } else {
+            let _ = tokio::time::timeout(cancel_after, log.read("cancel", 0, from, limits)).await;
+        }
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            // An empty answer only means the wait ended first.
+            got = log.read("cancel", 0, from, limits).await.unwrap();
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            got.first().map(|r| r.offset),
+            Some(from),
+            "after a cancelled read (round {round}), a read from {from} must start there"
+        );
+        for pair in got.windows(2) {
+            assert_eq!(pair[1].offset, pair[0].offset + 1, "no record skipped");
+        }
+        from = got.last().unwrap().offset + 1;
+    }
     engine.close(log).await;
 }
 

@@ -310,7 +310,12 @@ pub async fn start_position(
                 "committed position is past the end of the topic (was the data directory replaced?); starting at the end");
             offsets.end
         }
-        Some(pos) => pos.max(offsets.start),
+        Some(pos) if pos < offsets.start => {
+            error!(group, topic, partition = p, committed = pos, start = offsets.start,
+                "records after the committed position were deleted (retention) before this group read them; starting at the oldest record left (those events are lost)");
+            offsets.start
+        }
+        Some(pos) => pos,
         None => offsets.start,
     })
 }
