@@ -102,5 +102,7 @@ pub async fn run(a: ReceiverArgs) -> Result<ExitCode> {
         "received {} events ({} distinct, {} duplicates) in {} requests",
         s.received, s.distinct, s.duplicates, s.requests
     );
+    let (p50, p95, max) = receiver.handling_us();
+    println!("handling time per answered request (arrival to answer): p50 {p50} µs, p95 {p95} µs, max {max} µs");
     Ok(ExitCode::SUCCESS)
 }

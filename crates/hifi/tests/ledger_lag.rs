@@ -53,12 +53,24 @@ async fn the_ledgers_e2e_lag_agrees_with_the_receivers_measurement() {
         .collect();
     delays.sort_unstable_by(f64::total_cmp);
     let receiver_p95 = delays[delays.len() * 95 / 100];
-    eprintln!("E2E p95: ledger {ledger_p95:.2} ms, receiver {receiver_p95:.2} ms");
-    let diff = (ledger_p95 - receiver_p95).abs();
-    assert!(
-        diff <= 2.0 || diff <= 0.05 * receiver_p95,
-        "ledger {ledger_p95} vs receiver {receiver_p95}"
-    );
     proc.sigterm(Duration::from_secs(20));
-    receiver.sigterm(Duration::from_secs(10));
+    // The receiver times an event when its request arrives; the ledger when the sink has
+    // the answer, which is the receiver's handling time (it measures that too) later.
+    let (_, out) = receiver.sigterm(Duration::from_secs(10));
+    let handling_p95 = out
+        .iter()
+        .find_map(|l| l.strip_prefix("handling time per answered request"))
+        .and_then(|l| l.split("p95 ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|us| us.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .unwrap_or_else(|| panic!("no handling time in the receiver's summary: {out:?}"));
+    eprintln!(
+        "E2E p95: ledger {ledger_p95:.2} ms, receiver {receiver_p95:.2} ms (its handling p95 {handling_p95:.2} ms)"
+    );
+    let allowed = 2.0_f64.max(0.05 * receiver_p95);
+    assert!(
+        ledger_p95 >= receiver_p95 - allowed && ledger_p95 <= receiver_p95 + allowed + handling_p95,
+        "ledger {ledger_p95} vs receiver {receiver_p95} (+ handling {handling_p95})"
+    );
 }

@@ -48,6 +48,8 @@ struct Inner {
     summary: ReceiverSummary,
     /// Receive time − event time (ms) since the last [`Receiver::take_delays`].
     delays: hdrhistogram::Histogram<u64>,
+    /// Per answered request: arrival to answer (µs), all run long.
+    handling_us: hdrhistogram::Histogram<u64>,
 }
 
 /// Percentiles of receive time − event time, in milliseconds (recorded up to 24 h;
@@ -117,6 +119,8 @@ impl Receiver {
                 summary: ReceiverSummary::default(),
                 delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
                     .expect("valid bounds"),
+                handling_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid bounds"),
             })),
             failures: Arc::new(Mutex::new(
                 if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
@@ -138,6 +142,15 @@ impl Receiver {
     /// The counts so far.
     pub fn summary(&self) -> ReceiverSummary {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).summary
+    }
+
+    /// How long answered requests took from arrival to answer (µs): (p50, p95, max).
+    /// A sender that times deliveries by the answer sees each event this much later than
+    /// the receive time recorded for it.
+    pub fn handling_us(&self) -> (u64, u64, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &inner.handling_us;
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.95), h.max())
     }
 
     /// Delay percentiles since the last call, and a fresh start.
@@ -294,6 +307,9 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     for d in delays {
         inner.delays.saturating_record(d);
     }
+    inner
+        .handling_us
+        .saturating_record(now_us().saturating_sub(received_at_us).max(1) as u64);
     (
         StatusCode::OK,
         axum::Json(serde_json::json!({ "received": events.len() })),
