@@ -676,6 +676,7 @@ impl Log for KafkaLog {
         }
         let mut out = Vec::new();
         let mut bytes = 0;
+        let mut reseeked = false;
         let deadline = tokio::time::Instant::now() + wait;
         while out.len() < limits.max_records.max(1) && (out.is_empty() || bytes < limits.max_bytes)
         {
@@ -698,6 +699,30 @@ impl Log for KafkaLog {
             let offset = m.offset() as u64;
             if m.partition() as u32 != partition || offset < expected {
                 continue; // left over from before a seek
+            }
+            if offset > expected && !reseeked {
+                // hifi's topics have no gaps (no transactions, no compaction): a record
+                // after a gap means the consumer is not where this read thinks. Seek once
+                // to where it should be; a gap that is still there is real.
+                warn!(
+                    topic,
+                    partition,
+                    expected,
+                    got = offset,
+                    "reader skipped records; seeking back"
+                );
+                reseeked = true;
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(
+                    &self.name(topic),
+                    partition as i32,
+                    Offset::Offset(expected as i64),
+                )
+                .map_err(|e| kafka_err("positioning a reader", e))?;
+                r.consumer
+                    .assign(&tpl)
+                    .map_err(|e| kafka_err("positioning a reader", e))?;
+                continue;
             }
             let rec = to_stored(&m);
             bytes += rec.record.value.len() + 64;
