@@ -302,6 +302,20 @@ impl KafkaLog {
         Ok(p.clone())
     }
 
+    /// Points a partition's reader at `offset` (the next record it returns).
+    fn seek(&self, r: &Reader, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.name(topic),
+            partition as i32,
+            Offset::Offset(offset as i64),
+        )
+        .map_err(|e| kafka_err("positioning a reader", e))?;
+        r.consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err("positioning a reader", e))
+    }
+
     fn name(&self, topic: &str) -> String {
         format!("{}{topic}", self.cfg.topic_prefix)
     }
@@ -649,16 +663,7 @@ impl Log for KafkaLog {
                     end,
                 });
             }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(
-                &self.name(topic),
-                partition as i32,
-                Offset::Offset(from as i64),
-            )
-            .map_err(|e| kafka_err("positioning a reader", e))?;
-            r.consumer
-                .assign(&tpl)
-                .map_err(|e| kafka_err("positioning a reader", e))?;
+            self.seek(&r, topic, partition, from)?;
             high = Some(end);
         }
         // A read that may not wait still has to wait for the fetch when records exist.
@@ -712,16 +717,7 @@ impl Log for KafkaLog {
                     "reader skipped records; seeking back"
                 );
                 reseeked = true;
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(
-                    &self.name(topic),
-                    partition as i32,
-                    Offset::Offset(expected as i64),
-                )
-                .map_err(|e| kafka_err("positioning a reader", e))?;
-                r.consumer
-                    .assign(&tpl)
-                    .map_err(|e| kafka_err("positioning a reader", e))?;
+                self.seek(&r, topic, partition, expected)?;
                 continue;
             }
             let rec = to_stored(&m);
