@@ -346,3 +346,89 @@ async fn events_waiting_in_the_retry_topic_survive_sigkill() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// Receive times (µs) by event id, from a receiver's record file.
+fn received_at(record: &std::path::Path) -> std::collections::HashMap<String, i64> {
+    let text = std::fs::read_to_string(record).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["received_at_us"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Head-of-line blocking: with a single request slot, a batch being bisected (one
+/// refused event among 64, six rounds at 100 ms each) must not hold up an event posted
+/// after it. The failing batch gives its slot back and is bisected in the recovery lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_being_bisected_does_not_hold_up_the_events_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    let failures = record.with_extension("failures.jsonl");
+    let flags = [
+        "--latency",
+        "100ms",
+        "--reject-ids-matching",
+        "^bad-",
+        "--reject-status",
+        "422",
+    ];
+    let receiver = receiver_with(dir.path(), "127.0.0.1:0", &record, &flags);
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\n\
+             [sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://{}/ingest\"\nconcurrency = 1\n\
+             batch.max_events = 64\n",
+            receiver.addr("receiver")
+        ),
+    )
+    .unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let mut first: Vec<String> = (0..63).map(|i| format!("first-{i}")).collect();
+    first.insert(40, "bad-0".to_owned());
+    post_ids(&url, &first).await;
+    // Once the batch has been refused, post one more event.
+    assert!(
+        wait_until(Duration::from_secs(10), || failures.exists()
+            && std::fs::read_to_string(&failures)
+                .unwrap_or_default()
+                .contains("\"bad-0\"")),
+        "the batch with the bad event was never refused"
+    );
+    post_ids(&url, &["late-0".to_owned()]).await;
+    let expected: Vec<&String> = first.iter().filter(|i| i.starts_with("first-")).collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let got = received_at(&record);
+            got.contains_key("late-0") && expected.iter().all(|id| got.contains_key(*id))
+        }),
+        "not everything arrived"
+    );
+    let got = received_at(&record);
+    let bisection_done = expected.iter().map(|id| got[*id]).max().unwrap();
+    let refused_requests = std::fs::read_to_string(&failures)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"bad-0\""))
+        .count();
+    assert!(
+        refused_requests >= 4,
+        "the bad event was refused in {refused_requests} requests; the test needs a long bisection"
+    );
+    assert!(
+        got["late-0"] < bisection_done,
+        "the late event arrived {} ms after the bisection's last delivery: it waited behind it",
+        (got["late-0"] - bisection_done) / 1000
+    );
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

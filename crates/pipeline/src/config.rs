@@ -340,7 +340,8 @@ pub struct SinkConfig {
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: BatchConfig,
-    /// Requests in flight at once. Default 8.
+    /// Requests of fresh batches in flight at once; batches that failed once use as many
+    /// again of their own (the recovery lane). Default 8.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// A request that takes longer fails (and is retried). Default `"10s"`.

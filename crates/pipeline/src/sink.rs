@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use hifi_ledger::{NodeLedger, Origin, Outcome};
 use hifi_log::{Log, LogError, ReadLimits, Record};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -149,6 +149,34 @@ pub struct HttpSink {
     breaker: Mutex<Breaker>,
     /// Paces global retries.
     retry_rate: Mutex<RateLimit>,
+    /// Request slots of the recovery lane (retries and bisection), `concurrency` of them,
+    /// apart from the batcher's, so failing events never take slots from fresh ones.
+    recovery_requests: Arc<Semaphore>,
+    /// Batches in the recovery lane at once (bounds the memory fresh batches can take
+    /// while many fail).
+    recovering_batches: Arc<Semaphore>,
+}
+
+/// Batches per request slot that may be in the recovery lane at once.
+const RECOVERING_PER_SLOT: usize = 4;
+
+/// Where a delivery's requests take their slots (see [`HttpSink::deliver`]). The permit
+/// a lane holds is kept until the batch's fates are durable.
+enum Lane {
+    /// A fresh batch, holding one of the batcher's `concurrency` slots.
+    Fast { _slot: OwnedSemaphorePermit },
+    /// A batch that has failed once (with its place in the recovery lane, or none for a
+    /// bisected part or a global retry); each request takes a recovery slot.
+    Recovering {
+        _place: Option<OwnedSemaphorePermit>,
+    },
+}
+
+impl Lane {
+    /// The lane of a bisected part or a global retry (no place of its own).
+    fn part() -> Lane {
+        Lane::Recovering { _place: None }
+    }
 }
 
 const BODY_SNIPPET_BYTES: usize = 1024;
@@ -185,6 +213,8 @@ impl HttpSink {
                 cfg.retry.global.rate,
                 tokio::time::Instant::now(),
             )),
+            recovery_requests: Arc::new(Semaphore::new(cfg.concurrency)),
+            recovering_batches: Arc::new(Semaphore::new(cfg.concurrency * RECOVERING_PER_SLOT)),
         })
     }
 
@@ -498,7 +528,9 @@ impl HttpSink {
             };
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), stop.clone());
             in_flight.spawn(async move {
-                if let Some(fates) = sink.deliver(&batch, &stop).await {
+                // Held until the fates are durable (memory stays bounded).
+                let mut lane = Lane::Fast { _slot: permit };
+                if let Some(fates) = sink.deliver(&batch, &stop, &mut lane).await {
                     if sink.settle_until_done(&batch, &fates, 0, &stop).await {
                         for item in &batch {
                             if let From::Partition(p) = item.from {
@@ -510,7 +542,6 @@ impl HttpSink {
                         }
                     }
                 }
-                drop(permit);
             });
             while in_flight.try_join_next().is_some() {}
         }
@@ -616,14 +647,38 @@ impl HttpSink {
 
     /// Delivers a batch: local retries, bisection of non-recoverable answers. Returns a
     /// fate per event, or `None` at shutdown (nothing decided; the events stay pending).
-    async fn deliver(&self, batch: &[Item], stop: &CancellationToken) -> Option<Vec<Fate>> {
+    ///
+    /// `fast` is the batcher's request slot, which a fresh batch's first request uses.
+    /// Once a request fails, the batch gives that slot back and goes on (backoff,
+    /// bisection) in the recovery lane, whose requests take slots of their own: events
+    /// behind a failing batch are not held up by its retries (no head-of-line blocking).
+    async fn deliver(
+        &self,
+        batch: &[Item],
+        stop: &CancellationToken,
+        lane: &mut Lane,
+    ) -> Option<Vec<Fate>> {
         let attempts_max = self.cfg.retry.local.attempts.max(1);
         let mut attempt = 0u32;
         loop {
             if !self.gate(stop).await {
                 return None;
             }
-            let class = self.send(batch).await;
+            let class = match lane {
+                Lane::Fast { .. } => self.send(batch).await,
+                Lane::Recovering { .. } => {
+                    let _slot = acquire(&self.recovery_requests, stop).await?;
+                    self.send(batch).await
+                }
+            };
+            if matches!(lane, Lane::Fast { .. }) && !matches!(class, Class::Success) {
+                // Wait for room in the recovery lane while still holding the fast slot,
+                // so a destination failing everything slows the batcher instead of
+                // piling up batches.
+                *lane = Lane::Recovering {
+                    _place: Some(acquire(&self.recovering_batches, stop).await?),
+                };
+            }
             attempt += 1;
             let prior = batch
                 .iter()
@@ -652,9 +707,10 @@ impl HttpSink {
                     // Bisect: both halves at once, so isolating the bad events costs about
                     // log2(batch) rounds of requests, not their sum.
                     let (a, b) = batch.split_at(batch.len() / 2);
+                    let (mut la, mut lb) = (Lane::part(), Lane::part());
                     let (fa, fb) = tokio::join!(
-                        Box::pin(self.deliver(a, stop)),
-                        Box::pin(self.deliver(b, stop))
+                        Box::pin(self.deliver(a, stop, &mut la)),
+                        Box::pin(self.deliver(b, stop, &mut lb))
                     );
                     let mut fates = fa?;
                     fates.extend(fb?);
@@ -928,7 +984,7 @@ impl HttpSink {
             if !self.pace(due.len() as u64, &stop).await {
                 return;
             }
-            let Some(fates) = self.deliver(&due, &stop).await else {
+            let Some(fates) = self.deliver(&due, &stop, &mut Lane::part()).await else {
                 return;
             };
             if !self.settle_until_done(&due, &fates, tier + 1, &stop).await {
@@ -1030,6 +1086,14 @@ impl HttpSink {
 }
 
 /// An error with its causes ("error sending request: connection refused").
+/// A permit from `sem`; `None` at shutdown.
+async fn acquire(sem: &Arc<Semaphore>, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        p = sem.clone().acquire_owned() => p.ok(),
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -94,7 +94,9 @@ pub struct Receiver {
     inner: Arc<Mutex<Inner>>,
     /// Failures to inject.
     faults: Arc<Faults>,
-    /// `<record>.failures.jsonl`: the ids of every request failed on purpose.
+    /// `<record>.failures.jsonl`: one line per event of every request failed on purpose
+    /// (`{"id", "status", "at_us"}`, plus `"rejected": true` for the events that matched
+    /// `--reject-ids-matching`; the others only shared the refused request).
     failures: Arc<Mutex<Option<std::fs::File>>>,
     /// Requests seen (including failed ones).
     requests_seen: Arc<std::sync::atomic::AtomicU64>,
@@ -245,7 +247,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             .filter(|id| re.is_match(id))
             .collect();
         if !bad.is_empty() {
-            log_failure(&r, &bad, f.reject_status, received_at_us);
+            log_rejection(&r, &events, re, f.reject_status, received_at_us);
             return failure(
                 f.reject_status,
                 f,
@@ -336,14 +338,39 @@ fn ids_in(body: &[u8]) -> Vec<String> {
 /// Appends `{"id", "status", "at_us"}` per failed event: every event of a request failed
 /// with `fail_status`, only the matching ids of a refused request.
 fn log_failure<S: AsRef<str>>(r: &Receiver, ids: &[S], status: u16, at_us: i64) {
+    let lines = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id.as_ref(), "status": status, "at_us": at_us}));
+    write_failures(r, lines);
+}
+
+/// Logs every event of a refused request, marking the ones that matched.
+fn log_rejection(
+    r: &Receiver,
+    events: &[serde_json::Value],
+    re: &regex::Regex,
+    status: u16,
+    at_us: i64,
+) {
+    let lines = events
+        .iter()
+        .filter_map(|e| e.get("id").and_then(|v| v.as_str()))
+        .map(|id| {
+            let mut line = serde_json::json!({"id": id, "status": status, "at_us": at_us});
+            if re.is_match(id) {
+                line["rejected"] = true.into();
+            }
+            line
+        });
+    write_failures(r, lines);
+}
+
+fn write_failures(r: &Receiver, lines: impl Iterator<Item = serde_json::Value>) {
     let mut guard = r.failures.lock().unwrap_or_else(|p| p.into_inner());
     let Some(file) = guard.as_mut() else { return };
     let mut out = Vec::new();
-    for id in ids {
-        let _ = serde_json::to_writer(
-            &mut out,
-            &serde_json::json!({"id": id.as_ref(), "status": status, "at_us": at_us}),
-        );
+    for line in lines {
+        let _ = serde_json::to_writer(&mut out, &line);
         out.push(b'\n');
     }
     let _ = file.write_all(&out);
