@@ -5,21 +5,20 @@
 //! (`HIFI_TANSU`: the broker binary this test starts and kills).
 //!
 //! The pipeline tests use `HIFI_KAFKA_PIPELINE_BROKERS` when it is set, else
-//! `KAFKA_BROKERS`: `scripts/test-broker` points it at a tansu with in-memory storage,
-//! because tansu 0.6's SQLite storage task panics ("more or less than one row",
-//! `tansu-storage` `lite.rs:503`) under several processes' group traffic and then answers
-//! nothing (seen 2026-11-29, see docs/deploy-kafka.md). The in-memory storage answers a
-//! fetch from inside a multi-record batch with the next batch (records skipped: this
-//! test saw 3 to 11 events "lost" per run that way), so the pipeline here produces one
-//! record per batch (`batch.num.messages = 1`).
+//! `KAFKA_BROKERS`: `scripts/test-broker` points it at a tansu (0.6, patched: see
+//! `scripts/tansu-patches`) with in-memory storage, because tansu's SQLite storage loses
+//! track of idempotent producers under several processes' traffic and then refuses their
+//! produces (before the patch it panicked, "more or less than one row"; seen 2026-11-29,
+//! see docs/deploy-kafka.md). The in-memory storage answers a fetch from inside a
+//! multi-record batch with the next batch (records skipped: this test saw 3 to 11 events
+//! "lost" per run that way), so the pipeline here produces one record per batch
+//! (`batch.num.messages = 1`).
 //!
-//! Two tests are **ignored** by default because tansu cannot pass them:
-//! - the SIGKILL take-over: tansu's group coordinator drops a member whose session timed
-//!   out but keeps handing out the old assignment, so the survivor never gets the dead
-//!   member's partitions. Run it against Apache Kafka or Redpanda:
-//!   `KAFKA_BROKERS=host:port cargo test -p hifi --test kafka_pipeline -- --ignored`.
-//! - the broker restart: it needs durable storage (SQLite), which breaks after a restart
-//!   under load; it starts and kills a tansu of its own (`HIFI_TANSU`).
+//! The broker restart test is **ignored** by default because tansu cannot pass it: it
+//! needs durable storage (SQLite), which after a restart under load refuses every produce
+//! of the running idempotent producer (ingest then answers 503 and acknowledges nothing:
+//! safe, but it never recovers). It starts and kills a tansu of its own (`HIFI_TANSU`);
+//! run it against a broker that can: `cargo test -p hifi --test kafka_pipeline -- --ignored`.
 //!
 //! Without `KAFKA_BROKERS` (or `HIFI_TANSU`) a test says so and passes, unless
 //! `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a failure.
@@ -220,7 +219,6 @@ async fn delivered_by(admins: &[SocketAddr]) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on tansu 0.6 (broker bugs); run with --ignored against Apache Kafka"]
 async fn sink_processes_share_partitions_and_one_takes_over_when_the_other_is_killed() {
     take_over(Stop::Kill).await;
 }
@@ -352,7 +350,7 @@ impl Broker {
                 "sqlite://tansu.db", // relative to the working directory
             ])
             .current_dir(self.db.parent().unwrap())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
@@ -378,7 +376,7 @@ impl Drop for Broker {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6 breaks after a restart under load; run with --ignored"]
+#[ignore = "tansu 0.6's SQLite storage refuses produces after a restart under load"]
 async fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     let Some(tansu) = required("HIFI_TANSU") else {
         return;
