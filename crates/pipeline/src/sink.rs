@@ -13,12 +13,16 @@
 //!
 //! A delivery tries a batch up to `retry.local.attempts` times (exponential backoff with
 //! full jitter, at least the destination's `Retry-After`). A non-recoverable answer is
-//! bisected to isolate the failing events (about log2(batch) extra requests per bad event):
-//! the good ones are delivered, the bad ones dead-lettered. Events still failing after the
-//! local attempts go to the first retry tier (durably, before the input position moves
-//! past them) and the sink moves on: one bad batch never blocks the events behind it.
-//! The retriers re-deliver them when due, moving them up the tiers, until
-//! `retry.global.max_age` after the first failure, then dead-letter them.
+//! split in four, the parts sent at once, and refused parts again, to isolate the failing
+//! events (about 2·log2(batch) extra requests per bad event, in log4(batch) rounds): the
+//! good ones are delivered, the bad ones dead-lettered. While refusals are frequent,
+//! batches shrink so that few good events share a request with a bad one. A batch whose
+//! first request fails leaves the fast lane (`concurrency` request slots) for the
+//! recovery lane (slots of its own), so its retries never hold up fresh events. Events
+//! still failing after the local attempts go to the first retry tier (durably, before
+//! the input position moves past them) and the sink moves on: one bad batch never
+//! blocks the events behind it. The retriers re-deliver them when due, moving them up
+//! the tiers, until `retry.global.max_age` after the first failure, then dead-letter them.
 //!
 //! The circuit breaker: after `breaker.failures` consecutive failed requests it opens;
 //! deliveries then wait (using no attempts and no CPU, logging once) while one probe goes
@@ -147,18 +151,23 @@ pub struct HttpSink {
     classifier: Classifier,
     /// Opens while the destination is down.
     breaker: Mutex<Breaker>,
+    /// Recent share of events the destination refused; shrinks batches while high.
+    refusals: Mutex<RefusalRate>,
     /// Paces global retries.
     retry_rate: Mutex<RateLimit>,
-    /// Request slots of the recovery lane (retries and bisection), `concurrency` of them,
-    /// apart from the batcher's, so failing events never take slots from fresh ones.
+    /// Request slots of the recovery lane (retries and splitting refused batches), apart
+    /// from the batcher's, so failing events never take slots from fresh ones.
     recovery_requests: Arc<Semaphore>,
-    /// Batches in the recovery lane at once (bounds the memory fresh batches can take
-    /// while many fail).
-    recovering_batches: Arc<Semaphore>,
+    /// Events in the recovery lane at once, `RECOVERING_PER_SLOT` full batches per
+    /// request slot (bounds the memory taken while many batches fail).
+    recovering_events: Arc<Semaphore>,
 }
 
-/// Batches per request slot that may be in the recovery lane at once.
+/// Full batches per request slot that may be in the recovery lane at once, and its
+/// requests in flight per request slot.
 const RECOVERING_PER_SLOT: usize = 4;
+/// Parts a refused batch is split into.
+const SPLIT_WAYS: usize = 4;
 
 /// Where a delivery's requests take their slots (see [`HttpSink::deliver`]). The permit
 /// a lane holds is kept until the batch's fates are durable.
@@ -166,14 +175,52 @@ enum Lane {
     /// A fresh batch, holding one of the batcher's `concurrency` slots.
     Fast { _slot: OwnedSemaphorePermit },
     /// A batch that has failed once (with its place in the recovery lane, or none for a
-    /// bisected part or a global retry); each request takes a recovery slot.
+    /// split-off part or a global retry); each request takes a recovery slot.
     Recovering {
         _place: Option<OwnedSemaphorePermit>,
     },
 }
 
+/// The share of recent events a destination refused (non-recoverably), over roughly the
+/// last `RefusalRate::WINDOW` events. While it is high, batches shrink so that few good
+/// events share a request with a bad one: a destination refuses the whole request, so
+/// they would wait for the split that isolates the bad one.
+#[derive(Debug, Default)]
+struct RefusalRate {
+    delivered: f64,
+    refused: f64,
+}
+
+impl RefusalRate {
+    /// Events after which the counts are halved (older outcomes fade).
+    const WINDOW: f64 = 5_000.0;
+    /// Refused events per batch aimed at (measured with `scripts/bench-failures`: 0.2
+    /// made so many requests that fresh batches queued for slots; 0.5 kept the events
+    /// never in a failed request as fast as without failures).
+    const REFUSED_PER_BATCH: f64 = 0.5;
+
+    fn record(&mut self, delivered: usize, refused: usize) {
+        self.delivered += delivered as f64;
+        self.refused += refused as f64;
+        if self.delivered + self.refused > Self::WINDOW {
+            self.delivered /= 2.0;
+            self.refused /= 2.0;
+        }
+    }
+
+    /// The batch size to use now, at most `max_events`.
+    fn batch_limit(&self, max_events: usize) -> usize {
+        let seen = self.delivered + self.refused;
+        if self.refused < 1.0 || seen <= 0.0 {
+            return max_events;
+        }
+        let rate = self.refused / seen;
+        ((Self::REFUSED_PER_BATCH / rate).ceil() as usize).clamp(1, max_events)
+    }
+}
+
 impl Lane {
-    /// The lane of a bisected part or a global retry (no place of its own).
+    /// The lane of a split-off part or a global retry (no place of its own).
     fn part() -> Lane {
         Lane::Recovering { _place: None }
     }
@@ -209,12 +256,17 @@ impl HttpSink {
                 non_recoverable: cfg.classify.non_recoverable.clone(),
             },
             breaker: Mutex::new(Breaker::new(cfg.breaker.failures, cfg.breaker.probe.0)),
+            refusals: Mutex::new(RefusalRate::default()),
             retry_rate: Mutex::new(RateLimit::new(
                 cfg.retry.global.rate,
                 tokio::time::Instant::now(),
             )),
-            recovery_requests: Arc::new(Semaphore::new(cfg.concurrency)),
-            recovering_batches: Arc::new(Semaphore::new(cfg.concurrency * RECOVERING_PER_SLOT)),
+            recovery_requests: Arc::new(Semaphore::new(cfg.concurrency * RECOVERING_PER_SLOT)),
+            recovering_events: Arc::new(Semaphore::new(
+                (cfg.concurrency * cfg.batch.max_events * RECOVERING_PER_SLOT)
+                    .min(Semaphore::MAX_PERMITS)
+                    .min(u32::MAX as usize),
+            )),
         })
     }
 
@@ -478,7 +530,6 @@ impl HttpSink {
     ) -> tokio::task::JoinSet<()> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut in_flight = tokio::task::JoinSet::new();
-        let max_events = self.cfg.batch.max_events;
         let max_bytes = self.cfg.batch.max_bytes.0 as usize;
         let mut pending: Option<Item> = None;
         loop {
@@ -497,6 +548,11 @@ impl HttpSink {
             let deadline = tokio::time::Instant::now() + self.cfg.batch.max_wait.0;
             let mut bytes = first.body.len() + 2;
             let mut batch = vec![first];
+            let max_events = self
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .batch_limit(self.cfg.batch.max_events);
             while batch.len() < max_events {
                 let next = match rx.try_recv() {
                     Ok(item) => Some(item),
@@ -645,12 +701,12 @@ impl HttpSink {
         }
     }
 
-    /// Delivers a batch: local retries, bisection of non-recoverable answers. Returns a
+    /// Delivers a batch: local retries, splitting of non-recoverable answers. Returns a
     /// fate per event, or `None` at shutdown (nothing decided; the events stay pending).
     ///
     /// `fast` is the batcher's request slot, which a fresh batch's first request uses.
     /// Once a request fails, the batch gives that slot back and goes on (backoff,
-    /// bisection) in the recovery lane, whose requests take slots of their own: events
+    /// splitting) in the recovery lane, whose requests take slots of their own: events
     /// behind a failing batch are not held up by its retries (no head-of-line blocking).
     async fn deliver(
         &self,
@@ -676,7 +732,7 @@ impl HttpSink {
                 // so a destination failing everything slows the batcher instead of
                 // piling up batches.
                 *lane = Lane::Recovering {
-                    _place: Some(acquire(&self.recovering_batches, stop).await?),
+                    _place: Some(acquire_many(&self.recovering_events, batch.len(), stop).await?),
                 };
             }
             attempt += 1;
@@ -689,6 +745,10 @@ impl HttpSink {
                 Class::Success => {
                     self.breaker_result(true);
                     self.on_delivered(batch);
+                    self.refusals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(batch.len(), 0);
                     return Some(vec![Fate::Delivered; batch.len()]);
                 }
                 Class::NonRecoverable { status, reason } => {
@@ -698,23 +758,29 @@ impl HttpSink {
                         .fetch_add(1, Ordering::Relaxed);
                     if batch.len() == 1 {
                         warn!(sink = %self.name, id = %batch[0].id, %reason, "event refused; dead-lettering it");
+                        self.refusals
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(0, 1);
                         return Some(vec![Fate::Dead {
                             status,
                             body: reason,
                             attempts: prior + attempt,
                         }]);
                     }
-                    // Bisect: both halves at once, so isolating the bad events costs about
-                    // log2(batch) rounds of requests, not their sum.
-                    let (a, b) = batch.split_at(batch.len() / 2);
-                    let (mut la, mut lb) = (Lane::part(), Lane::part());
-                    let (fa, fb) = tokio::join!(
-                        Box::pin(self.deliver(a, stop, &mut la)),
-                        Box::pin(self.deliver(b, stop, &mut lb))
-                    );
-                    let mut fates = fa?;
-                    fates.extend(fb?);
-                    return Some(fates);
+                    // Split into SPLIT_WAYS parts, all sent at once: isolating a bad event
+                    // takes about log4(batch) rounds, half of halving's, for as many
+                    // requests (k·log_k(n) is the same for k = 2 and 4).
+                    let parts = batch.chunks(batch.len().div_ceil(SPLIT_WAYS));
+                    let fates = futures_util::future::join_all(parts.map(|part| async move {
+                        Box::pin(self.deliver(part, stop, &mut Lane::part())).await
+                    }))
+                    .await;
+                    let mut all = Vec::with_capacity(batch.len());
+                    for f in fates {
+                        all.extend(f?);
+                    }
+                    return Some(all);
                 }
                 Class::Recoverable {
                     reason,
@@ -1086,6 +1152,19 @@ impl HttpSink {
 }
 
 /// An error with its causes ("error sending request: connection refused").
+/// `n` permits from `sem` (at most all it has); `None` at shutdown.
+async fn acquire_many(
+    sem: &Arc<Semaphore>,
+    n: usize,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        p = sem.clone().acquire_many_owned(n) => p.ok(),
+    }
+}
+
 /// A permit from `sem`; `None` at shutdown.
 async fn acquire(sem: &Arc<Semaphore>, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
     tokio::select! {
@@ -1103,4 +1182,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefusalRate;
+
+    #[test]
+    fn batches_shrink_while_refusals_are_frequent_and_grow_back_after() {
+        let mut r = RefusalRate::default();
+        assert_eq!(r.batch_limit(500), 500, "no history: full batches");
+        // 1 % refused: about 50 events per batch (half a refused event per batch).
+        for _ in 0..50 {
+            r.record(99, 1);
+        }
+        assert_eq!(r.batch_limit(500), 50);
+        assert_eq!(r.batch_limit(10), 10, "never above the configured size");
+        // Everything refused: one event per request.
+        for _ in 0..100 {
+            r.record(0, 50);
+        }
+        assert_eq!(r.batch_limit(500), 1);
+        // Refusals stop: the old ones fade and batches grow back to full size.
+        let mut sizes = Vec::new();
+        for _ in 0..100 {
+            r.record(500, 0);
+            sizes.push(r.batch_limit(500));
+        }
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+        assert_eq!(*sizes.last().unwrap(), 500, "{sizes:?}");
+    }
 }
