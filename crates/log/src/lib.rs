@@ -405,20 +405,72 @@ pub async fn read_to_end(
     from: u64,
     mut visit: impl FnMut(StoredRecord),
 ) -> Result<(), LogError> {
-    let o = log.offsets(topic, partition).await?;
-    let mut pos = from.max(o.start);
-    let limits = ReadLimits {
-        max_records: 5000,
-        max_bytes: 8 << 20,
-        wait: Duration::ZERO,
-    };
-    while pos < o.end {
-        let batch = log.read(topic, partition, pos, limits).await?;
-        let Some(last) = batch.last().map(|r| r.offset) else {
-            break;
-        };
-        batch.into_iter().for_each(&mut visit);
-        pos = last + 1;
+    let mut chunks = ChunksToEnd::start(log, topic, partition, from).await?;
+    while let Some(chunk) = chunks.next().await? {
+        chunk.into_iter().for_each(&mut visit);
     }
     Ok(())
+}
+
+/// Reads one partition from `from` (or its start, if later) to the end it had when
+/// started, one read at a time (at most 5 000 records, 8 MiB each), so that a caller can
+/// act on each chunk (append, answer) with memory bounded by one chunk.
+pub struct ChunksToEnd<'a> {
+    log: &'a dyn Log,
+    topic: &'a str,
+    partition: u32,
+    pos: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for ChunksToEnd<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunksToEnd")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl<'a> ChunksToEnd<'a> {
+    /// Starts at `from`; the end is the partition's end now.
+    pub async fn start(
+        log: &'a dyn Log,
+        topic: &'a str,
+        partition: u32,
+        from: u64,
+    ) -> Result<Self, LogError> {
+        let o = log.offsets(topic, partition).await?;
+        Ok(ChunksToEnd {
+            log,
+            topic,
+            partition,
+            pos: from.max(o.start),
+            end: o.end,
+        })
+    }
+
+    /// The next chunk, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<StoredRecord>>, LogError> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let limits = ReadLimits {
+            max_records: 5000,
+            max_bytes: 8 << 20,
+            wait: Duration::ZERO,
+        };
+        let batch = self
+            .log
+            .read(self.topic, self.partition, self.pos, limits)
+            .await?;
+        let Some(last) = batch.last().map(|r| r.offset) else {
+            self.pos = self.end;
+            return Ok(None);
+        };
+        self.pos = last + 1;
+        Ok(Some(batch))
+    }
 }

@@ -180,34 +180,44 @@ async fn redriven(log: &dyn Log, sink: &str) -> Result<BTreeSet<u64>, LogError> 
     Ok(set)
 }
 
-/// Every dead letter of a sink (oldest first) with its record.
-pub async fn dead_letters(
+/// Visits every dead letter of a sink, oldest first, with its record. Reads one chunk at
+/// a time: memory stays bounded however long the DLQ is (but for the set of re-driven
+/// offsets, 8 bytes or so each).
+pub async fn scan_dead_letters(
     log: &dyn Log,
     sink: &str,
-) -> Result<Vec<(DeadLetter, Record)>, LogError> {
+    mut visit: impl FnMut(DeadLetter, Record),
+) -> Result<(), LogError> {
     let done = redriven(log, sink).await?;
     let topic = dlq_topic(sink);
-    let mut out = Vec::new();
     hifi_log::read_to_end(log, &topic, 0, 0, |stored| {
-        let offset = stored.offset;
-        let meta = EventMeta::of(&topic, 0, &stored);
-        let r = stored.record;
-        out.push((
-            DeadLetter {
-                dlq_offset: offset,
-                id: meta.id,
-                origin: meta.origin.to_string(),
-                event_time: rfc3339_ms(meta.time_ms),
-                dead_lettered_at: rfc3339_ms(r.timestamp_ms),
-                reason: hdr_str(&r, retry_header::DLQ_REASON)
-                    .and_then(|j| serde_json::from_str(j).ok()),
-                redriven: done.contains(&offset),
-            },
-            r,
-        ));
+        let (d, r) = dead_letter(&topic, stored, &done);
+        visit(d, r)
     })
-    .await?;
-    Ok(out)
+    .await
+}
+
+fn dead_letter(
+    topic: &str,
+    stored: hifi_log::StoredRecord,
+    redriven: &BTreeSet<u64>,
+) -> (DeadLetter, Record) {
+    let offset = stored.offset;
+    let meta = EventMeta::of(topic, 0, &stored);
+    let r = stored.record;
+    (
+        DeadLetter {
+            dlq_offset: offset,
+            id: meta.id,
+            origin: meta.origin.to_string(),
+            event_time: rfc3339_ms(meta.time_ms),
+            dead_lettered_at: rfc3339_ms(r.timestamp_ms),
+            reason: hdr_str(&r, retry_header::DLQ_REASON)
+                .and_then(|j| serde_json::from_str(j).ok()),
+            redriven: redriven.contains(&offset),
+        },
+        r,
+    )
 }
 
 /// What to re-drive.
@@ -229,70 +239,138 @@ pub struct RedriveResult {
     pub matched: usize,
     /// Of those, sent back through the sink (0 on a dry run).
     pub redriven: usize,
-    /// Their event ids.
+    /// Their event ids (the first `REDRIVE_IDS_SHOWN`).
     pub ids: Vec<String>,
 }
 
+/// Ids a re-drive answers with at most.
+pub const REDRIVE_IDS_SHOWN: usize = 1000;
+
 /// Sends matching dead letters through the sink again (first retry tier, due now),
-/// with their original ids and event times; marks them re-driven.
+/// with their original ids and event times; marks them re-driven. Works through the DLQ
+/// one read chunk at a time (bounded memory); each chunk's re-driven letters are
+/// appended and then marked, so a crash between the two re-drives that chunk again
+/// (duplicates, not loss).
 pub async fn redrive(
     log: &Arc<dyn Log>,
     sink: &str,
     filter: &RedriveFilter,
     now_ms: i64,
 ) -> Result<RedriveResult, LogError> {
-    let all = dead_letters(log.as_ref(), sink).await?;
-    let chosen: Vec<(DeadLetter, Record)> = all
-        .into_iter()
-        .filter(|(d, r)| {
-            !d.redriven
-                && filter.since_ms.is_none_or(|t| r.timestamp_ms >= t)
-                && filter.reason_contains.as_ref().is_none_or(|s| {
-                    let reason = hdr_str(r, retry_header::DLQ_REASON).unwrap_or("");
-                    reason.contains(s.as_str())
-                })
-        })
-        .collect();
-    let ids: Vec<String> = chosen.iter().map(|(d, _)| d.id.clone()).collect();
-    if filter.dry_run || chosen.is_empty() {
-        return Ok(RedriveResult {
-            matched: chosen.len(),
-            redriven: 0,
-            ids,
-        });
+    let done = redriven(log.as_ref(), sink).await?;
+    let topic = dlq_topic(sink);
+    let mut result = RedriveResult {
+        matched: 0,
+        redriven: 0,
+        ids: Vec::new(),
+    };
+    let mut chunks = hifi_log::ChunksToEnd::start(log.as_ref(), &topic, 0, 0).await?;
+    while let Some(chunk) = chunks.next().await? {
+        let chosen: Vec<(DeadLetter, Record)> = chunk
+            .into_iter()
+            .map(|stored| dead_letter(&topic, stored, &done))
+            .filter(|(d, r)| {
+                !d.redriven
+                    && filter.since_ms.is_none_or(|t| r.timestamp_ms >= t)
+                    && filter.reason_contains.as_ref().is_none_or(|s| {
+                        let reason = hdr_str(r, retry_header::DLQ_REASON).unwrap_or("");
+                        reason.contains(s.as_str())
+                    })
+            })
+            .collect();
+        result.matched += chosen.len();
+        let room = REDRIVE_IDS_SHOWN.saturating_sub(result.ids.len());
+        result
+            .ids
+            .extend(chosen.iter().take(room).map(|(d, _)| d.id.clone()));
+        if filter.dry_run || chosen.is_empty() {
+            continue;
+        }
+        let records: Vec<Record> = chosen
+            .iter()
+            .map(|(d, r)| {
+                annotate(
+                    r,
+                    &d.origin,
+                    vec![
+                        (retry_header::ATTEMPTS, "0".into()),
+                        (retry_header::FIRST_MS, now_ms.to_string()),
+                        (retry_header::DUE_MS, now_ms.to_string()),
+                        (
+                            retry_header::REASON,
+                            "re-driven from the dead-letter queue".into(),
+                        ),
+                    ],
+                )
+            })
+            .collect();
+        log.append(&retry_topic(sink, 0), 0, records).await?;
+        let offsets: Vec<String> = chosen
+            .iter()
+            .map(|(d, _)| d.dlq_offset.to_string())
+            .collect();
+        log.append(
+            &redriven_topic(sink),
+            0,
+            vec![Record::new(offsets.join(","), now_ms)],
+        )
+        .await?;
+        result.redriven += chosen.len();
     }
-    let records: Vec<Record> = chosen
-        .iter()
-        .map(|(d, r)| {
-            annotate(
-                r,
-                &d.origin,
-                vec![
-                    (retry_header::ATTEMPTS, "0".into()),
-                    (retry_header::FIRST_MS, now_ms.to_string()),
-                    (retry_header::DUE_MS, now_ms.to_string()),
-                    (
-                        retry_header::REASON,
-                        "re-driven from the dead-letter queue".into(),
-                    ),
-                ],
-            )
+    Ok(result)
+}
+
+#[cfg(test)]
+mod redrive_tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+    use super::*;
+
+    /// A DLQ longer than one read chunk (5 000) is re-driven whole, once, with a bounded
+    /// list of ids in the answer.
+    #[tokio::test]
+    async fn a_long_dlq_is_redriven_chunk_by_chunk_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        ensure_topics(log.as_ref(), "out", 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let n = 12_001;
+        for start in (0..n).step_by(4000) {
+            let records = (start..n.min(start + 4000))
+                .map(|i| Record::new(format!("{{\"n\":{i}}}"), 1_000))
+                .collect();
+            log.append(&dlq_topic("out"), 0, records).await.unwrap();
+        }
+        let mut listed = 0;
+        scan_dead_letters(log.as_ref(), "out", |d, _| {
+            assert!(!d.redriven);
+            listed += 1;
         })
-        .collect();
-    log.append(&retry_topic(sink, 0), 0, records).await?;
-    let offsets: Vec<String> = chosen
-        .iter()
-        .map(|(d, _)| d.dlq_offset.to_string())
-        .collect();
-    log.append(
-        &redriven_topic(sink),
-        0,
-        vec![Record::new(offsets.join(","), now_ms)],
-    )
-    .await?;
-    Ok(RedriveResult {
-        matched: chosen.len(),
-        redriven: chosen.len(),
-        ids,
-    })
+        .await
+        .unwrap();
+        assert_eq!(listed, n);
+
+        let all = RedriveFilter::default();
+        let first = redrive(&log, "out", &all, 2_000).await.unwrap();
+        assert_eq!((first.matched, first.redriven), (n, n));
+        assert_eq!(first.ids.len(), REDRIVE_IDS_SHOWN);
+        let retried = log.offsets(&retry_topic("out", 0), 0).await.unwrap();
+        assert_eq!(
+            retried.end - retried.start,
+            n as u64,
+            "every letter re-sent once"
+        );
+
+        let second = redrive(&log, "out", &all, 3_000).await.unwrap();
+        assert_eq!((second.matched, second.redriven), (0, 0));
+        let mut redriven = 0;
+        scan_dead_letters(log.as_ref(), "out", |d, _| {
+            redriven += usize::from(d.redriven)
+        })
+        .await
+        .unwrap();
+        assert_eq!(redriven, n);
+    }
 }

@@ -381,11 +381,23 @@ async fn dlq_list(State(s): S, Path(sink): Path<String>, Query(q): Query<DlqQuer
     if let Err(r) = sink_exists(&s, &sink) {
         return *r;
     }
-    match hifi_pipeline::retry::dead_letters(s.log.as_ref(), &sink).await {
-        Ok(all) => {
-            let total = all.len();
-            let limit = q.limit.unwrap_or(1000);
-            let items: Vec<_> = all.into_iter().rev().take(limit).map(|(d, _)| d).collect();
+    // Keeps only the newest `limit` while scanning: memory is bounded by the answer.
+    let limit = q.limit.unwrap_or(1000);
+    let mut newest = std::collections::VecDeque::with_capacity(limit.min(10_000));
+    let mut total = 0usize;
+    let scan = hifi_pipeline::retry::scan_dead_letters(s.log.as_ref(), &sink, |d, _| {
+        total += 1;
+        if limit > 0 {
+            if newest.len() == limit {
+                newest.pop_front();
+            }
+            newest.push_back(d);
+        }
+    })
+    .await;
+    match scan {
+        Ok(()) => {
+            let items: Vec<_> = newest.into_iter().rev().collect();
             Json(json!({ "sink": sink, "total": total, "dead_letters": items })).into_response()
         }
         Err(e) => error(
@@ -400,8 +412,16 @@ async fn dlq_show(State(s): S, Path((sink, id)): Path<(String, String)>) -> Resp
     if let Err(r) = sink_exists(&s, &sink) {
         return *r;
     }
-    match hifi_pipeline::retry::dead_letters(s.log.as_ref(), &sink).await {
-        Ok(all) => match all.into_iter().rev().find(|(d, _)| d.id == id) {
+    // The newest dead letter with that id.
+    let mut found = None;
+    let scan = hifi_pipeline::retry::scan_dead_letters(s.log.as_ref(), &sink, |d, rec| {
+        if d.id == id {
+            found = Some((d, rec));
+        }
+    })
+    .await;
+    match scan {
+        Ok(()) => match found {
             Some((d, rec)) => {
                 let value: serde_json::Value =
                     serde_json::from_slice(&rec.value).unwrap_or_else(|_| {
