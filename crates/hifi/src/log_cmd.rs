@@ -217,7 +217,7 @@ fn record_json(r: &StoredRecord) -> serde_json::Value {
         .record
         .headers
         .iter()
-        .map(|h| (h.name.clone(), bytes(&h.value)))
+        .map(|h| (h.name.to_string(), bytes(&h.value)))
         .collect();
     serde_json::json!({
         "offset": r.offset,

@@ -442,7 +442,7 @@ fn to_stored(m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
         .map(|h| {
             h.iter()
                 .map(|h| Header {
-                    name: h.key.to_owned(),
+                    name: Header::name_from(h.key),
                     value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
                 })
                 .collect()

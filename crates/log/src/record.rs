@@ -18,7 +18,9 @@
 //! The offset is inside the checksummed body, so a frame that is valid but sits at the
 //! wrong place (a misdirected or stale write) is caught by the offset-sequence check.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 /// Bytes before the body: `body_len` and `crc`.
 pub const FRAME_HEADER_BYTES: usize = 8;
@@ -30,10 +32,30 @@ pub const FRAME_MIN_BYTES: usize = FRAME_HEADER_BYTES + BODY_MIN_BYTES;
 /// One header of a record: a name and opaque bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Header name, UTF-8 (at most 65 535 bytes).
-    pub name: String,
+    /// Header name, UTF-8 (at most 65 535 bytes). Usually a `&'static str`: names are
+    /// few and fixed, and an allocation per header per event showed in profiles.
+    pub name: Cow<'static, str>,
     /// Header value, opaque bytes.
     pub value: Vec<u8>,
+}
+
+/// Header names that reading gives as `&'static str` instead of allocating them.
+static KNOWN_HEADER_NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+
+/// Registers the header names a program uses (the first call wins): records read back
+/// then borrow these instead of allocating a `String` per header.
+pub fn register_header_names(names: &'static [&'static str]) {
+    let _ = KNOWN_HEADER_NAMES.set(names);
+}
+
+impl Header {
+    /// A header name: a registered name borrowed, any other one owned.
+    pub fn name_from(name: &str) -> Cow<'static, str> {
+        KNOWN_HEADER_NAMES
+            .get()
+            .and_then(|known| known.iter().find(|k| **k == name))
+            .map_or_else(|| Cow::Owned(name.to_owned()), |k| Cow::Borrowed(*k))
+    }
 }
 
 impl fmt::Debug for Header {
@@ -72,7 +94,11 @@ impl Record {
     }
 
     /// Adds a header (builder style).
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+    pub fn with_header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
         self.headers.push(Header {
             name: name.into(),
             value: value.into(),
@@ -234,7 +260,7 @@ fn decode_body(body: &[u8]) -> Option<(u64, Record)> {
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
         let name_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-        let name = std::str::from_utf8(r.take(name_len)?).ok()?.to_owned();
+        let name = Header::name_from(std::str::from_utf8(r.take(name_len)?).ok()?);
         let value_len = r.u32()? as usize;
         headers.push(Header {
             name,

@@ -131,7 +131,7 @@ pub fn due_ms(r: &Record) -> i64 {
 
 /// The record to store for a retry or dead letter: the original, with its origin made
 /// explicit and the retry headers replaced.
-pub fn annotate(original: &Record, origin: &str, extra: Vec<(&str, String)>) -> Record {
+pub fn annotate(original: &Record, origin: &str, extra: Vec<(&'static str, String)>) -> Record {
     let mut r = original.clone();
     r.headers
         .retain(|h| !h.name.starts_with("hifi-retry-") && h.name != retry_header::DLQ_REASON);

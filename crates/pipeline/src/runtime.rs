@@ -99,8 +99,25 @@ impl Engine {
     }
 }
 
+/// The header names hifi writes; records read back borrow them (no allocation).
+const HEADER_NAMES: &[&str] = &[
+    crate::event::header::ID,
+    crate::event::header::SOURCE,
+    crate::event::header::TYPE,
+    crate::event::header::TIME,
+    crate::event::header::INGEST_TIME,
+    crate::event::header::FORMAT,
+    crate::event::header::ORIGIN,
+    crate::retry::retry_header::ATTEMPTS,
+    crate::retry::retry_header::FIRST_MS,
+    crate::retry::retry_header::DUE_MS,
+    crate::retry::retry_header::REASON,
+    crate::retry::retry_header::DLQ_REASON,
+];
+
 /// Opens the engine named in `[engine]` (blocking: recovery reads the disk).
 pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
+    hifi_log::register_header_names(HEADER_NAMES);
     let e = &loaded.config.engine;
     match e.kind {
         EngineKind::Embedded => {

@@ -54,12 +54,36 @@ pub struct IngestOutcome {
     pub ids: Vec<String>,
 }
 
+/// Hashes keys that are already hashes (128-bit xxh3 of source and id) by folding them,
+/// instead of hashing them again with SipHash (which showed in profiles).
+type PreHashed = std::hash::BuildHasherDefault<FoldHasher>;
+
+#[derive(Debug, Default)]
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; a plain FNV-1a for anything else.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
 /// Remembered (source, id) hashes with their acceptance time.
 #[derive(Debug)]
 struct Dedup {
     window_ms: i64,
     max: usize,
-    seen: HashMap<u128, i64>,
+    seen: HashMap<u128, i64, PreHashed>,
     order: VecDeque<(i64, u128)>,
 }
 
@@ -174,7 +198,7 @@ impl HttpSource {
             dedup: Mutex::new(Dedup {
                 window_ms: cfg.dedup_window.0.as_millis() as i64,
                 max: cfg.dedup_max_ids,
-                seen: HashMap::new(),
+                seen: HashMap::default(),
                 order: VecDeque::new(),
             }),
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
@@ -327,7 +351,8 @@ impl HttpSource {
             self.stats
                 .dedup_evicted_total
                 .fetch_add(evicted, Ordering::Relaxed);
-            let mut in_request = HashSet::with_capacity(events.len());
+            let mut in_request: HashSet<u128, PreHashed> =
+                HashSet::with_capacity_and_hasher(events.len(), PreHashed::default());
             for e in events {
                 let id = e.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let key = Dedup::key(&e.source, &id);
@@ -412,13 +437,14 @@ impl HttpSource {
                     .fetch_add(1, Ordering::Relaxed);
             })?;
         let departure_us = self.ledger.now_us();
+        let mut origin = hifi_ledger::Origin {
+            topic: self.topic.clone(),
+            partition,
+            offset: 0,
+        };
         for (t, &offset) in event_times.into_iter().zip(&offsets) {
             self.ledger.lag(t, arrival_us, departure_us);
-            let origin = hifi_ledger::Origin {
-                topic: self.topic.clone(),
-                partition,
-                offset,
-            };
+            origin.offset = offset;
             self.ledger
                 .outcome(hifi_ledger::Outcome::Passed, &origin, t);
         }
@@ -434,9 +460,9 @@ impl HttpSource {
     }
 }
 
-fn hdr(name: &str, value: &[u8]) -> hifi_log::Header {
+fn hdr(name: &'static str, value: &[u8]) -> hifi_log::Header {
     hifi_log::Header {
-        name: name.to_owned(),
+        name: name.into(),
         value: value.to_vec(),
     }
 }
