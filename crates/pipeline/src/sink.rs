@@ -704,7 +704,7 @@ impl HttpSink {
     /// Delivers a batch: local retries, splitting of non-recoverable answers. Returns a
     /// fate per event, or `None` at shutdown (nothing decided; the events stay pending).
     ///
-    /// `fast` is the batcher's request slot, which a fresh batch's first request uses.
+    /// A fresh batch comes in `Lane::Fast`, holding one of the batcher's request slots.
     /// Once a request fails, the batch gives that slot back and goes on (backoff,
     /// splitting) in the recovery lane, whose requests take slots of their own: events
     /// behind a failing batch are not held up by its retries (no head-of-line blocking).
