@@ -189,6 +189,9 @@ enum Lane {
 struct RefusalRate {
     delivered: f64,
     refused: f64,
+    /// When a refusal was last logged, and refusals since.
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
 }
 
 impl RefusalRate {
@@ -206,6 +209,20 @@ impl RefusalRate {
             self.delivered /= 2.0;
             self.refused /= 2.0;
         }
+    }
+
+    /// Whether this refusal gets a log line (at most one a second); if so, how many
+    /// refusals went unlogged since the last line, this one included.
+    fn take_log_turn(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 
     /// The batch size to use now, at most `max_events`.
@@ -757,11 +774,17 @@ impl HttpSink {
                         .failed_requests_total
                         .fetch_add(1, Ordering::Relaxed);
                     if batch.len() == 1 {
-                        warn!(sink = %self.name, id = %batch[0].id, %reason, "event refused; dead-lettering it");
-                        self.refusals
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .record(0, 1);
+                        let unlogged = {
+                            let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+                            r.record(0, 1);
+                            r.take_log_turn(tokio::time::Instant::now())
+                        };
+                        // At most one line a second: a destination refusing everything
+                        // (an expired token) must not flood the log.
+                        if let Some(more) = unlogged {
+                            warn!(sink = %self.name, id = %batch[0].id, %reason, refused_since_last_line = more,
+                                "event refused; dead-lettering it");
+                        }
                         return Some(vec![Fate::Dead {
                             status,
                             body: reason,
@@ -1187,6 +1210,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::RefusalRate;
+    use std::time::Duration;
 
     #[test]
     fn batches_shrink_while_refusals_are_frequent_and_grow_back_after() {
@@ -1211,5 +1235,16 @@ mod tests {
         }
         assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
         assert_eq!(*sizes.last().unwrap(), 500, "{sizes:?}");
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second_with_a_count() {
+        let mut r = RefusalRate::default();
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(r.take_log_turn(t0), Some(1));
+        for i in 1..=99u64 {
+            assert_eq!(r.take_log_turn(t0 + Duration::from_millis(i * 5)), None);
+        }
+        assert_eq!(r.take_log_turn(t0 + Duration::from_millis(1001)), Some(100));
     }
 }
