@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use hifi_log::Log;
+use hifi_log::{Log, Membership};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -16,6 +16,10 @@ use crate::stage::retry_until_ok;
 /// `group`, until `shutdown`. `stop` is cancelled when the partition is revoked or at
 /// shutdown; the worker must then stop taking new work, and may only have committed
 /// what is done.
+///
+/// Returns the membership, still in the group (`None` if it never joined): dropping it
+/// leaves, so a caller with work still in flight after its workers stopped (a sink's
+/// deliveries) can finish and commit it before another process takes the partitions.
 pub async fn run_owned<F, Fut>(
     log: &dyn Log,
     node: &str,
@@ -23,16 +27,13 @@ pub async fn run_owned<F, Fut>(
     topic: &str,
     shutdown: &CancellationToken,
     work: F,
-) where
+) -> Option<Membership>
+where
     F: Fn(u32, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let join = || log.join(group, topic);
-    let Some(mut membership) =
-        retry_until_ok(shutdown, node, "join the consumer group", join).await
-    else {
-        return;
-    };
+    let mut membership = retry_until_ok(shutdown, node, "join the consumer group", join).await?;
     let mut running: BTreeMap<u32, (CancellationToken, JoinHandle<()>)> = BTreeMap::new();
     let mut more_changes = true;
     loop {
@@ -74,4 +75,5 @@ pub async fn run_owned<F, Fut>(
         stop.cancel();
         let _ = worker.await;
     }
+    Some(membership)
 }

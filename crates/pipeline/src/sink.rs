@@ -328,7 +328,7 @@ impl HttpSink {
                         async move { sink.partition_worker(p, tx, trackers, stop, shutdown).await }
                     },
                 )
-                .await;
+                .await
             })
         };
         let mut retriers = tokio::task::JoinSet::new();
@@ -347,7 +347,7 @@ impl HttpSink {
                         async move { sink.retrier(tier, stop).await }
                     },
                 )
-                .await;
+                .await
             });
         }
         // Deliveries get their own token: they keep going through the drain period.
@@ -360,7 +360,9 @@ impl HttpSink {
             .clone()
             .batcher(rx, trackers.clone(), shutdown.clone(), deliver_stop.clone())
             .await;
-        let _ = readers.await;
+        // The input group's membership is kept through the drain and the last commit, so
+        // another process takes these partitions over only from the final positions.
+        let membership = readers.await.ok().flatten();
         while retriers.join_next().await.is_some() {}
         let deadline = tokio::time::sleep(drain);
         tokio::pin!(deadline);
@@ -377,6 +379,7 @@ impl HttpSink {
         in_flight.shutdown().await;
         let _ = committer.await;
         self.commit_positions(&trackers).await;
+        drop(membership);
         Ok(())
     }
 

@@ -92,7 +92,7 @@ impl Stage {
                 }
             },
         )
-        .await;
+        .await; // each worker committed its last batch; the group is left here
         Ok(())
     }
 
