@@ -304,16 +304,24 @@ impl KafkaLog {
 
     /// Points a partition's reader at `offset` (the next record it returns).
     fn seek(&self, r: &Reader, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        let what = "positioning a reader";
+        let tpl = self.one_partition(topic, partition, offset as i64, what)?;
+        r.consumer.assign(&tpl).map_err(|e| kafka_err(what, e))
+    }
+
+    /// A list of one partition of `topic` at `offset` (an offset or, for
+    /// `offsets_for_times`, a timestamp).
+    fn one_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        what: &str,
+    ) -> Result<TopicPartitionList, LogError> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(
-            &self.name(topic),
-            partition as i32,
-            Offset::Offset(offset as i64),
-        )
-        .map_err(|e| kafka_err("positioning a reader", e))?;
-        r.consumer
-            .assign(&tpl)
-            .map_err(|e| kafka_err("positioning a reader", e))
+        tpl.add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(offset))
+            .map_err(|e| kafka_err(what, e))?;
+        Ok(tpl)
     }
 
     fn name(&self, topic: &str) -> String {
@@ -744,13 +752,7 @@ impl Log for KafkaLog {
         validate_name(group)?;
         self.check_partition(topic, partition).await?;
         let g = self.name(group);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(
-            &self.name(topic),
-            partition as i32,
-            Offset::Offset(offset as i64),
-        )
-        .map_err(|e| kafka_err("committing", e))?;
+        let tpl = self.one_partition(topic, partition, offset as i64, "committing")?;
         let what = format!("committing {group} at {topic}/{partition}@{offset}");
         if let Some(m) = self.member(&g) {
             return blocking(move || {
@@ -799,13 +801,12 @@ impl Log for KafkaLog {
         timestamp_ms: i64,
     ) -> Result<Option<u64>, LogError> {
         self.check_partition(topic, partition).await?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(
-            &self.name(topic),
-            partition as i32,
-            Offset::Offset(timestamp_ms),
-        )
-        .map_err(|e| kafka_err("finding an offset for a time", e))?;
+        let tpl = self.one_partition(
+            topic,
+            partition,
+            timestamp_ms,
+            "finding an offset for a time",
+        )?;
         let meta = self.meta.clone();
         let got = blocking(move || {
             meta.offsets_for_times(tpl, REQUEST_TIMEOUT)

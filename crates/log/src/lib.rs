@@ -415,23 +415,13 @@ pub async fn read_to_end(
 /// Reads one partition from `from` (or its start, if later) to the end it had when
 /// started, one read at a time (at most 5 000 records, 8 MiB each), so that a caller can
 /// act on each chunk (append, answer) with memory bounded by one chunk.
+#[derive(Debug)]
 pub struct ChunksToEnd<'a> {
     log: &'a dyn Log,
     topic: &'a str,
     partition: u32,
     pos: u64,
     end: u64,
-}
-
-impl std::fmt::Debug for ChunksToEnd<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunksToEnd")
-            .field("topic", &self.topic)
-            .field("partition", &self.partition)
-            .field("pos", &self.pos)
-            .field("end", &self.end)
-            .finish()
-    }
 }
 
 impl<'a> ChunksToEnd<'a> {

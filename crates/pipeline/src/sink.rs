@@ -743,7 +743,7 @@ impl HttpSink {
             let class = match lane {
                 Lane::Fast { .. } => self.send(batch).await,
                 Lane::Recovering { .. } => {
-                    let _slot = acquire(&self.recovery_requests, stop).await?;
+                    let _slot = acquire(&self.recovery_requests, 1, stop).await?;
                     self.send(batch).await
                 }
             };
@@ -752,7 +752,7 @@ impl HttpSink {
                 // so a destination failing everything slows the batcher instead of
                 // piling up batches.
                 *lane = Lane::Recovering {
-                    _place: Some(acquire_many(&self.recovering_events, batch.len(), stop).await?),
+                    _place: Some(acquire(&self.recovering_events, batch.len(), stop).await?),
                 };
             }
             attempt += 1;
@@ -1178,8 +1178,8 @@ impl HttpSink {
 }
 
 /// An error with its causes ("error sending request: connection refused").
-/// `n` permits from `sem` (at most all it has); `None` at shutdown.
-async fn acquire_many(
+/// `n` permits from `sem` (at least one); `None` at shutdown.
+async fn acquire(
     sem: &Arc<Semaphore>,
     n: usize,
     stop: &CancellationToken,
@@ -1188,14 +1188,6 @@ async fn acquire_many(
     tokio::select! {
         _ = stop.cancelled() => None,
         p = sem.clone().acquire_many_owned(n) => p.ok(),
-    }
-}
-
-/// A permit from `sem`; `None` at shutdown.
-async fn acquire(sem: &Arc<Semaphore>, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-    tokio::select! {
-        _ = stop.cancelled() => None,
-        p = sem.clone().acquire_owned() => p.ok(),
     }
 }
 

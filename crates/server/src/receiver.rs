@@ -335,8 +335,8 @@ fn ids_in(body: &[u8]) -> Vec<String> {
     }
 }
 
-/// Appends `{"id", "status", "at_us"}` per failed event: every event of a request failed
-/// with `fail_status`, only the matching ids of a refused request.
+/// Appends `{"id", "status", "at_us"}` per event of a request failed with `fail_status`
+/// (refused requests: [`log_rejection`]).
 fn log_failure<S: AsRef<str>>(r: &Receiver, ids: &[S], status: u16, at_us: i64) {
     let lines = ids
         .iter()
