@@ -6,19 +6,16 @@
 //!
 //! The pipeline tests use `HIFI_KAFKA_PIPELINE_BROKERS` when it is set, else
 //! `KAFKA_BROKERS`: `scripts/test-broker` points it at a tansu (0.6, patched: see
-//! `scripts/tansu-patches`) with in-memory storage, because tansu's SQLite storage loses
-//! track of idempotent producers under several processes' traffic and then refuses their
-//! produces (before the patch it panicked, "more or less than one row"; seen 2026-11-29,
-//! see docs/deploy-kafka.md). The in-memory storage answers a fetch from inside a
-//! multi-record batch with the next batch (records skipped: this test saw 3 to 11 events
-//! "lost" per run that way), so the pipeline here produces one record per batch
-//! (`batch.num.messages = 1`).
+//! `scripts/tansu-patches`) with in-memory storage, which carries more load here than its
+//! SQLite storage (both pass these tests since patch 0002). The in-memory storage answers
+//! a fetch from inside a multi-record batch with the next batch (records skipped: this
+//! test saw 3 to 11 events "lost" per run that way), so the pipeline here produces one
+//! record per batch (`batch.num.messages = 1`).
 //!
-//! The broker restart test is **ignored** by default because tansu cannot pass it: it
-//! needs durable storage (SQLite), which after a restart under load refuses every produce
-//! of the running idempotent producer (ingest then answers 503 and acknowledges nothing:
-//! safe, but it never recovers). It starts and kills a tansu of its own (`HIFI_TANSU`);
-//! run it against a broker that can: `cargo test -p hifi --test kafka_pipeline -- --ignored`.
+//! The broker restart test needs durable storage: it starts, SIGKILLs and restarts a
+//! tansu of its own (`HIFI_TANSU`) with SQLite storage. Before patch 0002 that storage
+//! refused every produce after the restart (librdkafka's idempotent producer bumps its
+//! epoch itself after messages time out, and tansu did not accept the new epoch).
 //!
 //! Without `KAFKA_BROKERS` (or `HIFI_TANSU`) a test says so and passes, unless
 //! `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a failure.
@@ -381,7 +378,6 @@ impl Drop for Broker {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6's SQLite storage refuses produces after a restart under load"]
 async fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     let Some(tansu) = required("HIFI_TANSU") else {
         return;
