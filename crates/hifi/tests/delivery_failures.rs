@@ -436,3 +436,51 @@ async fn a_batch_being_bisected_does_not_hold_up_the_events_behind_it() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// When the circuit breaker closes, every delivery waiting behind it goes at once, not
+/// one probe period later: otherwise fresh events overtake the waiting ones while the
+/// destination is up, the committed position stays behind them, and a crash re-sends
+/// everything delivered since (the chaos soak's duplicates, 2026-11-30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_behind_the_breaker_go_as_soon_as_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    let addr = free_addr(); // nothing listens yet: connections are refused
+    let sink_url = format!("http://{addr}/ingest");
+    let probe = Duration::from_secs(3);
+    let extra = format!(
+        "{FAST_RETRY}[sinks.out.breaker]\nfailures = 1\nprobe = \"{}s\"\n",
+        probe.as_secs()
+    );
+    let proc = run_pipeline(
+        dir.path(),
+        &pipeline_file_full(dir.path(), &sink_url, "", None, &extra),
+    );
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    // Separate requests a little apart: separate batches, all waiting behind the breaker
+    // (the first one's failure opened it).
+    let ids: Vec<String> = (0..4).map(|i| format!("w-{i}")).collect();
+    for id in &ids {
+        post_ids(&url, std::slice::from_ref(id)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Up between two probes: the next probe finds it and closes the breaker.
+    tokio::time::sleep(probe / 2).await;
+    let receiver = receiver_with(dir.path(), &addr.to_string(), &record, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let got = received_ids(&record);
+            ids.iter().all(|id| got.contains_key(id))
+        }),
+        "not everything arrived"
+    );
+    let at = received_at(&record);
+    let times: Vec<i64> = ids.iter().map(|id| at[id]).collect();
+    let spread_ms = (times.iter().max().unwrap() - times.iter().min().unwrap()) / 1000;
+    assert!(
+        spread_ms < probe.as_millis() as i64 / 2,
+        "the waiting deliveries arrived {spread_ms} ms apart (the probe period is {probe:?})"
+    );
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

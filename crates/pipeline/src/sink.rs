@@ -151,6 +151,8 @@ pub struct HttpSink {
     classifier: Classifier,
     /// Opens while the destination is down.
     breaker: Mutex<Breaker>,
+    /// Wakes the deliveries waiting behind the breaker when it closes.
+    breaker_closed: tokio::sync::Notify,
     /// Recent share of events the destination refused; shrinks batches while high.
     refusals: Mutex<RefusalRate>,
     /// Paces global retries.
@@ -273,6 +275,7 @@ impl HttpSink {
                 non_recoverable: cfg.classify.non_recoverable.clone(),
             },
             breaker: Mutex::new(Breaker::new(cfg.breaker.failures, cfg.breaker.probe.0)),
+            breaker_closed: tokio::sync::Notify::new(),
             refusals: Mutex::new(RefusalRate::default()),
             retry_rate: Mutex::new(RateLimit::new(
                 cfg.retry.global.rate,
@@ -623,12 +626,19 @@ impl HttpSink {
         }
     }
 
-    /// Waits until the breaker lets a request go; false at shutdown.
+    /// Waits until the breaker lets a request go; false at shutdown. A waiting delivery
+    /// goes as soon as the breaker closes, not at the next probe time: fresh events must
+    /// not overtake it while the destination is up (the committed position would stay
+    /// behind, and a crash would re-send everything delivered since).
     async fn gate(&self, stop: &CancellationToken) -> bool {
         loop {
             if stop.is_cancelled() {
                 return false;
             }
+            // Registered before the breaker is read, so a close in between still wakes it.
+            let closed = self.breaker_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
             let gate = self
                 .breaker
                 .lock()
@@ -640,6 +650,7 @@ impl HttpSink {
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep_until(t) => {}
+                        _ = &mut closed => {}
                     }
                 }
             }
@@ -662,6 +673,7 @@ impl HttpSink {
                     "destination keeps failing: circuit breaker open, pausing delivery and probing");
             }
             Some(false) => {
+                self.breaker_closed.notify_waiters();
                 self.stats.breaker_open.store(0, Ordering::Relaxed);
                 info!(sink = %self.name, "destination answers again: circuit breaker closed");
             }
