@@ -70,7 +70,11 @@ fn spawn_pipeline(file: &std::path::Path) -> Result<Child> {
     let exe = std::env::current_exe().context("finding the hifi executable")?;
     Command::new(exe)
         .args(["run", file.to_str().unwrap_or_default(), "--drain", "5s"])
-        .env("HIFI_LOG", "warn")
+        // Quiet unless the load test runs with HIFI_LOG set (then the child logs alike).
+        .env(
+            "HIFI_LOG",
+            std::env::var("HIFI_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .spawn()

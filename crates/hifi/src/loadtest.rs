@@ -57,6 +57,11 @@ pub struct LoadtestArgs {
     /// Read delivered events from a separate `hifi receiver`'s record file instead.
     #[arg(long, conflicts_with = "receiver")]
     receiver_record: Option<PathBuf>,
+    /// With --receiver: keep its record (one JSON line per delivery: id, event time,
+    /// receive time) at FILE, to study duplicates and delays afterwards. FILE must not
+    /// exist yet.
+    #[arg(long, requires = "receiver", conflicts_with = "find_rating")]
+    keep_record: Option<PathBuf>,
     /// After sending, wait this long at most for acknowledged events to be delivered.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
@@ -415,7 +420,16 @@ pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -
     let delivered = match (&args.receiver, &args.receiver_record) {
         (Some(addr), _) => {
             let dir = tempfile::tempdir()?;
-            let record = dir.path().join("received.jsonl");
+            let record = match &args.keep_record {
+                Some(path) if path.exists() => {
+                    bail!(
+                        "--keep-record {}: the file exists; remove it or name another",
+                        path.display()
+                    )
+                }
+                Some(path) => path.clone(),
+                None => dir.path().join("received.jsonl"),
+            };
             let receiver = Receiver::open(&record)?;
             let listener = bind(*addr, "the load test's receiver").await?;
             let stop = CancellationToken::new();

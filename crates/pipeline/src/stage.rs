@@ -16,7 +16,7 @@ use std::time::Duration;
 use hifi_ledger::{NodeLedger, Origin, Outcome};
 use hifi_log::{Log, LogError, ReadLimits, Record, StoredRecord};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::event::{header, EventMeta};
 use crate::transform::{Applied, Transforms};
@@ -315,7 +315,18 @@ pub async fn start_position(
                 "records after the committed position were deleted (retention) before this group read them; starting at the oldest record left (those events are lost)");
             offsets.start
         }
-        Some(pos) => pos,
+        Some(pos) => {
+            info!(
+                group,
+                topic,
+                partition = p,
+                committed = pos,
+                end = offsets.end,
+                behind = offsets.end - pos,
+                "resuming from the committed position"
+            );
+            pos
+        }
         None => offsets.start,
     })
 }
