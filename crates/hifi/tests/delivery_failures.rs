@@ -449,7 +449,7 @@ async fn deliveries_waiting_behind_the_breaker_go_as_soon_as_it_closes() {
     let sink_url = format!("http://{addr}/ingest");
     let probe = Duration::from_secs(3);
     let extra = format!(
-        "{FAST_RETRY}[sinks.out.breaker]\nfailures = 1\nprobe = \"{}s\"\n",
+        "{FAST_RETRY}[sinks.out.breaker]\nfailures = 1\nprobe = \"{0}s\"\nprobe_min = \"{0}s\"\n",
         probe.as_secs()
     );
     let proc = run_pipeline(

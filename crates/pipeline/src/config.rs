@@ -467,9 +467,14 @@ pub struct BreakerConfig {
     /// Consecutive failed requests that open it. Default 5.
     #[serde(default = "default_breaker_failures")]
     pub failures: u32,
-    /// While open, one probe request this often. Default `"5s"`.
+    /// While open, one probe request at most this far apart. Default `"5s"`.
     #[serde(default = "default_breaker_probe")]
     pub probe: Dur,
+    /// The first probe this soon after it opens; the gap doubles after each failed probe
+    /// up to `probe`, so a short outage pauses delivery briefly and a long one costs one
+    /// request per `probe`. Default `"250ms"` (at most `probe`).
+    #[serde(default = "default_breaker_probe_min")]
+    pub probe_min: Dur,
 }
 
 impl Default for BreakerConfig {
@@ -477,6 +482,7 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failures: default_breaker_failures(),
             probe: default_breaker_probe(),
+            probe_min: default_breaker_probe_min(),
         }
     }
 }
@@ -501,6 +507,9 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_probe() -> Dur {
     Dur(Duration::from_secs(5))
+}
+fn default_breaker_probe_min() -> Dur {
+    Dur(Duration::from_millis(250))
 }
 
 fn default_data_dir() -> PathBuf {

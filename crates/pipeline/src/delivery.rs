@@ -114,14 +114,18 @@ pub fn backoff(
 }
 
 /// A per-sink circuit breaker: after `threshold` consecutive failed requests it opens
-/// and lets one probe through every `probe_every`; a success closes it.
+/// and lets one probe through `probe_min` later, then at gaps doubling up to
+/// `probe_max`; a success closes it.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
-    probe_every: Duration,
+    probe_min: Duration,
+    probe_max: Duration,
     failures: u32,
     /// When open: the earliest time of the next probe.
     open_until: Option<Instant>,
+    /// When open: the gap before the probe after the next.
+    gap: Duration,
 }
 
 /// What the breaker says about sending now.
@@ -134,13 +138,15 @@ pub enum Gate {
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub fn new(threshold: u32, probe_every: Duration) -> Self {
+    /// A closed breaker (`probe_min` is at most `probe_max`).
+    pub fn new(threshold: u32, probe_min: Duration, probe_max: Duration) -> Self {
         Breaker {
             threshold: threshold.max(1),
-            probe_every,
+            probe_min: probe_min.min(probe_max),
+            probe_max,
             failures: 0,
             open_until: None,
+            gap: probe_min,
         }
     }
 
@@ -150,7 +156,8 @@ impl Breaker {
             None => Gate::Go,
             Some(t) if now >= t => {
                 // Let this one probe; others wait for the next probe slot.
-                self.open_until = Some(now + self.probe_every);
+                self.gap = self.gap.saturating_mul(2).min(self.probe_max);
+                self.open_until = Some(now + self.gap);
                 Gate::Go
             }
             Some(t) => Gate::WaitUntil(t),
@@ -166,7 +173,8 @@ impl Breaker {
         }
         self.failures = self.failures.saturating_add(1);
         if self.failures >= self.threshold && self.open_until.is_none() {
-            self.open_until = Some(now + self.probe_every);
+            self.gap = self.probe_min;
+            self.open_until = Some(now + self.gap);
             return Some(true);
         }
         None
@@ -290,8 +298,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_breaker_opens_probes_and_closes() {
-        let mut b = Breaker::new(3, Duration::from_secs(5));
+    async fn the_breaker_opens_probes_with_backoff_and_closes() {
+        let s = Duration::from_secs;
+        let mut b = Breaker::new(3, s(1), s(5));
         let t0 = Instant::now();
         assert_eq!(b.gate(t0), Gate::Go);
         assert_eq!(b.record(false, t0), None);
@@ -302,21 +311,34 @@ mod tests {
             "third consecutive failure opens it"
         );
         assert_eq!(
-            b.gate(t0 + Duration::from_secs(1)),
-            Gate::WaitUntil(t0 + Duration::from_secs(5))
+            b.gate(t0 + Duration::from_millis(500)),
+            Gate::WaitUntil(t0 + s(1)),
+            "the first probe comes probe_min after opening"
         );
-        tokio::time::advance(Duration::from_secs(5)).await;
+        // Failed probes: the gaps double up to probe_max.
+        for gap in [2, 4, 5, 5] {
+            tokio::time::advance(b.open_until.unwrap() - Instant::now()).await;
+            let t = Instant::now();
+            assert_eq!(b.gate(t), Gate::Go, "one probe");
+            assert_eq!(
+                b.gate(t),
+                Gate::WaitUntil(t + s(gap)),
+                "only one probe per slot; the next after {gap} s"
+            );
+            assert_eq!(b.record(false, t), None, "a failed probe keeps it open");
+            assert!(b.is_open());
+        }
         let t = Instant::now();
-        assert_eq!(b.gate(t), Gate::Go, "one probe");
-        assert_eq!(
-            b.gate(t),
-            Gate::WaitUntil(t + Duration::from_secs(5)),
-            "only one probe per slot"
-        );
-        assert_eq!(b.record(false, t), None, "a failed probe keeps it open");
-        assert!(b.is_open());
         assert_eq!(b.record(true, t), Some(false), "a success closes it");
         assert_eq!(b.gate(t), Gate::Go);
+        for _ in 0..3 {
+            b.record(false, t);
+        }
+        assert_eq!(
+            b.gate(t),
+            Gate::WaitUntil(t + s(1)),
+            "reopened: probes start at probe_min again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,7 @@
 //!
 //! The circuit breaker: after `breaker.failures` consecutive failed requests it opens;
 //! deliveries then wait (using no attempts and no CPU, logging once) while one probe goes
-//! every `breaker.probe`; lag grows visibly meanwhile. Deliveries complete out of order;
+//! every `breaker.probe_min`, backing off to `breaker.probe`; lag grows visibly meanwhile. Deliveries complete out of order;
 //! positions commit in order, so a crash re-sends (at-least-once, `Idempotency-Key` and
 //! event ids for de-duplication) and never skips.
 
@@ -274,7 +274,11 @@ impl HttpSink {
                 recoverable: cfg.classify.recoverable.clone(),
                 non_recoverable: cfg.classify.non_recoverable.clone(),
             },
-            breaker: Mutex::new(Breaker::new(cfg.breaker.failures, cfg.breaker.probe.0)),
+            breaker: Mutex::new(Breaker::new(
+                cfg.breaker.failures,
+                cfg.breaker.probe_min.0,
+                cfg.breaker.probe.0,
+            )),
             breaker_closed: tokio::sync::Notify::new(),
             refusals: Mutex::new(RefusalRate::default()),
             retry_rate: Mutex::new(RateLimit::new(
@@ -669,7 +673,8 @@ impl HttpSink {
                     .breaker_opens_total
                     .fetch_add(1, Ordering::Relaxed);
                 self.stats.breaker_open.store(1, Ordering::Relaxed);
-                warn!(sink = %self.name, probe_every = ?self.cfg.breaker.probe.0,
+                warn!(sink = %self.name, first_probe_in = ?self.cfg.breaker.probe_min.0.min(self.cfg.breaker.probe.0),
+                    probes_at_most_every = ?self.cfg.breaker.probe.0,
                     "destination keeps failing: circuit breaker open, pausing delivery and probing");
             }
             Some(false) => {
