@@ -37,6 +37,10 @@ enum Command {
         /// processes on one machine).
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
+        /// This process's name among several ingesting the same source (Kafka engine):
+        /// each needs its own, kept across restarts (see docs/deploy-kafka.md).
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
     },
     /// Check a pipeline file without starting anything (exit 0 when valid).
     Validate {
@@ -114,7 +118,8 @@ fn main() -> std::process::ExitCode {
                 drain,
                 only,
                 admin,
-            } => run::run(file, drain, only, admin).await,
+                instance,
+            } => run::run(file, drain, only, admin, instance).await,
             Command::Validate { file } => Ok(run::validate(&file)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,

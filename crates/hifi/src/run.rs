@@ -84,6 +84,8 @@ pub struct RunOptions {
     pub only: NodeFilter,
     /// Listen address of the admin API instead of `[admin] listen`.
     pub admin: Option<SocketAddr>,
+    /// This process's name among several ingesting one source.
+    pub instance: Option<String>,
 }
 
 /// Opens the engine, starts the nodes and binds every listener.
@@ -106,7 +108,15 @@ pub async fn start(
         })?;
     }
     let log = engine.log();
-    let pipeline = Pipeline::start(loaded, topology, log, opts.drain, &opts.only).await?;
+    let pipeline = Pipeline::start(
+        loaded,
+        topology,
+        log,
+        opts.drain,
+        &opts.only,
+        opts.instance.as_deref(),
+    )
+    .await?;
     let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let mut servers = JoinSet::new();
@@ -181,13 +191,25 @@ pub async fn signal() -> &'static str {
     }
 }
 
-/// `hifi run FILE [--only NODES] [--admin ADDR]`.
+/// `hifi run FILE [--only NODES] [--admin ADDR] [--instance NAME]`.
 pub async fn run(
     file: PathBuf,
     drain: Duration,
     only: Option<String>,
     admin: Option<SocketAddr>,
+    instance: Option<String>,
 ) -> Result<ExitCode> {
+    if let Some(name) = &instance {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            eprintln!("error: --instance {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+            return Ok(ExitCode::from(1));
+        }
+    }
     let (loaded, topology) = match load(&file) {
         Ok(x) => x,
         Err(e) => {
@@ -202,7 +224,12 @@ pub async fn run(
             return Ok(ExitCode::from(1));
         }
     };
-    let opts = RunOptions { drain, only, admin };
+    let opts = RunOptions {
+        drain,
+        only,
+        admin,
+        instance,
+    };
     let running = start(&loaded, topology, &opts).await?;
     for (name, addr) in &running.source_addrs {
         println!("source {name}: POST http://{addr}/v1/events");

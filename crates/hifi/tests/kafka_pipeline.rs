@@ -102,13 +102,23 @@ struct Producers {
 
 impl Producers {
     fn start(n: usize, target: String) -> Producers {
+        Producers::named("p", n, target)
+    }
+
+    /// Producers whose ids start with `name` (distinct from other producers' ids).
+    fn named(name: &str, n: usize, target: String) -> Producers {
         let acked = Arc::new(Mutex::new(HashSet::new()));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for task in 0..n {
-            let (acked, failed, stop, url) =
-                (acked.clone(), failed.clone(), stop.clone(), target.clone());
+            let (acked, failed, stop, url, name) = (
+                acked.clone(),
+                failed.clone(),
+                stop.clone(),
+                target.clone(),
+                name.to_owned(),
+            );
             tasks.push(tokio::spawn(async move {
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(15))
@@ -116,7 +126,8 @@ impl Producers {
                     .unwrap();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let ids: Vec<String> = (0..10).map(|i| format!("p{task}-{seq}-{i}")).collect();
+                    let ids: Vec<String> =
+                        (0..10).map(|i| format!("{name}{task}-{seq}-{i}")).collect();
                     let body: Vec<_> = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
                     loop {
                         match client.post(&url).json(&body).send().await {
@@ -234,16 +245,41 @@ enum Stop {
     Leave,
 }
 
-async fn take_over(stop: Stop) {
-    let Some(brokers) = required("KAFKA_BROKERS") else {
-        return;
-    };
+/// A test's directory, a receiver and the Kafka pipeline file pointing its sink there.
+struct Setup {
+    dir: tempfile::TempDir,
+    record: std::path::PathBuf,
+    receiver: Proc,
+    file: std::path::PathBuf,
+}
+
+/// `None` (the test is skipped) without a broker.
+fn setup(test: &str) -> Option<Setup> {
+    let brokers = required("KAFKA_BROKERS")?;
     let brokers = std::env::var("HIFI_KAFKA_PIPELINE_BROKERS").unwrap_or(brokers);
     let dir = test_dir();
     let record = dir.path().join("received.jsonl");
     let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
     let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
-    let file = kafka_pipeline(dir.path(), &brokers, &unique_prefix("e2e"), &sink_url);
+    let file = kafka_pipeline(dir.path(), &brokers, &unique_prefix(test), &sink_url);
+    Some(Setup {
+        dir,
+        record,
+        receiver,
+        file,
+    })
+}
+
+async fn take_over(stop: Stop) {
+    let Some(Setup {
+        dir,
+        record,
+        receiver: _receiver, // kept running until the test ends
+        file,
+    }) = setup("e2e")
+    else {
+        return;
+    };
 
     let ingest = run_only(dir.path(), &file, "sources.api");
     let producers = Producers::start(4, format!("http://{}/v1/events", ingest.addr("source api")));
@@ -307,6 +343,121 @@ async fn take_over(stop: Stop) {
     );
     s1.sigterm(Duration::from_secs(30));
     ingest.sigterm(Duration::from_secs(30));
+}
+
+fn run_ingest_instance(dir: &Path, file: &Path, instance: &str, log: &str) -> Proc {
+    Proc::start_logging(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--drain",
+            "5s",
+            "--only",
+            "sources.api",
+            "--instance",
+            instance,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        "hifi is running",
+        dir,
+        log,
+    )
+}
+
+/// The `events` count of the "recorded outcomes lost in a crash" line (0 without one).
+fn caught_up_after_crash(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text
+        .lines()
+        .find(|l| l.contains("recorded outcomes lost in a crash"))
+    else {
+        return 0;
+    };
+    // Without the terminal colours (their escapes hold digits too).
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let after = &plain[plain.find("events=").unwrap() + "events=".len()..];
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// Two processes ingest the same source (`--instance a` and `b`) into the same
+/// partitions; `a` is SIGKILLed under load and restarted as `a`. Every acknowledged event
+/// arrives, the ledger's `passed` is exact (each process tallies its own records, under
+/// its own tally position), and the restarted process re-counts only what was written
+/// since its last tally flush, not everything since the other process's first record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_ingest_one_source_and_one_is_killed_and_restarted() {
+    let Some(Setup {
+        dir,
+        record,
+        receiver: _receiver, // kept running until the test ends
+        file,
+    }) = setup("ingest2")
+    else {
+        return;
+    };
+
+    let a = run_ingest_instance(dir.path(), &file, "a", "warn");
+    let b = run_ingest_instance(dir.path(), &file, "b", "warn");
+    let sink = run_only(dir.path(), &file, "sinks.out");
+    let url = |p: &Proc| format!("http://{}/v1/events", p.addr("source api"));
+    let to_a = Producers::named("a", 2, url(&a));
+    let to_b = Producers::named("b", 2, url(&b));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    a.sigkill();
+    let acked_at_kill = to_a.acked() + to_b.acked();
+    let (acked_a, _) = to_a.stop().await;
+    let a2 = run_ingest_instance(dir.path(), &file, "a", "info");
+    let written_meanwhile = (to_b.acked() + acked_a.len()).saturating_sub(acked_at_kill);
+    let to_a2 = Producers::named("c", 2, url(&a2));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (acked_a2, _) = to_a2.stop().await;
+    let (acked_b, failed) = to_b.stop().await;
+    let acked: HashSet<String> = acked_a.into_iter().chain(acked_a2).chain(acked_b).collect();
+
+    let (missing, duplicates) = check_delivered(&record, &acked);
+    let buckets = settled_buckets(b.addr("admin"), Duration::from_secs(180)).await;
+    let passed = node_sum(&buckets, "api", "passed");
+    let delivered = node_sum(&buckets, "out", "delivered");
+    let e2e_lost: u64 = buckets
+        .iter()
+        .map(|bk| bk["e2e_lost"].as_u64().unwrap())
+        .sum();
+    let caught_up = caught_up_after_crash(&a2.log);
+    eprintln!(
+        "two ingest processes: {} events acknowledged ({acked_at_kill} at the kill), {duplicates} duplicate deliveries, \
+         {failed} producer requests failed; restarted process re-counted {caught_up} (b wrote ~{written_meanwhile} meanwhile); \
+         ledger: passed {passed}, delivered {delivered}, e2e lost {e2e_lost}",
+        acked.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
+    // Stored = arrived: what `a` stored but could not acknowledge before it died arrives
+    // too (its producers gave up on those requests).
+    let stored = received_ids(&record).len() as u64;
+    assert_eq!(passed, stored, "the ledger counts every stored event once");
+    assert_eq!(delivered, passed, "the ledger saw every delivery");
+    assert_eq!(e2e_lost, 0, "the ledger reports loss: {buckets:?}");
+    assert!(
+        caught_up <= written_meanwhile as u64 + 500,
+        "the restarted process re-counted {caught_up} records: its tally position was stuck \
+         behind the other process's records (only ~{written_meanwhile} were written while it was down)"
+    );
+    sink.sigterm(Duration::from_secs(30));
+    a2.sigterm(Duration::from_secs(30));
+    b.sigterm(Duration::from_secs(30));
 }
 
 /// A tansu broker on loopback that this test can kill and restart on the same storage.

@@ -214,6 +214,7 @@ impl Pipeline {
         log: Arc<dyn Log>,
         drain: Duration,
         only: &NodeFilter,
+        instance: Option<&str>,
     ) -> Result<Pipeline, StartError> {
         for spec in topology.topics.values() {
             let partitions = log.ensure_topic(spec).await?;
@@ -229,8 +230,15 @@ impl Pipeline {
         let mut sources = Vec::new();
         for (name, s) in cfg.sources.iter().filter(|(n, _)| only.runs("sources", n)) {
             let record_max = loaded.config.engine.record_bytes_max.0 as usize;
-            let source =
-                HttpSource::start(name, s, log.clone(), ledger.node(name), record_max).await?;
+            let source = HttpSource::start(
+                name,
+                s,
+                log.clone(),
+                ledger.node(name),
+                record_max,
+                instance,
+            )
+            .await?;
             sources.push((Arc::new(source), s.clone()));
             if ledger_enabled(loaded) {
                 let (source, token) = (sources.last().expect("pushed").0.clone(), shutdown.clone());

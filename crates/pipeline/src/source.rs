@@ -120,12 +120,23 @@ impl Dedup {
     }
 }
 
-/// Which offsets of one partition have their `passed` outcome recorded: everything below
-/// `contiguous`, plus ranges above it recorded out of order (concurrent requests).
+/// Which of this process's records in one partition have their `passed` outcome
+/// recorded: all of them below `contiguous`, plus ranges above it recorded out of order
+/// (concurrent requests).
+///
+/// Other processes ingesting the same source (Kafka) write between our records. Their
+/// records are theirs to tally, so a gap may be skipped once it cannot hold one of ours:
+/// when none of our appends to the partition is in flight (each is marked, or counted
+/// as failed, when it returns) and none failed (a failed append may have left records
+/// that nobody tallies; after one the gaps stay until a restart counts them).
 #[derive(Debug, Default)]
 struct TallyTracker {
     contiguous: u64,
     ahead: std::collections::BTreeMap<u64, u64>,
+    /// Our appends to the partition that have not returned yet.
+    in_flight: u32,
+    /// An append failed since the start.
+    failed: bool,
 }
 
 impl TallyTracker {
@@ -138,6 +149,17 @@ impl TallyTracker {
             self.contiguous = self.contiguous.max(end);
             self.ahead.remove(&start);
         }
+    }
+
+    /// The position below which every record of ours has its outcome recorded.
+    fn position(&mut self) -> u64 {
+        if self.in_flight == 0 && !self.failed {
+            if let Some((_, &end)) = self.ahead.last_key_value() {
+                self.contiguous = self.contiguous.max(end);
+            }
+            self.ahead.clear();
+        }
+        self.contiguous
     }
 }
 
@@ -164,6 +186,10 @@ pub struct HttpSource {
     ledger: NodeLedger,
     /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
     tallied: Vec<Mutex<TallyTracker>>,
+    /// The consumer group whose positions say up to where this process's `passed`
+    /// outcomes are durable: `ledger.<source>`, or `ledger.<source>.<instance>` when
+    /// several processes ingest the source.
+    tally_group: String,
     /// Largest record accepted: the engine's limit minus [`RECORD_HEADROOM_BYTES`].
     record_bytes_max: usize,
 }
@@ -174,12 +200,14 @@ pub const RECORD_HEADROOM_BYTES: usize = 4096;
 
 impl HttpSource {
     /// Creates the source and rebuilds its de-duplication window from the topic's tail.
+    /// `instance` names this process among several ingesting the same source.
     pub async fn start(
         name: &str,
         cfg: &SourceConfig,
         log: Arc<dyn Log>,
         ledger: NodeLedger,
         engine_record_bytes_max: usize,
+        instance: Option<&str>,
     ) -> Result<Self, LogError> {
         let topic = cfg.topic.get_ref().clone();
         let partitions = log.partitions(&topic).await?;
@@ -210,26 +238,25 @@ impl HttpSource {
             tallied: (0..partitions)
                 .map(|_| Mutex::new(TallyTracker::default()))
                 .collect(),
+            tally_group: match instance {
+                Some(i) => format!("ledger.{name}.{i}"),
+                None => format!("ledger.{name}"),
+            },
         };
         source.rebuild_dedup().await?;
         source.catch_up_tallies().await?;
         Ok(source)
     }
 
-    /// The consumer group whose positions say up to where `passed` is recorded durably.
-    fn tally_group(&self) -> String {
-        format!("ledger.{}", self.name)
-    }
-
     /// Records `passed` for records stored before a crash whose tallies were not yet
     /// durable (from the tally position to the end), so the ledger is exact.
     async fn catch_up_tallies(&self) -> Result<(), LogError> {
-        let group = self.tally_group();
+        let group = &self.tally_group;
         let mut caught_up = 0u64;
         for p in 0..self.partitions {
             let offsets = self.log.offsets(&self.topic, p).await?;
             let mut pos =
-                crate::stage::start_position(self.log.as_ref(), &group, &self.topic, p).await?;
+                crate::stage::start_position(self.log.as_ref(), group, &self.topic, p).await?;
             if self.ledger.enabled() {
                 while pos < offsets.end {
                     let limits = ReadLimits {
@@ -270,13 +297,13 @@ impl HttpSource {
         let positions: Vec<u64> = self
             .tallied
             .iter()
-            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).contiguous)
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).position())
             .collect();
         self.ledger.flush().await?;
-        let group = self.tally_group();
+        let group = &self.tally_group;
         for (p, pos) in positions.into_iter().enumerate() {
-            if self.log.committed(&group, &self.topic, p as u32).await? != Some(pos) {
-                self.log.commit(&group, &self.topic, p as u32, pos).await?;
+            if self.log.committed(group, &self.topic, p as u32).await? != Some(pos) {
+                self.log.commit(group, &self.topic, p as u32, pos).await?;
             }
         }
         Ok(())
@@ -427,15 +454,20 @@ impl HttpSource {
         now: i64,
     ) -> Result<(), LogError> {
         let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
-        let offsets = self
-            .log
-            .append(&self.topic, partition, records)
-            .await
-            .inspect_err(|_| {
+        let tally = &self.tallied[partition as usize];
+        tally.lock().unwrap_or_else(|e| e.into_inner()).in_flight += 1;
+        let offsets = match self.log.append(&self.topic, partition, records).await {
+            Ok(o) => o,
+            Err(e) => {
+                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                t.in_flight -= 1;
+                t.failed = true;
                 self.stats
                     .engine_errors_total
                     .fetch_add(1, Ordering::Relaxed);
-            })?;
+                return Err(e);
+            }
+        };
         let departure_us = self.ledger.now_us();
         let mut origin = hifi_ledger::Origin {
             topic: self.topic.clone(),
@@ -448,10 +480,11 @@ impl HttpSource {
             self.ledger
                 .outcome(hifi_ledger::Outcome::Passed, &origin, t);
         }
-        self.tallied[partition as usize]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .mark(offsets[0]..offsets[offsets.len() - 1] + 1);
+        {
+            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            t.mark(offsets[0]..offsets[offsets.len() - 1] + 1);
+            t.in_flight -= 1;
+        }
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             d.insert(key, now);
@@ -464,5 +497,40 @@ fn hdr(name: &'static str, value: &[u8]) -> hifi_log::Header {
     hifi_log::Header {
         name: name.into(),
         value: value.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_left_by_other_writers_are_skipped_only_when_none_of_ours_can_be_in_them() {
+        let mut t = TallyTracker {
+            in_flight: 2,
+            ..Default::default()
+        };
+        t.mark(0..10);
+        t.in_flight -= 1;
+        // 10..15 is another process's, or our append still in flight.
+        t.mark(15..20);
+        assert_eq!(t.position(), 10, "an append of ours is in flight");
+        t.in_flight -= 1;
+        assert_eq!(
+            t.position(),
+            20,
+            "nothing of ours in flight: the gap is theirs"
+        );
+        assert!(t.ahead.is_empty());
+
+        t.in_flight = 1;
+        t.in_flight -= 1;
+        t.failed = true; // may have left records of ours in 20..30
+        t.mark(30..40);
+        assert_eq!(
+            t.position(),
+            20,
+            "after a failed append, gaps stay (a restart counts them)"
+        );
     }
 }

@@ -24,6 +24,12 @@ pub struct Proc {
 impl Proc {
     /// Starts `hifi ARGS` and waits until it printed `ready_line_prefix`.
     pub fn start(args: &[&str], ready_prefix: &str, dir: &Path) -> Proc {
+        let level = std::env::var("HIFI_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Proc::start_logging(args, ready_prefix, dir, &level)
+    }
+
+    /// [`Proc::start`] with the log at `level` (`HIFI_LOG`), for a test that reads it.
+    pub fn start_logging(args: &[&str], ready_prefix: &str, dir: &Path, level: &str) -> Proc {
         // One log per process: `hifi-1.stderr`, `hifi-2.stderr`, ... in start order.
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -36,10 +42,7 @@ impl Proc {
         let mut child = Command::new(HIFI)
             .args(args)
             .current_dir(dir)
-            .env(
-                "HIFI_LOG",
-                std::env::var("HIFI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("HIFI_LOG", level)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
