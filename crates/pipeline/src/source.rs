@@ -309,46 +309,43 @@ impl HttpSource {
         Ok(())
     }
 
+    /// Reads the ids stored within the window back into memory. Each partition is read
+    /// at once (in parallel) and only as far back as the memory bound can keep: requests
+    /// go round-robin over the partitions, so the newest `dedup_max_ids` events are about
+    /// the newest `dedup_max_ids / partitions` of each (plus one request's worth). Reading
+    /// the whole window instead took 7-8 s for 3.6 M events, all but 1 M then dropped.
     async fn rebuild_dedup(&self) -> Result<(), LogError> {
         let now = now_ms();
-        let window = self
-            .dedup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .window_ms;
-        let mut ids = 0u64;
-        let mut entries = Vec::new();
+        let (window, max) = {
+            let d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            (d.window_ms, d.max)
+        };
+        let per_partition =
+            (max.div_ceil(self.partitions.max(1) as usize) + self.parse.max_events) as u64;
+        let mut readers = tokio::task::JoinSet::new();
         for p in 0..self.partitions {
-            let end = self.log.offsets(&self.topic, p).await?.end;
-            let Some(mut from) = self
-                .log
-                .offset_for_time(&self.topic, p, now - window)
-                .await?
-            else {
-                continue;
-            };
-            while from < end {
-                let limits = ReadLimits {
-                    max_records: 10_000,
-                    max_bytes: 8 << 20,
-                    wait: Duration::ZERO,
+            let (log, topic) = (self.log.clone(), self.topic.clone());
+            readers.spawn(async move {
+                let end = log.offsets(&topic, p).await?.end;
+                let Some(from) = log.offset_for_time(&topic, p, now - window).await? else {
+                    return Ok(Vec::new());
                 };
-                let batch = self.log.read(&self.topic, p, from, limits).await?;
-                let Some(last) = batch.last() else { break };
-                from = last.offset + 1;
-                for r in batch {
-                    let (Some(src), Some(id)) =
-                        (r.record.header(header::SOURCE), r.record.header(header::ID))
-                    else {
-                        continue;
-                    };
-                    let key =
-                        Dedup::key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
-                    entries.push((r.record.timestamp_ms, key));
-                    ids += 1;
-                }
-            }
+                read_ids(
+                    log.as_ref(),
+                    &topic,
+                    p,
+                    from.max(end.saturating_sub(per_partition)),
+                    end,
+                )
+                .await
+            });
         }
+        let mut entries = Vec::new();
+        while let Some(r) = readers.join_next().await {
+            let ids = r.map_err(|e| LogError::Invalid(format!("reading ids failed: {e}")))??;
+            entries.extend(ids);
+        }
+        let ids = entries.len();
         entries.sort_unstable_by_key(|e| e.0);
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for (at, key) in entries {
@@ -491,6 +488,37 @@ impl HttpSource {
         }
         Ok(())
     }
+}
+
+/// (time, de-duplication key) of the records of one partition in `from..end`.
+async fn read_ids(
+    log: &dyn Log,
+    topic: &str,
+    p: u32,
+    mut from: u64,
+    end: u64,
+) -> Result<Vec<(i64, u128)>, LogError> {
+    let mut out = Vec::with_capacity(end.saturating_sub(from).min(1 << 20) as usize);
+    while from < end {
+        let limits = ReadLimits {
+            max_records: 10_000,
+            max_bytes: 8 << 20,
+            wait: Duration::ZERO,
+        };
+        let batch = log.read(topic, p, from, limits).await?;
+        let Some(last) = batch.last() else { break };
+        from = last.offset + 1;
+        for r in batch {
+            let (Some(src), Some(id)) =
+                (r.record.header(header::SOURCE), r.record.header(header::ID))
+            else {
+                continue;
+            };
+            let key = Dedup::key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
+            out.push((r.record.timestamp_ms, key));
+        }
+    }
+    Ok(out)
 }
 
 fn hdr(name: &'static str, value: &[u8]) -> hifi_log::Header {
