@@ -14,9 +14,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use hifi_log::{Log, LogError, ReadLimits, Record};
+use hifi_log::{Log, LogError, Record};
 use tracing::info;
 
 use hifi_ledger::NodeLedger;
@@ -255,30 +254,16 @@ impl HttpSource {
         let mut caught_up = 0u64;
         for p in 0..self.partitions {
             let offsets = self.log.offsets(&self.topic, p).await?;
-            let mut pos =
+            let pos =
                 crate::stage::start_position(self.log.as_ref(), group, &self.topic, p).await?;
             if self.ledger.enabled() {
-                while pos < offsets.end {
-                    let limits = ReadLimits {
-                        max_records: 10_000,
-                        max_bytes: 8 << 20,
-                        wait: Duration::ZERO,
-                    };
-                    let batch = self.log.read(&self.topic, p, pos, limits).await?;
-                    let Some(last) = batch.last().map(|r| r.offset) else {
-                        break;
-                    };
-                    for r in &batch {
-                        let meta = crate::event::EventMeta::of(&self.topic, p, r);
-                        self.ledger.outcome(
-                            hifi_ledger::Outcome::Passed,
-                            &meta.origin,
-                            meta.time_ms,
-                        );
-                    }
-                    caught_up += batch.len() as u64;
-                    pos = last + 1;
-                }
+                hifi_log::read_to_end(self.log.as_ref(), &self.topic, p, pos, |r| {
+                    let meta = crate::event::EventMeta::of(&self.topic, p, &r);
+                    self.ledger
+                        .outcome(hifi_ledger::Outcome::Passed, &meta.origin, meta.time_ms);
+                    caught_up += 1;
+                })
+                .await?;
             }
             self.tallied[p as usize]
                 .lock()
@@ -335,7 +320,6 @@ impl HttpSource {
                     &topic,
                     p,
                     from.max(end.saturating_sub(per_partition)),
-                    end,
                 )
                 .await
             });
@@ -490,34 +474,23 @@ impl HttpSource {
     }
 }
 
-/// (time, de-duplication key) of the records of one partition in `from..end`.
+/// (time, de-duplication key) of the records of one partition from `from` to its end.
 async fn read_ids(
     log: &dyn Log,
     topic: &str,
     p: u32,
-    mut from: u64,
-    end: u64,
+    from: u64,
 ) -> Result<Vec<(i64, u128)>, LogError> {
-    let mut out = Vec::with_capacity(end.saturating_sub(from).min(1 << 20) as usize);
-    while from < end {
-        let limits = ReadLimits {
-            max_records: 10_000,
-            max_bytes: 8 << 20,
-            wait: Duration::ZERO,
-        };
-        let batch = log.read(topic, p, from, limits).await?;
-        let Some(last) = batch.last() else { break };
-        from = last.offset + 1;
-        for r in batch {
-            let (Some(src), Some(id)) =
-                (r.record.header(header::SOURCE), r.record.header(header::ID))
-            else {
-                continue;
-            };
+    let mut out = Vec::new();
+    hifi_log::read_to_end(log, topic, p, from, |r| {
+        if let (Some(src), Some(id)) =
+            (r.record.header(header::SOURCE), r.record.header(header::ID))
+        {
             let key = Dedup::key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
             out.push((r.record.timestamp_ms, key));
         }
-    }
+    })
+    .await?;
     Ok(out)
 }
 
@@ -551,8 +524,6 @@ mod tests {
         );
         assert!(t.ahead.is_empty());
 
-        t.in_flight = 1;
-        t.in_flight -= 1;
         t.failed = true; // may have left records of ours in 20..30
         t.mark(30..40);
         assert_eq!(
