@@ -11,7 +11,6 @@
 //!
 //! It only sends to the `--target` URL, for at most `--duration` plus the drain.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -479,7 +478,7 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         .elapsed()
         .as_secs_f64()
         .max(args.duration.as_secs_f64());
-    let acked = acked_ids.len() as u64;
+    let acked = acked_ids.count();
     let mut outcome = Outcome {
         target_rate: args.rate,
         achieved_rate: acked as f64 / elapsed,
@@ -505,29 +504,27 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
     };
     if let Some(record) = record {
         let deadline = Instant::now() + args.drain;
-        let mut deliveries = Deliveries::new(record, &sender.run_id);
-        deliveries.refresh()?;
-        while acked_ids.iter().any(|id| !deliveries.seen.contains_key(id))
-            && Instant::now() < deadline
-        {
+        let mut deliveries = Deliveries::new(record, &acked_ids);
+        deliveries.refresh(&acked_ids)?;
+        while acked_ids.events().any(|e| deliveries.count[e] == 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            deliveries.refresh()?;
+            deliveries.refresh(&acked_ids)?;
         }
-        let seen = deliveries.seen;
         let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         let mut duplicates = 0;
-        for (count, delay_us) in seen.values() {
-            duplicates += u64::from(*count - 1);
-            e2e.saturating_record(*delay_us);
+        for (&count, &delay_ms) in deliveries.count.iter().zip(&deliveries.first_delay_ms) {
+            if count > 0 {
+                duplicates += u64::from(count - 1);
+                e2e.saturating_record(u64::from(delay_ms) * 1000);
+            }
         }
-        let lost: Vec<&String> = acked_ids
-            .iter()
-            .filter(|id| !seen.contains_key(*id))
+        let lost: Vec<usize> = acked_ids
+            .events()
+            .filter(|&e| deliveries.count[e] == 0)
             .collect();
-        outcome.delivered =
-            Some(acked_ids.iter().filter(|id| seen.contains_key(*id)).count() as u64);
+        outcome.delivered = Some(acked - lost.len() as u64);
         outcome.lost = Some(lost.len() as u64);
-        outcome.lost_examples = lost.iter().take(20).map(|s| s.to_string()).collect();
+        outcome.lost_examples = lost.iter().take(20).map(|&e| acked_ids.id(e)).collect();
         outcome.duplicates = Some(duplicates);
         outcome.e2e_ms = Some(Quantiles::of(&e2e));
     }
@@ -538,29 +535,84 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
     Ok(outcome)
 }
 
-/// Delivered ids of this run, read from a receiver's record file as it grows: each
-/// refresh reads only the complete lines appended since the last one.
+/// Which scheduled requests were acknowledged. Event ids follow from the request and
+/// the position in it (`<prefix><request>-<position>`), so a run of millions of events
+/// keeps one flag per request instead of every id.
+#[derive(Debug, Default)]
+struct Acked {
+    prefix: String,
+    batch: u64,
+    requests: Vec<bool>,
+}
+
+impl Acked {
+    /// Events acknowledged.
+    fn count(&self) -> u64 {
+        self.requests.iter().filter(|&&a| a).count() as u64 * self.batch
+    }
+
+    /// Events scheduled (acknowledged or not).
+    fn scheduled(&self) -> usize {
+        self.requests.len() * self.batch as usize
+    }
+
+    /// The acknowledged events, as indexes (request × batch + position).
+    fn events(&self) -> impl Iterator<Item = usize> + '_ {
+        let batch = self.batch as usize;
+        self.requests
+            .iter()
+            .enumerate()
+            .filter(|(_, &a)| a)
+            .flat_map(move |(i, _)| i * batch..(i + 1) * batch)
+    }
+
+    /// The id of an event index.
+    fn id(&self, event: usize) -> String {
+        let batch = self.batch as usize;
+        format!("{}{}-{}", self.prefix, event / batch, event % batch)
+    }
+
+    /// The event index of an id of this run; `None` for any other id.
+    fn index(&self, id: &str) -> Option<usize> {
+        let (request, position) = id.strip_prefix(&self.prefix)?.split_once('-')?;
+        let (request, position): (usize, u64) = (request.parse().ok()?, position.parse().ok()?);
+        (request < self.requests.len() && position < self.batch)
+            .then(|| request * self.batch as usize + position as usize)
+    }
+}
+
+/// Deliveries of this run's events, read from a receiver's record file as it grows:
+/// each refresh reads only the complete lines appended since the last one.
 struct Deliveries {
     path: PathBuf,
-    /// Ids of this run start with this.
-    prefix: String,
     /// Bytes of the file already read.
     read: u64,
-    /// id → (times received, first delay in µs).
-    seen: HashMap<String, (u32, u64)>,
+    /// Per event index: times received.
+    count: Vec<u32>,
+    /// Per event index: receive time − event time of the first receipt, ms.
+    first_delay_ms: Vec<u32>,
+}
+
+/// The fields of a record line that the outcome needs.
+#[derive(serde::Deserialize)]
+struct RecordLine<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    event_time_ms: Option<i64>,
+    received_at_ms: Option<i64>,
 }
 
 impl Deliveries {
-    fn new(path: PathBuf, run_id: &str) -> Self {
+    fn new(path: PathBuf, acked: &Acked) -> Self {
         Deliveries {
             path,
-            prefix: format!("lt-{run_id}-"),
             read: 0,
-            seen: HashMap::new(),
+            count: vec![0; acked.scheduled()],
+            first_delay_ms: vec![0; acked.scheduled()],
         }
     }
 
-    fn refresh(&mut self) -> Result<()> {
+    fn refresh(&mut self, acked: &Acked) -> Result<()> {
         use std::io::{Read, Seek, SeekFrom};
         let mut file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
@@ -575,19 +627,17 @@ impl Deliveries {
         let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         self.read += complete as u64;
         for line in buf[..complete].split(|&b| b == b'\n') {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            let Ok(l) = serde_json::from_slice::<RecordLine>(line) else {
                 continue;
             };
-            let Some(id) = v["id"].as_str().filter(|id| id.starts_with(&self.prefix)) else {
+            let Some(e) = acked.index(&l.id) else {
                 continue;
             };
-            let delay_ms = v["received_at_ms"].as_i64().unwrap_or(0)
-                - v["event_time_ms"].as_i64().unwrap_or(0);
-            let e = self
-                .seen
-                .entry(id.to_owned())
-                .or_insert((0, delay_ms.max(0) as u64 * 1000));
-            e.0 += 1;
+            if self.count[e] == 0 {
+                let delay = l.received_at_ms.unwrap_or(0) - l.event_time_ms.unwrap_or(0);
+                self.first_delay_ms[e] = delay.clamp(0, i64::from(u32::MAX)) as u32;
+            }
+            self.count[e] = self.count[e].saturating_add(1);
         }
         Ok(())
     }
@@ -597,7 +647,10 @@ impl Deliveries {
 struct Sender {
     args: LoadtestArgs,
     url: reqwest::Url,
-    run_id: String,
+    /// `lt-<run id>-`: every event id of this run is this, then `<request>-<position>`.
+    prefix: String,
+    /// Requests the schedule sends.
+    requests: u64,
     client: reqwest::Client,
     pad: String,
     sent: AtomicU64,
@@ -611,10 +664,13 @@ impl Sender {
             .timeout(Duration::from_secs(30))
             .build()?;
         let overhead = 130 + run_id.len();
+        let interval = args.batch as f64 / args.rate as f64;
+        let requests = (args.duration.as_secs_f64() / interval).round().max(1.0) as u64;
         Ok(Arc::new(Sender {
             args: args.clone(),
             url,
-            run_id,
+            prefix: format!("lt-{run_id}-"),
+            requests,
             client,
             pad: "x".repeat(args.payload_bytes.saturating_sub(overhead)),
             sent: AtomicU64::new(0),
@@ -624,13 +680,16 @@ impl Sender {
 
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
     /// (µs from the scheduled time to the acknowledgement).
-    async fn send_all(self: &Arc<Self>) -> (HashSet<String>, Timeline) {
+    async fn send_all(self: &Arc<Self>) -> (Acked, Timeline) {
         let interval = Duration::from_secs_f64(self.args.batch as f64 / self.args.rate as f64);
-        let requests = (self.args.duration.as_secs_f64() / interval.as_secs_f64())
-            .round()
-            .max(1.0) as u64;
+        let requests = self.requests;
         let permits = Arc::new(Semaphore::new(self.args.connections));
-        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let acked = Arc::new(Mutex::new(Acked {
+            prefix: self.prefix.clone(),
+            batch: self.args.batch,
+            requests: vec![false; requests as usize],
+        }));
+        let acked_events = Arc::new(AtomicU64::new(0));
         let hist = Arc::new(Mutex::new(Timeline::default()));
         let give_up = Instant::now() + self.args.duration + self.args.drain;
         // The schedule runs on a thread of its own: the OS sleeps to within a fraction of
@@ -646,15 +705,12 @@ impl Sender {
             std::thread::spawn(move || {
                 for i in 0..requests {
                     let offset = interval.mul_f64(i as f64);
-                    let ids: Vec<String> = (0..me.args.batch)
-                        .map(|j| format!("lt-{}-{i}-{j}", me.run_id))
-                        .collect();
-                    let body = me.body(&ids, start_ms + offset.as_millis() as i64);
+                    let body = me.body(i, start_ms + offset.as_millis() as i64);
                     let scheduled = start + offset;
                     if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    if tx.blocking_send((i, scheduled, ids, body)).is_err() {
+                    if tx.blocking_send((i, scheduled, body)).is_err() {
                         return;
                     }
                 }
@@ -662,9 +718,14 @@ impl Sender {
         };
         let mut tasks = tokio::task::JoinSet::new();
         let progress_every = (requests / 10).max(1);
-        while let Some((i, scheduled, ids, body)) = scheduled_rx.recv().await {
-            let (me, permits, acked_by_task, hist) =
-                (self.clone(), permits.clone(), acked.clone(), hist.clone());
+        while let Some((i, scheduled, body)) = scheduled_rx.recv().await {
+            let (me, permits, acked_by_task, events_by_task, hist) = (
+                self.clone(),
+                permits.clone(),
+                acked.clone(),
+                acked_events.clone(),
+                hist.clone(),
+            );
             tasks.spawn(async move {
                 let _permit = permits.acquire().await;
                 if me.post_until_acked(body, give_up).await {
@@ -678,7 +739,8 @@ impl Sender {
                     acked_by_task
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .extend(ids);
+                        .requests[i as usize] = true;
+                    events_by_task.fetch_add(me.args.batch, Ordering::Relaxed);
                 }
             });
             while tasks.try_join_next().is_some() {}
@@ -686,7 +748,7 @@ impl Sender {
                 eprint!(
                     "\r{:>3}% sent, {} events acknowledged",
                     i * 100 / requests,
-                    acked.lock().unwrap_or_else(|p| p.into_inner()).len()
+                    acked_events.load(Ordering::Relaxed)
                 );
             }
         }
@@ -701,20 +763,21 @@ impl Sender {
     /// A CloudEvents batch (ids and event times are standard attributes, so any
     /// pipeline carries them without extra settings), with event time `time_ms` (the
     /// scheduled send moment).
-    fn body(&self, ids: &[String], time_ms: i64) -> Vec<u8> {
+    fn body(&self, request: u64, time_ms: i64) -> Vec<u8> {
+        use std::io::Write;
         let time = hifi_pipeline::event::rfc3339_ms(time_ms);
-        let mut out = Vec::with_capacity(ids.len() * (self.args.payload_bytes + 8));
+        let batch = self.args.batch;
+        let mut out = Vec::with_capacity(batch as usize * (self.args.payload_bytes + 8) + 2);
         out.push(b'[');
-        for (k, id) in ids.iter().enumerate() {
-            if k > 0 {
+        for j in 0..batch {
+            if j > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(
-                format!(
-                    "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"hifi-loadtest\",\"type\":\"loadtest\",\"time\":\"{time}\",\"data\":{{\"pad\":\"{}\"}}}}",
-                    self.pad
-                )
-                .as_bytes(),
+            // Writing to a Vec cannot fail.
+            let _ = write!(
+                out,
+                "{{\"specversion\":\"1.0\",\"id\":\"{}{request}-{j}\",\"source\":\"hifi-loadtest\",\"type\":\"loadtest\",\"time\":\"{time}\",\"data\":{{\"pad\":\"{}\"}}}}",
+                self.prefix, self.pad
             );
         }
         out.push(b']');
@@ -793,5 +856,35 @@ impl Timeline {
                 ingest_ms: Quantiles::of(h),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_map_to_indexes_and_back_and_other_ids_are_not_counted() {
+        let acked = Acked {
+            prefix: "lt-r1-".into(),
+            batch: 3,
+            requests: vec![true, false, true],
+        };
+        assert_eq!(acked.count(), 6);
+        assert_eq!(acked.events().collect::<Vec<_>>(), vec![0, 1, 2, 6, 7, 8]);
+        for e in 0..acked.scheduled() {
+            assert_eq!(acked.index(&acked.id(e)), Some(e));
+        }
+        assert_eq!(acked.id(7), "lt-r1-2-1");
+        for other in [
+            "lt-r2-0-0",
+            "lt-r1-3-0",
+            "lt-r1-0-3",
+            "lt-r1-0",
+            "lt-r1-x-0",
+            "x",
+        ] {
+            assert_eq!(acked.index(other), None, "{other}");
+        }
     }
 }

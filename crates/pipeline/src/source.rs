@@ -55,10 +55,11 @@ pub struct IngestOutcome {
 
 /// Hashes keys that are already hashes (128-bit xxh3 of source and id) by folding them,
 /// instead of hashing them again with SipHash (which showed in profiles).
-type PreHashed = std::hash::BuildHasherDefault<FoldHasher>;
+pub type PreHashed = std::hash::BuildHasherDefault<FoldHasher>;
 
+/// The hasher of [`PreHashed`].
 #[derive(Debug, Default)]
-struct FoldHasher(u64);
+pub struct FoldHasher(u64);
 
 impl std::hash::Hasher for FoldHasher {
     fn finish(&self) -> u64 {

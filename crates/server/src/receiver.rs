@@ -10,6 +10,7 @@
 //! do), added latency, `Retry-After` on failures, the first N requests failed. Refused
 //! requests record nothing.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,7 +22,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde::Serialize;
+use hifi_pipeline::source::PreHashed;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +46,7 @@ struct Inner {
     /// The record file.
     file: std::io::BufWriter<std::fs::File>,
     /// Hashes of (source, id) seen, for the distinct count.
-    seen: HashSet<u128>,
+    seen: HashSet<u128, PreHashed>,
     /// Counts.
     summary: ReceiverSummary,
     /// Receive time − event time (ms) since the last [`Receiver::take_delays`].
@@ -117,7 +120,7 @@ impl Receiver {
         Ok(Receiver {
             inner: Arc::new(Mutex::new(Inner {
                 file: std::io::BufWriter::new(file),
-                seen: HashSet::new(),
+                seen: HashSet::default(),
                 summary: ReceiverSummary::default(),
                 delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
                     .expect("valid bounds"),
@@ -228,22 +231,14 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         return failure(f.fail_status, f, "injected failure");
     }
     let received_at = received_at_us / 1000;
-    let events: Vec<serde_json::Value> = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Array(a)) => a,
-        Ok(v @ serde_json::Value::Object(_)) => vec![v],
-        Ok(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "expected a CloudEvents batch (array) or one CloudEvent\n",
-            )
-                .into_response()
-        }
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}\n")).into_response(),
+    let events = match parse_events(&body) {
+        Ok(events) => events,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
     if let Some(re) = &f.reject_ids {
         let bad: Vec<&str> = events
             .iter()
-            .filter_map(|e| e.get("id").and_then(|v| v.as_str()))
+            .filter_map(|e| e.id.0.as_deref())
             .filter(|id| re.is_match(id))
             .collect();
         if !bad.is_empty() {
@@ -258,22 +253,26 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let mut lines = Vec::with_capacity(events.len() * 160);
+        .unwrap_or("");
+    let mut lines = Vec::with_capacity(events.len() * 200);
     let mut delays = Vec::with_capacity(events.len());
     let mut ids = Vec::with_capacity(events.len());
     for e in &events {
-        let id = e.get("id").and_then(|v| v.as_str()).unwrap_or("");
-        let source = e.get("source").and_then(|v| v.as_str()).unwrap_or("");
-        let time = e.get("time").and_then(|v| v.as_str());
+        let id = e.id.0.as_deref().unwrap_or("");
+        let source = e.source.0.as_deref().unwrap_or("");
+        let time = e.time.0.as_deref();
         let event_time_ms = time
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|d| d.timestamp_millis());
-        let line = serde_json::json!({
-            "id": id, "source": source, "time": time, "event_time_ms": event_time_ms,
-            "received_at_ms": received_at, "received_at_us": received_at_us, "idempotency_key": key,
-        });
+        let line = Line {
+            id,
+            source,
+            time,
+            event_time_ms,
+            received_at_ms: received_at,
+            received_at_us,
+            idempotency_key: key,
+        };
         if let Some(t) = event_time_ms {
             delays.push((received_at - t).max(0) as u64);
         }
@@ -319,20 +318,97 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .into_response()
 }
 
+/// One line of the record file.
+#[derive(Serialize)]
+struct Line<'a> {
+    id: &'a str,
+    source: &'a str,
+    time: Option<&'a str>,
+    event_time_ms: Option<i64>,
+    received_at_ms: i64,
+    received_at_us: i64,
+    idempotency_key: &'a str,
+}
+
+/// The attributes of a received CloudEvent that the receiver records; the rest (`data`
+/// too) is skipped without being copied.
+#[derive(Deserialize)]
+struct Received<'a> {
+    #[serde(borrow, default)]
+    id: LooseStr<'a>,
+    #[serde(borrow, default)]
+    source: LooseStr<'a>,
+    #[serde(borrow, default)]
+    time: LooseStr<'a>,
+}
+
+/// A string attribute, or nothing for any other JSON value: the receiver records what
+/// it gets rather than refusing an event for the shape of one attribute.
+#[derive(Default)]
+struct LooseStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LooseStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<Cow<'de, str>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(s.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V).map(LooseStr)
+    }
+}
+
+/// The events of a body: a CloudEvents batch (array of objects) or one CloudEvent.
+fn parse_events(body: &[u8]) -> Result<Vec<Received<'_>>, String> {
+    let body = body.trim_ascii();
+    match body.first() {
+        Some(b'[') => serde_json::from_slice(body)
+            .map_err(|e| format!("expected a CloudEvents batch (array of objects): {e}")),
+        Some(b'{') => serde_json::from_slice(body)
+            .map(|e| vec![e])
+            .map_err(|e| format!("invalid JSON: {e}")),
+        _ => Err("expected a CloudEvents batch (array) or one CloudEvent".into()),
+    }
+}
+
 /// Event ids of a request body.
 fn ids_in(body: &[u8]) -> Vec<String> {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|e| e.get("id")?.as_str().map(str::to_owned))
-            .collect(),
-        Ok(v) => v
-            .get("id")
-            .and_then(|i| i.as_str())
-            .map(|s| vec![s.to_owned()])
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    parse_events(body)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.id.0.map(Cow::into_owned))
+        .collect()
 }
 
 /// Appends `{"id", "status", "at_us"}` per event of a request failed with `fail_status`
@@ -347,21 +423,18 @@ fn log_failure<S: AsRef<str>>(r: &Receiver, ids: &[S], status: u16, at_us: i64) 
 /// Logs every event of a refused request, marking the ones that matched.
 fn log_rejection(
     r: &Receiver,
-    events: &[serde_json::Value],
+    events: &[Received<'_>],
     re: &regex::Regex,
     status: u16,
     at_us: i64,
 ) {
-    let lines = events
-        .iter()
-        .filter_map(|e| e.get("id").and_then(|v| v.as_str()))
-        .map(|id| {
-            let mut line = serde_json::json!({"id": id, "status": status, "at_us": at_us});
-            if re.is_match(id) {
-                line["rejected"] = true.into();
-            }
-            line
-        });
+    let lines = events.iter().filter_map(|e| e.id.0.as_deref()).map(|id| {
+        let mut line = serde_json::json!({"id": id, "status": status, "at_us": at_us});
+        if re.is_match(id) {
+            line["rejected"] = true.into();
+        }
+        line
+    });
     write_failures(r, lines);
 }
 
