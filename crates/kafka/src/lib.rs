@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hifi_log::{
-    validate_name, Header, Log, LogError, Membership, MembershipControl, PartitionOffsets,
+    validate_name, Bytes, Header, Log, LogError, Membership, MembershipControl, PartitionOffsets,
     ReadLimits, Record, StoredRecord, TopicSpec,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -451,7 +451,7 @@ fn to_stored(m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
             h.iter()
                 .map(|h| Header {
                     name: Header::name_from(h.key),
-                    value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    value: h.value.map(Bytes::copy_from_slice).unwrap_or_default(),
                 })
                 .collect()
         })
@@ -459,8 +459,8 @@ fn to_stored(m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
     StoredRecord {
         offset: m.offset() as u64,
         record: Record {
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            key: m.key().map(Bytes::copy_from_slice),
+            value: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
             headers,
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
         },
@@ -599,16 +599,16 @@ impl Log for KafkaLog {
             for h in &r.headers {
                 headers = headers.insert(rdkafka::message::Header {
                     key: &h.name,
-                    value: Some(&h.value),
+                    value: Some(&h.value[..]),
                 });
             }
             let mut rec = FutureRecord::<[u8], [u8]>::to(&name)
                 .partition(partition as i32)
-                .payload(&r.value)
+                .payload(&r.value[..])
                 .timestamp(r.timestamp_ms)
                 .headers(headers);
             if let Some(k) = &r.key {
-                rec = rec.key(k.as_slice());
+                rec = rec.key(&k[..]);
             }
             loop {
                 match producer.send_result(rec) {

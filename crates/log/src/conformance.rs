@@ -35,11 +35,15 @@ pub async fn run_all(engine: &dyn Engine) {
 
 fn record(i: u64) -> Record {
     Record {
-        key: i.is_multiple_of(3).then(|| format!("k{i}").into_bytes()),
-        value: format!("value {i} {}", "x".repeat((i % 50) as usize)).into_bytes(),
+        key: i
+            .is_multiple_of(3)
+            .then(|| format!("k{i}").into_bytes().into()),
+        value: format!("value {i} {}", "x".repeat((i % 50) as usize))
+            .into_bytes()
+            .into(),
         headers: vec![Header {
             name: "id".into(),
-            value: i.to_le_bytes().to_vec(),
+            value: i.to_le_bytes().to_vec().into(),
         }],
         timestamp_ms: 1_700_000_000_000 + i as i64,
     }

@@ -78,7 +78,7 @@ use std::time::Duration;
 pub use config::{FsyncPolicy, LogConfig, Retention};
 pub use embedded::EmbeddedLog;
 pub use membership::{Membership, MembershipControl};
-pub use record::{register_header_names, Header, Record, StoredRecord};
+pub use record::{register_header_names, Bytes, Header, Record, StoredRecord};
 
 /// What to create: a topic with a partition count and, optionally, its own retention.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{FsyncPolicy, LogConfig, Retention};
-use crate::record::{decode_frame, encode_frame, Frame, Record, StoredRecord, FRAME_HEADER_BYTES};
+use crate::record::{
+    decode_shared_frame, encode_frame, Bytes, Frame, Record, StoredRecord, FRAME_HEADER_BYTES,
+};
 use crate::segment::{
     check_header, encode_offset_index, encode_time_index, load_indexes, parse_segment_name,
     scan_segment, segment_header, segment_path, HeaderError, Indexer, Indexes, ScanOptions,
@@ -183,7 +185,13 @@ impl PartitionShared {
             out.len() < max_records && bytes < max_bytes
         });
         match result {
-            Ok(()) => Ok(out),
+            // The records share the chunks read; when they are a small part of them
+            // (few or small records returned), they get buffers of their own instead
+            // of keeping every chunk alive while they are in flight.
+            Ok(read) if read > 2 * bytes + READ_CHUNK_BYTES / 4 => {
+                Ok(out.into_iter().map(StoredRecord::unshared).collect())
+            }
+            Ok(_) => Ok(out),
             Err(LogError::Corruption { .. }) if !out.is_empty() => Ok(out),
             Err(e) => Err(self.report(e)),
         }
@@ -196,7 +204,7 @@ impl PartitionShared {
         &self,
         from: u64,
         mut visit: impl FnMut(StoredRecord, usize) -> bool,
-    ) -> Result<(), LogError> {
+    ) -> Result<usize, LogError> {
         let (file, path, mut expected, mut pos, bound) = {
             let view = self.view.read().unwrap_or_else(|p| p.into_inner());
             let (start, end) = (view[0].base, view[view.len() - 1].next_offset);
@@ -210,7 +218,7 @@ impl PartitionShared {
                 });
             }
             if from == end {
-                return Ok(());
+                return Ok(0);
             }
             let seg = &view[view.partition_point(|s| s.base <= from) - 1];
             if from >= seg.next_offset {
@@ -231,12 +239,15 @@ impl PartitionShared {
             )
         };
         let body_max = self.config.record_bytes_max;
-        let mut buf = Vec::new();
+        // Records read share the chunk they were read in (no copy per field); a chunk is
+        // freed once the last of its records is.
+        let mut buf = Bytes::new();
         let mut buf_start = pos;
+        let mut read = 0;
         while pos < bound {
             let have = (buf_start + buf.len() as u64).saturating_sub(pos) as usize;
             let frame = if have >= FRAME_HEADER_BYTES {
-                decode_frame(&buf[(pos - buf_start) as usize..], body_max)
+                decode_shared_frame(&buf.slice((pos - buf_start) as usize..), body_max)
             } else {
                 Frame::Incomplete {
                     needed: FRAME_HEADER_BYTES,
@@ -251,7 +262,7 @@ impl PartitionShared {
                     pos += frame_bytes as u64;
                     expected += 1;
                     if !visit(StoredRecord { offset, record }, frame_bytes) {
-                        return Ok(());
+                        return Ok(read);
                     }
                 }
                 Frame::Incomplete { needed } => {
@@ -264,9 +275,11 @@ impl PartitionShared {
                             "frame runs past the end of the data",
                         ));
                     }
-                    buf.resize(chunk, 0);
-                    read_exact_at(file.as_ref(), &mut buf, pos)
+                    let mut fresh = vec![0; chunk];
+                    read_exact_at(file.as_ref(), &mut fresh, pos)
                         .map_err(|e| LogError::io(format!("reading {}", path.display()), e))?;
+                    buf = Bytes::from(fresh);
+                    read += chunk;
                     buf_start = pos;
                 }
                 Frame::Valid { .. } => {
@@ -277,7 +290,7 @@ impl PartitionShared {
                 }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     /// The first offset whose record timestamp is at least `ts` (blocking).

@@ -22,6 +22,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
+pub use bytes::Bytes;
+
 /// Bytes before the body: `body_len` and `crc`.
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// The smallest possible body: offset, timestamp, key_len, value_len, header_count.
@@ -35,8 +37,9 @@ pub struct Header {
     /// Header name, UTF-8 (at most 65 535 bytes). Usually a `&'static str`: names are
     /// few and fixed, and an allocation per header per event showed in profiles.
     pub name: Cow<'static, str>,
-    /// Header value, opaque bytes.
-    pub value: Vec<u8>,
+    /// Header value, opaque bytes (shared: records read back slice their values out of
+    /// the read buffer instead of copying each one).
+    pub value: Bytes,
 }
 
 /// Header names that reading gives as `&'static str` instead of allocating them.
@@ -69,13 +72,14 @@ impl fmt::Debug for Header {
     }
 }
 
-/// A record to append: the unit the log stores.
+/// A record to append: the unit the log stores. Its bytes are [`Bytes`]: cheap to
+/// clone, and records read back share one buffer instead of an allocation per field.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     /// Optional key (used by callers for partitioning; the log does not interpret it).
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// The payload.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Metadata travelling beside the payload.
     pub headers: Vec<Header>,
     /// Milliseconds since the Unix epoch; drives the time index and age retention.
@@ -84,7 +88,7 @@ pub struct Record {
 
 impl Record {
     /// A record with only a value and a timestamp.
-    pub fn new(value: impl Into<Vec<u8>>, timestamp_ms: i64) -> Self {
+    pub fn new(value: impl Into<Bytes>, timestamp_ms: i64) -> Self {
         Record {
             key: None,
             value: value.into(),
@@ -97,7 +101,7 @@ impl Record {
     pub fn with_header(
         mut self,
         name: impl Into<Cow<'static, str>>,
-        value: impl Into<Vec<u8>>,
+        value: impl Into<Bytes>,
     ) -> Self {
         self.headers.push(Header {
             name: name.into(),
@@ -111,7 +115,7 @@ impl Record {
         self.headers
             .iter()
             .find(|h| h.name == name)
-            .map(|h| h.value.as_slice())
+            .map(|h| &h.value[..])
     }
 
     /// Size of this record's frame on disk.
@@ -125,7 +129,7 @@ impl Record {
             .iter()
             .map(|h| 2 + h.name.len() + 4 + h.value.len())
             .sum();
-        BODY_MIN_BYTES + self.key.as_ref().map_or(0, Vec::len) + self.value.len() + headers
+        BODY_MIN_BYTES + self.key.as_ref().map_or(0, Bytes::len) + self.value.len() + headers
     }
 
     /// Whether the record's fields fit the frame's length fields.
@@ -149,6 +153,31 @@ pub struct StoredRecord {
     pub offset: u64,
     /// The record as appended.
     pub record: Record,
+}
+
+impl StoredRecord {
+    /// The same record with buffers of its own instead of slices of a shared read
+    /// buffer (which stays allocated as long as any slice of it lives).
+    pub fn unshared(self) -> StoredRecord {
+        let own = |b: &Bytes| Bytes::copy_from_slice(b);
+        let r = self.record;
+        StoredRecord {
+            offset: self.offset,
+            record: Record {
+                key: r.key.as_ref().map(own),
+                value: own(&r.value),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|h| Header {
+                        name: h.name.clone(),
+                        value: own(&h.value),
+                    })
+                    .collect(),
+                timestamp_ms: r.timestamp_ms,
+            },
+        }
+    }
 }
 
 /// Appends `record`'s frame with `offset` to `buf`.
@@ -204,6 +233,16 @@ pub enum Frame {
 ///
 /// `body_max` bounds the length field: a larger length is damage, never an allocation.
 pub fn decode_frame(buf: &[u8], body_max: usize) -> Frame {
+    decode_frame_with(buf, body_max, Bytes::copy_from_slice)
+}
+
+/// [`decode_frame`] on a shared buffer: the record's key, value and header values are
+/// slices of `buf` (no copy, no allocation per field).
+pub fn decode_shared_frame(buf: &Bytes, body_max: usize) -> Frame {
+    decode_frame_with(buf, body_max, |part| buf.slice_ref(part))
+}
+
+fn decode_frame_with(buf: &[u8], body_max: usize, share: impl Fn(&[u8]) -> Bytes) -> Frame {
     if buf.len() < FRAME_HEADER_BYTES {
         return Frame::Incomplete {
             needed: FRAME_HEADER_BYTES,
@@ -227,7 +266,7 @@ pub fn decode_frame(buf: &[u8], body_max: usize) -> Frame {
             reason: "checksum mismatch",
         };
     }
-    match decode_body(body) {
+    match decode_body(body, share) {
         Some((offset, record)) => Frame::Valid {
             offset,
             record,
@@ -244,18 +283,18 @@ pub(crate) fn peek_offset(buf: &[u8]) -> Option<u64> {
     (buf.len() >= FRAME_HEADER_BYTES + 8).then(|| u64_at(buf, FRAME_HEADER_BYTES))
 }
 
-fn decode_body(body: &[u8]) -> Option<(u64, Record)> {
+fn decode_body(body: &[u8], share: impl Fn(&[u8]) -> Bytes) -> Option<(u64, Record)> {
     let mut r = Cursor { buf: body, pos: 0 };
     let offset = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let timestamp_ms = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
     let key_len = i32::from_le_bytes(r.take(4)?.try_into().ok()?);
     let key = match key_len {
         -1 => None,
-        n if n >= 0 => Some(r.take(n as usize)?.to_vec()),
+        n if n >= 0 => Some(share(r.take(n as usize)?)),
         _ => return None,
     };
     let value_len = r.u32()? as usize;
-    let value = r.take(value_len)?.to_vec();
+    let value = share(r.take(value_len)?);
     let header_count = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
@@ -264,7 +303,7 @@ fn decode_body(body: &[u8]) -> Option<(u64, Record)> {
         let value_len = r.u32()? as usize;
         headers.push(Header {
             name,
-            value: r.take(value_len)?.to_vec(),
+            value: share(r.take(value_len)?),
         });
     }
     if r.pos != body.len() {
@@ -317,11 +356,11 @@ mod tests {
 
     fn sample() -> Record {
         Record {
-            key: Some(b"k".to_vec()),
-            value: b"{\"a\":1}".to_vec(),
+            key: Some(b"k".to_vec().into()),
+            value: b"{\"a\":1}".to_vec().into(),
             headers: vec![Header {
                 name: "hifi-id".into(),
-                value: b"e-1".to_vec(),
+                value: b"e-1".to_vec().into(),
             }],
             timestamp_ms: 1_700_000_000_123,
         }

@@ -13,11 +13,11 @@ pub fn stress_record(task: u64, seq: u64, value_bytes: usize) -> Record {
     }
     value.extend_from_slice(b"\"}");
     Record {
-        key: Some(task.to_le_bytes().to_vec()),
-        value,
+        key: Some(task.to_le_bytes().to_vec().into()),
+        value: value.into(),
         headers: vec![crate::Header {
             name: "seq".into(),
-            value: seq.to_string().into_bytes(),
+            value: seq.to_string().into_bytes().into(),
         }],
         timestamp_ms: 1_700_000_000_000 + seq as i64,
     }

@@ -350,3 +350,34 @@ async fn concurrent_appenders_share_fsyncs() {
         "640 appends should share fsyncs, saw {fsyncs}"
     );
 }
+
+#[tokio::test]
+async fn records_read_share_their_read_buffer_only_while_they_are_most_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default()).await;
+    topic(&log, "events", 1).await;
+    let recs: Vec<Record> = (0..2000).map(record).collect();
+    log.append("events", 0, recs).await.unwrap();
+    let read = |max_records| {
+        log.read(
+            "events",
+            0,
+            0,
+            ReadLimits {
+                max_records,
+                max_bytes: 1 << 20,
+                wait: Duration::ZERO,
+            },
+        )
+    };
+    // Many records from one chunk: slices of it, no copy.
+    let many = read(1000).await.unwrap();
+    assert_eq!(many.len(), 1000);
+    assert!(!many[0].record.value.is_unique(), "shares the read buffer");
+    // One record out of a large chunk: its own buffers, so it does not keep the chunk
+    // (hundreds of KiB) allocated while it is in flight.
+    let one = read(1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one[0].record.value.is_unique(), "copied out of the chunk");
+    assert_eq!(one[0].record, many[0].record);
+}

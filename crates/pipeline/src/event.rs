@@ -14,7 +14,79 @@
 //! The record key is the event id; the record timestamp is the ingest time (so retention
 //! and `offset_for_time` follow arrival, while lag and buckets use event time).
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use bytestring::ByteString;
 use hifi_log::{Record, StoredRecord};
+
+/// UTF-8 text held as shared bytes: a slice of the request body or of a record read
+/// back (no copy), a buffer of its own otherwise. UTF-8 is checked once, when made.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text(ByteString);
+
+impl Text {
+    /// A string read from `body` by serde: borrowed strings are sliced out of `body`.
+    pub fn of(body: &Bytes, s: Cow<'_, str>) -> Text {
+        match s {
+            Cow::Borrowed(b) => Text::from_utf8(body.slice_ref(b.as_bytes()))
+                .unwrap_or_else(|| Text::from(b.to_owned())),
+            Cow::Owned(o) => Text::from(o),
+        }
+    }
+
+    /// Bytes that are UTF-8 (checked), shared.
+    pub fn from_utf8(b: Bytes) -> Option<Text> {
+        ByteString::try_from(b).ok().map(Text)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The bytes, shared.
+    pub fn bytes(&self) -> &Bytes {
+        self.0.as_bytes()
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text(ByteString::from_static(s))
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(ByteString::from(s))
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// Header names.
 pub mod header {
@@ -59,11 +131,11 @@ pub use hifi_ledger::Origin;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
     /// Event id.
-    pub id: String,
+    pub id: Text,
     /// CloudEvents source.
-    pub source: String,
+    pub source: Text,
     /// CloudEvents type.
-    pub event_type: String,
+    pub event_type: Text,
     /// Event time, epoch ms.
     pub time_ms: i64,
     /// Value shape.
@@ -74,6 +146,14 @@ pub struct EventMeta {
 
 fn header_str<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
     r.header(name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// A header's value as text, shared with the record (no copy).
+fn header_text(r: &Record, name: &str) -> Option<Text> {
+    r.headers
+        .iter()
+        .find(|h| h.name == name)
+        .and_then(|h| Text::from_utf8(h.value.clone()))
 }
 
 impl EventMeta {
@@ -89,11 +169,9 @@ impl EventMeta {
                 offset: r.offset,
             });
         EventMeta {
-            id: header_str(rec, header::ID).map_or_else(|| origin.to_string(), str::to_owned),
-            source: header_str(rec, header::SOURCE).unwrap_or("hifi").to_owned(),
-            event_type: header_str(rec, header::TYPE)
-                .unwrap_or("hifi.event")
-                .to_owned(),
+            id: header_text(rec, header::ID).unwrap_or_else(|| Text::from(origin.to_string())),
+            source: header_text(rec, header::SOURCE).unwrap_or_else(|| Text::from("hifi")),
+            event_type: header_text(rec, header::TYPE).unwrap_or_else(|| Text::from("hifi.event")),
             time_ms: header_str(rec, header::TIME)
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(rec.timestamp_ms),

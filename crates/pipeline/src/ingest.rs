@@ -10,10 +10,13 @@
 //! its index, so a producer can fix them all at once. The producer's bytes are kept
 //! unchanged as the record value.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::EventFormat;
+use crate::event::{EventFormat, Text};
 
 /// A body format, from the request's content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,21 +72,22 @@ pub struct ParseOptions {
     pub max_events: usize,
 }
 
-/// One valid event of a request.
+/// One valid event of a request. Its text and value are slices of the request body
+/// wherever possible (an allocation per field per event showed in profiles).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedEvent {
     /// Event id (`None`: hifi assigns one).
-    pub id: Option<String>,
+    pub id: Option<Text>,
     /// CloudEvents source.
-    pub source: String,
+    pub source: Text,
     /// CloudEvents type.
-    pub event_type: String,
+    pub event_type: Text,
     /// Event time, epoch ms (`None`: the ingest time).
     pub time_ms: Option<i64>,
     /// Value shape.
     pub format: EventFormat,
     /// The producer's JSON, byte for byte.
-    pub value: Vec<u8>,
+    pub value: Bytes,
 }
 
 /// A problem with one event of a request.
@@ -107,7 +111,7 @@ pub enum ParseError {
 
 /// Parses and validates a request body.
 pub fn parse_body(
-    body: &[u8],
+    body: &Bytes,
     format: BodyFormat,
     opts: &ParseOptions,
 ) -> Result<Vec<ParsedEvent>, ParseError> {
@@ -142,13 +146,18 @@ pub fn parse_body(
         });
     }
     let cloud = matches!(format, BodyFormat::CloudEvent | BodyFormat::CloudEventBatch);
+    let plain = Plain {
+        opts,
+        source: Text::from(opts.default_source.clone()),
+        event_type: Text::from(opts.event_type.clone()),
+    };
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let parsed = if cloud {
-            parse_cloudevent(item)
+            parse_cloudevent(body, item)
         } else {
-            parse_plain(item, opts)
+            parse_plain(body, item, &plain)
         };
         match parsed {
             Ok(e) => events.push(e),
@@ -176,7 +185,15 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     b.trim_ascii()
 }
 
-fn parse_plain(item: &[u8], opts: &ParseOptions) -> Result<ParsedEvent, String> {
+/// What plain JSON events of one request share.
+struct Plain<'a> {
+    opts: &'a ParseOptions,
+    source: Text,
+    event_type: Text,
+}
+
+fn parse_plain(body: &Bytes, item: &[u8], plain: &Plain<'_>) -> Result<ParsedEvent, String> {
+    let opts = plain.opts;
     let value: serde_json::Value =
         serde_json::from_slice(item).map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
@@ -189,8 +206,10 @@ fn parse_plain(item: &[u8], opts: &ParseOptions) -> Result<ParsedEvent, String> 
         None => None,
         Some(ptr) => match value.pointer(ptr) {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(Text::from(s.clone())),
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                Some(Text::from(n.to_string()))
+            }
             Some(other) => {
                 return Err(format!(
                     "id at {ptr} must be a non-empty string or an integer, not {}",
@@ -210,11 +229,11 @@ fn parse_plain(item: &[u8], opts: &ParseOptions) -> Result<ParsedEvent, String> 
     };
     Ok(ParsedEvent {
         id,
-        source: opts.default_source.clone(),
-        event_type: opts.event_type.clone(),
+        source: plain.source.clone(),
+        event_type: plain.event_type.clone(),
         time_ms,
         format: EventFormat::Json,
-        value: item.to_vec(),
+        value: body.slice_ref(item),
     })
 }
 
@@ -222,31 +241,34 @@ fn parse_plain(item: &[u8], opts: &ParseOptions) -> Result<ParsedEvent, String> 
 #[derive(Deserialize)]
 struct CeAttributes<'a> {
     #[serde(borrow)]
-    specversion: Option<std::borrow::Cow<'a, str>>,
+    specversion: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    source: Option<std::borrow::Cow<'a, str>>,
+    source: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "type")]
-    ty: Option<std::borrow::Cow<'a, str>>,
-    time: Option<serde_json::Value>,
+    ty: Option<Cow<'a, str>>,
+    /// Raw: a string is read without a copy; anything else is refused with its kind.
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
 }
 
-fn parse_cloudevent(item: &[u8]) -> Result<ParsedEvent, String> {
+fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
     if item.first() != Some(&b'{') {
         return Err("a CloudEvent must be a JSON object".into());
     }
     let ce: CeAttributes<'_> =
         serde_json::from_slice(item).map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
-    let required = |v: Option<std::borrow::Cow<'_, str>>, name: &str| -> Result<String, String> {
+    let required = |v: Option<Cow<'_, str>>, name: &str| -> Result<Text, String> {
         match v {
-            Some(s) if !s.is_empty() => Ok(s.into_owned()),
+            Some(s) if !s.is_empty() => Ok(Text::of(body, s)),
             _ => Err(format!(
                 "CloudEvent attribute `{name}` is required and must be a non-empty string"
             )),
         }
     };
     let spec = required(ce.specversion, "specversion")?;
+    let spec = spec.as_str();
     if spec != "1.0" {
         return Err(format!(
             "CloudEvent specversion must be \"1.0\", not {spec:?}"
@@ -255,16 +277,21 @@ fn parse_cloudevent(item: &[u8]) -> Result<ParsedEvent, String> {
     let id = required(ce.id, "id")?;
     let source = required(ce.source, "source")?;
     let event_type = required(ce.ty, "type")?;
-    let time_ms = match ce.time {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => {
-            Some(parse_rfc3339(&s).map_err(|e| format!("CloudEvent `time` {e}"))?)
+    let time_ms = match ce.time.map(|raw| raw.get()) {
+        None | Some("null") => None,
+        Some(raw) if raw.starts_with('"') => {
+            let text: Cow<'_, str> = match serde_json::from_str::<&str>(raw) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => Cow::Owned(serde_json::from_str::<String>(raw).unwrap_or_default()),
+            };
+            Some(parse_rfc3339(&text).map_err(|e| format!("CloudEvent `time` {e}"))?)
         }
-        Some(other) => {
+        Some(raw) => {
+            let other = serde_json::from_str(raw).unwrap_or(serde_json::Value::Null);
             return Err(format!(
                 "CloudEvent `time` must be an RFC 3339 string, not {}",
                 kind(&other)
-            ))
+            ));
         }
     };
     Ok(ParsedEvent {
@@ -273,7 +300,7 @@ fn parse_cloudevent(item: &[u8]) -> Result<ParsedEvent, String> {
         event_type,
         time_ms,
         format: EventFormat::CloudEvent,
-        value: item.to_vec(),
+        value: body.slice_ref(item),
     })
 }
 
@@ -312,6 +339,14 @@ fn kind(v: &serde_json::Value) -> &'static str {
 mod tests {
     use super::*;
 
+    fn parse(
+        body: &[u8],
+        format: BodyFormat,
+        opts: &ParseOptions,
+    ) -> Result<Vec<ParsedEvent>, ParseError> {
+        parse_body(&Bytes::copy_from_slice(body), format, opts)
+    }
+
     fn opts() -> ParseOptions {
         ParseOptions {
             event_time: Some("/ts".into()),
@@ -325,8 +360,8 @@ mod tests {
     #[test]
     fn arrays_and_ndjson_keep_the_producers_bytes() {
         let body = br#"[ {"id":"a","ts":1000,"x": 1} , {"id":7,"ts":"1970-01-01T00:00:02Z"} ]"#;
-        let ev = parse_body(body, BodyFormat::Json, &opts()).unwrap();
-        assert_eq!(ev[0].value, br#"{"id":"a","ts":1000,"x": 1}"#);
+        let ev = parse(body, BodyFormat::Json, &opts()).unwrap();
+        assert_eq!(&ev[0].value[..], br#"{"id":"a","ts":1000,"x": 1}"#);
         assert_eq!(
             (ev[0].id.as_deref(), ev[0].time_ms),
             (Some("a"), Some(1000))
@@ -336,9 +371,9 @@ mod tests {
             (Some("7"), Some(2000))
         );
         let nd = b"{\"ts\":1}\n\n{\"ts\":2}\r\n";
-        let ev = parse_body(nd, BodyFormat::Ndjson, &opts()).unwrap();
+        let ev = parse(nd, BodyFormat::Ndjson, &opts()).unwrap();
         assert_eq!(ev.len(), 2);
-        assert_eq!(ev[1].value, b"{\"ts\":2}");
+        assert_eq!(&ev[1].value[..], b"{\"ts\":2}");
         assert_eq!(ev[1].id, None);
     }
 
@@ -349,7 +384,7 @@ mod tests {
             max_events: 10,
             ..opts()
         };
-        let Err(ParseError::Invalid(errs)) = parse_body(body, BodyFormat::Json, &o) else {
+        let Err(ParseError::Invalid(errs)) = parse(body, BodyFormat::Json, &o) else {
             panic!()
         };
         let idx: Vec<_> = errs.iter().map(|e| e.index.unwrap()).collect();
@@ -362,10 +397,10 @@ mod tests {
     #[test]
     fn cloudevents_are_checked() {
         let ok = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":"2026-01-01T00:00:00.5+01:00","data":{}}"#;
-        let ev = parse_body(ok, BodyFormat::CloudEvent, &opts()).unwrap();
+        let ev = parse(ok, BodyFormat::CloudEvent, &opts()).unwrap();
         assert_eq!(ev[0].time_ms, Some(1_767_222_000_500));
         let bad = br#"[{"specversion":"0.3","id":"1","source":"s","type":"t"},{"specversion":"1.0","source":"s","type":"t"}]"#;
-        let Err(ParseError::Invalid(errs)) = parse_body(bad, BodyFormat::CloudEventBatch, &opts())
+        let Err(ParseError::Invalid(errs)) = parse(bad, BodyFormat::CloudEventBatch, &opts())
         else {
             panic!()
         };
@@ -376,14 +411,14 @@ mod tests {
     #[test]
     fn whole_body_problems() {
         assert!(
-            matches!(parse_body(b"[1,", BodyFormat::Json, &opts()), Err(ParseError::Invalid(e)) if e[0].index.is_none())
+            matches!(parse(b"[1,", BodyFormat::Json, &opts()), Err(ParseError::Invalid(e)) if e[0].index.is_none())
         );
         assert!(matches!(
-            parse_body(b"   ", BodyFormat::Ndjson, &opts()),
+            parse(b"   ", BodyFormat::Ndjson, &opts()),
             Err(ParseError::Invalid(_))
         ));
         assert!(matches!(
-            parse_body(b"[{},{},{},{}]", BodyFormat::Json, &opts()),
+            parse(b"[{},{},{},{}]", BodyFormat::Json, &opts()),
             Err(ParseError::TooManyEvents { count: 4, max: 3 })
         ));
         assert_eq!(

@@ -138,13 +138,13 @@ pub fn annotate(original: &Record, origin: &str, extra: Vec<(&'static str, Strin
     if r.header(header::ORIGIN).is_none() {
         r.headers.push(Header {
             name: header::ORIGIN.into(),
-            value: origin.as_bytes().to_vec(),
+            value: origin.to_owned().into(),
         });
     }
     for (name, value) in extra {
         r.headers.push(Header {
             name: name.into(),
-            value: value.into_bytes(),
+            value: value.into(),
         });
     }
     r
@@ -208,7 +208,7 @@ fn dead_letter(
     (
         DeadLetter {
             dlq_offset: offset,
-            id: meta.id,
+            id: meta.id.to_string(),
             origin: meta.origin.to_string(),
             event_time: rfc3339_ms(meta.time_ms),
             dead_lettered_at: rfc3339_ms(r.timestamp_ms),

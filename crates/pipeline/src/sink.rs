@@ -36,14 +36,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hifi_ledger::{NodeLedger, Origin, Outcome};
-use hifi_log::{Log, LogError, ReadLimits, Record};
+use hifi_log::{Bytes, Log, LogError, ReadLimits, Record};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::SinkConfig;
 use crate::delivery::{backoff, parse_retry_after, Breaker, Class, Classifier, Gate, RateLimit};
-use crate::event::{rfc3339_ms, write_cloudevent, EventMeta};
+use crate::event::{rfc3339_ms, write_cloudevent, EventFormat, EventMeta, Text};
 use crate::retry::{
     annotate, dlq_topic, due_ms, retry_header, retry_state, retry_topic, DlqReason, RetryState,
 };
@@ -78,13 +78,14 @@ struct Item {
     /// Where it was read: input partition (main path) or retry tier.
     from: From,
     offset: u64,
-    id: String,
+    id: Text,
     origin: Origin,
     event_time_ms: i64,
     /// When the sink read it, µs.
     arrival_us: i64,
-    /// The event rendered as a CloudEvent (JSON object).
-    body: Vec<u8>,
+    /// The event rendered as a CloudEvent (JSON object); a stored CloudEvent is the
+    /// record's value itself (shared, not copied).
+    body: Bytes,
     /// The stored record (for the retry topic or the DLQ).
     record: Record,
     /// Earlier attempts (retried events).
@@ -414,8 +415,14 @@ impl HttpSink {
         arrival_us: i64,
     ) -> Item {
         let meta = EventMeta::of(topic, p, &r);
-        let mut body = Vec::with_capacity(r.record.value.len() + 200);
-        write_cloudevent(&mut body, &meta, &r.record.value);
+        let body = match meta.format {
+            EventFormat::CloudEvent => r.record.value.clone(),
+            EventFormat::Json => {
+                let mut body = Vec::with_capacity(r.record.value.len() + 200);
+                write_cloudevent(&mut body, &meta, &r.record.value);
+                Bytes::from(body)
+            }
+        };
         Item {
             from,
             offset: r.offset,

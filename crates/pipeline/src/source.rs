@@ -15,13 +15,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hifi_log::{Log, LogError, Record};
+use hifi_log::{Bytes, Log, LogError, Record};
 use tracing::info;
 
 use hifi_ledger::NodeLedger;
 
 use crate::config::SourceConfig;
 use crate::event::header;
+use crate::event::Text;
 use crate::ingest::{ParseOptions, ParsedEvent};
 use crate::now_ms;
 
@@ -50,7 +51,7 @@ pub struct IngestOutcome {
     /// Of those, events already accepted earlier (not stored again).
     pub duplicates: usize,
     /// Every event's id, in request order.
-    pub ids: Vec<String>,
+    pub ids: Vec<Text>,
 }
 
 /// Hashes keys that are already hashes (128-bit xxh3 of source and id) by folding them,
@@ -348,7 +349,7 @@ impl HttpSource {
     ) -> Result<IngestOutcome, LogError> {
         let arrival_us = self.ledger.now_us();
         let now = arrival_us / 1000;
-        let now_text = now.to_string();
+        let now_text = Bytes::from(now.to_string());
         let mut ids = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
         let mut keys = Vec::with_capacity(events.len());
@@ -363,23 +364,27 @@ impl HttpSource {
             let mut in_request: HashSet<u128, PreHashed> =
                 HashSet::with_capacity_and_hasher(events.len(), PreHashed::default());
             for e in events {
-                let id = e.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                let key = Dedup::key(&e.source, &id);
+                let id =
+                    e.id.unwrap_or_else(|| Text::from(uuid::Uuid::now_v7().to_string()));
+                let key = Dedup::key(e.source.as_str(), id.as_str());
                 if d.seen.contains_key(&key) || !in_request.insert(key) {
                     duplicates += 1;
                 } else {
                     event_times.push(e.time_ms.unwrap_or(now));
-                    let time = e.time_ms.unwrap_or(now).to_string();
+                    let time = Bytes::from(e.time_ms.unwrap_or(now).to_string());
                     records.push(Record {
-                        key: Some(id.clone().into_bytes()),
+                        key: Some(id.bytes().clone()),
                         value: e.value,
                         headers: vec![
-                            hdr(header::ID, id.as_bytes()),
-                            hdr(header::SOURCE, e.source.as_bytes()),
-                            hdr(header::TYPE, e.event_type.as_bytes()),
-                            hdr(header::TIME, time.as_bytes()),
-                            hdr(header::INGEST_TIME, now_text.as_bytes()),
-                            hdr(header::FORMAT, e.format.as_str().as_bytes()),
+                            hdr(header::ID, id.bytes().clone()),
+                            hdr(header::SOURCE, e.source.bytes().clone()),
+                            hdr(header::TYPE, e.event_type.bytes().clone()),
+                            hdr(header::TIME, time),
+                            hdr(header::INGEST_TIME, now_text.clone()),
+                            hdr(
+                                header::FORMAT,
+                                Bytes::from_static(e.format.as_str().as_bytes()),
+                            ),
                         ],
                         timestamp_ms: now,
                     });
@@ -495,10 +500,10 @@ async fn read_ids(
     Ok(out)
 }
 
-fn hdr(name: &'static str, value: &[u8]) -> hifi_log::Header {
+fn hdr(name: &'static str, value: Bytes) -> hifi_log::Header {
     hifi_log::Header {
         name: name.into(),
-        value: value.to_vec(),
+        value,
     }
 }
 

@@ -220,7 +220,7 @@ impl Stage {
             }
             fates.push(fate(Outcome::Passed));
             if origin_missing {
-                let value = meta.origin.to_string().into_bytes();
+                let value = meta.origin.to_string().into();
                 rec.headers.push(hifi_log::Header {
                     name: header::ORIGIN.into(),
                     value,

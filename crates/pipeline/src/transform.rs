@@ -10,6 +10,7 @@
 //! lets data through visibly instead of silently discarding it. Write
 //! `has(event.x) && event.x > 1` to treat a missing field as false.
 
+use bytes::Bytes;
 use cel_interpreter::{Context, Program, Value as CelValue};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -46,7 +47,7 @@ enum Transform {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// Pass on this value (unchanged bytes when no transform changed anything).
-    Keep(Vec<u8>),
+    Keep(Bytes),
     /// A filter dropped it on purpose (outcome `filtered`).
     Filtered,
 }
@@ -133,15 +134,20 @@ impl Transforms {
 
     /// Applies every transform to one value. `errors` gets one line per transform that
     /// could not apply (the event then passes it unchanged).
-    pub fn apply(&self, cel_root: &Context<'_>, value: &[u8], errors: &mut Vec<String>) -> Applied {
+    pub fn apply(
+        &self,
+        cel_root: &Context<'_>,
+        value: &Bytes,
+        errors: &mut Vec<String>,
+    ) -> Applied {
         if self.list.is_empty() {
-            return Applied::Keep(value.to_vec());
+            return Applied::Keep(value.clone());
         }
         let mut json: Value = match serde_json::from_slice(value) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(format!("value is not JSON ({e}); passed unchanged"));
-                return Applied::Keep(value.to_vec());
+                return Applied::Keep(value.clone());
             }
         };
         let mut changed = false;
@@ -183,9 +189,9 @@ impl Transforms {
             }
         }
         if changed {
-            Applied::Keep(serde_json::to_vec(&json).unwrap_or_else(|_| value.to_vec()))
+            Applied::Keep(serde_json::to_vec(&json).map_or_else(|_| value.clone(), Bytes::from))
         } else {
-            Applied::Keep(value.to_vec())
+            Applied::Keep(value.clone())
         }
     }
 }
@@ -284,7 +290,10 @@ mod tests {
     fn run(ts: &Transforms, v: &str) -> (Applied, Vec<String>) {
         let mut errs = Vec::new();
         let root = Context::default();
-        (ts.apply(&root, v.as_bytes(), &mut errs), errs)
+        (
+            ts.apply(&root, &Bytes::copy_from_slice(v.as_bytes()), &mut errs),
+            errs,
+        )
     }
 
     #[test]
@@ -331,10 +340,10 @@ mod tests {
     fn a_failing_condition_keeps_the_event_and_says_why() {
         let ts = t("[[transforms]]\ntype = \"filter\"\ncondition = 'event.amount > 100'\n");
         let (out, errs) = run(&ts, r#"{"other":1}"#);
-        assert_eq!(out, Applied::Keep(br#"{"other":1}"#.to_vec()));
+        assert_eq!(out, Applied::Keep(Bytes::from_static(br#"{"other":1}"#)));
         assert_eq!(errs.len(), 1, "{errs:?}");
         let (out, _) = run(&ts, "not json");
-        assert_eq!(out, Applied::Keep(b"not json".to_vec()));
+        assert_eq!(out, Applied::Keep(Bytes::from_static(b"not json")));
     }
 
     #[test]
@@ -347,7 +356,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a, b);
-        assert!(!String::from_utf8(a).unwrap().contains("a@b.c"));
+        assert!(!String::from_utf8(a.to_vec()).unwrap().contains("a@b.c"));
         let bad = vec![TransformConfig::Redact {
             field: "/x".into(),
             mode: RedactMode::Hash,
