@@ -241,16 +241,43 @@ fn parse_plain(body: &Bytes, item: &[u8], plain: &Plain<'_>) -> Result<ParsedEve
 #[derive(Deserialize)]
 struct CeAttributes<'a> {
     #[serde(borrow)]
-    specversion: Option<Cow<'a, str>>,
+    specversion: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<JsonStr<'a>>,
     #[serde(borrow, rename = "type")]
-    ty: Option<Cow<'a, str>>,
+    ty: Option<JsonStr<'a>>,
     /// Raw: a string is read without a copy; anything else is refused with its kind.
     #[serde(borrow)]
     time: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed from the input when it has no escapes. (`#[serde(borrow)]`
+/// borrows a `Cow<str>` field only when it is not inside an `Option`: an optional
+/// `Cow` is always a copy.)
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(s))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s))
+            }
+        }
+        d.deserialize_str(V).map(JsonStr)
+    }
 }
 
 fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
@@ -259,9 +286,9 @@ fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
     }
     let ce: CeAttributes<'_> =
         serde_json::from_slice(item).map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
-    let required = |v: Option<Cow<'_, str>>, name: &str| -> Result<Text, String> {
+    let required = |v: Option<JsonStr<'_>>, name: &str| -> Result<Text, String> {
         match v {
-            Some(s) if !s.is_empty() => Ok(Text::of(body, s)),
+            Some(JsonStr(s)) if !s.is_empty() => Ok(Text::of(body, s)),
             _ => Err(format!(
                 "CloudEvent attribute `{name}` is required and must be a non-empty string"
             )),
@@ -406,6 +433,40 @@ mod tests {
         };
         assert!(errs[0].reason.contains("specversion"));
         assert!(errs[1].reason.contains("`id`"));
+    }
+
+    #[test]
+    fn event_text_is_sliced_from_the_body_and_escaped_text_is_unescaped() {
+        let body = Bytes::from_static(
+            br#"[{"specversion":"1.0","id":"plain","source":"s","type":"t","data":1},
+                 {"specversion":"1.0","id":"a\"b\u00e9","source":"s","type":"t","time":null}]"#,
+        );
+        let ev = parse_body(&body, BodyFormat::CloudEventBatch, &opts()).unwrap();
+        let within = |b: &Bytes| {
+            let r = body.as_ptr_range();
+            r.contains(&b.as_ptr())
+        };
+        assert_eq!(&*ev[0].id.clone().unwrap(), "plain");
+        assert!(
+            within(ev[0].id.as_ref().unwrap().bytes()),
+            "a slice, not a copy"
+        );
+        assert!(within(&ev[0].value));
+        assert_eq!(&*ev[1].id.clone().unwrap(), "a\"bé");
+        assert!(
+            !within(ev[1].id.as_ref().unwrap().bytes()),
+            "unescaped into its own buffer"
+        );
+        assert_eq!(ev[1].time_ms, None);
+        let bad = br#"{"specversion":"1.0","id":"1","source":"s","type":"t","time":5}"#;
+        let Err(ParseError::Invalid(errs)) = parse(bad, BodyFormat::CloudEvent, &opts()) else {
+            panic!()
+        };
+        assert!(
+            errs[0].reason.contains("not a number"),
+            "{}",
+            errs[0].reason
+        );
     }
 
     #[test]

@@ -448,3 +448,41 @@ fn write_failures(r: &Receiver, lines: impl Iterator<Item = serde_json::Value>) 
     }
     let _ = file.write_all(&out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_give_their_attributes_and_odd_shapes_are_recorded_not_refused() {
+        let body =
+            br#" [{"id":"a","source":"s","time":"2026-01-01T00:00:00Z","data":{"x":[1,{"y":"z"}]}},
+                         {"id":"q\"uote","source":7,"time":null},
+                         {"id":{"nested":true},"source":["s"]}] "#;
+        let events = parse_events(body).unwrap();
+        let ids: Vec<Option<&str>> = events.iter().map(|e| e.id.0.as_deref()).collect();
+        assert_eq!(ids, vec![Some("a"), Some("q\"uote"), None]);
+        assert!(matches!(events[0].id.0, Some(Cow::Borrowed(_))), "no copy");
+        assert_eq!(events[0].time.0.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(events[1].source.0, None);
+        assert_eq!(events[1].time.0, None);
+        assert_eq!(events[2].source.0, None);
+        let one = parse_events(br#"{"id":"b"}"#).unwrap();
+        assert_eq!(one[0].id.0.as_deref(), Some("b"));
+        assert_eq!(ids_in(body), vec!["a".to_owned(), "q\"uote".to_owned()]);
+    }
+
+    #[test]
+    fn bodies_that_are_not_cloudevents_are_refused_with_a_reason() {
+        for (body, says) in [
+            (&b"[1, 2]"[..], "array of objects"),
+            (b"[{\"id\":\"a\"", "array of objects"),
+            (b"{\"id\":", "invalid JSON"),
+            (b"\"text\"", "expected a CloudEvents batch"),
+            (b"", "expected a CloudEvents batch"),
+        ] {
+            let err = parse_events(body).err().unwrap();
+            assert!(err.contains(says), "{body:?}: {err}");
+        }
+    }
+}
