@@ -400,9 +400,11 @@ fn print_outcome(o: &Outcome) {
 /// Where delivered events are observed.
 enum Delivered {
     InProcess {
-        receiver: Receiver,
         record: PathBuf,
         stop: CancellationToken,
+        /// The task serving the receiver: awaited after `stop`, so its port is free
+        /// before the next step of a rating search binds it again.
+        serving: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
     },
     File(PathBuf),
@@ -434,24 +436,29 @@ pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -
             let stop = CancellationToken::new();
             if flap {
                 let (r, s, addr, flaps) = (receiver.clone(), stop.clone(), *addr, flaps.clone());
-                tokio::spawn(async move { flapping(r, listener, addr, s, flaps).await });
+                let serving =
+                    tokio::spawn(async move { flapping(r, listener, addr, s, flaps).await });
                 return finish_setup(
                     args,
                     Delivered::InProcess {
-                        receiver,
                         record,
                         stop,
+                        serving,
                         _dir: dir,
                     },
                 )
                 .await;
             }
             let (r, s) = (receiver.clone(), stop.clone());
-            tokio::spawn(async move { r.serve(listener, s).await });
+            let serving = tokio::spawn(async move {
+                if let Err(e) = r.serve(listener, s).await {
+                    eprintln!("the load test's receiver stopped: {e}");
+                }
+            });
             Delivered::InProcess {
-                receiver,
                 record,
                 stop,
+                serving,
                 _dir: dir,
             }
         }
@@ -528,9 +535,17 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         outcome.duplicates = Some(duplicates);
         outcome.e2e_ms = Some(Quantiles::of(&e2e));
     }
-    if let Delivered::InProcess { stop, receiver, .. } = &delivered {
-        let _ = receiver.summary();
+    if let Delivered::InProcess { stop, serving, .. } = delivered {
         stop.cancel();
+        // In-flight deliveries finish first (graceful); a sink that keeps sending is
+        // cut off after a few seconds rather than holding the port.
+        let abort = serving.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     Ok(outcome)
 }
