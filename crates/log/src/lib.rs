@@ -267,6 +267,10 @@ pub struct LogStats {
     pub appended_bytes_total: AtomicU64,
     /// fsync calls on segment data.
     pub fsyncs_total: AtomicU64,
+    /// Time spent in those calls, µs.
+    pub fsync_micros_total: AtomicU64,
+    /// fsync calls that took 100 ms or more.
+    pub slow_fsyncs_total: AtomicU64,
     /// Reads stopped by a record that failed verification.
     pub corruptions_total: AtomicU64,
     /// Torn tails truncated at open.

@@ -436,6 +436,7 @@ pub(crate) fn open_partition(
         unsynced: false,
         last_sync: Instant::now(),
         buf: Vec::new(),
+        slow_syncs: (0, None),
     };
     Ok((shared, writer))
 }
@@ -652,7 +653,13 @@ pub(crate) struct Writer {
     last_sync: Instant,
     /// Encoding buffer, reused across commits.
     buf: Vec<u8>,
+    /// Slow fsyncs since the last warning about them, and when that was.
+    slow_syncs: (u64, Option<Instant>),
 }
+
+/// An fsync taking longer than this is counted and logged as slow: every append of
+/// its group commit waited that long for its acknowledgement.
+const SLOW_FSYNC: Duration = Duration::from_millis(100);
 
 /// One append request inside a group commit.
 struct Pending {
@@ -733,15 +740,39 @@ impl Writer {
         *self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
+    /// fsyncs the active segment's data, counting the calls, their time and the slow
+    /// ones (logged at most every 10 s, with how many there were).
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        let stats = &self.shared.stats;
+        stats.fsyncs_total.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.active_file.sync_data();
+        let took = started.elapsed();
+        stats
+            .fsync_micros_total
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if took >= SLOW_FSYNC {
+            stats.slow_fsyncs_total.fetch_add(1, Ordering::Relaxed);
+            self.slow_syncs.0 += 1;
+            let quiet = self
+                .slow_syncs
+                .1
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(10));
+            if !quiet {
+                warn!(topic = %self.shared.topic, partition = self.shared.partition, took_ms = took.as_millis() as u64,
+                    slow_since_last_line = self.slow_syncs.0,
+                    "slow fsync: appends waited this long for their acknowledgement (disk busy or slow)");
+                self.slow_syncs = (0, Some(Instant::now()));
+            }
+        }
+        result
+    }
+
     fn sync_if_dirty(&mut self) {
         if !self.unsynced || self.shared.check_failed().is_err() {
             return;
         }
-        self.shared
-            .stats
-            .fsyncs_total
-            .fetch_add(1, Ordering::Relaxed);
-        match self.active_file.sync_data() {
+        match self.sync_data() {
             Ok(()) => {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
@@ -860,11 +891,7 @@ impl Writer {
         }
         match self.shared.config.fsync {
             FsyncPolicy::Always => {
-                self.shared
-                    .stats
-                    .fsyncs_total
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.active_file.sync_data() {
+                if let Err(e) = self.sync_data() {
                     let reason = format!("fsync failed: {e}");
                     self.fail(reason.clone());
                     return Err(LogError::Failed {

@@ -100,3 +100,24 @@ async fn a_full_disk_fails_the_append_and_loses_nothing_acknowledged() {
         .collect();
     assert_eq!(got, acked);
 }
+
+#[tokio::test]
+async fn a_stalling_disk_shows_as_slow_fsyncs_and_fsync_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open_faulty(dir.path(), &faults);
+    topic(&log, "t", 1).await;
+    let stats = log.stats();
+    let get = hifi_log::LogStats::get;
+    log.append("t", 0, vec![record(0)]).await.unwrap();
+    let (slow0, micros0) = (
+        get(&stats.slow_fsyncs_total),
+        get(&stats.fsync_micros_total),
+    );
+    faults.fsync_delay_ms.store(150, Ordering::SeqCst);
+    log.append("t", 0, vec![record(1)]).await.unwrap();
+    faults.fsync_delay_ms.store(0, Ordering::SeqCst);
+    log.append("t", 0, vec![record(2)]).await.unwrap();
+    assert_eq!(get(&stats.slow_fsyncs_total), slow0 + 1);
+    assert!(get(&stats.fsync_micros_total) >= micros0 + 150_000);
+}

@@ -347,6 +347,20 @@ impl Collector for Snapshot {
             )?;
             family(
                 &mut enc,
+                "hifi_log_fsync_seconds",
+                "Time spent in fsync calls on segment data (acknowledgements wait for it)",
+                c,
+                vec![(Vec::new(), v(&st.fsync_micros_total) as f64 / 1e6)],
+            )?;
+            family(
+                &mut enc,
+                "hifi_log_slow_fsyncs",
+                "fsync calls that took 100 ms or more",
+                c,
+                vec![(Vec::new(), v(&st.slow_fsyncs_total) as f64)],
+            )?;
+            family(
+                &mut enc,
                 "hifi_log_corruptions",
                 "Reads stopped by a record that failed verification",
                 c,

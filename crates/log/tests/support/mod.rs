@@ -62,6 +62,8 @@ pub struct Faults {
     pub space_left: AtomicI64,
     /// fsyncs that succeeded.
     pub fsyncs: AtomicU64,
+    /// Each fsync takes this many milliseconds longer (a stalling disk).
+    pub fsync_delay_ms: AtomicU64,
 }
 
 impl Faults {
@@ -108,6 +110,10 @@ impl SegmentFile for FaultyFile {
             return Err(io::Error::other("injected EIO on fsync"));
         }
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
+        let delay = self.faults.fsync_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
