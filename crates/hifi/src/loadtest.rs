@@ -664,6 +664,8 @@ struct Sender {
     url: reqwest::Url,
     /// `lt-<run id>-`: every event id of this run is this, then `<request>-<position>`.
     prefix: String,
+    /// Time between two scheduled requests.
+    interval: Duration,
     /// Requests the schedule sends.
     requests: u64,
     client: reqwest::Client,
@@ -679,12 +681,15 @@ impl Sender {
             .timeout(Duration::from_secs(30))
             .build()?;
         let overhead = 130 + run_id.len();
-        let interval = args.batch as f64 / args.rate as f64;
-        let requests = (args.duration.as_secs_f64() / interval).round().max(1.0) as u64;
+        let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+        let requests = (args.duration.as_secs_f64() / interval.as_secs_f64())
+            .round()
+            .max(1.0) as u64;
         Ok(Arc::new(Sender {
             args: args.clone(),
             url,
             prefix: format!("lt-{run_id}-"),
+            interval,
             requests,
             client,
             pad: "x".repeat(args.payload_bytes.saturating_sub(overhead)),
@@ -696,15 +701,13 @@ impl Sender {
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
     /// (µs from the scheduled time to the acknowledgement).
     async fn send_all(self: &Arc<Self>) -> (Acked, Timeline) {
-        let interval = Duration::from_secs_f64(self.args.batch as f64 / self.args.rate as f64);
-        let requests = self.requests;
+        let (interval, requests) = (self.interval, self.requests);
         let permits = Arc::new(Semaphore::new(self.args.connections));
         let acked = Arc::new(Mutex::new(Acked {
             prefix: self.prefix.clone(),
             batch: self.args.batch,
             requests: vec![false; requests as usize],
         }));
-        let acked_events = Arc::new(AtomicU64::new(0));
         let hist = Arc::new(Mutex::new(Timeline::default()));
         let give_up = Instant::now() + self.args.duration + self.args.drain;
         // The schedule runs on a thread of its own: the OS sleeps to within a fraction of
@@ -734,13 +737,8 @@ impl Sender {
         let mut tasks = tokio::task::JoinSet::new();
         let progress_every = (requests / 10).max(1);
         while let Some((i, scheduled, body)) = scheduled_rx.recv().await {
-            let (me, permits, acked_by_task, events_by_task, hist) = (
-                self.clone(),
-                permits.clone(),
-                acked.clone(),
-                acked_events.clone(),
-                hist.clone(),
-            );
+            let (me, permits, acked_by_task, hist) =
+                (self.clone(), permits.clone(), acked.clone(), hist.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire().await;
                 if me.post_until_acked(body, give_up).await {
@@ -755,7 +753,6 @@ impl Sender {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .requests[i as usize] = true;
-                    events_by_task.fetch_add(me.args.batch, Ordering::Relaxed);
                 }
             });
             while tasks.try_join_next().is_some() {}
@@ -763,7 +760,7 @@ impl Sender {
                 eprint!(
                     "\r{:>3}% sent, {} events acknowledged",
                     i * 100 / requests,
-                    acked_events.load(Ordering::Relaxed)
+                    acked.lock().unwrap_or_else(|p| p.into_inner()).count()
                 );
             }
         }

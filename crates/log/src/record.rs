@@ -112,10 +112,15 @@ impl Record {
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.header_bytes(name).map(|v| &v[..])
+    }
+
+    /// The value of the first header called `name`, shared (cloning it copies nothing).
+    pub fn header_bytes(&self, name: &str) -> Option<&Bytes> {
         self.headers
             .iter()
             .find(|h| h.name == name)
-            .map(|h| &h.value[..])
+            .map(|h| &h.value)
     }
 
     /// Size of this record's frame on disk.

@@ -150,10 +150,8 @@ fn header_str<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
 
 /// A header's value as text, shared with the record (no copy).
 fn header_text(r: &Record, name: &str) -> Option<Text> {
-    r.headers
-        .iter()
-        .find(|h| h.name == name)
-        .and_then(|h| Text::from_utf8(h.value.clone()))
+    r.header_bytes(name)
+        .and_then(|v| Text::from_utf8(v.clone()))
 }
 
 impl EventMeta {
@@ -191,24 +189,26 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Appends one event as a CloudEvents JSON object to `out` (the sink's body format):
-/// a plain JSON event becomes `{"specversion":"1.0","id",...,"data":<value>}`; a stored
-/// CloudEvent is passed through unchanged.
-pub fn write_cloudevent(out: &mut Vec<u8>, meta: &EventMeta, value: &[u8]) {
+/// One event as a CloudEvents JSON object (the sink's body format): a plain JSON event
+/// becomes `{"specversion":"1.0","id",...,"data":<value>}`; a stored CloudEvent is the
+/// value itself, shared rather than copied.
+pub fn cloudevent_body(meta: &EventMeta, value: &Bytes) -> Bytes {
     match meta.format {
-        EventFormat::CloudEvent => out.extend_from_slice(value),
+        EventFormat::CloudEvent => value.clone(),
         EventFormat::Json => {
+            let mut out = Vec::with_capacity(value.len() + 200);
             out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-            push_json_str(out, &meta.id);
+            push_json_str(&mut out, &meta.id);
             out.extend_from_slice(b",\"source\":");
-            push_json_str(out, &meta.source);
+            push_json_str(&mut out, &meta.source);
             out.extend_from_slice(b",\"type\":");
-            push_json_str(out, &meta.event_type);
+            push_json_str(&mut out, &meta.event_type);
             out.extend_from_slice(b",\"time\":");
-            push_json_str(out, &rfc3339_ms(meta.time_ms));
+            push_json_str(&mut out, &rfc3339_ms(meta.time_ms));
             out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
             out.extend_from_slice(value);
             out.push(b'}');
+            Bytes::from(out)
         }
     }
 }
@@ -236,8 +236,7 @@ mod tests {
                 offset: 0,
             },
         };
-        let mut out = Vec::new();
-        write_cloudevent(&mut out, &meta, br#"{"x":1}"#);
+        let out = cloudevent_body(&meta, &Bytes::from_static(br#"{"x":1}"#));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "a\"b");
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");

@@ -307,10 +307,7 @@ fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
     let time_ms = match ce.time.map(|raw| raw.get()) {
         None | Some("null") => None,
         Some(raw) if raw.starts_with('"') => {
-            let text: Cow<'_, str> = match serde_json::from_str::<&str>(raw) {
-                Ok(s) => Cow::Borrowed(s),
-                Err(_) => Cow::Owned(serde_json::from_str::<String>(raw).unwrap_or_default()),
-            };
+            let JsonStr(text) = serde_json::from_str(raw).unwrap_or(JsonStr(Cow::Borrowed("")));
             Some(parse_rfc3339(&text).map_err(|e| format!("CloudEvent `time` {e}"))?)
         }
         Some(raw) => {

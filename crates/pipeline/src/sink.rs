@@ -43,7 +43,7 @@ use tracing::{error, info, warn};
 
 use crate::config::SinkConfig;
 use crate::delivery::{backoff, parse_retry_after, Breaker, Class, Classifier, Gate, RateLimit};
-use crate::event::{rfc3339_ms, write_cloudevent, EventFormat, EventMeta, Text};
+use crate::event::{cloudevent_body, rfc3339_ms, EventMeta, Text};
 use crate::retry::{
     annotate, dlq_topic, due_ms, retry_header, retry_state, retry_topic, DlqReason, RetryState,
 };
@@ -415,14 +415,7 @@ impl HttpSink {
         arrival_us: i64,
     ) -> Item {
         let meta = EventMeta::of(topic, p, &r);
-        let body = match meta.format {
-            EventFormat::CloudEvent => r.record.value.clone(),
-            EventFormat::Json => {
-                let mut body = Vec::with_capacity(r.record.value.len() + 200);
-                write_cloudevent(&mut body, &meta, &r.record.value);
-                Bytes::from(body)
-            }
-        };
+        let body = cloudevent_body(&meta, &r.record.value);
         Item {
             from,
             offset: r.offset,
