@@ -397,18 +397,14 @@ fn print_outcome(o: &Outcome) {
     }
 }
 
-/// Where delivered events are observed.
-enum Delivered {
-    InProcess {
-        record: PathBuf,
-        stop: CancellationToken,
-        /// The task serving the receiver: awaited after `stop`, so its port is free
-        /// before the next step of a rating search binds it again.
-        serving: tokio::task::JoinHandle<()>,
-        _dir: tempfile::TempDir,
-    },
-    File(PathBuf),
-    None,
+/// The in-process receiver's serving task.
+struct InProcess {
+    stop: CancellationToken,
+    /// Awaited after `stop`, so its port is free before the next step of a rating search
+    /// binds it again.
+    serving: tokio::task::JoinHandle<()>,
+    /// Holds nothing; keeps the temporary directory of a record file alive.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// One run at `args.rate`; `flap` makes the in-process receiver go down and up.
@@ -416,60 +412,6 @@ pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -
     if args.rate == 0 || args.batch == 0 || args.connections == 0 {
         bail!("--rate, --batch and --connections must be at least 1");
     }
-    reqwest::Url::parse(&args.target)
-        .with_context(|| format!("--target {:?} is not a URL", args.target))?;
-    let delivered = match (&args.receiver, &args.receiver_record) {
-        (Some(addr), _) => {
-            let dir = tempfile::tempdir()?;
-            let record = match &args.keep_record {
-                Some(path) if path.exists() => {
-                    bail!(
-                        "--keep-record {}: the file exists; remove it or name another",
-                        path.display()
-                    )
-                }
-                Some(path) => path.clone(),
-                None => dir.path().join("received.jsonl"),
-            };
-            let receiver = Receiver::open(&record)?;
-            let listener = bind(*addr, "the load test's receiver").await?;
-            let stop = CancellationToken::new();
-            if flap {
-                let (r, s, addr, flaps) = (receiver.clone(), stop.clone(), *addr, flaps.clone());
-                let serving =
-                    tokio::spawn(async move { flapping(r, listener, addr, s, flaps).await });
-                return finish_setup(
-                    args,
-                    Delivered::InProcess {
-                        record,
-                        stop,
-                        serving,
-                        _dir: dir,
-                    },
-                )
-                .await;
-            }
-            let (r, s) = (receiver.clone(), stop.clone());
-            let serving = tokio::spawn(async move {
-                if let Err(e) = r.serve(listener, s).await {
-                    eprintln!("the load test's receiver stopped: {e}");
-                }
-            });
-            Delivered::InProcess {
-                record,
-                stop,
-                serving,
-                _dir: dir,
-            }
-        }
-        (None, Some(path)) => Delivered::File(path.clone()),
-        (None, None) => Delivered::None,
-    };
-    finish_setup(args, delivered).await
-}
-
-/// Sends the load and computes the outcome against `delivered`.
-async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outcome> {
     let url = reqwest::Url::parse(&args.target)
         .with_context(|| format!("--target {:?} is not a URL", args.target))?;
     static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -479,6 +421,79 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
     let sender = Sender::new(args, url, run_id)?;
+    let ids = sender.ids();
+    let (observed, in_process) = match (&args.receiver, &args.receiver_record) {
+        (Some(addr), _) => {
+            let (observed, receiver, dir) = match &args.keep_record {
+                Some(path) if path.exists() => {
+                    bail!(
+                        "--keep-record {}: the file exists; remove it or name another",
+                        path.display()
+                    )
+                }
+                Some(path) => (
+                    Observed::file(path.clone(), ids),
+                    Receiver::open(path)?,
+                    None,
+                ),
+                None => {
+                    // Handed over in memory: no record line is written or read back.
+                    let live = Arc::new(Mutex::new(Deliveries::new(ids)));
+                    let to = live.clone();
+                    let receiver = Receiver::observed(Box::new(move |events| {
+                        let mut d = to.lock().unwrap_or_else(|p| p.into_inner());
+                        for e in events {
+                            d.add(e.id, e.event_time_ms, Some(e.received_at_ms));
+                        }
+                    }));
+                    (Observed::Live(live), receiver, None)
+                }
+            };
+            let listener = bind(*addr, "the load test's receiver").await?;
+            let stop = CancellationToken::new();
+            let (r, s) = (receiver.clone(), stop.clone());
+            let serving = if flap {
+                let (addr, flaps) = (*addr, flaps.clone());
+                tokio::spawn(async move { flapping(r, listener, addr, s, flaps).await })
+            } else {
+                tokio::spawn(async move {
+                    if let Err(e) = r.serve(listener, s).await {
+                        eprintln!("the load test's receiver stopped: {e}");
+                    }
+                })
+            };
+            let in_process = InProcess {
+                stop,
+                serving,
+                _dir: dir,
+            };
+            (Some(observed), Some(in_process))
+        }
+        (None, Some(path)) => (Some(Observed::file(path.clone(), ids)), None),
+        (None, None) => (None, None),
+    };
+    let outcome = measure(args, &sender, observed).await;
+    if let Some(InProcess { stop, serving, .. }) = in_process {
+        stop.cancel();
+        // In-flight deliveries finish first (graceful); a sink that keeps sending is
+        // cut off after a few seconds rather than holding the port.
+        let abort = serving.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    outcome
+}
+
+/// Sends the load and computes the outcome against the deliveries `observed`.
+async fn measure(
+    args: &LoadtestArgs,
+    sender: &Arc<Sender>,
+    observed: Option<Observed>,
+) -> Result<Outcome> {
     let started = Instant::now();
     let (acked_ids, ingest) = sender.send_all().await;
     let elapsed = started
@@ -504,81 +519,51 @@ async fn finish_setup(args: &LoadtestArgs, delivered: Delivered) -> Result<Outco
         e2e_ms: None,
         lost_examples: Vec::new(),
     };
-    let record = match &delivered {
-        Delivered::InProcess { record, .. } => Some(record.clone()),
-        Delivered::File(p) => Some(p.clone()),
-        Delivered::None => None,
-    };
-    if let Some(record) = record {
+    if let Some(mut observed) = observed {
         let deadline = Instant::now() + args.drain;
-        let mut deliveries = Deliveries::new(record, &acked_ids);
-        deliveries.refresh(&acked_ids)?;
-        while acked_ids.events().any(|e| deliveries.count[e] == 0) && Instant::now() < deadline {
+        let undelivered = |d: &Deliveries| acked_ids.events().any(|e| d.count[e] == 0);
+        while observed.refresh()?.with(undelivered) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            deliveries.refresh(&acked_ids)?;
         }
-        let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-        let mut duplicates = 0;
-        for (&count, &delay_ms) in deliveries.count.iter().zip(&deliveries.first_delay_ms) {
-            if count > 0 {
-                duplicates += u64::from(count - 1);
-                e2e.saturating_record(u64::from(delay_ms) * 1000);
+        observed.with(|deliveries| -> Result<()> {
+            let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+            let mut duplicates = 0;
+            for (&count, &delay_ms) in deliveries.count.iter().zip(&deliveries.first_delay_ms) {
+                if count > 0 {
+                    duplicates += u64::from(count - 1);
+                    e2e.saturating_record(u64::from(delay_ms) * 1000);
+                }
             }
-        }
-        let lost: Vec<usize> = acked_ids
-            .events()
-            .filter(|&e| deliveries.count[e] == 0)
-            .collect();
-        outcome.delivered = Some(acked - lost.len() as u64);
-        outcome.lost = Some(lost.len() as u64);
-        outcome.lost_examples = lost.iter().take(20).map(|&e| acked_ids.id(e)).collect();
-        outcome.duplicates = Some(duplicates);
-        outcome.e2e_ms = Some(Quantiles::of(&e2e));
-    }
-    if let Delivered::InProcess { stop, serving, .. } = delivered {
-        stop.cancel();
-        // In-flight deliveries finish first (graceful); a sink that keeps sending is
-        // cut off after a few seconds rather than holding the port.
-        let abort = serving.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), serving)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
+            let lost: Vec<usize> = acked_ids
+                .events()
+                .filter(|&e| deliveries.count[e] == 0)
+                .collect();
+            outcome.delivered = Some(acked - lost.len() as u64);
+            outcome.lost = Some(lost.len() as u64);
+            outcome.lost_examples = lost.iter().take(20).map(|&e| acked_ids.ids.id(e)).collect();
+            outcome.duplicates = Some(duplicates);
+            outcome.e2e_ms = Some(Quantiles::of(&e2e));
+            Ok(())
+        })?;
     }
     Ok(outcome)
 }
 
-/// Which scheduled requests were acknowledged. Event ids follow from the request and
-/// the position in it (`<prefix><request>-<position>`), so a run of millions of events
-/// keeps one flag per request instead of every id.
-#[derive(Debug, Default)]
-struct Acked {
+/// The event ids of a run: `<prefix><request>-<position>`, so a run of millions of
+/// events keeps per-event state in arrays indexed by (request × batch + position)
+/// instead of keeping ids.
+#[derive(Debug, Clone, Default)]
+struct Ids {
     prefix: String,
     batch: u64,
-    requests: Vec<bool>,
+    /// Requests the schedule sends.
+    requests: usize,
 }
 
-impl Acked {
-    /// Events acknowledged.
-    fn count(&self) -> u64 {
-        self.requests.iter().filter(|&&a| a).count() as u64 * self.batch
-    }
-
-    /// Events scheduled (acknowledged or not).
+impl Ids {
+    /// Events scheduled.
     fn scheduled(&self) -> usize {
-        self.requests.len() * self.batch as usize
-    }
-
-    /// The acknowledged events, as indexes (request × batch + position).
-    fn events(&self) -> impl Iterator<Item = usize> + '_ {
-        let batch = self.batch as usize;
-        self.requests
-            .iter()
-            .enumerate()
-            .filter(|(_, &a)| a)
-            .flat_map(move |(i, _)| i * batch..(i + 1) * batch)
+        self.requests * self.batch as usize
     }
 
     /// The id of an event index.
@@ -591,21 +576,78 @@ impl Acked {
     fn index(&self, id: &str) -> Option<usize> {
         let (request, position) = id.strip_prefix(&self.prefix)?.split_once('-')?;
         let (request, position): (usize, u64) = (request.parse().ok()?, position.parse().ok()?);
-        (request < self.requests.len() && position < self.batch)
+        (request < self.requests && position < self.batch)
             .then(|| request * self.batch as usize + position as usize)
     }
 }
 
-/// Deliveries of this run's events, read from a receiver's record file as it grows:
-/// each refresh reads only the complete lines appended since the last one.
+/// Which scheduled requests were acknowledged: one flag per request.
+#[derive(Debug, Default)]
+struct Acked {
+    ids: Ids,
+    requests: Vec<bool>,
+}
+
+impl Acked {
+    /// Events acknowledged.
+    fn count(&self) -> u64 {
+        self.requests.iter().filter(|&&a| a).count() as u64 * self.ids.batch
+    }
+
+    /// The acknowledged events, as indexes.
+    fn events(&self) -> impl Iterator<Item = usize> + '_ {
+        let batch = self.ids.batch as usize;
+        self.requests
+            .iter()
+            .enumerate()
+            .filter(|(_, &a)| a)
+            .flat_map(move |(i, _)| i * batch..(i + 1) * batch)
+    }
+}
+
+/// Deliveries of this run's events.
 struct Deliveries {
-    path: PathBuf,
-    /// Bytes of the file already read.
-    read: u64,
+    ids: Ids,
     /// Per event index: times received.
     count: Vec<u32>,
     /// Per event index: receive time − event time of the first receipt, ms.
     first_delay_ms: Vec<u32>,
+}
+
+impl Deliveries {
+    fn new(ids: Ids) -> Self {
+        Deliveries {
+            count: vec![0; ids.scheduled()],
+            first_delay_ms: vec![0; ids.scheduled()],
+            ids,
+        }
+    }
+
+    /// Counts one delivery; ids of other runs are ignored.
+    fn add(&mut self, id: &str, event_time_ms: Option<i64>, received_at_ms: Option<i64>) {
+        let Some(e) = self.ids.index(id) else {
+            return;
+        };
+        if self.count[e] == 0 {
+            let delay = received_at_ms.unwrap_or(0) - event_time_ms.unwrap_or(0);
+            self.first_delay_ms[e] = delay.clamp(0, i64::from(u32::MAX)) as u32;
+        }
+        self.count[e] = self.count[e].saturating_add(1);
+    }
+}
+
+/// Where the outcome's deliveries come from.
+enum Observed {
+    /// The in-process receiver counts each accepted request's events as it answers.
+    Live(Arc<Mutex<Deliveries>>),
+    /// A receiver's record file, read as it grows: each refresh reads only the complete
+    /// lines appended since the last one.
+    File {
+        path: PathBuf,
+        /// Bytes of the file already read.
+        read: u64,
+        deliveries: Deliveries,
+    },
 }
 
 /// The fields of a record line that the outcome needs.
@@ -617,44 +659,51 @@ struct RecordLine<'a> {
     received_at_ms: Option<i64>,
 }
 
-impl Deliveries {
-    fn new(path: PathBuf, acked: &Acked) -> Self {
-        Deliveries {
+impl Observed {
+    fn file(path: PathBuf, ids: Ids) -> Self {
+        Observed::File {
             path,
             read: 0,
-            count: vec![0; acked.scheduled()],
-            first_delay_ms: vec![0; acked.scheduled()],
+            deliveries: Deliveries::new(ids),
         }
     }
 
-    fn refresh(&mut self, acked: &Acked) -> Result<()> {
+    /// Catches up with the record file (nothing to do for live deliveries).
+    fn refresh(&mut self) -> Result<&Self> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        let Observed::File {
+            path,
+            read,
+            deliveries,
+        } = self
+        else {
+            return Ok(self);
         };
-        file.seek(SeekFrom::Start(self.read))?;
+        let mut file = match std::fs::File::open(&*path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        file.seek(SeekFrom::Start(*read))?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf)
-            .with_context(|| format!("reading {}", self.path.display()))?;
+            .with_context(|| format!("reading {}", path.display()))?;
         // A line still being written is read next time.
         let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        self.read += complete as u64;
+        *read += complete as u64;
         for line in buf[..complete].split(|&b| b == b'\n') {
-            let Ok(l) = serde_json::from_slice::<RecordLine>(line) else {
-                continue;
-            };
-            let Some(e) = acked.index(&l.id) else {
-                continue;
-            };
-            if self.count[e] == 0 {
-                let delay = l.received_at_ms.unwrap_or(0) - l.event_time_ms.unwrap_or(0);
-                self.first_delay_ms[e] = delay.clamp(0, i64::from(u32::MAX)) as u32;
+            if let Ok(l) = serde_json::from_slice::<RecordLine>(line) {
+                deliveries.add(&l.id, l.event_time_ms, l.received_at_ms);
             }
-            self.count[e] = self.count[e].saturating_add(1);
         }
-        Ok(())
+        Ok(self)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Deliveries) -> R) -> R {
+        match self {
+            Observed::Live(d) => f(&d.lock().unwrap_or_else(|p| p.into_inner())),
+            Observed::File { deliveries, .. } => f(deliveries),
+        }
     }
 }
 
@@ -662,14 +711,17 @@ impl Deliveries {
 struct Sender {
     args: LoadtestArgs,
     url: reqwest::Url,
-    /// `lt-<run id>-`: every event id of this run is this, then `<request>-<position>`.
-    prefix: String,
+    /// Every event id of this run is `lt-<run id>-<request>-<position>`.
+    ids: Ids,
     /// Time between two scheduled requests.
     interval: Duration,
     /// Requests the schedule sends.
     requests: u64,
     client: reqwest::Client,
-    pad: String,
+    /// What follows an event's id up to its time: `","source":...,"time":"`.
+    after_id: String,
+    /// What follows an event's time: `","data":{"pad":"xx..."}}`.
+    after_time: String,
     sent: AtomicU64,
     retried: AtomicU64,
 }
@@ -688,14 +740,27 @@ impl Sender {
         Ok(Arc::new(Sender {
             args: args.clone(),
             url,
-            prefix: format!("lt-{run_id}-"),
+            ids: Ids {
+                prefix: format!("lt-{run_id}-"),
+                batch: args.batch,
+                requests: requests as usize,
+            },
             interval,
             requests,
             client,
-            pad: "x".repeat(args.payload_bytes.saturating_sub(overhead)),
+            after_id: r#"","source":"hifi-loadtest","type":"loadtest","time":""#.into(),
+            after_time: format!(
+                r#"","data":{{"pad":"{}"}}}}"#,
+                "x".repeat(args.payload_bytes.saturating_sub(overhead))
+            ),
             sent: AtomicU64::new(0),
             retried: AtomicU64::new(0),
         }))
+    }
+
+    /// The event ids of this run.
+    fn ids(&self) -> Ids {
+        self.ids.clone()
     }
 
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
@@ -704,8 +769,7 @@ impl Sender {
         let (interval, requests) = (self.interval, self.requests);
         let permits = Arc::new(Semaphore::new(self.args.connections));
         let acked = Arc::new(Mutex::new(Acked {
-            prefix: self.prefix.clone(),
-            batch: self.args.batch,
+            ids: self.ids.clone(),
             requests: vec![false; requests as usize],
         }));
         let hist = Arc::new(Mutex::new(Timeline::default()));
@@ -778,19 +842,27 @@ impl Sender {
     fn body(&self, request: u64, time_ms: i64) -> Vec<u8> {
         use std::io::Write;
         let time = hifi_pipeline::event::rfc3339_ms(time_ms);
+        let mut before_position = Vec::with_capacity(64);
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            before_position,
+            r#"{{"specversion":"1.0","id":"{}{request}-"#,
+            self.ids.prefix
+        );
         let batch = self.args.batch;
-        let mut out = Vec::with_capacity(batch as usize * (self.args.payload_bytes + 8) + 2);
+        let event_bytes =
+            before_position.len() + 20 + self.after_id.len() + time.len() + self.after_time.len();
+        let mut out = Vec::with_capacity(batch as usize * (event_bytes + 1) + 2);
         out.push(b'[');
         for j in 0..batch {
             if j > 0 {
                 out.push(b',');
             }
-            // Writing to a Vec cannot fail.
-            let _ = write!(
-                out,
-                "{{\"specversion\":\"1.0\",\"id\":\"{}{request}-{j}\",\"source\":\"hifi-loadtest\",\"type\":\"loadtest\",\"time\":\"{time}\",\"data\":{{\"pad\":\"{}\"}}}}",
-                self.prefix, self.pad
-            );
+            out.extend_from_slice(&before_position);
+            let _ = write!(out, "{j}");
+            out.extend_from_slice(self.after_id.as_bytes());
+            out.extend_from_slice(time.as_bytes());
+            out.extend_from_slice(self.after_time.as_bytes());
         }
         out.push(b']');
         out
@@ -876,18 +948,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_body_is_a_cloudevents_batch_with_the_run_ids_and_the_asked_size() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadtestArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from([
+            "loadtest",
+            "--target",
+            "http://127.0.0.1:1/v1/events",
+            "--batch",
+            "12",
+            "--payload-bytes",
+            "300",
+        ]);
+        let url = reqwest::Url::parse(&cli.args.target).unwrap();
+        let sender = Sender::new(&cli.args, url, "r7".into()).unwrap();
+        let body = sender.body(41, 1_700_000_000_123);
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(events.len(), 12);
+        let ids = sender.ids();
+        for (j, e) in events.iter().enumerate() {
+            assert_eq!(e["id"], ids.id(41 * 12 + j), "{e}");
+            assert_eq!(e["specversion"], "1.0");
+            assert_eq!(e["source"], "hifi-loadtest");
+            assert_eq!(e["time"], "2023-11-14T22:13:20.123Z");
+            let bytes = serde_json::to_vec(e).unwrap().len();
+            assert!((280..=320).contains(&bytes), "{bytes} bytes: {e}");
+        }
+    }
+
+    #[test]
     fn event_ids_map_to_indexes_and_back_and_other_ids_are_not_counted() {
         let acked = Acked {
-            prefix: "lt-r1-".into(),
-            batch: 3,
+            ids: Ids {
+                prefix: "lt-r1-".into(),
+                batch: 3,
+                requests: 3,
+            },
             requests: vec![true, false, true],
         };
+        let ids = &acked.ids;
         assert_eq!(acked.count(), 6);
         assert_eq!(acked.events().collect::<Vec<_>>(), vec![0, 1, 2, 6, 7, 8]);
-        for e in 0..acked.scheduled() {
-            assert_eq!(acked.index(&acked.id(e)), Some(e));
+        for e in 0..ids.scheduled() {
+            assert_eq!(ids.index(&ids.id(e)), Some(e));
         }
-        assert_eq!(acked.id(7), "lt-r1-2-1");
+        assert_eq!(ids.id(7), "lt-r1-2-1");
         for other in [
             "lt-r2-0-0",
             "lt-r1-3-0",
@@ -896,7 +1004,7 @@ mod tests {
             "lt-r1-x-0",
             "x",
         ] {
-            assert_eq!(acked.index(other), None, "{other}");
+            assert_eq!(ids.index(other), None, "{other}");
         }
     }
 }

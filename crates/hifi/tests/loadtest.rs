@@ -10,21 +10,21 @@ use std::process::Command;
 
 use support::*;
 
-#[test]
-fn a_rating_search_runs_step_after_step_on_one_receiver_port() {
-    let dir = test_dir();
+/// A running ingest -> sink pipeline whose sink sends to a free loopback port.
+fn pipeline_to_a_free_port(dir: &std::path::Path) -> (Proc, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let file = pipeline_file(
-        dir.path(),
-        &format!("http://127.0.0.1:{port}/ingest"),
-        "",
-        false,
-    );
-    let hifi = run_pipeline(dir.path(), &file);
+    let file = pipeline_file(dir, &format!("http://127.0.0.1:{port}/ingest"), "", false);
+    (run_pipeline(dir, &file), port)
+}
+
+#[test]
+fn a_rating_search_runs_step_after_step_on_one_receiver_port() {
+    let dir = test_dir();
+    let (hifi, port) = pipeline_to_a_free_port(dir.path());
     let ingest = hifi.addr("source api");
     let json = dir.path().join("rating.json");
     let out = Command::new(env!("CARGO_BIN_EXE_hifi"))
@@ -56,4 +56,98 @@ fn a_rating_search_runs_step_after_step_on_one_receiver_port() {
         "{}",
         v["rating"]
     );
+}
+
+/// One short load test against `ingest`; returns (exit success, outcome JSON).
+fn loadtest(
+    dir: &std::path::Path,
+    ingest: std::net::SocketAddr,
+    how: &[&str],
+) -> (bool, serde_json::Value) {
+    let json = dir.join(format!(
+        "out-{}.json",
+        how.join("-").replace(['/', ':', '.'], "_")
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args([
+            "loadtest",
+            "--target",
+            &format!("http://{ingest}/v1/events"),
+        ])
+        .args(["--rate", "1000", "--duration", "1s", "--batch", "10"])
+        .args(how)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{how:?}: no outcome ({e}): {text}"));
+    (out.status.success(), v)
+}
+
+#[test]
+fn deliveries_observed_in_memory_or_read_from_a_record_give_the_same_exact_outcome() {
+    let dir = test_dir();
+    let (hifi, port) = pipeline_to_a_free_port(dir.path());
+    let ingest = hifi.addr("source api");
+    let receiver = format!("127.0.0.1:{port}");
+    let all_delivered = |how: &str, (ok, v): (bool, serde_json::Value)| {
+        assert!(ok, "{how}: {v}");
+        assert_eq!(v["acked"], 1000, "{how}: {v}");
+        assert_eq!(v["delivered"], 1000, "{how}: {v}");
+        assert_eq!(
+            (&v["lost"], &v["duplicates"]),
+            (&0.into(), &0.into()),
+            "{how}: {v}"
+        );
+        assert!(
+            v["e2e_ms"]["max"].as_f64().unwrap() < 60_000.0,
+            "{how}: {v}"
+        );
+    };
+
+    // In memory (the in-process receiver hands its events over).
+    all_delivered(
+        "in memory",
+        loadtest(dir.path(), ingest, &["--receiver", &receiver]),
+    );
+
+    // In-process, kept as a record file: read back from the file.
+    let kept = dir.path().join("kept.jsonl");
+    let how = [
+        "--receiver",
+        &receiver,
+        "--keep-record",
+        kept.to_str().unwrap(),
+    ];
+    all_delivered("kept record", loadtest(dir.path(), ingest, &how));
+    assert_eq!(received_ids(&kept).len(), 1000);
+
+    // A separate receiver's record file.
+    let record = dir.path().join("external.jsonl");
+    let external = run_receiver(dir.path(), &receiver, &record);
+    let how = ["--receiver-record", record.to_str().unwrap()];
+    all_delivered("separate receiver", loadtest(dir.path(), ingest, &how));
+
+    // Nothing delivered: every acknowledged event counts as lost, both ways.
+    external.sigkill();
+    let how = [
+        "--receiver-record",
+        record.to_str().unwrap(),
+        "--drain",
+        "1s",
+    ];
+    let (ok, v) = loadtest(dir.path(), ingest, &how);
+    assert!(!ok && v["acked"] == 1000 && v["lost"] == 1000, "{v}");
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, v) = loadtest(
+        dir.path(),
+        ingest,
+        &["--receiver", &elsewhere.to_string(), "--drain", "1s"],
+    );
+    assert!(!ok && v["acked"] == 1000 && v["lost"] == 1000, "{v}");
 }

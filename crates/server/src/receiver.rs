@@ -5,6 +5,9 @@
 //! The file is flushed before the 2xx is sent, so every acknowledged event is in it even
 //! if the receiver is killed. It counts received, distinct and duplicate events.
 //!
+//! In-process (the load test), an [`Observer`] can take each accepted request's events
+//! instead of the record file: no line is written or read back.
+//!
 //! It can fail on purpose ([`Faults`]): a share of requests answered with an error
 //! status, requests containing matching event ids refused whole (as real destinations
 //! do), added latency, `Retry-After` on failures, the first N requests failed. Refused
@@ -41,11 +44,44 @@ pub struct ReceiverSummary {
     pub requests: u64,
 }
 
+/// One accepted event, as an [`Observer`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    /// The event's `id` ("" when it has none).
+    pub id: &'a str,
+    /// The event's `source` ("" when it has none).
+    pub source: &'a str,
+    /// The event's `time` in ms since the epoch, when it has a valid one.
+    pub event_time_ms: Option<i64>,
+    /// When the request arrived, ms since the epoch.
+    pub received_at_ms: i64,
+}
+
+/// Takes the events of each accepted request before the request is answered.
+pub type Observer = Box<dyn FnMut(&[Delivery<'_>]) + Send>;
+
+/// Where accepted events go.
+enum Recording {
+    /// One JSON line per event, flushed before the answer.
+    File(std::io::BufWriter<std::fs::File>),
+    /// Handed to a function before the answer.
+    Observer(Observer),
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recording::File(file) => f.debug_tuple("File").field(file.get_ref()).finish(),
+            Recording::Observer(_) => f.write_str("Observer"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
-    /// The record file.
-    file: std::io::BufWriter<std::fs::File>,
-    /// Hashes of (source, id) seen, for the distinct count.
+    recording: Recording,
+    /// Hashes of (source, id) seen, for the distinct count (record file only: an
+    /// observer counts repeats itself).
     seen: HashSet<u128, PreHashed>,
     /// Counts.
     summary: ReceiverSummary,
@@ -103,6 +139,8 @@ pub struct Receiver {
     failures: Arc<Mutex<Option<std::fs::File>>>,
     /// Requests seen (including failed ones).
     requests_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether accepted events are written as record lines (else observed).
+    writes_lines: bool,
 }
 
 impl Receiver {
@@ -117,9 +155,36 @@ impl Receiver {
             .create(true)
             .append(true)
             .open(record)?;
-        Ok(Receiver {
+        let failures =
+            if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
+                Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(record.with_extension("failures.jsonl"))?,
+                )
+            } else {
+                None
+            };
+        Ok(Self::new(
+            Recording::File(std::io::BufWriter::new(file)),
+            faults,
+            failures,
+        ))
+    }
+
+    /// A receiver without a record file and without faults: `observer` takes the events
+    /// of each accepted request before the request is answered. [`ReceiverSummary`]'s
+    /// `distinct` and `duplicates` are not counted (the observer sees every repeat).
+    pub fn observed(observer: Observer) -> Self {
+        Self::new(Recording::Observer(observer), Faults::default(), None)
+    }
+
+    fn new(recording: Recording, faults: Faults, failures: Option<std::fs::File>) -> Self {
+        Receiver {
+            writes_lines: matches!(recording, Recording::File(_)),
             inner: Arc::new(Mutex::new(Inner {
-                file: std::io::BufWriter::new(file),
+                recording,
                 seen: HashSet::default(),
                 summary: ReceiverSummary::default(),
                 delays: hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 3)
@@ -127,21 +192,10 @@ impl Receiver {
                 handling_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid bounds"),
             })),
-            failures: Arc::new(Mutex::new(
-                if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
-                    Some(
-                        std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(record.with_extension("failures.jsonl"))?,
-                    )
-                } else {
-                    None
-                },
-            )),
+            failures: Arc::new(Mutex::new(failures)),
             faults: Arc::new(faults),
             requests_seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        })
+        }
     }
 
     /// The counts so far.
@@ -254,59 +308,73 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mut lines = Vec::with_capacity(events.len() * 200);
-    let mut delays = Vec::with_capacity(events.len());
-    let mut ids = Vec::with_capacity(events.len());
-    for e in &events {
-        let id = e.id.0.as_deref().unwrap_or("");
-        let source = e.source.0.as_deref().unwrap_or("");
-        let time = e.time.0.as_deref();
-        let event_time_ms = time
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|d| d.timestamp_millis());
-        let line = Line {
-            id,
-            source,
-            time,
-            event_time_ms,
+    let deliveries: Vec<Delivery> = events
+        .iter()
+        .map(|e| Delivery {
+            id: e.id.0.as_deref().unwrap_or(""),
+            source: e.source.0.as_deref().unwrap_or(""),
+            event_time_ms: e
+                .time
+                .0
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|d| d.timestamp_millis()),
             received_at_ms: received_at,
-            received_at_us,
-            idempotency_key: key,
-        };
-        if let Some(t) = event_time_ms {
-            delays.push((received_at - t).max(0) as u64);
-        }
-        let _ = serde_json::to_writer(&mut lines, &line);
-        lines.push(b'\n');
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(source.as_bytes());
-        h.update(&[0xff]);
-        h.update(id.as_bytes());
-        ids.push(h.digest128());
-    }
-    let mut inner = r.inner.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = inner
-        .file
-        .write_all(&lines)
-        .and_then(|()| inner.file.flush())
-    {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot record events: {e}\n"),
-        )
-            .into_response();
-    }
-    for h in ids {
-        inner.summary.received += 1;
-        if inner.seen.insert(h) {
-            inner.summary.distinct += 1;
-        } else {
-            inner.summary.duplicates += 1;
+        })
+        .collect();
+    let mut lines = Vec::new();
+    let mut ids = Vec::new();
+    if r.writes_lines {
+        lines.reserve(events.len() * 200);
+        ids.reserve(events.len());
+        for (e, d) in events.iter().zip(&deliveries) {
+            let line = Line {
+                id: d.id,
+                source: d.source,
+                time: e.time.0.as_deref(),
+                event_time_ms: d.event_time_ms,
+                received_at_ms: received_at,
+                received_at_us,
+                idempotency_key: key,
+            };
+            let _ = serde_json::to_writer(&mut lines, &line);
+            lines.push(b'\n');
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(d.source.as_bytes());
+            h.update(&[0xff]);
+            h.update(d.id.as_bytes());
+            ids.push(h.digest128());
         }
     }
+    let mut guard = r.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let inner = &mut *guard;
+    match &mut inner.recording {
+        Recording::File(file) => {
+            if let Err(e) = file.write_all(&lines).and_then(|()| file.flush()) {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot record events: {e}\n"),
+                )
+                    .into_response();
+            }
+            for h in ids {
+                if inner.seen.insert(h) {
+                    inner.summary.distinct += 1;
+                } else {
+                    inner.summary.duplicates += 1;
+                }
+            }
+        }
+        Recording::Observer(observe) => observe(&deliveries),
+    }
+    inner.summary.received += deliveries.len() as u64;
     inner.summary.requests += 1;
-    for d in delays {
-        inner.delays.saturating_record(d);
+    for d in &deliveries {
+        if let Some(t) = d.event_time_ms {
+            inner
+                .delays
+                .saturating_record((received_at - t).max(0) as u64);
+        }
     }
     inner
         .handling_us
