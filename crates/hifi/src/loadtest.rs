@@ -9,7 +9,8 @@
 //! the outcome is exact: delivered, lost (acknowledged, never delivered after the
 //! drain), duplicates, and end-to-end delay (receive time − event time).
 //!
-//! It only sends to the `--target` URL, for at most `--duration` plus the drain.
+//! It only sends to the `--target` URL, for at most `--duration` plus the drain, and
+//! schedules at most 250 000 000 events per run (it keeps 8 bytes per event).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ pub struct LoadtestArgs {
     /// Events per second (spread over requests of `--batch` events).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// How long to send.
+    /// How long to send (--rate × --duration: at most 250 000 000 events per run).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Events per request.
@@ -707,6 +708,10 @@ impl Observed {
     }
 }
 
+/// Most events one run schedules: the outcome keeps a delivery count and a first delay
+/// (8 bytes) per event.
+const MAX_EVENTS_PER_RUN: u64 = 250_000_000;
+
 /// Sends the scheduled requests.
 struct Sender {
     args: LoadtestArgs,
@@ -737,6 +742,16 @@ impl Sender {
         let requests = (args.duration.as_secs_f64() / interval.as_secs_f64())
             .round()
             .max(1.0) as u64;
+        let events = requests.saturating_mul(args.batch);
+        if events > MAX_EVENTS_PER_RUN {
+            bail!(
+                "--rate {} for --duration {:?} schedules {events} events; one run checks at most \
+                 {MAX_EVENTS_PER_RUN} (it keeps 8 bytes per event, so its memory stays under \
+                 2 GiB): lower the rate or shorten the run",
+                args.rate,
+                args.duration
+            );
+        }
         Ok(Arc::new(Sender {
             args: args.clone(),
             url,
@@ -947,24 +962,36 @@ impl Timeline {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_request_body_is_a_cloudevents_batch_with_the_run_ids_and_the_asked_size() {
+    /// Load test arguments against a loopback target, plus `more`.
+    fn test_args(more: &[&str]) -> LoadtestArgs {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             args: LoadtestArgs,
         }
-        let cli = <Cli as clap::Parser>::parse_from([
-            "loadtest",
-            "--target",
-            "http://127.0.0.1:1/v1/events",
-            "--batch",
-            "12",
-            "--payload-bytes",
-            "300",
-        ]);
-        let url = reqwest::Url::parse(&cli.args.target).unwrap();
-        let sender = Sender::new(&cli.args, url, "r7".into()).unwrap();
+        let fixed = ["loadtest", "--target", "http://127.0.0.1:1/v1/events"];
+        <Cli as clap::Parser>::parse_from(fixed.iter().chain(more)).args
+    }
+
+    #[test]
+    fn a_run_too_large_to_check_is_refused_before_it_starts() {
+        let args = test_args(&["--rate", "1000000", "--duration", "300s"]);
+        let url = reqwest::Url::parse(&args.target).unwrap();
+        let err = Sender::new(&args, url, "r".into())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("schedules 300000000 events"), "{err}");
+        let args = test_args(&["--rate", "1000000", "--duration", "250s"]);
+        let url = reqwest::Url::parse(&args.target).unwrap();
+        assert!(Sender::new(&args, url, "r".into()).is_ok());
+    }
+
+    #[test]
+    fn a_request_body_is_a_cloudevents_batch_with_the_run_ids_and_the_asked_size() {
+        let args = test_args(&["--batch", "12", "--payload-bytes", "300"]);
+        let url = reqwest::Url::parse(&args.target).unwrap();
+        let sender = Sender::new(&args, url, "r7".into()).unwrap();
         let body = sender.body(41, 1_700_000_000_123);
         let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
         assert_eq!(events.len(), 12);
