@@ -514,7 +514,7 @@ async fn measure(
         delivered: None,
         lost: None,
         duplicates: None,
-        ingest_ms: Quantiles::of(&ingest.total),
+        ingest_ms: ingest.overall(),
         timeline: ingest.per_second(),
         chaos: None,
         e2e_ms: None,
@@ -818,16 +818,16 @@ impl Sender {
         while let Some((i, scheduled, body)) = scheduled_rx.recv().await {
             let (me, permits, acked_by_task, hist) =
                 (self.clone(), permits.clone(), acked.clone(), hist.clone());
+            let second = scheduled.duration_since(start).as_secs() as usize;
+            hist.lock().unwrap_or_else(|p| p.into_inner()).start(second);
             tasks.spawn(async move {
                 let _permit = permits.acquire().await;
-                if me.post_until_acked(body, give_up).await {
-                    let us = scheduled.elapsed().as_micros() as u64;
-                    let second = scheduled.duration_since(start).as_secs() as usize;
-                    hist.lock().unwrap_or_else(|p| p.into_inner()).record(
-                        second,
-                        us,
-                        me.args.batch,
-                    );
+                let ok = me.post_until_acked(body, give_up).await;
+                let us = ok.then(|| scheduled.elapsed().as_micros() as u64);
+                hist.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .finish(second, us, me.args.batch);
+                if ok {
                     acked_by_task
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -917,44 +917,97 @@ fn latency_histogram() -> Histogram<u64> {
 }
 
 /// Ingest latency overall and per second of the schedule.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Timeline {
     /// All requests.
-    pub total: Histogram<u64>,
-    /// Per second: (events acknowledged, latency).
-    pub seconds: Vec<(u64, Histogram<u64>)>,
+    total: Option<Histogram<u64>>,
+    /// Per second of the schedule.
+    seconds: Vec<Second>,
+    /// The latest second with a request started.
+    latest: usize,
 }
 
-impl Default for Timeline {
-    fn default() -> Self {
-        Timeline {
-            total: latency_histogram(),
-            seconds: Vec::new(),
-        }
-    }
+/// The requests scheduled in one second. Its histogram (~180 KiB) is reduced to its
+/// quantiles once every request of the second has finished, so an hour-long run does not
+/// keep 3 600 of them.
+#[derive(Debug, Clone, Default)]
+struct Second {
+    /// Events acknowledged.
+    acked: u64,
+    /// Requests started and not finished.
+    outstanding: u64,
+    /// Latency of the acknowledged requests, while the second is open.
+    open: Option<Histogram<u64>>,
+    /// Their quantiles, once it is closed.
+    closed: Quantiles,
 }
 
 impl Timeline {
-    fn record(&mut self, second: usize, us: u64, events: u64) {
-        self.total.saturating_record(us);
+    /// A request scheduled in `second` starts.
+    fn start(&mut self, second: usize) {
         while self.seconds.len() <= second {
-            self.seconds.push((0, latency_histogram()));
+            self.seconds.push(Second::default());
         }
+        self.seconds[second].outstanding += 1;
+        // Requests start in schedule order: once one of `second` starts, earlier seconds
+        // get no more requests.
+        if second > self.latest {
+            let before = self.latest;
+            self.latest = second;
+            for s in before..second {
+                self.close_if_done(s);
+            }
+        }
+    }
+
+    /// A request of `second` finished: acknowledged after `us`, or never (`None`).
+    fn finish(&mut self, second: usize, us: Option<u64>, events: u64) {
         let s = &mut self.seconds[second];
-        s.0 += events;
-        s.1.saturating_record(us);
+        s.outstanding -= 1;
+        if let Some(us) = us {
+            s.acked += events;
+            s.open
+                .get_or_insert_with(latency_histogram)
+                .saturating_record(us);
+            self.total
+                .get_or_insert_with(latency_histogram)
+                .saturating_record(us);
+        }
+        if second < self.latest {
+            self.close_if_done(second);
+        }
+    }
+
+    fn close_if_done(&mut self, second: usize) {
+        let s = &mut self.seconds[second];
+        if s.outstanding == 0 {
+            if let Some(h) = s.open.take() {
+                s.closed = Quantiles::of(&h);
+            }
+        }
+    }
+
+    /// Percentiles of all acknowledged requests.
+    fn overall(&self) -> Quantiles {
+        self.total.as_ref().map(Quantiles::of).unwrap_or_default()
     }
 
     fn per_second(&self) -> Vec<SecondStats> {
         self.seconds
             .iter()
             .enumerate()
-            .map(|(t, (acked, h))| SecondStats {
+            .map(|(t, s)| SecondStats {
                 t: t as u64,
-                acked: *acked,
-                ingest_ms: Quantiles::of(h),
+                acked: s.acked,
+                ingest_ms: s.open.as_ref().map_or(s.closed, Quantiles::of),
             })
             .collect()
+    }
+
+    /// Histograms kept (open seconds and the total), for the memory test.
+    #[cfg(test)]
+    fn histograms(&self) -> usize {
+        self.seconds.iter().filter(|s| s.open.is_some()).count() + usize::from(self.total.is_some())
     }
 }
 
@@ -985,6 +1038,44 @@ mod tests {
         let args = test_args(&["--rate", "1000000", "--duration", "250s"]);
         let url = reqwest::Url::parse(&args.target).unwrap();
         assert!(Sender::new(&args, url, "r".into()).is_ok());
+    }
+
+    #[test]
+    fn each_second_keeps_its_histogram_only_until_its_requests_finish() {
+        let mut t = Timeline::default();
+        t.start(0);
+        t.start(0);
+        t.finish(0, Some(1_000), 10);
+        t.start(1);
+        assert_eq!(t.histograms(), 2, "second 0 still has a request out");
+        t.finish(0, None, 10);
+        assert_eq!(t.histograms(), 1, "second 0 closed: only the total is kept");
+        t.finish(1, Some(1_500), 10);
+        assert_eq!(
+            t.histograms(),
+            2,
+            "second 1 is the latest: more may start in it"
+        );
+        t.start(5);
+        assert_eq!(t.histograms(), 1);
+        t.finish(5, Some(2_000), 10);
+        let per: Vec<(u64, u64, f64)> = t
+            .per_second()
+            .iter()
+            .map(|s| (s.t, s.acked, s.ingest_ms.max))
+            .collect();
+        assert_eq!(
+            per,
+            vec![
+                (0, 10, 1.0),
+                (1, 10, 1.5),
+                (2, 0, 0.0),
+                (3, 0, 0.0),
+                (4, 0, 0.0),
+                (5, 10, 2.0)
+            ]
+        );
+        assert_eq!(t.overall().max, 2.0);
     }
 
     #[test]
