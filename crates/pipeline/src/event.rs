@@ -35,6 +35,11 @@ impl Text {
         }
     }
 
+    /// A part of `text` (no copy, no check).
+    pub fn slice_of(text: &ByteString, part: &str) -> Text {
+        Text(text.slice_ref(part))
+    }
+
     /// Bytes that are UTF-8 (checked), shared.
     pub fn from_utf8(b: Bytes) -> Option<Text> {
         ByteString::try_from(b).ok().map(Text)

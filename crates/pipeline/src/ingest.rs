@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -115,17 +116,34 @@ pub fn parse_body(
     format: BodyFormat,
     opts: &ParseOptions,
 ) -> Result<Vec<ParsedEvent>, ParseError> {
-    let items: Vec<&[u8]> = match format {
-        BodyFormat::Ndjson => body
-            .split(|&b| b == b'\n')
-            .map(trim_ascii)
-            .filter(|l| !l.is_empty())
-            .collect(),
+    // A UTF-8 body (checked once, here) is read as text: serde_json then checks no string
+    // again and event attributes are sliced out of it without another check. Any other
+    // body is read as bytes, where each event's strings are checked (and reported) alone.
+    match ByteString::try_from(body.clone()) {
+        Ok(text) => parse_items(
+            TextInput {
+                body: &text,
+                part: &text,
+            },
+            format,
+            opts,
+        ),
+        Err(_) => parse_items(RawInput { body, part: body }, format, opts),
+    }
+}
+
+fn parse_items<'a, I: Input<'a>>(
+    body: I,
+    format: BodyFormat,
+    opts: &ParseOptions,
+) -> Result<Vec<ParsedEvent>, ParseError> {
+    let items: Vec<I> = match format {
+        BodyFormat::Ndjson => body.lines(),
         BodyFormat::Json | BodyFormat::CloudEventBatch => {
-            let trimmed = trim_ascii(body);
-            if trimmed.first() == Some(&b'[') {
-                match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
-                    Ok(raws) => raws.into_iter().map(|r| r.get().as_bytes()).collect(),
+            let trimmed = body.trimmed();
+            if trimmed.bytes().first() == Some(&b'[') {
+                match trimmed.array() {
+                    Ok(items) => items,
                     Err(e) => return Err(whole(format!("body is not a valid JSON array: {e}"))),
                 }
             } else if format == BodyFormat::CloudEventBatch {
@@ -134,7 +152,7 @@ pub fn parse_body(
                 vec![trimmed]
             }
         }
-        BodyFormat::CloudEvent => vec![trim_ascii(body)],
+        BodyFormat::CloudEvent => vec![body.trimmed()],
     };
     if items.is_empty() {
         return Err(whole("the body holds no events".into()));
@@ -155,9 +173,9 @@ pub fn parse_body(
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let parsed = if cloud {
-            parse_cloudevent(body, item)
+            parse_cloudevent(item)
         } else {
-            parse_plain(body, item, &plain)
+            parse_plain(item, &plain)
         };
         match parsed {
             Ok(e) => events.push(e),
@@ -174,15 +192,125 @@ pub fn parse_body(
     }
 }
 
+/// A part of a request body (the whole body, or one event of it), as serde_json reads
+/// it: [`TextInput`] or [`RawInput`].
+trait Input<'a>: Copy {
+    /// Its bytes.
+    fn bytes(self) -> &'a [u8];
+    /// Without leading and trailing ASCII whitespace.
+    fn trimmed(self) -> Self;
+    /// Its non-blank lines, trimmed.
+    fn lines(self) -> Vec<Self>;
+    /// The elements of a JSON array.
+    fn array(self) -> serde_json::Result<Vec<Self>>;
+    /// Deserialized (strings borrowed where they have no escapes).
+    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T>;
+    /// A string read from it by serde, as text sharing the body's buffer when borrowed.
+    fn text(self, s: Cow<'a, str>) -> Text;
+    /// Its bytes, sharing the body's buffer.
+    fn shared(self) -> Bytes;
+}
+
+/// Part of a body that is UTF-8.
+#[derive(Clone, Copy)]
+struct TextInput<'a> {
+    body: &'a ByteString,
+    part: &'a str,
+}
+
+/// Part of a body that is not UTF-8 as a whole.
+#[derive(Clone, Copy)]
+struct RawInput<'a> {
+    body: &'a Bytes,
+    part: &'a [u8],
+}
+
+impl<'a> Input<'a> for TextInput<'a> {
+    fn bytes(self) -> &'a [u8] {
+        self.part.as_bytes()
+    }
+    fn trimmed(self) -> Self {
+        TextInput {
+            part: self.part.trim_ascii(),
+            ..self
+        }
+    }
+    fn lines(self) -> Vec<Self> {
+        self.part
+            .split('\n')
+            .map(str::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .map(|part| TextInput { part, ..self })
+            .collect()
+    }
+    fn array(self) -> serde_json::Result<Vec<Self>> {
+        let raws: Vec<&'a RawValue> = serde_json::from_str(self.part)?;
+        Ok(raws
+            .into_iter()
+            .map(|r| TextInput {
+                part: r.get(),
+                ..self
+            })
+            .collect())
+    }
+    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T> {
+        serde_json::from_str(self.part)
+    }
+    fn text(self, s: Cow<'a, str>) -> Text {
+        match s {
+            Cow::Borrowed(b) => Text::slice_of(self.body, b),
+            Cow::Owned(o) => Text::from(o),
+        }
+    }
+    fn shared(self) -> Bytes {
+        self.body.as_bytes().slice_ref(self.part.as_bytes())
+    }
+}
+
+impl<'a> Input<'a> for RawInput<'a> {
+    fn bytes(self) -> &'a [u8] {
+        self.part
+    }
+    fn trimmed(self) -> Self {
+        RawInput {
+            part: self.part.trim_ascii(),
+            ..self
+        }
+    }
+    fn lines(self) -> Vec<Self> {
+        self.part
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .map(|part| RawInput { part, ..self })
+            .collect()
+    }
+    fn array(self) -> serde_json::Result<Vec<Self>> {
+        let raws: Vec<&'a RawValue> = serde_json::from_slice(self.part)?;
+        Ok(raws
+            .into_iter()
+            .map(|r| RawInput {
+                part: r.get().as_bytes(),
+                ..self
+            })
+            .collect())
+    }
+    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T> {
+        serde_json::from_slice(self.part)
+    }
+    fn text(self, s: Cow<'a, str>) -> Text {
+        Text::of(self.body, s)
+    }
+    fn shared(self) -> Bytes {
+        self.body.slice_ref(self.part)
+    }
+}
+
 fn whole(reason: String) -> ParseError {
     ParseError::Invalid(vec![EventError {
         index: None,
         reason,
     }])
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
 }
 
 /// What plain JSON events of one request share.
@@ -192,10 +320,9 @@ struct Plain<'a> {
     event_type: Text,
 }
 
-fn parse_plain(body: &Bytes, item: &[u8], plain: &Plain<'_>) -> Result<ParsedEvent, String> {
+fn parse_plain<'a>(item: impl Input<'a>, plain: &Plain<'_>) -> Result<ParsedEvent, String> {
     let opts = plain.opts;
-    let value: serde_json::Value =
-        serde_json::from_slice(item).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value: serde_json::Value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
         return Err(format!(
             "an event must be a JSON object, not {}",
@@ -233,7 +360,7 @@ fn parse_plain(body: &Bytes, item: &[u8], plain: &Plain<'_>) -> Result<ParsedEve
         event_type: plain.event_type.clone(),
         time_ms,
         format: EventFormat::Json,
-        value: body.slice_ref(item),
+        value: item.shared(),
     })
 }
 
@@ -280,15 +407,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
     }
 }
 
-fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
-    if item.first() != Some(&b'{') {
+fn parse_cloudevent<'a>(item: impl Input<'a>) -> Result<ParsedEvent, String> {
+    if item.bytes().first() != Some(&b'{') {
         return Err("a CloudEvent must be a JSON object".into());
     }
-    let ce: CeAttributes<'_> =
-        serde_json::from_slice(item).map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
-    let required = |v: Option<JsonStr<'_>>, name: &str| -> Result<Text, String> {
+    let ce: CeAttributes<'a> = item
+        .json()
+        .map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
+    let required = |v: Option<JsonStr<'a>>, name: &str| -> Result<Text, String> {
         match v {
-            Some(JsonStr(s)) if !s.is_empty() => Ok(Text::of(body, s)),
+            Some(JsonStr(s)) if !s.is_empty() => Ok(item.text(s)),
             _ => Err(format!(
                 "CloudEvent attribute `{name}` is required and must be a non-empty string"
             )),
@@ -324,7 +452,7 @@ fn parse_cloudevent(body: &Bytes, item: &[u8]) -> Result<ParsedEvent, String> {
         event_type,
         time_ms,
         format: EventFormat::CloudEvent,
-        value: body.slice_ref(item),
+        value: item.shared(),
     })
 }
 
@@ -464,6 +592,98 @@ mod tests {
             "{}",
             errs[0].reason
         );
+    }
+
+    #[test]
+    fn text_and_byte_bodies_parse_alike_and_bytes_that_are_not_utf8_are_refused() {
+        let o = ParseOptions {
+            max_events: 10,
+            ..opts()
+        };
+        let ce = br#"[{"specversion":"1.0","id":"a\"b","source":"s","type":"t","time":"2026-01-01T00:00:00Z","data":{"k":"v"}},
+                      {"specversion":"1.0","id":"2","source":"s","type":"t","time":5}]"#;
+        for (body, format) in [
+            (
+                &br#"[ {"id":"a","ts":1000,"x": 1} , {"id":7,"ts":"1970-01-01T00:00:02Z"} ]"#[..],
+                BodyFormat::Json,
+            ),
+            (
+                br#"[{"ts":1}, 5, {"id":"x"}, {"ts":"yesterday"}]"#,
+                BodyFormat::Json,
+            ),
+            (
+                b"{\"ts\":1,\"id\":\"\\u00e9\xc3\xa9\"}\n\n{\"ts\":2}\r\n",
+                BodyFormat::Ndjson,
+            ),
+            (ce, BodyFormat::CloudEventBatch),
+            (&ce[..ce.len() - 1], BodyFormat::CloudEventBatch),
+            (
+                br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#,
+                BodyFormat::CloudEvent,
+            ),
+        ] {
+            let bytes = Bytes::copy_from_slice(body);
+            let as_text = parse_body(&bytes, format, &o);
+            let as_bytes = parse_items(
+                RawInput {
+                    body: &bytes,
+                    part: &bytes,
+                },
+                format,
+                &o,
+            );
+            assert_eq!(
+                format!("{as_text:?}"),
+                format!("{as_bytes:?}"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Not UTF-8: the event holding the bad bytes is refused with its index...
+        let nd = b"{\"ts\":1}\n{\"ts\":2,\"x\":\"\xff\"}\n";
+        let Err(ParseError::Invalid(errs)) = parse(nd, BodyFormat::Ndjson, &o) else {
+            panic!()
+        };
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].index, Some(1));
+        assert!(
+            errs[0].reason.contains("invalid JSON"),
+            "{}",
+            errs[0].reason
+        );
+        // ... and an array holding them is refused whole, as any invalid array is.
+        let batch = b"[{\"specversion\":\"1.0\",\"id\":\"\xfe\",\"source\":\"s\",\"type\":\"t\"}]";
+        let Err(ParseError::Invalid(errs)) = parse(batch, BodyFormat::CloudEventBatch, &o) else {
+            panic!()
+        };
+        assert_eq!(errs[0].index, None);
+        assert!(
+            errs[0].reason.contains("not a valid JSON array"),
+            "{}",
+            errs[0].reason
+        );
+    }
+
+    proptest::proptest! {
+        /// Any UTF-8 body reads the same as text as it does as bytes.
+        #[test]
+        fn text_and_byte_reading_agree(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "[", "]", "{", "}", ",", ":", "\n", " ", "\"", "\\", "\\u00e9", "é", "\u{1F600}",
+                "\"specversion\":\"1.0\"", "\"id\":", "\"x\"", "\"source\":\"s\"",
+                "\"type\":\"t\"", "\"time\":", "\"2026-01-01T00:00:00Z\"", "\"ts\":", "1", "null",
+                "{\"specversion\":\"1.0\",\"id\":\"a\",\"source\":\"s\",\"type\":\"t\"}",
+            ]), 0..40),
+            format in proptest::sample::select(vec![
+                BodyFormat::Json, BodyFormat::Ndjson, BodyFormat::CloudEvent, BodyFormat::CloudEventBatch,
+            ]),
+        ) {
+            let o = ParseOptions { max_events: 10, ..opts() };
+            let bytes = Bytes::from(parts.concat());
+            let as_text = parse_body(&bytes, format, &o);
+            let as_bytes = parse_items(RawInput { body: &bytes, part: &bytes }, format, &o);
+            proptest::prop_assert_eq!(format!("{as_text:?}"), format!("{as_bytes:?}"));
+        }
     }
 
     #[test]
