@@ -308,20 +308,28 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let deliveries: Vec<Delivery> = events
-        .iter()
-        .map(|e| Delivery {
+    // The events of a request often share one time: each distinct one is parsed once.
+    let mut last_time: Option<(&str, Option<i64>)> = None;
+    let mut deliveries = Vec::with_capacity(events.len());
+    for e in &events {
+        let event_time_ms = match (e.time.0.as_deref(), last_time) {
+            (None, _) => None,
+            (Some(t), Some((seen, ms))) if seen == t => ms,
+            (Some(t), _) => {
+                let ms = chrono::DateTime::parse_from_rfc3339(t)
+                    .ok()
+                    .map(|d| d.timestamp_millis());
+                last_time = Some((t, ms));
+                ms
+            }
+        };
+        deliveries.push(Delivery {
             id: e.id.0.as_deref().unwrap_or(""),
             source: e.source.0.as_deref().unwrap_or(""),
-            event_time_ms: e
-                .time
-                .0
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|d| d.timestamp_millis()),
+            event_time_ms,
             received_at_ms: received_at,
-        })
-        .collect();
+        });
+    }
     let mut lines = Vec::new();
     let mut ids = Vec::new();
     if r.writes_lines {
@@ -460,10 +468,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for LooseStr<'a> {
 /// The events of a body: a CloudEvents batch (array of objects) or one CloudEvent.
 fn parse_events(body: &[u8]) -> Result<Vec<Received<'_>>, String> {
     let body = body.trim_ascii();
+    // UTF-8 checked once for the whole body rather than string by string.
+    let text = std::str::from_utf8(body).map_err(|e| format!("invalid JSON: {e}"))?;
     match body.first() {
-        Some(b'[') => serde_json::from_slice(body)
+        Some(b'[') => serde_json::from_str(text)
             .map_err(|e| format!("expected a CloudEvents batch (array of objects): {e}")),
-        Some(b'{') => serde_json::from_slice(body)
+        Some(b'{') => serde_json::from_str(text)
             .map(|e| vec![e])
             .map_err(|e| format!("invalid JSON: {e}")),
         _ => Err("expected a CloudEvents batch (array) or one CloudEvent".into()),
