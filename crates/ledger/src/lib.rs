@@ -42,7 +42,7 @@ use tracing::{error, info, warn};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use lag::{LagRecorder, LagSummary, Quantiles, WindowSummary};
 use tally::{bucket_of, count, difference, union_into, Delta, OriginSet};
-pub use tally::{Origin, Outcome};
+pub use tally::{Origin, OriginRef, Outcome};
 
 /// Internal topic carrying node tallies (one partition).
 pub const JOURNAL_TOPIC: &str = "__ledger";
@@ -924,18 +924,32 @@ impl NodeLedger {
 
     /// Records an outcome for an event.
     pub fn outcome(&self, outcome: Outcome, origin: &Origin, event_time_ms: i64) {
+        self.outcomes(outcome, [(origin.as_ref(), event_time_ms)]);
+    }
+
+    /// Records `outcome` for each (origin, event time ms) of a batch, under one lock.
+    pub fn outcomes<'a>(
+        &self,
+        outcome: Outcome,
+        events: impl IntoIterator<Item = (OriginRef<'a>, i64)>,
+    ) {
         if !self.enabled() {
             return;
         }
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).add(
-            bucket_of(event_time_ms),
-            outcome,
-            origin,
-        );
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (origin, event_time_ms) in events {
+            pending.add(bucket_of(event_time_ms), outcome, origin);
+        }
     }
 
     /// Records an event's lag at this node (times in µs since the epoch).
     pub fn lag(&self, event_time_ms: i64, arrival_us: i64, departure_us: i64) {
+        self.lags([(event_time_ms, arrival_us)], departure_us);
+    }
+
+    /// Records the lag of events that left this node together at `departure_us`: (event
+    /// time ms, arrival µs) each, under one lock.
+    pub fn lags(&self, events: impl IntoIterator<Item = (i64, i64)>, departure_us: i64) {
         if !self.enabled() {
             return;
         }
@@ -943,12 +957,15 @@ impl NodeLedger {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let before = rec.skewed_events;
-        rec.record(event_time_ms * 1000, arrival_us, departure_us);
-        if rec.skewed_events > before {
+        for (event_time_ms, arrival_us) in events {
+            rec.record(event_time_ms * 1000, arrival_us, departure_us);
+        }
+        let skewed = rec.skewed_events - before;
+        if skewed > 0 {
             self.ledger
                 .stats
                 .skewed_events_total
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(skewed, Ordering::Relaxed);
         }
     }
 

@@ -60,6 +60,28 @@ pub struct Origin {
     pub offset: u64,
 }
 
+/// An event's origin, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginRef<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+}
+
+impl Origin {
+    /// Borrowed.
+    pub fn as_ref(&self) -> OriginRef<'_> {
+        OriginRef {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
@@ -107,7 +129,7 @@ pub struct Delta {
 
 impl Delta {
     /// Adds one outcome.
-    pub fn add(&mut self, bucket: i64, outcome: Outcome, origin: &Origin) {
+    pub fn add(&mut self, bucket: i64, outcome: Outcome, origin: OriginRef<'_>) {
         let set = self.sets.entry((bucket, outcome)).or_default();
         // Found without building an owned key (a String per event showed in profiles)
         // while the delta holds few origin partitions, as it usually does.
@@ -118,7 +140,7 @@ impl Delta {
                 })
                 .map(|(_, bits)| bits)
         } else {
-            set.get_mut(&(origin.topic.clone(), origin.partition))
+            set.get_mut(&(origin.topic.to_owned(), origin.partition))
         };
         match existing {
             Some(b) => {
@@ -127,7 +149,7 @@ impl Delta {
             None => {
                 let mut b = RoaringTreemap::new();
                 b.insert(origin.offset);
-                set.insert((origin.topic.clone(), origin.partition), b);
+                set.insert((origin.topic.to_owned(), origin.partition), b);
             }
         }
         self.events += 1;
@@ -257,8 +279,8 @@ mod tests {
             d.add(
                 29_000_000,
                 Outcome::Delivered,
-                &Origin {
-                    topic: "events".into(),
+                OriginRef {
+                    topic: "events",
                     partition: 3,
                     offset: off,
                 },

@@ -870,12 +870,14 @@ impl HttpSink {
 
     fn on_delivered(&self, batch: &[Item]) {
         let departure_us = self.ledger.now_us();
-        for item in batch {
-            self.ledger
-                .outcome(Outcome::Delivered, &item.origin, item.event_time_ms);
-            self.ledger
-                .lag(item.event_time_ms, item.arrival_us, departure_us);
-        }
+        self.ledger.outcomes(
+            Outcome::Delivered,
+            batch.iter().map(|i| (i.origin.as_ref(), i.event_time_ms)),
+        );
+        self.ledger.lags(
+            batch.iter().map(|i| (i.event_time_ms, i.arrival_us)),
+            departure_us,
+        );
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
         self.stats
             .delivered_events_total

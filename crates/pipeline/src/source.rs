@@ -456,17 +456,19 @@ impl HttpSource {
             }
         };
         let departure_us = self.ledger.now_us();
-        let mut origin = hifi_ledger::Origin {
-            topic: self.topic.clone(),
-            partition,
-            offset: 0,
-        };
-        for (t, &offset) in event_times.into_iter().zip(&offsets) {
-            self.ledger.lag(t, arrival_us, departure_us);
-            origin.offset = offset;
-            self.ledger
-                .outcome(hifi_ledger::Outcome::Passed, &origin, t);
-        }
+        self.ledger
+            .lags(event_times.iter().map(|&t| (t, arrival_us)), departure_us);
+        self.ledger.outcomes(
+            hifi_ledger::Outcome::Passed,
+            event_times.iter().zip(&offsets).map(|(&t, &offset)| {
+                let origin = hifi_ledger::OriginRef {
+                    topic: &self.topic,
+                    partition,
+                    offset,
+                };
+                (origin, t)
+            }),
+        );
         {
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             t.mark(offsets[0]..offsets[offsets.len() - 1] + 1);
