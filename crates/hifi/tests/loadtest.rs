@@ -7,6 +7,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -150,4 +151,61 @@ fn deliveries_observed_in_memory_or_read_from_a_record_give_the_same_exact_outco
         &["--receiver", &elsewhere.to_string(), "--drain", "1s"],
     );
     assert!(!ok && v["acked"] == 1000 && v["lost"] == 1000, "{v}");
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_request_does_not_hold_the_load_test_open() {
+    let dir = test_dir();
+    let (hifi, port) = pipeline_to_a_free_port(dir.path());
+    let ingest = hifi.addr("source api");
+    let json = dir.path().join("out.json");
+    let started = std::time::Instant::now();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args([
+            "loadtest",
+            "--target",
+            &format!("http://{ingest}/v1/events"),
+        ])
+        .args(["--receiver", &format!("127.0.0.1:{port}")])
+        .args([
+            "--rate",
+            "1000",
+            "--duration",
+            "2s",
+            "--batch",
+            "10",
+            "--drain",
+            "5s",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A client of the in-process receiver that sends half a request and waits: a
+    // graceful stop would wait for it forever.
+    let mut stuck = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        stuck = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        stuck.is_some()
+    }));
+    use std::io::Write;
+    stuck
+        .as_mut()
+        .unwrap()
+        .write_all(b"POST /ingest HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[{\"id\":")
+        .unwrap();
+    let finished = wait_until(Duration::from_secs(40), || {
+        run.try_wait().unwrap().is_some()
+    });
+    if !finished {
+        let _ = run.kill();
+    }
+    assert!(finished, "the load test hung on the stuck connection");
+    let took = started.elapsed();
+    assert!(run.wait().unwrap().success(), "took {took:?}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["delivered"], 2000, "{v}");
+    drop(stuck);
 }
