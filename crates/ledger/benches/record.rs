@@ -56,8 +56,9 @@ fn record(c: &mut Criterion) {
     g.bench_function("outcome and lag of 100 events, one call per batch", |b| {
         b.iter(|| {
             node.outcomes(
-                Outcome::Delivered,
-                events.iter().map(|(o, t, _)| (o.as_ref(), *t)),
+                events
+                    .iter()
+                    .map(|(o, t, _)| (Outcome::Delivered, o.as_ref(), *t)),
             );
             node.lags(events.iter().map(|(_, t, a)| (*t, *a)), now_us);
         })

@@ -924,20 +924,17 @@ impl NodeLedger {
 
     /// Records an outcome for an event.
     pub fn outcome(&self, outcome: Outcome, origin: &Origin, event_time_ms: i64) {
-        self.outcomes(outcome, [(origin.as_ref(), event_time_ms)]);
+        self.outcomes([(outcome, origin.as_ref(), event_time_ms)]);
     }
 
-    /// Records `outcome` for each (origin, event time ms) of a batch, under one lock.
-    pub fn outcomes<'a>(
-        &self,
-        outcome: Outcome,
-        events: impl IntoIterator<Item = (OriginRef<'a>, i64)>,
-    ) {
+    /// Records the (outcome, origin, event time ms) of each event of a batch, under one
+    /// lock.
+    pub fn outcomes<'a>(&self, events: impl IntoIterator<Item = (Outcome, OriginRef<'a>, i64)>) {
         if !self.enabled() {
             return;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (origin, event_time_ms) in events {
+        for (outcome, origin, event_time_ms) in events {
             pending.add(bucket_of(event_time_ms), outcome, origin);
         }
     }

@@ -871,8 +871,9 @@ impl HttpSink {
     fn on_delivered(&self, batch: &[Item]) {
         let departure_us = self.ledger.now_us();
         self.ledger.outcomes(
-            Outcome::Delivered,
-            batch.iter().map(|i| (i.origin.as_ref(), i.event_time_ms)),
+            batch
+                .iter()
+                .map(|i| (Outcome::Delivered, i.origin.as_ref(), i.event_time_ms)),
         );
         self.ledger.lags(
             batch.iter().map(|i| (i.event_time_ms, i.arrival_us)),
@@ -978,14 +979,13 @@ impl HttpSink {
                 )
                 .await?;
         }
-        for (item, _, _) in &retries {
-            self.ledger
-                .outcome(Outcome::Retrying, &item.origin, item.event_time_ms);
-        }
-        for (item, _) in &dead {
-            self.ledger
-                .outcome(Outcome::DeadLettered, &item.origin, item.event_time_ms);
-        }
+        let retrying = retries.iter().map(|(i, _, _)| (Outcome::Retrying, *i));
+        let dead_lettered = dead.iter().map(|(i, _)| (Outcome::DeadLettered, *i));
+        self.ledger.outcomes(
+            retrying
+                .chain(dead_lettered)
+                .map(|(o, i)| (o, i.origin.as_ref(), i.event_time_ms)),
+        );
         let from_retry = batch
             .iter()
             .filter(|i| matches!(i.from, From::Tier(_)))

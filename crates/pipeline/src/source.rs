@@ -468,17 +468,15 @@ impl HttpSource {
         let departure_us = self.ledger.now_us();
         self.ledger
             .lags(event_times.iter().map(|&t| (t, arrival_us)), departure_us);
-        self.ledger.outcomes(
-            hifi_ledger::Outcome::Passed,
-            event_times.iter().zip(&offsets).map(|(&t, &offset)| {
+        self.ledger
+            .outcomes(event_times.iter().zip(&offsets).map(|(&t, &offset)| {
                 let origin = hifi_ledger::OriginRef {
                     topic: &self.topic,
                     partition,
                     offset,
                 };
-                (origin, t)
-            }),
-        );
+                (hifi_ledger::Outcome::Passed, origin, t)
+            }));
         {
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             t.mark(offsets[0]..offsets[offsets.len() - 1] + 1);

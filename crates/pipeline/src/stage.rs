@@ -153,10 +153,15 @@ impl Stage {
                 }
             }
             let departure_us = self.ledger.now_us();
-            for f in &fates {
-                self.ledger.outcome(f.outcome, &f.origin, f.event_time_ms);
-                self.ledger.lag(f.event_time_ms, arrival_us, departure_us);
-            }
+            self.ledger.outcomes(
+                fates
+                    .iter()
+                    .map(|f| (f.outcome, f.origin.as_ref(), f.event_time_ms)),
+            );
+            self.ledger.lags(
+                fates.iter().map(|f| (f.event_time_ms, arrival_us)),
+                departure_us,
+            );
             // Tallies are durable before the position moves past their events. The output
             // is durable already: retry only what failed, never the whole batch.
             let flushed = retry_until_ok(
