@@ -88,15 +88,17 @@ struct Dedup {
     order: VecDeque<(i64, u128)>,
 }
 
-impl Dedup {
-    fn key(source: &str, id: &str) -> u128 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(source.as_bytes());
-        h.update(&[0xff]);
-        h.update(id.as_bytes());
-        h.digest128()
-    }
+/// The 128-bit hash an event is known by for de-duplication: its (source, id). The test
+/// receiver counts distinct events by the same key.
+pub fn dedup_key(source: &str, id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0xff]);
+    h.update(id.as_bytes());
+    h.digest128()
+}
 
+impl Dedup {
     fn expire(&mut self, now: i64) -> u64 {
         let mut evicted = 0;
         while let Some(&(at, key)) = self.order.front() {
@@ -376,7 +378,7 @@ impl HttpSource {
             for e in events {
                 let id =
                     e.id.unwrap_or_else(|| Text::from(uuid::Uuid::now_v7().to_string()));
-                let key = Dedup::key(e.source.as_str(), id.as_str());
+                let key = dedup_key(e.source.as_str(), id.as_str());
                 if d.seen.contains_key(&key) || !in_request.insert(key) {
                     duplicates += 1;
                 } else {
@@ -502,7 +504,7 @@ async fn read_ids(
         if let (Some(src), Some(id)) =
             (r.record.header(header::SOURCE), r.record.header(header::ID))
         {
-            let key = Dedup::key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
+            let key = dedup_key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
             out.push((r.record.timestamp_ms, key));
         }
     })

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hifi_pipeline::source::PreHashed;
+use hifi_pipeline::source::{dedup_key, PreHashed};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::net::TcpListener;
@@ -347,11 +347,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             };
             let _ = serde_json::to_writer(&mut lines, &line);
             lines.push(b'\n');
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            h.update(d.source.as_bytes());
-            h.update(&[0xff]);
-            h.update(d.id.as_bytes());
-            ids.push(h.digest128());
+            ids.push(dedup_key(d.source, d.id));
         }
     }
     let mut guard = r.inner.lock().unwrap_or_else(|p| p.into_inner());
