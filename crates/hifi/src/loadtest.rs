@@ -720,8 +720,6 @@ struct Sender {
     ids: Ids,
     /// Time between two scheduled requests.
     interval: Duration,
-    /// Requests the schedule sends.
-    requests: u64,
     client: reqwest::Client,
     /// What follows an event's id up to its time: `","source":...,"time":"`.
     after_id: String,
@@ -761,7 +759,6 @@ impl Sender {
                 requests: requests as usize,
             },
             interval,
-            requests,
             client,
             after_id: r#"","source":"hifi-loadtest","type":"loadtest","time":""#.into(),
             after_time: format!(
@@ -781,7 +778,7 @@ impl Sender {
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
     /// (µs from the scheduled time to the acknowledgement).
     async fn send_all(self: &Arc<Self>) -> (Acked, Timeline) {
-        let (interval, requests) = (self.interval, self.requests);
+        let (interval, requests) = (self.interval, self.ids.requests as u64);
         let permits = Arc::new(Semaphore::new(self.args.connections));
         let acked = Arc::new(Mutex::new(Acked {
             ids: self.ids.clone(),
