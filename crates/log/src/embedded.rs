@@ -286,33 +286,41 @@ impl EmbeddedLog {
         // partitions are opened on as many threads as there are cores: a restart after a
         // crash with 4 partitions of ~120 MB active segments took ~1 s on one thread.
         let next = std::sync::atomic::AtomicU32::new(0);
-        let opened = Mutex::new(Vec::with_capacity(partitions as usize));
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(partitions as usize);
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if p >= partitions {
-                        return;
-                    }
-                    let result = open_partition(
-                        self.inner.storage.clone(),
-                        self.inner.config.clone(),
-                        self.inner.stats.clone(),
-                        name,
-                        p,
-                        self.topic_dir(name).join(p.to_string()),
-                    );
-                    opened
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((p, result));
-                });
-            }
+        let mut opened: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if p >= partitions {
+                                return mine;
+                            }
+                            let dir = self.topic_dir(name).join(p.to_string());
+                            let result = open_partition(
+                                self.inner.storage.clone(),
+                                self.inner.config.clone(),
+                                self.inner.stats.clone(),
+                                name,
+                                p,
+                                dir,
+                            );
+                            mine.push((p, result));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
         });
-        let mut opened = opened.into_inner().unwrap_or_else(|e| e.into_inner());
         opened.sort_by_key(|(p, _)| *p);
         let mut handles = Vec::with_capacity(partitions as usize);
         for (_, result) in opened {
