@@ -4,20 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::process::Command;
+mod support;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::process::Command;
 
 #[test]
 fn zero_loss_while_the_pipeline_is_killed_and_the_receiver_flaps() {
     let dir = tempfile::tempdir().unwrap();
-    let (ingest, receiver) = (free_port(), free_port());
+    let (ingest, receiver) = (support::free_addr().port(), support::free_addr().port());
     let file = dir.path().join("pipeline.toml");
     std::fs::write(
         &file,

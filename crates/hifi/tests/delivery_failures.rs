@@ -14,13 +14,6 @@ use support::*;
 /// Short delays so the tests take seconds, not minutes.
 const FAST_RETRY: &str = "[sinks.out.retry.global]\nschedule = [\"1s\", \"1s\"]\n";
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 async fn post_ids(url: &str, ids: &[String]) {
     let body: Vec<_> = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
     let r = reqwest::Client::new()

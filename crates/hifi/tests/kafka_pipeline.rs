@@ -470,11 +470,7 @@ struct Broker {
 
 impl Broker {
     fn start(bin: &str, dir: &Path) -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_addr().port();
         let mut b = Broker {
             bin: bin.to_owned(),
             port,

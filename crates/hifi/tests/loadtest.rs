@@ -13,11 +13,7 @@ use support::*;
 
 /// A running ingest -> sink pipeline whose sink sends to a free loopback port.
 fn pipeline_to_a_free_port(dir: &std::path::Path) -> (Proc, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_addr().port();
     let file = pipeline_file(dir, &format!("http://127.0.0.1:{port}/ingest"), "", false);
     (run_pipeline(dir, &file), port)
 }
@@ -141,10 +137,7 @@ fn deliveries_observed_in_memory_or_read_from_a_record_give_the_same_exact_outco
     ];
     let (ok, v) = loadtest(dir.path(), ingest, &how);
     assert!(!ok && v["acked"] == 1000 && v["lost"] == 1000, "{v}");
-    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let elsewhere = free_addr();
     let (ok, v) = loadtest(
         dir.path(),
         ingest,

@@ -14,10 +14,7 @@ async fn events_wait_through_a_receiver_outage_then_all_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("received.jsonl");
     // A port with nothing listening (yet).
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_addr();
     let retry = "[sinks.out.retry.global]\nschedule = [\"1s\", \"2s\"]\n[sinks.out.breaker]\nprobe = \"500ms\"\n";
     let file = pipeline_file_full(
         dir.path(),

@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 pub const HIFI: &str = env!("CARGO_BIN_EXE_hifi");
 
+/// A loopback address nothing listens on (yet): its port was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A running `hifi` child process with the addresses it printed.
 pub struct Proc {
     pub child: Child,
