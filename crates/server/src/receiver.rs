@@ -554,6 +554,7 @@ mod tests {
             (b"{\"id\":", "invalid JSON"),
             (b"\"text\"", "expected a CloudEvents batch"),
             (b"", "expected a CloudEvents batch"),
+            (b"[{\"id\":\"\xff\"}]", "invalid JSON"),
         ] {
             let err = parse_events(body).err().unwrap();
             assert!(err.contains(says), "{body:?}: {err}");
