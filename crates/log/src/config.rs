@@ -60,6 +60,10 @@ pub struct LogConfig {
     /// Cap on the bytes one read returns (default 8 MiB; one record is always returned
     /// even if larger).
     pub read_bytes_max: usize,
+    /// Bytes of each partition's newest committed records kept in memory, so a reader
+    /// keeping up with the writer needs no file read (default 1 MiB; 0 turns it off).
+    /// Memory: up to this much per partition that was written to.
+    pub tail_cache_bytes: usize,
     /// Partitions open at once, over all topics (default 4096). Each holds one writer
     /// thread and one open file (plus one per sealed segment being read).
     pub partitions_max: usize,
@@ -80,6 +84,7 @@ impl Default for LogConfig {
             group_commit_bytes_max: 8 << 20,
             read_records_max: 10_000,
             read_bytes_max: 8 << 20,
+            tail_cache_bytes: 1 << 20,
             partitions_max: 4096,
             retention_check_interval: Duration::from_secs(60),
             default_retention: Retention::default(),

@@ -579,6 +579,9 @@ impl Log for EmbeddedLog {
             .max_records
             .clamp(1, self.inner.config.read_records_max);
         let max_bytes = limits.max_bytes.clamp(1, self.inner.config.read_bytes_max);
+        if let Some(records) = shared.read_tail(from, max_records, max_bytes) {
+            return Ok(records);
+        }
         blocking(move || shared.read_blocking(from, max_records, max_bytes)).await
     }
 

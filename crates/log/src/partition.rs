@@ -15,6 +15,13 @@
 //! `"interval"` or `"never"` records are visible once written — a power failure (not a
 //! process crash) may then take back records that readers already saw.
 //!
+//! # Tail cache
+//! Each group commit's encoded frames stay in memory after the commit (up to
+//! `tail_cache_bytes` per partition, newest kept). A reader asking for records that are
+//! still there (a consumer keeping up with the writer) decodes them from memory on its
+//! own task; older records are read from the segment file on a blocking thread. Both
+//! paths verify each frame's checksum and give the same records.
+//!
 //! # Failure
 //! A failed `fdatasync` marks the partition failed: the pending appenders get an error,
 //! every later append fails at once, and it is never retried (the page cache may have
@@ -22,6 +29,7 @@
 //! segment back to its last good length and answers an error; nothing already
 //! acknowledged is touched and later appends may succeed.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -33,7 +41,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{FsyncPolicy, LogConfig, Retention};
 use crate::record::{
-    decode_shared_frame, encode_frame, Bytes, Frame, Record, StoredRecord, FRAME_HEADER_BYTES,
+    decode_shared_frame, encode_frame, u32_at, Bytes, Frame, Record, StoredRecord,
+    FRAME_HEADER_BYTES,
 };
 use crate::segment::{
     check_header, encode_offset_index, encode_time_index, load_indexes, parse_segment_name,
@@ -78,10 +87,65 @@ pub(crate) struct PartitionShared {
     pub(crate) high_watermark: watch::Sender<u64>,
     /// Set once an unrecoverable I/O error happened; appends then fail at once.
     pub(crate) failed: Mutex<Option<String>>,
+    /// The newest committed frames, for readers at the tail.
+    pub(crate) tail: Mutex<TailCache>,
     /// Limits and policies.
     pub(crate) config: Arc<LogConfig>,
     /// Counters shared with the whole log.
     pub(crate) stats: Arc<LogStats>,
+}
+
+/// The newest group commits' frames, oldest first, with contiguous offsets (see the
+/// module docs).
+#[derive(Debug, Default)]
+pub(crate) struct TailCache {
+    /// (offset of the first record, the frames) per group commit.
+    groups: VecDeque<(u64, Bytes)>,
+    /// Offset after the newest group's last record.
+    end: u64,
+    /// Bytes of frames held.
+    bytes: usize,
+}
+
+impl TailCache {
+    /// Adds a committed group whose records start at `first` and end before `end`
+    /// (`None`: a group too large to keep); drops the oldest groups beyond `max` bytes.
+    /// A group that does not follow the newest one, or is not kept, empties the cache, so
+    /// it never has a gap.
+    fn push(&mut self, first: u64, end: u64, frames: Option<Bytes>, max: usize) {
+        if first != self.end || frames.is_none() {
+            self.groups.clear();
+            self.bytes = 0;
+        }
+        self.end = end;
+        let Some(frames) = frames else { return };
+        self.bytes += frames.len();
+        self.groups.push_back((first, frames));
+        while self.bytes > max {
+            let (_, old) = self.groups.pop_front().expect("bytes > 0 means a group");
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The groups holding `from` and what follows it, up to about `max_bytes`; `None`
+    /// when `from` is not held.
+    fn groups_from(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Bytes)>> {
+        let first = self.groups.front()?.0;
+        if from < first || from >= self.end {
+            return None;
+        }
+        let i = self.groups.partition_point(|(start, _)| *start <= from) - 1;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (start, frames) in self.groups.range(i..) {
+            if bytes >= max_bytes {
+                break;
+            }
+            bytes += frames.len();
+            out.push((*start, frames.clone()));
+        }
+        Some(out)
+    }
 }
 
 /// A request to the writer thread.
@@ -185,16 +249,75 @@ impl PartitionShared {
             out.len() < max_records && bytes < max_bytes
         });
         match result {
-            // The records share the chunks read; when they are a small part of them
-            // (few or small records returned), they get buffers of their own instead
-            // of keeping every chunk alive while they are in flight.
-            Ok(read) if read > 2 * bytes + READ_CHUNK_BYTES / 4 => {
-                Ok(out.into_iter().map(StoredRecord::unshared).collect())
-            }
-            Ok(_) => Ok(out),
+            Ok(read) => Ok(own_buffers_if_few(out, bytes, read)),
             Err(LogError::Corruption { .. }) if !out.is_empty() => Ok(out),
             Err(e) => Err(self.report(e)),
         }
+    }
+
+    /// Reads verified records from `from` out of the tail cache, without I/O. `None` when
+    /// the cache does not hold `from` (or a cached frame fails verification, which only
+    /// a memory fault could cause): the caller then reads the file.
+    pub(crate) fn read_tail(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<StoredRecord>> {
+        let groups = self
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .groups_from(from, max_bytes)?;
+        {
+            // Retention may have deleted records the cache still holds.
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            if from < view[0].base {
+                return None;
+            }
+        }
+        let body_max = self.config.record_bytes_max;
+        let mut out = Vec::new();
+        let (mut bytes, mut touched) = (0, 0);
+        for (first, frames) in groups {
+            touched += frames.len();
+            let (mut pos, mut expected) = (0, first);
+            while pos < frames.len() {
+                if expected < from {
+                    // Skip a frame before `from` by its length field alone.
+                    if frames.len() - pos < FRAME_HEADER_BYTES {
+                        return None;
+                    }
+                    pos += FRAME_HEADER_BYTES + u32_at(&frames, pos) as usize;
+                    expected += 1;
+                    if pos > frames.len() {
+                        return None;
+                    }
+                    continue;
+                }
+                match decode_shared_frame(&frames.slice(pos..), body_max) {
+                    Frame::Valid {
+                        offset,
+                        record,
+                        frame_bytes,
+                    } if offset == expected => {
+                        pos += frame_bytes;
+                        expected += 1;
+                        bytes += frame_bytes;
+                        out.push(StoredRecord { offset, record });
+                        if out.len() >= max_records || bytes >= max_bytes {
+                            return Some(own_buffers_if_few(out, bytes, touched));
+                        }
+                    }
+                    _ => {
+                        warn!(topic = %self.topic, partition = self.partition, offset = expected,
+                            "a cached frame failed verification; reading the segment file instead");
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(own_buffers_if_few(out, bytes, touched))
     }
 
     /// Walks verified records of the segment holding `from`, starting at or before it,
@@ -329,6 +452,22 @@ impl PartitionShared {
 /// How much a read pulls from the file at once.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Records read share the buffers they were decoded from (`buffer_bytes` in all, of
+/// which the records' frames are `bytes`). When they are a small part of them (few or
+/// small records returned) they get buffers of their own instead of keeping the whole
+/// buffers alive while they are in flight.
+fn own_buffers_if_few(
+    records: Vec<StoredRecord>,
+    bytes: usize,
+    buffer_bytes: usize,
+) -> Vec<StoredRecord> {
+    if buffer_bytes > 2 * bytes + READ_CHUNK_BYTES / 4 {
+        records.into_iter().map(StoredRecord::unshared).collect()
+    } else {
+        records
+    }
+}
+
 /// Opens (recovering as needed) or creates the partition in `dir`.
 pub(crate) fn open_partition(
     storage: Arc<dyn Storage>,
@@ -422,6 +561,10 @@ pub(crate) fn open_partition(
         view: RwLock::new(view),
         high_watermark: watch::Sender::new(hw),
         failed: Mutex::new(None),
+        tail: Mutex::new(TailCache {
+            end: hw,
+            ..TailCache::default()
+        }),
         config: config.clone(),
         stats,
     });
@@ -854,6 +997,8 @@ impl Writer {
         }
         self.written_bytes += self.buf.len() as u64;
         self.next_offset = offset;
+        let frames_written = self.buf.len() as u64;
+        self.keep_in_tail(ranges[0].start, offset);
         self.publish(new_idx, max_ts);
         let stats = &self.shared.stats;
         stats
@@ -861,7 +1006,7 @@ impl Writer {
             .fetch_add(offset - ranges[0].start, Ordering::Relaxed);
         stats
             .appended_bytes_total
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(frames_written, Ordering::Relaxed);
         for (p, range) in group.into_iter().zip(ranges) {
             let _ = p.reply.send(Ok(range));
         }
@@ -904,6 +1049,24 @@ impl Writer {
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.unsynced = true,
         }
         Ok(())
+    }
+
+    /// Hands the committed group's frames (`self.buf`) to the tail cache; the buffer is
+    /// replaced by an empty one of the same size.
+    fn keep_in_tail(&mut self, first: u64, end: u64) {
+        let max = self.shared.config.tail_cache_bytes;
+        if max == 0 {
+            return;
+        }
+        let frames = (self.buf.len() <= max).then(|| {
+            let fresh = Vec::with_capacity(self.buf.len());
+            Bytes::from(std::mem::replace(&mut self.buf, fresh))
+        });
+        self.shared
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(first, end, frames, max);
     }
 
     /// Makes the committed group visible to readers and wakes long-polls.
@@ -1054,5 +1217,62 @@ impl PartitionHandle {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(n: usize) -> Option<Bytes> {
+        Some(Bytes::from(vec![0u8; n]))
+    }
+
+    fn held(t: &TailCache) -> Vec<u64> {
+        t.groups.iter().map(|(first, _)| *first).collect()
+    }
+
+    #[test]
+    fn the_tail_cache_keeps_the_newest_groups_within_its_bytes_and_never_a_gap() {
+        let mut t = TailCache::default();
+        t.push(0, 10, frames(400), 1000);
+        t.push(10, 20, frames(400), 1000);
+        assert_eq!((held(&t), t.bytes), (vec![0, 10], 800));
+        // Past the bound the oldest go.
+        t.push(20, 25, frames(400), 1000);
+        assert_eq!((held(&t), t.bytes, t.end), (vec![10, 20], 800, 25));
+        // A group too large to keep empties the cache (keeping the older ones would
+        // leave a gap before the next group).
+        t.push(25, 30, None, 1000);
+        assert_eq!((held(&t), t.bytes, t.end), (vec![], 0, 30));
+        t.push(30, 31, frames(10), 1000);
+        assert_eq!(held(&t), vec![30]);
+        // A group that does not follow the newest one starts over.
+        t.push(40, 41, frames(10), 1000);
+        assert_eq!((held(&t), t.bytes), (vec![40], 10));
+    }
+
+    #[test]
+    fn the_tail_cache_answers_only_for_offsets_it_holds() {
+        let mut t = TailCache::default();
+        assert!(t.groups_from(0, 1 << 20).is_none());
+        t.push(0, 10, frames(100), 1000);
+        t.push(10, 20, frames(100), 1000);
+        t.push(20, 30, frames(100), 1000);
+        let starts =
+            |g: Option<Vec<(u64, Bytes)>>| g.map(|g| g.iter().map(|x| x.0).collect::<Vec<_>>());
+        assert_eq!(starts(t.groups_from(0, 1 << 20)), Some(vec![0, 10, 20]));
+        assert_eq!(starts(t.groups_from(15, 1 << 20)), Some(vec![10, 20]));
+        assert_eq!(starts(t.groups_from(29, 1 << 20)), Some(vec![20]));
+        // Only as many groups as the byte limit needs (at least one).
+        assert_eq!(starts(t.groups_from(0, 150)), Some(vec![0, 10]));
+        assert_eq!(starts(t.groups_from(0, 1)), Some(vec![0]));
+        assert_eq!(
+            t.groups_from(30, 1 << 20),
+            None,
+            "the high watermark is not held"
+        );
+        t.push(30, 40, frames(950), 1000);
+        assert_eq!(t.groups_from(5, 1 << 20), None, "evicted");
     }
 }

@@ -353,8 +353,19 @@ async fn concurrent_appenders_share_fsyncs() {
 
 #[tokio::test]
 async fn records_read_share_their_read_buffer_only_while_they_are_most_of_it() {
+    // Read from the file (no tail cache) and from the tail cache.
+    for tail_cache_bytes in [0, LogConfig::default().tail_cache_bytes] {
+        records_read_share_their_buffer(LogConfig {
+            tail_cache_bytes,
+            ..LogConfig::default()
+        })
+        .await;
+    }
+}
+
+async fn records_read_share_their_buffer(config: LogConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig::default()).await;
+    let log = open(dir.path(), config).await;
     topic(&log, "events", 1).await;
     let recs: Vec<Record> = (0..2000).map(record).collect();
     log.append("events", 0, recs).await.unwrap();

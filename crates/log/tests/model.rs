@@ -66,20 +66,19 @@ struct Model {
     groups: HashMap<(usize, usize, u32), u64>,
 }
 
-fn config() -> LogConfig {
+/// `tail_cache_bytes`: reads come from memory, from files, or (small cache) from both.
+fn config(tail_cache_bytes: usize) -> LogConfig {
     LogConfig {
         segment_bytes_max: 4096,
         index_interval_bytes: 512,
+        tail_cache_bytes,
         ..LogConfig::default()
     }
 }
 
-fn open(dir: &Path) -> EmbeddedLog {
-    EmbeddedLog::open(dir, config()).unwrap()
-}
-
-async fn run(ops: Vec<Op>) {
+async fn run(ops: Vec<Op>, tail_cache_bytes: usize) {
     let dir = tempfile::tempdir().unwrap();
+    let open = |dir: &Path| EmbeddedLog::open(dir, config(tail_cache_bytes)).unwrap();
     let mut log = open(dir.path());
     let mut m = Model::default();
     let mut seq = 0u64;
@@ -254,8 +253,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_log_agrees_with_a_model(ops in prop::collection::vec(op(), 1..80)) {
+    fn the_log_agrees_with_a_model(
+        ops in prop::collection::vec(op(), 1..80),
+        tail_cache_bytes in prop_oneof![Just(0usize), Just(2048), Just(1 << 20)],
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(run(ops));
+        rt.block_on(run(ops, tail_cache_bytes));
     }
 }
