@@ -1,5 +1,7 @@
 //! Criterion benchmark of what every node records per event: an outcome and a lag, for a
-//! batch of 100 events (a delivered request), one call per event vs one per batch.
+//! batch of 100 events (a delivered request), one call per event vs one per batch; and
+//! the lag alone when the events share their event time (recorded once with a count)
+//! and when they do not.
 //!
 //! `cargo bench -p hifi-ledger` (see BENCHMARKS.md).
 
@@ -63,6 +65,18 @@ fn record(c: &mut Criterion) {
             node.lags(events.iter().map(|(_, t, a)| (*t, *a)), now_us);
         })
     });
+    // Every event with an event time of its own: no two share their lags.
+    let distinct: Vec<(i64, i64)> = (0..100)
+        .map(|i| (now_us / 1000 - 5 - i, now_us - 2_000))
+        .collect();
+    g.bench_function(
+        "lag of 100 events with distinct event times, one call per batch",
+        |b| b.iter(|| node.lags(distinct.iter().copied(), now_us)),
+    );
+    g.bench_function(
+        "lag of 100 events sharing their event time, one call per batch",
+        |b| b.iter(|| node.lags(events.iter().map(|(_, t, a)| (*t, *a)), now_us)),
+    );
     g.finish();
 }
 

@@ -68,10 +68,10 @@ impl Default for LagSet {
 }
 
 impl LagSet {
-    fn record(&mut self, lag_in: u64, lag_out: u64, process: u64) {
-        self.lag_in.saturating_record(lag_in.max(1));
-        self.lag_out.saturating_record(lag_out.max(1));
-        self.process.saturating_record(process.max(1));
+    fn record_n(&mut self, (lag_in, lag_out, process): Lags, n: u64) {
+        self.lag_in.saturating_record_n(lag_in.max(1), n);
+        self.lag_out.saturating_record_n(lag_out.max(1), n);
+        self.process.saturating_record_n(process.max(1), n);
     }
 
     /// Events recorded.
@@ -163,9 +163,44 @@ pub struct LagRecorder {
     outbox: Option<LagSet>,
 }
 
+/// (lag in, lag out, process time) of one event, µs.
+type Lags = (u64, u64, u64);
+
 impl LagRecorder {
     /// Records one event (all times in µs since the epoch).
     pub fn record(&mut self, event_us: i64, arrival_us: i64, departure_us: i64) {
+        self.record_batch([(event_us, arrival_us)], departure_us);
+    }
+
+    /// Records events (event time, arrival; µs since the epoch) that departed together.
+    /// A run of events with the same lags is recorded once with its count: a batch's
+    /// events often share their event time and arrival.
+    pub fn record_batch(
+        &mut self,
+        events: impl IntoIterator<Item = (i64, i64)>,
+        departure_us: i64,
+    ) {
+        let mut run: Option<(Lags, u64)> = None;
+        for (event_us, arrival_us) in events {
+            let lags = self.lags_of(event_us, arrival_us, departure_us);
+            match &mut run {
+                Some((same, n)) if *same == lags => *n += 1,
+                _ => {
+                    if let Some((lags, n)) = run.take() {
+                        self.record_n(lags, n, departure_us);
+                    }
+                    run = Some((lags, 1));
+                }
+            }
+        }
+        if let Some((lags, n)) = run {
+            self.record_n(lags, n, departure_us);
+        }
+    }
+
+    /// One event's lags; an event time after the arrival counts as skewed and is taken
+    /// as the arrival.
+    fn lags_of(&mut self, event_us: i64, arrival_us: i64, departure_us: i64) -> Lags {
         let departure_us = departure_us.max(arrival_us);
         let event_us = if event_us > arrival_us {
             self.skewed_events += 1;
@@ -173,19 +208,22 @@ impl LagRecorder {
         } else {
             event_us
         };
-        let (lag_in, lag_out, process) = (
+        (
             (arrival_us - event_us) as u64,
             (departure_us - event_us) as u64,
             (departure_us - arrival_us) as u64,
-        );
-        self.cumulative.record(lag_in, lag_out, process);
+        )
+    }
+
+    fn record_n(&mut self, lags: Lags, n: u64, departure_us: i64) {
+        self.cumulative.record_n(lags, n);
         if let Some(o) = &mut self.outbox {
-            o.record(lag_in, lag_out, process);
+            o.record_n(lags, n);
         }
         let window = (departure_us / 1000).div_euclid(WINDOW_MS) * WINDOW_MS;
         self.roll(window);
         if let Some((_, set)) = &mut self.current {
-            set.record(lag_in, lag_out, process);
+            set.record_n(lags, n);
         }
     }
 
@@ -235,5 +273,53 @@ impl LagRecorder {
     /// Closed windows, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &WindowSummary> {
         self.closed.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(r: &LagRecorder) -> (Vec<u8>, u64, Vec<WindowSummary>) {
+        let json = serde_json::to_vec(&r.cumulative.encode()).expect("encodes");
+        let windows = r.history().copied().collect();
+        (json, r.skewed_events, windows)
+    }
+
+    #[test]
+    fn a_batch_records_the_same_as_its_events_one_by_one() {
+        // Runs of equal lags (shared event time and arrival), changes inside the batch,
+        // a skewed event (event time after arrival), and batches in later windows.
+        let base = 1_700_000_000_000_000i64;
+        let mut batches = Vec::new();
+        for b in 0..5i64 {
+            let departure = base + b * 4_000_000 + 2_500;
+            let events: Vec<(i64, i64)> = (0..40i64)
+                .map(|i| {
+                    let event = base + b * 4_000_000 - (i / 10) * 1_000;
+                    let arrival = base + b * 4_000_000 + if i < 30 { 100 } else { 200 };
+                    if i == 35 {
+                        (arrival + 50, arrival)
+                    } else {
+                        (event, arrival)
+                    }
+                })
+                .collect();
+            batches.push((events, departure));
+        }
+        let (mut one_by_one, mut batched) = (LagRecorder::default(), LagRecorder::default());
+        one_by_one.share();
+        batched.share();
+        for (events, departure) in &batches {
+            for &(e, a) in events {
+                one_by_one.record(e, a, *departure);
+            }
+            batched.record_batch(events.iter().copied(), *departure);
+        }
+        assert_eq!(snapshot(&one_by_one), snapshot(&batched));
+        assert_eq!(one_by_one.skewed_events, 5);
+        assert_eq!(batched.cumulative.events(), 200);
+        let (a, b) = (one_by_one.take_outbox(), batched.take_outbox());
+        assert_eq!(a.map(|s| s.encode()), b.map(|s| s.encode()));
     }
 }

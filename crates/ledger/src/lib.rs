@@ -954,9 +954,12 @@ impl NodeLedger {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let before = rec.skewed_events;
-        for (event_time_ms, arrival_us) in events {
-            rec.record(event_time_ms * 1000, arrival_us, departure_us);
-        }
+        rec.record_batch(
+            events
+                .into_iter()
+                .map(|(event_time_ms, arrival_us)| (event_time_ms * 1000, arrival_us)),
+            departure_us,
+        );
         let skewed = rec.skewed_events - before;
         if skewed > 0 {
             self.ledger
