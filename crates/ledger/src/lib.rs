@@ -928,15 +928,16 @@ impl NodeLedger {
     }
 
     /// Records the (outcome, origin, event time ms) of each event of a batch, under one
-    /// lock.
+    /// lock. A run of events with the same outcome and bucket at consecutive offsets of
+    /// one partition (a stored request; most of a delivered batch) is added as a range.
     pub fn outcomes<'a>(&self, events: impl IntoIterator<Item = (Outcome, OriginRef<'a>, i64)>) {
         if !self.enabled() {
             return;
         }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (outcome, origin, event_time_ms) in events {
-            pending.add(bucket_of(event_time_ms), outcome, origin);
-        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_all(events);
     }
 
     /// Records an event's lag at this node (times in µs since the epoch).

@@ -130,6 +130,43 @@ pub struct Delta {
 impl Delta {
     /// Adds one outcome.
     pub fn add(&mut self, bucket: i64, outcome: Outcome, origin: OriginRef<'_>) {
+        self.add_run(bucket, outcome, origin, 1);
+    }
+
+    /// Adds (outcome, origin, event time ms) of each event. A run with the same outcome
+    /// and bucket at consecutive offsets of one partition is added as one range.
+    pub fn add_all<'a>(&mut self, events: impl IntoIterator<Item = (Outcome, OriginRef<'a>, i64)>) {
+        // (bucket, outcome, first origin, count)
+        let mut run: Option<(i64, Outcome, OriginRef<'a>, u64)> = None;
+        for (outcome, origin, event_time_ms) in events {
+            let bucket = bucket_of(event_time_ms);
+            match &mut run {
+                Some((b, o, first, n))
+                    if *b == bucket
+                        && *o == outcome
+                        && first.partition == origin.partition
+                        && first.offset.checked_add(*n) == Some(origin.offset)
+                        && first.topic == origin.topic =>
+                {
+                    *n += 1
+                }
+                _ => {
+                    if let Some((b, o, first, n)) = run.take() {
+                        self.add_run(b, o, first, n);
+                    }
+                    run = Some((bucket, outcome, origin, 1));
+                }
+            }
+        }
+        if let Some((b, o, first, n)) = run {
+            self.add_run(b, o, first, n);
+        }
+    }
+
+    /// Adds the same outcome for `count` events of one origin partition with consecutive
+    /// offsets from `first`'s (one stored request, or a run of a delivered batch).
+    pub fn add_run(&mut self, bucket: i64, outcome: Outcome, first: OriginRef<'_>, count: u64) {
+        let origin = first;
         let set = self.sets.entry((bucket, outcome)).or_default();
         // Found without building an owned key (a String per event showed in profiles)
         // while the delta holds few origin partitions, as it usually does.
@@ -142,17 +179,27 @@ impl Delta {
         } else {
             set.get_mut(&(origin.topic.to_owned(), origin.partition))
         };
-        match existing {
-            Some(b) => {
+        let last = match count {
+            0 => return,
+            n => origin.offset.saturating_add(n - 1),
+        };
+        // A single offset by `insert`: `insert_range` costs more for one.
+        let add = |b: &mut RoaringTreemap| {
+            if count == 1 {
                 b.insert(origin.offset);
+            } else {
+                b.insert_range(origin.offset..=last);
             }
+        };
+        match existing {
+            Some(b) => add(b),
             None => {
                 let mut b = RoaringTreemap::new();
-                b.insert(origin.offset);
+                add(&mut b);
                 set.insert((origin.topic.to_owned(), origin.partition), b);
             }
         }
-        self.events += 1;
+        self.events += count;
     }
 
     /// Whether nothing was recorded.
@@ -296,6 +343,45 @@ mod tests {
         assert_eq!(e.offsets.len(), 4);
         assert!(e.offsets.contains(1 << 40));
         assert!(decode_entry(&recs[0][..10]).is_none());
+    }
+
+    #[test]
+    fn a_batch_adds_the_same_as_its_events_one_by_one() {
+        // Runs (consecutive offsets, same outcome and bucket) broken by every key: a gap
+        // in offsets, another partition, another topic, another outcome, another bucket,
+        // an offset seen again, and the end of the offset range.
+        let at = |topic, partition, offset| OriginRef {
+            topic,
+            partition,
+            offset,
+        };
+        let minute = 60_000;
+        let mut events = Vec::new();
+        for off in 10..20 {
+            events.push((Outcome::Passed, at("events", 1, off), 5 * minute));
+        }
+        events.push((Outcome::Passed, at("events", 1, 25), 5 * minute));
+        events.push((Outcome::Passed, at("events", 2, 26), 5 * minute));
+        events.push((Outcome::Passed, at("other", 2, 27), 5 * minute));
+        events.push((Outcome::Filtered, at("other", 2, 28), 5 * minute));
+        events.push((Outcome::Filtered, at("other", 2, 29), 6 * minute));
+        events.push((Outcome::Filtered, at("other", 2, 29), 6 * minute));
+        events.push((Outcome::Filtered, at("other", 2, u64::MAX - 1), 6 * minute));
+        events.push((Outcome::Filtered, at("other", 2, u64::MAX), 6 * minute));
+        let mut one_by_one = Delta::default();
+        for (outcome, origin, t) in &events {
+            one_by_one.add(bucket_of(*t), *outcome, *origin);
+        }
+        let mut batched = Delta::default();
+        batched.add_all(events.iter().copied());
+        assert_eq!(batched.events, 18);
+        assert_eq!(one_by_one.events, batched.events);
+        assert_eq!(one_by_one.encode("n"), batched.encode("n"));
+        let entries = batched.encode("n");
+        assert_eq!(entries.len(), 5);
+        let last = decode_entry(&entries[4]).unwrap();
+        assert_eq!(last.offsets.len(), 3, "29 (twice) and the last two offsets");
+        assert!(last.offsets.contains(u64::MAX));
     }
 
     #[test]
