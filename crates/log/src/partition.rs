@@ -998,8 +998,7 @@ impl Writer {
         self.written_bytes += self.buf.len() as u64;
         self.next_offset = offset;
         let frames_written = self.buf.len() as u64;
-        self.keep_in_tail(ranges[0].start, offset);
-        self.publish(new_idx, max_ts);
+        self.publish(new_idx, max_ts, ranges[0].start);
         let stats = &self.shared.stats;
         stats
             .appended_records_total
@@ -1069,8 +1068,12 @@ impl Writer {
             .push(first, end, frames, max);
     }
 
-    /// Makes the committed group visible to readers and wakes long-polls.
-    fn publish(&mut self, new_idx: Indexes, max_ts: i64) {
+    /// Makes the committed group (records from `first`, frames in `self.buf`) visible to
+    /// readers and wakes long-polls. The tail cache gets the group after the segment
+    /// view covers it (a reader never gets a record from the cache that a file read
+    /// would call out of range) and before the high watermark moves (a reader it wakes
+    /// finds the group in the cache).
+    fn publish(&mut self, new_idx: Indexes, max_ts: i64, first: u64) {
         {
             let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
             let seg = view.last_mut().expect("at least one segment");
@@ -1080,6 +1083,7 @@ impl Writer {
             seg.indexes.offsets.extend(new_idx.offsets);
             seg.indexes.times.extend(new_idx.times);
         }
+        self.keep_in_tail(first, self.next_offset);
         self.shared.high_watermark.send_replace(self.next_offset);
     }
 
