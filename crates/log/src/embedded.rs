@@ -566,7 +566,10 @@ impl Log for EmbeddedLog {
         let deadline = tokio::time::Instant::now() + limits.wait;
         loop {
             let end = *hw.borrow_and_update();
-            if from != end {
+            // Past the watermark but within the view: the reader got the newest group
+            // while the writer was publishing it (view first, watermark next), so it is
+            // at the end; wait. Past the view too: let the read report it out of range.
+            if from < end || (from > end && from > shared.offsets().1) {
                 break;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {

@@ -392,3 +392,61 @@ async fn records_read_share_their_buffer(config: LogConfig) {
     assert!(one[0].record.value.is_unique(), "copied out of the chunk");
     assert_eq!(one[0].record, many[0].record);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_racing_the_writer_get_every_record_once_in_order() {
+    // Small appends as fast as they go, readers asking for the next offset as soon as
+    // they have one: reads land on groups just being made visible — in the tail cache
+    // (default and tiny, so some reads fall back to the file) or from the file only.
+    const N: u64 = 3_000;
+    for tail_cache_bytes in [0, 2048, LogConfig::default().tail_cache_bytes] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            fsync: hifi_log::FsyncPolicy::Never,
+            segment_bytes_max: 64 * 1024,
+            tail_cache_bytes,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config).await;
+        topic(&log, "t", 1).await;
+        let appender = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for n in 0..N {
+                    log.append("t", 0, vec![record(n)]).await.unwrap();
+                }
+            })
+        };
+        let mut readers = Vec::new();
+        for max_records in [1, 7] {
+            let log = log.clone();
+            readers.push(tokio::spawn(async move {
+                let mut pos = 0;
+                while pos < N {
+                    let limits = ReadLimits {
+                        max_records,
+                        max_bytes: 1 << 20,
+                        wait: Duration::from_secs(5),
+                    };
+                    let got = log.read("t", 0, pos, limits).await.unwrap_or_else(|e| {
+                        panic!("read from {pos} (tail cache {tail_cache_bytes} B): {e}")
+                    });
+                    assert!(
+                        !got.is_empty(),
+                        "a 5 s long-poll came back empty at {pos} (tail cache {tail_cache_bytes} B)"
+                    );
+                    for r in got {
+                        assert_eq!(r.offset, pos);
+                        assert_eq!(r.record, record(pos));
+                        pos += 1;
+                    }
+                }
+            }));
+        }
+        appender.await.unwrap();
+        for r in readers {
+            r.await.unwrap();
+        }
+        log.close().await;
+    }
+}
