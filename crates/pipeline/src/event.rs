@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use hifi_log::{Record, StoredRecord};
+use hifi_log::StoredRecord;
 
 /// UTF-8 text held as shared bytes: a slice of the request body or of a record read
 /// back (no copy), a buffer of its own otherwise. UTF-8 is checked once, when made.
@@ -149,22 +149,28 @@ pub struct EventMeta {
     pub origin: Origin,
 }
 
-fn header_str<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
-    r.header(name).and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// A header's value as text, shared with the record (no copy).
-fn header_text(r: &Record, name: &str) -> Option<Text> {
-    r.header_bytes(name)
-        .and_then(|v| Text::from_utf8(v.clone()))
-}
-
 impl EventMeta {
     /// Reads the metadata of a record read from `topic`/`partition`. Records written by
     /// something other than hifi get defaults (id = origin, time = record timestamp).
     pub fn of(topic: &str, partition: u32, r: &StoredRecord) -> EventMeta {
         let rec = &r.record;
-        let origin = header_str(rec, header::ORIGIN)
+        // One pass over the headers; the first of each name counts.
+        let [mut origin, mut id, mut source, mut event_type, mut time, mut format] = [None; 6];
+        for h in &rec.headers {
+            let slot = match h.name.as_ref() {
+                header::ORIGIN => &mut origin,
+                header::ID => &mut id,
+                header::SOURCE => &mut source,
+                header::TYPE => &mut event_type,
+                header::TIME => &mut time,
+                header::FORMAT => &mut format,
+                _ => continue,
+            };
+            slot.get_or_insert(&h.value);
+        }
+        // Shared with the record (no copy).
+        let as_text = |v: Option<&Bytes>| v.and_then(|v| Text::from_utf8(v.clone()));
+        let origin = as_str(origin)
             .and_then(|o| o.parse().ok())
             .unwrap_or_else(|| Origin {
                 topic: topic.to_owned(),
@@ -172,19 +178,24 @@ impl EventMeta {
                 offset: r.offset,
             });
         EventMeta {
-            id: header_text(rec, header::ID).unwrap_or_else(|| Text::from(origin.to_string())),
-            source: header_text(rec, header::SOURCE).unwrap_or_else(|| Text::from("hifi")),
-            event_type: header_text(rec, header::TYPE).unwrap_or_else(|| Text::from("hifi.event")),
-            time_ms: header_str(rec, header::TIME)
+            id: as_text(id).unwrap_or_else(|| Text::from(origin.to_string())),
+            source: as_text(source).unwrap_or_else(|| Text::from("hifi")),
+            event_type: as_text(event_type).unwrap_or_else(|| Text::from("hifi.event")),
+            time_ms: as_str(time)
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(rec.timestamp_ms),
-            format: match header_str(rec, header::FORMAT) {
+            format: match as_str(format) {
                 Some("ce") => EventFormat::CloudEvent,
                 _ => EventFormat::Json,
             },
             origin,
         }
     }
+}
+
+/// A header value as text, if it is UTF-8.
+fn as_str(v: Option<&Bytes>) -> Option<&str> {
+    v.and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// Epoch milliseconds as RFC 3339 with millisecond precision (`2026-11-22T03:04:05.123Z`).
@@ -226,6 +237,42 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hifi_log::Record;
+
+    #[test]
+    fn metadata_comes_from_the_first_header_of_each_name_or_defaults() {
+        let stored = |record: Record| StoredRecord { offset: 42, record };
+        let full = Record::new("{}", 1_000)
+            .with_header("other", "x")
+            .with_header(header::ID, "id-1")
+            .with_header(header::ID, "id-2")
+            .with_header(header::SOURCE, "src")
+            .with_header(header::TYPE, "t")
+            .with_header(header::TIME, "1234")
+            .with_header(header::FORMAT, "ce")
+            .with_header(header::ORIGIN, "raw/3/7");
+        let m = EventMeta::of("events", 1, &stored(full));
+        assert_eq!(
+            (m.id.as_str(), m.source.as_str(), m.event_type.as_str()),
+            ("id-1", "src", "t")
+        );
+        assert_eq!((m.time_ms, m.format), (1234, EventFormat::CloudEvent));
+        assert_eq!(m.origin.to_string(), "raw/3/7");
+        // A record hifi did not write: its place is its origin and its id.
+        let m = EventMeta::of("events", 1, &stored(Record::new("{}", 1_000)));
+        assert_eq!(m.origin.to_string(), "events/1/42");
+        assert_eq!(
+            (m.id.as_str(), m.source.as_str(), m.event_type.as_str()),
+            ("events/1/42", "hifi", "hifi.event")
+        );
+        assert_eq!((m.time_ms, m.format), (1_000, EventFormat::Json));
+        // Values that are not text, or not a time, count as missing.
+        let bad = Record::new("{}", 1_000)
+            .with_header(header::ID, vec![0xff, 0xfe])
+            .with_header(header::TIME, "soon");
+        let m = EventMeta::of("events", 1, &stored(bad));
+        assert_eq!((m.id.as_str(), m.time_ms), ("events/1/42", 1_000));
+    }
 
     #[test]
     fn plain_json_becomes_a_cloudevent() {
