@@ -962,6 +962,10 @@ impl Writer {
     /// Writes a group of requests with one write and (policy `always`) one fsync.
     fn commit_group(&mut self, group: Vec<Pending>) {
         self.buf.clear();
+        // Exactly the frames' size (`bytes` is exact): a buffer handed to the tail cache
+        // then holds no spare capacity beyond what the cache counts.
+        let frames_bytes: usize = group.iter().map(|p| p.bytes).sum();
+        self.buf.reserve_exact(frames_bytes);
         let pos0 = self.written_bytes;
         let indexer_before = self.indexer.clone();
         let mut new_idx = Indexes::default();
@@ -988,6 +992,7 @@ impl Writer {
             }
             ranges.push(first..offset);
         }
+        debug_assert_eq!(self.buf.len(), frames_bytes, "Record::frame_bytes is exact");
         if let Err(e) = self.write_and_sync(pos0) {
             self.indexer = indexer_before;
             for p in group {
@@ -1050,17 +1055,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Hands the committed group's frames (`self.buf`) to the tail cache; the buffer is
-    /// replaced by an empty one of the same size.
+    /// Hands the committed group's frames (`self.buf`) to the tail cache; the writer
+    /// starts the next group in a new buffer.
     fn keep_in_tail(&mut self, first: u64, end: u64) {
         let max = self.shared.config.tail_cache_bytes;
         if max == 0 {
             return;
         }
-        let frames = (self.buf.len() <= max).then(|| {
-            let fresh = Vec::with_capacity(self.buf.len());
-            Bytes::from(std::mem::replace(&mut self.buf, fresh))
-        });
+        let frames = (self.buf.len() <= max).then(|| Bytes::from(std::mem::take(&mut self.buf)));
         self.shared
             .tail
             .lock()
