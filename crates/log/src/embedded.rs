@@ -565,11 +565,13 @@ impl Log for EmbeddedLog {
         let mut hw = shared.high_watermark.subscribe();
         let deadline = tokio::time::Instant::now() + limits.wait;
         loop {
-            let end = *hw.borrow_and_update();
-            // Past the watermark but within the view: the reader got the newest group
-            // while the writer was publishing it (view first, watermark next), so it is
-            // at the end; wait. Past the view too: let the read report it out of range.
-            if from < end || (from > end && from > shared.offsets().1) {
+            // What is visible is the segment view's end (the writer updates it before
+            // it answers appenders and moves the watermark, which only wakes readers).
+            // Marked seen first, so a commit after the look at the view still wakes us.
+            hw.borrow_and_update();
+            let end = shared.offsets().1;
+            // Past the end: the read reports it out of range.
+            if from != end {
                 break;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {
