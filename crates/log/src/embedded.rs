@@ -564,28 +564,32 @@ impl Log for EmbeddedLog {
         let shared = t.partitions[i].shared.clone();
         let mut hw = shared.high_watermark.subscribe();
         let deadline = tokio::time::Instant::now() + limits.wait;
-        loop {
+        let start = loop {
             // What is visible is the segment view's end (the writer updates it before
             // it answers appenders and moves the watermark, which only wakes readers).
             // Marked seen first, so a commit after the look at the view still wakes us.
             hw.borrow_and_update();
-            let end = shared.offsets().1;
+            let (start, end) = shared.offsets();
             // Past the end: the read reports it out of range.
             if from != end {
-                break;
+                break start;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {
                 Err(_elapsed) => return Ok(Vec::new()),
                 Ok(Err(_closed)) => return Err(LogError::Closed),
                 Ok(Ok(())) => {}
             }
-        }
+        };
         let max_records = limits
             .max_records
             .clamp(1, self.inner.config.read_records_max);
         let max_bytes = limits.max_bytes.clamp(1, self.inner.config.read_bytes_max);
-        if let Some(records) = shared.read_tail(from, max_records, max_bytes) {
-            return Ok(records);
+        // Below the log start (retention deleted it): the file read reports it out of
+        // range, even if the tail cache still holds it.
+        if from >= start {
+            if let Some(records) = shared.read_tail(from, max_records, max_bytes) {
+                return Ok(records);
+            }
         }
         blocking(move || shared.read_blocking(from, max_records, max_bytes)).await
     }

@@ -258,7 +258,8 @@ impl PartitionShared {
 
     /// Reads verified records from `from` out of the tail cache, without I/O. `None` when
     /// the cache does not hold `from` (or a cached frame fails verification, which only
-    /// a memory fault could cause): the caller then reads the file.
+    /// a memory fault could cause): the caller then reads the file. The caller checks
+    /// `from` against the log start (retention may delete records the cache still holds).
     pub(crate) fn read_tail(
         &self,
         from: u64,
@@ -270,13 +271,6 @@ impl PartitionShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .groups_from(from, max_bytes)?;
-        {
-            // Retention may have deleted records the cache still holds.
-            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
-            if from < view[0].base {
-                return None;
-            }
-        }
         let body_max = self.config.record_bytes_max;
         let mut out = Vec::new();
         let (mut bytes, mut touched) = (0, 0);
