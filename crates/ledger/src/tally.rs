@@ -164,9 +164,12 @@ impl Delta {
     }
 
     /// Adds the same outcome for `count` events of one origin partition with consecutive
-    /// offsets from `first`'s (one stored request, or a run of a delivered batch).
-    pub fn add_run(&mut self, bucket: i64, outcome: Outcome, first: OriginRef<'_>, count: u64) {
-        let origin = first;
+    /// offsets from `origin`'s (one stored request, or a run of a delivered batch).
+    pub fn add_run(&mut self, bucket: i64, outcome: Outcome, origin: OriginRef<'_>, count: u64) {
+        let last = match count {
+            0 => return,
+            n => origin.offset.saturating_add(n - 1),
+        };
         let set = self.sets.entry((bucket, outcome)).or_default();
         // Found without building an owned key (a String per event showed in profiles)
         // while the delta holds few origin partitions, as it usually does.
@@ -178,10 +181,6 @@ impl Delta {
                 .map(|(_, bits)| bits)
         } else {
             set.get_mut(&(origin.topic.to_owned(), origin.partition))
-        };
-        let last = match count {
-            0 => return,
-            n => origin.offset.saturating_add(n - 1),
         };
         // A single offset by `insert`: `insert_range` costs more for one.
         let add = |b: &mut RoaringTreemap| {
