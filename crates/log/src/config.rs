@@ -64,6 +64,14 @@ pub struct LogConfig {
     /// keeping up with the writer needs no file read (default 1 MiB; 0 turns it off).
     /// Memory: up to this much per partition that was written to.
     pub tail_cache_bytes: usize,
+    /// Bytes of zeroes the writer keeps ahead of its appends in the active segment
+    /// (default 1 MiB; 0 turns it off; not with fsync `Never`). An append into space that
+    /// is already zeroed and durable leaves the file's size alone, so its fsync writes the
+    /// data only (on ext4 here: ~35 % less time and CPU per fsync). The zeroes are written
+    /// and fsynced while the writer has no appends waiting, at most this much at a time;
+    /// when appends outrun it they grow the file as before. Disk: up to this much unused
+    /// space per partition (cut off when the segment is sealed).
+    pub preallocate_bytes: u64,
     /// Partitions open at once, over all topics (default 4096). Each holds one writer
     /// thread and one open file (plus one per sealed segment being read).
     pub partitions_max: usize,
@@ -85,6 +93,7 @@ impl Default for LogConfig {
             read_records_max: 10_000,
             read_bytes_max: 8 << 20,
             tail_cache_bytes: 1 << 20,
+            preallocate_bytes: 1 << 20,
             partitions_max: 4096,
             retention_check_interval: Duration::from_secs(60),
             default_retention: Retention::default(),
@@ -119,6 +128,10 @@ impl LogConfig {
         check(
             self.read_records_max >= 1 && self.read_bytes_max >= 1,
             "read limits must be at least 1",
+        )?;
+        check(
+            self.preallocate_bytes <= 1 << 30,
+            "preallocate_bytes must be at most 1 GiB",
         )?;
         check(
             self.partitions_max >= 1,

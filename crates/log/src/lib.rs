@@ -49,9 +49,10 @@
 //!
 //! # Recovery
 //! On open, sealed segments are trusted to their index files (reads still verify every
-//! frame). The last segment is scanned in full: a torn tail (a frame cut short, zeroes,
-//! garbage with no valid frame after it) is truncated back to the last good record and
-//! counted; a bad frame *followed by* good frames is damage in the middle and is kept,
+//! frame). The last segment is scanned in full: a torn tail (a frame cut short, garbage
+//! with no valid frame after it) is truncated back to the last good record and counted;
+//! zeroes to the end of the file are the writer's preallocated space, kept and appended
+//! into; a bad frame *followed by* good frames is damage in the middle and is kept,
 //! never read as data. A directory is fsync'd after every segment is created or deleted.
 //!
 //! # Limits
@@ -279,6 +280,8 @@ pub struct LogStats {
     pub torn_tail_bytes_total: AtomicU64,
     /// Damaged regions found at open (kept, never read as data).
     pub damaged_regions_total: AtomicU64,
+    /// Zeroes written ahead of appends (see `LogConfig::preallocate_bytes`).
+    pub preallocated_bytes_total: AtomicU64,
     /// Segments deleted by retention.
     pub segments_deleted_total: AtomicU64,
     /// Partitions that failed (fsync error) since start.

@@ -509,11 +509,16 @@ pub(crate) fn open_partition(
         opts,
     };
     let mut view = Vec::with_capacity(bases.len());
+    let mut active_file_bytes = 0;
     for (i, &base) in bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied();
         view.push(match next_base {
             Some(_) => ctx.open_sealed(base)?,
-            None => ctx.open_last(base)?,
+            None => {
+                let (seg, file_bytes) = ctx.open_last(base)?;
+                active_file_bytes = file_bytes;
+                seg
+            }
         });
         if let (Some(next), Some(seg)) = (next_base, view.last()) {
             if seg.next_offset > next {
@@ -569,6 +574,8 @@ pub(crate) fn open_partition(
         active_file: writer_state.0,
         active_base: writer_state.1,
         written_bytes: writer_state.2,
+        file_bytes: active_file_bytes.max(writer_state.2),
+        preallocation_off: false,
         next_offset: writer_state.3,
         indexer,
         unsynced: false,
@@ -624,21 +631,40 @@ impl RecoveryCtx<'_> {
                 indexes,
             });
         }
-        let out =
+        let mut out =
             scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
-        let clean = out.damage.is_empty() && out.torn_tail.is_none();
+        let mut clean = out.damage.is_empty() && out.torn_tail.is_none();
         self.report_damage(&path, &out, false);
+        if out.zero_tail_bytes > 0 {
+            // Preallocated space the roll did not get to cut off (a crash or a failed cut).
+            match file
+                .set_len(out.valid_bytes)
+                .and_then(|()| file.sync_data())
+            {
+                Ok(()) => out.file_bytes = out.valid_bytes,
+                Err(e) => {
+                    warn!(segment = %path.display(), %e, "could not cut preallocated zeroes off a sealed segment");
+                    clean = false;
+                }
+            }
+        }
         if clean {
             let summary = summary_of(&out);
             if let Err(e) = write_indexes(self.storage, self.dir, base, &summary, &out.indexes) {
                 warn!(segment = %path.display(), %e, "could not rewrite index files; they will be rebuilt next time");
             }
         }
-        Ok(view_of(base, path, file, &out, len))
+        let visible = if out.zero_tail_bytes > 0 {
+            out.valid_bytes
+        } else {
+            len
+        };
+        Ok(view_of(base, path, file, &out, visible))
     }
 
-    /// The last (active) segment: always scanned; a torn tail is truncated.
-    fn open_last(&self, base: u64) -> Result<SegmentView, OpenError> {
+    /// The last (active) segment: always scanned; a torn tail is truncated, preallocated
+    /// zeroes are kept. Returns the view and the file's length.
+    fn open_last(&self, base: u64) -> Result<(SegmentView, u64), OpenError> {
         let path = segment_path(self.dir, base, "log");
         let file = self.storage.open(&path).map_err(|e| self.io(&path, e))?;
         let len = match check_header(file.as_ref(), base) {
@@ -658,12 +684,15 @@ impl RecoveryCtx<'_> {
         let out =
             scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
         self.report_damage(&path, &out, true);
+        let mut file_bytes = out.file_bytes;
         if out.torn_tail.is_some() {
             file.set_len(out.valid_bytes)
                 .map_err(|e| self.io(&path, e))?;
             file.sync_data().map_err(|e| self.io(&path, e))?;
+            file_bytes = out.valid_bytes;
         }
-        Ok(view_of(base, path, file, &out, out.valid_bytes))
+        let view = view_of(base, path, file, &out, out.valid_bytes);
+        Ok((view, file_bytes))
     }
 
     fn report_damage(&self, path: &Path, out: &ScanOutcome, truncate_tail: bool) {
@@ -768,6 +797,18 @@ fn create_segment(
     Ok(file)
 }
 
+/// Writes zeroes to `from..end` of `file`.
+fn write_zeroes(file: &dyn SegmentFile, from: u64, end: u64) -> std::io::Result<()> {
+    static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+    let mut pos = from;
+    while pos < end {
+        let n = (end - pos).min(ZEROES.len() as u64) as usize;
+        file.write_all_at(&ZEROES[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
 /// The writer thread's state: the only code that writes to a partition.
 #[derive(Debug)]
 pub(crate) struct Writer {
@@ -781,6 +822,10 @@ pub(crate) struct Writer {
     active_base: u64,
     /// Bytes written to it (all of them visible once the commit finishes).
     written_bytes: u64,
+    /// Its length: past `written_bytes` it holds preallocated zeroes.
+    file_bytes: u64,
+    /// Preallocation failed in this segment (e.g. a full disk); appends grow the file.
+    preallocation_off: bool,
     /// Offset the next record gets.
     next_offset: u64,
     /// Builds the active segment's sparse indexes.
@@ -835,7 +880,8 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !batch.is_empty() {
+            let appended = !batch.is_empty();
+            if appended {
                 self.append_batch(batch);
             }
             for msg in others {
@@ -864,8 +910,51 @@ impl Writer {
                     self.sync_if_dirty();
                 }
             }
+            // Only a partition being written to, and only while no append waits for it.
+            if appended && rx.is_empty() {
+                self.preallocate();
+            }
         }
         self.sync_if_dirty();
+    }
+
+    /// Zeroes the space the next appends will take and makes it durable, when less than
+    /// half of `preallocate_bytes` is left ahead of them: their fsyncs then write data
+    /// only, with no change to the file's size.
+    fn preallocate(&mut self) {
+        let config = &self.shared.config;
+        let want = config.preallocate_bytes;
+        if want == 0
+            || config.fsync == FsyncPolicy::Never
+            || self.preallocation_off
+            || self.shared.check_failed().is_err()
+        {
+            return;
+        }
+        let end = (self.written_bytes + want).min(config.segment_bytes_max);
+        if self.file_bytes >= (self.written_bytes + want / 2).min(end) {
+            return;
+        }
+        let from = self.file_bytes;
+        if let Err(e) = write_zeroes(self.active_file.as_ref(), from, end) {
+            warn!(topic = %self.shared.topic, partition = self.shared.partition, %e,
+                "could not preallocate segment space; appends grow the file until the next segment");
+            // Best effort: zeroes past the data are harmless (recovery keeps them as space).
+            let _ = self.active_file.set_len(from);
+            self.preallocation_off = true;
+            return;
+        }
+        if let Err(e) = self.active_file.sync_data() {
+            self.fail(format!("fsync of preallocated space failed: {e}"));
+            return;
+        }
+        self.file_bytes = end;
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        self.shared
+            .stats
+            .preallocated_bytes_total
+            .fetch_add(end - from, Ordering::Relaxed);
     }
 
     fn fail(&self, reason: String) {
@@ -1019,8 +1108,11 @@ impl Writer {
     /// is cut back to `pos0`; on a failed fsync the partition is marked failed.
     fn write_and_sync(&mut self, pos0: u64) -> Result<(), LogError> {
         let (topic, partition) = (self.shared.topic.clone(), self.shared.partition);
-        if let Err(e) = self.active_file.write_all_at(&self.buf, pos0) {
+        let written = self.active_file.write_all_at(&self.buf, pos0);
+        self.file_bytes = self.file_bytes.max(pos0 + self.buf.len() as u64);
+        if let Err(e) = written {
             let kind = e.kind();
+            self.file_bytes = pos0;
             if let Err(e2) = self.active_file.set_len(pos0) {
                 let reason = format!("write failed ({e}) and truncating back failed ({e2})");
                 self.fail(reason.clone());
@@ -1093,6 +1185,19 @@ impl Writer {
             self.sync_if_dirty();
             self.shared.check_failed()?;
         }
+        if self.file_bytes > self.written_bytes {
+            // A sealed segment ends at its last record: cut the preallocated zeroes off.
+            let cut = self.active_file.set_len(self.written_bytes);
+            match cut.and_then(|()| self.active_file.sync_data()) {
+                Ok(()) => self.file_bytes = self.written_bytes,
+                Err(e) => {
+                    self.fail(format!(
+                        "cutting preallocated space before sealing the segment failed: {e}"
+                    ));
+                    self.shared.check_failed()?;
+                }
+            }
+        }
         let (summary, idx) = {
             let view = self.shared.view.read().unwrap_or_else(|p| p.into_inner());
             let seg = view.last().expect("at least one segment");
@@ -1121,6 +1226,8 @@ impl Writer {
         self.active_file = file.clone();
         self.active_base = base;
         self.written_bytes = SEGMENT_HEADER_BYTES;
+        self.file_bytes = SEGMENT_HEADER_BYTES;
+        self.preallocation_off = false;
         self.indexer = Indexer::new(self.shared.config.index_interval_bytes);
         let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
         view.push(SegmentView {

@@ -10,7 +10,10 @@
 //!   (e.g. a flipped bit in acknowledged data). They are never returned as data; readers
 //!   that reach them get a `Corruption` error. Nothing is truncated.
 //! - If none is found, the bad bytes are a **torn tail** (a write cut short by a crash:
-//!   a partial frame, zeroes, garbage). Recovery truncates them; verify reports them.
+//!   a partial frame, garbage). Recovery truncates them; verify reports them.
+//! - Zeroes from the bad frame to the end of the file are **preallocated space**: the
+//!   writer zeroes space ahead of its appends (see `LogConfig::preallocate_bytes`). No
+//!   frame is all zeroes, so they hold no record; the scan ends there cleanly.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -94,6 +97,8 @@ pub struct ScanOutcome {
     pub torn_tail: Option<Damage>,
     /// Length of the file when it was scanned.
     pub file_bytes: u64,
+    /// Zeroes from `valid_bytes` to the end of the file: preallocated space, not damage.
+    pub zero_tail_bytes: u64,
 }
 
 /// Why a segment could not be scanned at all.
@@ -254,6 +259,10 @@ pub fn scan_segment_with(
             Frame::Incomplete { .. } => "frame cut short by the end of the file",
             Frame::Invalid { reason } => reason,
         };
+        if zeroes_to_the_end(&mut win, pos)? {
+            out.zero_tail_bytes = file_len - pos;
+            break;
+        }
         let mut damage = Damage {
             position: pos,
             offset: out.next_offset,
@@ -282,6 +291,18 @@ pub fn scan_segment_with(
         }
     }
     Ok(out)
+}
+
+/// Whether every byte from `pos` to the end of the file is zero.
+fn zeroes_to_the_end(win: &mut Window<'_>, mut pos: u64) -> io::Result<bool> {
+    while pos < win.len {
+        let bytes = win.at(pos, 1)?;
+        if bytes.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += bytes.len() as u64;
+    }
+    Ok(true)
 }
 
 /// Looks from `from` onwards for a verified frame whose offset is at least `expected` and

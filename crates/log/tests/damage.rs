@@ -74,6 +74,28 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// How a crash leaves the end of the active segment.
+#[derive(Debug, Clone, Copy)]
+enum Tear {
+    /// The file ends at the cut (a write that grew the file, cut short).
+    Truncated,
+    /// Zeroes from the cut to the end of the file (a write into preallocated space whose
+    /// later pages never reached the disk).
+    Zeroed,
+}
+
+fn tear(seg: &Path, cut: u64, how: Tear) {
+    let file = std::fs::OpenOptions::new().write(true).open(seg).unwrap();
+    match how {
+        Tear::Truncated => file.set_len(cut).unwrap(),
+        Tear::Zeroed => {
+            let len = file.metadata().unwrap().len();
+            let zeroes = vec![0u8; len.saturating_sub(cut) as usize];
+            std::os::unix::fs::FileExt::write_all_at(&file, &zeroes, cut).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
     let pristine = tempfile::tempdir().unwrap();
@@ -81,38 +103,53 @@ async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
     let last = segments(pristine.path()).pop().unwrap();
     let base = base_of(&last);
     let ends = frame_ends(&recs, base, RECORDS);
-    let len = std::fs::metadata(&last).unwrap().len();
-    assert_eq!(*ends.last().unwrap(), len);
+    let bytes = std::fs::read(&last).unwrap();
+    let len = *ends.last().unwrap();
+    assert!(bytes.len() as u64 > len, "the writer preallocated space");
+    assert!(
+        bytes[len as usize..].iter().all(|&b| b == 0),
+        "preallocated space is zeroes"
+    );
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut cuts: Vec<u64> = (0..25)
         .map(|_| rng.gen_range(SEGMENT_HEADER_BYTES..len))
         .collect();
-    cuts.extend([0, 5, SEGMENT_HEADER_BYTES, ends[0], ends[0] + 1, len - 1]);
-    for cut in cuts {
+    cuts.extend([
+        0,
+        5,
+        SEGMENT_HEADER_BYTES,
+        ends[0],
+        ends[0] + 1,
+        len - 1,
+        len,
+    ]);
+    // Zeroes never reach the header: it is durable before any space is preallocated.
+    let tears = cuts.into_iter().flat_map(|c| {
+        [(c, Tear::Truncated), (c, Tear::Zeroed)]
+            .into_iter()
+            .filter(|&(c, how)| matches!(how, Tear::Truncated) || c >= SEGMENT_HEADER_BYTES)
+    });
+    for (cut, how) in tears {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(pristine.path(), dir.path());
         let seg = dir.path().join(last.strip_prefix(pristine.path()).unwrap());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        tear(&seg, cut, how);
+        let label = format!("cut {cut} {how:?}");
         let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
         let on_boundary = cut == SEGMENT_HEADER_BYTES || ends.contains(&cut);
 
         let report = &verify_dir(dir.path(), 1 << 20).unwrap()[0];
-        assert_eq!(report.records, base + whole, "cut {cut}");
+        assert_eq!(report.records, base + whole, "{label}");
         match (on_boundary, report.problems.as_slice()) {
             (true, []) => {}
             (false, [Problem::TornTail { .. }]) => {}
-            other => panic!("cut {cut}: unexpected verify result {other:?}"),
+            other => panic!("{label}: unexpected verify result {other:?}"),
         }
 
         let log = open(dir.path(), small_segments()).await;
         let got = read_all(&log, "t", 0).await;
-        assert_eq!(got.len() as u64, base + whole, "cut {cut}");
+        assert_eq!(got.len() as u64, base + whole, "{label}");
         for r in &got {
             assert_eq!(r.record, recs[r.offset as usize]);
         }
@@ -120,7 +157,7 @@ async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
         assert_eq!(
             torn,
             u64::from(!on_boundary && cut >= SEGMENT_HEADER_BYTES),
-            "cut {cut}"
+            "{label}"
         );
         // Appending continues right after the last good record, and the file is clean.
         assert_eq!(
@@ -133,7 +170,7 @@ async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
             verify_dir(dir.path(), 1 << 20).unwrap()[0]
                 .problems
                 .is_empty(),
-            "cut {cut}"
+            "{label}"
         );
     }
 }
@@ -301,4 +338,51 @@ async fn verify_and_dump_on_a_clean_directory() {
         5
     );
     assert_eq!(seen, vec![100, 101, 102, 103, 104]);
+}
+
+#[tokio::test]
+async fn sealed_segments_end_at_their_last_record_and_the_active_one_keeps_its_zeroes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = build(dir.path()).await;
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    let data_end = |i: usize| {
+        let upto = segs.get(i + 1).map_or(RECORDS, |s| base_of(s));
+        *frame_ends(&recs, base_of(&segs[i]), upto).last().unwrap()
+    };
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let last = segs.len() - 1;
+    for (i, seg) in segs.iter().enumerate().take(last) {
+        assert_eq!(len(seg), data_end(i), "sealed segment {i} has no zeroes");
+    }
+    assert!(len(&segs[last]) > data_end(last));
+
+    // A sealed segment still holding zeroes (a roll that stopped before cutting them):
+    // its records read in full, open cuts the zeroes, verify finds nothing wrong.
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segs[0])
+        .unwrap();
+    std::io::Write::write_all(&mut &file, &[0u8; 1000]).unwrap();
+    drop(file);
+    assert!(verify_dir(dir.path(), 1 << 20).unwrap()[0]
+        .problems
+        .is_empty());
+    let log = open(dir.path(), small_segments()).await;
+    let got = read_all(&log, "t", 0).await;
+    assert_eq!(got.len() as u64, RECORDS);
+    assert!(got.iter().all(|r| r.record == recs[r.offset as usize]));
+    assert_eq!(len(&segs[0]), data_end(0));
+
+    // The active segment's zeroes are appended into: the file does not grow.
+    let active = len(&segs[last]);
+    let next = record(RECORDS);
+    assert!(data_end(last) + next.frame_bytes() as u64 <= active);
+    assert_eq!(log.append("t", 0, vec![next]).await.unwrap()[0], RECORDS);
+    assert_eq!(len(&segs[last]), active);
+    log.close().await;
+    drop(log);
+    assert!(verify_dir(dir.path(), 1 << 20).unwrap()[0]
+        .problems
+        .is_empty());
 }

@@ -18,6 +18,85 @@ fn open_faulty(dir: &std::path::Path, faults: &Arc<Faults>) -> EmbeddedLog {
     EmbeddedLog::open_with_storage(dir, LogConfig::default(), storage).unwrap()
 }
 
+/// Closes the log, checks `verify` finds nothing wrong, reopens it on a healthy disk and
+/// checks topic `t` partition 0 holds exactly `acked`.
+async fn closed_clean_with(log: EmbeddedLog, dir: &std::path::Path, acked: &[Record]) {
+    log.close().await;
+    drop(log);
+    let reports = hifi_log::verify::verify_dir(dir, 1 << 20).unwrap();
+    assert!(reports.iter().all(|r| r.problems.is_empty()), "{reports:?}");
+    let log = open(dir, LogConfig::default()).await;
+    let got: Vec<Record> = read_all(&log, "t", 0)
+        .await
+        .into_iter()
+        .map(|r| r.record)
+        .collect();
+    assert_eq!(got, acked);
+}
+
+/// Waits (at most 5 s) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < give_up, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_fsync_of_preallocated_space_fails_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open_faulty(dir.path(), &faults);
+    topic(&log, "t", 1).await;
+    // The append's own fsync succeeds; the next one, of the space zeroed after it, fails.
+    faults.fsyncs_until_failure.store(1, Ordering::SeqCst);
+    log.append("t", 0, vec![record(0)]).await.unwrap();
+    let stats = log.stats();
+    eventually("the partition failed", || {
+        hifi_log::LogStats::get(&stats.failed_partitions) == 1
+    })
+    .await;
+    assert_eq!(hifi_log::LogStats::get(&stats.preallocated_bytes_total), 0);
+    let err = log.append("t", 0, vec![record(1)]).await.unwrap_err();
+    assert!(err.to_string().contains("preallocated"), "{err}");
+    log.close().await;
+    drop(log);
+    let log = open(dir.path(), LogConfig::default()).await;
+    assert_eq!(read_all(&log, "t", 0).await[0].record, record(0));
+}
+
+#[tokio::test]
+async fn a_disk_too_full_to_preallocate_still_takes_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open_faulty(dir.path(), &faults);
+    topic(&log, "t", 1).await;
+    // Room for the append, not for the 1 MiB of zeroes after it.
+    faults
+        .space_left
+        .store(record(0).frame_bytes() as i64 + 100, Ordering::SeqCst);
+    log.append("t", 0, vec![record(0)]).await.unwrap();
+    eventually("preallocation ran into the full disk", || {
+        faults.space_left.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    faults.space_left.store(10_000, Ordering::SeqCst);
+    let mut acked = vec![record(0)];
+    for i in 1..5 {
+        log.append("t", 0, vec![record(i)]).await.unwrap();
+        acked.push(record(i));
+    }
+    assert!(
+        faults.space_left.load(Ordering::SeqCst) > 0,
+        "no zeroes were written after the failure"
+    );
+    let stats = log.stats();
+    assert_eq!(hifi_log::LogStats::get(&stats.preallocated_bytes_total), 0);
+    assert_eq!(hifi_log::LogStats::get(&stats.failed_partitions), 0);
+    closed_clean_with(log, dir.path(), &acked).await;
+}
+
 #[tokio::test]
 async fn a_failed_fsync_is_never_acknowledged_and_fails_the_partition_for_good() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,17 +167,7 @@ async fn a_full_disk_fails_the_append_and_loses_nothing_acknowledged() {
         vec![10]
     );
     acked.push(record(10));
-    log.close().await;
-    drop(log);
-    let reports = hifi_log::verify::verify_dir(dir.path(), 1 << 20).unwrap();
-    assert!(reports.iter().all(|r| r.problems.is_empty()), "{reports:?}");
-    let log = open(dir.path(), LogConfig::default()).await;
-    let got: Vec<Record> = read_all(&log, "t", 0)
-        .await
-        .into_iter()
-        .map(|r| r.record)
-        .collect();
-    assert_eq!(got, acked);
+    closed_clean_with(log, dir.path(), &acked).await;
 }
 
 #[tokio::test]

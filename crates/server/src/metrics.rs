@@ -43,7 +43,11 @@ fn family(
     for (labels, value) in rows {
         let fam = m.encode_family(&labels)?;
         match ty {
-            MetricType::Counter => ConstCounter::new(value as u64).encode(fam)?,
+            // Whole counts print as integers; fractional ones (seconds) keep their fraction.
+            MetricType::Counter if value.fract() == 0.0 => {
+                ConstCounter::new(value as u64).encode(fam)?
+            }
+            MetricType::Counter => ConstCounter::new(value).encode(fam)?,
             _ => ConstGauge::new(value).encode(fam)?,
         }
     }
@@ -351,6 +355,13 @@ impl Collector for Snapshot {
                 "Time spent in fsync calls on segment data (acknowledgements wait for it)",
                 c,
                 vec![(Vec::new(), v(&st.fsync_micros_total) as f64 / 1e6)],
+            )?;
+            family(
+                &mut enc,
+                "hifi_log_preallocated_bytes",
+                "Zeroes written ahead of appends so that their fsyncs leave the file size alone",
+                c,
+                vec![(Vec::new(), v(&st.preallocated_bytes_total) as f64)],
             )?;
             family(
                 &mut enc,

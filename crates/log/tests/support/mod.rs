@@ -58,6 +58,8 @@ pub async fn topic(log: &dyn Log, name: &str, partitions: u32) {
 pub struct Faults {
     /// Every fsync fails with EIO while set.
     pub fail_fsync: AtomicBool,
+    /// fsyncs that may still succeed before every later one fails (negative: no limit).
+    pub fsyncs_until_failure: AtomicI64,
     /// Bytes that may still be written before writes fail with ENOSPC (negative: no limit).
     pub space_left: AtomicI64,
     /// fsyncs that succeeded.
@@ -70,6 +72,7 @@ impl Faults {
     pub fn new() -> Arc<Self> {
         let f = Faults::default();
         f.space_left.store(-1, Ordering::SeqCst);
+        f.fsyncs_until_failure.store(-1, Ordering::SeqCst);
         Arc::new(f)
     }
 }
@@ -106,7 +109,12 @@ impl SegmentFile for FaultyFile {
         self.inner.write_all_at(buf, pos)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.faults.fail_fsync.load(Ordering::SeqCst) {
+        let allowed = self.faults.fsyncs_until_failure.fetch_update(
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+            |n| (n > 0).then(|| n - 1),
+        );
+        if self.faults.fail_fsync.load(Ordering::SeqCst) || allowed == Err(0) {
             return Err(io::Error::other("injected EIO on fsync"));
         }
         self.faults.fsyncs.fetch_add(1, Ordering::SeqCst);
