@@ -749,11 +749,33 @@ impl Log for KafkaLog {
         partition: u32,
         offset: u64,
     ) -> Result<(), LogError> {
+        self.commit_many(group, topic, &[(partition, offset)]).await
+    }
+
+    async fn commit_many(
+        &self,
+        group: &str,
+        topic: &str,
+        positions: &[(u32, u64)],
+    ) -> Result<(), LogError> {
         validate_name(group)?;
-        self.check_partition(topic, partition).await?;
+        for &(partition, _) in positions {
+            self.check_partition(topic, partition).await?;
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
         let g = self.name(group);
-        let tpl = self.one_partition(topic, partition, offset as i64, "committing")?;
-        let what = format!("committing {group} at {topic}/{partition}@{offset}");
+        let mut tpl = TopicPartitionList::new();
+        for &(partition, offset) in positions {
+            tpl.add_partition_offset(
+                &self.name(topic),
+                partition as i32,
+                Offset::Offset(offset as i64),
+            )
+            .map_err(|e| kafka_err("committing", e))?;
+        }
+        let what = format!("committing {group} at {topic} {positions:?}");
         if let Some(m) = self.member(&g) {
             return blocking(move || {
                 m.consumer

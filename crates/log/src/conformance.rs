@@ -207,6 +207,11 @@ pub async fn committed_positions_survive_restart(engine: &dyn Engine) {
         log.commit("g1", "ca", (i % 2) as u32, i).await.unwrap();
     }
     log.commit("g2", "cb", 0, 7).await.unwrap();
+    log.commit_many("g3", "ca", &[(0, 5), (1, 6)])
+        .await
+        .unwrap();
+    log.commit_many("g3", "ca", &[(1, 9)]).await.unwrap();
+    log.commit_many("g3", "ca", &[]).await.unwrap();
     engine.close(log).await;
 
     let log = engine.open().await;
@@ -214,6 +219,17 @@ pub async fn committed_positions_survive_restart(engine: &dyn Engine) {
     assert_eq!(log.committed("g1", "ca", 1).await.unwrap(), Some(19));
     assert_eq!(log.committed("g2", "cb", 0).await.unwrap(), Some(7));
     assert_eq!(log.committed("g2", "ca", 0).await.unwrap(), None);
+    assert_eq!(log.committed("g3", "ca", 0).await.unwrap(), Some(5));
+    assert_eq!(log.committed("g3", "ca", 1).await.unwrap(), Some(9));
+    assert!(matches!(
+        log.commit_many("g3", "ca", &[(0, 10), (2, 10)]).await,
+        Err(LogError::PartitionNotFound { .. })
+    ));
+    assert_eq!(
+        log.committed("g3", "ca", 0).await.unwrap(),
+        Some(5),
+        "nothing is committed when one partition is wrong"
+    );
     assert!(matches!(
         log.commit("g1", "nope", 0, 1).await,
         Err(LogError::TopicNotFound { .. })

@@ -607,10 +607,25 @@ impl Log for EmbeddedLog {
         partition: u32,
         offset: u64,
     ) -> Result<(), LogError> {
+        self.commit_many(group, topic, &[(partition, offset)]).await
+    }
+
+    async fn commit_many(
+        &self,
+        group: &str,
+        topic: &str,
+        positions: &[(u32, u64)],
+    ) -> Result<(), LogError> {
         validate_name(group)?;
-        self.partition(topic, partition)?;
+        for &(partition, _) in positions {
+            self.partition(topic, partition)?;
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
         let (log, group, topic) = (self.clone(), group.to_owned(), topic.to_owned());
-        blocking(move || log.inner.groups.commit(&group, &topic, partition, offset)).await
+        let positions = positions.to_vec();
+        blocking(move || log.inner.groups.commit(&group, &topic, &positions)).await
     }
 
     async fn committed(

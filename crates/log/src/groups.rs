@@ -117,13 +117,13 @@ impl GroupStore {
             .copied()
     }
 
-    /// Durably records a position (blocking I/O).
+    /// Durably records positions of partitions of `topic`: one write, one fsync
+    /// (blocking I/O).
     pub(crate) fn commit(
         &self,
         group: &str,
         topic: &str,
-        partition: u32,
-        offset: u64,
+        positions: &[(u32, u64)],
     ) -> Result<(), LogError> {
         let io = |e| LogError::io(format!("committing group {group:?}"), e);
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,14 +143,18 @@ impl GroupStore {
             );
         }
         let g = groups.get_mut(group).expect("inserted above");
-        let mut entry = Vec::with_capacity(64);
-        encode_entry(&mut entry, topic, partition, offset);
-        g.file.write_all_at(&entry, g.len).map_err(io)?;
+        let mut entries = Vec::with_capacity(64 * positions.len());
+        for &(partition, offset) in positions {
+            encode_entry(&mut entries, topic, partition, offset);
+        }
+        g.file.write_all_at(&entries, g.len).map_err(io)?;
         if self.sync {
             g.file.sync_data().map_err(io)?;
         }
-        g.len += entry.len() as u64;
-        g.positions.insert((topic.to_owned(), partition), offset);
+        g.len += entries.len() as u64;
+        for &(partition, offset) in positions {
+            g.positions.insert((topic.to_owned(), partition), offset);
+        }
         if g.len > COMPACT_BYTES {
             self.compact(group, g).map_err(io)?;
         }

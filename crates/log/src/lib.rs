@@ -351,6 +351,21 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         offset: u64,
     ) -> Result<(), LogError>;
 
+    /// Durably records positions of several partitions of one topic for a group, as one
+    /// write where the engine can (one fsync on the embedded log, one request on Kafka).
+    /// On an error some of them may have been recorded.
+    async fn commit_many(
+        &self,
+        group: &str,
+        topic: &str,
+        positions: &[(u32, u64)],
+    ) -> Result<(), LogError> {
+        for &(partition, offset) in positions {
+            self.commit(group, topic, partition, offset).await?;
+        }
+        Ok(())
+    }
+
     /// The group's committed position, if any.
     async fn committed(
         &self,

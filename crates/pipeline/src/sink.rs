@@ -1182,16 +1182,31 @@ impl HttpSink {
             error!(sink = %self.name, %e, "cannot record outcomes in the ledger; not committing this round");
             return;
         }
-        let group = self.group();
-        for (p, (t, (pos, committed))) in trackers.iter().zip(positions).enumerate() {
-            if pos != committed {
-                match self.log.commit(&group, &self.input, p as u32, pos).await {
-                    Ok(()) => t.lock().unwrap_or_else(|e| e.into_inner()).committed = pos,
-                    Err(e) => {
-                        error!(sink = %self.name, partition = p, %e, "cannot commit position")
-                    }
+        // Every moved position in one commit: one fsync for all partitions (each of its
+        // own competed with the appends' fsyncs for the disk).
+        let moved: Vec<(u32, u64)> = positions
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (pos, committed))| pos != committed)
+            .map(|(p, (pos, _))| (p as u32, pos))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match self
+            .log
+            .commit_many(&self.group(), &self.input, &moved)
+            .await
+        {
+            Ok(()) => {
+                for (p, pos) in moved {
+                    trackers[p as usize]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .committed = pos;
                 }
             }
+            Err(e) => error!(sink = %self.name, %e, "cannot commit positions"),
         }
     }
 }

@@ -290,12 +290,13 @@ impl HttpSource {
             .collect();
         self.ledger.flush().await?;
         let group = &self.tally_group;
+        let mut moved = Vec::new();
         for (p, pos) in positions.into_iter().enumerate() {
             if self.log.committed(group, &self.topic, p as u32).await? != Some(pos) {
-                self.log.commit(group, &self.topic, p as u32, pos).await?;
+                moved.push((p as u32, pos));
             }
         }
-        Ok(())
+        self.log.commit_many(group, &self.topic, &moved).await
     }
 
     /// Reads the ids stored within the window back into memory. Each partition is read
