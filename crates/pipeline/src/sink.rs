@@ -30,7 +30,7 @@
 //! positions commit in order, so a crash re-sends (at-least-once, `Idempotency-Key` and
 //! event ids for de-duplication) and never skips.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -318,7 +318,10 @@ impl HttpSink {
         let partitions = self.log.partitions(&self.input).await?;
         let trackers: Arc<Vec<Mutex<Tracker>>> =
             Arc::new((0..partitions).map(|_| Mutex::default()).collect());
-        let (tx, rx) = mpsc::channel::<Item>(self.cfg.batch.max_events * 2);
+        // Each message is one read's items (at most `max_events`): the queue holds at most
+        // two reads, as it held `2 * max_events` single items before (one send, one lock
+        // per read instead of per event).
+        let (tx, rx) = mpsc::channel::<Vec<Item>>(2);
         let read_stop = shutdown.child_token();
         let readers = {
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), read_stop.clone());
@@ -435,7 +438,7 @@ impl HttpSink {
     async fn partition_worker(
         self: Arc<Self>,
         p: u32,
-        tx: mpsc::Sender<Item>,
+        tx: mpsc::Sender<Vec<Item>>,
         trackers: Arc<Vec<Mutex<Tracker>>>,
         stop: CancellationToken,
         shutdown: CancellationToken,
@@ -480,7 +483,7 @@ impl HttpSink {
     async fn reader(
         &self,
         p: u32,
-        tx: mpsc::Sender<Item>,
+        tx: mpsc::Sender<Vec<Item>>,
         trackers: Arc<Vec<Mutex<Tracker>>>,
         stop: CancellationToken,
     ) {
@@ -516,32 +519,35 @@ impl HttpSink {
                     continue;
                 }
             };
+            let Some(first) = batch.first().map(|r| r.offset) else {
+                continue;
+            };
             let arrival_us = self.ledger.now_us();
-            for r in batch {
-                let offset = r.offset;
-                let item = self.item(&self.input, p, From::Partition(p), r, arrival_us);
-                {
-                    let mut t = trackers[p as usize]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    t.outstanding.insert(offset);
-                    t.next = offset + 1;
-                }
-                pos = offset + 1;
-                // Backpressure: waits while the batcher and deliveries are full. An item
-                // abandoned here is never committed: the position stays at or before it.
-                let sent = tokio::select! {
-                    _ = stop.cancelled() => false,
-                    sent = tx.send(item) => sent.is_ok(),
-                };
-                if !sent {
-                    let mut t = trackers[p as usize]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    t.outstanding.remove(&offset);
-                    t.next = offset;
-                    return;
-                }
+            let items: Vec<Item> = batch
+                .into_iter()
+                .map(|r| self.item(&self.input, p, From::Partition(p), r, arrival_us))
+                .collect();
+            pos = items.last().map_or(first, |i| i.offset + 1);
+            {
+                let mut t = trackers[p as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                t.outstanding.extend(items.iter().map(|i| i.offset));
+                t.next = pos;
+            }
+            // Backpressure: waits while the batcher and deliveries are full. Items
+            // abandoned here are never committed: the position stays at or before them.
+            let sent = tokio::select! {
+                _ = stop.cancelled() => false,
+                sent = tx.send(items) => sent.is_ok(),
+            };
+            if !sent {
+                let mut t = trackers[p as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                t.outstanding.retain(|&o| o < first);
+                t.next = first;
+                return;
             }
         }
     }
@@ -550,7 +556,7 @@ impl HttpSink {
     /// still in flight at shutdown.
     async fn batcher(
         self: Arc<Self>,
-        mut rx: mpsc::Receiver<Item>,
+        mut rx: mpsc::Receiver<Vec<Item>>,
         trackers: Arc<Vec<Mutex<Tracker>>>,
         shutdown: CancellationToken,
         stop: CancellationToken,
@@ -558,14 +564,18 @@ impl HttpSink {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut in_flight = tokio::task::JoinSet::new();
         let max_bytes = self.cfg.batch.max_bytes.0 as usize;
-        let mut pending: Option<Item> = None;
+        // Items received and not yet batched (the rest of one read, in order).
+        let mut pending: VecDeque<Item> = VecDeque::new();
         loop {
-            let first = match pending.take() {
+            let first = match pending.pop_front() {
                 Some(i) => i,
                 None => tokio::select! {
                     _ = shutdown.cancelled() => return in_flight,
                     next = rx.recv() => match next {
-                        Some(i) => i,
+                        Some(items) => {
+                            pending.extend(items);
+                            continue;
+                        }
                         None => return in_flight,
                     },
                 },
@@ -581,22 +591,30 @@ impl HttpSink {
                 .unwrap_or_else(|e| e.into_inner())
                 .batch_limit(self.cfg.batch.max_events);
             while batch.len() < max_events {
-                let next = match rx.try_recv() {
-                    Ok(item) => Some(item),
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) if permits.available_permits() > 0 => {
-                        None
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    }
+                if pending.is_empty() {
+                    let next = match rx.try_recv() {
+                        Ok(items) => Some(items),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        Err(mpsc::error::TryRecvError::Empty)
+                            if permits.available_permits() > 0 =>
+                        {
+                            None
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            tokio::time::timeout_at(deadline, rx.recv())
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                    };
+                    let Some(items) = next else { break };
+                    pending.extend(items);
+                }
+                let Some(item) = pending.pop_front() else {
+                    continue;
                 };
-                let Some(item) = next else { break };
                 if bytes + item.body.len() + 1 > max_bytes {
-                    pending = Some(item);
+                    pending.push_front(item);
                     break;
                 }
                 bytes += item.body.len() + 1;
@@ -615,11 +633,20 @@ impl HttpSink {
                 let mut lane = Lane::Fast { _slot: permit };
                 if let Some(fates) = sink.deliver(&batch, &stop, &mut lane).await {
                     if sink.settle_until_done(&batch, &fates, 0, &stop).await {
+                        // One lock per run of one partition's items (reads come whole).
+                        let mut held: Option<(u32, std::sync::MutexGuard<'_, Tracker>)> = None;
                         for item in &batch {
-                            if let From::Partition(p) = item.from {
-                                let mut t = trackers[p as usize]
+                            let From::Partition(p) = item.from else {
+                                continue;
+                            };
+                            if held.as_ref().map(|(q, _)| *q) != Some(p) {
+                                drop(held.take());
+                                let t = trackers[p as usize]
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner());
+                                held = Some((p, t));
+                            }
+                            if let Some((_, t)) = held.as_mut() {
                                 t.outstanding.remove(&item.offset);
                             }
                         }
