@@ -88,6 +88,11 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
     );
     check("port clash", "[admin]\nlisten = \"127.0.0.1:7000\"\n[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:7000\"\ntopic = \"e\"\n", &["already used by admin.listen"]);
     check("no nodes", "", &["no nodes"]);
+    check(
+        "engine size out of range",
+        &format!("preallocate_bytes = \"2GiB\"\n{SOURCE}"),
+        &["engine.preallocate_bytes", "out of range", "0 … 1GiB"],
+    );
 }
 
 #[test]

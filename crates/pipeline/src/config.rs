@@ -130,6 +130,10 @@ pub struct EngineConfig {
     /// Largest record. Default `"1MiB"`.
     #[serde(default = "default_record_bytes")]
     pub record_bytes_max: Size,
+    /// Zeroes kept ahead of each written partition's appends, so that their fsyncs need
+    /// not change the file size. Default `"1MiB"`; `"0"` turns it off.
+    #[serde(default = "default_preallocate_bytes")]
+    pub preallocate_bytes: Size,
     /// How long topics keep records by default. Default `"7d"`.
     #[serde(default = "default_retention")]
     pub retention: Dur,
@@ -531,6 +535,9 @@ fn default_segment_bytes() -> Size {
     Size(128 << 20)
 }
 fn default_record_bytes() -> Size {
+    Size(1 << 20)
+}
+fn default_preallocate_bytes() -> Size {
     Size(1 << 20)
 }
 fn default_retention() -> Dur {

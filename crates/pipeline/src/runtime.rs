@@ -20,18 +20,31 @@ use crate::stage::Stage;
 use crate::topology::Topology;
 use crate::transform::Transforms;
 
-/// Why a pipeline could not start.
+/// Why a pipeline could not start. The messages include their cause's (it is not also
+/// a `source`, which `{:#}` would print a second time).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The engine could not be opened.
     #[error("cannot open the engine: {0}")]
-    Open(#[from] OpenError),
+    Open(OpenError),
     /// The engine refused an operation (e.g. a topic exists with other partitions).
     #[error("engine: {0}")]
-    Log(#[from] LogError),
+    Log(LogError),
     /// Something in the configuration only detectable at start.
     #[error("{0}")]
     Config(String),
+}
+
+impl From<OpenError> for StartError {
+    fn from(e: OpenError) -> Self {
+        StartError::Open(e)
+    }
+}
+
+impl From<LogError> for StartError {
+    fn from(e: LogError) -> Self {
+        StartError::Log(e)
+    }
 }
 
 /// The embedded log configured from `[engine]`.
@@ -45,6 +58,7 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
         },
         segment_bytes_max: e.segment_bytes.0,
         record_bytes_max: e.record_bytes_max.0 as usize,
+        preallocate_bytes: e.preallocate_bytes.0,
         default_retention: Retention {
             age: Some(e.retention.0),
             bytes: None,

@@ -289,6 +289,37 @@ fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
 fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let e = &loaded.config.engine;
     if e.kind != crate::config::EngineKind::Kafka {
+        // The embedded log's bounds, named by their keys (the log checks them again).
+        let sizes = [
+            (
+                "engine.segment_bytes",
+                e.segment_bytes.0,
+                4 << 10,
+                1 << 30,
+                "4KiB … 1GiB",
+            ),
+            (
+                "engine.record_bytes_max",
+                e.record_bytes_max.0,
+                64,
+                64 << 20,
+                "64B … 64MiB",
+            ),
+            (
+                "engine.preallocate_bytes",
+                e.preallocate_bytes.0,
+                0,
+                1 << 30,
+                "0 … 1GiB",
+            ),
+        ];
+        for (key, value, min, max, range) in sizes {
+            if !(min..=max).contains(&value) {
+                return Err(
+                    loaded.error(key, format!("{value} bytes is out of range; use {range}"))
+                );
+            }
+        }
         return Ok(());
     }
     match e.brokers.as_deref().map(str::trim) {
