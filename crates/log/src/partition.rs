@@ -499,6 +499,7 @@ pub(crate) fn open_partition(
         body_max: config.record_bytes_max,
         index_interval_bytes: config.index_interval_bytes,
         resync: true,
+        last: false,
     };
     let ctx = RecoveryCtx {
         storage: storage.as_ref(),
@@ -631,35 +632,17 @@ impl RecoveryCtx<'_> {
                 indexes,
             });
         }
-        let mut out =
+        let out =
             scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
-        let mut clean = out.damage.is_empty() && out.torn_tail.is_none();
+        let clean = out.damage.is_empty() && out.torn_tail.is_none();
         self.report_damage(&path, &out, false);
-        if out.zero_tail_bytes > 0 {
-            // Preallocated space the roll did not get to cut off (a crash or a failed cut).
-            match file
-                .set_len(out.valid_bytes)
-                .and_then(|()| file.sync_data())
-            {
-                Ok(()) => out.file_bytes = out.valid_bytes,
-                Err(e) => {
-                    warn!(segment = %path.display(), %e, "could not cut preallocated zeroes off a sealed segment");
-                    clean = false;
-                }
-            }
-        }
         if clean {
             let summary = summary_of(&out);
             if let Err(e) = write_indexes(self.storage, self.dir, base, &summary, &out.indexes) {
                 warn!(segment = %path.display(), %e, "could not rewrite index files; they will be rebuilt next time");
             }
         }
-        let visible = if out.zero_tail_bytes > 0 {
-            out.valid_bytes
-        } else {
-            len
-        };
-        Ok(view_of(base, path, file, &out, visible))
+        Ok(view_of(base, path, file, &out, len))
     }
 
     /// The last (active) segment: always scanned; a torn tail is truncated, preallocated
@@ -681,8 +664,11 @@ impl RecoveryCtx<'_> {
             Err(HeaderError::Io(e)) => return Err(self.io(&path, e)),
             Err(e) => return Err(self.bad(&path, e.to_string())),
         };
-        let out =
-            scan_segment(file.as_ref(), len, base, self.opts).map_err(|e| self.io(&path, e))?;
+        let opts = ScanOptions {
+            last: true,
+            ..self.opts
+        };
+        let out = scan_segment(file.as_ref(), len, base, opts).map_err(|e| self.io(&path, e))?;
         self.report_damage(&path, &out, true);
         let mut file_bytes = out.file_bytes;
         if out.torn_tail.is_some() {

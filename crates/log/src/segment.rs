@@ -11,9 +11,11 @@
 //!   that reach them get a `Corruption` error. Nothing is truncated.
 //! - If none is found, the bad bytes are a **torn tail** (a write cut short by a crash:
 //!   a partial frame, garbage). Recovery truncates them; verify reports them.
-//! - Zeroes from the bad frame to the end of the file are **preallocated space**: the
-//!   writer zeroes space ahead of its appends (see `LogConfig::preallocate_bytes`). No
-//!   frame is all zeroes, so they hold no record; the scan ends there cleanly.
+//! - In the last (active) segment, zeroes from the bad frame to the end of the file are
+//!   **preallocated space**: the writer zeroes space ahead of its appends (see
+//!   `LogConfig::preallocate_bytes`). No frame is all zeroes, so they hold no record; the
+//!   scan ends there cleanly. A sealed segment never has any (the roll cuts them off), so
+//!   there they are damage like any other bytes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -97,7 +99,8 @@ pub struct ScanOutcome {
     pub torn_tail: Option<Damage>,
     /// Length of the file when it was scanned.
     pub file_bytes: u64,
-    /// Zeroes from `valid_bytes` to the end of the file: preallocated space, not damage.
+    /// Zeroes from `valid_bytes` to the end of the last segment's file: preallocated
+    /// space, not damage.
     pub zero_tail_bytes: u64,
 }
 
@@ -197,6 +200,8 @@ pub struct ScanOptions {
     /// Look past a bad frame for good ones (recovery, verify); `false` stops at the first
     /// bad frame (dump), reporting it as `torn_tail`.
     pub resync: bool,
+    /// The segment is the last one: zeroes to its end are preallocated space.
+    pub last: bool,
 }
 
 /// Scans and verifies every frame of a segment (whose header must already be checked).
@@ -259,7 +264,7 @@ pub fn scan_segment_with(
             Frame::Incomplete { .. } => "frame cut short by the end of the file",
             Frame::Invalid { reason } => reason,
         };
-        if zeroes_to_the_end(&mut win, pos)? {
+        if opts.last && zeroes_to_the_end(&mut win, pos)? {
             out.zero_tail_bytes = file_len - pos;
             break;
         }

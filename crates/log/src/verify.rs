@@ -161,6 +161,7 @@ fn verify_partition(
         body_max,
         index_interval_bytes: u64::MAX,
         resync: true,
+        last: false,
     };
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base, "log");
@@ -186,7 +187,15 @@ fn verify_partition(
                 continue;
             }
         };
-        let out = scan_segment(file.as_ref(), len, base, opts)?;
+        let out = scan_segment(
+            file.as_ref(),
+            len,
+            base,
+            ScanOptions {
+                last: is_last,
+                ..opts
+            },
+        )?;
         report.records += out.records;
         if report.first_offset.is_none() {
             report.first_offset = out.first_offset;
@@ -267,6 +276,7 @@ pub fn dump(
         body_max,
         index_interval_bytes: u64::MAX,
         resync: false,
+        last: false,
     };
     let mut printed = 0u64;
     for (i, &base) in bases.iter().enumerate() {
@@ -293,6 +303,10 @@ pub fn dump(
                 printed += 1;
             }
             printed < limit
+        };
+        let opts = ScanOptions {
+            last: i + 1 == bases.len(),
+            ..opts
         };
         let out = scan_segment_with(file.as_ref(), len, base, opts, &mut visit_one)?;
         if printed >= limit {

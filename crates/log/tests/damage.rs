@@ -341,7 +341,7 @@ async fn verify_and_dump_on_a_clean_directory() {
 }
 
 #[tokio::test]
-async fn sealed_segments_end_at_their_last_record_and_the_active_one_keeps_its_zeroes() {
+async fn sealed_segments_end_at_their_last_record_and_only_the_active_one_has_zeroes() {
     let dir = tempfile::tempdir().unwrap();
     let recs = build(dir.path()).await;
     let segs = segments(dir.path());
@@ -357,22 +357,25 @@ async fn sealed_segments_end_at_their_last_record_and_the_active_one_keeps_its_z
     }
     assert!(len(&segs[last]) > data_end(last));
 
-    // A sealed segment still holding zeroes (a roll that stopped before cutting them):
-    // its records read in full, open cuts the zeroes, verify finds nothing wrong.
+    // Zeroes at the end of a sealed segment are not preallocated space (the roll cut that
+    // off): they stand where records belong, and are reported, never cut.
     let file = std::fs::OpenOptions::new()
         .append(true)
         .open(&segs[0])
         .unwrap();
     std::io::Write::write_all(&mut &file, &[0u8; 1000]).unwrap();
     drop(file);
-    assert!(verify_dir(dir.path(), 1 << 20).unwrap()[0]
-        .problems
-        .is_empty());
+    let problems = &verify_dir(dir.path(), 1 << 20).unwrap()[0].problems;
+    assert!(
+        matches!(problems.as_slice(), [Problem::Corrupt { position, .. }] if *position == data_end(0)),
+        "{problems:?}"
+    );
     let log = open(dir.path(), small_segments()).await;
+    assert_eq!(LogStats::get(&log.stats().damaged_regions_total), 1);
+    assert_eq!(len(&segs[0]), data_end(0) + 1000, "nothing cut");
     let got = read_all(&log, "t", 0).await;
     assert_eq!(got.len() as u64, RECORDS);
     assert!(got.iter().all(|r| r.record == recs[r.offset as usize]));
-    assert_eq!(len(&segs[0]), data_end(0));
 
     // The active segment's zeroes are appended into: the file does not grow.
     let active = len(&segs[last]);
@@ -382,7 +385,8 @@ async fn sealed_segments_end_at_their_last_record_and_the_active_one_keeps_its_z
     assert_eq!(len(&segs[last]), active);
     log.close().await;
     drop(log);
-    assert!(verify_dir(dir.path(), 1 << 20).unwrap()[0]
-        .problems
-        .is_empty());
+    assert_eq!(
+        verify_dir(dir.path(), 1 << 20).unwrap()[0].problems.len(),
+        1
+    );
 }

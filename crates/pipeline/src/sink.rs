@@ -318,9 +318,9 @@ impl HttpSink {
         let partitions = self.log.partitions(&self.input).await?;
         let trackers: Arc<Vec<Mutex<Tracker>>> =
             Arc::new((0..partitions).map(|_| Mutex::default()).collect());
-        // Each message is one read's items (at most `max_events`): the queue holds at most
-        // two reads, as it held `2 * max_events` single items before (one send, one lock
-        // per read instead of per event).
+        // Each message is one read's items (at most `max_events`, one send and one tracker
+        // lock per read instead of per event): the queue holds two reads, the batcher
+        // takes one apart, so at most `3 * max_events` events wait (was `2 *`).
         let (tx, rx) = mpsc::channel::<Vec<Item>>(2);
         let read_stop = shutdown.child_token();
         let readers = {
