@@ -650,3 +650,38 @@ impl Log for EmbeddedLog {
         blocking(move || shared.offset_for_time_blocking(timestamp_ms)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Record, TopicSpec};
+
+    #[tokio::test]
+    async fn a_cached_frame_failing_verification_is_read_from_the_file_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.ensure_topic(&TopicSpec::new("t", 1)).await.unwrap();
+        let records: Vec<Record> = (0..5)
+            .map(|i| Record::new(format!("value {i}"), 1_700_000_000_000 + i))
+            .collect();
+        log.append("t", 0, records.clone()).await.unwrap();
+        let limits = ReadLimits {
+            wait: Duration::ZERO,
+            ..ReadLimits::default()
+        };
+        let from_cache = log.read("t", 0, 0, limits).await.unwrap();
+        {
+            let (t, i) = log.partition("t", 0).unwrap();
+            // A byte inside the first frame's body: its checksum no longer matches.
+            t.partitions[i].shared.tail.lock().unwrap().damage(20);
+        }
+        let from_file = log.read("t", 0, 0, limits).await.unwrap();
+        assert_eq!(from_file, from_cache);
+        assert_eq!(
+            from_file.iter().map(|r| &r.record).collect::<Vec<_>>(),
+            records.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(LogStats::get(&log.stats().corruptions_total), 0);
+        log.close().await;
+    }
+}

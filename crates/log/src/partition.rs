@@ -149,6 +149,20 @@ impl TailCache {
     }
 }
 
+#[cfg(test)]
+impl TailCache {
+    /// Flips one bit in every cached frame's bytes at `at` (a memory fault, for tests).
+    pub(crate) fn damage(&mut self, at: usize) {
+        for (_, frames) in &mut self.groups {
+            let mut bytes = frames.to_vec();
+            if let Some(b) = bytes.get_mut(at) {
+                *b ^= 0x10;
+            }
+            *frames = Bytes::from(bytes);
+        }
+    }
+}
+
 /// A request to the writer thread.
 #[derive(Debug)]
 pub(crate) enum WriterMsg {
