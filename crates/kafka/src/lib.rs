@@ -742,16 +742,6 @@ impl Log for KafkaLog {
         Ok(PartitionOffsets { start, end })
     }
 
-    async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-    ) -> Result<(), LogError> {
-        self.commit_many(group, topic, &[(partition, offset)]).await
-    }
-
     async fn commit_many(
         &self,
         group: &str,
@@ -765,15 +755,11 @@ impl Log for KafkaLog {
         if positions.is_empty() {
             return Ok(());
         }
-        let g = self.name(group);
+        let (g, name) = (self.name(group), self.name(topic));
         let mut tpl = TopicPartitionList::new();
         for &(partition, offset) in positions {
-            tpl.add_partition_offset(
-                &self.name(topic),
-                partition as i32,
-                Offset::Offset(offset as i64),
-            )
-            .map_err(|e| kafka_err("committing", e))?;
+            tpl.add_partition_offset(&name, partition as i32, Offset::Offset(offset as i64))
+                .map_err(|e| kafka_err("committing", e))?;
         }
         let what = format!("committing {group} at {topic} {positions:?}");
         if let Some(m) = self.member(&g) {

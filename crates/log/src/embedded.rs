@@ -600,16 +600,6 @@ impl Log for EmbeddedLog {
         Ok(PartitionOffsets { start, end })
     }
 
-    async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-    ) -> Result<(), LogError> {
-        self.commit_many(group, topic, &[(partition, offset)]).await
-    }
-
     async fn commit_many(
         &self,
         group: &str,

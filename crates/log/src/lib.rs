@@ -349,22 +349,19 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         topic: &str,
         partition: u32,
         offset: u64,
-    ) -> Result<(), LogError>;
+    ) -> Result<(), LogError> {
+        self.commit_many(group, topic, &[(partition, offset)]).await
+    }
 
-    /// Durably records positions of several partitions of one topic for a group, as one
-    /// write where the engine can (one fsync on the embedded log, one request on Kafka).
-    /// On an error some of them may have been recorded.
+    /// Durably records positions of several partitions of one topic for a group, in one
+    /// write (one fsync on the embedded log, one request on Kafka). Every partition is
+    /// checked first: a wrong one commits none.
     async fn commit_many(
         &self,
         group: &str,
         topic: &str,
         positions: &[(u32, u64)],
-    ) -> Result<(), LogError> {
-        for &(partition, offset) in positions {
-            self.commit(group, topic, partition, offset).await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), LogError>;
 
     /// The group's committed position, if any.
     async fn committed(
