@@ -634,19 +634,14 @@ impl HttpSink {
                 if let Some(fates) = sink.deliver(&batch, &stop, &mut lane).await {
                     if sink.settle_until_done(&batch, &fates, 0, &stop).await {
                         // One lock per run of one partition's items (reads come whole).
-                        let mut held: Option<(u32, std::sync::MutexGuard<'_, Tracker>)> = None;
-                        for item in &batch {
-                            let From::Partition(p) = item.from else {
+                        for run in batch.chunk_by(|a, b| a.from == b.from) {
+                            let From::Partition(p) = run[0].from else {
                                 continue;
                             };
-                            if held.as_ref().map(|(q, _)| *q) != Some(p) {
-                                drop(held.take());
-                                let t = trackers[p as usize]
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner());
-                                held = Some((p, t));
-                            }
-                            if let Some((_, t)) = held.as_mut() {
+                            let mut t = trackers[p as usize]
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner());
+                            for item in run {
                                 t.outstanding.remove(&item.offset);
                             }
                         }
