@@ -1,6 +1,14 @@
 //! Limits and policies of the embedded log. Every limit has a name and a default.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+/// Allowed `segment_bytes_max`, bytes.
+pub const SEGMENT_BYTES: RangeInclusive<u64> = 4 << 10..=1 << 30;
+/// Allowed `record_bytes_max`, bytes.
+pub const RECORD_BYTES: RangeInclusive<u64> = 64..=64 << 20;
+/// Allowed `preallocate_bytes`, bytes.
+pub const PREALLOCATE_BYTES: RangeInclusive<u64> = 0..=1 << 30;
 
 /// When appended data is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +114,11 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), String> {
         let check = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(msg.to_owned()) };
         check(
-            (4096..=1 << 30).contains(&self.segment_bytes_max),
+            SEGMENT_BYTES.contains(&self.segment_bytes_max),
             "segment_bytes_max must be 4 KiB ..= 1 GiB",
         )?;
         check(
-            (64..=64 << 20).contains(&self.record_bytes_max),
+            RECORD_BYTES.contains(&(self.record_bytes_max as u64)),
             "record_bytes_max must be 64 B ..= 64 MiB",
         )?;
         check(
@@ -130,7 +138,7 @@ impl LogConfig {
             "read limits must be at least 1",
         )?;
         check(
-            self.preallocate_bytes <= 1 << 30,
+            PREALLOCATE_BYTES.contains(&self.preallocate_bytes),
             "preallocate_bytes must be at most 1 GiB",
         )?;
         check(

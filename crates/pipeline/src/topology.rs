@@ -290,34 +290,25 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let e = &loaded.config.engine;
     if e.kind != crate::config::EngineKind::Kafka {
         // The embedded log's bounds, named by their keys (the log checks them again).
+        use hifi_log::config::{PREALLOCATE_BYTES, RECORD_BYTES, SEGMENT_BYTES};
         let sizes = [
-            (
-                "engine.segment_bytes",
-                e.segment_bytes.0,
-                4 << 10,
-                1 << 30,
-                "4KiB … 1GiB",
-            ),
+            ("engine.segment_bytes", e.segment_bytes.0, SEGMENT_BYTES),
             (
                 "engine.record_bytes_max",
                 e.record_bytes_max.0,
-                64,
-                64 << 20,
-                "64B … 64MiB",
+                RECORD_BYTES,
             ),
             (
                 "engine.preallocate_bytes",
                 e.preallocate_bytes.0,
-                0,
-                1 << 30,
-                "0 … 1GiB",
+                PREALLOCATE_BYTES,
             ),
         ];
-        for (key, value, min, max, range) in sizes {
-            if !(min..=max).contains(&value) {
-                return Err(
-                    loaded.error(key, format!("{value} bytes is out of range; use {range}"))
-                );
+        for (key, value, range) in sizes {
+            if !range.contains(&value) {
+                let (min, max) = (size_text(*range.start()), size_text(*range.end()));
+                let msg = format!("{value} bytes is out of range; use {min} … {max}");
+                return Err(loaded.error(key, msg));
             }
         }
         return Ok(());
@@ -356,6 +347,17 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// A size as written in the configuration: `"4KiB"`, `"64MiB"`, `"100B"`, `"0"`.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        0 => "0".to_owned(),
+        b if b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
 }
 
 fn check_listeners(loaded: &LoadedConfig) -> Result<(), ConfigError> {
