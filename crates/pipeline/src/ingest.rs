@@ -137,6 +137,79 @@ fn parse_items<'a, I: Input<'a>>(
     format: BodyFormat,
     opts: &ParseOptions,
 ) -> Result<Vec<ParsedEvent>, ParseError> {
+    let plain = Plain::new(opts);
+    let parsed = match format {
+        BodyFormat::Json => one_pass(body, opts, |item, v| plain_event(item, v, &plain)),
+        BodyFormat::CloudEventBatch => one_pass(body, opts, cloudevent),
+        BodyFormat::Ndjson | BodyFormat::CloudEvent => None,
+    };
+    match parsed {
+        Some(events) => events,
+        None => parse_each(body, format, &plain),
+    }
+}
+
+/// Reads a JSON array body in one pass: each element is deserialized as `T` and handed
+/// to `event` with its bytes, the array's brackets and commas are checked between them.
+/// `None` when the body is not an array of 1 to `max_events` objects that each
+/// deserialize as `T`: [`parse_each`] then finds and reports what is wrong (reading the
+/// array first and each element on its own doubled the parse's cost).
+fn one_pass<'a, I: Input<'a>, T: Deserialize<'a>>(
+    body: I,
+    opts: &ParseOptions,
+    event: impl Fn(I, T) -> Result<ParsedEvent, String>,
+) -> Option<Result<Vec<ParsedEvent>, ParseError>> {
+    let bytes = body.bytes();
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'[') {
+        return None;
+    }
+    let mut events = Vec::new();
+    let mut errors = Vec::new();
+    loop {
+        at = skip_whitespace(bytes, at + 1);
+        if bytes.get(at) != Some(&b'{') || events.len() + errors.len() == opts.max_events {
+            return None;
+        }
+        let (value, item, end) = body.element::<T>(at)?;
+        match event(item, value) {
+            Ok(e) => events.push(e),
+            Err(reason) => errors.push(EventError {
+                index: Some(events.len() + errors.len()),
+                reason,
+            }),
+        }
+        at = skip_whitespace(bytes, end);
+        match bytes.get(at) {
+            Some(b',') => continue,
+            Some(b']') if skip_whitespace(bytes, at + 1) == bytes.len() => break,
+            _ => return None,
+        }
+    }
+    Some(if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(ParseError::Invalid(errors))
+    })
+}
+
+/// The position of the first byte at or after `at` that is not JSON whitespace.
+fn skip_whitespace(bytes: &[u8], at: usize) -> usize {
+    at + bytes
+        .get(at..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count()
+}
+
+/// Reads a body's events one by one, reporting each problem with the event's index.
+fn parse_each<'a, I: Input<'a>>(
+    body: I,
+    format: BodyFormat,
+    plain: &Plain<'_>,
+) -> Result<Vec<ParsedEvent>, ParseError> {
+    let opts = plain.opts;
     let items: Vec<I> = match format {
         BodyFormat::Ndjson => body.lines(),
         BodyFormat::Json | BodyFormat::CloudEventBatch => {
@@ -164,18 +237,13 @@ fn parse_items<'a, I: Input<'a>>(
         });
     }
     let cloud = matches!(format, BodyFormat::CloudEvent | BodyFormat::CloudEventBatch);
-    let plain = Plain {
-        opts,
-        source: Text::from(opts.default_source.clone()),
-        event_type: Text::from(opts.event_type.clone()),
-    };
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let parsed = if cloud {
             parse_cloudevent(item)
         } else {
-            parse_plain(item, &plain)
+            parse_plain(item, plain)
         };
         match parsed {
             Ok(e) => events.push(e),
@@ -209,6 +277,9 @@ trait Input<'a>: Copy {
     fn text(self, s: Cow<'a, str>) -> Text;
     /// Its bytes, sharing the body's buffer.
     fn shared(self) -> Bytes;
+    /// The JSON value starting at byte `at`, deserialized, with its part and the
+    /// position just after it; `None` if it is not valid JSON of type `T`.
+    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)>;
 }
 
 /// Part of a body that is UTF-8.
@@ -265,6 +336,12 @@ impl<'a> Input<'a> for TextInput<'a> {
     fn shared(self) -> Bytes {
         self.body.as_bytes().slice_ref(self.part.as_bytes())
     }
+    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)> {
+        let rest = self.part.get(at..)?;
+        let (value, len) = first_value(serde_json::de::StrRead::new(rest))?;
+        let part = rest.get(..len)?;
+        Some((value, TextInput { part, ..self }, at + len))
+    }
 }
 
 impl<'a> Input<'a> for RawInput<'a> {
@@ -304,6 +381,20 @@ impl<'a> Input<'a> for RawInput<'a> {
     fn shared(self) -> Bytes {
         self.body.slice_ref(self.part)
     }
+    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)> {
+        let rest = self.part.get(at..)?;
+        let (value, len) = first_value(serde_json::de::SliceRead::new(rest))?;
+        let part = rest.get(..len)?;
+        Some((value, RawInput { part, ..self }, at + len))
+    }
+}
+
+/// The JSON value at the start of `read`, deserialized, and its length in bytes (what
+/// follows it is left unread).
+fn first_value<'a, R: serde_json::de::Read<'a>, T: Deserialize<'a>>(read: R) -> Option<(T, usize)> {
+    let mut values = serde_json::StreamDeserializer::new(read);
+    let value = values.next()?.ok()?;
+    Some((value, values.byte_offset()))
 }
 
 fn whole(reason: String) -> ParseError {
@@ -320,9 +411,28 @@ struct Plain<'a> {
     event_type: Text,
 }
 
+impl<'a> Plain<'a> {
+    fn new(opts: &'a ParseOptions) -> Self {
+        Plain {
+            opts,
+            source: Text::from(opts.default_source.clone()),
+            event_type: Text::from(opts.event_type.clone()),
+        }
+    }
+}
+
 fn parse_plain<'a>(item: impl Input<'a>, plain: &Plain<'_>) -> Result<ParsedEvent, String> {
+    let value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
+    plain_event(item, value, plain)
+}
+
+/// A plain JSON event from its bytes and its value.
+fn plain_event<'a>(
+    item: impl Input<'a>,
+    value: serde_json::Value,
+    plain: &Plain<'_>,
+) -> Result<ParsedEvent, String> {
     let opts = plain.opts;
-    let value: serde_json::Value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
         return Err(format!(
             "an event must be a JSON object, not {}",
@@ -411,9 +521,14 @@ fn parse_cloudevent<'a>(item: impl Input<'a>) -> Result<ParsedEvent, String> {
     if item.bytes().first() != Some(&b'{') {
         return Err("a CloudEvent must be a JSON object".into());
     }
-    let ce: CeAttributes<'a> = item
+    let ce = item
         .json()
         .map_err(|e| format!("invalid CloudEvent JSON: {e}"))?;
+    cloudevent(item, ce)
+}
+
+/// A structured CloudEvent from its bytes and its attributes.
+fn cloudevent<'a>(item: impl Input<'a>, ce: CeAttributes<'a>) -> Result<ParsedEvent, String> {
     let required = |v: Option<JsonStr<'a>>, name: &str| -> Result<Text, String> {
         match v {
             Some(JsonStr(s)) if !s.is_empty() => Ok(item.text(s)),
@@ -684,6 +799,72 @@ mod tests {
             let as_bytes = parse_items(RawInput { body: &bytes, part: &bytes }, format, &o);
             proptest::prop_assert_eq!(format!("{as_text:?}"), format!("{as_bytes:?}"));
         }
+
+        /// Reading an array in one pass gives what reading its events one by one gives.
+        #[test]
+        fn one_pass_and_event_by_event_reading_agree(
+            open in proptest::prop_oneof![
+                4 => proptest::strategy::Just("["),
+                1 => proptest::sample::select(vec![" [\n", "[[", "", "{"]),
+            ],
+            items in proptest::collection::vec(proptest::prop_oneof![
+                6 => proptest::sample::select(vec![
+                r#"{"specversion":"1.0","id":"a","source":"s","type":"t"}"#,
+                r#"{"specversion":"1.0","id":"a\"b","source":"s","type":"t","time":"2026-01-01T00:00:00Z","data":[1,{"x":"]"}]}"#,
+                r#"{"specversion":"0.3","id":"b","source":"s","type":"t"}"#,
+                r#"{"specversion":"1.0","id":7,"source":"s","type":"t"}"#,
+                r#"{"ts":1,"id":"a","n":{"m":"}"}}"#, r#"{"ts":"x"}"#, r#"{"id":[]}"#, r#" {"ts":2} "#,
+                ]),
+                1 => proptest::sample::select(vec![
+                    "{", "}", "5", "null", "\"s\"", "[]", "{\"ts\":1", "\u{e9}", "\"\\", "",
+                ]),
+            ], 0..6),
+            comma in proptest::prop_oneof![
+                4 => proptest::sample::select(vec![",", " , ", ",\n"]),
+                1 => proptest::sample::select(vec![",,", " ", ":"]),
+            ],
+            close in proptest::prop_oneof![
+                4 => proptest::sample::select(vec!["]", " ]\n"]),
+                1 => proptest::sample::select(vec!["", "],", "]]", "] x"]),
+            ],
+            format in proptest::sample::select(vec![BodyFormat::Json, BodyFormat::CloudEventBatch]),
+        ) {
+            let o = ParseOptions { max_events: 4, ..opts() };
+            let bytes = Bytes::from(format!("{open}{}{close}", items.join(comma)));
+            let text = ByteString::try_from(bytes.clone()).unwrap();
+            let one_pass = parse_body(&bytes, format, &o);
+            let each = event_by_event(TextInput { body: &text, part: &text }, format, &o);
+            proptest::prop_assert_eq!(&one_pass, &each);
+            let each = event_by_event(RawInput { body: &bytes, part: &bytes }, format, &o);
+            proptest::prop_assert_eq!(one_pass, each);
+        }
+    }
+
+    fn event_by_event<'a>(
+        body: impl Input<'a>,
+        format: BodyFormat,
+        opts: &ParseOptions,
+    ) -> Result<Vec<ParsedEvent>, ParseError> {
+        let plain = Plain::new(opts);
+        parse_each(body, format, &plain)
+    }
+
+    #[test]
+    fn an_array_read_in_one_pass_keeps_each_events_bytes_and_index() {
+        let body = " [ {\"ts\":1,\"id\":\"a\"} ,\n{\"ts\":\"x\"},{\"ts\":3} ] \n";
+        let Err(ParseError::Invalid(errs)) = parse(body.as_bytes(), BodyFormat::Json, &opts())
+        else {
+            panic!()
+        };
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].index, Some(1));
+        let body = body.replace("\"x\"", "2");
+        let events = parse(body.as_bytes(), BodyFormat::Json, &opts()).unwrap();
+        let values: Vec<&[u8]> = events.iter().map(|e| &e.value[..]).collect();
+        assert_eq!(
+            values,
+            [&br#"{"ts":1,"id":"a"}"#[..], br#"{"ts":2}"#, br#"{"ts":3}"#]
+        );
     }
 
     #[test]
