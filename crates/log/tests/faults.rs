@@ -12,10 +12,14 @@ use hifi_log::{EmbeddedLog, Log, LogConfig, LogError, Record};
 use support::*;
 
 fn open_faulty(dir: &std::path::Path, faults: &Arc<Faults>) -> EmbeddedLog {
+    open_faulty_with(dir, faults, LogConfig::default())
+}
+
+fn open_faulty_with(dir: &std::path::Path, faults: &Arc<Faults>, config: LogConfig) -> EmbeddedLog {
     let storage = Arc::new(FaultyStorage {
         faults: faults.clone(),
     });
-    EmbeddedLog::open_with_storage(dir, LogConfig::default(), storage).unwrap()
+    EmbeddedLog::open_with_storage(dir, config, storage).unwrap()
 }
 
 /// Closes the log, checks `verify` finds nothing wrong, reopens it on a healthy disk and
@@ -64,6 +68,48 @@ async fn a_failed_fsync_of_preallocated_space_fails_the_partition() {
     drop(log);
     let log = open(dir.path(), LogConfig::default()).await;
     assert_eq!(read_all(&log, "t", 0).await[0].record, record(0));
+}
+
+#[tokio::test]
+async fn a_failed_cut_of_preallocated_space_at_a_roll_fails_the_partition_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let log = open_faulty_with(dir.path(), &faults, small_segments());
+    topic(&log, "t", 1).await;
+    let stats = log.stats();
+    log.append("t", 0, vec![record(0)]).await.unwrap();
+    let mut acked = vec![record(0)];
+    eventually("space was preallocated", || {
+        hifi_log::LogStats::get(&stats.preallocated_bytes_total) > 0
+    })
+    .await;
+    // The segment fills up; the roll must cut the zeroes off before sealing it, and
+    // cannot.
+    faults.fail_set_len.store(true, Ordering::SeqCst);
+    let err = loop {
+        let n = acked.len() as u64;
+        assert!(n < 200, "a 4 KiB segment never rolled");
+        match log.append("t", 0, vec![record(n)]).await {
+            Ok(_) => acked.push(record(n)),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        err.to_string().contains("cutting preallocated space"),
+        "{err}"
+    );
+    assert!(
+        acked.len() > 5,
+        "the first segment held {} records",
+        acked.len()
+    );
+    assert_eq!(hifi_log::LogStats::get(&stats.failed_partitions), 1);
+    let err = log.append("t", 0, vec![record(999)]).await.unwrap_err();
+    assert!(err.to_string().contains("restart to recover"), "{err}");
+    // After a restart the unsealed segment is still the active one, its zeroes
+    // preallocated space: every acknowledged record is there, nothing is damaged.
+    faults.fail_set_len.store(false, Ordering::SeqCst);
+    closed_clean_with(log, dir.path(), &acked).await;
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ pub struct Faults {
     pub fsyncs: AtomicU64,
     /// Each fsync takes this many milliseconds longer (a stalling disk).
     pub fsync_delay_ms: AtomicU64,
+    /// Every change of a file's length fails with EIO while set.
+    pub fail_set_len: AtomicBool,
 }
 
 impl Faults {
@@ -125,6 +127,9 @@ impl SegmentFile for FaultyFile {
         self.inner.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.faults.fail_set_len.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected EIO on truncate"));
+        }
         self.inner.set_len(len)
     }
     fn len(&self) -> io::Result<u64> {
