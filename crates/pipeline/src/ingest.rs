@@ -338,9 +338,17 @@ impl<'a> Input<'a> for TextInput<'a> {
     }
     fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)> {
         let rest = self.part.get(at..)?;
-        let (value, len) = first_value(serde_json::de::StrRead::new(rest))?;
-        let part = rest.get(..len)?;
-        Some((value, TextInput { part, ..self }, at + len))
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter();
+        let value = values.next()?.ok()?;
+        let len = values.byte_offset();
+        Some((
+            value,
+            TextInput {
+                part: rest.get(..len)?,
+                ..self
+            },
+            at + len,
+        ))
     }
 }
 
@@ -381,20 +389,12 @@ impl<'a> Input<'a> for RawInput<'a> {
     fn shared(self) -> Bytes {
         self.body.slice_ref(self.part)
     }
-    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)> {
-        let rest = self.part.get(at..)?;
-        let (value, len) = first_value(serde_json::de::SliceRead::new(rest))?;
-        let part = rest.get(..len)?;
-        Some((value, RawInput { part, ..self }, at + len))
+    /// Always `None`: serde_json does not check that the strings it skips from bytes
+    /// are UTF-8, so a body that is not UTF-8 is read event by event (where every
+    /// element is checked whole).
+    fn element<T: Deserialize<'a>>(self, _at: usize) -> Option<(T, Self, usize)> {
+        None
     }
-}
-
-/// The JSON value at the start of `read`, deserialized, and its length in bytes (what
-/// follows it is left unread).
-fn first_value<'a, R: serde_json::de::Read<'a>, T: Deserialize<'a>>(read: R) -> Option<(T, usize)> {
-    let mut values = serde_json::StreamDeserializer::new(read);
-    let value = values.next()?.ok()?;
-    Some((value, values.byte_offset()))
 }
 
 fn whole(reason: String) -> ParseError {
@@ -766,17 +766,28 @@ mod tests {
             "{}",
             errs[0].reason
         );
-        // ... and an array holding them is refused whole, as any invalid array is.
-        let batch = b"[{\"specversion\":\"1.0\",\"id\":\"\xfe\",\"source\":\"s\",\"type\":\"t\"}]";
-        let Err(ParseError::Invalid(errs)) = parse(batch, BodyFormat::CloudEventBatch, &o) else {
-            panic!()
-        };
-        assert_eq!(errs[0].index, None);
-        assert!(
-            errs[0].reason.contains("not a valid JSON array"),
-            "{}",
-            errs[0].reason
-        );
+        // ... and an array holding them is refused whole, as any invalid array is, also
+        // where the bad bytes sit in a part that is not read (an event's data).
+        for batch in [
+            &b"[{\"specversion\":\"1.0\",\"id\":\"\xfe\",\"source\":\"s\",\"type\":\"t\"}]"[..],
+            b"[{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"s\",\"type\":\"t\",\"data\":\"\xfe\"}]",
+        ] {
+            let Err(ParseError::Invalid(errs)) = parse(batch, BodyFormat::CloudEventBatch, &o)
+            else {
+                panic!("{}", String::from_utf8_lossy(batch))
+            };
+            assert_eq!(errs[0].index, None);
+            assert!(
+                errs[0].reason.contains("not a valid JSON array"),
+                "{}",
+                errs[0].reason
+            );
+        }
+        let json = b"[{\"ts\":1,\"x\":\"\xfe\"}]";
+        assert!(matches!(
+            parse(json, BodyFormat::Json, &o),
+            Err(ParseError::Invalid(e)) if e[0].index.is_none()
+        ));
     }
 
     proptest::proptest! {
