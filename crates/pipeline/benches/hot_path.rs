@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the pipeline's per-event work: parsing an ingest request
-//! (a CloudEvents batch of 100 events of ~200 B, as `hifi loadtest` sends) and reading
+//! (a CloudEvents batch of 100 events of ~200 B, as `hifi loadtest` sends, and a plain
+//! JSON batch whose id and time are read by JSON pointer) and reading
 //! a stored event's metadata back for delivery.
 //!
 //! `cargo bench -p hifi-pipeline` (see BENCHMARKS.md).
@@ -24,6 +25,19 @@ fn batch(events: usize) -> Bytes {
     Bytes::from(format!("[{}]", items.join(",")))
 }
 
+/// A plain JSON array of `events` events of ~200 B with an id and an event time.
+fn plain_batch(events: usize) -> Bytes {
+    let pad = "x".repeat(110);
+    let items: Vec<String> = (0..events)
+        .map(|j| {
+            format!(
+                r#"{{"id":"order-19a3f2c1b0-{j}","ts":"2026-11-30T10:22:52.123Z","customer":{{"name":"Ada","tier":3}},"pad":"{pad}"}}"#
+            )
+        })
+        .collect();
+    Bytes::from(format!("[{}]", items.join(",")))
+}
+
 fn ingest(c: &mut Criterion) {
     let body = batch(100);
     let opts = ParseOptions {
@@ -38,6 +52,16 @@ fn ingest(c: &mut Criterion) {
     g.bench_function("parse a CloudEvents batch, 100 x 200 B", |b| {
         b.iter(|| parse_body(&body, BodyFormat::CloudEventBatch, &opts).unwrap())
     });
+    let plain = plain_batch(100);
+    let opts = ParseOptions {
+        event_time: Some("/ts".into()),
+        id_field: Some("/id".into()),
+        ..opts
+    };
+    g.bench_function(
+        "parse a plain JSON batch with id and time, 100 x 200 B",
+        |b| b.iter(|| parse_body(&plain, BodyFormat::Json, &opts).unwrap()),
+    );
     g.finish();
 }
 

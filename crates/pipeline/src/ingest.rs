@@ -14,8 +14,12 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use std::marker::PhantomData;
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::event::{EventFormat, Text};
 
@@ -139,8 +143,10 @@ fn parse_items<'a, I: Input<'a>>(
 ) -> Result<Vec<ParsedEvent>, ParseError> {
     let plain = Plain::new(opts);
     let parsed = match format {
-        BodyFormat::Json => one_pass(body, opts, |item, v| plain_event(item, v, &plain)),
-        BodyFormat::CloudEventBatch => one_pass(body, opts, cloudevent),
+        BodyFormat::Json => one_pass(body, opts, Pointed(&plain.pointers), |item, [id, time]| {
+            plain_event(item, id.as_ref(), time.as_ref(), &plain)
+        }),
+        BodyFormat::CloudEventBatch => one_pass(body, opts, PhantomData, cloudevent),
         BodyFormat::Ndjson | BodyFormat::CloudEvent => None,
     };
     match parsed {
@@ -149,15 +155,16 @@ fn parse_items<'a, I: Input<'a>>(
     }
 }
 
-/// Reads a JSON array body in one pass: each element is deserialized as `T` and handed
-/// to `event` with its bytes, the array's brackets and commas are checked between them.
-/// `None` when the body is not an array of 1 to `max_events` objects that each
-/// deserialize as `T`: [`parse_each`] then finds and reports what is wrong (reading the
+/// Reads a JSON array body in one pass: each element is deserialized with `seed` and
+/// handed to `event` with its bytes, the array's brackets and commas are checked between
+/// them. `None` when the body is not an array of 1 to `max_events` objects that each
+/// deserialize with `seed`: [`parse_each`] then finds and reports what is wrong (reading the
 /// array first and each element on its own doubled the parse's cost).
-fn one_pass<'a, I: Input<'a>, T: Deserialize<'a>>(
+fn one_pass<'a, I: Input<'a>, S: DeserializeSeed<'a> + Copy>(
     body: I,
     opts: &ParseOptions,
-    event: impl Fn(I, T) -> Result<ParsedEvent, String>,
+    seed: S,
+    event: impl Fn(I, S::Value) -> Result<ParsedEvent, String>,
 ) -> Option<Result<Vec<ParsedEvent>, ParseError>> {
     let bytes = body.bytes();
     let mut at = skip_whitespace(bytes, 0);
@@ -171,7 +178,7 @@ fn one_pass<'a, I: Input<'a>, T: Deserialize<'a>>(
         if bytes.get(at) != Some(&b'{') || events.len() + errors.len() == opts.max_events {
             return None;
         }
-        let (value, item, end) = body.element::<T>(at)?;
+        let (value, item, end) = body.element(at, seed)?;
         match event(item, value) {
             Ok(e) => events.push(e),
             Err(reason) => errors.push(EventError {
@@ -277,9 +284,10 @@ trait Input<'a>: Copy {
     fn text(self, s: Cow<'a, str>) -> Text;
     /// Its bytes, sharing the body's buffer.
     fn shared(self) -> Bytes;
-    /// The JSON value starting at byte `at`, deserialized, with its part and the
-    /// position just after it; `None` if it is not valid JSON of type `T`.
-    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)>;
+    /// The JSON value starting at byte `at`, deserialized with `seed`, with its part and
+    /// the position just after it; `None` if it is not valid JSON that `seed` takes.
+    fn element<S: DeserializeSeed<'a>>(self, at: usize, seed: S)
+        -> Option<(S::Value, Self, usize)>;
 }
 
 /// Part of a body that is UTF-8.
@@ -336,11 +344,16 @@ impl<'a> Input<'a> for TextInput<'a> {
     fn shared(self) -> Bytes {
         self.body.as_bytes().slice_ref(self.part.as_bytes())
     }
-    fn element<T: Deserialize<'a>>(self, at: usize) -> Option<(T, Self, usize)> {
+    fn element<S: DeserializeSeed<'a>>(
+        self,
+        at: usize,
+        seed: S,
+    ) -> Option<(S::Value, Self, usize)> {
         let rest = self.part.get(at..)?;
-        let mut values = serde_json::Deserializer::from_str(rest).into_iter();
-        let value = values.next()?.ok()?;
-        let len = values.byte_offset();
+        let mut de = serde_json::Deserializer::from_str(rest);
+        let value = seed.deserialize(&mut de).ok()?;
+        // Where the value ended: a stream starts there.
+        let len = de.into_iter::<serde::de::IgnoredAny>().byte_offset();
         Some((
             value,
             TextInput {
@@ -392,7 +405,11 @@ impl<'a> Input<'a> for RawInput<'a> {
     /// Always `None`: serde_json does not check that the strings it skips from bytes
     /// are UTF-8, so a body that is not UTF-8 is read event by event (where every
     /// element is checked whole).
-    fn element<T: Deserialize<'a>>(self, _at: usize) -> Option<(T, Self, usize)> {
+    fn element<S: DeserializeSeed<'a>>(
+        self,
+        _at: usize,
+        _seed: S,
+    ) -> Option<(S::Value, Self, usize)> {
         None
     }
 }
@@ -409,6 +426,8 @@ struct Plain<'a> {
     opts: &'a ParseOptions,
     source: Text,
     event_type: Text,
+    /// The id and event-time pointers, split into reference tokens.
+    pointers: [Option<Vec<String>>; 2],
 }
 
 impl<'a> Plain<'a> {
@@ -417,31 +436,39 @@ impl<'a> Plain<'a> {
             opts,
             source: Text::from(opts.default_source.clone()),
             event_type: Text::from(opts.event_type.clone()),
+            pointers: [
+                opts.id_field.as_deref().and_then(pointer_tokens),
+                opts.event_time.as_deref().and_then(pointer_tokens),
+            ],
         }
     }
 }
 
 fn parse_plain<'a>(item: impl Input<'a>, plain: &Plain<'_>) -> Result<ParsedEvent, String> {
-    let value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
-    plain_event(item, value, plain)
-}
-
-/// A plain JSON event from its bytes and its value.
-fn plain_event<'a>(
-    item: impl Input<'a>,
-    value: serde_json::Value,
-    plain: &Plain<'_>,
-) -> Result<ParsedEvent, String> {
-    let opts = plain.opts;
+    let value: Value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
         return Err(format!(
             "an event must be a JSON object, not {}",
             kind(&value)
         ));
     }
+    let [id, time] = [&plain.opts.id_field, &plain.opts.event_time]
+        .map(|ptr| ptr.as_deref().and_then(|p| value.pointer(p)));
+    plain_event(item, id, time, plain)
+}
+
+/// A plain JSON event (an object) from its bytes and the values at its id and event-time
+/// pointers.
+fn plain_event<'a>(
+    item: impl Input<'a>,
+    id: Option<&Value>,
+    time: Option<&Value>,
+    plain: &Plain<'_>,
+) -> Result<ParsedEvent, String> {
+    let opts = plain.opts;
     let id = match &opts.id_field {
         None => None,
-        Some(ptr) => match value.pointer(ptr) {
+        Some(ptr) => match id {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) if !s.is_empty() => Some(Text::from(s.clone())),
             Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
@@ -457,7 +484,7 @@ fn plain_event<'a>(
     };
     let time_ms = match &opts.event_time {
         None => None,
-        Some(ptr) => match value.pointer(ptr) {
+        Some(ptr) => match time {
             None | Some(serde_json::Value::Null) => {
                 return Err(format!("missing event time at {ptr}"))
             }
@@ -472,6 +499,164 @@ fn plain_event<'a>(
         format: EventFormat::Json,
         value: item.shared(),
     })
+}
+
+/// A JSON pointer's reference tokens (`~1` and `~0` unescaped), as
+/// `serde_json::Value::pointer` reads it; `None` when it points nowhere (not empty and
+/// not starting with `/`).
+fn pointer_tokens(pointer: &str) -> Option<Vec<String>> {
+    if pointer.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/')?;
+    Some(
+        rest.split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
+
+/// An array index in a JSON pointer, as `serde_json::Value::pointer` reads it.
+fn pointer_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// Where a pointer leads from `value`, by its tokens.
+fn follow<'v>(value: &'v Value, tokens: &[String]) -> Option<&'v Value> {
+    tokens.iter().try_fold(value, |v, token| match v {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => items.get(pointer_index(token)?),
+        _ => None,
+    })
+}
+
+/// Reads an event for the values at two JSON pointers (id, event time), skipping
+/// everything else while checking it is valid JSON: building a `serde_json::Value` of
+/// every event took over half of a plain JSON batch's parse. Finds what
+/// `Value::pointer` finds, a repeated key's last value included.
+#[derive(Clone, Copy)]
+struct Pointed<'p>(&'p [Option<Vec<String>>; 2]);
+
+impl<'de> DeserializeSeed<'de> for Pointed<'_> {
+    type Value = [Option<Value>; 2];
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let mut found = [None, None];
+        let mut targets = [(0, &[][..]); 2];
+        let mut n = 0;
+        for (slot, tokens) in self.0.iter().enumerate() {
+            if let Some(tokens) = tokens {
+                targets[n] = (slot, tokens.as_slice());
+                n += 1;
+            }
+        }
+        Seek {
+            targets: &targets[..n],
+            found: &mut found,
+        }
+        .deserialize(d)?;
+        Ok(found)
+    }
+}
+
+/// One value inside an event, and the pointers that lead into it: (slot in `found`, the
+/// tokens left to follow).
+struct Seek<'t, 'f> {
+    targets: &'t [(usize, &'t [String])],
+    found: &'f mut [Option<Value>; 2],
+}
+
+impl<'t> Seek<'t, '_> {
+    /// The targets going on into the member or element `is` picks, and their slots
+    /// cleared (a repeated key replaces what an earlier one held).
+    fn enter(&mut self, is: impl Fn(&str) -> bool) -> ([(usize, &'t [String]); 2], usize) {
+        let mut inner = [(0, &[][..]); 2];
+        let mut n = 0;
+        for &(slot, tokens) in self.targets {
+            if let Some((first, rest)) = tokens.split_first() {
+                if is(first) {
+                    inner[n] = (slot, rest);
+                    n += 1;
+                    self.found[slot] = None;
+                }
+            }
+        }
+        (inner, n)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.targets.iter().any(|(_, tokens)| tokens.is_empty()) {
+            // A pointer ends here: keep this value whole.
+            let value = Value::deserialize(d)?;
+            for &(slot, tokens) in self.targets {
+                self.found[slot] = follow(&value, tokens).cloned();
+            }
+            return Ok(());
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(JsonStr(key)) = map.next_key()? {
+            let (inner, n) = self.enter(|token| token == key);
+            if n == 0 {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(Seek {
+                    targets: &inner[..n],
+                    found: &mut *self.found,
+                })?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        for index in 0.. {
+            let (inner, n) = self.enter(|token| pointer_index(token) == Some(index));
+            let more = if n == 0 {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            } else {
+                seq.next_element_seed(Seek {
+                    targets: &inner[..n],
+                    found: &mut *self.found,
+                })?
+                .is_some()
+            };
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The attributes of a structured CloudEvent that hifi reads (others pass through).
@@ -848,6 +1033,64 @@ mod tests {
             proptest::prop_assert_eq!(&one_pass, &each);
             let each = event_by_event(RawInput { body: &bytes, part: &bytes }, format, &o);
             proptest::prop_assert_eq!(one_pass, each);
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            proptest::sample::select(vec!["", "a", "x\"y", "é"]).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            let keys =
+                proptest::sample::select(vec!["a", "b", "0", "1", "a/b", "m~n", "m~1n", "", "é"]);
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(keys, inner, 0..4).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    /// What `Pointed` finds in `json` at two pointers.
+    fn pointed(json: &str, pointers: [&str; 2]) -> [Option<Value>; 2] {
+        let tokens = pointers.map(pointer_tokens);
+        let mut de = serde_json::Deserializer::from_str(json);
+        Pointed(&tokens).deserialize(&mut de).unwrap()
+    }
+
+    proptest::proptest! {
+        /// The pointer reader finds what `serde_json::Value::pointer` finds.
+        #[test]
+        fn pointers_are_read_as_serde_json_reads_them(
+            doc in json_value(),
+            pointers in proptest::array::uniform2(proptest::sample::select(vec![
+                "", "/", "/a", "/b", "/a/b", "/a/0", "/0", "/1", "/1/a", "/0/0/a", "/a~1b",
+                "/m~0n", "/m~01n", "/a/", "a", "/b/1/a", "/00", "/+1", "/é", "/a/b/0",
+            ])),
+        ) {
+            let json = doc.to_string();
+            let expected = pointers.map(|p| doc.pointer(p).cloned());
+            proptest::prop_assert_eq!(pointed(&json, pointers), expected);
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_counts_with_its_last_value_as_in_serde_json() {
+        for json in [
+            r#"{"a":{"b":1},"a":{"c":2}}"#,
+            r#"{"a":1,"a":{"b":[5,{"c":2}]}}"#,
+            r#"{"a":{"b":1},"x":[],"a":{"b":2}}"#,
+        ] {
+            let doc: Value = serde_json::from_str(json).unwrap();
+            for pointers in [["/a/b", "/a"], ["/a/b", "/x"], ["/a/b/1/c", "/x"]] {
+                let expected = pointers.map(|p| doc.pointer(p).cloned());
+                assert_eq!(pointed(json, pointers), expected, "{json} {pointers:?}");
+            }
         }
     }
 
