@@ -61,6 +61,14 @@ async fn bad_requests_get_their_status_and_reason_and_write_nothing() {
         "[{{\"id\":\"bad-bomb\",\"ts\":1,\"pad\":\"{}\"}}]",
         "0".repeat(2 << 20)
     );
+    // Nesting far past serde_json's recursion limit (128) along the event-time pointer:
+    // refused, never a stack overflow. (Nesting where hifi does not read is skipped
+    // without recursion and kept byte for byte: see the accepted case below.)
+    let deep_time = format!(
+        "[{{\"id\":\"bad-deep-ts\",\"ts\":{}1{}}}]",
+        "{\"a\":".repeat(5_000),
+        "}".repeat(5_000)
+    );
     let many: Vec<_> = (0..51)
         .map(|i| serde_json::json!({"id": format!("bad-many-{i}"), "ts": 1}))
         .collect();
@@ -115,6 +123,13 @@ async fn bad_requests_get_their_status_and_reason_and_write_nothing() {
             "`source`",
         ),
         case("empty body", json, b"", 400, "not"),
+        case(
+            "deep nesting at the time pointer",
+            json,
+            deep_time.as_bytes(),
+            400,
+            "recursion limit",
+        ),
         case(
             "oversized body",
             json,

@@ -278,8 +278,12 @@ trait Input<'a>: Copy {
     fn lines(self) -> Vec<Self>;
     /// The elements of a JSON array.
     fn array(self) -> serde_json::Result<Vec<Self>>;
-    /// Deserialized (strings borrowed where they have no escapes).
-    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T>;
+    /// Deserialized with `seed` (strings borrowed where they have no escapes).
+    fn json_with<S: DeserializeSeed<'a>>(self, seed: S) -> serde_json::Result<S::Value>;
+    /// Deserialized as `T`.
+    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T> {
+        self.json_with(PhantomData)
+    }
     /// A string read from it by serde, as text sharing the body's buffer when borrowed.
     fn text(self, s: Cow<'a, str>) -> Text;
     /// Its bytes, sharing the body's buffer.
@@ -332,8 +336,8 @@ impl<'a> Input<'a> for TextInput<'a> {
             })
             .collect())
     }
-    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T> {
-        serde_json::from_str(self.part)
+    fn json_with<S: DeserializeSeed<'a>>(self, seed: S) -> serde_json::Result<S::Value> {
+        json_in(self.part, seed)
     }
     fn text(self, s: Cow<'a, str>) -> Text {
         match s {
@@ -393,8 +397,13 @@ impl<'a> Input<'a> for RawInput<'a> {
             })
             .collect())
     }
-    fn json<T: Deserialize<'a>>(self) -> serde_json::Result<T> {
-        serde_json::from_slice(self.part)
+    /// Checks the part is UTF-8 first: serde_json does not check the strings it skips
+    /// in bytes, and a skipped string with bytes that are not UTF-8 is not JSON.
+    fn json_with<S: DeserializeSeed<'a>>(self, seed: S) -> serde_json::Result<S::Value> {
+        let text = std::str::from_utf8(self.part).map_err(|e| {
+            serde::de::Error::custom(format_args!("not UTF-8 after byte {}", e.valid_up_to()))
+        })?;
+        json_in(text, seed)
     }
     fn text(self, s: Cow<'a, str>) -> Text {
         Text::of(self.body, s)
@@ -412,6 +421,14 @@ impl<'a> Input<'a> for RawInput<'a> {
     ) -> Option<(S::Value, Self, usize)> {
         None
     }
+}
+
+/// `text`, one JSON value, deserialized with `seed`.
+fn json_in<'a, S: DeserializeSeed<'a>>(text: &'a str, seed: S) -> serde_json::Result<S::Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
 fn whole(reason: String) -> ParseError {
@@ -445,16 +462,17 @@ impl<'a> Plain<'a> {
 }
 
 fn parse_plain<'a>(item: impl Input<'a>, plain: &Plain<'_>) -> Result<ParsedEvent, String> {
-    let value: Value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
-    if !value.is_object() {
+    if item.bytes().first() != Some(&b'{') {
+        let value: Value = item.json().map_err(|e| format!("invalid JSON: {e}"))?;
         return Err(format!(
             "an event must be a JSON object, not {}",
             kind(&value)
         ));
     }
-    let [id, time] = [&plain.opts.id_field, &plain.opts.event_time]
-        .map(|ptr| ptr.as_deref().and_then(|p| value.pointer(p)));
-    plain_event(item, id, time, plain)
+    let [id, time] = item
+        .json_with(Pointed(&plain.pointers))
+        .map_err(|e| format!("invalid JSON: {e}"))?;
+    plain_event(item, id.as_ref(), time.as_ref(), plain)
 }
 
 /// A plain JSON event (an object) from its bytes and the values at its id and event-time
@@ -1119,6 +1137,44 @@ mod tests {
             values,
             [&br#"{"ts":1,"id":"a"}"#[..], br#"{"ts":2}"#, br#"{"ts":3}"#]
         );
+    }
+
+    #[test]
+    fn nesting_is_refused_only_where_it_is_read_and_alike_in_every_format() {
+        let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let unread = format!(r#"{{"id":"a","ts":1,"x":{}}}"#, nest(20_000));
+        let at_time = format!(r#"{{"id":"a","ts":{}}}"#, nest(200));
+        for (event, accepted) in [(&unread, true), (&at_time, false)] {
+            for (body, format) in [
+                (format!("[{event}]"), BodyFormat::Json),
+                (event.clone(), BodyFormat::Json),
+                (format!("{event}\n"), BodyFormat::Ndjson),
+            ] {
+                let got = parse(body.as_bytes(), format, &opts());
+                match got {
+                    Ok(events) if accepted => assert_eq!(&events[0].value[..], event.as_bytes()),
+                    Err(ParseError::Invalid(errs)) if !accepted => {
+                        assert!(errs[0].reason.contains("recursion limit"), "{errs:?}")
+                    }
+                    other => panic!("{format:?} {accepted}: {other:?}"),
+                }
+            }
+        }
+        // Bytes that are not UTF-8 where nothing is read are refused in every format too.
+        let o = opts();
+        for (body, format) in [
+            (&b"{\"id\":\"a\",\"ts\":1,\"x\":\"\xff\"}\n"[..], BodyFormat::Ndjson),
+            (b"{\"id\":\"a\",\"ts\":1,\"x\":\"\xff\"}", BodyFormat::Json),
+            (
+                b"{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"s\",\"type\":\"t\",\"data\":\"\xff\"}",
+                BodyFormat::CloudEvent,
+            ),
+        ] {
+            let Err(ParseError::Invalid(errs)) = parse(body, format, &o) else {
+                panic!("{format:?} accepted {}", String::from_utf8_lossy(body))
+            };
+            assert!(errs[0].reason.contains("not UTF-8"), "{errs:?}");
+        }
     }
 
     #[test]
