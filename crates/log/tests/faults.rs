@@ -113,6 +113,59 @@ async fn a_failed_cut_of_preallocated_space_at_a_roll_fails_the_partition_and_lo
 }
 
 #[tokio::test]
+async fn without_an_fsync_per_append_the_disk_is_started_writing_every_mebibyte() {
+    use hifi_log::FsyncPolicy;
+    let hour = std::time::Duration::from_secs(3600);
+    for fsync in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval(hour),
+        FsyncPolicy::Always,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new();
+        let config = LogConfig {
+            fsync,
+            segment_bytes_max: 4 << 20,
+            ..LogConfig::default()
+        };
+        let log = open_faulty_with(dir.path(), &faults, config);
+        topic(&log, "t", 1).await;
+        // 10 MiB in appends of 8 × 64 KiB: two rolls.
+        let mut acked = Vec::new();
+        for n in 0..160 {
+            acked.push(Record::new(vec![b'a' + (n % 26) as u8; 64 << 10], n as i64));
+            if acked.len() % 8 == 0 {
+                let batch = acked[acked.len() - 8..].to_vec();
+                log.append("t", 0, batch).await.unwrap();
+            }
+        }
+        let hints = faults.writebacks.lock().unwrap().clone();
+        if fsync == FsyncPolicy::Always {
+            assert!(hints.is_empty(), "every append is synced: {hints:?}");
+        } else {
+            // Each stretch starts where the last ended, or at the start of the next
+            // segment; at least 1 MiB, at most 1 MiB and one append more.
+            assert!(hints.len() >= 6, "{fsync:?}: {hints:?}");
+            let segment_start = hints[0].0;
+            for pair in hints.windows(2) {
+                let ((from, len), (next, _)) = (pair[0], pair[1]);
+                assert!(
+                    next == from + len || next == segment_start,
+                    "{fsync:?}: {hints:?}"
+                );
+            }
+            for &(_, len) in &hints {
+                assert!(
+                    (1 << 20..(1 << 20) + (600 << 10)).contains(&len),
+                    "{hints:?}"
+                );
+            }
+        }
+        closed_clean_with(log, dir.path(), &acked).await;
+    }
+}
+
+#[tokio::test]
 async fn a_disk_too_full_to_preallocate_still_takes_appends() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hifi_log::storage::{DiskStorage, SegmentFile, Storage};
@@ -68,6 +68,8 @@ pub struct Faults {
     pub fsync_delay_ms: AtomicU64,
     /// Every change of a file's length fails with EIO while set.
     pub fail_set_len: AtomicBool,
+    /// Every `start_writeback(pos, len)` asked for, in order.
+    pub writebacks: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Faults {
@@ -134,6 +136,10 @@ impl SegmentFile for FaultyFile {
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+    fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
+        self.faults.writebacks.lock().unwrap().push((pos, len));
+        self.inner.start_writeback(pos, len)
     }
 }
 
