@@ -1,4 +1,5 @@
 //! The `hifi` command: parses arguments and calls the crates that do the work.
+#![forbid(unsafe_code)]
 
 mod chaos;
 mod demo;

@@ -21,6 +21,7 @@
 //!
 //! No transactions: the pipeline is at-least-once (committed positions that only ever
 //! cover finished work) and removes duplicates by event id.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,6 +24,7 @@
 //! # Lag
 //! See [`lag`]: per node HDR histograms of lag-in, lag-out and process duration,
 //! cumulative and per 10-second window. E2E lag is lag-out at the sinks.
+#![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod lag;

@@ -852,9 +852,9 @@ const SLOW_FSYNC: Duration = Duration::from_millis(100);
 /// every this many bytes, so that little is left dirty when a sync must wait for it.
 const WRITEBACK_BYTES: u64 = 1 << 20;
 
-/// The page size writeback stretches are aligned to (4 KiB on the systems we run on;
-/// a larger real page size only means a partly filled page is written twice).
-const PAGE_BYTES: u64 = 4096;
+/// Writeback stretches end at a multiple of this: a multiple of every page size Linux
+/// uses (4, 16 and 64 KiB), so the page the next append fills is never among them.
+const WRITEBACK_ALIGN: u64 = 64 << 10;
 
 /// One append request inside a group commit.
 struct Pending {
@@ -1162,14 +1162,15 @@ impl Writer {
     }
 
     /// Starts the disk writing the data up to `end` once a [`WRITEBACK_BYTES`] stretch
-    /// of it is dirty, without waiting. Otherwise a whole segment (128 MiB by default)
-    /// stays dirty until the fsync that seals it, and that fsync held the partition's
-    /// appends for 5 s on a disk writing 100 MB/s (see BENCHMARKS.md). Only a hint:
-    /// durability still comes from the fsyncs alone. The stretch ends at a page
-    /// boundary: a page being written out must not be the one the next append fills
-    /// (the append could wait for that write).
+    /// of it is dirty, without waiting for it to finish. Otherwise a whole segment (128
+    /// MiB by default) stays dirty until the fsync that seals it, and that fsync holds
+    /// the partition's appends while it writes: ~1.3 s per segment on a disk writing
+    /// 100 MB/s, 5 s when four partitions rolled together (see BENCHMARKS.md). Only a
+    /// hint (Linux only; nothing elsewhere): durability still comes from the fsyncs
+    /// alone. The stretch ends on a page boundary ([`WRITEBACK_ALIGN`]): a page being
+    /// written out must not be the one the next append fills (it could wait for it).
     fn start_writeback(&mut self, end: u64) {
-        let end = end & !(PAGE_BYTES - 1);
+        let end = end & !(WRITEBACK_ALIGN - 1);
         if end < self.writeback_from + WRITEBACK_BYTES {
             return;
         }

@@ -143,22 +143,27 @@ async fn without_an_fsync_per_append_the_disk_is_started_writing_every_mebibyte(
         if fsync == FsyncPolicy::Always {
             assert!(hints.is_empty(), "every append is synced: {hints:?}");
         } else {
-            // Each stretch starts where the last ended, or at the start of the next
-            // segment; at least 1 MiB, at most 1 MiB and one append more.
-            assert!(hints.len() >= 6, "{fsync:?}: {hints:?}");
-            let segment_start = hints[0].0;
+            // In each of the three segments, the stretches start at its first record
+            // and each starts where the last ended; at least 1 MiB, at most 1 MiB and
+            // one append more; all inside the file.
+            let files: std::collections::BTreeSet<_> = hints.iter().map(|h| &h.0).collect();
+            assert_eq!(files.len(), 3, "{fsync:?}: {hints:?}");
+            let segment_start = hints[0].1;
             for pair in hints.windows(2) {
-                let ((from, len), (next, _)) = (pair[0], pair[1]);
-                assert!(
-                    next == from + len || next == segment_start,
-                    "{fsync:?}: {hints:?}"
-                );
+                let ((file, from, len, _), (next_file, next, _, _)) = (&pair[0], &pair[1]);
+                let expected = if next_file == file {
+                    from + len
+                } else {
+                    segment_start
+                };
+                assert_eq!(*next, expected, "{fsync:?}: {hints:?}");
             }
-            for &(_, len) in &hints {
+            for (_, from, len, file_len) in &hints {
                 assert!(
-                    (1 << 20..(1 << 20) + (600 << 10)).contains(&len),
+                    (1 << 20..(1 << 20) + (600 << 10)).contains(len),
                     "{hints:?}"
                 );
+                assert!(from + len <= *file_len, "{hints:?}");
             }
         }
         closed_clean_with(log, dir.path(), &acked).await;

@@ -4,6 +4,7 @@
 //!
 //! Every link is at-least-once: a node commits its input position only after its output
 //! is durable (a stage's append, a sink's 2xx).
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod delivery;

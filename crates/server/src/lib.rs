@@ -1,6 +1,7 @@
 //! hifi's HTTP serving: the ingest API of each HTTP source, the admin API (metrics, lag,
 //! loss, traces, the dashboard), and the test receiver. Handlers turn every failure into
 //! a status code and a JSON body; none drops a connection without an answer.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod dashboard;

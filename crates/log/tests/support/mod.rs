@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,8 +68,9 @@ pub struct Faults {
     pub fsync_delay_ms: AtomicU64,
     /// Every change of a file's length fails with EIO while set.
     pub fail_set_len: AtomicBool,
-    /// Every `start_writeback(pos, len)` asked for, in order.
-    pub writebacks: Mutex<Vec<(u64, u64)>>,
+    /// Every `start_writeback` asked for, in order: file, position, length, and the
+    /// file's length at the time.
+    pub writebacks: Mutex<Vec<(PathBuf, u64, u64, u64)>>,
 }
 
 impl Faults {
@@ -91,6 +92,7 @@ pub struct FaultyStorage {
 struct FaultyFile {
     inner: Arc<dyn SegmentFile>,
     faults: Arc<Faults>,
+    path: PathBuf,
 }
 
 impl SegmentFile for FaultyFile {
@@ -138,29 +140,32 @@ impl SegmentFile for FaultyFile {
         self.inner.len()
     }
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
-        self.faults.writebacks.lock().unwrap().push((pos, len));
+        let file_len = self.inner.len()?;
+        let at = (self.path.clone(), pos, len, file_len);
+        self.faults.writebacks.lock().unwrap().push(at);
         self.inner.start_writeback(pos, len)
     }
 }
 
 impl FaultyStorage {
-    fn wrap(&self, f: Arc<dyn SegmentFile>) -> Arc<dyn SegmentFile> {
+    fn wrap(&self, f: Arc<dyn SegmentFile>, path: &Path) -> Arc<dyn SegmentFile> {
         Arc::new(FaultyFile {
             inner: f,
             faults: self.faults.clone(),
+            path: path.to_owned(),
         })
     }
 }
 
 impl Storage for FaultyStorage {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        Ok(self.wrap(DiskStorage.open(path)?))
+        Ok(self.wrap(DiskStorage.open(path)?, path))
     }
     fn open_read_only(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        Ok(self.wrap(DiskStorage.open_read_only(path)?))
+        Ok(self.wrap(DiskStorage.open_read_only(path)?, path))
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
-        Ok(self.wrap(DiskStorage.create_new(path)?))
+        Ok(self.wrap(DiskStorage.create_new(path)?, path))
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         DiskStorage.sync_dir(path)
