@@ -171,6 +171,34 @@ async fn without_an_fsync_per_append_the_disk_is_started_writing_every_mebibyte(
 }
 
 #[tokio::test]
+async fn a_failed_writeback_hint_changes_nothing_for_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    faults.fail_writeback.store(true, Ordering::SeqCst);
+    let config = LogConfig {
+        fsync: hifi_log::FsyncPolicy::Never,
+        segment_bytes_max: 4 << 20,
+        ..LogConfig::default()
+    };
+    let log = open_faulty_with(dir.path(), &faults, config);
+    topic(&log, "t", 1).await;
+    let batch: Vec<Record> = (0..8u8)
+        .map(|n| Record::new(vec![b'a' + n; 64 << 10], i64::from(n)))
+        .collect();
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        log.append("t", 0, batch.clone()).await.unwrap();
+        acked.extend(batch.iter().cloned());
+    }
+    assert!(
+        faults.writebacks.lock().unwrap().len() >= 6,
+        "hints were tried"
+    );
+    assert_eq!(hifi_log::LogStats::get(&log.stats().failed_partitions), 0);
+    closed_clean_with(log, dir.path(), &acked).await;
+}
+
+#[tokio::test]
 async fn a_disk_too_full_to_preallocate_still_takes_appends() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();

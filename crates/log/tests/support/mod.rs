@@ -71,6 +71,8 @@ pub struct Faults {
     /// Every `start_writeback` asked for, in order: file, position, length, and the
     /// file's length at the time.
     pub writebacks: Mutex<Vec<(PathBuf, u64, u64, u64)>>,
+    /// Every `start_writeback` fails with EIO (after being recorded) while set.
+    pub fail_writeback: AtomicBool,
 }
 
 impl Faults {
@@ -143,6 +145,9 @@ impl SegmentFile for FaultyFile {
         let file_len = self.inner.len()?;
         let at = (self.path.clone(), pos, len, file_len);
         self.faults.writebacks.lock().unwrap().push(at);
+        if self.faults.fail_writeback.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected EIO on writeback"));
+        }
         self.inner.start_writeback(pos, len)
     }
 }
