@@ -16,6 +16,9 @@ pub struct Admin {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Bearer token of `[admin.auth]`, for commands that change state (re-drive).
+    #[arg(long, env = "HIFI_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 async fn get(admin: &Admin, path: &str) -> Result<Value> {
@@ -25,11 +28,11 @@ async fn get(admin: &Admin, path: &str) -> Result<Value> {
 
 async fn post(admin: &Admin, path: &str, body: &Value) -> Result<Value> {
     let url = format!("http://{}{path}", admin.admin);
-    answer(
-        &url,
-        reqwest::Client::new().post(&url).json(body).send().await,
-    )
-    .await
+    let mut req = reqwest::Client::new().post(&url).json(body);
+    if let Some(t) = &admin.token {
+        req = req.bearer_auth(t);
+    }
+    answer(&url, req.send().await).await
 }
 
 /// The JSON of an admin API answer, or an error saying what went wrong.

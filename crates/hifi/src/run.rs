@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,8 @@ use anyhow::{Context, Result};
 use hifi_pipeline::config::LoadedConfig;
 use hifi_pipeline::runtime::{open_engine, Engine, NodeFilter, Pipeline};
 use hifi_pipeline::topology::Topology;
-use hifi_server::ingest::{read_tokens_file, IngestState};
+use hifi_server::auth::Tokens;
+use hifi_server::ingest::IngestState;
 use hifi_server::receiver::bind;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub fn load(file: &Path) -> Result<(LoadedConfig, Topology), String> {
     let loaded = LoadedConfig::load(file).map_err(|e| e.to_string())?;
     let topology = Topology::build(&loaded).map_err(|e| e.to_string())?;
+    check_tokens(&loaded).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((loaded, topology))
 }
 
@@ -49,6 +50,23 @@ pub fn validate(file: &Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Every token set of the file loads (`validate` and `run` say the same).
+fn check_tokens(loaded: &LoadedConfig) -> Result<(), String> {
+    for (name, s) in &loaded.config.sources {
+        Tokens::load(s.auth.as_ref(), loaded, &format!("sources.{name}.auth"))?;
+    }
+    Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")?;
+    Ok(())
+}
+
+/// Logs a warning for a listener reachable beyond loopback without tokens.
+fn warn_if_open(addr: SocketAddr, has_tokens: bool, what: &str) {
+    if !addr.ip().is_loopback() && !has_tokens {
+        tracing::warn!(%addr, listener = what,
+            "listening beyond loopback without authentication: anyone who can reach it can use it (configure auth tokens)");
     }
 }
 
@@ -117,29 +135,22 @@ pub async fn start(
         opts.instance.as_deref(),
     )
     .await?;
-    let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let mut servers = JoinSet::new();
     let mut source_addrs = Vec::new();
     for (source, cfg) in &pipeline.sources {
-        let from_file = match cfg.auth.as_ref().and_then(|a| a.tokens_file.as_ref()) {
-            Some(p) => {
-                let path = loaded.resolve(p);
-                read_tokens_file(&path).with_context(|| {
-                    format!(
-                        "sources.{}.auth.tokens_file: cannot read {}",
-                        source.name,
-                        path.display()
-                    )
-                })?
-            }
-            None => Vec::new(),
-        };
+        let key = format!("sources.{}.auth", source.name);
+        let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key).map_err(anyhow::Error::msg)?;
+        warn_if_open(
+            cfg.listen,
+            tokens.is_some(),
+            &format!("sources.{}", source.name),
+        );
         let state = Arc::new(IngestState::new(
             source.clone(),
             cfg,
-            from_file,
-            ready.clone(),
+            tokens,
+            pipeline.health.clone(),
         ));
         let listener = bind(cfg.listen, &format!("sources.{}", source.name)).await?;
         source_addrs.push((source.name.clone(), listener.local_addr()?));
@@ -147,14 +158,18 @@ pub async fn start(
         let app = hifi_server::ingest::router(state);
         servers.spawn(hifi_server::serve(listener, app, stop));
     }
+    let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
+        .map_err(anyhow::Error::msg)?;
     let listener = bind(opts.admin.unwrap_or(loaded.config.admin.listen), "admin").await?;
     let admin_addr = listener.local_addr()?;
+    warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
     let stop = http_stop.clone();
-    let admin_state =
-        hifi_server::admin::AdminState::new(&pipeline, engine.embedded(), ready.clone());
+    let mut admin_state = hifi_server::admin::AdminState::new(&pipeline, engine.embedded());
+    admin_state.tokens = admin_tokens;
+    admin_state.loopback = admin_addr.ip().is_loopback();
     let app = hifi_server::admin::router(admin_state);
     servers.spawn(hifi_server::serve(listener, app, stop));
-    ready.store(true, Ordering::Release);
+    pipeline.health.set_started();
     Ok(Running {
         pipeline,
         engine,
@@ -244,11 +259,22 @@ pub async fn run(
         "hifi is running ({}); stop with Ctrl-C or SIGTERM",
         running.engine.describe(&loaded)
     );
-    let sig = signal().await;
-    println!(
-        "{sig} received: draining (at most {} s)...",
-        drain.as_secs()
-    );
+    let health = running.pipeline.health.clone();
+    tokio::select! {
+        sig = signal() => {
+            println!(
+                "{sig} received: draining (at most {} s)...",
+                drain.as_secs()
+            );
+        }
+        () = health.failed() => {
+            // Ingest must not acknowledge events that a dead node would never move.
+            let why = health.failure().unwrap_or_default();
+            eprintln!("error: {why}; stopping (fix the cause and start again)");
+            running.stop().await;
+            return Ok(ExitCode::from(3));
+        }
+    }
     running.stop().await;
     println!("stopped cleanly");
     Ok(ExitCode::SUCCESS)

@@ -957,9 +957,9 @@ impl NodeLedger {
             .unwrap_or_else(|p| p.into_inner());
         let before = rec.skewed_events;
         rec.record_batch(
-            events
-                .into_iter()
-                .map(|(event_time_ms, arrival_us)| (event_time_ms * 1000, arrival_us)),
+            events.into_iter().map(|(event_time_ms, arrival_us)| {
+                (event_time_ms.saturating_mul(1000), arrival_us)
+            }),
             departure_us,
         );
         let skewed = rec.skewed_events - before;

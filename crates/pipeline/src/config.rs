@@ -159,12 +159,16 @@ pub struct AdminConfig {
     /// Address of the admin API. Default `127.0.0.1:8081`.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Bearer tokens for the routes that change state (re-drive); absent = none. Beyond
+    /// loopback those routes are refused unless tokens are configured.
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            auth: None,
         }
     }
 }
@@ -222,7 +226,7 @@ pub struct SourceConfig {
     /// again but not stored again (also across restarts). Default `"10m"`.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: Dur,
-    /// Most ids remembered for de-duplication (memory bound; ~64 bytes each); past it
+    /// Most ids remembered for de-duplication (memory bound; ~26 bytes each); past it
     /// the oldest are forgotten early. Default 1 000 000.
     #[serde(default = "default_dedup_max")]
     pub dedup_max_ids: usize,
@@ -232,6 +236,49 @@ pub struct SourceConfig {
     pub max_inflight_bytes: Size,
     /// Bearer-token authentication; absent = no authentication.
     pub auth: Option<AuthConfig>,
+    /// Event times accepted, relative to the ingest time. Default 7 days in the past,
+    /// 5 minutes in the future, others refused (400).
+    #[serde(default)]
+    pub event_time_window: EventTimeWindow,
+}
+
+/// `[sources.NAME.event_time_window]`: a producer's event times decide which loss buckets
+/// the ledger opens, so they are bounded.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeWindow {
+    /// How far before the ingest time an event time may be. Default `"7d"`.
+    #[serde(default = "default_time_past")]
+    pub past: Dur,
+    /// How far after the ingest time an event time may be. Default `"5m"`.
+    #[serde(default = "default_time_future")]
+    pub future: Dur,
+    /// What happens to an event outside: `"reject"` (default: 400 with the reason,
+    /// nothing of the request written) or `"clamp"` (its event time is set to the nearest
+    /// bound and counted in `hifi_source_clamped_event_times_total`; the value is kept).
+    #[serde(default)]
+    pub outside: OutsideWindow,
+}
+
+impl Default for EventTimeWindow {
+    fn default() -> Self {
+        EventTimeWindow {
+            past: default_time_past(),
+            future: default_time_future(),
+            outside: OutsideWindow::default(),
+        }
+    }
+}
+
+/// What happens to an event time outside [`EventTimeWindow`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutsideWindow {
+    /// 400 with the reason; nothing of the request is written.
+    #[default]
+    Reject,
+    /// The event time is set to the nearest bound (and counted).
+    Clamp,
 }
 
 /// `[sources.NAME.auth]`: accepted bearer tokens (inline, from a file, or both).
@@ -259,8 +306,11 @@ pub struct StageConfig {
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
-    /// **Test only**: silently drop events whose id matches this regex, recording no
-    /// outcome (simulates a bug, so tests can prove the ledger finds the loss).
+    /// Test builds only (cargo feature `test-hooks`, never in a release build): silently
+    /// drop events whose id matches this regex, recording no outcome — a simulated bug,
+    /// so tests can prove the ledger finds the loss. Without the feature the key is
+    /// unknown and refused like any other.
+    #[cfg(feature = "test-hooks")]
     pub test_drop_ids_matching: Option<String>,
 }
 
@@ -558,6 +608,12 @@ fn default_max_events() -> usize {
 fn default_event_type() -> String {
     "hifi.event".into()
 }
+fn default_time_past() -> Dur {
+    Dur(Duration::from_secs(7 * 24 * 3600))
+}
+fn default_time_future() -> Dur {
+    Dur(Duration::from_secs(300))
+}
 fn default_dedup_window() -> Dur {
     Dur(Duration::from_secs(600))
 }
@@ -694,4 +750,20 @@ fn line_of(text: &str, pos: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// A product build (without the `test-hooks` feature) knows no test-only key. Runs with
+/// `cargo test -p hifi-pipeline`; `cargo test --workspace` turns the feature on for the
+/// binary's integration tests, and skips this.
+#[cfg(all(test, not(feature = "test-hooks")))]
+mod product_build {
+    #[test]
+    fn the_test_only_drop_hook_is_an_unknown_key() {
+        let text = "[stages.s]\ninput = \"a\"\noutput = \"b\"\ntest_drop_ids_matching = \".*\"\n";
+        let e = super::LoadedConfig::parse(std::path::Path::new("p.toml"), text.into())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("unknown field `test_drop_ids_matching`"), "{e}");
+    }
 }

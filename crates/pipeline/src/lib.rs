@@ -7,8 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dedup;
 pub mod delivery;
 pub mod event;
+pub mod event_window;
+pub mod health;
 pub mod ingest;
 pub mod owned;
 pub mod retry;

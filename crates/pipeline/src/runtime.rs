@@ -9,10 +9,12 @@ use std::time::Duration;
 use hifi_kafka::{KafkaConfig, KafkaLog};
 use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
 use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{EngineKind, FsyncMode, LoadedConfig, SourceConfig};
+use crate::health::Health;
 use crate::sink::HttpSink;
 use crate::source::HttpSource;
 use crate::stage::sleep_or_cancel;
@@ -213,6 +215,8 @@ pub struct Pipeline {
     pub sinks: Vec<Arc<HttpSink>>,
     /// The fidelity ledger.
     pub ledger: Arc<Ledger>,
+    /// Whether every node runs (for `/readyz` and `hifi run`).
+    pub health: Arc<Health>,
     /// Cancels stages and sinks.
     shutdown: CancellationToken,
     /// Stage and sink tasks.
@@ -240,6 +244,7 @@ impl Pipeline {
         let cfg = &loaded.config;
         let ledger = open_ledger(loaded, log.clone()).await?;
         let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
         let mut tasks = tokio::task::JoinSet::new();
         let mut sources = Vec::new();
         for (name, s) in cfg.sources.iter().filter(|(n, _)| only.runs("sources", n)) {
@@ -287,7 +292,14 @@ impl Pipeline {
                 loop {
                     let table = tokio::select! {
                         _ = token.cancelled() => return,
-                        t = alarms.recv() => match t { Ok(t) => t, Err(_) => continue },
+                        t = alarms.recv() => match t {
+                            Ok(t) => t,
+                            Err(RecvError::Lagged(n)) => {
+                                warn!(%url, skipped = n, "loss alarms came faster than the webhook took them; some were not sent");
+                                continue;
+                            }
+                            Err(RecvError::Closed) => return,
+                        },
                     };
                     let sent = client
                         .post(&url)
@@ -316,6 +328,7 @@ impl Pipeline {
                 log: log.clone(),
                 stats: Default::default(),
                 ledger: ledger.node(name),
+                #[cfg(feature = "test-hooks")]
                 test_drop_ids: match &s.test_drop_ids_matching {
                     Some(re) => Some(regex::Regex::new(re).map_err(|e| {
                         StartError::Config(format!("stages.{name}.test_drop_ids_matching: {e}"))
@@ -323,10 +336,10 @@ impl Pipeline {
                     None => None,
                 },
             });
-            let (st, token) = (stage.clone(), shutdown.clone());
+            let (st, token, health) = (stage.clone(), shutdown.clone(), health.clone());
             tasks.spawn(async move {
                 if let Err(e) = st.clone().run(token).await {
-                    error!(stage = %st.name, %e, "stage stopped");
+                    health.fail(&format!("stages.{}", st.name), &e.to_string());
                 }
             });
             stages.push(stage);
@@ -337,10 +350,13 @@ impl Pipeline {
                 HttpSink::new(name, s, log.clone(), ledger.node(name))
                     .map_err(|e| StartError::Config(format!("sinks.{name}: {e}")))?,
             );
-            let (sk, token) = (sink.clone(), shutdown.clone());
+            sink.prepare().await.map_err(|e| {
+                StartError::Config(format!("sinks.{name}: cannot create its topics: {e}"))
+            })?;
+            let (sk, token, health) = (sink.clone(), shutdown.clone(), health.clone());
             tasks.spawn(async move {
                 if let Err(e) = sk.clone().run(token, drain).await {
-                    error!(sink = %sk.name, %e, "sink stopped");
+                    health.fail(&format!("sinks.{}", sk.name), &e.to_string());
                 }
             });
             sinks.push(sink);
@@ -352,6 +368,7 @@ impl Pipeline {
             stages,
             sinks,
             ledger,
+            health,
             shutdown,
             tasks,
         })

@@ -304,16 +304,21 @@ impl HttpSink {
         self.cfg.retry.global.schedule.len()
     }
 
+    /// Creates the sink's retry, dead-letter and re-drive topics (before it runs, so that
+    /// its admin routes work from the start).
+    pub async fn prepare(&self) -> Result<(), LogError> {
+        let g = &self.cfg.retry.global;
+        let keep = g.max_age.0 + g.schedule.iter().map(|d| d.0).max().unwrap_or_default();
+        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep).await
+    }
+
     /// Runs until `shutdown`, then drains in-flight deliveries for at most `drain` and
-    /// commits what has a durable fate.
+    /// commits what has a durable fate. Call [`HttpSink::prepare`] first.
     pub async fn run(
         self: Arc<Self>,
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), LogError> {
-        let g = &self.cfg.retry.global;
-        let keep = g.max_age.0 + g.schedule.iter().map(|d| d.0).max().unwrap_or_default();
-        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep).await?;
         self.count_waiting_retries().await?;
         let partitions = self.log.partitions(&self.input).await?;
         let trackers: Arc<Vec<Mutex<Tracker>>> =

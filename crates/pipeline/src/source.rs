@@ -8,10 +8,11 @@
 //! concurrent requests with the same new id may both be stored (a duplicate, counted
 //! downstream), but an id is never acknowledged without being stored.
 //!
-//! Memory: the window keeps at most `dedup_max_ids` 128-bit hashes; past it the oldest
-//! are forgotten early (counted in [`SourceStats::dedup_evicted_total`]).
+//! Memory: the window keeps at most `dedup_max_ids` keyed 128-bit hashes (about 26 bytes
+//! each, see [`crate::dedup`]); past it the oldest are forgotten early (counted in
+//! [`SourceStats::dedup_evicted_total`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,7 @@ use tracing::info;
 use hifi_ledger::NodeLedger;
 
 use crate::config::SourceConfig;
+use crate::dedup::{Dedup, DedupKeyer, PreHashed};
 use crate::event::header;
 use crate::event::Text;
 use crate::ingest::{ParseOptions, ParsedEvent};
@@ -41,6 +43,8 @@ pub struct SourceStats {
     pub engine_errors_total: AtomicU64,
     /// Ids forgotten before their window ended (memory bound).
     pub dedup_evicted_total: AtomicU64,
+    /// Event times outside `event_time_window`, clamped to it (`outside = "clamp"`).
+    pub clamped_event_times_total: AtomicU64,
 }
 
 /// The result of one accepted request.
@@ -52,75 +56,6 @@ pub struct IngestOutcome {
     pub duplicates: usize,
     /// Every event's id, in request order.
     pub ids: Vec<Text>,
-}
-
-/// Hashes keys that are already hashes (128-bit xxh3 of source and id) by folding them,
-/// instead of hashing them again with SipHash (which showed in profiles).
-pub type PreHashed = std::hash::BuildHasherDefault<FoldHasher>;
-
-/// The hasher of [`PreHashed`].
-#[derive(Debug, Default)]
-pub struct FoldHasher(u64);
-
-impl std::hash::Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u128 keys; a plain FNV-1a for anything else.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-}
-
-/// Remembered (source, id) hashes with their acceptance time.
-#[derive(Debug)]
-struct Dedup {
-    window_ms: i64,
-    max: usize,
-    seen: HashMap<u128, i64, PreHashed>,
-    order: VecDeque<(i64, u128)>,
-}
-
-/// The 128-bit hash an event is known by for de-duplication: its (source, id). The test
-/// receiver counts distinct events by the same key.
-pub fn dedup_key(source: &str, id: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(source.as_bytes());
-    h.update(&[0xff]);
-    h.update(id.as_bytes());
-    h.digest128()
-}
-
-impl Dedup {
-    fn expire(&mut self, now: i64) -> u64 {
-        let mut evicted = 0;
-        while let Some(&(at, key)) = self.order.front() {
-            let too_old = at < now - self.window_ms;
-            if !too_old && self.order.len() <= self.max {
-                break;
-            }
-            if !too_old {
-                evicted += 1;
-            }
-            self.order.pop_front();
-            if self.seen.get(&key) == Some(&at) {
-                self.seen.remove(&key);
-            }
-        }
-        evicted
-    }
-
-    fn insert(&mut self, key: u128, at: i64) {
-        self.seen.insert(key, at);
-        self.order.push_back((at, key));
-    }
 }
 
 /// Which of this process's records in one partition have their `passed` outcome
@@ -179,8 +114,12 @@ pub struct HttpSource {
     log: Arc<dyn Log>,
     /// How bodies are read.
     pub parse: ParseOptions,
+    /// Event times accepted around the ingest time.
+    event_time_window: crate::config::EventTimeWindow,
     /// Recently accepted ids.
     dedup: Mutex<Dedup>,
+    /// The secret key of the de-duplication hashes (new at every start).
+    keyer: DedupKeyer,
     /// Round-robin partition choice.
     next_partition: AtomicU32,
     /// Counters.
@@ -226,12 +165,12 @@ impl HttpSource {
                 event_type: cfg.event_type.clone(),
                 max_events: cfg.max_events_per_request,
             },
-            dedup: Mutex::new(Dedup {
-                window_ms: cfg.dedup_window.0.as_millis() as i64,
-                max: cfg.dedup_max_ids,
-                seen: HashMap::default(),
-                order: VecDeque::new(),
-            }),
+            event_time_window: cfg.event_time_window,
+            dedup: Mutex::new(Dedup::new(
+                cfg.dedup_window.0.as_millis() as i64,
+                cfg.dedup_max_ids,
+            )),
+            keyer: DedupKeyer::random(),
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
             ledger,
@@ -306,27 +245,23 @@ impl HttpSource {
     /// the whole window instead took 7-8 s for 3.6 M events, all but 1 M then dropped.
     async fn rebuild_dedup(&self) -> Result<(), LogError> {
         let now = now_ms();
-        let (window, max) = {
-            let d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
-            (d.window_ms, d.max)
-        };
+        let (window, max) = self
+            .dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bounds();
         let per_partition =
             (max.div_ceil(self.partitions.max(1) as usize) + self.parse.max_events) as u64;
         let mut readers = tokio::task::JoinSet::new();
         for p in 0..self.partitions {
-            let (log, topic) = (self.log.clone(), self.topic.clone());
+            let (log, topic, keyer) = (self.log.clone(), self.topic.clone(), self.keyer.clone());
             readers.spawn(async move {
                 let end = log.offsets(&topic, p).await?.end;
                 let Some(from) = log.offset_for_time(&topic, p, now - window).await? else {
                     return Ok(Vec::new());
                 };
-                read_ids(
-                    log.as_ref(),
-                    &topic,
-                    p,
-                    from.max(end.saturating_sub(per_partition)),
-                )
-                .await
+                let from = from.max(end.saturating_sub(per_partition));
+                read_ids(log.as_ref(), &keyer, &topic, p, from).await
             });
         }
         let mut parts = Vec::new();
@@ -343,15 +278,29 @@ impl HttpSource {
         entries.sort_unstable_by_key(|e| e.0);
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         // Only the newest `max` can stay (`expire` would drop the older ones at once).
-        let keep = &entries[ids.saturating_sub(d.max)..];
-        d.seen.reserve(keep.len());
-        d.order.reserve(keep.len());
+        let keep = &entries[ids.saturating_sub(max)..];
+        d.reserve(keep.len());
         for &(at, key) in keep {
             d.insert(key, at);
         }
         drop(entries);
         d.expire(now);
-        info!(source = %self.name, ids, remembered = d.seen.len(), "de-duplication window rebuilt from the log");
+        info!(source = %self.name, ids, remembered = d.len(), "de-duplication window rebuilt from the log");
+        Ok(())
+    }
+
+    /// Refuses (or clamps, as configured) event times outside the source's
+    /// `event_time_window` around `now_ms`; every refused event with its reason.
+    pub fn check_event_times(
+        &self,
+        events: &mut [ParsedEvent],
+        now_ms: i64,
+    ) -> Result<(), Vec<crate::ingest::EventError>> {
+        let key = format!("sources.{}.event_time_window", self.name);
+        let clamped = crate::event_window::apply(&self.event_time_window, &key, events, now_ms)?;
+        self.stats
+            .clamped_event_times_total
+            .fetch_add(clamped, Ordering::Relaxed);
         Ok(())
     }
 
@@ -370,17 +319,14 @@ impl HttpSource {
         let mut duplicates = 0;
         {
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
-            let evicted = d.expire(now);
-            self.stats
-                .dedup_evicted_total
-                .fetch_add(evicted, Ordering::Relaxed);
+            d.expire(now);
             let mut in_request: HashSet<u128, PreHashed> =
                 HashSet::with_capacity_and_hasher(events.len(), PreHashed::default());
             for e in events {
                 let id =
                     e.id.unwrap_or_else(|| Text::from(uuid::Uuid::now_v7().to_string()));
-                let key = dedup_key(e.source.as_str(), id.as_str());
-                if d.seen.contains_key(&key) || !in_request.insert(key) {
+                let key = self.keyer.key(e.source.bytes(), id.bytes());
+                if d.contains(key) || !in_request.insert(key) {
                     duplicates += 1;
                 } else {
                     event_times.push(e.time_ms.unwrap_or(now));
@@ -486,9 +432,11 @@ impl HttpSource {
             t.in_flight -= 1;
         }
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            d.insert(key, now);
-        }
+        let evicted = keys.into_iter().filter(|&key| d.insert(key, now)).count();
+        drop(d);
+        self.stats
+            .dedup_evicted_total
+            .fetch_add(evicted as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -496,6 +444,7 @@ impl HttpSource {
 /// (time, de-duplication key) of the records of one partition from `from` to its end.
 async fn read_ids(
     log: &dyn Log,
+    keyer: &DedupKeyer,
     topic: &str,
     p: u32,
     from: u64,
@@ -505,7 +454,7 @@ async fn read_ids(
         if let (Some(src), Some(id)) =
             (r.record.header(header::SOURCE), r.record.header(header::ID))
         {
-            let key = dedup_key(&String::from_utf8_lossy(src), &String::from_utf8_lossy(id));
+            let key = keyer.key(src, id);
             out.push((r.record.timestamp_ms, key));
         }
     })

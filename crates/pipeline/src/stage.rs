@@ -55,7 +55,8 @@ pub struct Stage {
     pub stats: Arc<StageStats>,
     /// Outcomes and lag.
     pub ledger: NodeLedger,
-    /// Test only: ids dropped without an outcome (simulated bug).
+    /// Test builds only: ids dropped without an outcome (simulated bug).
+    #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,
 }
 
@@ -201,6 +202,7 @@ impl Stage {
             let meta = EventMeta::of(&self.input, p, &r);
             let origin_missing = r.record.header(header::ORIGIN).is_none();
             let mut rec = r.record;
+            #[cfg(feature = "test-hooks")]
             if self
                 .test_drop_ids
                 .as_ref()

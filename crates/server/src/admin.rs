@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /healthz`, `/readyz` | process up / engine open and listeners bound |
+//! | `GET /healthz`, `/readyz` | process up / ready: engine open, listeners bound, every node running, disk not full (503 with the reason otherwise) |
 //! | `GET /metrics` | Prometheus (OpenMetrics text) — see [`crate::metrics`] |
 //! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
@@ -11,18 +11,19 @@
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
 //! | `GET /` | the dashboard |
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hifi_ledger::{Ledger, Origin};
 use hifi_log::{EmbeddedLog, Log, ReadLimits};
 use hifi_pipeline::event::{header as hdr, EventMeta};
+use hifi_pipeline::health::Health;
 use hifi_pipeline::runtime::Pipeline;
 use hifi_pipeline::sink::HttpSink;
 use hifi_pipeline::source::HttpSource;
@@ -30,6 +31,7 @@ use hifi_pipeline::stage::Stage;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Tokens;
 use crate::ingest::error;
 
 /// What the admin handlers read.
@@ -47,13 +49,19 @@ pub struct AdminState {
     pub stages: Vec<Arc<Stage>>,
     /// Nodes.
     pub sinks: Vec<Arc<HttpSink>>,
-    /// Set once the engine is open and every listener bound.
-    pub ready: Arc<AtomicBool>,
+    /// Started, failed, disk full: what `/readyz` answers.
+    pub health: Arc<Health>,
+    /// Tokens for the routes that change state (`[admin.auth]`).
+    pub tokens: Option<Tokens>,
+    /// Whether the admin API listens on a loopback address only (then the routes that
+    /// change state need no token when none is configured).
+    pub loopback: bool,
 }
 
 impl AdminState {
-    /// The admin view of a running pipeline.
-    pub fn new(p: &Pipeline, engine: Option<EmbeddedLog>, ready: Arc<AtomicBool>) -> Self {
+    /// The admin view of a running pipeline, listening on loopback without tokens (set
+    /// [`AdminState::tokens`] and [`AdminState::loopback`] otherwise).
+    pub fn new(p: &Pipeline, engine: Option<EmbeddedLog>) -> Self {
         AdminState {
             ledger: p.ledger.clone(),
             log: p.log.clone(),
@@ -61,7 +69,9 @@ impl AdminState {
             sources: p.sources.iter().map(|(s, _)| s.clone()).collect(),
             stages: p.stages.clone(),
             sinks: p.sinks.clone(),
-            ready,
+            health: p.health.clone(),
+            tokens: None,
+            loopback: true,
         }
     }
 }
@@ -90,7 +100,7 @@ pub fn router(state: AdminState) -> Router {
 type S = State<Arc<AdminState>>;
 
 async fn readyz(State(s): S) -> Response {
-    crate::ingest::readiness(&s.ready)
+    crate::ingest::readiness(&s.health)
 }
 
 async fn metrics(State(s): S) -> Response {
@@ -443,6 +453,30 @@ async fn dlq_show(State(s): S, Path((sink, id)): Path<(String, String)>) -> Resp
     }
 }
 
+/// Routes that change state need a bearer token of `[admin.auth]`; without tokens they
+/// are served on loopback only.
+fn may_change_state(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    match &s.tokens {
+        Some(t) if t.accepts(headers) => Ok(()),
+        Some(_) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token for the admin API",
+                json!({ "hint": "send Authorization: Bearer <token> (hifi: --token or HIFI_ADMIN_TOKEN)" }),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(Box::new(r))
+        }
+        None if s.loopback => Ok(()),
+        None => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "this admin API listens beyond loopback without [admin.auth] tokens; routes that change state are refused",
+            json!({ "hint": "configure [admin.auth] tokens, or listen on 127.0.0.1" }),
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedriveBody {
@@ -455,8 +489,12 @@ struct RedriveBody {
 async fn dlq_redrive(
     State(s): S,
     Path(sink): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<RedriveBody>>,
 ) -> Response {
+    if let Err(r) = may_change_state(&s, &headers) {
+        return *r;
+    }
     if let Err(r) = sink_exists(&s, &sink) {
         return *r;
     }

@@ -13,22 +13,25 @@
 //! | 503 | in-flight bytes over `max_inflight_bytes`, or the engine failed (disk full, fsync error): nothing acknowledged; `Retry-After` says when to retry |
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hifi_log::LogError;
 use hifi_pipeline::config::SourceConfig;
+use hifi_pipeline::health::Health;
 use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
 use hifi_pipeline::source::HttpSource;
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::warn;
+
+use crate::auth::Tokens;
 
 /// In-flight bytes are counted in units of this many bytes (semaphore permits).
 const PERMIT_BYTES: u64 = 1024;
@@ -40,28 +43,22 @@ pub struct IngestState {
     pub source: Arc<HttpSource>,
     /// Largest body, compressed or decompressed.
     pub max_body_bytes: u64,
-    /// Accepted bearer tokens (empty: no authentication).
-    pub tokens: Vec<String>,
+    /// Accepted bearer tokens (`None`: no authentication).
+    pub tokens: Option<Tokens>,
     /// Bounds the bytes of requests being processed.
     pub inflight: Arc<Semaphore>,
-    /// Set once the engine is open and every listener is bound.
-    pub ready: Arc<AtomicBool>,
+    /// Started, failed, disk full: what `/readyz` answers.
+    pub health: Arc<Health>,
 }
 
 impl IngestState {
-    /// State for a source; reads `auth.tokens_file` if configured.
+    /// State for a source with its tokens ([`Tokens::load`]).
     pub fn new(
         source: Arc<HttpSource>,
         cfg: &SourceConfig,
-        tokens_from_file: Vec<String>,
-        ready: Arc<AtomicBool>,
+        tokens: Option<Tokens>,
+        health: Arc<Health>,
     ) -> Self {
-        let mut tokens = cfg
-            .auth
-            .as_ref()
-            .map(|a| a.tokens.clone())
-            .unwrap_or_default();
-        tokens.extend(tokens_from_file);
         let permits = (cfg.max_inflight_bytes.0 / PERMIT_BYTES)
             .clamp(1, Semaphore::MAX_PERMITS as u64) as usize;
         IngestState {
@@ -69,19 +66,9 @@ impl IngestState {
             max_body_bytes: cfg.max_body_bytes.0,
             tokens,
             inflight: Arc::new(Semaphore::new(permits)),
-            ready,
+            health,
         }
     }
-}
-
-/// Reads a tokens file: one token per line, blank lines and `#` comments ignored.
-pub fn read_tokens_file(path: &std::path::Path) -> std::io::Result<Vec<String>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// The router of one source's listener.
@@ -101,15 +88,20 @@ pub fn router(state: Arc<IngestState>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<IngestState>>) -> Response {
-    readiness(&s.ready)
+    readiness(&s.health)
 }
 
-/// `GET /readyz` of every listener: 200 once the engine is open and every listener bound.
-pub fn readiness(ready: &AtomicBool) -> Response {
-    if ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+/// `GET /readyz` of every listener: 200 once the engine is open, every node running and
+/// every listener bound; 503 with the reason while starting, after a node failed, or
+/// while the disk is full.
+pub fn readiness(health: &Health) -> Response {
+    match health.not_ready(hifi_pipeline::now_ms()) {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -133,30 +125,6 @@ fn retry_later(message: &str) -> Response {
     r
 }
 
-fn authorized(tokens: &[String], headers: &HeaderMap) -> bool {
-    if tokens.is_empty() {
-        return true;
-    }
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-    else {
-        return false;
-    };
-    // Compare against every token without stopping early (no timing hint of which matched).
-    tokens.iter().fold(false, |ok, t| {
-        ok | constant_time_eq(t.as_bytes(), given.trim().as_bytes())
-    })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Clone, Copy)]
 enum Encoding {
     Identity,
@@ -173,7 +141,7 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
         r
     };
     let headers = req.headers().clone();
-    if !authorized(&s.tokens, &headers) {
+    if s.tokens.as_ref().is_some_and(|t| !t.accepts(&headers)) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "missing or invalid bearer token",
@@ -256,7 +224,7 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             return reject(error(StatusCode::BAD_REQUEST, &msg, json!({})))
         }
     };
-    let events = match parse_body(&body, format, &s.source.parse) {
+    let mut events = match parse_body(&body, format, &s.source.parse) {
         Ok(ev) => ev,
         Err(ParseError::Invalid(errors)) => {
             let msg = format!("{} invalid event(s); nothing was written", errors.len());
@@ -272,6 +240,17 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             return reject(error(StatusCode::PAYLOAD_TOO_LARGE, &msg, json!({})));
         }
     };
+    if let Err(errors) = s
+        .source
+        .check_event_times(&mut events, hifi_pipeline::now_ms())
+    {
+        let msg = format!("{} invalid event(s); nothing was written", errors.len());
+        return reject(error(
+            StatusCode::BAD_REQUEST,
+            &msg,
+            json!({ "errors": errors }),
+        ));
+    }
     match s.source.ingest(events).await {
         Ok(outcome) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Err(LogError::RecordTooLarge { bytes, max }) => reject(error(
@@ -280,6 +259,9 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             json!({}),
         )),
         Err(e) => {
+            if matches!(e, LogError::NoSpace { .. }) {
+                s.health.disk_full(hifi_pipeline::now_ms());
+            }
             warn!(source = %s.source.name, %e, "ingest failed in the engine; answering 503");
             retry_later(&format!("could not store the events ({e}); nothing was acknowledged"))
         }

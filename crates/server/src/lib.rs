@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod dashboard;
 pub mod ingest;
 pub mod metrics;

@@ -117,6 +117,20 @@ impl Collector for Snapshot {
             c,
             per_source(&|st| &st.engine_errors_total),
         )?;
+        family(
+            &mut enc,
+            "hifi_source_clamped_event_times",
+            "Event times outside event_time_window set to its nearest bound (outside = \"clamp\")",
+            c,
+            per_source(&|st| &st.clamped_event_times_total),
+        )?;
+        family(
+            &mut enc,
+            "hifi_source_dedup_evicted_ids",
+            "Ids forgotten by de-duplication before their window ended (dedup_max_ids reached)",
+            c,
+            per_source(&|st| &st.dedup_evicted_total),
+        )?;
 
         let mut stage_rows = Vec::new();
         for st in &s.stages {

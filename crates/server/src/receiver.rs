@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hifi_pipeline::source::{dedup_key, PreHashed};
+use hifi_pipeline::dedup::{DedupKeyer, PreHashed};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::net::TcpListener;
@@ -139,6 +139,8 @@ pub struct Receiver {
     failures: Arc<Mutex<Option<std::fs::File>>>,
     /// Requests seen (including failed ones).
     requests_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// The key of the (source, id) hashes (ids come from outside).
+    keyer: DedupKeyer,
     /// Whether accepted events are written as record lines (else observed).
     writes_lines: bool,
 }
@@ -195,6 +197,7 @@ impl Receiver {
             failures: Arc::new(Mutex::new(failures)),
             faults: Arc::new(faults),
             requests_seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            keyer: DedupKeyer::random(),
         }
     }
 
@@ -347,7 +350,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             };
             let _ = serde_json::to_writer(&mut lines, &line);
             lines.push(b'\n');
-            ids.push(dedup_key(d.source, d.id));
+            ids.push(r.keyer.key(d.source.as_bytes(), d.id.as_bytes()));
         }
     }
     let mut guard = r.inner.lock().unwrap_or_else(|p| p.into_inner());
