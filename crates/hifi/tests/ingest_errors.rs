@@ -47,7 +47,10 @@ fn case(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_their_status_and_reason_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
+    // Event times here are small epoch milliseconds (1970): the window is widened to
+    // take them (the default window is tested below).
     let extra = "event_time = \"/ts\"\nmax_body_bytes = \"64KiB\"\nmax_events_per_request = 50\n\
+                 event_time_window = { past = \"100years\" }\n\
                  [sources.api.auth]\ntokens = [\"s3cret\"]\n";
     let file = pipeline_file(dir.path(), "http://127.0.0.1:9/never", extra, false);
     let proc = run_pipeline(dir.path(), &file);
@@ -298,4 +301,66 @@ async fn bad_requests_get_their_status_and_reason_and_write_nothing() {
     }
     stored.sort();
     assert_eq!(stored, vec!["ok-1", "ok-2", "ok-3", "ok-4", "ok-5", "ok-6"]);
+}
+
+/// A producer cannot choose how many loss buckets the ledger opens: event times outside
+/// the default window (7 days back, 5 minutes ahead) are refused with the reason, the
+/// request writes nothing, and the ledger's open buckets stay few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_far_from_now_are_refused_and_open_no_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline_file(
+        dir.path(),
+        "http://127.0.0.1:9/never",
+        "event_time = \"/ts\"\n",
+        false,
+    );
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let admin = proc.addr("admin");
+    let client = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let minute = 60_000i64;
+    // One request of 1 000 events, each in its own minute, all in the future or the
+    // deep past, with i64's extremes among them: refused whole.
+    for (name, base) in [
+        ("future", now + 10 * minute),
+        ("past", now - 8 * 24 * 60 * minute),
+    ] {
+        let mut body: Vec<_> = (0..1000)
+            .map(|i| serde_json::json!({"id": format!("{name}-{i}"), "ts": base + i * minute}))
+            .collect();
+        body.push(serde_json::json!({"id": format!("{name}-max"), "ts": i64::MAX}));
+        body.push(serde_json::json!({"id": format!("{name}-min"), "ts": i64::MIN}));
+        let resp = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["errors"].as_array().unwrap().len(), 1002, "{name}");
+        let reason = v["errors"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("sources.api.event_time_window") && reason.contains("too far"),
+            "{reason}"
+        );
+    }
+    // Times inside the window are taken.
+    let body = serde_json::json!([{"id": "ok-now", "ts": now}, {"id": "ok-6d", "ts": now - 6 * 24 * 60 * minute}]);
+    let resp = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("hifi_ledger_open_buckets"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no open-bucket gauge in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(open <= 2.0, "open buckets: {open}");
 }

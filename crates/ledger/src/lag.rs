@@ -208,10 +208,13 @@ impl LagRecorder {
         } else {
             event_us
         };
+        // Saturating: an event time far in the past (a producer's choice) must not
+        // overflow; histograms cap at their highest value anyway.
+        let span = |later: i64, earlier: i64| later.saturating_sub(earlier).max(0) as u64;
         (
-            (arrival_us - event_us) as u64,
-            (departure_us - event_us) as u64,
-            (departure_us - arrival_us) as u64,
+            span(arrival_us, event_us),
+            span(departure_us, event_us),
+            span(departure_us, arrival_us),
         )
     }
 

@@ -168,7 +168,15 @@ pub struct LedgerStats {
     pub lost_events_total: AtomicU64,
     /// Journal appends that failed (the node's commit waits and retries).
     pub journal_errors_total: AtomicU64,
+    /// Outcomes not tracked because [`OPEN_BUCKETS_MAX`] buckets were open.
+    pub untracked_events_total: AtomicU64,
 }
+
+/// Most loss buckets open at once (two weeks of minutes). Sources refuse event times
+/// outside their window (default 7 days back, 5 minutes ahead), so this is reached only
+/// with a wider window; beyond it outcomes are counted in
+/// [`LedgerStats::untracked_events_total`] and not kept.
+pub const OPEN_BUCKETS_MAX: usize = 20_160;
 
 #[derive(Debug, Default)]
 struct OpenBucket {
@@ -427,6 +435,22 @@ impl Ledger {
         let now = self.clock.now_ms();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for ((bucket, outcome), set) in &delta.sets {
+            if st.open.len() >= OPEN_BUCKETS_MAX && !st.open.contains_key(bucket) {
+                // Memory is bounded whatever the event times: such tallies are counted,
+                // not kept (sources bound event times, so this takes a wide window).
+                let n: u64 = set.values().map(|b| b.len()).sum();
+                self.stats
+                    .untracked_events_total
+                    .fetch_add(n, Ordering::Relaxed);
+                warn!(
+                    bucket = bucket.saturating_mul(60_000),
+                    node,
+                    events = n,
+                    max = OPEN_BUCKETS_MAX,
+                    "too many open loss buckets; these outcomes are not tracked"
+                );
+                continue;
+            }
             let b = st.open.entry(*bucket).or_insert_with(|| OpenBucket {
                 first_journal_offset: first_offset,
                 ..OpenBucket::default()

@@ -252,3 +252,29 @@ async fn event_times_from_the_future_are_clamped_and_counted() {
         1
     );
 }
+
+/// However far apart the event times, the open buckets stay bounded: past
+/// `OPEN_BUCKETS_MAX`, outcomes of new buckets are counted as untracked, and i64's
+/// extremes are taken without overflow.
+#[tokio::test]
+async fn open_buckets_are_bounded_whatever_the_event_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    let api = ledger.node("api");
+    let extra = 10u64;
+    let total = hifi_ledger::OPEN_BUCKETS_MAX as u64 + extra;
+    for i in 0..total {
+        api.outcome(Outcome::Passed, &o(i), T0 + i as i64 * 60_000);
+    }
+    api.lag(i64::MAX, T0 * 1000, T0 * 1000);
+    api.lag(i64::MIN, T0 * 1000, T0 * 1000);
+    api.flush().await.unwrap();
+    let (open, _) = ledger.bucket_counts();
+    assert_eq!(open, hifi_ledger::OPEN_BUCKETS_MAX);
+    let untracked = ledger
+        .stats
+        .untracked_events_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(untracked, extra);
+}

@@ -291,6 +291,13 @@ impl Collector for Snapshot {
             c,
             vec![(Vec::new(), v(&ls.lost_events_total) as f64)],
         )?;
+        family(
+            &mut enc,
+            "hifi_ledger_untracked_events",
+            "Outcomes not tracked because the most open loss buckets were open (widen no event_time_window that far)",
+            c,
+            vec![(Vec::new(), v(&ls.untracked_events_total) as f64)],
+        )?;
         let (open, settled) = s.ledger.bucket_counts();
         family(
             &mut enc,
