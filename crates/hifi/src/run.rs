@@ -156,7 +156,11 @@ pub async fn start(
         source_addrs.push((source.name.clone(), listener.local_addr()?));
         let stop = http_stop.clone();
         let app = hifi_server::ingest::router(state);
-        servers.spawn(hifi_server::serve(listener, app, stop));
+        let limits = hifi_server::ServeLimits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout.0,
+        };
+        servers.spawn(hifi_server::serve(listener, app, stop, limits));
     }
     let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
         .map_err(anyhow::Error::msg)?;
@@ -168,7 +172,7 @@ pub async fn start(
     admin_state.tokens = admin_tokens;
     admin_state.loopback = admin_addr.ip().is_loopback();
     let app = hifi_server::admin::router(admin_state);
-    servers.spawn(hifi_server::serve(listener, app, stop));
+    servers.spawn(hifi_server::serve(listener, app, stop, Default::default()));
     pipeline.health.set_started();
     Ok(Running {
         pipeline,

@@ -236,6 +236,18 @@ pub struct SourceConfig {
     pub max_inflight_bytes: Size,
     /// Bearer-token authentication; absent = no authentication.
     pub auth: Option<AuthConfig>,
+    /// Most connections open at once on this listener; at the cap new clients wait in
+    /// the accept queue. Default 1 024 (keep it under the process's file limit minus
+    /// what the engine needs).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest time for a request's headers to arrive; also how long an idle keep-alive
+    /// connection stays open. Default `"10s"`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Longest time for a request's body to arrive (408 after it). Default `"30s"`.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
     /// Event times accepted, relative to the ingest time. Default 7 days in the past,
     /// 5 minutes in the future, others refused (400).
     #[serde(default)]
@@ -607,6 +619,15 @@ fn default_max_events() -> usize {
 }
 fn default_event_type() -> String {
     "hifi.event".into()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_body_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn default_time_past() -> Dur {
     Dur(Duration::from_secs(7 * 24 * 3600))

@@ -56,6 +56,15 @@ impl Topology {
                 crate::transform::parse_pointer(p)
                     .map_err(|m| loaded.error(format!("sources.{name}.id_field"), m))?;
             }
+            if s.max_connections == 0
+                || s.header_read_timeout.0.is_zero()
+                || s.body_read_timeout.0.is_zero()
+            {
+                return Err(loaded.error(
+                    format!("sources.{name}"),
+                    "max_connections, header_read_timeout and body_read_timeout must be above 0",
+                ));
+            }
             if s.max_body_bytes.0 == 0
                 || s.max_events_per_request == 0
                 || s.max_inflight_bytes.0 < s.max_body_bytes.0

@@ -12,7 +12,6 @@
 //! | 415 | unknown `Content-Type` or `Content-Encoding` |
 //! | 503 | in-flight bytes over `max_inflight_bytes`, or the engine failed (disk full, fsync error): nothing acknowledged; `Retry-After` says when to retry |
 
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -26,15 +25,12 @@ use hifi_pipeline::config::SourceConfig;
 use hifi_pipeline::health::Health;
 use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
 use hifi_pipeline::source::HttpSource;
-use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::auth::Tokens;
-
-/// In-flight bytes are counted in units of this many bytes (semaphore permits).
-const PERMIT_BYTES: u64 = 1024;
+use crate::body::{self, BodyError, Budget, DecodeError, Encoding, PERMIT_BYTES};
 
 /// Everything the ingest handlers need.
 #[derive(Debug)]
@@ -47,6 +43,8 @@ pub struct IngestState {
     pub tokens: Option<Tokens>,
     /// Bounds the bytes of requests being processed.
     pub inflight: Arc<Semaphore>,
+    /// Longest time for a body to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// Started, failed, disk full: what `/readyz` answers.
     pub health: Arc<Health>,
 }
@@ -66,6 +64,7 @@ impl IngestState {
             max_body_bytes: cfg.max_body_bytes.0,
             tokens,
             inflight: Arc::new(Semaphore::new(permits)),
+            body_read_timeout: cfg.body_read_timeout.0,
             health,
         }
     }
@@ -125,13 +124,6 @@ fn retry_later(message: &str) -> Response {
     r
 }
 
-#[derive(Clone, Copy)]
-enum Encoding {
-    Identity,
-    Gzip,
-    Zstd,
-}
-
 async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
     let stats = &s.source.stats;
     let reject = |r: Response| {
@@ -184,32 +176,47 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = req.into_body();
     if declared.is_some_and(|n| n > s.max_body_bytes) {
-        return reject(too_large(s.max_body_bytes));
+        return reject(body::linger(body, expects_continue, too_large(s.max_body_bytes)).await);
     }
-    // Reserve the bytes this request may hold (compressed + decompressed) before reading.
-    let reserve = declared.unwrap_or(s.max_body_bytes).max(1);
-    let reserve = match encoding {
-        Encoding::Identity => reserve,
-        _ => reserve + s.max_body_bytes,
-    };
-    let permits = reserve.div_ceil(PERMIT_BYTES).min(u32::MAX as u64) as u32;
-    let Ok(_permit) = s.inflight.clone().try_acquire_many_owned(permits) else {
-        stats
-            .backpressure_rejections_total
-            .fetch_add(1, Ordering::Relaxed);
-        return retry_later("too many bytes in flight; retry after the Retry-After delay");
-    };
-    let limited = http_body_util::Limited::new(req.into_body(), s.max_body_bytes as usize);
-    let raw = match limited.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return reject(too_large(s.max_body_bytes))
+    // Bytes count against the listener's budget as they arrive (see body.rs).
+    let mut budget = Budget::new(s.inflight.clone());
+    let read = body::read(
+        body,
+        s.max_body_bytes,
+        s.body_read_timeout,
+        &mut budget,
+        declared,
+    );
+    let raw = match read.await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(rest)) => {
+            drop(budget);
+            return reject(body::linger(rest, expects_continue, too_large(s.max_body_bytes)).await);
         }
-        Err(e) => {
+        Err(BodyError::Busy(rest)) => {
+            drop(budget);
+            stats
+                .backpressure_rejections_total
+                .fetch_add(1, Ordering::Relaxed);
+            let busy = retry_later("too many bytes in flight; retry after the Retry-After delay");
+            return body::linger(rest, expects_continue, busy).await;
+        }
+        Err(BodyError::Timeout) => {
+            let msg = format!(
+                "the body did not arrive within {} (body_read_timeout); nothing was written",
+                humantime::format_duration(s.body_read_timeout)
+            );
+            let mut r = error(StatusCode::REQUEST_TIMEOUT, &msg, json!({}));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return reject(r);
+        }
+        Err(BodyError::Read(e)) => {
             return reject(error(
                 StatusCode::BAD_REQUEST,
                 &format!("could not read the body: {e}"),
@@ -217,28 +224,34 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             ))
         }
     };
-    let body = match decode(encoding, raw, s.max_body_bytes) {
-        Ok(b) => b,
-        Err(DecodeError::TooLarge) => return reject(too_large(s.max_body_bytes)),
-        Err(DecodeError::Bad(msg)) => {
-            return reject(error(StatusCode::BAD_REQUEST, &msg, json!({})))
+    // A compressed body may grow to max_body_bytes while it is decompressed.
+    if encoding != Encoding::Identity && !budget.take(s.max_body_bytes) {
+        stats
+            .backpressure_rejections_total
+            .fetch_add(1, Ordering::Relaxed);
+        return retry_later("too many bytes in flight; retry after the Retry-After delay");
+    }
+    // Large bodies are decompressed and parsed off the async workers.
+    let parsed = if raw.len() as u64 > BLOCKING_PARSE_BYTES || encoding != Encoding::Identity {
+        let st = s.clone();
+        match tokio::task::spawn_blocking(move || decode_and_parse(&st, encoding, raw, format))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return reject(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("reading the body failed: {e}; nothing was written"),
+                    json!({}),
+                ))
+            }
         }
+    } else {
+        decode_and_parse(&s, encoding, raw, format)
     };
-    let mut events = match parse_body(&body, format, &s.source.parse) {
+    let mut events = match parsed {
         Ok(ev) => ev,
-        Err(ParseError::Invalid(errors)) => {
-            let msg = format!("{} invalid event(s); nothing was written", errors.len());
-            return reject(error(
-                StatusCode::BAD_REQUEST,
-                &msg,
-                json!({ "errors": errors }),
-            ));
-        }
-        Err(ParseError::TooManyEvents { count, max }) => {
-            let msg =
-                format!("{count} events in one request; at most {max} (max_events_per_request)");
-            return reject(error(StatusCode::PAYLOAD_TOO_LARGE, &msg, json!({})));
-        }
+        Err(r) => return reject(*r),
     };
     if let Err(errors) = s
         .source
@@ -274,28 +287,41 @@ fn too_large(max: u64) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, &msg, json!({}))
 }
 
-/// Why a body could not be decompressed.
-enum DecodeError {
-    TooLarge,
-    Bad(String),
-}
+/// Bodies larger than this are decompressed and parsed in the blocking pool.
+const BLOCKING_PARSE_BYTES: u64 = 256 << 10;
 
-/// Decompresses with a bound on the output (a zip bomb is a 413, not an allocation).
-fn decode(encoding: Encoding, raw: bytes::Bytes, max: u64) -> Result<bytes::Bytes, DecodeError> {
-    let reader: Box<dyn Read> = match encoding {
-        Encoding::Identity => return Ok(raw),
-        Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(raw))),
-        Encoding::Zstd => match zstd::stream::read::Decoder::new(std::io::Cursor::new(raw)) {
-            Ok(d) => Box::new(d),
-            Err(e) => return Err(DecodeError::Bad(format!("invalid zstd body: {e}"))),
-        },
+/// Decompresses (bounded) and parses a body: its events, or the answer that refuses it.
+fn decode_and_parse(
+    s: &IngestState,
+    encoding: Encoding,
+    raw: bytes::Bytes,
+    format: BodyFormat,
+) -> Result<Vec<hifi_pipeline::ingest::ParsedEvent>, Box<Response>> {
+    let body = match body::decode(encoding, raw, s.max_body_bytes) {
+        Ok(b) => b,
+        Err(DecodeError::TooLarge) => return Err(Box::new(too_large(s.max_body_bytes))),
+        Err(DecodeError::Bad(msg)) => {
+            return Err(Box::new(error(StatusCode::BAD_REQUEST, &msg, json!({}))))
+        }
     };
-    let mut out = Vec::new();
-    match reader.take(max + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() as u64 > max => Err(DecodeError::TooLarge),
-        Ok(_) => Ok(out.into()),
-        Err(e) => Err(DecodeError::Bad(format!(
-            "could not decompress the body: {e}"
-        ))),
+    match parse_body(&body, format, &s.source.parse) {
+        Ok(ev) => Ok(ev),
+        Err(ParseError::Invalid(errors)) => {
+            let msg = format!("{} invalid event(s); nothing was written", errors.len());
+            Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                &msg,
+                json!({ "errors": errors }),
+            )))
+        }
+        Err(ParseError::TooManyEvents { count, max }) => {
+            let msg =
+                format!("{count} events in one request; at most {max} (max_events_per_request)");
+            Err(Box::new(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &msg,
+                json!({}),
+            )))
+        }
     }
 }

@@ -241,7 +241,13 @@ impl Receiver {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        crate::serve(listener, self.router(), shutdown).await
+        crate::serve(
+            listener,
+            self.router(),
+            shutdown,
+            crate::ServeLimits::default(),
+        )
+        .await
     }
 }
 
