@@ -234,7 +234,7 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         admin: Admin,
-        /// The sink.
+        /// The sink or stage.
         sink: String,
         /// Most recent N.
         #[arg(long, default_value_t = 1000)]
@@ -244,7 +244,7 @@ pub enum DlqCommand {
     Show {
         #[command(flatten)]
         admin: Admin,
-        /// The sink.
+        /// The sink or stage.
         sink: String,
         /// The event id.
         event_id: String,
@@ -253,7 +253,7 @@ pub enum DlqCommand {
     Redrive {
         #[command(flatten)]
         admin: Admin,
-        /// The sink.
+        /// The sink or stage.
         sink: String,
         /// Only dead letters from this time on (RFC 3339 or epoch ms).
         #[arg(long)]

@@ -14,7 +14,7 @@
 //! table is then computed: for each node, the events seen, the events lost there (passed
 //! by the nodes writing its input topic, with no outcome here), filtered, dead-lettered,
 //! delivered and still-retrying counts; and end to end, for each source → sink path, the
-//! source's events with no terminal outcome (filtered on the path, or delivered /
+//! source's events with no terminal outcome (filtered or dead-lettered on the path, or delivered /
 //! dead-lettered / retrying at the sink). The table is kept durably in
 //! `__ledger_settled` (with the origins lost, up to [`LOST_LIST_MAX`] per bucket) for
 //! `history`, and the bucket's bitmaps are dropped: memory holds only open buckets.
@@ -600,7 +600,11 @@ impl Ledger {
             union_into(&mut events, &stored);
             let mut terminal = OriginSet::new();
             for &i in &path[1..path.len() - 1] {
-                union_into(&mut terminal, &get(&self.nodes[i].name, Outcome::Filtered));
+                // A stage ends an event's path on purpose (filtered) or into its dead
+                // letters (listed, re-drivable): neither is loss.
+                for o in [Outcome::Filtered, Outcome::DeadLettered] {
+                    union_into(&mut terminal, &get(&self.nodes[i].name, o));
+                }
             }
             let sink = &self.nodes[path[path.len() - 1]].name;
             for o in [Outcome::Delivered, Outcome::DeadLettered, Outcome::Retrying] {

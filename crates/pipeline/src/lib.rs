@@ -13,6 +13,7 @@ pub mod event;
 pub mod event_window;
 pub mod health;
 pub mod ingest;
+pub mod json_limits;
 pub mod owned;
 pub mod retry;
 pub mod runtime;

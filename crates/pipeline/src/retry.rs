@@ -1,4 +1,5 @@
-//! Global retries and dead letters of one HTTP sink.
+//! Global retries and dead letters of one HTTP sink (and the dead letters of a stage,
+//! which use the same DLQ format: see `stage.rs`).
 //!
 //! # Topics (created with the sink, one partition each)
 //! - `__retry.<sink>.<tier>` — one topic per delay tier of `retry.global.schedule`
@@ -246,14 +247,16 @@ pub struct RedriveResult {
 /// Ids a re-drive answers with at most.
 pub const REDRIVE_IDS_SHOWN: usize = 1000;
 
-/// Sends matching dead letters through the sink again (first retry tier, due now),
-/// with their original ids and event times; marks them re-driven. Works through the DLQ
+/// Sends matching dead letters of `sink` (a sink or a stage) to `target` — a sink's first
+/// retry tier (due now), a stage's re-drive topic — with their original ids and event
+/// times; marks them re-driven. Works through the DLQ
 /// one read chunk at a time (bounded memory); each chunk's re-driven letters are
 /// appended and then marked, so a crash between the two re-drives that chunk again
 /// (duplicates, not loss).
 pub async fn redrive(
     log: &Arc<dyn Log>,
     sink: &str,
+    target: &str,
     filter: &RedriveFilter,
     now_ms: i64,
 ) -> Result<RedriveResult, LogError> {
@@ -304,7 +307,7 @@ pub async fn redrive(
                 )
             })
             .collect();
-        log.append(&retry_topic(sink, 0), 0, records).await?;
+        log.append(target, 0, records).await?;
         let offsets: Vec<String> = chosen
             .iter()
             .map(|(d, _)| d.dlq_offset.to_string())
@@ -353,7 +356,9 @@ mod redrive_tests {
         assert_eq!(listed, n);
 
         let all = RedriveFilter::default();
-        let first = redrive(&log, "out", &all, 2_000).await.unwrap();
+        let first = redrive(&log, "out", &retry_topic("out", 0), &all, 2_000)
+            .await
+            .unwrap();
         assert_eq!((first.matched, first.redriven), (n, n));
         assert_eq!(first.ids.len(), REDRIVE_IDS_SHOWN);
         let retried = log.offsets(&retry_topic("out", 0), 0).await.unwrap();
@@ -363,7 +368,9 @@ mod redrive_tests {
             "every letter re-sent once"
         );
 
-        let second = redrive(&log, "out", &all, 3_000).await.unwrap();
+        let second = redrive(&log, "out", &retry_topic("out", 0), &all, 3_000)
+            .await
+            .unwrap();
         assert_eq!((second.matched, second.redriven), (0, 0));
         let mut redriven = 0;
         scan_dead_letters(log.as_ref(), "out", |d, _| {

@@ -325,6 +325,7 @@ impl Pipeline {
                 output: s.output.get_ref().clone(),
                 transforms: Arc::new(transforms),
                 batch_max_events: s.batch_max_events,
+                record_bytes_max: cfg.engine.record_bytes_max.0 as usize,
                 log: log.clone(),
                 stats: Default::default(),
                 ledger: ledger.node(name),
@@ -336,6 +337,9 @@ impl Pipeline {
                     None => None,
                 },
             });
+            stage.prepare().await.map_err(|e| {
+                StartError::Config(format!("stages.{name}: cannot create its topics: {e}"))
+            })?;
             let (st, token, health) = (stage.clone(), shutdown.clone(), health.clone());
             tasks.spawn(async move {
                 if let Err(e) = st.clone().run(token).await {

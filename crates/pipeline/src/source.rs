@@ -289,13 +289,30 @@ impl HttpSource {
         Ok(())
     }
 
-    /// Refuses (or clamps, as configured) event times outside the source's
-    /// `event_time_window` around `now_ms`; every refused event with its reason.
-    pub fn check_event_times(
+    /// What ingest checks beyond parsing: every value within the JSON limits stages
+    /// need ([`crate::json_limits`]), and event times within the source's
+    /// `event_time_window` around `now_ms` (refused, or clamped as configured). Every
+    /// refused event with its reason.
+    pub fn check_events(
         &self,
         events: &mut [ParsedEvent],
         now_ms: i64,
     ) -> Result<(), Vec<crate::ingest::EventError>> {
+        let unreadable: Vec<_> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(index, e)| {
+                crate::json_limits::check(&e.value)
+                    .err()
+                    .map(|reason| crate::ingest::EventError {
+                        index: Some(index),
+                        reason,
+                    })
+            })
+            .collect();
+        if !unreadable.is_empty() {
+            return Err(unreadable);
+        }
         let key = format!("sources.{}.event_time_window", self.name);
         let clamped = crate::event_window::apply(&self.event_time_window, &key, events, now_ms)?;
         self.stats

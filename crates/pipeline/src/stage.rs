@@ -8,6 +8,16 @@
 //!
 //! Output records keep every header and gain `hifi-origin` when they come from the first
 //! durable topic, so the origin travels with the event through every stage.
+//!
+//! # Dead letters
+//! An event the stage cannot handle is never passed on unchanged and never dropped: a
+//! value that is not readable JSON (its filters and redactions cannot apply), or one its
+//! transforms grew past `record_bytes_max`, goes — as it was read, with the reason in
+//! `hifi-dlq-reason` — to the stage's dead-letter topic `__dlq.<stage>` (outcome
+//! `dead_lettered`), in the same cycle as the output append and before the input
+//! position moves. `hifi dlq list|show|redrive <stage>` work as for a sink; a re-drive
+//! appends the letters to `__redrive.<stage>`, which the stage reads like its input (the
+//! events go through the transforms again: redactions are never skipped).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::event::{header, EventMeta};
+use crate::retry::retry_header::DLQ_REASON;
 use crate::transform::{Applied, Transforms};
 
 /// Counters of one stage.
@@ -32,8 +43,10 @@ pub struct StageStats {
     pub filtered_events_total: AtomicU64,
     /// Transforms that could not apply (the event passed unchanged).
     pub transform_errors_total: AtomicU64,
-    /// Events a transform grew past `record_bytes_max` (lost here; logged).
+    /// Events a transform grew past `record_bytes_max` (dead-lettered).
     pub oversize_events_total: AtomicU64,
+    /// Events dead-lettered (unreadable or oversize).
+    pub dead_lettered_events_total: AtomicU64,
 }
 
 /// A running stage's settings.
@@ -49,6 +62,8 @@ pub struct Stage {
     pub transforms: Arc<Transforms>,
     /// Records per batch.
     pub batch_max_events: usize,
+    /// Largest record the engine takes (bytes of key, value and headers).
+    pub record_bytes_max: usize,
     /// The engine.
     pub log: Arc<dyn Log>,
     /// Counters.
@@ -58,6 +73,20 @@ pub struct Stage {
     /// Test builds only: ids dropped without an outcome (simulated bug).
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,
+}
+
+/// Topic a stage's dead letters are re-driven into (read by the stage like its input).
+pub fn redrive_topic(stage: &str) -> String {
+    format!("__redrive.{stage}")
+}
+
+/// What one batch became: records for the output topic, dead letters, and each input
+/// event's fate.
+#[derive(Default)]
+struct Transformed {
+    out: Vec<Record>,
+    dead: Vec<Record>,
+    fates: Vec<Fate>,
 }
 
 /// What happened to one input event, recorded once the output is durable.
@@ -73,38 +102,56 @@ impl Stage {
         format!("stage.{}", self.name)
     }
 
-    /// Runs one worker per input partition this process owns until `shutdown`; each
-    /// finishes its batch.
+    /// Creates the stage's dead-letter, re-drive bookkeeping and re-drive topics.
+    pub async fn prepare(&self) -> Result<(), LogError> {
+        crate::retry::ensure_topics(self.log.as_ref(), &self.name, 0, Duration::ZERO).await?;
+        self.log
+            .ensure_topic(&hifi_log::TopicSpec::new(redrive_topic(&self.name), 1))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one worker per input partition this process owns, and one for the re-drive
+    /// topic, until `shutdown`; each finishes its batch.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), LogError> {
         let out_partitions = self.log.partitions(&self.output).await?;
         let group = self.group();
-        crate::owned::run_owned(
-            self.log.as_ref(),
-            &self.name,
-            &group,
-            &self.input,
-            &shutdown,
-            |p, stop| {
-                let stage = self.clone();
-                async move {
-                    if let Err(e) = stage.worker(p, p % out_partitions, stop).await {
-                        error!(stage = %stage.name, %e, "stage worker stopped");
-                    }
-                }
-            },
-        )
-        .await; // each worker committed its last batch; the group is left here
+        let redrive = redrive_topic(&self.name);
+        let owned = |topic: String| {
+            let (stage, group, shutdown) = (self.clone(), group.clone(), shutdown.clone());
+            async move {
+                crate::owned::run_owned(
+                    stage.log.as_ref(),
+                    &stage.name,
+                    &group,
+                    &topic,
+                    &shutdown,
+                    |p, stop| {
+                        let (stage, topic) = (stage.clone(), topic.clone());
+                        async move {
+                            if let Err(e) = stage.worker(&topic, p, p % out_partitions, stop).await
+                            {
+                                error!(stage = %stage.name, %e, "stage worker stopped");
+                            }
+                        }
+                    },
+                )
+                .await // each worker committed its last batch; the group is left here
+            }
+        };
+        tokio::join!(owned(self.input.clone()), owned(redrive));
         Ok(())
     }
 
     async fn worker(
         &self,
+        input: &str,
         p: u32,
         out_p: u32,
         shutdown: CancellationToken,
     ) -> Result<(), LogError> {
         let group = self.group();
-        let start = || start_position(self.log.as_ref(), &group, &self.input, p);
+        let start = || start_position(self.log.as_ref(), &group, input, p);
         let Some(mut pos) =
             retry_until_ok(&shutdown, &self.name, "read the start position", start).await
         else {
@@ -119,7 +166,7 @@ impl Stage {
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.log.read(&self.input, p, pos, limits) => r,
+                r = self.log.read(input, p, pos, limits) => r,
             };
             let batch = match batch {
                 Ok(b) => b,
@@ -141,16 +188,29 @@ impl Stage {
                 continue;
             };
             let arrival_us = self.ledger.now_us();
-            let (outputs, fates) = self.transform_batch(p, batch, &cel_root);
-            let mut fates = fates;
-            if !outputs.is_empty() {
-                let Some(dropped) = self.append_until_done(out_p, outputs, &shutdown).await else {
+            let Transformed {
+                out,
+                dead,
+                mut fates,
+            } = self.transform_batch(input, p, batch, &cel_root);
+            if !out.is_empty() {
+                let Some(dropped) = self.append_until_done(out_p, out, &shutdown).await else {
                     break; // shut down before the output was durable: do not commit
                 };
                 if !dropped.is_empty() {
                     fates.retain(|f| {
                         !(f.outcome == Outcome::Passed && dropped.contains(&f.origin.to_string()))
                     });
+                }
+            }
+            if !dead.is_empty() {
+                let topic = crate::retry::dlq_topic(&self.name);
+                let dlq = || self.log.append(&topic, 0, dead.clone());
+                if retry_until_ok(&shutdown, &self.name, "store dead letters", dlq)
+                    .await
+                    .is_none()
+                {
+                    break; // not durable: do not commit
                 }
             }
             let departure_us = self.ledger.now_us();
@@ -175,7 +235,7 @@ impl Stage {
                 return Ok(());
             }
             pos = last + 1;
-            let commit = || self.log.commit(&group, &self.input, p, pos);
+            let commit = || self.log.commit(&group, input, p, pos);
             if retry_until_ok(&shutdown, &self.name, "commit the input position", commit)
                 .await
                 .is_none()
@@ -188,18 +248,23 @@ impl Stage {
 
     fn transform_batch(
         &self,
+        input: &str,
         p: u32,
         batch: Vec<StoredRecord>,
         cel_root: &cel_interpreter::Context<'_>,
-    ) -> (Vec<Record>, Vec<Fate>) {
-        let mut out = Vec::with_capacity(batch.len());
-        let mut fates = Vec::with_capacity(batch.len());
+    ) -> Transformed {
+        let mut t = Transformed {
+            out: Vec::with_capacity(batch.len()),
+            fates: Vec::with_capacity(batch.len()),
+            dead: Vec::new(),
+        };
         let mut errors = Vec::new();
         self.stats
             .read_events_total
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let now_ms = crate::now_ms();
         for r in batch {
-            let meta = EventMeta::of(&self.input, p, &r);
+            let meta = EventMeta::of(input, p, &r);
             let origin_missing = r.record.header(header::ORIGIN).is_none();
             let mut rec = r.record;
             #[cfg(feature = "test-hooks")]
@@ -215,17 +280,51 @@ impl Stage {
                 event_time_ms: meta.time_ms,
                 outcome,
             };
+            let mut dead_letter = |rec: &Record, class: &str, why: String| {
+                warn!(stage = %self.name, id = %meta.id, origin = %meta.origin, reason = %why,
+                    "event dead-lettered at this stage");
+                t.dead.push(dead_letter(
+                    rec,
+                    &meta.origin.to_string(),
+                    class,
+                    why,
+                    now_ms,
+                ));
+                t.fates.push(fate(Outcome::DeadLettered));
+            };
             match self.transforms.apply(cel_root, &rec.value, &mut errors) {
                 Applied::Filtered => {
                     self.stats
                         .filtered_events_total
                         .fetch_add(1, Ordering::Relaxed);
-                    fates.push(fate(Outcome::Filtered));
+                    t.fates.push(fate(Outcome::Filtered));
                     continue;
                 }
-                Applied::Keep(value) => rec.value = value,
+                Applied::Unreadable(why) => {
+                    dead_letter(&rec, "unreadable", why);
+                    continue;
+                }
+                Applied::Keep(value) => {
+                    let original = std::mem::replace(&mut rec.value, value);
+                    if rec.frame_bytes() > self.record_bytes_max {
+                        let why = format!(
+                            "the transforms grew the event to {} bytes, over record_bytes_max ({})",
+                            rec.frame_bytes(),
+                            self.record_bytes_max
+                        );
+                        rec.value = original; // the letter keeps the event as it was read
+                        self.stats
+                            .oversize_events_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        dead_letter(&rec, "oversize", why);
+                        continue;
+                    }
+                }
             }
-            fates.push(fate(Outcome::Passed));
+            // Re-driven letters carry retry/DLQ headers: the output is the event alone.
+            rec.headers
+                .retain(|h| !h.name.starts_with("hifi-retry-") && h.name != DLQ_REASON);
+            t.fates.push(fate(Outcome::Passed));
             if origin_missing {
                 let value = meta.origin.to_string().into();
                 rec.headers.push(hifi_log::Header {
@@ -233,7 +332,7 @@ impl Stage {
                     value,
                 });
             }
-            out.push(rec);
+            t.out.push(rec);
         }
         if !errors.is_empty() {
             self.stats
@@ -244,15 +343,18 @@ impl Stage {
         }
         self.stats
             .passed_events_total
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        (out, fates)
+            .fetch_add(t.out.len() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_lettered_events_total
+            .fetch_add(t.dead.len() as u64, Ordering::Relaxed);
+        t
     }
 
-    /// Appends until durable; retries transient engine errors. False if shut down first.
-    /// Appends until durable; retries transient engine errors. Records that can never
-    /// be appended (grown by transforms past `record_bytes_max`) are left out, logged and
-    /// counted; their origins are returned so that no outcome is recorded for them (the
-    /// ledger then shows them lost at this stage). `None` if shut down first.
+    /// Appends until durable; retries transient engine errors. Records the engine still
+    /// refuses as too large (oversize events are dead-lettered before this; an engine
+    /// with a lower limit than configured) are left out, logged and counted; their
+    /// origins are returned so that no outcome is recorded for them (the ledger then
+    /// shows them lost at this stage). `None` if shut down first.
     async fn append_until_done(
         &self,
         out_p: u32,
@@ -301,6 +403,29 @@ impl Stage {
             }
         }
     }
+}
+
+/// A dead letter of this stage: the event as it was read, with its origin and why.
+fn dead_letter(rec: &Record, origin: &str, class: &str, why: String, now_ms: i64) -> Record {
+    let at = crate::event::rfc3339_ms(now_ms);
+    let reason = crate::retry::DlqReason {
+        class: class.into(),
+        status: 0,
+        body: why,
+        attempts: 0,
+        first_attempt: at.clone(),
+        last_attempt: at,
+    };
+    let mut letter = crate::retry::annotate(
+        rec,
+        origin,
+        vec![(
+            DLQ_REASON,
+            serde_json::to_string(&reason).unwrap_or_default(),
+        )],
+    );
+    letter.timestamp_ms = now_ms;
+    letter
 }
 
 /// Where a consumer starts: its committed position, or the oldest stored record.

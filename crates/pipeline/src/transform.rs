@@ -50,6 +50,9 @@ pub enum Applied {
     Keep(Bytes),
     /// A filter dropped it on purpose (outcome `filtered`).
     Filtered,
+    /// The value cannot be read as JSON, so no transform can be applied (neither a
+    /// filter nor a redaction): the stage dead-letters it, never passes it on.
+    Unreadable(String),
 }
 
 /// The transforms of one stage, in order.
@@ -133,7 +136,8 @@ impl Transforms {
     }
 
     /// Applies every transform to one value. `errors` gets one line per transform that
-    /// could not apply (the event then passes it unchanged).
+    /// could not apply (the event then passes it unchanged); a value that is not JSON
+    /// at all is [`Applied::Unreadable`].
     pub fn apply(
         &self,
         cel_root: &Context<'_>,
@@ -145,10 +149,7 @@ impl Transforms {
         }
         let mut json: Value = match serde_json::from_slice(value) {
             Ok(v) => v,
-            Err(e) => {
-                errors.push(format!("value is not JSON ({e}); passed unchanged"));
-                return Applied::Keep(value.clone());
-            }
+            Err(e) => return Applied::Unreadable(format!("the value is not readable JSON ({e})")),
         };
         let mut changed = false;
         for t in &self.list {
@@ -342,8 +343,15 @@ mod tests {
         let (out, errs) = run(&ts, r#"{"other":1}"#);
         assert_eq!(out, Applied::Keep(Bytes::from_static(br#"{"other":1}"#)));
         assert_eq!(errs.len(), 1, "{errs:?}");
-        let (out, _) = run(&ts, "not json");
-        assert_eq!(out, Applied::Keep(Bytes::from_static(b"not json")));
+    }
+
+    #[test]
+    fn a_value_that_is_not_json_is_unreadable_never_kept() {
+        let ts = t("[[transforms]]\ntype = \"redact\"\nfield = \"/card\"\nmode = \"mask\"\n");
+        for v in ["not json", r#"{"card":"4111111111111111","x":"\ud800"}"#] {
+            let (out, _) = run(&ts, v);
+            assert!(matches!(out, Applied::Unreadable(_)), "{v}: {out:?}");
+        }
     }
 
     #[test]

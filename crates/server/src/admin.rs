@@ -368,14 +368,20 @@ async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) ->
     None
 }
 
-fn sink_exists(s: &AdminState, sink: &str) -> Result<(), Box<Response>> {
-    if s.sinks.iter().any(|k| k.name == sink) {
+/// Sinks and stages have dead letters; the names of those that do.
+fn has_dead_letters(s: &AdminState, node: &str) -> Result<(), Box<Response>> {
+    let sinks = s.sinks.iter().map(|k| k.name.as_str());
+    let stages = s.stages.iter().map(|k| k.name.as_str());
+    if sinks.clone().chain(stages.clone()).any(|n| n == node) {
         Ok(())
     } else {
-        let names: Vec<&str> = s.sinks.iter().map(|k| k.name.as_str()).collect();
+        let names: Vec<&str> = sinks.chain(stages).collect();
         Err(Box::new(error(
             StatusCode::NOT_FOUND,
-            &format!("no sink {sink:?}; sinks: {}", names.join(", ")),
+            &format!(
+                "no sink or stage {node:?}; those with dead letters: {}",
+                names.join(", ")
+            ),
             json!({}),
         )))
     }
@@ -388,7 +394,7 @@ struct DlqQuery {
 }
 
 async fn dlq_list(State(s): S, Path(sink): Path<String>, Query(q): Query<DlqQuery>) -> Response {
-    if let Err(r) = sink_exists(&s, &sink) {
+    if let Err(r) = has_dead_letters(&s, &sink) {
         return *r;
     }
     // Keeps only the newest `limit` while scanning: memory is bounded by the answer.
@@ -419,7 +425,7 @@ async fn dlq_list(State(s): S, Path(sink): Path<String>, Query(q): Query<DlqQuer
 }
 
 async fn dlq_show(State(s): S, Path((sink, id)): Path<(String, String)>) -> Response {
-    if let Err(r) = sink_exists(&s, &sink) {
+    if let Err(r) = has_dead_letters(&s, &sink) {
         return *r;
     }
     // The newest dead letter with that id.
@@ -495,7 +501,7 @@ async fn dlq_redrive(
     if let Err(r) = may_change_state(&s, &headers) {
         return *r;
     }
-    if let Err(r) = sink_exists(&s, &sink) {
+    if let Err(r) = has_dead_letters(&s, &sink) {
         return *r;
     }
     let b = body.map(|Json(b)| b).unwrap_or(RedriveBody {
@@ -519,7 +525,14 @@ async fn dlq_redrive(
         reason_contains: b.reason_contains,
         dry_run: b.dry_run,
     };
-    match hifi_pipeline::retry::redrive(&s.log, &sink, &filter, s.ledger.clock().now_ms()).await {
+    // A sink's letters go to its first retry tier; a stage's to its re-drive topic.
+    let target = if s.stages.iter().any(|st| st.name == sink) {
+        hifi_pipeline::stage::redrive_topic(&sink)
+    } else {
+        hifi_pipeline::retry::retry_topic(&sink, 0)
+    };
+    let now = s.ledger.clock().now_ms();
+    match hifi_pipeline::retry::redrive(&s.log, &sink, &target, &filter, now).await {
         Ok(r) => Json(r).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -253,10 +253,7 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
         Ok(ev) => ev,
         Err(r) => return reject(*r),
     };
-    if let Err(errors) = s
-        .source
-        .check_event_times(&mut events, hifi_pipeline::now_ms())
-    {
+    if let Err(errors) = s.source.check_events(&mut events, hifi_pipeline::now_ms()) {
         let msg = format!("{} invalid event(s); nothing was written", errors.len());
         return reject(error(
             StatusCode::BAD_REQUEST,
