@@ -279,3 +279,68 @@ async fn a_value_a_stage_cannot_read_is_dead_lettered_never_passed_on() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// Events waiting behind a destination outage are not loss: a bucket does not settle
+/// while the sink has not committed past them (however long past `settle_after`), and
+/// once the destination is back everything is delivered and the tables are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_in_a_backlog_are_never_reported_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    // The destination is down: nothing listens on its port yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let file = pipeline_file(dir.path(), &format!("http://{addr}/ingest"), "", true);
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let admin = proc.addr("admin");
+    let client = reqwest::Client::new();
+    for b in 0..10 {
+        let body: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"id": format!("w-{b}-{i}")}))
+            .collect();
+        assert_eq!(
+            client.post(&url).json(&body).send().await.unwrap().status(),
+            200
+        );
+    }
+    // Well past settle_after (2 s): the buckets stay open, nothing is called lost.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let v = get_json(&format!("http://{admin}/v1/loss?lost=true")).await;
+    let buckets = v["buckets"].as_array().cloned().unwrap_or_default();
+    assert!(!buckets.is_empty(), "{v}");
+    for b in &buckets {
+        assert_eq!(b["settled"], false, "settled during the outage: {b}");
+    }
+    // The destination comes back (on the same address); everything arrives.
+    let receiver = run_receiver(dir.path(), &addr.to_string(), &record);
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&record).len()
+            == 200),
+        "not all arrived: {}",
+        received_ids(&record).len()
+    );
+    let buckets = settled_buckets(admin, Duration::from_secs(30)).await;
+    assert_eq!(node_sum(&buckets, "out", "delivered"), 200, "{buckets:?}");
+    let e2e: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(e2e, 0, "{buckets:?}");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["hifi_ledger_loss_alarms", "hifi_ledger_lost_events"] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

@@ -23,6 +23,7 @@ fn record(c: &mut Criterion) {
             kind: NodeKind::Sink,
             input: Some("events".into()),
             output: None,
+            group: None,
         }];
         Ledger::open(
             LedgerConfig::default(),

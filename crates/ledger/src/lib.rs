@@ -68,6 +68,10 @@ pub struct LedgerConfig {
     /// Merge the tallies other processes append to the journal (an engine shared by
     /// several processes), so every process's tables cover the whole pipeline.
     pub follow_journal: bool,
+    /// Longest a bucket waits for a node's backlog (a destination down, a stage behind)
+    /// before it settles anyway; its missing events are then reported as `backlog`, not
+    /// as lost.
+    pub settle_max_wait: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -78,6 +82,7 @@ impl Default for LedgerConfig {
             loss_alarm_percent: 0.0,
             history: Duration::from_secs(7 * 24 * 3600),
             follow_journal: false,
+            settle_max_wait: Duration::from_secs(3600),
         }
     }
 }
@@ -102,6 +107,10 @@ pub struct NodeSpec {
     pub input: Option<String>,
     /// Topic written (sources, stages).
     pub output: Option<String>,
+    /// Consumer group whose committed positions on `input` say what the node has
+    /// handled (stages, sinks). A bucket settles only once every such node has committed
+    /// past its input as it was when the bucket last changed; `None`: no such gate.
+    pub group: Option<String>,
 }
 
 /// One node's row of a loss table.
@@ -153,6 +162,10 @@ pub struct LossTable {
     /// Where replay must start to rebuild the buckets still open then.
     #[serde(default)]
     pub replay_from: u64,
+    /// Events still waiting in a node's backlog when the bucket settled after
+    /// `settle_max_wait` (not counted as lost; the bucket re-settles when they move).
+    #[serde(default)]
+    pub backlog: u64,
 }
 
 /// Counters of the ledger.
@@ -186,6 +199,40 @@ struct OpenBucket {
     last_change_ms: i64,
     /// First journal offset holding records of this bucket.
     first_journal_offset: u64,
+    /// Each gated node's input end offsets (topic → per partition), read at the first
+    /// tick after the bucket last changed: the bucket's events are all below them.
+    inputs_end: Option<BTreeMap<String, Vec<u64>>>,
+    /// When `inputs_end` was read (ms, ledger clock).
+    inputs_end_at_ms: i64,
+}
+
+/// Where the gated nodes are: input ends and committed positions, read once per tick.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Input topic → end offset per partition.
+    ends: BTreeMap<String, Vec<u64>>,
+    /// Node → committed position per partition of its input.
+    committed: BTreeMap<String, Vec<u64>>,
+}
+
+impl Progress {
+    /// The first gated node that has not committed past `ends`, if any.
+    fn behind<'a>(
+        &self,
+        nodes: &'a [NodeSpec],
+        ends: &BTreeMap<String, Vec<u64>>,
+    ) -> Option<&'a str> {
+        nodes.iter().find_map(|n| {
+            let (input, _) = (n.input.as_ref()?, n.group.as_ref()?);
+            let end = ends.get(input)?;
+            let pos = self.committed.get(&n.name)?;
+            let behind = end
+                .iter()
+                .enumerate()
+                .any(|(p, e)| pos.get(p).copied().unwrap_or(0) < *e);
+            behind.then_some(n.name.as_str())
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -485,16 +532,33 @@ impl Ledger {
             self.follow_journal(journal_end).await?;
         }
         let now = self.clock.now_ms();
-        let due: Vec<i64> = {
-            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let settle = self.cfg.settle_after.as_millis() as i64;
-            st.open
-                .iter()
-                .filter(|(_, b)| b.last_change_ms + settle <= now)
-                .map(|(k, _)| *k)
-                .collect()
+        let progress = self.progress().await?;
+        let settle = self.cfg.settle_after.as_millis() as i64;
+        let max_wait = self.cfg.settle_max_wait.as_millis() as i64;
+        // (bucket, settled with events still in a backlog)
+        let due: Vec<(i64, bool)> = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            for (k, b) in st.open.iter_mut() {
+                if b.inputs_end.is_none() || b.last_change_ms >= b.inputs_end_at_ms {
+                    b.inputs_end = Some(progress.ends.clone());
+                    b.inputs_end_at_ms = now;
+                }
+                if b.last_change_ms + settle > now {
+                    continue;
+                }
+                let ends = b.inputs_end.as_ref().expect("set above");
+                match progress.behind(&self.nodes, ends) {
+                    None => due.push((*k, false)),
+                    Some(_) if b.last_change_ms.saturating_add(max_wait) <= now => {
+                        due.push((*k, true))
+                    }
+                    Some(_) => {} // its events may still be waiting in a backlog
+                }
+            }
+            due
         };
-        for bucket in due {
+        for (bucket, backlog) in due {
             let (table, previous) = {
                 let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(open) = st.open.get(&bucket) else {
@@ -505,6 +569,19 @@ impl Ledger {
                     Some(old) => self.resettle(old, open),
                     None => self.table(bucket, open, true),
                 };
+                if backlog {
+                    // Waited settle_max_wait for a backlog: what is missing may still
+                    // come; it is not reported as lost.
+                    table.backlog = table.e2e_lost;
+                    table.e2e_lost = 0;
+                    table.e2e_loss_percent = 0.0;
+                    table.lost.clear();
+                    for n in &mut table.nodes {
+                        n.lost = 0;
+                    }
+                    warn!(bucket = %table.start, waiting = table.backlog,
+                        "bucket settled after settle_max_wait with events still in a backlog (not counted as lost)");
+                }
                 table.journal_end = journal_end;
                 table.replay_from = st
                     .open
@@ -554,6 +631,30 @@ impl Ledger {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.settled.retain(|b, _| *b >= keep_after);
         Ok(())
+    }
+
+    /// Input ends and committed positions of the gated nodes (nodes with a group).
+    async fn progress(&self) -> Result<Progress, LogError> {
+        let mut pr = Progress::default();
+        for n in &self.nodes {
+            let (Some(input), Some(group)) = (&n.input, &n.group) else {
+                continue;
+            };
+            let partitions = self.log.partitions(input).await?;
+            if !pr.ends.contains_key(input) {
+                let mut ends = Vec::with_capacity(partitions as usize);
+                for p in 0..partitions {
+                    ends.push(self.log.offsets(input, p).await?.end);
+                }
+                pr.ends.insert(input.clone(), ends);
+            }
+            let mut pos = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                pos.push(self.log.committed(group, input, p).await?.unwrap_or(0));
+            }
+            pr.committed.insert(n.name.clone(), pos);
+        }
+        Ok(pr)
     }
 
     /// Computes a bucket's table from its tallies.
@@ -630,6 +731,7 @@ impl Ledger {
             lost_complete: lost_total <= LOST_LIST_MAX,
             journal_end: 0,
             replay_from: 0,
+            backlog: 0,
         }
     }
 

@@ -15,6 +15,7 @@ fn nodes() -> Vec<NodeSpec> {
         kind,
         input: input.map(Into::into),
         output: output.map(Into::into),
+        group: None,
     };
     vec![
         n("api", NodeKind::Source, None, Some("events")),

@@ -50,9 +50,15 @@ pub struct LedgerSection {
     /// Record lag and loss. Default true (turn off only to measure the ledger's cost).
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// A bucket settles when its tallies have not changed this long. Default `"3m"`.
+    /// A bucket settles when its tallies have not changed this long and every stage
+    /// and sink has committed past its input as it was then. Default `"3m"`.
     #[serde(default = "default_settle_after")]
     pub settle_after: Dur,
+    /// Longest a bucket waits for a node's backlog (destination down, stage behind)
+    /// before it settles anyway, with the waiting events reported as `backlog`, not
+    /// lost. Default `"1h"`.
+    #[serde(default = "default_settle_max_wait")]
+    pub settle_max_wait: Dur,
     /// Alarm when a settled bucket's end-to-end loss % is above this. Default 0.0 (any loss).
     #[serde(default)]
     pub loss_alarm_percent: f64,
@@ -68,6 +74,7 @@ impl Default for LedgerSection {
         LedgerSection {
             enabled: true,
             settle_after: default_settle_after(),
+            settle_max_wait: default_settle_max_wait(),
             loss_alarm_percent: 0.0,
             history: default_retention(),
             alarm_webhook: None,
@@ -80,6 +87,9 @@ fn default_true() -> bool {
 }
 fn default_settle_after() -> Dur {
     Dur(Duration::from_secs(180))
+}
+fn default_settle_max_wait() -> Dur {
+    Dur(Duration::from_secs(3600))
 }
 
 /// Which engine holds the topics.

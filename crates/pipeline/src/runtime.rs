@@ -415,6 +415,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             kind: NodeKind::Source,
             input: None,
             output: Some(s.topic.get_ref().clone()),
+            group: None,
         });
     }
     for (name, s) in &c.stages {
@@ -423,6 +424,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             kind: NodeKind::Stage,
             input: Some(s.input.get_ref().clone()),
             output: Some(s.output.get_ref().clone()),
+            group: Some(format!("stage.{name}")),
         });
     }
     for (name, s) in &c.sinks {
@@ -431,6 +433,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             kind: NodeKind::Sink,
             input: Some(s.input.get_ref().clone()),
             output: None,
+            group: Some(format!("sink.{name}")),
         });
     }
     nodes
@@ -444,6 +447,7 @@ async fn open_ledger(loaded: &LoadedConfig, log: Arc<dyn Log>) -> Result<Arc<Led
         loss_alarm_percent: l.loss_alarm_percent,
         history: l.history.0,
         follow_journal: loaded.config.engine.kind == EngineKind::Kafka,
+        settle_max_wait: l.settle_max_wait.0,
     };
     Ok(Ledger::open(cfg, node_specs(loaded), log, Arc::new(SystemClock)).await?)
 }

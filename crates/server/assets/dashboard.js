@@ -249,18 +249,22 @@
       const byNode = new Map((b.nodes || []).map((n) => [n.node, n]));
       const sum = (f) => (b.nodes || []).reduce((s, n) => s + (n[f] || 0), 0);
       const tr = el("tr", null, { "data-bucket": b.start });
-      if (b.e2e_lost > 0) tr.classList.add("lossy");
+      // An open bucket's missing events may still be on their way (a backlog): it
+      // shows "pending", never loss; only a settled bucket can be lossy.
+      if (b.settled && b.e2e_lost > 0) tr.classList.add("lossy");
       if (!b.settled) tr.classList.add("open");
+      const state = b.settled ? (b.backlog > 0 ? `yes (${fmtInt(b.backlog)} in backlog)` : "yes") : "open";
       tr.append(el("td", fmtTime(b.start), { title: b.start }),
-                el("td", b.settled ? "yes" : "open"), el("td", fmtInt(b.events)));
+                el("td", state), el("td", fmtInt(b.events)));
       for (const n of nodes) {
         const c = byNode.get(n);
-        const lost = el("td", c ? fmtInt(c.lost) : "–");
-        if (c && c.lost > 0) lost.className = "bad";
+        const lost = el("td", !c ? "–" : b.settled ? fmtInt(c.lost) : "pending");
+        if (b.settled && c && c.lost > 0) lost.className = "bad";
         tr.append(el("td", c ? fmtInt(c.seen) : "–"), lost);
       }
       tr.append(el("td", fmtInt(sum("filtered"))), el("td", fmtInt(sum("dead_lettered"))),
-                el("td", fmtInt(b.e2e_lost)), el("td", fmtPct(b.e2e_loss_percent)));
+                el("td", b.settled ? fmtInt(b.e2e_lost) : "pending"),
+                el("td", b.settled ? fmtPct(b.e2e_loss_percent) : "pending"));
       return tr;
     });
     if (rows.length === 0) {
