@@ -59,6 +59,22 @@ pub enum LogCommand {
     Stress(StressArgs),
     /// Measure the engine against the disk's raw limits; prints a Markdown table.
     Bench(crate::log_bench::BenchArgs),
+    /// Damaged regions hifi quarantined (copied aside and skipped by readers).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// One line per quarantined region: topic/partition, offsets skipped, where, why,
+    /// when (`--json` for the records). Safe while hifi runs.
+    List {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +147,63 @@ pub async fn run(cmd: LogCommand) -> Result<ExitCode> {
         } => append(data_dir, at, partitions, fsync, batch).await,
         LogCommand::Stress(args) => stress(args).await,
         LogCommand::Bench(args) => crate::log_bench::run(args).await,
+        LogCommand::Quarantine(QuarantineCommand::List { data_dir, json }) => {
+            quarantine_list(&data_dir, json)
+        }
     }
+}
+
+fn quarantine_list(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let entries = hifi_log::quarantine::list(data_dir).with_context(|| {
+        format!(
+            "reading the quarantine folders under {}",
+            data_dir.display()
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for e in &entries {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        writeln!(out, "no quarantined regions under {}", data_dir.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<24} {:>21}  {:<40} reason (quarantined at)",
+        "topic/partition", "offsets skipped", "segment:bytes"
+    )?;
+    for e in &entries {
+        let at = rfc3339_seconds(e.quarantined_at_ms);
+        writeln!(
+            out,
+            "{:<24} {:>21}  {:<40} {} ({at})",
+            format!("{}/{}", e.topic, e.partition),
+            format!("{}..{}", e.first_offset, e.next_offset),
+            format!(
+                "{}:{}..{}",
+                e.segment
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                e.position,
+                e.end_position
+            ),
+            e.reason
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Epoch ms as RFC 3339 (UTC, seconds).
+fn rfc3339_seconds(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
 }
 
 fn verify(data_dir: PathBuf, record_bytes_max: usize) -> Result<ExitCode> {

@@ -87,6 +87,9 @@ pub struct LogConfig {
     pub retention_check_interval: Duration,
     /// Retention for topics created without their own.
     pub default_retention: Retention,
+    /// What readers do at a record that fails verification (default: quarantine it and
+    /// go on; see [`crate::quarantine`]).
+    pub on_corruption: crate::quarantine::OnCorruption,
 }
 
 impl Default for LogConfig {
@@ -105,6 +108,7 @@ impl Default for LogConfig {
             partitions_max: 4096,
             retention_check_interval: Duration::from_secs(60),
             default_retention: Retention::default(),
+            on_corruption: Default::default(),
         }
     }
 }

@@ -570,8 +570,9 @@ impl Log for EmbeddedLog {
             // Marked seen first, so a commit after the look at the view still wakes us.
             hw.borrow_and_update();
             let (start, end) = shared.offsets();
-            // Past the end: the read reports it out of range.
-            if from != end {
+            // Past the end: the read reports it out of range. A quarantined region up to
+            // the end reads as the end: wait there for new records.
+            if from != end && shared.past_holes(from) != end {
                 break start;
             }
             match tokio::time::timeout_at(deadline, hw.changed()).await {

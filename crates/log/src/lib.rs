@@ -62,10 +62,12 @@
 pub mod config;
 #[doc(hidden)]
 pub mod conformance;
+pub mod durable;
 mod embedded;
 mod groups;
 mod membership;
 mod partition;
+pub mod quarantine;
 pub mod record;
 pub mod segment;
 pub mod storage;
@@ -280,6 +282,10 @@ pub struct LogStats {
     pub torn_tail_bytes_total: AtomicU64,
     /// Damaged regions found at open (kept, never read as data).
     pub damaged_regions_total: AtomicU64,
+    /// Damaged regions quarantined (copied aside, skipped by readers).
+    pub quarantined_regions_total: AtomicU64,
+    /// Records skipped by readers because they were in a quarantined region.
+    pub quarantined_records_total: AtomicU64,
     /// Zeroes written ahead of appends (see `LogConfig::preallocate_bytes`).
     pub preallocated_bytes_total: AtomicU64,
     /// Segments deleted by retention.

@@ -40,6 +40,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{FsyncPolicy, LogConfig, Retention};
+use crate::durable::DurableEnd;
+use crate::quarantine::{Hole, OnCorruption, QuarantineEntry};
 use crate::record::{
     decode_shared_frame, encode_frame, u32_at, Bytes, Frame, Record, StoredRecord,
     FRAME_HEADER_BYTES,
@@ -69,6 +71,8 @@ pub(crate) struct SegmentView {
     pub(crate) max_timestamp_ms: i64,
     /// Sparse indexes of the visible records.
     pub(crate) indexes: Indexes,
+    /// Quarantined regions readers skip, by position (see [`crate::quarantine`]).
+    pub(crate) holes: Vec<Hole>,
 }
 
 /// State shared by the writer thread and readers.
@@ -254,20 +258,108 @@ impl PartitionShared {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, LogError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let result = self.scan_from(from, |rec, frame_bytes| {
-            if rec.offset >= from {
-                bytes += frame_bytes;
-                out.push(rec);
+        // Each damaged region met is quarantined once, then skipped; the bound only
+        // stops a segment made entirely of damage from looping here for long.
+        for _ in 0..1024 {
+            let from = self.past_holes(from);
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let result = self.scan_from(from, |rec, frame_bytes| {
+                if rec.offset >= from {
+                    bytes += frame_bytes;
+                    out.push(rec);
+                }
+                out.len() < max_records && bytes < max_bytes
+            });
+            match result {
+                Ok(read) => return Ok(own_buffers_if_few(out, bytes, read)),
+                Err(LogError::Corruption { .. }) if !out.is_empty() => return Ok(out),
+                Err(LogError::Corruption {
+                    segment,
+                    offset,
+                    position,
+                    reason,
+                    ..
+                }) if self.config.on_corruption == OnCorruption::Quarantine => {
+                    if !self.quarantine_at(&segment, offset, position, &reason) {
+                        let e = self.corruption(&segment, offset, position, &reason);
+                        return Err(self.report(e));
+                    }
+                }
+                Err(e) => return Err(self.report(e)),
             }
-            out.len() < max_records && bytes < max_bytes
-        });
-        match result {
-            Ok(read) => Ok(own_buffers_if_few(out, bytes, read)),
-            Err(LogError::Corruption { .. }) if !out.is_empty() => Ok(out),
-            Err(e) => Err(self.report(e)),
         }
+        Err(self.err_failed("too many damaged regions in one read"))
+    }
+
+    /// `from`, or the offset after the quarantined region holding it.
+    pub(crate) fn past_holes(&self, from: u64) -> u64 {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        let i = view.partition_point(|s| s.base <= from);
+        let Some(seg) = i.checked_sub(1).map(|i| &view[i]) else {
+            return from;
+        };
+        seg.holes
+            .iter()
+            .find(|h| (h.offset..h.resume_offset).contains(&from))
+            .map_or(from, |h| h.resume_offset)
+    }
+
+    /// Registers the damage a read met at `position` (offset `offset`) of `segment` as
+    /// a hole: finds where good frames resume, copies the bytes aside, counts and logs
+    /// it. False when the segment is not found (deleted meanwhile) or the damage is at
+    /// a known hole already (nothing new to skip: the caller reports it).
+    fn quarantine_at(&self, segment: &Path, offset: u64, position: u64, reason: &str) -> bool {
+        let (file, base, visible, next_offset) = {
+            let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+            let Some(seg) = view.iter().find(|s| s.path == segment) else {
+                return false;
+            };
+            if seg.holes.iter().any(|h| h.position == position) {
+                return false;
+            }
+            (
+                seg.file.clone(),
+                seg.base,
+                seg.visible_bytes,
+                seg.next_offset,
+            )
+        };
+        let body_max = self.config.record_bytes_max;
+        let resumed =
+            crate::segment::resync_in(file.as_ref(), visible, position + 1, offset, body_max)
+                .ok()
+                .flatten();
+        let (resume_position, resume_offset) = resumed.unwrap_or((visible, next_offset));
+        let hole = Hole {
+            position,
+            offset,
+            resume_position,
+            resume_offset,
+        };
+        {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            let Some(seg) = view.iter_mut().find(|s| s.path == segment) else {
+                return false;
+            };
+            if seg.holes.iter().any(|h| h.position == position) {
+                return true; // another reader registered it meanwhile
+            }
+            seg.holes.push(hole);
+            seg.holes.sort_by_key(|h| h.position);
+        }
+        record_hole(
+            &self.stats,
+            &self.topic,
+            self.partition,
+            &self.dir,
+            segment,
+            base,
+            file.as_ref(),
+            hole,
+            reason,
+        );
+        true
     }
 
     /// Reads verified records from `from` out of the tail cache, without I/O. `None` when
@@ -337,7 +429,7 @@ impl PartitionShared {
         from: u64,
         mut visit: impl FnMut(StoredRecord, usize) -> bool,
     ) -> Result<usize, LogError> {
-        let (file, path, mut expected, mut pos, bound) = {
+        let (file, path, mut expected, mut pos, bound, holes) = {
             let view = self.view.read().unwrap_or_else(|p| p.into_inner());
             let (start, end) = (view[0].base, view[view.len() - 1].next_offset);
             if from < start || from > end {
@@ -368,6 +460,7 @@ impl PartitionShared {
                 offset,
                 pos,
                 seg.visible_bytes,
+                seg.holes.clone(),
             )
         };
         let body_max = self.config.record_bytes_max;
@@ -377,6 +470,11 @@ impl PartitionShared {
         let mut buf_start = pos;
         let mut read = 0;
         while pos < bound {
+            if let Some(h) = holes.iter().find(|h| h.position == pos) {
+                pos = h.resume_position;
+                expected = h.resume_offset;
+                continue;
+            }
             let have = (buf_start + buf.len() as u64).saturating_sub(pos) as usize;
             let frame = if have >= FRAME_HEADER_BYTES {
                 decode_shared_frame(&buf.slice((pos - buf_start) as usize..), body_max)
@@ -458,6 +556,49 @@ impl PartitionShared {
     }
 }
 
+/// Counts, logs and copies aside a newly found hole.
+#[allow(clippy::too_many_arguments)]
+fn record_hole(
+    stats: &LogStats,
+    topic: &str,
+    partition: u32,
+    dir: &Path,
+    segment: &Path,
+    base: u64,
+    file: &dyn SegmentFile,
+    hole: Hole,
+    reason: &str,
+) {
+    stats
+        .quarantined_regions_total
+        .fetch_add(1, Ordering::Relaxed);
+    stats.quarantined_records_total.fetch_add(
+        hole.resume_offset.saturating_sub(hole.offset),
+        Ordering::Relaxed,
+    );
+    error!(topic, partition, segment = %segment.display(), position = hole.position,
+        offsets = ?(hole.offset..hole.resume_offset), reason,
+        "CORRUPTION: damaged records quarantined (copied to quarantine/, skipped by readers; the ledger reports them lost)");
+    let entry = QuarantineEntry {
+        topic: topic.to_owned(),
+        partition,
+        segment: segment.to_path_buf(),
+        position: hole.position,
+        end_position: hole.resume_position,
+        first_offset: hole.offset,
+        next_offset: hole.resume_offset,
+        reason: reason.to_owned(),
+        quarantined_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        copied_bytes: 0,
+    };
+    if let Err(e) = crate::quarantine::copy_aside(file, dir, base, entry) {
+        warn!(topic, partition, segment = %segment.display(), %e,
+            "could not copy the damaged bytes to quarantine/ (they are skipped all the same)");
+    }
+}
+
 /// How much a read pulls from the file at once.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -514,6 +655,7 @@ pub(crate) fn open_partition(
         index_interval_bytes: config.index_interval_bytes,
         resync: true,
         last: false,
+        resync_below: u64::MAX,
     };
     let ctx = RecoveryCtx {
         storage: storage.as_ref(),
@@ -522,13 +664,15 @@ pub(crate) fn open_partition(
         partition,
         dir: &dir,
         opts,
+        durable: crate::durable::read(storage.as_ref(), &dir),
+        quarantine: config.on_corruption == OnCorruption::Quarantine,
     };
     let mut view = Vec::with_capacity(bases.len());
     let mut active_file_bytes = 0;
     for (i, &base) in bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied();
         view.push(match next_base {
-            Some(_) => ctx.open_sealed(base)?,
+            Some(next) => ctx.open_sealed(base, next)?,
             None => {
                 let (seg, file_bytes) = ctx.open_last(base)?;
                 active_file_bytes = file_bytes;
@@ -583,7 +727,8 @@ pub(crate) fn open_partition(
         config: config.clone(),
         stats,
     });
-    let writer = Writer {
+    let storage_for_checkpoint = storage.clone();
+    let mut writer = Writer {
         shared: shared.clone(),
         storage,
         active_file: writer_state.0,
@@ -598,8 +743,32 @@ pub(crate) fn open_partition(
         last_sync: Instant::now(),
         buf: Vec::new(),
         slow_syncs: (0, None),
+        durable_file: open_checkpoint(storage_for_checkpoint.as_ref(), &shared.dir),
+        durable_synced: (Instant::now(), false),
     };
+    // What recovery kept is durable before it is recorded as such (records of a group
+    // whose fsync a crash interrupted may be in the page cache only).
+    if writer.active_file.sync_data().is_ok() {
+        writer.checkpoint();
+    }
     Ok((shared, writer))
+}
+
+/// Opens (creating it if needed) a partition's durable-end checkpoint file.
+fn open_checkpoint(storage: &dyn Storage, dir: &Path) -> Option<Arc<dyn SegmentFile>> {
+    let path = crate::durable::path(dir);
+    let opened = match storage.open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => storage.create_new(&path),
+        other => other,
+    };
+    match opened {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warn!(path = %path.display(), %e,
+                "cannot open the durable-end checkpoint; damage at the end of the active segment will be taken for a torn tail");
+            None
+        }
+    }
 }
 
 /// Everything recovery of one partition needs.
@@ -610,6 +779,10 @@ struct RecoveryCtx<'a> {
     partition: u32,
     dir: &'a Path,
     opts: ScanOptions,
+    /// The durable end the writer recorded (see [`crate::durable`]).
+    durable: Option<DurableEnd>,
+    /// Damage becomes holes readers skip (`on_corruption = "quarantine"`).
+    quarantine: bool,
 }
 
 impl RecoveryCtx<'_> {
@@ -628,7 +801,7 @@ impl RecoveryCtx<'_> {
     }
 
     /// A sealed segment: trusted indexes when intact, otherwise a verifying scan.
-    fn open_sealed(&self, base: u64) -> Result<SegmentView, OpenError> {
+    fn open_sealed(&self, base: u64, next_base: u64) -> Result<SegmentView, OpenError> {
         let path = segment_path(self.dir, base, "log");
         let file = self.storage.open(&path).map_err(|e| self.io(&path, e))?;
         let len = match check_header(file.as_ref(), base) {
@@ -645,6 +818,7 @@ impl RecoveryCtx<'_> {
                 next_offset: summary.next_offset,
                 max_timestamp_ms: summary.max_timestamp_ms,
                 indexes,
+                holes: Vec::new(),
             });
         }
         let out =
@@ -657,7 +831,65 @@ impl RecoveryCtx<'_> {
                 warn!(segment = %path.display(), %e, "could not rewrite index files; they will be rebuilt next time");
             }
         }
-        Ok(view_of(base, path, file, &out, len))
+        let mut view = view_of(base, path, file, &out, len);
+        if self.quarantine {
+            let mut holes = self.holes_of(&out);
+            if let Some(t) = &out.torn_tail {
+                // A sealed segment was complete: damage to its end is a hole up to the
+                // next segment, never the end of the partition.
+                holes.push(Hole {
+                    position: t.position,
+                    offset: t.offset,
+                    resume_position: len,
+                    resume_offset: next_base,
+                });
+                view.next_offset = next_base;
+            }
+            self.record_holes(&view, &holes, &out);
+            view.holes = holes;
+        }
+        Ok(view)
+    }
+
+    /// Holes for the damage a scan resynced past.
+    fn holes_of(&self, out: &ScanOutcome) -> Vec<Hole> {
+        out.damage
+            .iter()
+            .filter_map(|d| {
+                let (resume_position, resume_offset) = d.resumes_at?;
+                Some(Hole {
+                    position: d.position,
+                    offset: d.offset,
+                    resume_position,
+                    resume_offset,
+                })
+            })
+            .collect()
+    }
+
+    fn record_holes(&self, view: &SegmentView, holes: &[Hole], out: &ScanOutcome) {
+        let reason = |h: &Hole| {
+            out.damage
+                .iter()
+                .chain(&out.torn_tail)
+                .find(|d| d.position == h.position)
+                .map_or("acknowledged records missing below the durable end", |d| {
+                    d.reason
+                })
+        };
+        for h in holes {
+            record_hole(
+                self.stats,
+                self.topic,
+                self.partition,
+                self.dir,
+                &view.path,
+                view.base,
+                view.file.as_ref(),
+                *h,
+                reason(h),
+            );
+        }
     }
 
     /// The last (active) segment: always scanned; a torn tail is truncated, preallocated
@@ -679,20 +911,71 @@ impl RecoveryCtx<'_> {
             Err(HeaderError::Io(e)) => return Err(self.io(&path, e)),
             Err(e) => return Err(self.bad(&path, e.to_string())),
         };
+        // What the writer recorded as durable in this segment: below it every byte is
+        // an acknowledged frame (damage there is corruption, never a torn tail); above
+        // it lie bytes never made durable, which are not searched for frames.
+        let durable = self
+            .durable
+            .filter(|d| d.base == base && d.bytes >= SEGMENT_HEADER_BYTES);
         let opts = ScanOptions {
             last: true,
+            resync_below: durable.map_or(u64::MAX, |d| d.bytes),
             ..self.opts
         };
-        let out = scan_segment(file.as_ref(), len, base, opts).map_err(|e| self.io(&path, e))?;
+        let mut out =
+            scan_segment(file.as_ref(), len, base, opts).map_err(|e| self.io(&path, e))?;
+        // Acknowledged records lost below the durable end: damage cut short at the end,
+        // or a frame that a fault turned into zeroes (taken for preallocated space).
+        let lost_durable = durable.filter(|d| {
+            out.valid_bytes < d.bytes && out.torn_tail.as_ref().is_none_or(|t| t.position < d.bytes)
+        });
+        let mut hole = None;
+        if let Some(d) = lost_durable {
+            let (position, offset, reason) = match out.torn_tail.take() {
+                Some(t) => (t.position, t.offset, t.reason),
+                None => (
+                    out.valid_bytes,
+                    out.next_offset,
+                    "acknowledged records turned into zeroes",
+                ),
+            };
+            hole = Some((
+                Hole {
+                    position,
+                    offset,
+                    resume_position: d.bytes,
+                    resume_offset: d.next_offset.max(offset),
+                },
+                reason,
+            ));
+            out.valid_bytes = d.bytes;
+            out.next_offset = d.next_offset.max(offset);
+            out.zero_tail_bytes = 0;
+        }
         self.report_damage(&path, &out, true);
         let mut file_bytes = out.file_bytes;
-        if out.torn_tail.is_some() {
+        if out.torn_tail.is_some() || hole.is_some() {
+            // Only bytes past the durable end (never acknowledged) are cut.
             file.set_len(out.valid_bytes)
                 .map_err(|e| self.io(&path, e))?;
             file.sync_data().map_err(|e| self.io(&path, e))?;
             file_bytes = out.valid_bytes;
         }
-        let view = view_of(base, path, file, &out, out.valid_bytes);
+        let mut view = view_of(base, path, file, &out, out.valid_bytes);
+        if let Some((h, reason)) = hole {
+            self.stats
+                .damaged_regions_total
+                .fetch_add(1, Ordering::Relaxed);
+            error!(topic = self.topic, partition = self.partition, segment = %view.path.display(),
+                position = h.position, offsets = ?(h.offset..h.resume_offset), reason,
+                "acknowledged records damaged below the durable end; their offsets are never reused");
+        }
+        if self.quarantine {
+            let mut holes = self.holes_of(&out);
+            holes.extend(hole.map(|(h, _)| h));
+            self.record_holes(&view, &holes, &out);
+            view.holes = holes;
+        }
         Ok((view, file_bytes))
     }
 
@@ -752,6 +1035,7 @@ fn view_of(
         next_offset: out.next_offset,
         max_timestamp_ms: out.max_timestamp_ms,
         indexes: out.indexes.clone(),
+        holes: Vec::new(),
     }
 }
 
@@ -842,7 +1126,15 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// Slow fsyncs since the last warning about them, and when that was.
     slow_syncs: (u64, Option<Instant>),
+    /// The durable-end checkpoint file (see [`crate::durable`]); `None` if it could not
+    /// be opened (recovery then works as without it).
+    durable_file: Option<Arc<dyn SegmentFile>>,
+    /// When the checkpoint file was last fsynced, and whether it changed since.
+    durable_synced: (Instant, bool),
 }
+
+/// The checkpoint file is fsynced at most this often (see [`crate::durable`]).
+const DURABLE_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// An fsync taking longer than this is counted and logged as slow: every append of
 /// its group commit waited that long for its acknowledgement.
@@ -911,6 +1203,7 @@ impl Writer {
                     }
                     WriterMsg::Shutdown { reply } => {
                         self.sync_if_dirty();
+                        self.sync_checkpoint();
                         let _ = reply.send(());
                         return;
                     }
@@ -922,12 +1215,16 @@ impl Writer {
                     self.sync_if_dirty();
                 }
             }
+            if self.durable_synced.1 && self.durable_synced.0.elapsed() >= DURABLE_SYNC_EVERY {
+                self.sync_checkpoint();
+            }
             // Only a partition being written to, and only while no append waits for it.
             if appended && rx.is_empty() {
                 self.preallocate();
             }
         }
         self.sync_if_dirty();
+        self.sync_checkpoint();
     }
 
     /// Zeroes the space the next appends will take and makes it durable, when less than
@@ -967,6 +1264,42 @@ impl Writer {
             .stats
             .preallocated_bytes_total
             .fetch_add(end - from, Ordering::Relaxed);
+    }
+
+    /// Records the active segment's data as durable up to where it is written (call
+    /// right after an fsync of it); fsyncs the record itself at most every
+    /// [`DURABLE_SYNC_EVERY`] (and via [`Writer::sync_checkpoint`]).
+    fn checkpoint(&mut self) {
+        let Some(file) = &self.durable_file else {
+            return;
+        };
+        let end = DurableEnd {
+            base: self.active_base,
+            bytes: self.written_bytes,
+            next_offset: self.next_offset,
+        };
+        if let Err(e) = file.write_all_at(&end.encode(), 0) {
+            warn!(topic = %self.shared.topic, partition = self.shared.partition, %e,
+                "cannot write the durable-end checkpoint");
+            return;
+        }
+        self.durable_synced.1 = true;
+        if self.durable_synced.0.elapsed() >= DURABLE_SYNC_EVERY {
+            self.sync_checkpoint();
+        }
+    }
+
+    /// fsyncs the checkpoint file if it changed. A failure only makes the checkpoint
+    /// possibly stale after a power failure (the data itself is durable): logged.
+    fn sync_checkpoint(&mut self) {
+        let (Some(file), true) = (&self.durable_file, self.durable_synced.1) else {
+            return;
+        };
+        if let Err(e) = file.sync_data() {
+            warn!(topic = %self.shared.topic, partition = self.shared.partition, %e,
+                "cannot fsync the durable-end checkpoint");
+        }
+        self.durable_synced = (Instant::now(), false);
     }
 
     fn fail(&self, reason: String) {
@@ -1015,6 +1348,7 @@ impl Writer {
             Ok(()) => {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
+                self.checkpoint();
             }
             Err(e) => self.fail(format!("fsync failed: {e}")),
         }
@@ -1098,6 +1432,9 @@ impl Writer {
         }
         self.written_bytes += self.buf.len() as u64;
         self.next_offset = offset;
+        if self.shared.config.fsync == FsyncPolicy::Always {
+            self.checkpoint();
+        }
         let frames_written = self.buf.len() as u64;
         self.publish(new_idx, max_ts, ranges[0].start);
         let stats = &self.shared.stats;
@@ -1266,6 +1603,8 @@ impl Writer {
         self.writeback_from = SEGMENT_HEADER_BYTES;
         self.preallocation_off = false;
         self.indexer = Indexer::new(self.shared.config.index_interval_bytes);
+        // The sealed segment is durable whole; the new one holds nothing yet.
+        self.checkpoint();
         let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
         view.push(SegmentView {
             base,
@@ -1275,6 +1614,7 @@ impl Writer {
             next_offset: base,
             max_timestamp_ms: i64::MIN,
             indexes: Indexes::default(),
+            holes: Vec::new(),
         });
         Ok(())
     }

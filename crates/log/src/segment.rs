@@ -202,6 +202,11 @@ pub struct ScanOptions {
     pub resync: bool,
     /// The segment is the last one: zeroes to its end are preallocated space.
     pub last: bool,
+    /// Resync only over damage starting below this byte position (the durable end of
+    /// the active segment: past it lie bytes that were never made durable, where a
+    /// "frame" found by searching could be one embedded in an event's value); `u64::MAX`
+    /// everywhere.
+    pub resync_below: u64,
 }
 
 /// Scans and verifies every frame of a segment (whose header must already be checked).
@@ -274,7 +279,7 @@ pub fn scan_segment_with(
             reason: problem,
             resumes_at: None,
         };
-        let resumed = if opts.resync {
+        let resumed = if opts.resync && pos < opts.resync_below {
             resync(&mut win, pos + 1, out.next_offset, opts.body_max)?
         } else {
             None
@@ -312,6 +317,18 @@ fn zeroes_to_the_end(win: &mut Window<'_>, mut pos: u64) -> io::Result<bool> {
 
 /// Looks from `from` onwards for a verified frame whose offset is at least `expected` and
 /// plausible for the distance covered.
+/// The next frame after damage at `from - 1` that verifies with a plausible offset (at
+/// least `expected`), searching `from..len` of `file`: (position, offset).
+pub fn resync_in(
+    file: &dyn SegmentFile,
+    len: u64,
+    from: u64,
+    expected: u64,
+    body_max: usize,
+) -> io::Result<Option<(u64, u64)>> {
+    resync(&mut Window::new(file, len), from, expected, body_max)
+}
+
 fn resync(
     win: &mut Window<'_>,
     from: u64,

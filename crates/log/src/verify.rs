@@ -162,10 +162,17 @@ fn verify_partition(
         index_interval_bytes: u64::MAX,
         resync: true,
         last: false,
+        resync_below: u64::MAX,
     };
+    let durable = crate::durable::read(storage, dir);
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base, "log");
         let is_last = i + 1 == bases.len();
+        // Below the active segment's durable end every byte was acknowledged: damage
+        // there is corruption, not a torn tail (see `durable.rs`).
+        let durable_bytes = durable
+            .filter(|d| is_last && d.base == base)
+            .map(|d| d.bytes);
         let file = storage.open_read_only(&path)?;
         let len = match check_header(file.as_ref(), base) {
             Ok(len) => len,
@@ -193,6 +200,7 @@ fn verify_partition(
             base,
             ScanOptions {
                 last: is_last,
+                resync_below: durable_bytes.unwrap_or(u64::MAX),
                 ..opts
             },
         )?;
@@ -206,8 +214,18 @@ fn verify_partition(
         for d in &out.damage {
             report.problems.push(corrupt(&path, d));
         }
+        if out.torn_tail.is_none() && durable_bytes.is_some_and(|d| out.valid_bytes < d) {
+            report.problems.push(Problem::Corrupt {
+                segment: path.clone(),
+                position: out.valid_bytes,
+                offset: out.next_offset,
+                reason: "acknowledged records below the durable end turned into zeroes",
+                resumes_at: None,
+            });
+        }
         if let Some(t) = &out.torn_tail {
-            report.problems.push(if is_last {
+            let acknowledged = durable_bytes.is_some_and(|d| t.position < d);
+            report.problems.push(if is_last && !acknowledged {
                 Problem::TornTail {
                     segment: path.clone(),
                     position: t.position,
@@ -277,6 +295,7 @@ pub fn dump(
         index_interval_bytes: u64::MAX,
         resync: false,
         last: false,
+        resync_below: u64::MAX,
     };
     let mut printed = 0u64;
     for (i, &base) in bases.iter().enumerate() {

@@ -7,9 +7,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use hifi_log::durable::{self, DurableEnd};
+use hifi_log::quarantine::{self, OnCorruption};
 use hifi_log::segment::SEGMENT_HEADER_BYTES;
 use hifi_log::verify::{dump, verify_dir, Problem};
-use hifi_log::{Log, LogError, LogStats, ReadLimits, Record};
+use hifi_log::{Log, LogConfig, LogError, LogStats, ReadLimits, Record};
 use rand::{Rng, SeedableRng};
 use support::*;
 
@@ -135,6 +137,8 @@ async fn a_torn_tail_anywhere_is_cut_back_to_the_last_whole_record() {
         copy_dir(pristine.path(), dir.path());
         let seg = dir.path().join(last.strip_prefix(pristine.path()).unwrap());
         tear(&seg, cut, how);
+        // These bytes were written after the last durable point: a real torn tail.
+        nothing_durable_since(dir.path(), base);
         let label = format!("cut {cut} {how:?}");
         let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
         let on_boundary = cut == SEGMENT_HEADER_BYTES || ends.contains(&cut);
@@ -181,8 +185,27 @@ fn flip(path: &Path, pos: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// The partition directory of topic `t`, partition 0.
+fn part_dir(dir: &Path) -> PathBuf {
+    dir.join("topics/t/0")
+}
+
+/// Says that nothing of the segment starting at `base` was made durable: its bytes were
+/// all written after the last durable point (what a real crash mid-write leaves).
+fn nothing_durable_since(dir: &Path, base: u64) {
+    durable::write(
+        &part_dir(dir),
+        DurableEnd {
+            base,
+            bytes: SEGMENT_HEADER_BYTES,
+            next_offset: base,
+        },
+    )
+    .unwrap();
+}
+
 #[tokio::test]
-async fn a_flipped_bit_in_the_last_record_is_a_torn_tail() {
+async fn a_flipped_bit_in_the_last_acknowledged_record_is_quarantined_never_cut_nor_reused() {
     let dir = tempfile::tempdir().unwrap();
     let recs = build(dir.path()).await;
     let last = segments(dir.path()).pop().unwrap();
@@ -190,32 +213,80 @@ async fn a_flipped_bit_in_the_last_record_is_a_torn_tail() {
     let ends = frame_ends(&recs, base, RECORDS);
     let last_frame_start = ends[ends.len() - 2];
     flip(&last, last_frame_start + 20);
+    let before = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), before.path());
 
+    // The record was made durable (acknowledged): damage, not a torn tail.
     let problems = &verify_dir(dir.path(), 1 << 20).unwrap()[0].problems;
     assert!(
-        matches!(problems.as_slice(), [Problem::TornTail { position, .. }] if *position == last_frame_start),
+        matches!(problems.as_slice(), [Problem::Corrupt { position, offset, .. }]
+            if *position == last_frame_start && *offset == RECORDS - 1),
         "{problems:?}"
     );
     let log = open(dir.path(), small_segments()).await;
-    let got = read_all(&log, "t", 0).await;
+    assert_eq!(
+        log.offsets("t", 0).await.unwrap().end,
+        RECORDS,
+        "nothing cut"
+    );
+    let got = read_all_skipping(&log, "t", 0).await;
     assert_eq!(
         got.len() as u64,
         RECORDS - 1,
-        "the damaged last record is cut, never returned"
+        "the damaged record is never returned"
     );
     assert!(got.iter().all(|r| r.record == recs[r.offset as usize]));
+    assert_eq!(
+        log.append("t", 0, vec![record(500)]).await.unwrap()[0],
+        RECORDS,
+        "its offset is never given to another record"
+    );
+    let after = log
+        .read("t", 0, RECORDS - 1, ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        after[0].offset, RECORDS,
+        "readers skip the quarantined record"
+    );
+    assert_eq!(after[0].record, record(500));
+    assert_eq!(LogStats::get(&log.stats().quarantined_regions_total), 1);
+    log.close().await;
+    let q = quarantine::list(dir.path()).unwrap();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(
+        (q[0].first_offset, q[0].next_offset),
+        (RECORDS - 1, RECORDS)
+    );
+    assert_eq!(q[0].position, last_frame_start);
+    let copied = std::fs::read(
+        part_dir(dir.path())
+            .join("quarantine")
+            .join(format!("{base:020}-{last_frame_start:020}.bin")),
+    )
+    .unwrap();
+    assert_eq!(copied.len() as u64, q[0].copied_bytes);
+    assert!(copied.len() as u64 >= ends[ends.len() - 1] - last_frame_start);
+
+    // Without the durable-end checkpoint (a data directory from before it), the same
+    // damage is taken for a torn tail: the checkpoint is what tells them apart.
+    std::fs::remove_file(part_dir(before.path()).join(durable::FILE_NAME)).unwrap();
+    let log = open(before.path(), small_segments()).await;
+    assert_eq!(log.offsets("t", 0).await.unwrap().end, RECORDS - 1);
 }
 
 #[tokio::test]
-async fn a_flipped_bit_in_the_middle_of_the_active_segment_stops_reads_there() {
+async fn a_flipped_bit_in_the_middle_of_the_active_segment_is_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let recs = build(dir.path()).await;
+    let stopping = tempfile::tempdir().unwrap();
     let last = segments(dir.path()).pop().unwrap();
     let base = base_of(&last);
     let ends = frame_ends(&recs, base, RECORDS);
     let victim = base + 3; // the fourth record of the last segment
     let victim_start = ends[2];
     flip(&last, victim_start + 30);
+    copy_dir(dir.path(), stopping.path());
 
     let report = &verify_dir(dir.path(), 1 << 20).unwrap()[0];
     match report.problems.as_slice() {
@@ -238,7 +309,31 @@ async fn a_flipped_bit_in_the_middle_of_the_active_segment_stops_reads_there() {
         RECORDS,
         "nothing truncated"
     );
-    // A reader gets every record before the damage, then a Corruption error naming it.
+    // A reader gets every record but the damaged one, with no error.
+    let got = read_all_skipping(&log, "t", 0).await;
+    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    let expected: Vec<u64> = (0..RECORDS).filter(|&o| o != victim).collect();
+    assert_eq!(offsets, expected);
+    let at = log
+        .read("t", 0, victim, ReadLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(at[0].offset, victim + 1);
+    assert_eq!(at[0].record, recs[victim as usize + 1]);
+    assert_eq!(LogStats::get(&log.stats().quarantined_regions_total), 1);
+    assert_eq!(LogStats::get(&log.stats().quarantined_records_total), 1);
+    assert_eq!(
+        log.append("t", 0, vec![record(1)]).await.unwrap()[0],
+        RECORDS
+    );
+    log.close().await;
+
+    // engine.on_corruption = "stop": readers stop at the damage, as before quarantine.
+    let config = LogConfig {
+        on_corruption: OnCorruption::Stop,
+        ..small_segments()
+    };
+    let log = open(stopping.path(), config).await;
     let got = log.read("t", 0, base, ReadLimits::default()).await.unwrap();
     assert_eq!(
         got.iter().map(|r| r.offset).collect::<Vec<_>>(),
@@ -266,20 +361,11 @@ async fn a_flipped_bit_in_the_middle_of_the_active_segment_stops_reads_there() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(LogStats::get(&log.stats().corruptions_total), 1);
-    // Past the damage, reads work again; appends continue at the end.
-    let after = log
-        .read("t", 0, victim + 1, ReadLimits::default())
-        .await
-        .unwrap();
-    assert_eq!(after[0].record, recs[victim as usize + 1]);
-    assert_eq!(
-        log.append("t", 0, vec![record(1)]).await.unwrap()[0],
-        RECORDS
-    );
+    assert_eq!(LogStats::get(&log.stats().quarantined_regions_total), 0);
 }
 
 #[tokio::test]
-async fn a_flipped_bit_in_a_sealed_segment_is_caught_on_read_and_by_verify_and_dump() {
+async fn a_flipped_bit_in_a_sealed_segment_is_quarantined_on_read_and_reported_by_verify() {
     let dir = tempfile::tempdir().unwrap();
     let recs = build(dir.path()).await;
     let first = segments(dir.path()).remove(0);
@@ -305,19 +391,75 @@ async fn a_flipped_bit_in_a_sealed_segment_is_caught_on_read_and_by_verify_and_d
     assert_eq!(dumped, vec![0, 1], "dump prints only what it verified");
     assert!(err.to_string().contains("offset 2"), "{err}");
 
+    // The sealed segment's index files are trusted at open: the damage is found by the
+    // first read that meets it, then quarantined and skipped.
     let log = open(dir.path(), small_segments()).await;
     let got = log.read("t", 0, 0, ReadLimits::default()).await.unwrap();
-    assert_eq!(got.len(), 2);
-    assert!(matches!(
-        log.read("t", 0, 2, ReadLimits::default()).await,
-        Err(LogError::Corruption { offset: 2, .. })
-    ));
-    // Reads that start in a later segment are unaffected.
-    let later = log
-        .read("t", 0, RECORDS - 1, ReadLimits::default())
-        .await
-        .unwrap();
-    assert_eq!(later[0].record, recs[RECORDS as usize - 1]);
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1]);
+    let next = log.read("t", 0, 2, ReadLimits::default()).await.unwrap();
+    assert_eq!(next[0].offset, 3);
+    assert_eq!(next[0].record, recs[3]);
+    let all = read_all_skipping(&log, "t", 0).await;
+    assert_eq!(all.len() as u64, RECORDS - 1);
+    assert_eq!(LogStats::get(&log.stats().quarantined_regions_total), 1);
+    log.close().await;
+    drop(log);
+    let q = quarantine::list(dir.path()).unwrap();
+    assert_eq!((q[0].first_offset, q[0].next_offset), (2, 3), "{q:?}");
+    // Found again at the next start (from the files, not from the quarantine folder).
+    let log = open(dir.path(), small_segments()).await;
+    assert_eq!(
+        read_all_skipping(&log, "t", 0).await.len() as u64,
+        RECORDS - 1
+    );
+}
+
+/// Cuts below the durable end (acknowledged data gone) are never cut further, and their
+/// offsets are never reused.
+#[tokio::test]
+async fn damage_below_the_durable_end_is_never_cut_and_its_offsets_never_reused() {
+    let pristine = tempfile::tempdir().unwrap();
+    let recs = build(pristine.path()).await;
+    let last = segments(pristine.path()).pop().unwrap();
+    let base = base_of(&last);
+    let ends = frame_ends(&recs, base, RECORDS);
+    for (cut, how) in [
+        (ends[0] + 3, Tear::Truncated),
+        (ends[2], Tear::Zeroed),
+        (ends[ends.len() - 2] + 1, Tear::Zeroed),
+        (ends[ends.len() - 1] - 1, Tear::Truncated),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), dir.path());
+        let seg = dir.path().join(last.strip_prefix(pristine.path()).unwrap());
+        tear(&seg, cut, how);
+        let label = format!("cut {cut} {how:?}");
+        let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
+        let problems = &verify_dir(dir.path(), 1 << 20).unwrap()[0].problems;
+        assert!(
+            problems.iter().all(|p| p.is_corruption()) && !problems.is_empty(),
+            "{label}: {problems:?}"
+        );
+        let log = open(dir.path(), small_segments()).await;
+        assert_eq!(log.offsets("t", 0).await.unwrap().end, RECORDS, "{label}");
+        let got = read_all_skipping(&log, "t", 0).await;
+        assert_eq!(got.len() as u64, base + whole, "{label}");
+        assert!(
+            got.iter().all(|r| r.record == recs[r.offset as usize]),
+            "{label}"
+        );
+        assert_eq!(
+            log.append("t", 0, vec![record(500)]).await.unwrap()[0],
+            RECORDS,
+            "{label}"
+        );
+        let next = log
+            .read("t", 0, base + whole, ReadLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(next[0].offset, RECORDS, "{label}: readers skip the hole");
+        log.close().await;
+    }
 }
 
 #[tokio::test]

@@ -92,6 +92,17 @@ fn default_settle_max_wait() -> Dur {
     Dur(Duration::from_secs(3600))
 }
 
+/// `engine.on_corruption`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCorruptionMode {
+    /// Copy the damaged bytes aside, skip them, report them.
+    #[default]
+    Quarantine,
+    /// Readers stop at the damage.
+    Stop,
+}
+
 /// Which engine holds the topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +158,11 @@ pub struct EngineConfig {
     /// How long topics keep records by default. Default `"7d"`.
     #[serde(default = "default_retention")]
     pub retention: Dur,
+    /// A record that fails its checksum: `"quarantine"` (default: copied aside, skipped
+    /// by readers, reported lost; everything else keeps flowing) or `"stop"` (readers
+    /// of that partition stop at it with an error).
+    #[serde(default)]
+    pub on_corruption: OnCorruptionMode,
     /// Kafka: bootstrap brokers, `"host:port,host:port"` (required with `kind = "kafka"`).
     #[serde(default)]
     pub brokers: Option<String>,

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{EngineKind, FsyncMode, LoadedConfig, SourceConfig};
+use crate::config::{EngineKind, FsyncMode, LoadedConfig, OnCorruptionMode, SourceConfig};
 use crate::health::Health;
 use crate::sink::HttpSink;
 use crate::source::HttpSource;
@@ -64,6 +64,10 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
         default_retention: Retention {
             age: Some(e.retention.0),
             bytes: None,
+        },
+        on_corruption: match e.on_corruption {
+            OnCorruptionMode::Quarantine => hifi_log::quarantine::OnCorruption::Quarantine,
+            OnCorruptionMode::Stop => hifi_log::quarantine::OnCorruption::Stop,
         },
         ..LogConfig::default()
     }

@@ -438,8 +438,10 @@ pub async fn start_position(
     let offsets = log.offsets(topic, p).await?;
     Ok(match log.committed(group, topic, p).await? {
         Some(pos) if pos > offsets.end => {
-            warn!(group, topic, partition = p, committed = pos, end = offsets.end,
-                "committed position is past the end of the topic (was the data directory replaced?); starting at the end");
+            // The log never reuses an offset (see hifi_log::durable), so this is damage
+            // or a replaced data directory, never a normal restart.
+            error!(group, topic, partition = p, committed = pos, end = offsets.end,
+                "CORRUPTION: committed position is past the end of the topic (records this consumer already handled are gone: data directory replaced or damaged); starting at the end");
             offsets.end
         }
         Some(pos) if pos < offsets.start => {

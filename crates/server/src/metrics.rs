@@ -400,6 +400,20 @@ impl Collector for Snapshot {
             )?;
             family(
                 &mut enc,
+                "hifi_log_quarantined_regions",
+                "Damaged regions of segments quarantined: copied to quarantine/, skipped by readers (their events are reported lost)",
+                c,
+                vec![(Vec::new(), v(&st.quarantined_regions_total) as f64)],
+            )?;
+            family(
+                &mut enc,
+                "hifi_log_quarantined_records",
+                "Offsets skipped by readers because they lie in a quarantined region",
+                c,
+                vec![(Vec::new(), v(&st.quarantined_records_total) as f64)],
+            )?;
+            family(
+                &mut enc,
                 "hifi_log_torn_tails",
                 "Torn tails truncated at open (never-acknowledged writes cut by a crash)",
                 c,
