@@ -313,9 +313,26 @@ impl HttpSink {
     ) -> Result<(), LogError> {
         let g = &self.cfg.retry.global;
         let keep = g.max_age.0 + g.schedule.iter().map(|d| d.0).max().unwrap_or_default();
-        crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep).await?;
-        self.count_waiting_retries().await?;
-        let partitions = self.log.partitions(&self.input).await?;
+        // The engine may be away for a while (a Kafka cluster restarting): starting waits
+        // for it instead of stopping the sink for good in a process that keeps running.
+        let ensure =
+            || crate::retry::ensure_topics(self.log.as_ref(), &self.name, self.tiers(), keep);
+        if retry_until_ok(&shutdown, &self.name, "create the retry topics", ensure)
+            .await
+            .is_none()
+        {
+            return Ok(());
+        }
+        // Only a gauge, updated as retries come and go: not worth waiting for.
+        if let Err(e) = self.count_waiting_retries().await {
+            warn!(sink = %self.name, %e, "cannot count the events waiting for a retry");
+        }
+        let count = || self.log.partitions(&self.input);
+        let Some(partitions) =
+            retry_until_ok(&shutdown, &self.name, "read the input's partitions", count).await
+        else {
+            return Ok(());
+        };
         let trackers: Arc<Vec<Mutex<Tracker>>> =
             Arc::new((0..partitions).map(|_| Mutex::default()).collect());
         // Each message is one read's items (at most `max_events`, one send and one tracker
