@@ -1,23 +1,14 @@
-//! Zero loss in Kafka mode, with real processes and a real Kafka-protocol broker
-//! (`KAFKA_BROKERS`; CI starts one on loopback): ingest in one `hifi run --only` process,
-//! the sink in two processes sharing its partitions; one sink process is SIGKILLed under
-//! load and the other takes over. And the broker itself killed and restarted under load
-//! (`HIFI_TANSU`: the broker binary this test starts and kills).
+//! Zero loss in Kafka mode, with real processes and a real Kafka cluster
+//! (`KAFKA_BROKERS`: 3 Apache Kafka nodes on loopback, started by `scripts/test-broker`):
+//! ingest in one `hifi run --only` process, the sink in two processes sharing its
+//! partitions; one sink process is SIGKILLed under load and the other takes over. And the
+//! whole cluster SIGKILLed and restarted under load: that test starts a cluster of its
+//! own through the script (`HIFI_TEST_BROKER`), so the other tests' cluster is left alone.
 //!
-//! The pipeline tests use `HIFI_KAFKA_PIPELINE_BROKERS` when it is set, else
-//! `KAFKA_BROKERS`: `scripts/test-broker` points it at a tansu (0.6, patched: see
-//! `scripts/tansu-patches`) with in-memory storage, which carries more load here than its
-//! SQLite storage (both pass these tests since patch 0002). The in-memory storage answers
-//! a fetch from inside a multi-record batch with the next batch (records skipped: this
-//! test saw 3 to 11 events "lost" per run that way), so the pipeline here produces one
-//! record per batch (`batch.num.messages = 1`).
+//! Topics have replication factor 3 and the cluster `min.insync.replicas=2`, as in
+//! production (docs/deploy-kafka.md).
 //!
-//! The broker restart test needs durable storage: it starts, SIGKILLs and restarts a
-//! tansu of its own (`HIFI_TANSU`) with SQLite storage. Before patch 0002 that storage
-//! refused every produce after the restart (librdkafka's idempotent producer bumps its
-//! epoch itself after messages time out, and tansu did not accept the new epoch).
-//!
-//! Without `KAFKA_BROKERS` (or `HIFI_TANSU`) a test says so and passes, unless
+//! Without `KAFKA_BROKERS` (or `HIFI_TEST_BROKER`) a test says so and passes, unless
 //! `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a failure.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -27,7 +18,7 @@ mod support;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,9 +51,8 @@ fn unique_prefix(test: &str) -> String {
 fn kafka_pipeline(dir: &Path, brokers: &str, prefix: &str, sink_url: &str) -> std::path::PathBuf {
     let text = format!(
         "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\n\
-         replication_factor = 1\npartitions = 4\n\
-         [engine.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         \"batch.num.messages\" = \"1\"\n\n\
+         replication_factor = 3\npartitions = 4\n\
+         [engine.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [ledger]\nsettle_after = \"60s\"\n\n\
          [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\n\
@@ -256,7 +246,6 @@ struct Setup {
 /// `None` (the test is skipped) without a broker.
 fn setup(test: &str) -> Option<Setup> {
     let brokers = required("KAFKA_BROKERS")?;
-    let brokers = std::env::var("HIFI_KAFKA_PIPELINE_BROKERS").unwrap_or(brokers);
     let dir = test_dir();
     let record = dir.path().join("received.jsonl");
     let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
@@ -460,78 +449,64 @@ async fn two_processes_ingest_one_source_and_one_is_killed_and_restarted() {
     b.sigterm(Duration::from_secs(30));
 }
 
-/// A tansu broker on loopback that this test can kill and restart on the same storage.
-struct Broker {
-    bin: String,
-    port: u16,
-    db: std::path::PathBuf,
-    child: Option<Child>,
+/// A 3-node Kafka cluster of this test's own (`scripts/test-broker` on a directory of
+/// the test's), which it can SIGKILL and restart on the same storage and ports.
+struct Cluster {
+    script: String,
+    dir: std::path::PathBuf,
+    brokers: String,
 }
 
-impl Broker {
-    fn start(bin: &str, dir: &Path) -> Broker {
-        let port = free_addr().port();
-        let mut b = Broker {
-            bin: bin.to_owned(),
-            port,
-            db: dir.join("tansu.db"),
-            child: None,
+impl Cluster {
+    fn start(script: &str, dir: &Path) -> Cluster {
+        let mut c = Cluster {
+            script: script.to_owned(),
+            dir: dir.to_owned(),
+            brokers: String::new(),
         };
-        b.restart();
-        b
+        let exports = c.run("start");
+        c.brokers = exports
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("KAFKA_BROKERS="))
+            .unwrap_or_else(|| panic!("no KAFKA_BROKERS in {exports:?}"))
+            .to_owned();
+        c
     }
 
-    fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.db.with_extension("log"))
+    /// Runs a command of the script on this cluster; returns what it printed.
+    fn run(&self, command: &str) -> String {
+        let out = Command::new(&self.script)
+            .arg(command)
+            .env("HIFI_BROKER_DIR", &self.dir)
+            .stderr(Stdio::inherit())
+            .output()
             .unwrap();
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db", // relative to the working directory
-            ])
-            .current_dir(self.db.parent().unwrap())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let up = wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-        });
-        assert!(up, "the broker did not start listening");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        assert!(
+            out.status.success(),
+            "scripts/test-broker {command} failed (logs: {})",
+            self.dir.display()
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
-impl Drop for Broker {
+impl Drop for Cluster {
     fn drop(&mut self) {
-        self.kill();
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .env("HIFI_BROKER_DIR", &self.dir)
+            .status();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_killed_under_load_loses_nothing_acknowledged() {
-    let Some(tansu) = required("HIFI_TANSU") else {
+async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
+    let Some(script) = required("HIFI_TEST_BROKER") else {
         return;
     };
     let dir = test_dir();
-    let mut broker = Broker::start(&tansu, dir.path());
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let cluster = Cluster::start(&script, &dir.path().join("kafka"));
+    let brokers = cluster.brokers.clone();
     let record = dir.path().join("received.jsonl");
     let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
     let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
@@ -541,10 +516,11 @@ async fn a_broker_killed_under_load_loses_nothing_acknowledged() {
     let producers = Producers::start(4, target.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    broker.kill();
+    // Every node, SIGKILL (the script blocks: off the runtime's workers).
+    tokio::task::block_in_place(|| cluster.run("kill"));
     let killed_at = Instant::now();
     let acked_at_kill = producers.acked();
-    // While the broker is away, ingest refuses (503) instead of acknowledging.
+    // While the cluster is away, ingest refuses (503) instead of acknowledging.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -555,21 +531,22 @@ async fn a_broker_killed_under_load_loses_nothing_acknowledged() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 503, "ingest while the broker is down");
+    assert_eq!(r.status().as_u16(), 503, "ingest while the cluster is down");
     let acked_while_down = producers.acked() - acked_at_kill;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    broker.restart();
+    // Returns once the cluster takes acks=all produces again.
+    tokio::task::block_in_place(|| cluster.run("restart"));
     let down_for = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let (acked, failed) = producers.stop().await;
     assert!(
         acked.len() > acked_at_kill,
-        "ingest resumed after the broker came back"
+        "ingest resumed after the cluster came back"
     );
 
     let (missing, duplicates) = check_delivered(&record, &acked);
     eprintln!(
-        "broker down {down_for:?}; {} events acknowledged ({acked_while_down} acked in flight as it died), \
+        "cluster down {down_for:?}; {} events acknowledged ({acked_while_down} acked in flight as it died), \
          {duplicates} duplicate deliveries, {failed} producer requests failed",
         acked.len()
     );

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hifi_log::{
     validate_name, Bytes, Header, Log, LogError, Membership, MembershipControl, PartitionOffsets,
@@ -48,6 +48,8 @@ use tracing::{error, info, warn};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a rebalance waits for the owner to release revoked partitions.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a request that failed transiently (see [`transient`]) is tried again.
+const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
 
 /// `[engine]` settings of the Kafka engine.
 #[derive(Debug, Clone)]
@@ -232,6 +234,64 @@ fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
     LogError::Io {
         context: context.into(),
         source: std::io::Error::other(e),
+    }
+}
+
+/// Errors a cluster of several brokers answers for a moment while its metadata is not the
+/// same everywhere: a topic just created that the broker asked (or the client's metadata
+/// cache) does not know yet, a partition whose leader is moving, a group coordinator
+/// that is moving or loading. The same request succeeds a little later.
+fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownPartition
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::OffsetNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// Runs a blocking cluster request until it succeeds, fails otherwise than
+/// [`transient`]ly, or [`TRANSIENT_RETRY`] has passed.
+fn retrying<T>(request: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    retrying_with(request, || {})
+}
+
+/// [`retrying`], calling `refresh` before each new try.
+fn retrying_with<T>(
+    mut request: impl FnMut() -> Result<T, KafkaError>,
+    mut refresh: impl FnMut(),
+) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + TRANSIENT_RETRY;
+    loop {
+        match request() {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+                refresh();
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Asks the cluster for a topic's metadata again. librdkafka answers watermark and
+/// offsets-for-times queries from its metadata cache, and does not refresh a cached
+/// partition without a leader by itself (it takes that for a permanent error): a topic
+/// seen just after it was created, before its leaders were elected, stayed "unknown
+/// partition" for the cache's lifetime (15 minutes).
+fn refresh_metadata(meta: &BaseConsumer, topic: &str) {
+    if let Err(e) = meta.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+        warn!(topic, %e, "cannot refresh the topic's metadata");
     }
 }
 
@@ -421,13 +481,51 @@ impl KafkaLog {
         Ok(k)
     }
 
+    /// Waits (up to [`TRANSIENT_RETRY`]) until the metadata of a topic just created shows
+    /// a leader for every partition: before that, brokers and librdkafka's metadata cache
+    /// may answer requests for it with "unknown partition" (see [`refresh_metadata`]).
+    async fn wait_for_leaders(&self, name: &str) {
+        let (meta, topic) = (self.meta.clone(), name.to_owned());
+        let led = blocking(move || {
+            let deadline = Instant::now() + TRANSIENT_RETRY;
+            loop {
+                let led = meta
+                    .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+                    .is_ok_and(|md| {
+                        md.topics().iter().any(|t| {
+                            t.name() == topic
+                                && t.error().is_none()
+                                && !t.partitions().is_empty()
+                                && t.partitions()
+                                    .iter()
+                                    .all(|p| p.leader() >= 0 && p.error().is_none())
+                        })
+                    });
+                if led || Instant::now() >= deadline {
+                    return Ok(led);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await;
+        if !matches!(led, Ok(true)) {
+            warn!(
+                topic = name,
+                "a topic just created still has partitions without a leader"
+            );
+        }
+    }
+
     async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
         let (meta, name) = (self.meta.clone(), self.name(topic));
         let t = topic.to_owned();
         blocking(move || {
-            meta.fetch_watermarks(&name, partition as i32, REQUEST_TIMEOUT)
-                .map(|(lo, hi)| (lo.max(0) as u64, hi.max(0) as u64))
-                .map_err(|e| kafka_err(format!("reading the offsets of {t}/{partition}"), e))
+            retrying_with(
+                || meta.fetch_watermarks(&name, partition as i32, REQUEST_TIMEOUT),
+                || refresh_metadata(&meta, &name),
+            )
+            .map(|(lo, hi)| (lo.max(0) as u64, hi.max(0) as u64))
+            .map_err(|e| kafka_err(format!("reading the offsets of {t}/{partition}"), e))
         })
         .await
     }
@@ -506,7 +604,8 @@ impl Log for KafkaLog {
         for r in results {
             match r {
                 Ok(_) => {
-                    info!(topic = %name, partitions = spec.partitions, replication_factor = self.cfg.replication_factor, "Kafka topic created")
+                    info!(topic = %name, partitions = spec.partitions, replication_factor = self.cfg.replication_factor, "Kafka topic created");
+                    self.wait_for_leaders(&name).await;
                 }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
@@ -765,16 +864,14 @@ impl Log for KafkaLog {
         let what = format!("committing {group} at {topic} {positions:?}");
         if let Some(m) = self.member(&g) {
             return blocking(move || {
-                m.consumer
-                    .commit(&tpl, CommitMode::Sync)
+                retrying(|| m.consumer.commit(&tpl, CommitMode::Sync))
                     .map_err(|e| kafka_err(what, e))
             })
             .await;
         }
         let c = self.committer(&g)?;
         blocking(move || {
-            c.commit(&tpl, CommitMode::Sync)
-                .map_err(|e| kafka_err(what, e))
+            retrying(|| c.commit(&tpl, CommitMode::Sync)).map_err(|e| kafka_err(what, e))
         })
         .await
     }
@@ -793,7 +890,7 @@ impl Log for KafkaLog {
         let what = format!("reading the position of {group} at {topic}/{partition}");
         let c = self.committer(&g)?;
         let got = blocking(move || {
-            c.committed_offsets(tpl, REQUEST_TIMEOUT)
+            retrying(|| c.committed_offsets(tpl.clone(), REQUEST_TIMEOUT))
                 .map_err(|e| kafka_err(what, e))
         })
         .await?;
@@ -816,10 +913,13 @@ impl Log for KafkaLog {
             timestamp_ms,
             "finding an offset for a time",
         )?;
-        let meta = self.meta.clone();
+        let (meta, name) = (self.meta.clone(), self.name(topic));
         let got = blocking(move || {
-            meta.offsets_for_times(tpl, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_err("finding an offset for a time", e))
+            retrying_with(
+                || meta.offsets_for_times(tpl.clone(), REQUEST_TIMEOUT),
+                || refresh_metadata(&meta, &name),
+            )
+            .map_err(|e| kafka_err("finding an offset for a time", e))
         })
         .await?;
         let Some(found) = got.elements().first().and_then(|e| match e.offset() {

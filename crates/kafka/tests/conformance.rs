@@ -1,5 +1,6 @@
 //! The engine conformance suite (`hifi_log::conformance`) and the group membership
-//! hand-over, on a real Kafka-protocol broker (`KAFKA_BROKERS`).
+//! hand-over, on a real Kafka cluster (`KAFKA_BROKERS`: 3 brokers, see
+//! `scripts/test-broker`).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 

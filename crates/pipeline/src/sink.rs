@@ -319,8 +319,18 @@ impl HttpSink {
         shutdown: CancellationToken,
         drain: Duration,
     ) -> Result<(), LogError> {
-        self.count_waiting_retries().await?;
-        let partitions = self.log.partitions(&self.input).await?;
+        // Its topics exist (prepare). The engine may be away for a while now (a Kafka
+        // cluster restarting): running waits for it instead of stopping the sink.
+        // Only a gauge, updated as retries come and go: not worth waiting for.
+        if let Err(e) = self.count_waiting_retries().await {
+            warn!(sink = %self.name, %e, "cannot count the events waiting for a retry");
+        }
+        let count = || self.log.partitions(&self.input);
+        let Some(partitions) =
+            retry_until_ok(&shutdown, &self.name, "read the input's partitions", count).await
+        else {
+            return Ok(());
+        };
         let trackers: Arc<Vec<Mutex<Tracker>>> =
             Arc::new((0..partitions).map(|_| Mutex::default()).collect());
         // Each message is one read's items (at most `max_events`, one send and one tracker

@@ -114,7 +114,14 @@ impl Stage {
     /// Runs one worker per input partition this process owns, and one for the re-drive
     /// topic, until `shutdown`; each finishes its batch.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), LogError> {
-        let out_partitions = self.log.partitions(&self.output).await?;
+        // Its topics exist (prepare); the engine may be away for a while now (a Kafka
+        // cluster restarting): wait for it instead of stopping the stage.
+        let count = || self.log.partitions(&self.output);
+        let Some(out_partitions) =
+            retry_until_ok(&shutdown, &self.name, "read the output's partitions", count).await
+        else {
+            return Ok(());
+        };
         let group = self.group();
         let redrive = redrive_topic(&self.name);
         let owned = |topic: String| {

@@ -1,6 +1,6 @@
-//! Finding the test broker: `KAFKA_BROKERS` (CI starts one on loopback). Without it the
-//! Kafka tests say so and pass, unless `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a
-//! failure.
+//! Finding the test cluster: `KAFKA_BROKERS` (CI starts a 3-node Apache Kafka on
+//! loopback with `scripts/test-broker`). Without it the Kafka tests say so and pass,
+//! unless `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a failure.
 
 #![allow(dead_code)]
 
@@ -32,13 +32,14 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t{}-{nanos}-{test}.", std::process::id())
 }
 
-/// Settings for a test engine: one broker, so replication factor 1, and short session
-/// timeouts so a dead member is noticed quickly.
+/// Settings for a test engine: replication factor 3, as zero loss needs (the test
+/// cluster, `scripts/test-broker`, has 3 brokers), and short session timeouts so a dead
+/// member is noticed quickly.
 pub fn config(brokers: &str, prefix: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers.to_owned(),
         topic_prefix: prefix.to_owned(),
-        replication_factor: 1,
+        replication_factor: 3,
         client: [
             ("session.timeout.ms", "6000"),
             ("heartbeat.interval.ms", "500"),
