@@ -344,3 +344,55 @@ async fn events_waiting_in_a_backlog_are_never_reported_lost() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// A sink down for longer than the topic's retention loses nothing: retention keeps the
+/// segments it has not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_down_past_retention_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("received.jsonl");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let file = pipeline_file(dir.path(), &format!("http://{addr}/ingest"), "", false);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\npartitions = 1\nsegment_bytes = \"4KiB\"\nretention = \"1s\"\n\
+         retention_check_interval = \"1s\"\npreallocate_bytes = \"0\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let client = reqwest::Client::new();
+    for b in 0..20 {
+        let body: Vec<_> = (0..10)
+            .map(|i| serde_json::json!({"id": format!("r-{b}-{i}"), "pad": "p".repeat(60)}))
+            .collect();
+        assert_eq!(
+            client.post(&url).json(&body).send().await.unwrap().status(),
+            200
+        );
+    }
+    // Several segments, all older than the retention, several retention runs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let segments = std::fs::read_dir(dir.path().join("data/topics/events/0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert!(segments > 3, "the test needs several segments: {segments}");
+    let receiver = run_receiver(dir.path(), &addr.to_string(), &record);
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&record).len()
+            == 200),
+        "delivered {} of 200",
+        received_ids(&record).len()
+    );
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

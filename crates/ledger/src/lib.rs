@@ -285,6 +285,7 @@ impl Ledger {
             retention: Some(Retention {
                 age: Some(cfg.history.max(Duration::from_secs(24 * 3600))),
                 bytes: None,
+                ignore_consumers: false,
             }),
             ..TopicSpec::new(JOURNAL_TOPIC, 1)
         };
@@ -292,6 +293,7 @@ impl Ledger {
             retention: Some(Retention {
                 age: Some(cfg.history),
                 bytes: None,
+                ignore_consumers: false,
             }),
             ..TopicSpec::new(SETTLED_TOPIC, 1)
         };
@@ -325,6 +327,7 @@ impl Ledger {
                 retention: Some(Retention {
                     age: Some(Duration::from_secs(3600)),
                     bytes: None,
+                    ignore_consumers: false,
                 }),
                 ..TopicSpec::new(LAG_TOPIC, 1)
             };

@@ -34,6 +34,10 @@ pub struct Retention {
     /// Delete the oldest segments while the partition would still hold at least this many
     /// bytes without them.
     pub bytes: Option<u64>,
+    /// Delete by age and size even what a consumer group has not read yet. By default
+    /// (false) a segment is kept until every group that committed positions on the
+    /// partition has committed past it, within [`LogConfig::retention_hold_bytes_max`].
+    pub ignore_consumers: bool,
 }
 
 impl Default for Retention {
@@ -41,6 +45,7 @@ impl Default for Retention {
         Retention {
             age: Some(Duration::from_secs(7 * 24 * 3600)),
             bytes: None,
+            ignore_consumers: false,
         }
     }
 }
@@ -90,6 +95,11 @@ pub struct LogConfig {
     /// What readers do at a record that fails verification (default: quarantine it and
     /// go on; see [`crate::quarantine`]).
     pub on_corruption: crate::quarantine::OnCorruption,
+    /// Most bytes per partition that retention may keep only because a consumer group
+    /// has not read them yet (default 10 GiB). Past it, appends to the partition are
+    /// refused ([`crate::LogError::RetentionHeld`]) until consumers catch up: nothing
+    /// unread is deleted, and the writer is told why.
+    pub retention_hold_bytes_max: u64,
 }
 
 impl Default for LogConfig {
@@ -109,6 +119,7 @@ impl Default for LogConfig {
             retention_check_interval: Duration::from_secs(60),
             default_retention: Retention::default(),
             on_corruption: Default::default(),
+            retention_hold_bytes_max: 10 << 30,
         }
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct TopicMeta {
     pub(crate) retention_ms: Option<u64>,
     /// Size retention per partition in bytes; `null` for no limit.
     pub(crate) retention_bytes: Option<u64>,
+    /// Retention deletes what consumers have not read (absent in older files: false).
+    #[serde(default)]
+    pub(crate) retention_ignore_consumers: bool,
 }
 
 #[derive(Debug)]
@@ -185,6 +188,10 @@ impl EmbeddedLog {
                 let msg = WriterMsg::Retention {
                     retention: t.retention,
                     now_ms,
+                    keep_from: self
+                        .inner
+                        .groups
+                        .min_committed(&p.shared.topic, p.shared.partition),
                     reply: Some(reply),
                 };
                 if p.tx.send(msg).await.is_ok() {
@@ -251,6 +258,7 @@ impl EmbeddedLog {
             let retention = Retention {
                 age: meta.retention_ms.map(Duration::from_millis),
                 bytes: meta.retention_bytes,
+                ignore_consumers: meta.retention_ignore_consumers,
             };
             let handle = self.open_topic(&meta.name, meta.partitions, retention)?;
             self.inner
@@ -368,6 +376,7 @@ impl EmbeddedLog {
             partitions: spec.partitions,
             retention_ms: retention.age.map(|d| d.as_millis() as u64),
             retention_bytes: retention.bytes,
+            retention_ignore_consumers: retention.ignore_consumers,
         };
         let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
         let dir = self.topic_dir(&spec.name);
@@ -447,6 +456,9 @@ impl EmbeddedLog {
                                 let msg = WriterMsg::Retention {
                                     retention: t.retention,
                                     now_ms: now_ms(),
+                                    keep_from: inner
+                                        .groups
+                                        .min_committed(&p.shared.topic, p.shared.partition),
                                     reply: None,
                                 };
                                 let _ = p.tx.try_send(msg);
@@ -540,6 +552,17 @@ impl Log for EmbeddedLog {
         }
         let (t, i) = self.partition(topic, partition)?;
         let p = &t.partitions[i];
+        let held_bytes = p
+            .shared
+            .held_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if held_bytes > 0 {
+            return Err(LogError::RetentionHeld {
+                topic: topic.to_owned(),
+                partition,
+                held_bytes,
+            });
+        }
         p.shared.check_failed()?;
         let (reply, answer) = oneshot::channel();
         p.tx.send(WriterMsg::Append {
@@ -617,6 +640,23 @@ impl Log for EmbeddedLog {
         let (log, group, topic) = (self.clone(), group.to_owned(), topic.to_owned());
         let positions = positions.to_vec();
         blocking(move || log.inner.groups.commit(&group, &topic, &positions)).await
+    }
+
+    /// One process owns every partition. A group joining a topic for the first time is
+    /// registered as its reader by committing the oldest stored offset of each
+    /// partition it has no position on: retention then keeps what it has not read
+    /// (see `Retention::ignore_consumers`), even before its first own commit.
+    async fn join(&self, group: &str, topic: &str) -> Result<crate::Membership, LogError> {
+        validate_name(group)?;
+        let partitions = self.partitions(topic).await?;
+        let mut unknown = Vec::new();
+        for p in 0..partitions {
+            if self.inner.groups.committed(group, topic, p).is_none() {
+                unknown.push((p, self.offsets(topic, p).await?.start));
+            }
+        }
+        self.commit_many(group, topic, &unknown).await?;
+        Ok(crate::Membership::fixed(partitions))
     }
 
     async fn committed(

@@ -117,6 +117,17 @@ impl GroupStore {
             .copied()
     }
 
+    /// The lowest position any group committed on (topic, partition): what retention
+    /// must keep. `None` when no group has committed there.
+    pub(crate) fn min_committed(&self, topic: &str, partition: u32) -> Option<u64> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (topic.to_owned(), partition);
+        groups
+            .values()
+            .filter_map(|g| g.positions.get(&key).copied())
+            .min()
+    }
+
     /// Durably records positions of partitions of `topic`: one write, one fsync
     /// (blocking I/O).
     pub(crate) fn commit(

@@ -191,6 +191,15 @@ pub enum LogError {
         partition: u32,
         reason: String,
     },
+    /// Retention keeps more unread records for a consumer far behind than
+    /// `retention_hold_bytes_max`: nothing is deleted unread, so appends wait until the
+    /// consumer catches up (or the topic's retention is told to ignore consumers).
+    #[error("{topic}/{partition} holds {held_bytes} bytes that retention keeps for a consumer that has not read them (over retention_hold_bytes_max); appends wait until it catches up")]
+    RetentionHeld {
+        topic: String,
+        partition: u32,
+        held_bytes: u64,
+    },
     /// Too many partitions open.
     #[error("partitions_max ({max}) reached; raise it or use fewer partitions")]
     TooManyPartitions { max: usize },
@@ -234,7 +243,10 @@ impl LogError {
 
     /// Whether retrying the same call later may succeed (disk full, transient I/O).
     pub fn is_transient(&self) -> bool {
-        matches!(self, LogError::NoSpace { .. } | LogError::Io { .. })
+        matches!(
+            self,
+            LogError::NoSpace { .. } | LogError::Io { .. } | LogError::RetentionHeld { .. }
+        )
     }
 }
 

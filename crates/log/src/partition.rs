@@ -92,6 +92,9 @@ pub(crate) struct PartitionShared {
     pub(crate) high_watermark: watch::Sender<u64>,
     /// Set once an unrecoverable I/O error happened; appends then fail at once.
     pub(crate) failed: Mutex<Option<String>>,
+    /// Bytes retention keeps only for consumers, when over
+    /// `retention_hold_bytes_max` (0 otherwise): appends are then refused.
+    pub(crate) held_bytes: std::sync::atomic::AtomicU64,
     /// The newest committed frames, for readers at the tail.
     pub(crate) tail: Mutex<TailCache>,
     /// Limits and policies.
@@ -178,10 +181,12 @@ pub(crate) enum WriterMsg {
     },
     /// Make written data durable now (the `interval` fsync policy's timer).
     Sync,
-    /// Delete segments outside the retention limits.
+    /// Delete segments outside the retention limits (and, unless the retention ignores
+    /// consumers, only below `keep_from`: the lowest committed position).
     Retention {
         retention: Retention,
         now_ms: i64,
+        keep_from: Option<u64>,
         reply: Option<oneshot::Sender<()>>,
     },
     /// Sync and stop.
@@ -720,6 +725,7 @@ pub(crate) fn open_partition(
         view: RwLock::new(view),
         high_watermark: watch::Sender::new(hw),
         failed: Mutex::new(None),
+        held_bytes: std::sync::atomic::AtomicU64::new(0),
         tail: Mutex::new(TailCache {
             end: hw,
             ..TailCache::default()
@@ -1194,9 +1200,10 @@ impl Writer {
                     WriterMsg::Retention {
                         retention,
                         now_ms,
+                        keep_from,
                         reply,
                     } => {
-                        self.apply_retention(retention, now_ms);
+                        self.apply_retention(retention, now_ms, keep_from);
                         if let Some(r) = reply {
                             let _ = r.send(());
                         }
@@ -1621,13 +1628,15 @@ impl Writer {
 
     /// Deletes whole sealed segments that are older than the age limit or beyond the size
     /// limit (oldest first). The active segment is never deleted.
-    fn apply_retention(&mut self, retention: Retention, now_ms: i64) {
+    fn apply_retention(&mut self, retention: Retention, now_ms: i64, keep_from: Option<u64>) {
         let mut doomed = Vec::new();
+        let mut held = 0u64;
         {
             let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
             let mut total: u64 = view.iter().map(|s| s.visible_bytes).sum();
-            while view.len() > 1 {
-                let seg = &view[0];
+            let mut i = 0;
+            while view.len() - i > 1 {
+                let seg = &view[i];
                 let too_old = retention.age.is_some_and(|age| {
                     seg.max_timestamp_ms < now_ms.saturating_sub(age.as_millis() as i64)
                 });
@@ -1638,9 +1647,19 @@ impl Writer {
                     break;
                 }
                 total -= seg.visible_bytes;
+                let unread =
+                    !retention.ignore_consumers && keep_from.is_some_and(|k| k < seg.next_offset);
+                if unread || held > 0 {
+                    // Kept for a consumer that has not read it yet (and so is every
+                    // segment after it: deletion only ever takes the oldest).
+                    held += seg.visible_bytes;
+                    i += 1;
+                    continue;
+                }
                 doomed.push(view.remove(0));
             }
         }
+        self.hold(held);
         if doomed.is_empty() {
             return;
         }
@@ -1661,6 +1680,30 @@ impl Writer {
         }
         if let Err(e) = self.storage.sync_dir(&dir) {
             warn!(dir = %dir.display(), %e, "fsync of directory after deleting segments failed");
+        }
+    }
+}
+
+impl Writer {
+    /// Records how many bytes retention keeps only for consumers; past
+    /// `retention_hold_bytes_max` appends are refused until they catch up.
+    fn hold(&mut self, held: u64) {
+        let max = self.shared.config.retention_hold_bytes_max;
+        let over = held > max;
+        let was = self
+            .shared
+            .held_bytes
+            .swap(if over { held } else { 0 }, Ordering::Relaxed);
+        if over && was == 0 {
+            error!(topic = %self.shared.topic, partition = self.shared.partition, held, max,
+                "retention keeps unread records for a consumer that is far behind, past retention_hold_bytes_max; appends to this partition are refused until it catches up");
+        } else if !over && was > 0 {
+            info!(topic = %self.shared.topic, partition = self.shared.partition,
+                "consumers caught up; appends accepted again");
+        }
+        if held > 0 && !over {
+            debug!(topic = %self.shared.topic, partition = self.shared.partition, held,
+                "retention keeps segments a consumer has not read yet");
         }
     }
 }

@@ -261,6 +261,7 @@ async fn retention_deletes_whole_old_segments_by_size_and_by_age() {
         retention: Some(Retention {
             age: None,
             bytes: Some(16 * 1024),
+            ignore_consumers: false,
         }),
         ..TopicSpec::new("s", 1)
     };
@@ -269,6 +270,7 @@ async fn retention_deletes_whole_old_segments_by_size_and_by_age() {
         retention: Some(Retention {
             age: Some(Duration::from_secs(3600)),
             bytes: None,
+            ignore_consumers: false,
         }),
         ..TopicSpec::new("a", 1)
     };
@@ -449,4 +451,63 @@ async fn readers_racing_the_writer_get_every_record_once_in_order() {
         }
         log.close().await;
     }
+}
+
+/// Retention keeps what a consumer group has not read yet (unless the topic says to
+/// ignore consumers), and past `retention_hold_bytes_max` refuses appends instead of
+/// deleting unread records; a commit past them lets both go on.
+#[tokio::test]
+async fn retention_never_deletes_what_a_consumer_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        retention_hold_bytes_max: 8 * 1024,
+        ..small_segments()
+    };
+    let log = open(dir.path(), config).await;
+    let old = |ignore_consumers| Retention {
+        age: Some(Duration::from_secs(3600)),
+        bytes: None,
+        ignore_consumers,
+    };
+    for (name, ignore) in [("kept", false), ("dropped", true)] {
+        let spec = TopicSpec {
+            retention: Some(old(ignore)),
+            ..TopicSpec::new(name, 1)
+        };
+        log.ensure_topic(&spec).await.unwrap();
+        for i in 0..300u64 {
+            let r = Record::new(vec![b'a'; 100], i as i64); // all from 1970: expired
+            log.append(name, 0, vec![r]).await.unwrap();
+        }
+        // A consumer has read the first 50 records of each.
+        log.commit("sink.out", name, 0, 50).await.unwrap();
+    }
+    log.apply_retention(4_000_000_000_000).await;
+    let kept = log.offsets("kept", 0).await.unwrap();
+    assert!(
+        kept.start <= 50,
+        "unread records deleted: start {}",
+        kept.start
+    );
+    assert!(kept.start > 0, "read segments are still deleted");
+    let dropped = log.offsets("dropped", 0).await.unwrap();
+    assert!(
+        dropped.start > 50,
+        "ignore_consumers deletes by age: {}",
+        dropped.start
+    );
+
+    // Over 8 KiB kept only for the consumer: appends wait for it.
+    let err = log.append("kept", 0, vec![record(1)]).await.unwrap_err();
+    assert!(matches!(err, LogError::RetentionHeld { .. }), "{err}");
+    assert!(err.is_transient());
+    assert!(log.append("dropped", 0, vec![record(1)]).await.is_ok());
+    // The consumer catches up: segments go, appends come back.
+    log.commit("sink.out", "kept", 0, 300).await.unwrap();
+    log.apply_retention(4_000_000_000_000).await;
+    assert!(log.offsets("kept", 0).await.unwrap().start > 250);
+    assert_eq!(
+        log.append("kept", 0, vec![record(2)]).await.unwrap()[0],
+        300
+    );
 }

@@ -86,7 +86,11 @@ async fn run(ops: Vec<Op>, tail_cache_bytes: usize) {
         match op {
             Op::Create { topic, partitions } => {
                 let bytes = (topic == 2).then_some(GAMMA_BYTES);
-                let retention = Some(Retention { age: None, bytes });
+                let retention = Some(Retention {
+                    age: None,
+                    bytes,
+                    ignore_consumers: true,
+                });
                 let spec = TopicSpec {
                     name: TOPICS[topic].into(),
                     partitions,

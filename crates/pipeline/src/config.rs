@@ -88,6 +88,12 @@ fn default_true() -> bool {
 fn default_settle_after() -> Dur {
     Dur(Duration::from_secs(180))
 }
+fn default_retention_hold() -> Size {
+    Size(10 << 30)
+}
+fn default_retention_check() -> Dur {
+    Dur(Duration::from_secs(60))
+}
 fn default_settle_max_wait() -> Dur {
     Dur(Duration::from_secs(3600))
 }
@@ -158,6 +164,14 @@ pub struct EngineConfig {
     /// How long topics keep records by default. Default `"7d"`.
     #[serde(default = "default_retention")]
     pub retention: Dur,
+    /// Most bytes per partition retention may keep only because a stage or sink has not
+    /// read them yet; past it appends to that partition are refused (ingest: 507) until
+    /// the consumer catches up. Default `"10GiB"`.
+    #[serde(default = "default_retention_hold")]
+    pub retention_hold_bytes_max: Size,
+    /// How often retention runs. Default `"60s"`.
+    #[serde(default = "default_retention_check")]
+    pub retention_check_interval: Dur,
     /// A record that fails its checksum: `"quarantine"` (default: copied aside, skipped
     /// by readers, reported lost; everything else keeps flowing) or `"stop"` (readers
     /// of that partition stop at it with an error).
@@ -209,6 +223,11 @@ pub struct TopicConfig {
     pub retention: Option<Dur>,
     /// Retention by size per partition. Default: none.
     pub retention_bytes: Option<Size>,
+    /// Delete by retention even records a stage or sink has not read yet. Default
+    /// false: a segment is kept until every consumer has committed past it (up to
+    /// `engine.retention_hold_bytes_max`, then appends get 507).
+    #[serde(default)]
+    pub retention_ignore_consumers: bool,
 }
 
 /// Source node types.

@@ -70,6 +70,7 @@ pub async fn ensure_topics(
     let retention = hifi_log::Retention {
         age: Some(keep.max(Duration::from_secs(7 * 24 * 3600))),
         bytes: None,
+        ignore_consumers: false,
     };
     for t in 0..tiers {
         let spec = TopicSpec {

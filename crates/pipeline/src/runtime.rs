@@ -64,7 +64,10 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
         default_retention: Retention {
             age: Some(e.retention.0),
             bytes: None,
+            ignore_consumers: false,
         },
+        retention_hold_bytes_max: e.retention_hold_bytes_max.0,
+        retention_check_interval: e.retention_check_interval.0,
         on_corruption: match e.on_corruption {
             OnCorruptionMode::Quarantine => hifi_log::quarantine::OnCorruption::Quarantine,
             OnCorruptionMode::Stop => hifi_log::quarantine::OnCorruption::Stop,

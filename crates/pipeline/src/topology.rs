@@ -398,6 +398,7 @@ fn topic_spec(loaded: &LoadedConfig, topic: &str) -> TopicSpec {
         age: Some(t.and_then(|t| t.retention).unwrap_or(engine.retention).0)
             .filter(|d| *d != Duration::ZERO),
         bytes: t.and_then(|t| t.retention_bytes).map(|s| s.0),
+        ignore_consumers: t.is_some_and(|t| t.retention_ignore_consumers),
     };
     TopicSpec {
         name: topic.to_owned(),

@@ -268,6 +268,17 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             &format!("an event of {bytes} bytes is larger than the engine's record_bytes_max ({max}); nothing was written"),
             json!({}),
         )),
+        Err(e @ LogError::RetentionHeld { .. }) => {
+            warn!(source = %s.source.name, %e, "ingest refused: a consumer is far behind");
+            let mut r = error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                &format!("{e}; nothing was acknowledged — retry later"),
+                json!({ "retry": true }),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            r
+        }
         Err(e) => {
             if matches!(e, LogError::NoSpace { .. }) {
                 s.health.disk_full(hifi_pipeline::now_ms());
