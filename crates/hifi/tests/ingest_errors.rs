@@ -349,18 +349,6 @@ async fn event_times_far_from_now_are_refused_and_open_no_buckets() {
     let body = serde_json::json!([{"id": "ok-now", "ts": now}, {"id": "ok-6d", "ts": now - 6 * 24 * 60 * minute}]);
     let resp = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let open: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("hifi_ledger_open_buckets"))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("no open-bucket gauge in {metrics}"))
-        .parse()
-        .unwrap();
+    let open = metric(admin, "hifi_ledger_open_buckets").await;
     assert!(open <= 2.0, "open buckets: {open}");
 }

@@ -266,6 +266,23 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
+/// The value of an unlabelled metric (the first sample whose name starts with `name`)
+/// in an instance's `/metrics`.
+pub async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 /// Waits until every loss bucket of the instance is settled; returns them.
 pub async fn settled_buckets(
     admin: std::net::SocketAddr,
