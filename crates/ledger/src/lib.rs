@@ -204,6 +204,9 @@ struct OpenBucket {
     inputs_end: Option<BTreeMap<String, Vec<u64>>>,
     /// When `inputs_end` was read (ms, ledger clock).
     inputs_end_at_ms: i64,
+    /// Bumped by every merge: a settle computed from one version removes the bucket
+    /// only if no delta came in while its table was being stored.
+    version: u64,
 }
 
 /// Where the gated nodes are: input ends and committed positions, read once per tick.
@@ -506,6 +509,7 @@ impl Ledger {
                 ..OpenBucket::default()
             });
             b.last_change_ms = now;
+            b.version += 1;
             union_into(
                 b.nodes
                     .entry(node.to_owned())
@@ -526,26 +530,34 @@ impl Ledger {
                 warn!(%e, "cannot share lag with the other processes; retrying");
             }
         }
-        let _exclusive = self.journal_gate.write().await;
-        // Flushes of this process are excluded while this runs, so the journal end cannot
-        // move but by other processes sharing the engine; their entries below it are
-        // merged before anything settles.
-        let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
-        if self.cfg.follow_journal {
-            self.follow_journal(journal_end).await?;
-        }
-        let now = self.clock.now_ms();
+        // Read before the gate: it may wait on the engine (Kafka). A bucket that changes
+        // after this read is snapshotted again at the next tick (`inputs_end_at_ms` is
+        // the time of the read, not of the snapshot), so no snapshot misses its events.
+        let progress_at = self.clock.now_ms();
         let progress = self.progress().await?;
+        let now = self.clock.now_ms();
         let settle = self.cfg.settle_after.as_millis() as i64;
         let max_wait = self.cfg.settle_max_wait.as_millis() as i64;
-        // (bucket, settled with events still in a backlog)
-        let due: Vec<(i64, bool)> = {
+        // The gate is held only while the tables are computed: flushes hold it from
+        // their journal append to their merge, so no table misses a delta that is below
+        // its journal end. Storing the tables (engine I/O) happens after, with flushes
+        // going on; a bucket that changed meanwhile stays open (see `version`).
+        let settling: Vec<(i64, LossTable, Option<LossTable>, u64)> = {
+            let _exclusive = self.journal_gate.write().await;
+            // Flushes of this process are excluded while this runs, so the journal end
+            // cannot move but by other processes sharing the engine; their entries below
+            // it are merged before anything settles.
+            let journal_end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+            if self.cfg.follow_journal {
+                self.follow_journal(journal_end).await?;
+            }
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // (bucket, settled with events still in a backlog)
             let mut due = Vec::new();
             for (k, b) in st.open.iter_mut() {
                 if b.inputs_end.is_none() || b.last_change_ms >= b.inputs_end_at_ms {
                     b.inputs_end = Some(progress.ends.clone());
-                    b.inputs_end_at_ms = now;
+                    b.inputs_end_at_ms = progress_at;
                 }
                 if b.last_change_ms + settle > now {
                     continue;
@@ -559,11 +571,8 @@ impl Ledger {
                     Some(_) => {} // its events may still be waiting in a backlog
                 }
             }
-            due
-        };
-        for (bucket, backlog) in due {
-            let (table, previous) = {
-                let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut settling = Vec::with_capacity(due.len());
+            for (bucket, backlog) in due {
                 let Some(open) = st.open.get(&bucket) else {
                     continue;
                 };
@@ -593,8 +602,11 @@ impl Ledger {
                     .map(|(_, b)| b.first_journal_offset)
                     .min()
                     .unwrap_or(journal_end);
-                (table, previous)
-            };
+                settling.push((bucket, table, previous, open.version));
+            }
+            settling
+        };
+        for (bucket, table, previous, version) in settling {
             // Durable first; only then does the bucket leave the open set.
             let value = serde_json::to_vec(&table).expect("loss tables serialise");
             self.log
@@ -602,7 +614,9 @@ impl Ledger {
                 .await?;
             {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                st.open.remove(&bucket);
+                if st.open.get(&bucket).is_some_and(|b| b.version == version) {
+                    st.open.remove(&bucket);
+                } // else: a delta came in while storing; the bucket re-settles later
                 st.settled.insert(bucket, table.clone());
             }
             let old_lost = previous.as_ref().map_or(0, |t| t.e2e_lost);

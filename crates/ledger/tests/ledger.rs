@@ -279,3 +279,127 @@ async fn open_buckets_are_bounded_whatever_the_event_times() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(untracked, extra);
 }
+
+/// An engine whose appends to the settled-tables topic wait until the test lets them
+/// go: a slow store of loss tables.
+#[derive(Debug)]
+struct SlowSettling {
+    inner: EmbeddedLog,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Log for SlowSettling {
+    async fn ensure_topic(&self, spec: &hifi_log::TopicSpec) -> Result<u32, hifi_log::LogError> {
+        self.inner.ensure_topic(spec).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, hifi_log::LogError> {
+        self.inner.partitions(topic).await
+    }
+    async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<hifi_log::Record>,
+    ) -> Result<Vec<u64>, hifi_log::LogError> {
+        if topic == hifi_ledger::SETTLED_TOPIC {
+            self.release.acquire().await.unwrap().forget();
+        }
+        self.inner.append(topic, partition, records).await
+    }
+    async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        limits: hifi_log::ReadLimits,
+    ) -> Result<Vec<hifi_log::StoredRecord>, hifi_log::LogError> {
+        self.inner.read(topic, partition, from, limits).await
+    }
+    async fn offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<hifi_log::PartitionOffsets, hifi_log::LogError> {
+        self.inner.offsets(topic, partition).await
+    }
+    async fn commit_many(
+        &self,
+        group: &str,
+        topic: &str,
+        positions: &[(u32, u64)],
+    ) -> Result<(), hifi_log::LogError> {
+        self.inner.commit_many(group, topic, positions).await
+    }
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, hifi_log::LogError> {
+        self.inner.committed(group, topic, partition).await
+    }
+    async fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, hifi_log::LogError> {
+        self.inner
+            .offset_for_time(topic, partition, timestamp_ms)
+            .await
+    }
+}
+
+/// Storing settled tables does not hold up the nodes' flushes (which their commits
+/// wait for), and a bucket that changes while its table is stored stays open and
+/// settles again with the new outcomes.
+#[tokio::test]
+async fn a_slow_settle_does_not_stop_flushes_and_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let inner = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
+    let log = Arc::new(SlowSettling {
+        inner,
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let ledger = Ledger::open(
+        LedgerConfig::default(),
+        nodes(),
+        log.clone() as Arc<dyn Log>,
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    scenario(&ledger).await;
+    clock.advance_ms(LedgerConfig::default().settle_after.as_millis() as i64 + 1);
+    let ticking = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.tick().await })
+    };
+    // The tick is now storing the table; a node flushes meanwhile (late outcomes of the
+    // same bucket: the sink delivered 85..88 after all).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let partner = ledger.node("partner");
+    for i in 85..88 {
+        partner.outcome(Outcome::Delivered, &o(i), T0 + 5_000);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), partner.flush())
+        .await
+        .expect("a flush waited for the settle to finish storing")
+        .unwrap();
+    log.release.add_permits(1);
+    ticking.await.unwrap().unwrap();
+    let first = ledger.loss(T0, T0 + 60_000);
+    assert_eq!(
+        first[0].e2e_lost, 10,
+        "the table computed before the late outcomes"
+    );
+    // The bucket changed while it was stored: it stays open and settles again.
+    clock.advance_ms(LedgerConfig::default().settle_after.as_millis() as i64 + 1);
+    log.release.add_permits(1);
+    ledger.tick().await.unwrap();
+    let again = ledger.loss(T0, T0 + 60_000);
+    assert_eq!(again[0].e2e_lost, 7, "{:?}", again[0]);
+    assert!(again[0].settled);
+}
