@@ -100,6 +100,10 @@ pub struct LogConfig {
     /// refused ([`crate::LogError::RetentionHeld`]) until consumers catch up: nothing
     /// unread is deleted, and the writer is told why.
     pub retention_hold_bytes_max: u64,
+    /// Files of sealed segments kept open for readers, over all partitions (default
+    /// 256); the least recently read is closed first. Each partition's active segment
+    /// is always open besides.
+    pub open_segment_files_max: usize,
 }
 
 impl Default for LogConfig {
@@ -120,6 +124,7 @@ impl Default for LogConfig {
             default_retention: Retention::default(),
             on_corruption: Default::default(),
             retention_hold_bytes_max: 10 << 30,
+            open_segment_files_max: 256,
         }
     }
 }

@@ -74,6 +74,8 @@ struct Inner {
     create_lock: Mutex<()>,
     /// Committed group positions.
     groups: GroupStore,
+    /// Open files of sealed segments, bounded over all partitions.
+    files: Arc<crate::files::FileCache>,
     /// Stops the maintenance thread when dropped or sent to.
     maintenance_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Held for the life of the log: one process per data directory.
@@ -119,6 +121,10 @@ impl EmbeddedLog {
             root.join("groups"),
             config.fsync != FsyncPolicy::Never,
         )?;
+        let files = Arc::new(crate::files::FileCache::new(
+            storage.clone(),
+            config.open_segment_files_max,
+        ));
         let log = EmbeddedLog {
             inner: Arc::new(Inner {
                 root,
@@ -128,6 +134,7 @@ impl EmbeddedLog {
                 topics: RwLock::new(HashMap::new()),
                 create_lock: Mutex::new(()),
                 groups,
+                files,
                 maintenance_stop: Mutex::new(None),
                 _lock: lock,
             }),
@@ -310,6 +317,7 @@ impl EmbeddedLog {
                             let dir = self.topic_dir(name).join(p.to_string());
                             let result = open_partition(
                                 self.inner.storage.clone(),
+                                self.inner.files.clone(),
                                 self.inner.config.clone(),
                                 self.inner.stats.clone(),
                                 name,

@@ -64,6 +64,7 @@ pub mod config;
 pub mod conformance;
 pub mod durable;
 mod embedded;
+mod files;
 mod groups;
 mod membership;
 mod partition;

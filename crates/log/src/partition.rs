@@ -61,8 +61,9 @@ pub(crate) struct SegmentView {
     pub(crate) base: u64,
     /// Path of the `.log` file (named in corruption errors).
     pub(crate) path: PathBuf,
-    /// The open file; readers use positional reads on it.
-    pub(crate) file: Arc<dyn SegmentFile>,
+    /// The open file of the active segment; `None` for a sealed one, whose file readers
+    /// get from the log's bounded cache ([`crate::files`]).
+    pub(crate) file: Option<Arc<dyn SegmentFile>>,
     /// Readers may read frames below this byte position.
     pub(crate) visible_bytes: u64,
     /// Offset after the last visible record.
@@ -101,6 +102,8 @@ pub(crate) struct PartitionShared {
     pub(crate) config: Arc<LogConfig>,
     /// Counters shared with the whole log.
     pub(crate) stats: Arc<LogStats>,
+    /// Open files of sealed segments (shared by every partition of the log).
+    pub(crate) files: Arc<crate::files::FileCache>,
 }
 
 /// The newest group commits' frames, oldest first, with contiguous offsets (see the
@@ -297,6 +300,17 @@ impl PartitionShared {
         Err(self.err_failed("too many damaged regions in one read"))
     }
 
+    /// A segment's open file: the active one's, or a sealed one's from the cache.
+    fn file_of(&self, seg: &SegmentView) -> Result<Arc<dyn SegmentFile>, LogError> {
+        match &seg.file {
+            Some(f) => Ok(f.clone()),
+            None => self
+                .files
+                .get(&seg.path)
+                .map_err(|e| LogError::io(format!("opening {}", seg.path.display()), e)),
+        }
+    }
+
     /// `from`, or the offset after the quarantined region holding it.
     pub(crate) fn past_holes(&self, from: u64) -> u64 {
         let view = self.view.read().unwrap_or_else(|p| p.into_inner());
@@ -323,12 +337,10 @@ impl PartitionShared {
             if seg.holes.iter().any(|h| h.position == position) {
                 return false;
             }
-            (
-                seg.file.clone(),
-                seg.base,
-                seg.visible_bytes,
-                seg.next_offset,
-            )
+            let Ok(file) = self.file_of(seg) else {
+                return false;
+            };
+            (file, seg.base, seg.visible_bytes, seg.next_offset)
         };
         let body_max = self.config.record_bytes_max;
         let resumed =
@@ -460,7 +472,7 @@ impl PartitionShared {
             }
             let (offset, pos) = seg.indexes.position_for(seg.base, from);
             (
-                seg.file.clone(),
+                self.file_of(seg)?,
                 seg.path.clone(),
                 offset,
                 pos,
@@ -626,6 +638,7 @@ fn own_buffers_if_few(
 /// Opens (recovering as needed) or creates the partition in `dir`.
 pub(crate) fn open_partition(
     storage: Arc<dyn Storage>,
+    files: Arc<crate::files::FileCache>,
     config: Arc<LogConfig>,
     stats: Arc<LogStats>,
     topic: &str,
@@ -704,7 +717,7 @@ pub(crate) fn open_partition(
     let last = view.last().expect("at least one segment");
     let hw = last.next_offset;
     let writer_state = (
-        last.file.clone(),
+        last.file.clone().expect("the active segment is open"),
         last.base,
         last.visible_bytes,
         last.next_offset,
@@ -732,6 +745,7 @@ pub(crate) fn open_partition(
         }),
         config: config.clone(),
         stats,
+        files,
     });
     let storage_for_checkpoint = storage.clone();
     let mut writer = Writer {
@@ -819,7 +833,7 @@ impl RecoveryCtx<'_> {
             return Ok(SegmentView {
                 base,
                 path,
-                file,
+                file: None, // opened again when read (closes this descriptor)
                 visible_bytes: summary.segment_bytes,
                 next_offset: summary.next_offset,
                 max_timestamp_ms: summary.max_timestamp_ms,
@@ -854,6 +868,7 @@ impl RecoveryCtx<'_> {
             self.record_holes(&view, &holes, &out);
             view.holes = holes;
         }
+        view.file = None; // opened again when read (closes this descriptor)
         Ok(view)
     }
 
@@ -884,6 +899,7 @@ impl RecoveryCtx<'_> {
                 })
         };
         for h in holes {
+            let Some(file) = &view.file else { continue };
             record_hole(
                 self.stats,
                 self.topic,
@@ -891,7 +907,7 @@ impl RecoveryCtx<'_> {
                 self.dir,
                 &view.path,
                 view.base,
-                view.file.as_ref(),
+                file.as_ref(),
                 *h,
                 reason(h),
             );
@@ -1036,7 +1052,7 @@ fn view_of(
     SegmentView {
         base,
         path,
-        file,
+        file: Some(file),
         visible_bytes: visible,
         next_offset: out.next_offset,
         max_timestamp_ms: out.max_timestamp_ms,
@@ -1613,10 +1629,13 @@ impl Writer {
         // The sealed segment is durable whole; the new one holds nothing yet.
         self.checkpoint();
         let mut view = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(sealed) = view.last_mut() {
+            sealed.file = None; // read through the log's bounded cache from now on
+        }
         view.push(SegmentView {
             base,
             path: segment_path(&dir, base, "log"),
-            file,
+            file: Some(file),
             visible_bytes: SEGMENT_HEADER_BYTES,
             next_offset: base,
             max_timestamp_ms: i64::MIN,
@@ -1665,6 +1684,7 @@ impl Writer {
         }
         let dir = self.shared.dir.clone();
         for seg in &doomed {
+            self.shared.files.forget(&seg.path);
             for ext in ["log", "index", "timeindex"] {
                 let path = segment_path(&dir, seg.base, ext);
                 if let Err(e) = remove_if_present(self.storage.as_ref(), &path) {

@@ -88,6 +88,9 @@ fn default_true() -> bool {
 fn default_settle_after() -> Dur {
     Dur(Duration::from_secs(180))
 }
+fn default_open_segment_files() -> usize {
+    256
+}
 fn default_retention_hold() -> Size {
     Size(10 << 30)
 }
@@ -169,6 +172,10 @@ pub struct EngineConfig {
     /// the consumer catches up. Default `"10GiB"`.
     #[serde(default = "default_retention_hold")]
     pub retention_hold_bytes_max: Size,
+    /// Files of sealed segments kept open for readers, over all partitions; the least
+    /// recently read is closed first. Default 256.
+    #[serde(default = "default_open_segment_files")]
+    pub open_segment_files_max: usize,
     /// How often retention runs. Default `"60s"`.
     #[serde(default = "default_retention_check")]
     pub retention_check_interval: Dur,

@@ -68,6 +68,7 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
         },
         retention_hold_bytes_max: e.retention_hold_bytes_max.0,
         retention_check_interval: e.retention_check_interval.0,
+        open_segment_files_max: e.open_segment_files_max.max(1),
         on_corruption: match e.on_corruption {
             OnCorruptionMode::Quarantine => hifi_log::quarantine::OnCorruption::Quarantine,
             OnCorruptionMode::Stop => hifi_log::quarantine::OnCorruption::Stop,
