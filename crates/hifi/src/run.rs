@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use hifi_pipeline::config::LoadedConfig;
 use hifi_pipeline::runtime::{open_engine, Engine, NodeFilter, Pipeline};
 use hifi_pipeline::topology::Topology;
-use hifi_server::auth::Tokens;
+use hifi_server::auth::{LiveTokens, Tokens};
 use hifi_server::ingest::IngestState;
 use hifi_server::receiver::bind;
 use tokio::task::JoinSet;
@@ -140,7 +140,18 @@ pub async fn start(
     let mut source_addrs = Vec::new();
     for (source, cfg) in &pipeline.sources {
         let key = format!("sources.{}.auth", source.name);
-        let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key).map_err(anyhow::Error::msg)?;
+        let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
+            .map_err(anyhow::Error::msg)?
+            .map(|t| Arc::new(LiveTokens::new(t)));
+        if let (Some(live), Some(auth)) = (&tokens, &cfg.auth) {
+            let follow =
+                live.clone()
+                    .follow(auth.clone(), loaded.clone(), key.clone(), http_stop.clone());
+            servers.spawn(async move {
+                follow.await;
+                Ok(())
+            });
+        }
         warn_if_open(
             cfg.listen,
             tokens.is_some(),

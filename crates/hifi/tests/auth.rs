@@ -6,6 +6,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -91,4 +92,59 @@ async fn re_drive_needs_an_admin_token_when_one_is_configured() {
     // Reads need no token.
     let lag = get_json(&format!("http://{admin}/v1/lag")).await;
     assert!(lag["nodes"].is_array(), "{lag}");
+}
+
+/// A tokens file is followed while hifi runs: new tokens replace the old ones without a
+/// restart, and a file that becomes empty keeps the tokens in force (never auth off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_tokens_file_is_followed_and_an_emptied_one_changes_nothing() {
+    let dir = test_dir();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "old-token\n").unwrap();
+    let file = pipeline_file(
+        dir.path(),
+        "http://127.0.0.1:9/",
+        "[sources.api.auth]\ntokens_file = \"tokens.txt\"\n",
+        false,
+    );
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let status = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"id": token}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("old-token").await, 200);
+    std::fs::write(&tokens, "# rotated\nnew-token\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while status("new-token").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new token never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status("old-token").await, 401);
+    // Emptied: the tokens in force stay, and nobody gets in without one.
+    std::fs::write(&tokens, "# nobody\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status("new-token").await, 200);
+    let none = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"id": "anon"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    let log = std::fs::read_to_string(&proc.log).unwrap();
+    assert!(log.contains("yields no usable token"), "{log}");
 }

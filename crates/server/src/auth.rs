@@ -84,6 +84,75 @@ impl Tokens {
     }
 }
 
+/// A listener's tokens that may change while it runs: a `tokens_file` is read again when
+/// it changes (checked every [`TOKENS_FILE_CHECK`]), so tokens can be rotated without a
+/// restart. A file that becomes empty (or unreadable) keeps the tokens in force and logs
+/// an error: it never turns authentication off.
+#[derive(Debug)]
+pub struct LiveTokens {
+    current: std::sync::RwLock<Tokens>,
+}
+
+/// How often a tokens file is checked for changes.
+pub const TOKENS_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl LiveTokens {
+    /// Tokens in force from now on.
+    pub fn new(tokens: Tokens) -> Self {
+        LiveTokens {
+            current: std::sync::RwLock::new(tokens),
+        }
+    }
+
+    /// Whether the request carries one of the tokens in force.
+    pub fn accepts(&self, headers: &HeaderMap) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .accepts(headers)
+    }
+
+    /// Follows the `tokens_file` of `cfg` until `stop`: when the file changes, its
+    /// tokens (with the inline ones) replace those in force — unless it yields none.
+    pub async fn follow(
+        self: std::sync::Arc<Self>,
+        cfg: AuthConfig,
+        loaded: LoadedConfig,
+        key: String,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(file) = cfg.tokens_file.as_ref().map(|p| loaded.resolve(p)) else {
+            return;
+        };
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = stamp(&file);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(TOKENS_FILE_CHECK) => {}
+            }
+            let now = stamp(&file);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match Tokens::load(Some(&cfg), &loaded, &key) {
+                Ok(Some(t)) => {
+                    tracing::info!(%key, file = %file.display(), tokens = t.0.len(), "tokens file changed; tokens reloaded");
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = t;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(%key, error = %e,
+                    "tokens file changed but yields no usable token; the tokens in force are kept"),
+            }
+        }
+    }
+}
+
 /// Tokens of a tokens file: one per line, blank lines and `#` comments ignored.
 pub fn parse_tokens_file(text: &str) -> Vec<String> {
     text.lines()

@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use crate::auth::Tokens;
+use crate::auth::LiveTokens;
 use crate::body::{self, BodyError, Budget, DecodeError, Encoding, PERMIT_BYTES};
 
 /// Everything the ingest handlers need.
@@ -40,7 +40,7 @@ pub struct IngestState {
     /// Largest body, compressed or decompressed.
     pub max_body_bytes: u64,
     /// Accepted bearer tokens (`None`: no authentication).
-    pub tokens: Option<Tokens>,
+    pub tokens: Option<Arc<LiveTokens>>,
     /// Bounds the bytes of requests being processed.
     pub inflight: Arc<Semaphore>,
     /// Longest time for a body to arrive.
@@ -54,7 +54,7 @@ impl IngestState {
     pub fn new(
         source: Arc<HttpSource>,
         cfg: &SourceConfig,
-        tokens: Option<Tokens>,
+        tokens: Option<Arc<LiveTokens>>,
         health: Arc<Health>,
     ) -> Self {
         let permits = (cfg.max_inflight_bytes.0 / PERMIT_BYTES)
