@@ -57,12 +57,15 @@ async fn a_flipped_byte_in_a_stored_event_is_quarantined_and_everything_else_flo
     let buckets = settled_buckets(admin, Duration::from_secs(30)).await;
     assert_eq!(node_sum(&buckets, "out", "lost"), 1, "{buckets:?}");
     assert_eq!(node_sum(&buckets, "out", "delivered"), 39, "{buckets:?}");
-    let lost: Vec<String> = buckets
+    let lost: Vec<(String, String)> = buckets
         .iter()
         .flat_map(|b| b["lost"].as_array().cloned().unwrap_or_default())
-        .map(|l| l["origin"].as_str().unwrap().to_owned())
+        .map(|l| {
+            let reason = l["reason"].as_str().unwrap_or("none").to_owned();
+            (l["origin"].as_str().unwrap().to_owned(), reason)
+        })
         .collect();
-    assert_eq!(lost, ["events/0/0"]);
+    assert_eq!(lost, [("events/0/0".to_owned(), "corrupt".to_owned())]);
     assert_eq!(metric(admin, "hifi_log_quarantined_regions").await, 1.0);
     let out = std::process::Command::new(HIFI)
         .args(["log", "quarantine", "list", "data"])

@@ -135,6 +135,10 @@ pub struct NodeLoss {
 pub struct LostOrigin {
     pub origin: String,
     pub node: String,
+    /// Why, when known: `"corrupt"` — its record was quarantined as damaged in its
+    /// origin topic, so no node could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The loss table of one bucket.
@@ -267,6 +271,9 @@ pub struct Ledger {
     process_id: u64,
     /// The next [`LAG_TOPIC`] offset [`Ledger::share_lag`] reads.
     lag_read: tokio::sync::Mutex<u64>,
+    /// Quarantined offset ranges of the origin topics (sources' outputs), read each
+    /// tick: lost origins in them are reported with the reason `corrupt`.
+    quarantined: Mutex<BTreeMap<(String, u32), Vec<std::ops::Range<u64>>>>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -324,6 +331,7 @@ impl Ledger {
                 .map_or(0, |d| d.as_nanos() as u64)
                 ^ u64::from(std::process::id()) << 32,
             lag_read: tokio::sync::Mutex::new(0),
+            quarantined: Mutex::new(BTreeMap::new()),
         });
         if ledger.cfg.follow_journal {
             let lag_topic = TopicSpec {
@@ -535,6 +543,7 @@ impl Ledger {
         // the time of the read, not of the snapshot), so no snapshot misses its events.
         let progress_at = self.clock.now_ms();
         let progress = self.progress().await?;
+        self.read_quarantined().await?;
         let now = self.clock.now_ms();
         let settle = self.cfg.settle_after.as_millis() as i64;
         let max_wait = self.cfg.settle_max_wait.as_millis() as i64;
@@ -650,6 +659,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// The quarantined ranges of every origin topic.
+    async fn read_quarantined(&self) -> Result<(), LogError> {
+        let mut q = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.kind == NodeKind::Source) {
+            let Some(topic) = &n.output else { continue };
+            for p in 0..self.log.partitions(topic).await? {
+                let ranges = self.log.quarantined(topic, p).await?;
+                if !ranges.is_empty() {
+                    q.insert((topic.clone(), p), ranges);
+                }
+            }
+        }
+        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = q;
+        Ok(())
+    }
+
     /// Input ends and committed positions of the gated nodes (nodes with a group).
     async fn progress(&self) -> Result<Progress, LogError> {
         let mut pr = Progress::default();
@@ -692,12 +717,20 @@ impl Ledger {
             let mut terminal = get(&n.name, Outcome::Delivered);
             union_into(&mut terminal, &get(&n.name, Outcome::DeadLettered));
             lost_total += count(&lost) as usize;
+            let quarantined = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
             for o in tally::examples(&lost, LOST_LIST_MAX.saturating_sub(lost_list.len())) {
+                let corrupt = o.parse::<Origin>().is_ok_and(|o| {
+                    quarantined
+                        .get(&(o.topic.clone(), o.partition))
+                        .is_some_and(|r| r.iter().any(|r| r.contains(&o.offset)))
+                });
                 lost_list.push(LostOrigin {
                     origin: o,
                     node: n.name.clone(),
+                    reason: corrupt.then(|| "corrupt".to_owned()),
                 });
             }
+            drop(quarantined);
             rows.push(NodeLoss {
                 node: n.name.clone(),
                 kind: n.kind,

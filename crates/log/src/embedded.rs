@@ -650,6 +650,15 @@ impl Log for EmbeddedLog {
         blocking(move || log.inner.groups.commit(&group, &topic, &positions)).await
     }
 
+    async fn quarantined(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<std::ops::Range<u64>>, LogError> {
+        let (t, i) = self.partition(topic, partition)?;
+        Ok(t.partitions[i].shared.quarantined())
+    }
+
     /// One process owns every partition. A group joining a topic for the first time is
     /// registered as its reader by committing the oldest stored offset of each
     /// partition it has no position on: retention then keeps what it has not read

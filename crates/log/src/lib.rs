@@ -408,6 +408,16 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         validate_name(group)?;
         Ok(Membership::fixed(self.partitions(topic).await?))
     }
+
+    /// Offset ranges of a partition that were quarantined as damaged (see
+    /// [`quarantine`]): readers skip them. Empty for an engine without quarantine.
+    async fn quarantined(
+        &self,
+        _topic: &str,
+        _partition: u32,
+    ) -> Result<Vec<std::ops::Range<u64>>, LogError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Checks a topic or group name: 1..=200 of `[A-Za-z0-9._-]`, not `.` or `..`.

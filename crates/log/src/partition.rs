@@ -300,6 +300,14 @@ impl PartitionShared {
         Err(self.err_failed("too many damaged regions in one read"))
     }
 
+    /// Offset ranges skipped as quarantined, oldest first.
+    pub(crate) fn quarantined(&self) -> Vec<Range<u64>> {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.iter()
+            .flat_map(|s| s.holes.iter().map(|h| h.offset..h.resume_offset))
+            .collect()
+    }
+
     /// A segment's open file: the active one's, or a sealed one's from the cache.
     fn file_of(&self, seg: &SegmentView) -> Result<Arc<dyn SegmentFile>, LogError> {
         match &seg.file {
