@@ -273,8 +273,11 @@ pub struct Ledger {
     lag_read: tokio::sync::Mutex<u64>,
     /// Quarantined offset ranges of the origin topics (sources' outputs), read each
     /// tick: lost origins in them are reported with the reason `corrupt`.
-    quarantined: Mutex<BTreeMap<(String, u32), Vec<std::ops::Range<u64>>>>,
+    quarantined: Mutex<Quarantined>,
 }
+
+/// Quarantined offset ranges per origin (topic, partition).
+type Quarantined = BTreeMap<(String, u32), Vec<std::ops::Range<u64>>>;
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
