@@ -69,6 +69,8 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
     );
     let addr = proc.addr("source api");
     let pid = proc.child.id();
+    // Files the nodes open just after start (group offsets, segments) settle first.
+    std::thread::sleep(Duration::from_secs(2));
     let before = open_fds(pid);
     // 200 slowloris connections: each sends part of a request line and stops.
     let mut slow: Vec<TcpStream> = (0..200)
@@ -80,8 +82,10 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let during = open_fds(pid);
+    // 20 connections, plus slack for what the nodes open meanwhile (an outgoing
+    // delivery attempt, a file): far from the 200 a listener without a cap holds.
     assert!(
-        during <= before + 20 + 2,
+        during <= before + 20 + 10,
         "fds {before} -> {during}: more than the 20 allowed connections are open"
     );
     // The server closes each within about the header timeout; then new clients get in.
