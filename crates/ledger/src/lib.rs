@@ -546,7 +546,7 @@ impl Ledger {
         // the time of the read, not of the snapshot), so no snapshot misses its events.
         let progress_at = self.clock.now_ms();
         let progress = self.progress().await?;
-        self.read_quarantined().await?;
+        self.read_quarantined().await;
         let now = self.clock.now_ms();
         let settle = self.cfg.settle_after.as_millis() as i64;
         let max_wait = self.cfg.settle_max_wait.as_millis() as i64;
@@ -662,20 +662,25 @@ impl Ledger {
         Ok(())
     }
 
-    /// The quarantined ranges of every origin topic.
-    async fn read_quarantined(&self) -> Result<(), LogError> {
+    /// The quarantined ranges of every origin topic. Only an annotation of lost
+    /// origins: a topic that cannot be asked (not created yet, engine away) is left out.
+    async fn read_quarantined(&self) {
         let mut q = BTreeMap::new();
         for n in self.nodes.iter().filter(|n| n.kind == NodeKind::Source) {
             let Some(topic) = &n.output else { continue };
-            for p in 0..self.log.partitions(topic).await? {
-                let ranges = self.log.quarantined(topic, p).await?;
-                if !ranges.is_empty() {
-                    q.insert((topic.clone(), p), ranges);
+            let Ok(partitions) = self.log.partitions(topic).await else {
+                continue;
+            };
+            for p in 0..partitions {
+                match self.log.quarantined(topic, p).await {
+                    Ok(ranges) if !ranges.is_empty() => {
+                        q.insert((topic.clone(), p), ranges);
+                    }
+                    _ => {}
                 }
             }
         }
         *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = q;
-        Ok(())
     }
 
     /// Input ends and committed positions of the gated nodes (nodes with a group).
