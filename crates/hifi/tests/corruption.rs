@@ -16,15 +16,7 @@ async fn a_flipped_byte_in_a_stored_event_is_quarantined_and_everything_else_flo
     let record = dir.path().join("received.jsonl");
     // The destination is down for the first run: the events stay in the topic.
     let addr = free_addr();
-    // Local retries that never run out: undelivered events stay in the topic (not in
-    // the sink's retry topic, from which they would be re-sent only when due).
-    let file = pipeline_file_full(
-        dir.path(),
-        &format!("http://{addr}/ingest"),
-        "",
-        None,
-        "attempts = 1000000\n",
-    );
+    let file = pipeline_file_holding(dir.path(), addr);
     let proc = run_pipeline(dir.path(), &file);
     let url = format!("http://{}/v1/events", proc.addr("source api"));
     let client = reqwest::Client::new();

@@ -340,15 +340,9 @@ async fn a_sink_down_past_retention_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("received.jsonl");
     let addr = free_addr();
-    // Local retries that never run out: the sink holds the events (it does not move
-    // them to its retry topic, which would let it commit past them).
-    let file = pipeline_file_full(
-        dir.path(),
-        &format!("http://{addr}/ingest"),
-        "",
-        None,
-        "attempts = 1000000\n",
-    );
+    // The sink holds the events: moved to its retry topic, they would let it commit
+    // past them.
+    let file = pipeline_file_holding(dir.path(), addr);
     let text = std::fs::read_to_string(&file).unwrap().replace(
         "data_dir = \"data\"",
         "data_dir = \"data\"\npartitions = 1\nsegment_bytes = \"4KiB\"\nretention = \"1s\"\n\

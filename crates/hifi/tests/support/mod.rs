@@ -214,6 +214,19 @@ pub fn pipeline_file_full(
     path
 }
 
+/// A pipeline file whose sink sends to `addr` (a destination that may be down) with
+/// local retries that never run out: undelivered events stay in the topic, uncommitted
+/// (not moved to the retry topic, from which they would be re-sent only when due).
+pub fn pipeline_file_holding(dir: &Path, addr: SocketAddr) -> PathBuf {
+    pipeline_file_full(
+        dir,
+        &format!("http://{addr}/ingest"),
+        "",
+        None,
+        "attempts = 1000000\n",
+    )
+}
+
 pub fn run_pipeline(dir: &Path, file: &Path) -> Proc {
     Proc::start(
         &["run", file.to_str().unwrap(), "--drain", "5s"],
