@@ -345,10 +345,9 @@ async fn events_waiting_in_the_retry_topic_survive_sigkill() {
 
 /// Receive times (µs) by event id, from a receiver's record file.
 fn received_at(record: &std::path::Path) -> std::collections::HashMap<String, i64> {
-    let text = std::fs::read_to_string(record).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    received_records(record)
+        .into_iter()
+        .map(|v| {
             (
                 v["id"].as_str().unwrap().to_owned(),
                 v["received_at_us"].as_i64().unwrap(),

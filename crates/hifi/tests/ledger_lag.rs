@@ -42,11 +42,9 @@ async fn the_ledgers_e2e_lag_agrees_with_the_receivers_measurement() {
         == 2000));
     let lag = get_json(&format!("http://{}/v1/lag", proc.addr("admin"))).await;
     let ledger_p95 = lag["e2e_ms"]["p95"].as_f64().unwrap();
-    let mut delays: Vec<f64> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    let mut delays: Vec<f64> = received_records(&record)
+        .iter()
+        .map(|v| {
             v["received_at_us"].as_i64().unwrap() as f64 / 1000.0
                 - v["event_time_ms"].as_i64().unwrap() as f64
         })

@@ -249,14 +249,23 @@ pub fn run_receiver(dir: &Path, listen: &str, record: &Path) -> Proc {
     )
 }
 
+/// The records in a receiver's record file. The receiver may be writing while we
+/// read, so only whole lines count.
+pub fn received_records(record: &Path) -> Vec<serde_json::Value> {
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return Vec::new();
+    };
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    whole
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// Event ids in a receiver's record file, with how often each arrived.
 pub fn received_ids(record: &Path) -> HashMap<String, u32> {
     let mut out = HashMap::new();
-    let Ok(text) = std::fs::read_to_string(record) else {
-        return out;
-    };
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    for v in received_records(record) {
         *out.entry(v["id"].as_str().unwrap().to_owned()).or_default() += 1;
     }
     out
