@@ -441,6 +441,36 @@ pub enum SinkType {
     Http,
 }
 
+/// `[sinks.NAME] format`: how events are put in requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// A JSON array of structured CloudEvents
+    /// (`application/cloudevents-batch+json`).
+    #[default]
+    Batch,
+    /// Structured CloudEvents, one per line (`application/x-ndjson`).
+    Ndjson,
+    /// One structured CloudEvent per request (`application/cloudevents+json`).
+    Structured,
+    /// One event per request in CloudEvents binary mode: attributes as `ce-*` headers,
+    /// the data as the body.
+    Binary,
+    /// One event per request: the data alone (the producer's JSON), no CloudEvents
+    /// attributes.
+    Raw,
+}
+
+impl SinkFormat {
+    /// Whether a request carries exactly one event.
+    pub fn one_per_request(self) -> bool {
+        matches!(
+            self,
+            SinkFormat::Structured | SinkFormat::Binary | SinkFormat::Raw
+        )
+    }
+}
+
 /// `[sinks.NAME]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -455,6 +485,9 @@ pub struct SinkConfig {
     /// Extra request headers (e.g. `Authorization`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// What a request carries. Default `"batch"`.
+    #[serde(default)]
+    pub format: SinkFormat,
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: BatchConfig,

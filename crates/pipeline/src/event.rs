@@ -9,6 +9,7 @@
 //! | `hifi-time` | event time, epoch milliseconds (decimal) |
 //! | `hifi-ingest-time` | when the source accepted it, epoch milliseconds |
 //! | `hifi-format` | `json` (value is the event's data) or `ce` (value is a whole CloudEvent) |
+//! | `hifi-traceparent`, `hifi-tracestate` | W3C trace context of the ingest request (plain JSON events; a CloudEvent keeps its own extension attributes) |
 //! | `hifi-origin` | `topic/partition/offset` in the first durable topic; absent on the records *of* that first topic, whose origin is their own position |
 //!
 //! The record key is the event id; the record timestamp is the ingest time (so retention
@@ -107,6 +108,10 @@ pub mod header {
     pub const INGEST_TIME: &str = "hifi-ingest-time";
     /// `json` or `ce`.
     pub const FORMAT: &str = "hifi-format";
+    /// W3C `traceparent` of the ingest request.
+    pub const TRACEPARENT: &str = "hifi-traceparent";
+    /// W3C `tracestate` of the ingest request.
+    pub const TRACESTATE: &str = "hifi-tracestate";
     /// `topic/partition/offset` of the first durable topic.
     pub const ORIGIN: &str = "hifi-origin";
 }
@@ -147,6 +152,49 @@ pub struct EventMeta {
     pub format: EventFormat,
     /// Origin in the first durable topic.
     pub origin: Origin,
+    /// W3C trace context of the ingest request (plain JSON events).
+    pub trace: Option<Trace>,
+}
+
+/// A W3C trace context (`traceparent`, `tracestate`): the CloudEvents
+/// distributed-tracing extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// `version-traceid-parentid-flags`.
+    pub traceparent: Text,
+    /// Vendor state, passed on as given.
+    pub tracestate: Option<Text>,
+}
+
+impl Trace {
+    /// The trace context of a request's headers; `None` when `traceparent` is missing
+    /// or malformed (W3C: an invalid one is ignored, as if absent).
+    pub fn from_headers(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<Trace> {
+        let tp = std::str::from_utf8(traceparent?).ok()?.trim();
+        let parts: Vec<&str> = tp.split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let well_formed = parts.len() >= 4
+            && hex(parts[0], 2)
+            && parts[0] != "ff"
+            && hex(parts[1], 32)
+            && parts[1].bytes().any(|b| b != b'0')
+            && hex(parts[2], 16)
+            && parts[2].bytes().any(|b| b != b'0')
+            && hex(parts[3], 2)
+            && (parts.len() == 4 || parts[0] != "00");
+        if !well_formed {
+            return None;
+        }
+        let tracestate = tracestate
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 512)
+            .map(|t| Text::from(t.to_owned()));
+        Some(Trace {
+            traceparent: Text::from(tp.to_ascii_lowercase()),
+            tracestate,
+        })
+    }
 }
 
 impl EventMeta {
@@ -155,7 +203,8 @@ impl EventMeta {
     pub fn of(topic: &str, partition: u32, r: &StoredRecord) -> EventMeta {
         let rec = &r.record;
         // One pass over the headers; the first of each name counts.
-        let [mut origin, mut id, mut source, mut event_type, mut time, mut format] = [None; 6];
+        let [mut origin, mut id, mut source, mut event_type, mut time, mut format, mut tp, mut ts] =
+            [None; 8];
         for h in &rec.headers {
             let slot = match h.name.as_ref() {
                 header::ORIGIN => &mut origin,
@@ -164,6 +213,8 @@ impl EventMeta {
                 header::TYPE => &mut event_type,
                 header::TIME => &mut time,
                 header::FORMAT => &mut format,
+                header::TRACEPARENT => &mut tp,
+                header::TRACESTATE => &mut ts,
                 _ => continue,
             };
             slot.get_or_insert(&h.value);
@@ -189,6 +240,10 @@ impl EventMeta {
                 _ => EventFormat::Json,
             },
             origin,
+            trace: as_text(tp).map(|traceparent| Trace {
+                traceparent,
+                tracestate: as_text(ts),
+            }),
         }
     }
 }
@@ -221,6 +276,14 @@ pub fn cloudevent_body(meta: &EventMeta, value: &Bytes) -> Bytes {
             push_json_str(&mut out, &meta.event_type);
             out.extend_from_slice(b",\"time\":");
             push_json_str(&mut out, &rfc3339_ms(meta.time_ms));
+            if let Some(t) = &meta.trace {
+                out.extend_from_slice(b",\"traceparent\":");
+                push_json_str(&mut out, &t.traceparent);
+                if let Some(state) = &t.tracestate {
+                    out.extend_from_slice(b",\"tracestate\":");
+                    push_json_str(&mut out, state);
+                }
+            }
             out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
             out.extend_from_slice(value);
             out.push(b'}');
@@ -287,11 +350,40 @@ mod tests {
                 partition: 0,
                 offset: 0,
             },
+            trace: None,
         };
         let out = cloudevent_body(&meta, &Bytes::from_static(br#"{"x":1}"#));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "a\"b");
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["data"]["x"], 1);
+        assert!(v.get("traceparent").is_none());
+    }
+
+    #[test]
+    fn a_trace_context_is_kept_only_when_well_formed() {
+        let tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let t = Trace::from_headers(Some(tp), Some(b"congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(t.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+        for bad in [
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"[..],
+            b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            b"zz",
+        ] {
+            assert_eq!(Trace::from_headers(Some(bad), None), None);
+        }
+        let stored = StoredRecord {
+            offset: 0,
+            record: hifi_log::Record::new("{}", 1)
+                .with_header(header::FORMAT, "json")
+                .with_header(header::TRACEPARENT, &tp[..]),
+        };
+        let meta = EventMeta::of("e", 0, &stored);
+        let v: serde_json::Value =
+            serde_json::from_slice(&cloudevent_body(&meta, &Bytes::from_static(b"1"))).unwrap();
+        assert_eq!(v["traceparent"], std::str::from_utf8(tp).unwrap());
+        assert!(v.get("tracestate").is_none());
     }
 }

@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::SinkConfig;
+use crate::ce_binary::{self, BinaryMessage};
+use crate::config::{SinkConfig, SinkFormat};
 use crate::delivery::{backoff, parse_retry_after, Breaker, Class, Classifier, Gate, RateLimit};
 use crate::event::{cloudevent_body, rfc3339_ms, EventMeta, Text};
 use crate::retry::{
@@ -604,7 +605,11 @@ impl HttpSink {
                 .refusals
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .batch_limit(self.cfg.batch.max_events);
+                .batch_limit(if self.cfg.format.one_per_request() {
+                    1
+                } else {
+                    self.cfg.batch.max_events
+                });
             while batch.len() < max_events {
                 if pending.is_empty() {
                     let next = match rx.try_recv() {
@@ -725,25 +730,18 @@ impl HttpSink {
 
     /// Sends one request; returns its class.
     async fn send(&self, batch: &[Item]) -> Class {
-        let mut body =
-            Vec::with_capacity(batch.iter().map(|i| i.body.len() + 1).sum::<usize>() + 2);
-        body.push(b'[');
         let mut key = xxhash_rust::xxh3::Xxh3::new();
-        for (i, item) in batch.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&item.body);
+        for item in batch {
             key.update(item.id.as_bytes());
             key.update(&[0]);
         }
-        body.push(b']');
-        let mut req = self
-            .client
-            .post(&self.cfg.url)
-            .header("content-type", "application/cloudevents-batch+json")
-            .header("idempotency-key", format!("{:032x}", key.digest128()))
-            .body(body);
+        let req = match self.request(batch) {
+            Ok(r) => r,
+            // A stored event that cannot be put in this format (never decided by the
+            // destination, and never going to work): dead-lettered like a refusal.
+            Err(reason) => return Class::NonRecoverable { status: 0, reason },
+        };
+        let mut req = req.header("idempotency-key", format!("{:032x}", key.digest128()));
         for (k, v) in &self.cfg.headers {
             req = req.header(k, v);
         }
@@ -773,6 +771,62 @@ impl HttpSink {
                 self.classifier.transport(&what)
             }
         }
+    }
+
+    /// The request carrying `batch` in the sink's format (single-event formats get
+    /// batches of one).
+    fn request(&self, batch: &[Item]) -> Result<reqwest::RequestBuilder, String> {
+        let post = self.client.post(&self.cfg.url);
+        let joined = |open: &[u8], sep: u8, close: &[u8]| {
+            let size = batch.iter().map(|i| i.body.len() + 1).sum::<usize>() + 2;
+            let mut body = Vec::with_capacity(size);
+            body.extend_from_slice(open);
+            for (i, item) in batch.iter().enumerate() {
+                if i > 0 {
+                    body.push(sep);
+                }
+                body.extend_from_slice(&item.body);
+            }
+            body.extend_from_slice(close);
+            body
+        };
+        // The trace context goes as W3C headers in single-event formats.
+        let traced = |mut req: reqwest::RequestBuilder, m: &BinaryMessage| {
+            for (name, value) in m.headers.iter().filter(|(n, _)| !n.starts_with("ce-")) {
+                req = req.header(name, value);
+            }
+            req
+        };
+        let typed = |req: reqwest::RequestBuilder, m: &BinaryMessage| match &m.content_type {
+            Some(ct) => req.header("content-type", ct),
+            None => req,
+        };
+        Ok(match self.cfg.format {
+            SinkFormat::Batch => post
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(joined(b"[", b',', b"]")),
+            SinkFormat::Ndjson => post
+                .header("content-type", "application/x-ndjson")
+                .body(joined(b"", b'\n', b"\n")),
+            SinkFormat::Structured => {
+                let m = ce_binary::from_structured(&batch[0].body)?;
+                traced(post, &m)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(batch[0].body.clone())
+            }
+            SinkFormat::Binary => {
+                let m = ce_binary::from_structured(&batch[0].body)?;
+                let mut req = typed(traced(post, &m), &m);
+                for (name, value) in m.headers.iter().filter(|(n, _)| n.starts_with("ce-")) {
+                    req = req.header(name, value);
+                }
+                req.body(m.body)
+            }
+            SinkFormat::Raw => {
+                let m = ce_binary::from_structured(&batch[0].body)?;
+                typed(traced(post, &m), &m).body(m.body)
+            }
+        })
     }
 
     /// Delivers a batch: local retries, splitting of non-recoverable answers. Returns a

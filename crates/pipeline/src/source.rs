@@ -24,7 +24,7 @@ use hifi_ledger::NodeLedger;
 use crate::config::SourceConfig;
 use crate::dedup::{Dedup, DedupKeyer, PreHashed};
 use crate::event::header;
-use crate::event::Text;
+use crate::event::{EventFormat, Text, Trace};
 use crate::ingest::{ParseOptions, ParsedEvent};
 use crate::now_ms;
 
@@ -325,6 +325,7 @@ impl HttpSource {
     pub async fn ingest(
         self: &Arc<Self>,
         events: Vec<ParsedEvent>,
+        trace: Option<&Trace>,
     ) -> Result<IngestOutcome, LogError> {
         let arrival_us = self.ledger.now_us();
         let now = arrival_us / 1000;
@@ -348,20 +349,28 @@ impl HttpSource {
                 } else {
                     event_times.push(e.time_ms.unwrap_or(now));
                     let time = Bytes::from(e.time_ms.unwrap_or(now).to_string());
+                    let mut headers = vec![
+                        hdr(header::ID, id.bytes().clone()),
+                        hdr(header::SOURCE, e.source.bytes().clone()),
+                        hdr(header::TYPE, e.event_type.bytes().clone()),
+                        hdr(header::TIME, time),
+                        hdr(header::INGEST_TIME, now_text.clone()),
+                        hdr(
+                            header::FORMAT,
+                            Bytes::from_static(e.format.as_str().as_bytes()),
+                        ),
+                    ];
+                    // A CloudEvent keeps its own extension attributes.
+                    if let (Some(t), EventFormat::Json) = (trace, e.format) {
+                        headers.push(hdr(header::TRACEPARENT, t.traceparent.bytes().clone()));
+                        if let Some(state) = &t.tracestate {
+                            headers.push(hdr(header::TRACESTATE, state.bytes().clone()));
+                        }
+                    }
                     records.push(Record {
                         key: Some(id.bytes().clone()),
                         value: e.value,
-                        headers: vec![
-                            hdr(header::ID, id.bytes().clone()),
-                            hdr(header::SOURCE, e.source.bytes().clone()),
-                            hdr(header::TYPE, e.event_type.bytes().clone()),
-                            hdr(header::TIME, time),
-                            hdr(header::INGEST_TIME, now_text.clone()),
-                            hdr(
-                                header::FORMAT,
-                                Bytes::from_static(e.format.as_str().as_bytes()),
-                            ),
-                        ],
+                        headers,
                         timestamp_ms: now,
                     });
                     keys.push(key);

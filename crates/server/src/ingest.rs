@@ -9,7 +9,7 @@
 //! | 400 | invalid JSON or events: `{"error", "errors": [{"index", "reason"}]}`; bad compression |
 //! | 401 | missing or wrong bearer token (when `auth` is configured) |
 //! | 413 | body (compressed or decompressed) over `max_body_bytes`, too many events, a record too large — refused before reading the body when `Content-Length` says so |
-//! | 415 | unknown `Content-Type` or `Content-Encoding` |
+//! | 415 | unknown `Content-Type` (outside CloudEvents binary mode) or `Content-Encoding` |
 //! | 503 | in-flight bytes over `max_inflight_bytes`, or the engine failed (disk full, fsync error): nothing acknowledged; `Retry-After` says when to retry |
 
 use std::sync::atomic::Ordering;
@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hifi_log::LogError;
+use hifi_pipeline::ce_binary;
 use hifi_pipeline::config::SourceConfig;
+use hifi_pipeline::event::Trace;
 use hifi_pipeline::health::Health;
 use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
 use hifi_pipeline::source::HttpSource;
@@ -147,7 +149,22 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let Some(format) = BodyFormat::from_content_type(content_type) else {
+    // CloudEvents binary mode: attributes in ce-* headers, the data in the body (of any
+    // content type); it is stored as the structured event it stands for.
+    let binary = ce_binary::is_binary(headers.keys().map(|k| k.as_str())).then(|| Binary {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    });
+    let format = match binary {
+        Some(_) => Some(BodyFormat::CloudEvent),
+        None => BodyFormat::from_content_type(content_type),
+    };
+    let Some(format) = format else {
         let msg = format!("unsupported Content-Type {content_type:?}");
         return reject(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -234,8 +251,10 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
     // Large bodies are decompressed and parsed off the async workers.
     let parsed = if raw.len() as u64 > BLOCKING_PARSE_BYTES || encoding != Encoding::Identity {
         let st = s.clone();
-        match tokio::task::spawn_blocking(move || decode_and_parse(&st, encoding, raw, format))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            decode_and_parse(&st, encoding, raw, format, binary.as_ref())
+        })
+        .await
         {
             Ok(p) => p,
             Err(e) => {
@@ -247,7 +266,7 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             }
         }
     } else {
-        decode_and_parse(&s, encoding, raw, format)
+        decode_and_parse(&s, encoding, raw, format, binary.as_ref())
     };
     let mut events = match parsed {
         Ok(ev) => ev,
@@ -261,7 +280,11 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             json!({ "errors": errors }),
         ));
     }
-    match s.source.ingest(events).await {
+    let trace = Trace::from_headers(
+        headers.get("traceparent").map(|v| v.as_bytes()),
+        headers.get("tracestate").map(|v| v.as_bytes()),
+    );
+    match s.source.ingest(events, trace.as_ref()).await {
         Ok(outcome) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Err(LogError::RecordTooLarge { bytes, max }) => reject(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -295,6 +318,13 @@ fn too_large(max: u64) -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, &msg, json!({}))
 }
 
+/// What a CloudEvents binary-mode request carries outside its body.
+#[derive(Debug)]
+struct Binary {
+    headers: Vec<(String, Vec<u8>)>,
+    content_type: Option<String>,
+}
+
 /// Bodies larger than this are decompressed and parsed in the blocking pool.
 const BLOCKING_PARSE_BYTES: u64 = 256 << 10;
 
@@ -304,14 +334,25 @@ fn decode_and_parse(
     encoding: Encoding,
     raw: bytes::Bytes,
     format: BodyFormat,
+    binary: Option<&Binary>,
 ) -> Result<Vec<hifi_pipeline::ingest::ParsedEvent>, Box<Response>> {
-    let body = match body::decode(encoding, raw, s.max_body_bytes) {
+    let mut body = match body::decode(encoding, raw, s.max_body_bytes) {
         Ok(b) => b,
         Err(DecodeError::TooLarge) => return Err(Box::new(too_large(s.max_body_bytes))),
         Err(DecodeError::Bad(msg)) => {
             return Err(Box::new(error(StatusCode::BAD_REQUEST, &msg, json!({}))))
         }
     };
+    if let Some(b) = binary {
+        let headers = b.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+        body = match ce_binary::to_structured(headers, b.content_type.as_deref(), &body) {
+            Ok(structured) => bytes::Bytes::from(structured),
+            Err(reason) => {
+                let msg = format!("invalid binary-mode CloudEvent: {reason}; nothing was written");
+                return Err(Box::new(error(StatusCode::BAD_REQUEST, &msg, json!({}))));
+            }
+        };
+    }
     match parse_body(&body, format, &s.source.parse) {
         Ok(ev) => Ok(ev),
         Err(ParseError::Invalid(errors)) => {
