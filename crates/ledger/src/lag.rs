@@ -117,6 +117,13 @@ impl LagSet {
         Some(set)
     }
 
+    /// (µs, count) of every recorded value of one of the three histograms, ascending;
+    /// a value stands for its HDR bucket (2 significant digits: within 1 % above).
+    pub fn recorded(h: &Histogram<u64>) -> impl Iterator<Item = (u64, u64)> + '_ {
+        h.iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
     /// Percentiles of the three.
     pub fn summary(&self) -> LagSummary {
         LagSummary {

@@ -888,6 +888,15 @@ impl Ledger {
         (st.open.len(), st.settled.len())
     }
 
+    /// Shows `f` each node's lag histograms since start (under that node's lock: keep
+    /// `f` short), in node order.
+    pub fn visit_lag(&self, mut f: impl FnMut(&str, NodeKind, &lag::LagSet)) {
+        for n in &self.nodes {
+            let rec = self.lag[&n.name].lock().unwrap_or_else(|p| p.into_inner());
+            f(&n.name, n.kind, &rec.cumulative);
+        }
+    }
+
     /// Lag per node.
     pub fn lag(&self) -> LagReport {
         let now = self.clock.now_ms();

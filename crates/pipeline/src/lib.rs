@@ -10,6 +10,7 @@ pub mod ce_binary;
 pub mod config;
 pub mod dedup;
 pub mod delivery;
+pub mod durations;
 pub mod event;
 pub mod event_window;
 pub mod health;

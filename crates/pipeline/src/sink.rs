@@ -57,8 +57,10 @@ pub struct SinkStats {
     pub delivered_events_total: AtomicU64,
     /// Requests that succeeded.
     pub requests_total: AtomicU64,
-    /// Requests that failed.
+    /// Requests that failed (refused ones included).
     pub failed_requests_total: AtomicU64,
+    /// Requests answered with a status that is not retried (a 4xx, by default).
+    pub refused_requests_total: AtomicU64,
     /// Local retries made (requests sent again).
     pub local_retries_total: AtomicU64,
     /// Events moved to a retry topic (global retries).
@@ -883,6 +885,9 @@ impl HttpSink {
                     self.breaker_result(true); // the destination is up; the data is bad
                     self.stats
                         .failed_requests_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .refused_requests_total
                         .fetch_add(1, Ordering::Relaxed);
                     if batch.len() == 1 {
                         let unlogged = {

@@ -45,6 +45,8 @@ pub struct SourceStats {
     pub dedup_evicted_total: AtomicU64,
     /// Event times outside `event_time_window`, clamped to it (`outside = "clamp"`).
     pub clamped_event_times_total: AtomicU64,
+    /// How long `POST /v1/events` requests took, by status.
+    pub request_durations: crate::durations::Durations,
 }
 
 /// The result of one accepted request.

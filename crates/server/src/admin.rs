@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz`, `/readyz` | process up / ready: engine open, listeners bound, every node running, disk not full (503 with the reason otherwise) |
-//! | `GET /metrics` | Prometheus (OpenMetrics text) — see [`crate::metrics`] |
+//! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks — see [`crate::metrics`] |
 //! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
 //! | `GET /v1/stats` | counters per node |
@@ -103,22 +103,15 @@ async fn readyz(State(s): S) -> Response {
     crate::ingest::readiness(&s.health)
 }
 
-async fn metrics(State(s): S) -> Response {
-    match crate::metrics::render(&s) {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("cannot encode metrics: {e}"),
-            json!({}),
-        ),
-    }
+async fn metrics(State(s): S, headers: axum::http::HeaderMap) -> Response {
+    use crate::metrics::exposition::{encode, Format};
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = Format::for_accept(accept);
+    let text = encode(&crate::metrics::families(&s), format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 async fn lag(State(s): S) -> Response {

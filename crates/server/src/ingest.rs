@@ -127,6 +127,16 @@ fn retry_later(message: &str) -> Response {
 }
 
 async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let answer = handle(&s, req).await;
+    s.source
+        .stats
+        .request_durations
+        .record(answer.status().as_u16(), started.elapsed());
+    answer
+}
+
+async fn handle(s: &Arc<IngestState>, req: Request) -> Response {
     let stats = &s.source.stats;
     let reject = |r: Response| {
         stats
@@ -266,7 +276,7 @@ async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
             }
         }
     } else {
-        decode_and_parse(&s, encoding, raw, format, binary.as_ref())
+        decode_and_parse(s, encoding, raw, format, binary.as_ref())
     };
     let mut events = match parsed {
         Ok(ev) => ev,
