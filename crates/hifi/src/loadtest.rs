@@ -171,7 +171,7 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     outcome.chaos = chaos;
     print_outcome(&outcome);
     if let Some(r) = &rating {
-        println!("{}", r.sentence());
+        outln!("{}", r.sentence());
     }
     let json = serde_json::json!({ "outcome": &outcome, "rating": &rating });
     let mut flat = serde_json::to_value(&outcome)?;
@@ -189,7 +189,7 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
         )?;
         std::fs::write(path, crate::report::html(&json))
             .with_context(|| format!("writing {}", path.display()))?;
-        println!(
+        outln!(
             "report: {} (and {})",
             path.display(),
             path.with_extension("json").display()
@@ -360,7 +360,7 @@ async fn flapping(
 }
 
 fn print_outcome(o: &Outcome) {
-    println!(
+    outln!(
         "sent {} events/s target, achieved {:.0} events/s over {:.1} s ({} requests of {}, {} retried)",
         o.target_rate, o.achieved_rate, o.duration_s, o.sent_requests, o.batch, o.retried_requests
     );
@@ -370,28 +370,28 @@ fn print_outcome(o: &Outcome) {
             q.p50, q.p95, q.p99, q.max
         )
     };
-    println!("ingest latency: {}", q(&o.ingest_ms));
+    outln!("ingest latency: {}", q(&o.ingest_ms));
     match (o.delivered, o.lost, o.duplicates, &o.e2e_ms) {
         (Some(d), Some(l), Some(dup), Some(e2e)) => {
-            println!(
+            outln!(
                 "acknowledged {}, delivered {d}, LOST {l}, duplicates {dup}",
                 o.acked
             );
-            println!("end-to-end delay: {}", q(e2e));
+            outln!("end-to-end delay: {}", q(e2e));
             if l > 0 {
-                println!(
+                outln!(
                     "note: \"lost\" = acknowledged but not delivered within --drain. Events may still be in the \
                      pipeline (retry topics: first global retry after 30 s by default); check `hifi loss` and \
                      `hifi dlq list <sink>` before concluding, or run with a longer --drain."
                 );
-                println!(
+                outln!(
                     "lost ids (first {}): {}",
                     o.lost_examples.len(),
                     o.lost_examples.join(", ")
                 );
             }
         }
-        _ => println!(
+        _ => outln!(
             "acknowledged {} (no receiver: delivery not checked)",
             o.acked
         ),

@@ -61,15 +61,17 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     })
     .await??;
 
-    println!("| measurement | result | vs raw |");
-    println!("|---|---|---|");
-    println!(
+    outln!("| measurement | result | vs raw |");
+    outln!("|---|---|---|");
+    outln!(
         "| raw sequential write, 1 MiB writes + 1 fsync | {:.0} MiB/s | 1.00 |",
         raw.seq_mib_s
     );
-    println!(
+    outln!(
         "| raw 256 B write + fdatasync | {:.0} /s, p50 {} µs, p99 {} µs | 1.00 |",
-        raw.fsync_rate, raw.fsync_p50_us, raw.fsync_p99_us
+        raw.fsync_rate,
+        raw.fsync_p50_us,
+        raw.fsync_p99_us
     );
     let mut single = None;
     for appenders in [1usize, 8, 64] {
@@ -78,7 +80,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             let r = append_run(&log, &topic, appenders, batch, secs).await?;
             let written_mib_s = r.bytes as f64 / r.secs / (1 << 20) as f64;
             let events_s = r.events as f64 / r.secs;
-            println!(
+            outln!(
                 "| append, {appenders} appenders × batch {batch}, fsync always | {events_s:.0} events/s, {:.1} MiB/s payload ({written_mib_s:.1} MiB/s written), p50 {} µs, p99 {} µs per append | {:.2} of bandwidth, {:.1}× fsync rate |",
                 events_s * VALUE_BYTES as f64 / (1 << 20) as f64,
                 r.latency.value_at_quantile(0.5),
@@ -95,13 +97,13 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     if let Some((p50, p99)) = single {
-        println!(
+        outln!(
             "| single appender latency (batch 1) | p50 {p50} µs, p99 {p99} µs | p99 = {:.2} × raw fsync p99 |",
             p99 as f64 / raw.fsync_p99_us.max(1) as f64
         );
     }
     let (records, read_secs) = read_run(&log, "a64b100").await?;
-    println!(
+    outln!(
         "| read from page cache, 1 reader, 10 000-record batches | {:.0} records/s ({records} records) | |",
         records as f64 / read_secs
     );

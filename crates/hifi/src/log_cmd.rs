@@ -220,17 +220,20 @@ fn verify(data_dir: PathBuf, record_bytes_max: usize) -> Result<ExitCode> {
         } else {
             "DAMAGED"
         };
-        println!(
+        outln!(
             "{}/{}: {status}: {} records, {range}, {} segments",
-            r.topic, r.partition, r.records, r.segments
+            r.topic,
+            r.partition,
+            r.records,
+            r.segments
         );
         for p in &r.problems {
-            println!("  {p}");
+            outln!("  {p}");
             damaged = true;
         }
     }
     if reports.is_empty() {
-        println!("no topics in {}", data_dir.display());
+        outln!("no topics in {}", data_dir.display());
     }
     Ok(if damaged {
         ExitCode::from(1)

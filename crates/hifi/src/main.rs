@@ -1,6 +1,30 @@
 //! The `hifi` command: parses arguments and calls the crates that do the work.
 #![forbid(unsafe_code)]
 
+/// `println!` for a command's output: a closed stdout (`hifi loss | head -1`) ends the
+/// process quietly, as Unix tools do, instead of panicking on the broken pipe.
+macro_rules! outln {
+    () => {
+        $crate::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line of output (see [`outln`]).
+pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 mod chaos;
 mod demo;
 mod loadtest;

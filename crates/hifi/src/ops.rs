@@ -54,10 +54,29 @@ async fn answer(url: &str, resp: reqwest::Result<reqwest::Response>) -> Result<V
     Ok(body)
 }
 
+/// A duration in milliseconds with a unit that fits it: `0.42 ms`, `18.4 ms`,
+/// `12.3 s`, `6.4 min`, `1.7 h`, `2.1 d`.
+fn duration(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 1_000.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 60_000.0 {
+        format!("{:.1} s", ms / 1_000.0)
+    } else if ms < 3_600_000.0 {
+        format!("{:.1} min", ms / 60_000.0)
+    } else if ms < 86_400_000.0 {
+        format!("{:.1} h", ms / 3_600_000.0)
+    } else {
+        format!("{:.1} d", ms / 86_400_000.0)
+    }
+}
+
+/// p50 p95 p99 max of a quantiles object, each with its unit.
 fn q(v: &Value) -> String {
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let f = |k: &str| duration(v[k].as_f64().unwrap_or(0.0));
     format!(
-        "{:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+        "{:>9} {:>9} {:>9} {:>9}",
         f("p50"),
         f("p95"),
         f("p99"),
@@ -69,32 +88,59 @@ fn q(v: &Value) -> String {
 pub async fn lag(admin: Admin) -> Result<ExitCode> {
     let v = get(&admin, "/v1/lag").await?;
     if admin.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("lag in ms since start (p50 p95 p99 max)");
-    println!(
-        "{:<16} {:<7} {:>9}  {:<35}  {:<35}  {:<35}",
-        "node", "kind", "events", "lag-in", "lag-out", "process"
+    // The latest closed 10-second window, when it is recent: what the lag is now.
+    let latest = v["history"].as_array().and_then(|h| h.last()).filter(|p| {
+        chrono::DateTime::parse_from_rfc3339(p["t"].as_str().unwrap_or(""))
+            .is_ok_and(|t| (chrono::Utc::now() - t.to_utc()).num_seconds() < 30)
+    });
+    let now = |node: &str| match latest.map(|p| &p["nodes"][node]) {
+        Some(n) if n["events"].as_u64().unwrap_or(0) > 0 => {
+            duration(n["lag_out_p95_ms"].as_f64().unwrap_or(0.0))
+        }
+        _ => "-".to_owned(),
+    };
+    outln!("lag since start (p50 p95 p99 max); now = lag-out p95 of the last 10 s (- : nothing left the node)");
+    outln!(
+        "{:<16} {:<7} {:>9}  {:<39}  {:<39}  {:<39}  {:>9}",
+        "node",
+        "kind",
+        "events",
+        "lag-in",
+        "lag-out",
+        "process",
+        "now"
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
-        println!(
-            "{:<16} {:<7} {:>9}  {}  {}  {}",
-            n["node"].as_str().unwrap_or(""),
+        let name = n["node"].as_str().unwrap_or("");
+        outln!(
+            "{:<16} {:<7} {:>9}  {}  {}  {}  {:>9}",
+            name,
             n["kind"].as_str().unwrap_or(""),
             n["events"].as_u64().unwrap_or(0),
             q(&n["lag_in_ms"]),
             q(&n["lag_out_ms"]),
-            q(&n["process_ms"])
+            q(&n["process_ms"]),
+            now(name)
         );
     }
-    println!(
-        "{:<16} {:<7} {:>9}  {:<35}  {}",
+    let e2e_now = match latest {
+        Some(p) if p["e2e_p95_ms"].as_f64().unwrap_or(0.0) > 0.0 => {
+            duration(p["e2e_p95_ms"].as_f64().unwrap_or(0.0))
+        }
+        _ => "-".to_owned(),
+    };
+    outln!(
+        "{:<16} {:<7} {:>9}  {:<39}  {}  {:<39}  {:>9}",
         "E2E",
         "",
         "",
         "",
-        q(&v["e2e_ms"])
+        q(&v["e2e_ms"]),
+        "",
+        e2e_now
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -110,19 +156,19 @@ pub async fn loss(admin: Admin, from: Option<String>, to: Option<String>) -> Res
     }
     let v = get(&admin, &path).await?;
     if admin.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let buckets = v["buckets"].as_array().cloned().unwrap_or_default();
     if buckets.is_empty() {
-        println!("no buckets in that range");
+        outln!("no buckets in that range");
         return Ok(ExitCode::SUCCESS);
     }
     let mut lossy = false;
     for b in &buckets {
         let lost = b["e2e_lost"].as_u64().unwrap_or(0);
         lossy |= lost > 0 && b["settled"].as_bool() == Some(true);
-        println!(
+        outln!(
             "{} {:<8} events {:>8}  e2e lost {:>6} ({:.4} %)",
             b["start"].as_str().unwrap_or(""),
             if b["settled"].as_bool() == Some(true) {
@@ -136,7 +182,7 @@ pub async fn loss(admin: Admin, from: Option<String>, to: Option<String>) -> Res
         );
         for n in b["nodes"].as_array().into_iter().flatten() {
             let g = |k: &str| n[k].as_u64().unwrap_or(0);
-            println!(
+            outln!(
                 "    {:<16} seen {:>8}  lost {:>6}  filtered {:>6}  dead-lettered {:>6}  delivered {:>8}  retrying {:>6}",
                 n["node"].as_str().unwrap_or(""),
                 g("seen"),
@@ -148,7 +194,7 @@ pub async fn loss(admin: Admin, from: Option<String>, to: Option<String>) -> Res
             );
         }
         for l in b["lost"].as_array().into_iter().flatten().take(5) {
-            println!(
+            outln!(
                 "    lost: {} at {}",
                 l["origin"].as_str().unwrap_or(""),
                 l["node"].as_str().unwrap_or("")
@@ -171,17 +217,17 @@ pub async fn trace(admin: Admin, origin: Option<String>, id: Option<String>) -> 
     };
     let v = get(&admin, &path).await?;
     if admin.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "event {} (origin {}), event time {}, ingested {}",
         v["id"].as_str().unwrap_or("?"),
         v["origin"].as_str().unwrap_or("?"),
         v["event_time"].as_str().unwrap_or("?"),
         v["ingest_time"].as_str().unwrap_or("?")
     );
-    println!(
+    outln!(
         "bucket {} ({})",
         v["bucket"].as_str().unwrap_or("?"),
         if v["settled"].as_bool() == Some(true) {
@@ -204,14 +250,14 @@ pub async fn trace(admin: Admin, origin: Option<String>, id: Option<String>) -> 
         } else {
             outcomes.join(", ")
         };
-        println!(
+        outln!(
             "  {:<16} {:<7} {what}",
             n["node"].as_str().unwrap_or(""),
             n["kind"].as_str().unwrap_or("")
         );
     }
     if let Some(note) = v["note"].as_str() {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -277,14 +323,17 @@ pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
             )
             .await?;
             if admin.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
+            if !items.is_empty() {
+                outln!("{:<36}  {:<24}  reason", "id", "dead-lettered at");
+            }
             for d in &items {
                 let r = &d["reason"];
-                println!(
-                    "{}  {}  {}{}: {}",
+                outln!(
+                    "{:<36}  {:<24}  {}{}: {}",
                     d["id"].as_str().unwrap_or("?"),
                     d["dead_lettered_at"].as_str().unwrap_or("?"),
                     r["class"].as_str().unwrap_or("?"),
@@ -296,7 +345,7 @@ pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
                     r["body"].as_str().unwrap_or("")
                 );
             }
-            println!(
+            outln!(
                 "{} dead letter(s) in sink {sink}",
                 v["total"].as_u64().unwrap_or(0)
             );
@@ -316,7 +365,7 @@ pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
                 ),
             )
             .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Redrive {
@@ -334,16 +383,31 @@ pub async fn dlq(cmd: DlqCommand) -> Result<ExitCode> {
             )
             .await?;
             if admin.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else if dry_run {
-                println!(
+                outln!(
                     "would re-drive {} dead letter(s) of sink {sink} (dry run)",
                     v["matched"]
                 );
             } else {
-                println!("re-drove {} dead letter(s) of sink {sink}", v["redriven"]);
+                outln!("re-drove {} dead letter(s) of sink {sink}", v["redriven"]);
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_get_a_unit_that_fits() {
+        assert_eq!(duration(0.421), "0.42 ms");
+        assert_eq!(duration(18.44), "18.4 ms");
+        assert_eq!(duration(12_345.0), "12.3 s");
+        assert_eq!(duration(383_778.8), "6.4 min");
+        assert_eq!(duration(6_120_000.0), "1.7 h");
+        assert_eq!(duration(181_440_000.0), "2.1 d");
     }
 }

@@ -153,6 +153,35 @@ async fn metrics_pass_promtool_and_the_openmetrics_parser() {
         let text_families = text.matches("# TYPE ").count();
         assert_eq!(said.trim(), text_families.to_string(), "{said}");
     }
+    // The operator commands on the same instance: units that fit, and a closed
+    // stdout (`hifi lag | head -1`) ends them quietly.
+    let admin = proc.addr("admin").to_string();
+    let out = Command::new(HIFI)
+        .args(["lag", "--admin", &admin])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains(" ms") && table.contains("E2E"), "{table}");
+    for cmd in ["lag", "loss", "dlq list out"] {
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.extend(["--admin", &admin]);
+        let mut child = Command::new(HIFI)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command has its answer to print.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked"),
+            "hifi {cmd} with its stdout closed: {:?} {err}",
+            out.status
+        );
+    }
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
