@@ -45,6 +45,15 @@ pub struct LoadtestArgs {
     /// Approximate size of each event's JSON.
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
+    /// What the events are: `cloudevents` (a CloudEvents batch: any pipeline reads
+    /// their ids and times) or `json` (plain objects `{"id", "ts", ...}`: for a source
+    /// with `id_field = "/id"` and `event_time = "/ts"`).
+    #[arg(long, value_enum, default_value_t = EventKind::Cloudevents)]
+    events: EventKind,
+    /// Fields every event carries, as a JSON object (in a CloudEvent: in its data),
+    /// e.g. '{"amount": 42}' for a pipeline that filters on amount.
+    #[arg(long, value_parser = parse_fields)]
+    data: Option<serde_json::Map<String, serde_json::Value>>,
     /// Requests in flight at most.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -90,6 +99,28 @@ pub struct LoadtestArgs {
     /// With --chaos kill: the pipeline file to run (and kill) as a child process.
     #[arg(long)]
     pipeline: Option<PathBuf>,
+    /// The pipeline's admin API. Acknowledged events that did not arrive are looked up
+    /// in its ledger: filtered or dead-lettered on purpose, still retrying, or lost.
+    /// When it cannot be reached, every one of them counts as lost.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin: String,
+}
+
+/// The shape of the load test's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventKind {
+    /// A CloudEvents batch.
+    Cloudevents,
+    /// Plain JSON objects with `id` and `ts`.
+    Json,
+}
+
+fn parse_fields(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("--data must be a JSON object, e.g. '{\"amount\": 42}'".into()),
+        Err(e) => Err(format!("--data is not JSON: {e}")),
+    }
 }
 
 /// The outcome of one run.
@@ -106,6 +137,10 @@ pub struct Outcome {
     /// `None` without a receiver.
     pub delivered: Option<u64>,
     pub lost: Option<u64>,
+    /// Acknowledged, not delivered, and accounted for by the pipeline's ledger (`None`
+    /// when it was not asked: everything arrived, or its admin API was unreachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounted: Option<Accounted>,
     pub duplicates: Option<u64>,
     pub ingest_ms: Quantiles,
     pub e2e_ms: Option<Quantiles>,
@@ -116,6 +151,23 @@ pub struct Outcome {
     /// Faults injected (with --chaos).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<crate::chaos::ChaosReport>,
+}
+
+/// Events that did not arrive, as the pipeline's ledger accounts for them
+/// (`POST /v1/outcomes`); none of these count as lost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Accounted {
+    /// Dropped on purpose by a stage's filter.
+    pub filtered: u64,
+    /// Refused for good (dead-lettered, re-drivable).
+    pub dead_lettered: u64,
+    /// Waiting in a sink's retry topics.
+    pub retrying: u64,
+    /// Delivered by a sink other than the one this load test watches.
+    pub delivered_elsewhere: u64,
+    /// In a settled loss bucket, not among its lost events: they ended (filtered,
+    /// dead-lettered or delivered somewhere); which, the settled table no longer says.
+    pub ended_not_lost: u64,
 }
 
 /// One second of a run.
@@ -269,6 +321,13 @@ async fn find_rating(
     loop {
         eprintln!("rating: trying {rate} events/s for {:?}", args.duration);
         let o = run_once(&try_rate(rate), flap, flaps).await?;
+        if o.acked > 0 && o.delivered == Some(0) && o.lost == Some(0) {
+            bail!(
+                "no event reached the receiver, and the pipeline accounts for all of them \
+                 (filtered, dead-lettered or retrying): a rating needs events that reach the \
+                 destination — shape them with --events and --data"
+            );
+        }
         let p95 = o.e2e_ms.map_or(f64::INFINITY, |q| q.p95);
         let meets = o.lost == Some(0) && o.achieved_rate >= 0.99 * rate as f64 && p95 <= slo_ms;
         checked += o.acked;
@@ -373,16 +432,32 @@ fn print_outcome(o: &Outcome) {
     outln!("ingest latency: {}", q(&o.ingest_ms));
     match (o.delivered, o.lost, o.duplicates, &o.e2e_ms) {
         (Some(d), Some(l), Some(dup), Some(e2e)) => {
+            let accounted = o.accounted.as_ref().map_or(String::new(), |a| {
+                format!(
+                    ", filtered {} and dead-lettered {} by the pipeline on purpose, retrying {}{}",
+                    a.filtered,
+                    a.dead_lettered,
+                    a.retrying,
+                    [
+                        (a.delivered_elsewhere, "delivered by another sink"),
+                        (a.ended_not_lost, "ended without loss in settled buckets"),
+                    ]
+                    .iter()
+                    .filter(|(n, _)| *n > 0)
+                    .map(|(n, what)| format!(", {what} {n}"))
+                    .collect::<String>()
+                )
+            });
             outln!(
-                "acknowledged {}, delivered {d}, LOST {l}, duplicates {dup}",
+                "acknowledged {}, delivered {d}{accounted}, LOST {l}, duplicates {dup}",
                 o.acked
             );
             outln!("end-to-end delay: {}", q(e2e));
             if l > 0 {
                 outln!(
-                    "note: \"lost\" = acknowledged but not delivered within --drain. Events may still be in the \
-                     pipeline (retry topics: first global retry after 30 s by default); check `hifi loss` and \
-                     `hifi dlq list <sink>` before concluding, or run with a longer --drain."
+                    "note: \"lost\" = acknowledged, not delivered within --drain, and not filtered, \
+                     dead-lettered or retrying by the pipeline's ledger (--admin). Events still on their \
+                     way count here too: check `hifi loss` before concluding, or run with a longer --drain."
                 );
                 outln!(
                     "lost ids (first {}): {}",
@@ -513,6 +588,7 @@ async fn measure(
         acked,
         delivered: None,
         lost: None,
+        accounted: None,
         duplicates: None,
         ingest_ms: ingest.overall(),
         timeline: ingest.per_second(),
@@ -546,8 +622,76 @@ async fn measure(
             outcome.e2e_ms = Some(Quantiles::of(&e2e));
             Ok(())
         })?;
+        if outcome.lost.unwrap_or(0) > 0 {
+            let undelivered: Vec<String> = observed.with(|d| {
+                acked_ids
+                    .events()
+                    .filter(|&e| d.count[e] == 0)
+                    .map(|e| acked_ids.ids.id(e))
+                    .collect()
+            });
+            match account(&args.admin, &undelivered).await {
+                Ok((accounted, lost, examples)) => {
+                    outcome.lost = Some(lost);
+                    outcome.lost_examples = examples;
+                    outcome.accounted = Some(accounted);
+                }
+                Err(e) => eprintln!(
+                    "note: could not ask the pipeline's ledger about the {} undelivered events ({e:#}); \
+                     all of them count as lost",
+                    undelivered.len()
+                ),
+            }
+        }
     }
     Ok(outcome)
+}
+
+/// Asks the pipeline's ledger what became of `ids` (acknowledged, not delivered): the
+/// events it accounts for, how many are lost (no terminal outcome, or listed lost, or
+/// not found), and up to 20 lost ids.
+async fn account(admin: &str, ids: &[String]) -> Result<(Accounted, u64, Vec<String>)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let url = format!("http://{admin}/v1/outcomes");
+    let mut accounted = Accounted::default();
+    let mut lost = 0;
+    let mut examples = Vec::new();
+    for chunk in ids.chunks(hifi_server::outcomes::IDS_MAX) {
+        let resp = client
+            .post(&url)
+            .json(&serde_json::json!({ "ids": chunk, "since": "24h" }))
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        if !resp.status().is_success() {
+            bail!("{url} answered {}", resp.status());
+        }
+        let v: serde_json::Value = resp.json().await?;
+        let n = |class: &str| v["counts"][class].as_u64().unwrap_or(0);
+        accounted.filtered += n("filtered");
+        accounted.dead_lettered += n("dead_lettered");
+        accounted.retrying += n("retrying");
+        accounted.delivered_elsewhere += n("delivered");
+        accounted.ended_not_lost += n("settled_not_lost");
+        let counted: u64 = v["counts"]
+            .as_object()
+            .map(|c| c.values().filter_map(|x| x.as_u64()).sum())
+            .unwrap_or(0);
+        if counted != chunk.len() as u64 {
+            bail!("{url} accounted for {counted} of {} ids", chunk.len());
+        }
+        for class in ["lost", "in_flight", "unknown", "not_found"] {
+            lost += n(class);
+            for id in v["examples"][class].as_array().into_iter().flatten() {
+                if examples.len() < 20 {
+                    examples.push(id.as_str().unwrap_or("?").to_owned());
+                }
+            }
+        }
+    }
+    Ok((accounted, lost, examples))
 }
 
 /// The event ids of a run: `<prefix><request>-<position>`, so a run of millions of
@@ -722,6 +866,8 @@ struct Sender {
     interval: Duration,
     client: reqwest::Client,
     /// What follows an event's id up to its time: `","source":...,"time":"`.
+    /// An event's JSON up to its id.
+    event_start: &'static str,
     after_id: String,
     /// What follows an event's time: `","data":{"pad":"xx..."}}`.
     after_time: String,
@@ -760,11 +906,30 @@ impl Sender {
             },
             interval,
             client,
-            after_id: r#"","source":"hifi-loadtest","type":"loadtest","time":""#.into(),
-            after_time: format!(
-                r#"","data":{{"pad":"{}"}}}}"#,
-                "x".repeat(args.payload_bytes.saturating_sub(overhead))
-            ),
+            event_start: match args.events {
+                EventKind::Cloudevents => r#"{"specversion":"1.0","id":""#,
+                EventKind::Json => r#"{"id":""#,
+            },
+            after_id: match args.events {
+                EventKind::Cloudevents => {
+                    r#"","source":"hifi-loadtest","type":"loadtest","time":""#
+                }
+                EventKind::Json => r#"","ts":""#,
+            }
+            .into(),
+            after_time: {
+                let fields: String = args
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{}:{v},", serde_json::Value::from(k.as_str())))
+                    .collect();
+                let pad = "x".repeat(args.payload_bytes.saturating_sub(overhead + fields.len()));
+                match args.events {
+                    EventKind::Cloudevents => format!(r#"","data":{{{fields}"pad":"{pad}"}}}}"#),
+                    EventKind::Json => format!(r#"",{fields}"pad":"{pad}"}}"#),
+                }
+            },
             sent: AtomicU64::new(0),
             retried: AtomicU64::new(0),
         }))
@@ -848,9 +1013,9 @@ impl Sender {
         (acked, hist)
     }
 
-    /// A CloudEvents batch (ids and event times are standard attributes, so any
-    /// pipeline carries them without extra settings), with event time `time_ms` (the
-    /// scheduled send moment).
+    /// A batch of `--events` (in a CloudEvents batch, ids and event times are standard
+    /// attributes, so any pipeline carries them without extra settings), with event time
+    /// `time_ms` (the scheduled send moment).
     fn body(&self, request: u64, time_ms: i64) -> Vec<u8> {
         use std::io::Write;
         let time = hifi_pipeline::event::rfc3339_ms(time_ms);
@@ -858,8 +1023,8 @@ impl Sender {
         // Writing to a Vec cannot fail.
         let _ = write!(
             before_position,
-            r#"{{"specversion":"1.0","id":"{}{request}-"#,
-            self.ids.prefix
+            "{}{}{request}-",
+            self.event_start, self.ids.prefix
         );
         let batch = self.args.batch;
         let event_bytes =
@@ -888,7 +1053,13 @@ impl Sender {
             let mut req = self
                 .client
                 .post(self.url.clone())
-                .header("content-type", "application/cloudevents-batch+json")
+                .header(
+                    "content-type",
+                    match self.args.events {
+                        EventKind::Cloudevents => "application/cloudevents-batch+json",
+                        EventKind::Json => "application/json",
+                    },
+                )
                 .body(body.clone());
             if let Some(t) = &self.args.token {
                 req = req.bearer_auth(t);
@@ -1092,6 +1263,46 @@ mod tests {
             let bytes = serde_json::to_vec(e).unwrap().len();
             assert!((280..=320).contains(&bytes), "{bytes} bytes: {e}");
         }
+    }
+
+    #[test]
+    fn plain_json_events_carry_id_time_and_the_asked_fields() {
+        let args = test_args(&[
+            "--batch",
+            "3",
+            "--events",
+            "json",
+            "--data",
+            r#"{"amount": 42, "tag": "a\"b"}"#,
+        ]);
+        let url = reqwest::Url::parse(&args.target).unwrap();
+        let sender = Sender::new(&args, url, "r8".into()).unwrap();
+        let events: Vec<serde_json::Value> =
+            serde_json::from_slice(&sender.body(2, 1_700_000_000_123)).unwrap();
+        assert_eq!(events.len(), 3);
+        for (j, e) in events.iter().enumerate() {
+            assert_eq!(e["id"], sender.ids().id(2 * 3 + j), "{e}");
+            assert_eq!(e["ts"], "2023-11-14T22:13:20.123Z");
+            assert_eq!(
+                (e["amount"].as_i64(), e["tag"].as_str()),
+                (Some(42), Some("a\"b"))
+            );
+            assert!(e.get("specversion").is_none());
+        }
+        let ce = test_args(&["--data", r#"{"amount": 42}"#]);
+        let url = reqwest::Url::parse(&ce.target).unwrap();
+        let sender = Sender::new(&ce, url, "r9".into()).unwrap();
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&sender.body(0, 0)).unwrap();
+        assert_eq!(events[0]["data"]["amount"], 42);
+        assert!(clap::Parser::try_parse_from(["x", "--data", "[1]"].iter())
+            .map(|_: Dummy| ())
+            .is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Dummy {
+        #[arg(long, value_parser = parse_fields)]
+        data: Option<serde_json::Map<String, serde_json::Value>>,
     }
 
     #[test]

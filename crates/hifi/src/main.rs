@@ -108,7 +108,7 @@ enum Command {
         id: Option<String>,
     },
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
-    Loadtest(loadtest::LoadtestArgs),
+    Loadtest(Box<loadtest::LoadtestArgs>),
     /// A destination that records every event it receives (for tests and demos).
     Receiver(receiver_cmd::ReceiverArgs),
     /// Inspect and exercise the embedded log in a data directory.
@@ -148,7 +148,7 @@ fn main() -> std::process::ExitCode {
             Command::Validate { file } => Ok(run::validate(&file)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
-            Command::Loadtest(args) => loadtest::run(args).await,
+            Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Lag(admin) => ops::lag(admin).await,
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,

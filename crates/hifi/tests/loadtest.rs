@@ -202,3 +202,52 @@ fn a_connection_that_never_finishes_its_request_does_not_hold_the_load_test_open
     assert_eq!(v["delivered"], 2000, "{v}");
     drop(stuck);
 }
+
+/// Events a pipeline drops on purpose are not loss: the load test asks the pipeline's
+/// ledger about every event that did not arrive.
+#[test]
+fn events_filtered_by_the_pipeline_are_accounted_for_not_lost() {
+    let dir = test_dir();
+    let port = free_addr().port();
+    let keep_first =
+        "[[stages.clean.transforms]]\ntype = \"filter\"\ncondition = 'event.id.endsWith(\"-0\")'\n";
+    let file = pipeline_file_with(
+        dir.path(),
+        &format!("http://127.0.0.1:{port}/ingest"),
+        "",
+        Some(keep_first),
+    );
+    // Buckets stay open (their tallies say which event was filtered) for the test.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("settle_after = \"2s\"", "settle_after = \"10m\"");
+    std::fs::write(&file, text).unwrap();
+    let hifi = run_pipeline(dir.path(), &file);
+    let ingest = hifi.addr("source api");
+    let admin = hifi.addr("admin").to_string();
+    let how = [
+        "--receiver",
+        &format!("127.0.0.1:{port}"),
+        "--events",
+        "json",
+        "--data",
+        r#"{"amount": 42}"#,
+        "--admin",
+        &admin,
+    ];
+    let (ok, v) = loadtest(dir.path(), ingest, &how);
+    assert!(ok, "{v}");
+    assert_eq!(
+        (&v["acked"], &v["delivered"], &v["lost"]),
+        (&1000.into(), &100.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(v["accounted"]["filtered"], 900, "{v}");
+    // Without the ledger (an admin address where nothing listens) they count as lost.
+    let nowhere = free_addr().to_string();
+    let mut how = how.to_vec();
+    let last = how.len() - 1;
+    how[last] = &nowhere;
+    let (ok, v) = loadtest(dir.path(), ingest, &how);
+    assert!(!ok && v["lost"] == 900, "{v}");
+}

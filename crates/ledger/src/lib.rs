@@ -30,7 +30,7 @@ pub mod clock;
 pub mod lag;
 pub mod tally;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1019,6 +1019,67 @@ impl Ledger {
                 "no tallies for this event's bucket (outside history, or not yet recorded)".into(),
             ),
         }
+    }
+}
+
+/// What the ledger knows of one event's end (see [`Ledger::fates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Its bucket is open: the outcomes recorded for it at any node (without `Passed`).
+    Open(Vec<Outcome>),
+    /// Its bucket settled and lists it as lost at this node.
+    Lost(String),
+    /// Its bucket settled without it among the lost (it had a terminal outcome).
+    NotLost,
+    /// Its bucket settled losing more events than it lists; this one is not listed.
+    Unlisted,
+    /// No tallies for its bucket (outside the kept history).
+    Unknown,
+}
+
+impl Ledger {
+    /// The fates of many events (origin, event time ms) under one lock — what a load
+    /// test asks about the events that did not arrive. Cheap per event: set lookups, no
+    /// upstream sets are built.
+    pub fn fates(&self, events: &[(Origin, i64)]) -> Vec<Fate> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lost_lists: HashMap<i64, HashMap<String, &str>> = HashMap::new();
+        events
+            .iter()
+            .map(|(origin, time_ms)| {
+                let bucket = bucket_of(*time_ms);
+                if let Some(b) = st.open.get(&bucket) {
+                    let mut outcomes: Vec<Outcome> = b
+                        .nodes
+                        .values()
+                        .flat_map(|o| {
+                            o.iter()
+                                .filter(|(k, s)| {
+                                    **k != Outcome::Passed && tally::contains(s, origin)
+                                })
+                                .map(|(k, _)| *k)
+                        })
+                        .collect();
+                    outcomes.sort_unstable_by_key(|o| *o as u8);
+                    outcomes.dedup();
+                    return Fate::Open(outcomes);
+                }
+                let Some(t) = st.settled.get(&bucket) else {
+                    return Fate::Unknown;
+                };
+                let lost = lost_lists.entry(bucket).or_insert_with(|| {
+                    t.lost
+                        .iter()
+                        .map(|l| (l.origin.clone(), l.node.as_str()))
+                        .collect()
+                });
+                match lost.get(&origin.to_string()) {
+                    Some(node) => Fate::Lost((*node).to_owned()),
+                    None if t.lost_complete => Fate::NotLost,
+                    None => Fate::Unlisted,
+                }
+            })
+            .collect()
     }
 }
 

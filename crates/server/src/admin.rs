@@ -9,6 +9,7 @@
 //! | `GET /v1/stats` | counters per node |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
+//! | `POST /v1/outcomes` | what became of many events by id: counts per class — see [`crate::outcomes`] |
 //! | `GET /` | the dashboard |
 
 use std::sync::atomic::Ordering;
@@ -87,6 +88,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/events/{*origin}", get(trace_origin))
         .route("/v1/trace", get(trace_id))
+        .route(
+            "/v1/outcomes",
+            axum::routing::post(crate::outcomes::outcomes),
+        )
         .route("/v1/sinks/{sink}/dlq", get(dlq_list))
         .route(
             "/v1/sinks/{sink}/dlq/redrive",

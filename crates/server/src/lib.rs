@@ -9,6 +9,7 @@ pub mod body;
 pub mod dashboard;
 pub mod ingest;
 pub mod metrics;
+pub mod outcomes;
 pub mod receiver;
 pub mod serve;
 
