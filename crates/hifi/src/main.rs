@@ -83,6 +83,9 @@ enum Command {
     Validate {
         /// The pipeline file (TOML).
         file: std::path::PathBuf,
+        /// Also print the file as it is run: `${...}` resolved, secrets masked.
+        #[arg(long)]
+        print: bool,
     },
     /// A self-contained pipeline with a generator and a receiver, for a first look.
     Demo {
@@ -162,7 +165,7 @@ fn main() -> std::process::ExitCode {
                 admin,
                 instance,
             } => run::run(file, drain, only, admin, instance).await,
-            Command::Validate { file } => Ok(run::validate(&file)),
+            Command::Validate { file, print } => Ok(run::validate(&file, print)),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
             Command::Loadtest(args) => loadtest::run(*args).await,

@@ -25,9 +25,13 @@ pub fn load(file: &Path) -> Result<(LoadedConfig, Topology), String> {
 }
 
 /// `hifi validate FILE`.
-pub fn validate(file: &Path) -> ExitCode {
+pub fn validate(file: &Path, print: bool) -> ExitCode {
     match load(file) {
         Ok((loaded, t)) => {
+            if print {
+                println!("{}", loaded.masked.trim_end());
+                println!();
+            }
             let c = &loaded.config;
             println!(
                 "{}: ok — {} source(s), {} stage(s), {} sink(s); topics: {}",

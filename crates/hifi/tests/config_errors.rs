@@ -112,3 +112,53 @@ fn a_valid_file_validates() {
     );
     assert!(text.contains("warning: topic \"events\""), "{text}");
 }
+
+/// `${VAR}`, `${VAR:-default}` and `${file:PATH}` are resolved when the file is read;
+/// an unset variable is an error naming its line; `validate --print` shows the resolved
+/// file with secrets masked.
+#[test]
+fn environment_variables_and_secret_files_fill_the_config_and_print_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("partner.token"), "tok-from-file\n").unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{HEAD}{SOURCE}\n[sinks.out]\ntype = \"http\"\ninput = \"events\"\n\
+             url = \"${{HIFI_TEST_PARTNER_URL}}\"\nconcurrency = 4\n\
+             headers = {{ Authorization = \"Bearer ${{file:partner.token}}\", X-Env = \"${{HIFI_TEST_ENV:-staging}}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let validate = |env: Option<&str>| {
+        let mut cmd = Command::new(HIFI);
+        cmd.args(["validate", "--print", file.to_str().unwrap()])
+            .env_remove("HIFI_TEST_PARTNER_URL")
+            .env_remove("HIFI_TEST_ENV");
+        if let Some(url) = env {
+            cmd.env("HIFI_TEST_PARTNER_URL", url);
+        }
+        cmd.output().unwrap()
+    };
+    let out = validate(Some("http://127.0.0.1:9/partner"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("url = \"http://127.0.0.1:9/partner\""),
+        "{text}"
+    );
+    assert!(text.contains("X-Env = \"staging\""), "{text}");
+    assert!(text.contains("Authorization = \"****\""), "{text}");
+    assert!(!text.contains("tok-from-file"), "{text}");
+    let out = validate(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("p.toml:12:") && err.contains("HIFI_TEST_PARTNER_URL is not set"),
+        "{err}"
+    );
+}

@@ -768,6 +768,32 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Masks the values of keys that hold secrets even when written literally:
+/// `Authorization`, `*token*`, `*password*`, `*secret*` (a string, or strings in a list).
+fn mask_secret_keys(text: &str) -> String {
+    static KEYS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?im)((?:^|[\s{,])"?[\w-]*(?:authorization|token|password|secret)[\w-]*"?\s*=\s*)("(?:[^"\\]|\\.)*"|\[[^\]]*\])"#,
+        )
+        .expect("a valid regex")
+    });
+    static STRING: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#""(?:[^"\\]|\\.)*""#).expect("a valid regex")
+    });
+    KEYS.replace_all(text, |c: &regex::Captures<'_>| {
+        let key = c[1]
+            .trim_end()
+            .trim_end_matches('=')
+            .trim_end()
+            .trim_end_matches('"');
+        if key.to_ascii_lowercase().ends_with("_file") {
+            return c[0].to_owned(); // a path, not a secret
+        }
+        format!("{}{}", &c[1], STRING.replace_all(&c[2], "\"****\""))
+    })
+    .into_owned()
+}
+
 /// A parsed pipeline file with what is needed for error messages.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
@@ -775,8 +801,11 @@ pub struct LoadedConfig {
     pub config: PipelineConfig,
     /// Path of the file (for messages and relative paths).
     pub path: PathBuf,
-    /// The file's text (to turn byte spans into line numbers).
+    /// The file's text with `${...}` resolved ([`crate::interpolate`]; to turn byte
+    /// spans into line numbers).
     pub text: String,
+    /// That text with secrets masked, for `hifi validate --print`.
+    pub masked: String,
 }
 
 impl LoadedConfig {
@@ -792,8 +821,20 @@ impl LoadedConfig {
         Self::parse(path, text)
     }
 
-    /// Parses pipeline text as if read from `path`.
+    /// Parses pipeline text as if read from `path`, after resolving its `${...}` from
+    /// the environment and from files beside it.
     pub fn parse(path: &Path, text: String) -> Result<Self, ConfigError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let resolved =
+            crate::interpolate::interpolate(&text, dir, &|name: &str| std::env::var(name).ok())
+                .map_err(|e| ConfigError {
+                    file: path.display().to_string(),
+                    line: Some(e.line),
+                    key: "(interpolation)".into(),
+                    message: e.message,
+                })?;
+        let masked = mask_secret_keys(&resolved.masked());
+        let text = resolved.text;
         let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| line_of(&text, s.start));
             ConfigError {
@@ -807,6 +848,7 @@ impl LoadedConfig {
             config,
             path: path.to_path_buf(),
             text,
+            masked,
         })
     }
 
@@ -871,5 +913,22 @@ mod product_build {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("unknown field `test_drop_ids_matching`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_hold_secrets_are_masked_however_written() {
+        let text = "[sinks.p]\nheaders = { Authorization = \"Bearer abc\", \"X-Api-Token\" = \"t\\\"1\", Accept = \"a\" }\n\
+                    [sources.api.auth]\ntokens = [\"one\", \"two\"]\ntokens_file = \"tokens.txt\"\npassword = \"pw\"\n";
+        let masked = mask_secret_keys(text);
+        assert_eq!(
+            masked,
+            "[sinks.p]\nheaders = { Authorization = \"****\", \"X-Api-Token\" = \"****\", Accept = \"a\" }\n\
+             [sources.api.auth]\ntokens = [\"****\", \"****\"]\ntokens_file = \"tokens.txt\"\npassword = \"****\"\n"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod event;
 pub mod event_window;
 pub mod health;
 pub mod ingest;
+pub mod interpolate;
 pub mod json_limits;
 pub mod owned;
 pub mod retry;
