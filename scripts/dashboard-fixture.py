@@ -51,8 +51,9 @@ def window(start):
     nodes = {}
     for name, _, p50 in NODES:
         n = events if name == "api" else passed
-        nodes[name] = {"process_p50_ms": round(p50 * wave * rng.uniform(0.85, 1.15), 3),
-                       "events": n}
+        process = round(p50 * wave * rng.uniform(0.85, 1.15), 3)
+        nodes[name] = {"process_p50_ms": process, "events": n,
+                       "lag_out_p95_ms": round(process * 2.6, 3)}
     spike = 3.0 if rng.random() < 0.1 else 1.0
     e2e = sum(v["process_p50_ms"] for v in nodes.values()) * 2.4 * spike
     return {"t": rfc3339(start), "e2e_p95_ms": round(e2e, 3), "nodes": nodes}
@@ -108,10 +109,12 @@ def stats(now):
          "filtered_total": 0, "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0},
         {"node": "clean", "kind": "stage", "events_in_total": total,
          "events_out_total": total - filtered, "filtered_total": filtered,
-         "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0},
+         "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0,
+         "backlog_records": 12, "backlog_age_ms": 40},
         {"node": "partner", "kind": "sink", "events_in_total": total - filtered,
          "events_out_total": total - filtered - 7, "filtered_total": 0,
-         "delivered_total": total - filtered - 7, "retrying": 3, "dead_lettered_total": 4},
+         "delivered_total": total - filtered - 7, "retrying": 3, "dead_lettered_total": 4,
+         "backlog_records": 30, "backlog_age_ms": 85, "breaker_open": False},
     ]}
 
 

@@ -74,3 +74,142 @@ async fn the_dashboard_renders_real_figures_in_a_headless_browser() {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// The DOM of the dashboard at `admin` after its scripts ran for a few seconds.
+fn dashboard_dom(admin: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            &format!("http://{admin}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The text and `data-value` of the element marked `data-stat=stat data-node=node`.
+fn stat(dom: &str, stat: &str, node: &str) -> (String, Option<f64>) {
+    let re = regex::Regex::new(&format!(
+        r#"<td[^>]*data-stat="{stat}"[^>]*data-node="{node}"(?:[^>]*data-value="([0-9.]+)")?[^>]*>([^<]*)<"#
+    ))
+    .unwrap();
+    let c = re
+        .captures(dom)
+        .unwrap_or_else(|| panic!("no {stat} of {node} in the dashboard:\n{dom}"));
+    (
+        c[2].to_owned(),
+        c.get(1).map(|v| v.as_str().parse().unwrap()),
+    )
+}
+
+/// During a destination outage the dashboard says so: the breaker is open, the backlog
+/// holds the undelivered events, and the E2E lag "now" is their age and keeps rising
+/// (it does not show the last good p95).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shows_on_the_dashboard_as_an_open_breaker_and_a_growing_backlog() {
+    let have_chromium = std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_chromium {
+        assert!(
+            std::env::var("HIFI_REQUIRE_CHROMIUM").is_err(),
+            "HIFI_REQUIRE_CHROMIUM is set but chromium is not installed"
+        );
+        eprintln!("SKIPPED: chromium is not installed");
+        return;
+    }
+    let dir = test_dir();
+    let down = free_addr();
+    let file = pipeline_file_holding(dir.path(), down);
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let admin = proc.addr("admin").to_string();
+    let client = reqwest::Client::new();
+    for b in 0..10 {
+        let body: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"id": format!("o-{b}-{i}")}))
+            .collect();
+        assert_eq!(
+            client.post(&url).json(&body).send().await.unwrap().status(),
+            200
+        );
+    }
+    // The outage is real: the breaker opened and the events wait.
+    let mut opened = false;
+    for _ in 0..100 {
+        let v = get_json(&format!("http://{admin}/v1/stats")).await;
+        let sink = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "out")
+            .cloned()
+            .unwrap();
+        if sink["breaker_open"] == true && sink["backlog_records"] == 200 {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(opened, "the breaker never opened with 200 events waiting");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let first = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || dashboard_dom(&admin)
+    })
+    .await
+    .unwrap();
+    assert_eq!(stat(&first, "breaker", "out").0, "open");
+    assert_eq!(stat(&first, "backlog_records", "out").1, Some(200.0));
+    let age1 = stat(&first, "backlog_age_ms", "out").1.unwrap();
+    assert!(age1 >= 2000.0, "the oldest waiting event is {age1} ms old");
+    assert!(
+        first.contains(r#"id="sum-breakers" data-open="1""#) || first.contains("data-open=\"1\""),
+        "{first}"
+    );
+    let e2e_now: f64 = regex::Regex::new(r#"id="sum-e2e"[^>]*data-value="([0-9.]+)""#)
+        .unwrap()
+        .captures(&first)
+        .unwrap_or_else(|| panic!("no E2E now in {first}"))[1]
+        .parse()
+        .unwrap();
+    assert!(
+        e2e_now >= age1,
+        "E2E lag now {e2e_now} ms < backlog age {age1} ms"
+    );
+    assert!(
+        first.contains(r#"data-chart="backlog" data-rendered="true""#)
+            || regex::Regex::new(r#"data-chart="backlog"[^>]*data-rendered="true""#)
+                .unwrap()
+                .is_match(&first),
+        "the backlog chart is not drawn"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = tokio::task::spawn_blocking(move || dashboard_dom(&admin))
+        .await
+        .unwrap();
+    let age2 = stat(&second, "backlog_age_ms", "out").1.unwrap();
+    assert!(
+        age2 >= age1 + 2500.0,
+        "the backlog's age did not rise: {age1} → {age2} ms"
+    );
+    proc.sigterm(Duration::from_secs(20));
+}

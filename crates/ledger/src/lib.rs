@@ -274,6 +274,32 @@ pub struct Ledger {
     /// Quarantined offset ranges of the origin topics (sources' outputs), read each
     /// tick: lost origins in them are reported with the reason `corrupt`.
     quarantined: Mutex<Quarantined>,
+    /// The gated nodes' positions as of the last tick.
+    backlogs: Mutex<Vec<Backlog>>,
+}
+
+/// Where a node that reads a topic is in it (as of the ledger's last tick, about every
+/// second): what it has not finished yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// The node.
+    pub node: String,
+    /// Its input topic.
+    pub input: String,
+    /// Per partition: (committed position, end offset).
+    pub positions: Vec<(u64, u64)>,
+    /// When they were read (ledger clock, ms).
+    pub at_ms: i64,
+}
+
+impl Backlog {
+    /// Records not yet finished by the node.
+    pub fn records(&self) -> u64 {
+        self.positions
+            .iter()
+            .map(|(at, end)| end.saturating_sub(*at))
+            .sum()
+    }
 }
 
 /// Quarantined offset ranges per origin (topic, partition).
@@ -335,6 +361,7 @@ impl Ledger {
                 ^ u64::from(std::process::id()) << 32,
             lag_read: tokio::sync::Mutex::new(0),
             quarantined: Mutex::new(BTreeMap::new()),
+            backlogs: Mutex::new(Vec::new()),
         });
         if ledger.cfg.follow_journal {
             let lag_topic = TopicSpec {
@@ -546,6 +573,7 @@ impl Ledger {
         // the time of the read, not of the snapshot), so no snapshot misses its events.
         let progress_at = self.clock.now_ms();
         let progress = self.progress().await?;
+        self.keep_backlogs(&progress, progress_at);
         self.read_quarantined().await;
         let now = self.clock.now_ms();
         let settle = self.cfg.settle_after.as_millis() as i64;
@@ -681,6 +709,37 @@ impl Ledger {
             }
         }
         *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = q;
+    }
+
+    /// The gated nodes' backlogs as of the last tick, in node order.
+    pub fn backlogs(&self) -> Vec<Backlog> {
+        self.backlogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn keep_backlogs(&self, progress: &Progress, at_ms: i64) {
+        let backlogs = self
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let input = n.input.as_ref()?;
+                let ends = progress.ends.get(input)?;
+                let at = progress.committed.get(&n.name)?;
+                Some(Backlog {
+                    node: n.name.clone(),
+                    input: input.clone(),
+                    positions: ends
+                        .iter()
+                        .enumerate()
+                        .map(|(p, end)| (at.get(p).copied().unwrap_or(0).min(*end), *end))
+                        .collect(),
+                    at_ms,
+                })
+            })
+            .collect();
+        *self.backlogs.lock().unwrap_or_else(|p| p.into_inner()) = backlogs;
     }
 
     /// Input ends and committed positions of the gated nodes (nodes with a group).

@@ -2,10 +2,12 @@
 // every 2 s and redraws in place. No framework, no build step; charts use the vendored uPlot.
 //
 // Markers kept stable for scripts/check-dashboard:
-//   [data-chart=pie|process-history|e2e|throughput] get data-rendered="true|false" and
+//   [data-chart=pie|process-history|backlog|lag-out|e2e|throughput] get data-rendered and
 //   data-points="<n>" (pie: slices drawn; time charts: non-null values plotted, all series);
 //   #loss-table has one tr[data-bucket=<start>] per bucket, class "lossy" when e2e_lost > 0;
-//   [data-stat=retrying|dead_lettered][data-node=<sink>] hold the sink figures;
+//   [data-stat=retrying|dead_lettered|breaker|backlog_records|backlog_age_ms][data-node=<sink>]
+//   hold the sink figures (the backlog ones also data-value=<number>, breaker "open"/"closed");
+//   #sum-e2e has data-value=<ms>, #sum-breakers data-open=<count of open breakers>;
 //   body[data-loaded="true"] once a refresh got all three APIs and drew them.
 (function () {
   "use strict";
@@ -26,8 +28,22 @@
 
   function fmtMs(ms) {
     if (ms == null || !isFinite(ms)) return "–";
+    if (ms >= 3600000) return (ms / 3600000).toFixed(1) + " h";
+    if (ms >= 60000) return (ms / 60000).toFixed(1) + " min";
     if (ms >= 1000) return (ms / 1000).toFixed(ms >= 10000 ? 0 : 2) + " s";
     return ms.toFixed(ms >= 100 ? 0 : ms >= 10 ? 1 : 2) + " ms";
+  }
+
+  // Axis labels in milliseconds, all in the unit that suits the largest tick (an axis
+  // never mixes "0.00 ms" with "400 s").
+  function msAxis(ticks) {
+    const max = Math.max(0, ...ticks.filter((t) => t != null));
+    const [div, unit] = max >= 3600000 ? [3600000, " h"] : max >= 60000 ? [60000, " min"]
+      : max >= 1000 ? [1000, " s"] : [1, " ms"];
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) / div : max / div;
+    const whole = (x) => Math.abs(x - Math.round(x)) < 1e-6;
+    const digits = whole(step) ? 0 : whole(step * 10) ? 1 : 2;
+    return ticks.map((t) => (t == null ? "" : (t / div).toFixed(digits) + unit));
   }
 
   function fmtPct(p) {
@@ -139,7 +155,7 @@
 
   // Draws (or updates) a time chart. series: [{ label, color, values, fill, show }], where
   // values are what is plotted and show(i) is what the legend prints for point i.
-  function drawTimeChart(name, xs, series, yFmt) {
+  function drawTimeChart(name, xs, series, yAxis) {
     const box = chartEl(name);
     const points = series.reduce((s, ser) => s + ser.values.filter((v) => v != null).length, 0);
     const old = plots.get(name);
@@ -164,7 +180,7 @@
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
         axes: [
           { space: 80, values: (u, ticks) => ticks.map((t) => fmtTime(t * 1000)) },
-          { size: 70, values: (u, ticks) => ticks.map(yFmt) },
+          { size: 70, values: (u, ticks) => yAxis(ticks) },
         ],
         series: [{}, ...series.map((s) => ({
           label: s.label,
@@ -204,13 +220,18 @@
       values: raw[k].some((v) => v != null) ? sums[k] : raw[k],
       show: (i) => fmtMs(raw[k][i]),
     })).reverse();
-    drawTimeChart("process-history", xs, stacked, fmtMs);
+    drawTimeChart("process-history", xs, stacked, msAxis);
+
+    drawTimeChart("lag-out", xs, nodes.map((node) => {
+      const values = history.map((h) => val(h, node, "lag_out_p95_ms"));
+      return { label: node, color: colorOf(node), values, show: (i) => fmtMs(values[i]) };
+    }), msAxis);
 
     const e2e = history.map((h) => h.e2e_p95_ms ?? null);
     drawTimeChart("e2e", xs, [{
       label: "e2e p95", color: "#c62828", fill: "rgba(198,40,40,0.08)",
       values: e2e, show: (i) => fmtMs(e2e[i]),
-    }], fmtMs);
+    }], msAxis);
 
     const rateFmt = (v) => (v == null ? "–" : v >= 100 ? fmtInt(v) : v.toFixed(1)) + "/s";
     drawTimeChart("throughput", xs, nodes.map((node) => {
@@ -219,7 +240,25 @@
         return n == null ? null : n / windowS;
       });
       return { label: node, color: colorOf(node), values: rates, show: (i) => rateFmt(rates[i]) };
-    }), (v) => (v >= 1000 ? (v / 1000).toFixed(1) + "k" : String(+v.toFixed(1))));
+    }), (ticks) => ticks.map((v) => (v >= 1000 ? (v / 1000).toFixed(1) + "k" : String(+v.toFixed(1)))));
+  }
+
+  // ---- backlog age per node: sampled at each refresh (the server keeps no history) ---
+
+  const BACKLOG_KEEP = 300; // samples: 10 minutes at one per 2 s
+  const backlogSamples = []; // { t: seconds, age: { node: ms } }
+
+  function renderBacklog(stats) {
+    const readers = (stats.nodes || []).filter((n) => n.backlog_age_ms != null);
+    const age = {};
+    for (const n of readers) age[n.node] = n.backlog_age_ms;
+    backlogSamples.push({ t: Date.now() / 1000, age });
+    if (backlogSamples.length > BACKLOG_KEEP) backlogSamples.shift();
+    const xs = backlogSamples.map((p) => p.t);
+    drawTimeChart("backlog", xs, readers.map((n) => {
+      const values = backlogSamples.map((p) => p.age[n.node] ?? null);
+      return { label: n.node, color: colorOf(n.node), values, show: (i) => fmtMs(values[i]) };
+    }), msAxis);
   }
 
   // ---- loss table: one row per bucket, newest first ---------------------------------
@@ -285,14 +324,23 @@
       const dead = el("td", fmtInt(s.dead_lettered_total ?? 0),
                       { "data-stat": "dead_lettered", "data-node": s.node });
       if (s.dead_lettered_total > 0) dead.className = "bad";
-      tr.append(name, el("td", fmtInt(s.delivered_total)),
+      const breaker = el("td", s.breaker_open ? "open" : "closed",
+                         { "data-stat": "breaker", "data-node": s.node });
+      if (s.breaker_open) breaker.className = "bad";
+      const records = s.backlog_records ?? 0, age = s.backlog_age_ms ?? 0;
+      const backlog = el("td", fmtInt(records),
+                         { "data-stat": "backlog_records", "data-node": s.node, "data-value": String(records) });
+      const oldest = el("td", records > 0 ? fmtMs(age) : "–",
+                        { "data-stat": "backlog_age_ms", "data-node": s.node, "data-value": String(age) });
+      if (records > 0 && age >= 10000) oldest.className = "bad";
+      tr.append(name, breaker, backlog, oldest, el("td", fmtInt(s.delivered_total)),
                 el("td", fmtInt(s.retrying ?? 0), { "data-stat": "retrying", "data-node": s.node }),
                 dead);
       return tr;
     });
     if (rows.length === 0) {
       rows.push(el("tr"));
-      rows[0].append(el("td", "no sinks", { colspan: 4, class: "empty" }));
+      rows[0].append(el("td", "no sinks", { colspan: 7, class: "empty" }));
     }
     $("#sink-table").tBodies[0].replaceChildren(...rows);
   }
@@ -300,11 +348,28 @@
   // ---- header summary -----------------------------------------------------------------
 
   function renderSummary(lag, loss, stats) {
-    if (lag) $("#sum-e2e").textContent = fmtMs(lag.e2e_ms?.p95);
+    const sinks = (stats?.nodes || []).filter((n) => n.kind === "sink");
+    if (lag || stats) {
+      // Now: the last closed window's E2E p95 when it is recent, and the age of the
+      // oldest event a sink has not delivered (what grows while a destination is down).
+      const last = (lag?.history || []).at(-1);
+      const recent = last && Date.now() - Date.parse(last.t) < 30000 ? last.e2e_p95_ms || 0 : 0;
+      const waiting = Math.max(0, ...sinks.filter((n) => n.backlog_records > 0)
+        .map((n) => n.backlog_age_ms || 0));
+      const now = Math.max(recent, waiting);
+      const dd = $("#sum-e2e");
+      dd.textContent = now > 0 ? fmtMs(now) : "–";
+      dd.dataset.value = String(now);
+      dd.classList.toggle("bad", waiting >= 10000);
+    }
     if (stats) {
-      const delivered = (stats.nodes || []).filter((n) => n.kind === "sink")
-        .reduce((s, n) => s + (n.delivered_total || 0), 0);
+      const delivered = sinks.reduce((s, n) => s + (n.delivered_total || 0), 0);
       $("#sum-delivered").textContent = fmtInt(delivered);
+      const open = sinks.filter((n) => n.breaker_open).map((n) => n.node);
+      const dd = $("#sum-breakers");
+      dd.textContent = open.length ? `open: ${open.join(", ")}` : `${sinks.length} closed`;
+      dd.dataset.open = String(open.length);
+      dd.classList.toggle("bad", open.length > 0);
     }
     if (loss) {
       const settled = (loss.buckets || []).filter((b) => b.settled);
@@ -354,7 +419,10 @@
       draw("history charts", () => renderHistory(lag));
     }
     if (loss) draw("loss table", () => renderLoss(loss, (lag?.nodes || []).map((n) => n.node)));
-    if (stats) draw("sinks", () => renderSinks(stats));
+    if (stats) {
+      draw("sinks", () => renderSinks(stats));
+      draw("backlog chart", () => renderBacklog(stats));
+    }
     draw("summary", () => renderSummary(lag, loss, stats));
 
     const banner = $("#error");

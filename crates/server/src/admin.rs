@@ -6,7 +6,7 @@
 //! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics when `Accept` asks — see [`crate::metrics`] |
 //! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
-//! | `GET /v1/stats` | counters per node |
+//! | `GET /v1/stats` | counters per node, backlog (records, age of the oldest in event time) and breaker state |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
 //! | `POST /v1/outcomes` | what became of many events by id: counts per class — see [`crate::outcomes`] |
@@ -115,7 +115,8 @@ async fn metrics(State(s): S, headers: axum::http::HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = Format::for_accept(accept);
-    let text = encode(&crate::metrics::families(&s), format);
+    let backlogs = crate::backlog::measure(&s).await;
+    let text = encode(&crate::metrics::families(&s, &backlogs), format);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
@@ -190,6 +191,13 @@ async fn loss(State(s): S, Query(q): Query<LossQuery>) -> Response {
 
 async fn stats(State(s): S) -> Response {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let backlogs = crate::backlog::measure(&s).await;
+    let backlog = |node: &str| {
+        backlogs
+            .iter()
+            .find(|b| b.node == node)
+            .map_or((0, 0), |b| (b.records, b.age_ms))
+    };
     let mut nodes = Vec::new();
     for src in &s.sources {
         let st = &src.stats;
@@ -200,17 +208,21 @@ async fn stats(State(s): S) -> Response {
     }
     for st in &s.stages {
         let c = &st.stats;
+        let (records, age_ms) = backlog(&st.name);
         nodes.push(json!({"node": st.name, "kind": "stage", "events_in_total": r(&c.read_events_total), "events_out_total": r(&c.passed_events_total),
             "filtered_total": r(&c.filtered_events_total), "transform_errors_total": r(&c.transform_errors_total),
-            "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0}));
+            "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0,
+            "backlog_records": records, "backlog_age_ms": age_ms}));
     }
     for sk in &s.sinks {
         let c = &sk.stats;
+        let (records, age_ms) = backlog(&sk.name);
         nodes.push(json!({"node": sk.name, "kind": "sink", "events_in_total": r(&c.delivered_events_total), "events_out_total": r(&c.delivered_events_total),
             "delivered_total": r(&c.delivered_events_total), "requests_total": r(&c.requests_total), "failed_requests_total": r(&c.failed_requests_total),
             "local_retries_total": r(&c.local_retries_total), "retried_events_total": r(&c.retried_events_total),
             "retrying": r(&c.retrying_events), "dead_lettered_total": r(&c.dead_lettered_events_total),
-            "breaker_open": r(&c.breaker_open) == 1, "filtered_total": 0}));
+            "breaker_open": r(&c.breaker_open) == 1, "filtered_total": 0,
+            "backlog_records": records, "backlog_age_ms": age_ms}));
     }
     Json(json!({ "nodes": nodes })).into_response()
 }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backlog;
 pub mod body;
 pub mod dashboard;
 pub mod ingest;

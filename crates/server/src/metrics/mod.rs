@@ -84,8 +84,26 @@ fn lag_histogram(recorded: impl Iterator<Item = (u64, u64)>) -> Histogram {
 }
 
 /// Every family of a running pipeline, read now.
-pub fn families(s: &AdminState) -> Vec<Family> {
+pub fn families(s: &AdminState, backlogs: &[crate::backlog::NodeBacklog]) -> Vec<Family> {
     let mut out = Families::default();
+    out.add(
+        "hifi_node_backlog_records",
+        "Records of a node's input it has not finished (committed past) yet",
+        Kind::Gauge,
+        backlogs
+            .iter()
+            .map(|b| (vec![("node", b.node.clone())], b.records as f64))
+            .collect(),
+    );
+    out.add(
+        "hifi_node_backlog_age_seconds",
+        "Now minus the event time of the oldest record a node has not finished (0 without backlog): the lag that grows while a destination is down",
+        Kind::Gauge,
+        backlogs
+            .iter()
+            .map(|b| (vec![("node", b.node.clone())], b.age_ms as f64 / 1000.0))
+            .collect(),
+    );
     {
         let c = Kind::Counter;
         let g = Kind::Gauge;

@@ -1,0 +1,57 @@
+//! What each node that reads a topic has not finished yet, in records and in event
+//! time: the lag that keeps growing while a destination is down (when nothing leaves a
+//! sink, lag measured on departures says nothing).
+//!
+//! The ledger reads every such node's committed positions and input ends each tick
+//! ([`hifi_ledger::Backlog`]); here the first unfinished record of each partition is read
+//! for its event time.
+
+use std::time::Duration;
+
+use hifi_log::ReadLimits;
+use hifi_pipeline::event::EventMeta;
+use serde::Serialize;
+
+use crate::admin::AdminState;
+
+/// One node's backlog.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeBacklog {
+    /// The node.
+    pub node: String,
+    /// Records of its input it has not finished (not committed past).
+    pub records: u64,
+    /// Now minus the event time of the oldest unfinished record, ms (0 without backlog).
+    pub age_ms: i64,
+}
+
+/// Every reading node's backlog now.
+pub async fn measure(s: &AdminState) -> Vec<NodeBacklog> {
+    let now_ms = hifi_pipeline::now_ms();
+    let mut out = Vec::new();
+    for b in s.ledger.backlogs() {
+        let mut oldest: Option<i64> = None;
+        for (p, (at, end)) in b.positions.iter().enumerate() {
+            if at >= end {
+                continue;
+            }
+            let limits = ReadLimits {
+                max_records: 1,
+                max_bytes: 1,
+                wait: Duration::ZERO,
+            };
+            if let Ok(records) = s.log.read(&b.input, p as u32, *at, limits).await {
+                if let Some(r) = records.first() {
+                    let t = EventMeta::of(&b.input, p as u32, r).time_ms;
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+            }
+        }
+        out.push(NodeBacklog {
+            records: b.records(),
+            age_ms: oldest.map_or(0, |t| (now_ms - t).max(0)),
+            node: b.node,
+        });
+    }
+    out
+}
