@@ -34,6 +34,7 @@ mod ops;
 mod receiver_cmd;
 mod report;
 mod run;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -133,18 +134,6 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("HIFI_LOG").unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Text => {
-            use std::io::IsTerminal;
-            logs.with_ansi(std::io::stderr().is_terminal()).init()
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -156,7 +145,22 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        // `hifi run` exports spans when its file asks ([telemetry]); a file that does not
+        // load is reported by `run` itself, with logs but without spans.
+        let telemetry = match &cli.command {
+            Command::Run { file, .. } => hifi_pipeline::config::LoadedConfig::load(file)
+                .ok()
+                .map(|l| l.config.telemetry),
+            _ => None,
+        };
+        let spans = match telemetry::init(cli.log_format == LogFormat::Json, telemetry.as_ref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(std::process::ExitCode::from(1));
+            }
+        };
+        let result = match cli.command {
             Command::Log(cmd) => log_cmd::run(cmd).await,
             Command::Run {
                 file,
@@ -173,7 +177,11 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
+        };
+        if let Some(spans) = spans {
+            spans.shutdown().await;
         }
+        result
     });
     match result {
         Ok(code) => code,

@@ -120,6 +120,50 @@ pub async fn start(
         let loaded = loaded.clone();
         tokio::task::spawn_blocking(move || open_engine(&loaded)).await??
     };
+    match start_on(engine, loaded, topology, opts).await {
+        Ok(running) => Ok(running),
+        Err((e, engine)) => {
+            engine.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Starts the nodes and binds every listener on an open engine; on failure the error
+/// and the engine (still open) come back.
+async fn start_on(
+    engine: Engine,
+    loaded: &LoadedConfig,
+    topology: Topology,
+    opts: &RunOptions,
+) -> std::result::Result<Running, (anyhow::Error, Engine)> {
+    match start_nodes(&engine, loaded, topology, opts).await {
+        Ok((pipeline, source_addrs, admin_addr, http_stop, servers)) => Ok(Running {
+            pipeline,
+            engine,
+            source_addrs,
+            admin_addr,
+            http_stop,
+            servers,
+        }),
+        Err(e) => Err((e, engine)),
+    }
+}
+
+type Started = (
+    Pipeline,
+    Vec<(String, SocketAddr)>,
+    SocketAddr,
+    CancellationToken,
+    JoinSet<std::io::Result<()>>,
+);
+
+async fn start_nodes(
+    engine: &Engine,
+    loaded: &LoadedConfig,
+    topology: Topology,
+    opts: &RunOptions,
+) -> Result<Started> {
     if let Engine::Kafka(k) = &engine {
         let topics: Vec<String> = topology.topics.keys().cloned().collect();
         k.check_cluster(&topics).await.with_context(|| {
@@ -142,71 +186,155 @@ pub async fn start(
     let http_stop = CancellationToken::new();
     let mut servers = JoinSet::new();
     let mut source_addrs = Vec::new();
-    for (source, cfg) in &pipeline.sources {
-        let key = format!("sources.{}.auth", source.name);
-        let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
-            .map_err(anyhow::Error::msg)?
-            .map(|t| Arc::new(LiveTokens::new(t)));
-        if let (Some(live), Some(auth)) = (&tokens, &cfg.auth) {
-            let follow =
-                live.clone()
-                    .follow(auth.clone(), loaded.clone(), key.clone(), http_stop.clone());
-            servers.spawn(async move {
-                follow.await;
-                Ok(())
-            });
+    // Whatever fails below stops what was started (the engine stays open).
+    let started = async {
+        for (source, cfg) in &pipeline.sources {
+            let key = format!("sources.{}.auth", source.name);
+            let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
+                .map_err(anyhow::Error::msg)?
+                .map(|t| Arc::new(LiveTokens::new(t)));
+            if let (Some(live), Some(auth)) = (&tokens, &cfg.auth) {
+                let follow = live.clone().follow(
+                    auth.clone(),
+                    loaded.clone(),
+                    key.clone(),
+                    http_stop.clone(),
+                );
+                servers.spawn(async move {
+                    follow.await;
+                    Ok(())
+                });
+            }
+            warn_if_open(
+                cfg.listen,
+                tokens.is_some(),
+                &format!("sources.{}", source.name),
+            );
+            let state = Arc::new(IngestState::new(
+                source.clone(),
+                cfg,
+                tokens,
+                pipeline.health.clone(),
+            ));
+            let listener = bind(cfg.listen, &format!("sources.{}", source.name)).await?;
+            source_addrs.push((source.name.clone(), listener.local_addr()?));
+            let stop = http_stop.clone();
+            let app = hifi_server::ingest::router(state);
+            let limits = hifi_server::ServeLimits {
+                max_connections: cfg.max_connections,
+                header_read_timeout: cfg.header_read_timeout.0,
+            };
+            servers.spawn(hifi_server::serve(listener, app, stop, limits));
         }
-        warn_if_open(
-            cfg.listen,
-            tokens.is_some(),
-            &format!("sources.{}", source.name),
-        );
-        let state = Arc::new(IngestState::new(
-            source.clone(),
-            cfg,
-            tokens,
-            pipeline.health.clone(),
-        ));
-        let listener = bind(cfg.listen, &format!("sources.{}", source.name)).await?;
-        source_addrs.push((source.name.clone(), listener.local_addr()?));
+        let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
+            .map_err(anyhow::Error::msg)?;
+        let listener = bind(opts.admin.unwrap_or(loaded.config.admin.listen), "admin").await?;
+        let admin_addr = listener.local_addr()?;
+        warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
         let stop = http_stop.clone();
-        let app = hifi_server::ingest::router(state);
-        let limits = hifi_server::ServeLimits {
-            max_connections: cfg.max_connections,
-            header_read_timeout: cfg.header_read_timeout.0,
-        };
-        servers.spawn(hifi_server::serve(listener, app, stop, limits));
+        let mut admin_state = hifi_server::admin::AdminState::new(&pipeline, engine.embedded());
+        admin_state.tokens = admin_tokens;
+        admin_state.loopback = admin_addr.ip().is_loopback();
+        let app = hifi_server::admin::router(admin_state);
+        servers.spawn(hifi_server::serve(listener, app, stop, Default::default()));
+        anyhow::Ok(admin_addr)
     }
-    let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
-        .map_err(anyhow::Error::msg)?;
-    let listener = bind(opts.admin.unwrap_or(loaded.config.admin.listen), "admin").await?;
-    let admin_addr = listener.local_addr()?;
-    warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
-    let stop = http_stop.clone();
-    let mut admin_state = hifi_server::admin::AdminState::new(&pipeline, engine.embedded());
-    admin_state.tokens = admin_tokens;
-    admin_state.loopback = admin_addr.ip().is_loopback();
-    let app = hifi_server::admin::router(admin_state);
-    servers.spawn(hifi_server::serve(listener, app, stop, Default::default()));
-    pipeline.health.set_started();
-    Ok(Running {
-        pipeline,
-        engine,
-        source_addrs,
-        admin_addr,
-        http_stop,
-        servers,
-    })
+    .await;
+    match started {
+        Ok(admin_addr) => {
+            pipeline.health.set_started();
+            Ok((pipeline, source_addrs, admin_addr, http_stop, servers))
+        }
+        Err(e) => {
+            http_stop.cancel();
+            while servers.join_next().await.is_some() {}
+            pipeline.stop().await;
+            Err(e)
+        }
+    }
 }
 
 impl Running {
     /// Stops accepting requests (in-flight ones finish), stops the nodes (sinks drain),
     /// commits and closes the engine.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_nodes().await.close().await;
+    }
+
+    /// [`Running::stop`] but the engine stays open (for a reload); it comes back.
+    async fn stop_nodes(mut self) -> Engine {
         self.http_stop.cancel();
         while self.servers.join_next().await.is_some() {}
         self.pipeline.stop().await;
-        self.engine.close().await;
+        self.engine
+    }
+
+    fn print_addresses(&self, loaded: &LoadedConfig) {
+        for (name, addr) in &self.source_addrs {
+            println!("source {name}: POST http://{addr}/v1/events");
+        }
+        println!("admin: http://{}", self.admin_addr);
+        for (kind, names) in self.pipeline.describe() {
+            if !names.is_empty() {
+                println!("{kind}: {}", names.join(", "));
+            }
+        }
+        println!(
+            "hifi is running ({}); stop with Ctrl-C or SIGTERM, reload the file with SIGHUP",
+            self.engine.describe(loaded)
+        );
+    }
+}
+
+/// Applies a changed pipeline file to a running pipeline (SIGHUP): checked first — an
+/// invalid file, or one that changes `[engine]`, leaves the running pipeline as it is.
+/// Otherwise every node stops (sinks drain, positions commit) and the new pipeline
+/// starts on the same engine, each node from its committed position; if it cannot start
+/// (a listener's port taken), the previous file is started again. Nothing acknowledged
+/// is dropped: every acknowledged event is in a topic. Ingest answers nothing for the
+/// moment between (a producer's retry covers it).
+async fn reload(
+    running: Running,
+    current: &mut (LoadedConfig, Topology),
+    file: &Path,
+    opts: &RunOptions,
+) -> Result<Running> {
+    let (loaded, topology) = match load(file) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(file = %file.display(), "reload refused, the running pipeline goes on: {e}");
+            return Ok(running);
+        }
+    };
+    if format!("{:?}", loaded.config.engine) != format!("{:?}", current.0.config.engine) {
+        tracing::error!(file = %file.display(),
+            "reload refused, the running pipeline goes on: [engine] changed, which needs a restart");
+        return Ok(running);
+    }
+    tracing::info!(file = %file.display(), "reloading: stopping the nodes (draining)");
+    let engine = running.stop_nodes().await;
+    match start_on(engine, &loaded, topology.clone(), opts).await {
+        Ok(r) => {
+            tracing::info!(file = %file.display(), "reloaded");
+            r.print_addresses(&loaded);
+            *current = (loaded, topology);
+            Ok(r)
+        }
+        Err((e, engine)) => {
+            tracing::error!(file = %file.display(), "the reloaded pipeline could not start ({e:#}); starting the previous one again");
+            match start_on(engine, &current.0, current.1.clone(), opts).await {
+                Ok(r) => {
+                    r.print_addresses(&current.0);
+                    Ok(r)
+                }
+                Err((e, engine)) => {
+                    engine.close().await;
+                    Err(e.context(
+                        "the previous pipeline could not start again after a failed reload",
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -264,34 +392,37 @@ pub async fn run(
         admin,
         instance,
     };
-    let running = start(&loaded, topology, &opts).await?;
-    for (name, addr) in &running.source_addrs {
-        println!("source {name}: POST http://{addr}/v1/events");
-    }
-    println!("admin: http://{}", running.admin_addr);
-    for (kind, names) in running.pipeline.describe() {
-        if !names.is_empty() {
-            println!("{kind}: {}", names.join(", "));
-        }
-    }
-    println!(
-        "hifi is running ({}); stop with Ctrl-C or SIGTERM",
-        running.engine.describe(&loaded)
-    );
-    let health = running.pipeline.health.clone();
-    tokio::select! {
-        sig = signal() => {
-            println!(
-                "{sig} received: draining (at most {} s)...",
-                drain.as_secs()
-            );
-        }
-        () = health.failed() => {
-            // Ingest must not acknowledge events that a dead node would never move.
-            let why = health.failure().unwrap_or_default();
-            eprintln!("error: {why}; stopping (fix the cause and start again)");
-            running.stop().await;
-            return Ok(ExitCode::from(3));
+    let mut running = start(&loaded, topology.clone(), &opts).await?;
+    running.print_addresses(&loaded);
+    let mut current = (loaded, topology);
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    loop {
+        let health = running.pipeline.health.clone();
+        tokio::select! {
+            sig = signal() => {
+                println!(
+                    "{sig} received: draining (at most {} s)...",
+                    drain.as_secs()
+                );
+                break;
+            }
+            () = health.failed() => {
+                // Ingest must not acknowledge events that a dead node would never move.
+                let why = health.failure().unwrap_or_default();
+                eprintln!("error: {why}; stopping (fix the cause and start again)");
+                running.stop().await;
+                return Ok(ExitCode::from(3));
+            }
+            _ = hangups.recv() => {
+                running = match reload(running, &mut current, &file, &opts).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+            }
         }
     }
     running.stop().await;

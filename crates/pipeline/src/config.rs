@@ -41,6 +41,42 @@ pub struct PipelineConfig {
     /// The fidelity ledger (lag and loss).
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// OpenTelemetry: spans exported over OTLP.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint (e.g. `"http://127.0.0.1:4318"`; spans go to `/v1/traces`
+    /// under it). Absent: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans. Default `"hifi"`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of traces recorded (0 to 1) when the producer sent no sampling decision.
+    /// Default 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "hifi".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 /// `[ledger]`

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ingest;
 pub mod interpolate;
 pub mod json_limits;
+pub mod otel;
 pub mod owned;
 pub mod retry;
 pub mod runtime;

@@ -93,6 +93,8 @@ struct Item {
     record: Record,
     /// Earlier attempts (retried events).
     retry: Option<RetryState>,
+    /// The trace context of its ingest request.
+    trace: Option<crate::event::Trace>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,6 +448,7 @@ impl HttpSink {
             arrival_us,
             body,
             retry: retry_state(&r.record),
+            trace: meta.trace,
             record: r.record,
         }
     }
@@ -732,6 +735,24 @@ impl HttpSink {
 
     /// Sends one request; returns its class.
     async fn send(&self, batch: &[Item]) -> Class {
+        let span = tracing::info_span!(target: crate::otel::TARGET, "deliver",
+            sink = %self.name, events = batch.len(), outcome = tracing::field::Empty);
+        if !span.is_disabled() {
+            crate::otel::link(&span, batch.iter().filter_map(|i| i.trace.as_ref()));
+        }
+        let class = tracing::Instrument::instrument(self.send_request(batch), span.clone()).await;
+        span.record(
+            "outcome",
+            match &class {
+                Class::Success => "success",
+                Class::Recoverable { .. } => "failed",
+                Class::NonRecoverable { .. } => "refused",
+            },
+        );
+        class
+    }
+
+    async fn send_request(&self, batch: &[Item]) -> Class {
         let mut key = xxhash_rust::xxh3::Xxh3::new();
         for item in batch {
             key.update(item.id.as_bytes());

@@ -395,10 +395,12 @@ impl HttpSource {
             // In its own task: if the request is dropped (client gone) after the append
             // became durable, the bookkeeping below still happens.
             let me = self.clone();
-            let work =
-                tokio::spawn(
-                    async move { me.store(records, keys, event_times, arrival_us, now).await },
-                );
+            let span = tracing::info_span!(target: crate::otel::TARGET, "append",
+                topic = %self.topic, events = records.len());
+            let work = tokio::spawn(tracing::Instrument::instrument(
+                async move { me.store(records, keys, event_times, arrival_us, now).await },
+                span,
+            ));
             work.await
                 .map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))??;
         }

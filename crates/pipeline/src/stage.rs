@@ -195,13 +195,24 @@ impl Stage {
                 continue;
             };
             let arrival_us = self.ledger.now_us();
+            let span = tracing::info_span!(target: crate::otel::TARGET, "stage",
+                stage = %self.name, partition = p, events = batch.len());
+            if !span.is_disabled() {
+                let traces: Vec<_> = batch
+                    .iter()
+                    .filter_map(|r| crate::event::EventMeta::of(input, p, r).trace)
+                    .collect();
+                crate::otel::link(&span, traces.iter());
+            }
             let Transformed {
                 out,
                 dead,
                 mut fates,
-            } = self.transform_batch(input, p, batch, &cel_root);
+            } = span.in_scope(|| self.transform_batch(input, p, batch, &cel_root));
             if !out.is_empty() {
-                let Some(dropped) = self.append_until_done(out_p, out, &shutdown).await else {
+                let append = self.append_until_done(out_p, out, &shutdown);
+                let Some(dropped) = tracing::Instrument::instrument(append, span.clone()).await
+                else {
                     break; // shut down before the output was durable: do not commit
                 };
                 if !dropped.is_empty() {

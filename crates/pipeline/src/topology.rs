@@ -36,6 +36,21 @@ impl Topology {
             return Err(loaded.error("(pipeline)", "the pipeline has no nodes; add a [sources.NAME], [stages.NAME] or [sinks.NAME] section"));
         }
         check_engine(loaded)?;
+        let t = &cfg.telemetry;
+        if let Some(url) = &t.otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(loaded.error(
+                    "telemetry.otlp_endpoint",
+                    format!("{url:?} is not an http:// or https:// URL (OTLP over HTTP, e.g. \"http://127.0.0.1:4318\")"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(loaded.error(
+                "telemetry.sample_ratio",
+                "must be between 0 and 1 (the share of traces recorded)",
+            ));
+        }
         let mut writers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let name_ok = |key: String, name: &str| {

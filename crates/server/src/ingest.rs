@@ -26,6 +26,7 @@ use hifi_pipeline::config::SourceConfig;
 use hifi_pipeline::event::Trace;
 use hifi_pipeline::health::Health;
 use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
+use hifi_pipeline::otel;
 use hifi_pipeline::source::HttpSource;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -127,16 +128,28 @@ fn retry_later(message: &str) -> Response {
 }
 
 async fn ingest(State(s): State<Arc<IngestState>>, req: Request) -> Response {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
-    let answer = handle(&s, req).await;
+    let span = tracing::info_span!(target: otel::TARGET, "ingest",
+        source = %s.source.name, http.response.status_code = tracing::field::Empty);
+    let trace = Trace::from_headers(
+        req.headers().get("traceparent").map(|v| v.as_bytes()),
+        req.headers().get("tracestate").map(|v| v.as_bytes()),
+    );
+    if let Some(t) = &trace {
+        otel::set_parent(&span, t);
+    }
+    let answer = handle(&s, req, trace).instrument(span.clone()).await;
+    let status = answer.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
     s.source
         .stats
         .request_durations
-        .record(answer.status().as_u16(), started.elapsed());
+        .record(status, started.elapsed());
     answer
 }
 
-async fn handle(s: &Arc<IngestState>, req: Request) -> Response {
+async fn handle(s: &Arc<IngestState>, req: Request, trace: Option<Trace>) -> Response {
     let stats = &s.source.stats;
     let reject = |r: Response| {
         stats
@@ -290,10 +303,6 @@ async fn handle(s: &Arc<IngestState>, req: Request) -> Response {
             json!({ "errors": errors }),
         ));
     }
-    let trace = Trace::from_headers(
-        headers.get("traceparent").map(|v| v.as_bytes()),
-        headers.get("tracestate").map(|v| v.as_bytes()),
-    );
     match s.source.ingest(events, trace.as_ref()).await {
         Ok(outcome) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Err(LogError::RecordTooLarge { bytes, max }) => reject(error(

@@ -1,0 +1,149 @@
+//! SIGHUP reloads the pipeline file: a valid change is applied (a sink added, a stage
+//! changed) without dropping an acknowledged event; an invalid file, or one that changes
+//! `[engine]`, leaves the running pipeline as it was and says why.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// The pipeline file: api → clean (with `filter`, if any) → first (and second).
+fn pipeline(
+    dir: &std::path::Path,
+    first: &str,
+    second: Option<&str>,
+    filter: Option<&str>,
+) -> String {
+    let filter = filter.map_or(String::new(), |c| {
+        format!("[[stages.clean.transforms]]\ntype = \"filter\"\ncondition = '{c}'\n")
+    });
+    let second = second.map_or(String::new(), |url| {
+        format!("[sinks.second]\ntype = \"http\"\ninput = \"clean\"\nurl = \"{url}\"\n")
+    });
+    let text = format!(
+        "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\n\
+         [stages.clean]\ninput = \"events\"\noutput = \"clean\"\n{filter}\n\
+         [sinks.first]\ntype = \"http\"\ninput = \"clean\"\nurl = \"{first}\"\n\n{second}"
+    );
+    std::fs::write(dir.join("pipeline.toml"), &text).unwrap();
+    text
+}
+
+/// The addresses a running `hifi run` printed after its latest (re)start.
+fn addresses_after_reload(proc: &mut Proc) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = proc.stdout_rest.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "no reload within 30 s: {}",
+                std::fs::read_to_string(&proc.log).unwrap_or_default()
+            )
+        });
+        if let Some((name, addr)) = line
+            .strip_prefix("source api: POST http://")
+            .map(|a| ("source api", a.trim_end_matches("/v1/events")))
+            .or_else(|| line.strip_prefix("admin: http://").map(|a| ("admin", a)))
+        {
+            proc.addrs.insert(name.to_owned(), addr.parse().unwrap());
+        }
+        if line.starts_with("hifi is running") {
+            return;
+        }
+    }
+}
+
+fn hup(proc: &Proc) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &proc.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+async fn send(proc: &Proc, prefix: &str, n: usize) {
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let body: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({"id": format!("{prefix}-{i}")}))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_change_and_keeps_the_pipeline_on_a_bad_one() {
+    let dir = test_dir();
+    let (rec1, rec2) = (
+        dir.path().join("first.jsonl"),
+        dir.path().join("second.jsonl"),
+    );
+    let first = run_receiver(dir.path(), "127.0.0.1:0", &rec1);
+    let second = run_receiver(dir.path(), "127.0.0.1:0", &rec2);
+    let url1 = format!("http://{}/ingest", first.addr("receiver"));
+    let url2 = format!("http://{}/ingest", second.addr("receiver"));
+    pipeline(dir.path(), &url1, None, None);
+    let mut proc = run_pipeline(dir.path(), &dir.path().join("pipeline.toml"));
+    send(&proc, "a", 50).await;
+
+    // A valid change: the stage gets a filter, and a second sink appears.
+    let drop_b1 = Some("!event.id.startsWith(\"b-1\")");
+    pipeline(dir.path(), &url1, Some(&url2), drop_b1);
+    hup(&proc);
+    addresses_after_reload(&mut proc);
+    send(&proc, "b", 50).await;
+    // 50 + 50 less b-1 and b-10..b-19, filtered by the changed stage.
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&rec1).len() == 89),
+        "the first sink lost events across the reload, or the change did not apply: {}",
+        received_ids(&rec1).len()
+    );
+    let got = received_ids(&rec1);
+    assert!(got.contains_key("a-49") && got.contains_key("b-20") && !got.contains_key("b-15"));
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&rec2)
+            .contains_key("b-49")),
+        "the added sink delivers"
+    );
+
+    // An invalid file: the pipeline goes on as it was, and the log says why.
+    std::fs::write(dir.path().join("pipeline.toml"), "[sinks.broken\n").unwrap();
+    hup(&proc);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&proc.log)
+            .unwrap()
+            .contains("reload refused")
+    }));
+    send(&proc, "c", 10).await;
+    assert!(wait_until(Duration::from_secs(30), || received_ids(&rec1)
+        .len()
+        == 99));
+
+    // A changed [engine] needs a restart: refused too.
+    let text = pipeline(dir.path(), &url1, Some(&url2), drop_b1)
+        .replace("data_dir = \"data\"", "data_dir = \"elsewhere\"");
+    std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+    hup(&proc);
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&proc.log)
+            .unwrap()
+            .contains("[engine] changed")
+    }));
+    send(&proc, "d", 10).await;
+    assert!(wait_until(Duration::from_secs(30), || received_ids(&rec1)
+        .len()
+        == 109));
+    let (status, _) = proc.sigterm(Duration::from_secs(20));
+    assert!(status.success());
+    first.sigterm(Duration::from_secs(10));
+    second.sigterm(Duration::from_secs(10));
+}
