@@ -106,6 +106,23 @@ pub struct LoadtestArgs {
     admin: String,
 }
 
+/// This process's command line, quoted for a shell where needed.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The shape of the load test's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventKind {
@@ -179,6 +196,9 @@ pub struct SecondStats {
     pub acked: u64,
     /// Ingest latency of those requests.
     pub ingest_ms: Quantiles,
+    /// End-to-end delay of their events that were delivered (with a receiver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_ms: Option<Quantiles>,
 }
 
 pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
@@ -225,7 +245,12 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     if let Some(r) = &rating {
         outln!("{}", r.sentence());
     }
-    let json = serde_json::json!({ "outcome": &outcome, "rating": &rating });
+    let json = serde_json::json!({
+        "outcome": &outcome,
+        "rating": &rating,
+        "command": command_line(),
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
     let mut flat = serde_json::to_value(&outcome)?;
     if let (Some(o), Some(r)) = (flat.as_object_mut(), &rating) {
         o.insert("rating".into(), serde_json::to_value(r)?);
@@ -604,11 +629,31 @@ async fn measure(
         }
         observed.with(|deliveries| -> Result<()> {
             let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+            // Per second of the schedule (of the event's request), like the timeline.
+            let mut per_second: Vec<Histogram<u64>> = Vec::new();
+            let (batch, interval_s) = (args.batch.max(1) as usize, sender.interval.as_secs_f64());
             let mut duplicates = 0;
-            for (&count, &delay_ms) in deliveries.count.iter().zip(&deliveries.first_delay_ms) {
+            for (e, (&count, &delay_ms)) in deliveries
+                .count
+                .iter()
+                .zip(&deliveries.first_delay_ms)
+                .enumerate()
+            {
                 if count > 0 {
                     duplicates += u64::from(count - 1);
                     e2e.saturating_record(u64::from(delay_ms) * 1000);
+                    let second = ((e / batch) as f64 * interval_s) as usize;
+                    if per_second.len() <= second {
+                        per_second.resize_with(second + 1, || {
+                            Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
+                        });
+                    }
+                    per_second[second].saturating_record(u64::from(delay_ms) * 1000);
+                }
+            }
+            for (s, h) in outcome.timeline.iter_mut().zip(&per_second) {
+                if !h.is_empty() {
+                    s.e2e_ms = Some(Quantiles::of(h));
                 }
             }
             let lost: Vec<usize> = acked_ids
@@ -1168,6 +1213,7 @@ impl Timeline {
                 t: t as u64,
                 acked: s.acked,
                 ingest_ms: s.open.as_ref().map_or(s.closed, Quantiles::of),
+                e2e_ms: None,
             })
             .collect()
     }

@@ -1,6 +1,6 @@
 //! `hifi loadtest --report out.html`: a self-contained page (inline SVG, no scripts, no
-//! external files) with the figures, the acknowledged rate and ingest latency over time,
-//! and the rating search.
+//! external files) with the date and command line, the figures, the acknowledged rate,
+//! ingest latency and end-to-end delay over time, and the rating search.
 
 use serde_json::Value;
 
@@ -17,6 +17,7 @@ fn chart(
     title: &str,
     y_label: &str,
     x_label: &str,
+    x_fmt: &dyn Fn(f64) -> String,
     series: &[(&str, Vec<(f64, f64)>)],
     hline: Option<(f64, &str)>,
 ) -> String {
@@ -63,12 +64,14 @@ fn chart(
         esc(x_label)
     ));
     out.push_str(&format!(r##"<text x="12" y="{}" font-size="11" fill="#555" transform="rotate(-90 12 {})">{}</text>"##, h / 2.0, h / 2.0, esc(y_label)));
-    for (x, anchor) in [(xmin, "start"), (xmax, "end")] {
+    for x in ticks(xmin, xmax) {
         out.push_str(&format!(
-            r##"<text x="{}" y="{}" font-size="11" text-anchor="{anchor}" fill="#555">{}</text>"##,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#eee"/><text x="{0:.1}" y="{3}" font-size="11" text-anchor="middle" fill="#555">{4}</text>"##,
             sx(x),
+            mt,
+            h - mb,
             h - mb + 14.0,
-            fmt(x)
+            x_fmt(x)
         ));
     }
     if let Some((y, label)) = hline {
@@ -103,6 +106,36 @@ fn chart(
     out
 }
 
+/// About six x-axis ticks on round steps (1, 2, 5 × 10ⁿ) between `min` and `max`.
+fn ticks(min: f64, max: f64) -> Vec<f64> {
+    let raw = (max - min) / 6.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag)
+        .max(f64::MIN_POSITIVE);
+    let mut x = (min / step).ceil() * step;
+    let mut out = Vec::new();
+    while x <= max + step * 1e-9 && out.len() < 20 {
+        out.push(x);
+        x += step;
+    }
+    out
+}
+
+/// Seconds since the start as `42 s` or `3:05` (minutes:seconds).
+fn seconds(v: f64) -> String {
+    if v < 60.0 && v.fract() == 0.0 {
+        format!("{v:.0} s")
+    } else if v < 60.0 {
+        format!("{} s", fmt(v))
+    } else {
+        format!("{}:{:02}", (v / 60.0).floor(), (v % 60.0).floor())
+    }
+}
+
 fn fmt(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -128,6 +161,11 @@ fn q(v: &Value) -> String {
 pub fn html(doc: &Value) -> String {
     let o = &doc["outcome"];
     let t = o["timeline"].as_array().cloned().unwrap_or_default();
+    let e2e = |k: &str| -> Vec<(f64, f64)> {
+        t.iter()
+            .filter_map(|s| Some((s["t"].as_f64()?, s["e2e_ms"].get(k)?.as_f64()?)))
+            .collect()
+    };
     let rate: Vec<(f64, f64)> = t
         .iter()
         .map(|s| {
@@ -156,6 +194,15 @@ pub fn html(doc: &Value) -> String {
         ("acknowledged", o["acked"].to_string()),
         ("delivered", o["delivered"].to_string()),
         ("lost", o["lost"].to_string()),
+        (
+            "not delivered, accounted for by the pipeline's ledger",
+            o.get("accounted").filter(|a| !a.is_null()).map_or("–".into(), |a| {
+                format!(
+                    "filtered {}, dead-lettered {}, retrying {}, delivered by another sink {}, ended without loss {}",
+                    a["filtered"], a["dead_lettered"], a["retrying"], a["delivered_elsewhere"], a["ended_not_lost"]
+                )
+            }),
+        ),
         ("duplicates", o["duplicates"].to_string()),
         ("ingest latency", q(&o["ingest_ms"])),
         ("end-to-end delay", q(&o["e2e_ms"])),
@@ -172,7 +219,9 @@ pub fn html(doc: &Value) -> String {
     let lost = o["lost"].as_u64().unwrap_or(0);
     let mut body = String::new();
     body.push_str(&format!(
-        "<h1>hifi load test</h1><p class=\"{}\">{}</p><table>",
+        "<h1>hifi load test</h1><p class=\"meta\">{} · <code>{}</code></p><p class=\"{}\">{}</p><table>",
+        esc(doc["date"].as_str().unwrap_or("")),
+        esc(doc["command"].as_str().unwrap_or("")),
         if lost > 0 { "bad" } else { "good" },
         if lost > 0 {
             format!("{lost} acknowledged events were LOST")
@@ -204,6 +253,7 @@ pub fn html(doc: &Value) -> String {
             "Rating search: E2E p95 per step",
             "ms",
             "target events/s",
+            &fmt,
             &[("E2E p95", pts)],
             Some((slo, "SLO")),
         ));
@@ -228,14 +278,16 @@ pub fn html(doc: &Value) -> String {
     body.push_str(&chart(
         "Acknowledged events per second (last run)",
         "events/s",
-        "seconds",
+        "time since the start",
+        &seconds,
         &[("acknowledged", rate)],
         None,
     ));
     body.push_str(&chart(
         "Ingest latency per second (last run)",
         "ms",
-        "seconds",
+        "time since the start",
+        &seconds,
         &[
             ("p50", lat("p50")),
             ("p95", lat("p95")),
@@ -243,10 +295,61 @@ pub fn html(doc: &Value) -> String {
         ],
         None,
     ));
+    body.push_str(&chart(
+        "End-to-end delay by second sent (last run; delivered events)",
+        "ms",
+        "time since the start (when the event was sent)",
+        &seconds,
+        &[
+            ("p50", e2e("p50")),
+            ("p95", e2e("p95")),
+            ("max", e2e("max")),
+        ],
+        None,
+    ));
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>hifi load test</title><style>\
          body{{font:14px system-ui,sans-serif;margin:24px;color:#1a202c}}table{{border-collapse:collapse;margin:8px 0}}\
          th,td{{padding:4px 10px;border-bottom:1px solid #e2e8f0;text-align:left}}.good{{color:#2f855a;font-weight:600}}\
-         .bad{{color:#c53030;font-weight:700}}svg{{display:block;margin:4px 0 18px}}</style></head><body>{body}</body></html>"
+         .bad{{color:#c53030;font-weight:700}}.meta{{color:#555}}svg{{display:block;margin:4px 0 18px}}</style></head><body>{body}</body></html>"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_ticks_fall_on_round_steps() {
+        assert_eq!(ticks(0.0, 9.0), vec![0.0, 2.0, 4.0, 6.0, 8.0]);
+        assert_eq!(
+            ticks(0.0, 120.0),
+            vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0]
+        );
+        assert_eq!(seconds(5.0), "5 s");
+        assert_eq!(seconds(2.5), "2.50 s");
+        assert_eq!(seconds(185.0), "3:05");
+    }
+
+    #[test]
+    fn the_report_has_the_date_the_command_and_e2e_over_time() {
+        let doc = serde_json::json!({
+            "date": "2026-12-05T16:00:00Z",
+            "command": "hifi loadtest --rate 10 --data '{\"a\": 1}'",
+            "outcome": {
+                "lost": 0, "acked": 20, "delivered": 20,
+                "timeline": [
+                    {"t": 0, "acked": 10, "ingest_ms": {"p50": 1.0}, "e2e_ms": {"p50": 3.0, "p95": 4.0, "max": 5.0}},
+                    {"t": 1, "acked": 10, "ingest_ms": {"p50": 1.0}, "e2e_ms": {"p50": 6.0, "p95": 7.0, "max": 9.0}}
+                ]
+            }
+        });
+        let page = html(&doc);
+        assert!(page.contains("2026-12-05T16:00:00Z"));
+        assert!(page.contains("--data '{\"a\": 1}'"), "{page}");
+        assert!(page.contains("End-to-end delay by second sent"));
+        assert!(!page.contains(
+            "<h3>End-to-end delay by second sent (last run; delivered events)</h3><p>no data</p>"
+        ));
+    }
 }
