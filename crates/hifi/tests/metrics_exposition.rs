@@ -93,14 +93,17 @@ async fn metrics_pass_promtool_and_the_openmetrics_parser() {
     let url = format!("http://{}/metrics", proc.addr("admin"));
     // Sinks record lag as they commit; give the last batch a moment.
     let mut text = String::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         let r = client.get(&url).send().await.unwrap();
         assert_eq!(
             r.headers()["content-type"],
             "text/plain; version=0.0.4; charset=utf-8"
         );
         text = r.text().await.unwrap();
-        if text.contains("hifi_e2e_lag_seconds_count 20\n") {
+        // The backlog gauges come from the ledger's tick (every second).
+        if text.contains("hifi_e2e_lag_seconds_count 20\n")
+            && text.contains("hifi_node_backlog_records{node=\"out\"}")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -117,6 +120,14 @@ async fn metrics_pass_promtool_and_the_openmetrics_parser() {
         .contains("hifi_source_request_duration_seconds_count{source=\"api\",code=\"415\"} 1\n"));
     assert!(text.contains("hifi_sink_requests_total{sink=\"out\",outcome=\"success\"}"));
     assert!(text.contains("hifi_build_info{version="));
+    assert!(
+        text.contains("hifi_dlq_records{node=\"out\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hifi_node_backlog_records{node=\"out\"}"),
+        "{text}"
+    );
     assert!(text.contains("process_resident_memory_bytes "));
     assert!(
         !text.contains("quantile="),

@@ -116,7 +116,11 @@ async fn metrics(State(s): S, headers: axum::http::HeaderMap) -> Response {
         .unwrap_or("");
     let format = Format::for_accept(accept);
     let backlogs = crate::backlog::measure(&s).await;
-    let text = encode(&crate::metrics::families(&s, &backlogs), format);
+    let dead_letters = crate::backlog::dead_letters(&s).await;
+    let text = encode(
+        &crate::metrics::families(&s, &backlogs, &dead_letters),
+        format,
+    );
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 

@@ -55,3 +55,28 @@ pub async fn measure(s: &AdminState) -> Vec<NodeBacklog> {
     }
     out
 }
+
+/// Records retained in each sink's and stage's dead-letter topic (`__dlq.<node>`): what
+/// waits there to be looked at or re-driven (re-driven letters stay until retention).
+pub async fn dead_letters(s: &AdminState) -> Vec<(String, u64)> {
+    let nodes = s
+        .sinks
+        .iter()
+        .map(|k| k.name.clone())
+        .chain(s.stages.iter().map(|k| k.name.clone()));
+    let mut out = Vec::new();
+    for node in nodes {
+        let topic = hifi_pipeline::retry::dlq_topic(&node);
+        let Ok(parts) = s.log.partitions(&topic).await else {
+            continue;
+        };
+        let mut n = 0;
+        for p in 0..parts {
+            if let Ok(o) = s.log.offsets(&topic, p).await {
+                n += o.end.saturating_sub(o.start);
+            }
+        }
+        out.push((node, n));
+    }
+    out
+}

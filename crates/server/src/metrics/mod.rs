@@ -84,8 +84,21 @@ fn lag_histogram(recorded: impl Iterator<Item = (u64, u64)>) -> Histogram {
 }
 
 /// Every family of a running pipeline, read now.
-pub fn families(s: &AdminState, backlogs: &[crate::backlog::NodeBacklog]) -> Vec<Family> {
+pub fn families(
+    s: &AdminState,
+    backlogs: &[crate::backlog::NodeBacklog],
+    dead_letters: &[(String, u64)],
+) -> Vec<Family> {
     let mut out = Families::default();
+    out.add(
+        "hifi_dlq_records",
+        "Dead letters retained in a node's dead-letter topic (__dlq.<node>), re-driven ones included until retention removes them",
+        Kind::Gauge,
+        dead_letters
+            .iter()
+            .map(|(node, n)| (vec![("node", node.clone())], *n as f64))
+            .collect(),
+    );
     out.add(
         "hifi_node_backlog_records",
         "Records of a node's input it has not finished (committed past) yet",
