@@ -138,6 +138,19 @@ struct Reader {
     next: Option<u64>,
 }
 
+/// Whether a consumer error is about reaching the brokers (not about a partition):
+/// queued by librdkafka for every failed connection attempt.
+fn is_connection_error(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
 /// A reader shared by the reads of one partition (one read at a time).
 type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
 
@@ -790,6 +803,8 @@ impl Log for KafkaLog {
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut reseeked = false;
+        // The first connection error this read met, if it met no record.
+        let mut unreachable = None;
         let deadline = tokio::time::Instant::now() + wait;
         while out.len() < limits.max_records.max(1) && (out.is_empty() || bytes < limits.max_bytes)
         {
@@ -801,6 +816,15 @@ impl Log for KafkaLog {
             let m = match tokio::time::timeout_at(until, r.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+                // librdkafka queues one such error per failed connection attempt: after
+                // a long outage hundreds wait in the queue, ahead of the records. They
+                // say nothing of this partition's position, so they are taken off here
+                // rather than one per read (which held reads back for minutes after the
+                // cluster came back).
+                Ok(Err(e)) if is_connection_error(&e) => {
+                    unreachable.get_or_insert(e);
+                    continue;
+                }
                 // The position is unknown after an error: the next read seeks.
                 Ok(Err(e)) if out.is_empty() => {
                     return Err(kafka_err(format!("reading {topic}/{partition}"), e));
@@ -831,6 +855,12 @@ impl Log for KafkaLog {
             let rec = to_stored(&m);
             bytes += rec.record.value.len() + 64;
             out.push(rec);
+        }
+        if out.is_empty() {
+            if let Some(e) = unreachable {
+                // Still unreachable: the caller backs off; the next read seeks.
+                return Err(kafka_err(format!("reading {topic}/{partition}"), e));
+            }
         }
         r.next = Some(out.last().map_or(from, |last| last.offset + 1));
         Ok(out)
