@@ -20,18 +20,12 @@ use support::*;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cloudevents_sdk.py");
 
 fn have_sdk() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import cloudevents.http, cloudevents.conversion"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("HIFI_REQUIRE_TOOLS").is_err(),
-            "HIFI_REQUIRE_TOOLS is set but the Python CloudEvents SDK 1.x is not installed"
-        );
-        eprintln!("SKIPPED: pip install 'cloudevents>=1.9,<2' to run this test");
-    }
-    ok
+    tool_present(
+        "python3",
+        &["-c", "import cloudevents.http, cloudevents.conversion"],
+        "HIFI_REQUIRE_TOOLS",
+        "pip install 'cloudevents>=1.9,<2' to run this test",
+    )
 }
 
 struct Killed(std::process::Child);

@@ -13,16 +13,12 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_real_figures_in_a_headless_browser() {
-    let have_chromium = std::process::Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_chromium {
-        assert!(
-            std::env::var("HIFI_REQUIRE_CHROMIUM").is_err(),
-            "HIFI_REQUIRE_CHROMIUM is set but chromium is not installed"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium); the dashboard was not checked");
+    if !tool_present(
+        "chromium",
+        &["--version"],
+        "HIFI_REQUIRE_CHROMIUM",
+        "apt-get install chromium; the dashboard was not checked",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -122,16 +118,12 @@ fn stat(dom: &str, stat: &str, node: &str) -> (String, Option<f64>) {
 /// (it does not show the last good p95).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_shows_on_the_dashboard_as_an_open_breaker_and_a_growing_backlog() {
-    let have_chromium = std::process::Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_chromium {
-        assert!(
-            std::env::var("HIFI_REQUIRE_CHROMIUM").is_err(),
-            "HIFI_REQUIRE_CHROMIUM is set but chromium is not installed"
-        );
-        eprintln!("SKIPPED: chromium is not installed");
+    if !tool_present(
+        "chromium",
+        &["--version"],
+        "HIFI_REQUIRE_CHROMIUM",
+        "apt-get install chromium; the dashboard was not checked",
+    ) {
         return;
     }
     let dir = test_dir();

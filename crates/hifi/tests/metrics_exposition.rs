@@ -14,21 +14,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn tool_present(cmd: &str, args: &[&str], install: &str) -> bool {
-    let ok = Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("HIFI_REQUIRE_TOOLS").is_err(),
-            "HIFI_REQUIRE_TOOLS is set but {cmd} {args:?} fails; {install}"
-        );
-        eprintln!("SKIPPED: {install}");
-    }
-    ok
-}
-
 /// Runs `cmd args` with `input` on stdin: (success, stdout + stderr).
 fn pipe(cmd: &str, args: &[&str], input: &str) -> (bool, String) {
     let mut child = Command::new(cmd)
@@ -55,11 +40,13 @@ async fn metrics_pass_promtool_and_the_openmetrics_parser() {
     let promtool = tool_present(
         "promtool",
         &["--version"],
+        "HIFI_REQUIRE_TOOLS",
         "apt-get install prometheus (for promtool)",
     );
     let python_client = tool_present(
         "python3",
         &["-c", "import prometheus_client.openmetrics.parser"],
+        "HIFI_REQUIRE_TOOLS",
         "pip install prometheus-client",
     );
     let dir = test_dir();

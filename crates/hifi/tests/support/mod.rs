@@ -271,6 +271,24 @@ pub fn received_ids(record: &Path) -> HashMap<String, u32> {
     out
 }
 
+/// Whether `cmd args` runs successfully: a third-party tool a test needs. When it does
+/// not and `require_var` is set (as in CI), the test fails instead of skipping; otherwise
+/// it says how to get the tool.
+pub fn tool_present(cmd: &str, args: &[&str], require_var: &str, install: &str) -> bool {
+    let ok = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var(require_var).is_err(),
+            "{require_var} is set but {cmd} {args:?} fails; {install}"
+        );
+        eprintln!("SKIPPED: {install}");
+    }
+    ok
+}
+
 /// Polls `cond` until true or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
