@@ -93,6 +93,11 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("preallocate_bytes = \"2GiB\"\n{SOURCE}"),
         &["engine.preallocate_bytes", "out of range", "0 … 1GiB"],
     );
+    check(
+        "zero ack timeout",
+        &format!("ack_timeout = \"0s\"\n{SOURCE}"),
+        &["engine.ack_timeout", "more than zero"],
+    );
 }
 
 #[test]

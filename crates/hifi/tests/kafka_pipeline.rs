@@ -1,9 +1,11 @@
 //! Zero loss in Kafka mode, with real processes and a real Kafka cluster
 //! (`KAFKA_BROKERS`: 3 Apache Kafka nodes on loopback, started by `scripts/test-broker`):
 //! ingest in one `hifi run --only` process, the sink in two processes sharing its
-//! partitions; one sink process is SIGKILLed under load and the other takes over. And the
-//! whole cluster SIGKILLed and restarted under load: that test starts a cluster of its
-//! own through the script (`HIFI_TEST_BROKER`), so the other tests' cluster is left alone.
+//! partitions; one sink process is SIGKILLed under load and the other takes over; a second
+//! live process under an `--instance` name already in use is refused. And brokers
+//! SIGKILLed under load — the partition leader's node, then (another test) the whole
+//! cluster: those tests start a cluster of their own through the script
+//! (`HIFI_TEST_BROKER`), one at a time, so the other tests' cluster is left alone.
 //!
 //! Topics have replication factor 3 and the cluster `min.insync.replicas=2`, as in
 //! production (docs/deploy-kafka.md).
@@ -354,6 +356,65 @@ fn run_ingest_instance(dir: &Path, file: &Path, instance: &str, log: &str) -> Pr
     )
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_process_with_the_same_instance_name_refuses_to_start() {
+    let Some(Setup {
+        dir,
+        receiver: _receiver,
+        file,
+        ..
+    }) = setup("instance")
+    else {
+        return;
+    };
+    let a = run_ingest_instance(dir.path(), &file, "a1", "info");
+    let started = Instant::now();
+    let mut twin = Command::new(HIFI)
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--only",
+            "sources.api",
+            "--instance",
+            "a1",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It waits out a session timeout (6 s here) in case the holder is a dead process.
+    let exited = wait_until(Duration::from_secs(60), || {
+        twin.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = twin.kill();
+    }
+    let out = twin.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("the twin stopped after {:?}: {stderr}", started.elapsed());
+    assert!(exited, "a second process as --instance a1 kept running");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("source api as --instance a1 is held by another live process")
+            && stderr.contains("needs its own --instance"),
+        "unclear refusal: {stderr}"
+    );
+    // The holder was not disturbed, and another name is welcome.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", a.addr("source api")))
+        .json(&serde_json::json!([{"id": "after-the-twin"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let b = run_ingest_instance(dir.path(), &file, "a2", "info");
+    b.sigterm(Duration::from_secs(30));
+    a.sigterm(Duration::from_secs(30));
+}
+
 /// The `events` count of the "recorded outcomes lost in a crash" line (0 without one).
 fn caught_up_after_crash(log: &Path) -> u64 {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -473,10 +534,10 @@ impl Cluster {
         c
     }
 
-    /// Runs a command of the script on this cluster; returns what it printed.
+    /// Runs a command of the script on this cluster (`kill 2`); returns what it printed.
     fn run(&self, command: &str) -> String {
         let out = Command::new(&self.script)
-            .arg(command)
+            .args(command.split_whitespace())
             .env("HIFI_BROKER_DIR", &self.dir)
             .stderr(Stdio::inherit())
             .output()
@@ -499,20 +560,158 @@ impl Drop for Cluster {
     }
 }
 
+/// Tests that start a cluster of their own run one at a time (3 more JVMs each, on a
+/// machine that already runs the shared cluster).
+static OWN_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A cluster of the test's own, and the pipeline on it with its receiver.
+struct OwnCluster {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    brokers: String,
+    record: std::path::PathBuf,
+    _receiver: Proc,
+    prefix: String,
+    hifi: Proc,
+    /// The source's ingest URL.
+    target: String,
+}
+
+impl OwnCluster {
+    /// `None` (the test is skipped) without the script.
+    async fn start(test: &str) -> Option<OwnCluster> {
+        let script = required("HIFI_TEST_BROKER")?;
+        let one = OWN_CLUSTER.lock().await;
+        let dir = test_dir();
+        let cluster = Cluster::start(&script, &dir.path().join("kafka"));
+        let brokers = cluster.brokers.clone();
+        let record = dir.path().join("received.jsonl");
+        let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
+        let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
+        let prefix = unique_prefix(test);
+        let file = kafka_pipeline(dir.path(), &brokers, &prefix, &sink_url);
+        let hifi = run_pipeline(dir.path(), &file);
+        let target = format!("http://{}/v1/events", hifi.addr("source api"));
+        Some(OwnCluster {
+            _one: one,
+            dir,
+            cluster,
+            brokers,
+            record,
+            _receiver: receiver,
+            prefix,
+            hifi,
+            target,
+        })
+    }
+}
+
+/// The node (1, 2 or 3: Kafka's `node.id`, the script's numbering) that leads a
+/// partition, from the cluster's metadata.
+fn leader_of(brokers: &str, topic: &str, partition: i32) -> i32 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let t = md.topics().iter().find(|t| t.name() == topic).unwrap();
+    t.partitions()
+        .iter()
+        .find(|p| p.id() == partition)
+        .unwrap()
+        .leader()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
-    let Some(script) = required("HIFI_TEST_BROKER") else {
+async fn the_partition_leaders_broker_killed_under_load_loses_nothing_acknowledged() {
+    let Some(OwnCluster {
+        _one,
+        dir: _dir,
+        cluster,
+        brokers,
+        record,
+        _receiver,
+        prefix,
+        hifi,
+        target,
+    }) = OwnCluster::start("leader").await
+    else {
         return;
     };
-    let dir = test_dir();
-    let cluster = Cluster::start(&script, &dir.path().join("kafka"));
-    let brokers = cluster.brokers.clone();
-    let record = dir.path().join("received.jsonl");
-    let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
-    let sink_url = format!("http://{}/ingest", receiver.addr("receiver"));
-    let file = kafka_pipeline(dir.path(), &brokers, &unique_prefix("broker"), &sink_url);
-    let hifi = run_pipeline(dir.path(), &file);
-    let target = format!("http://{}/v1/events", hifi.addr("source api"));
+    let producers = Producers::start(4, target);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let topic = format!("{prefix}events");
+    let leader = tokio::task::block_in_place(|| leader_of(&brokers, &topic, 0));
+    tokio::task::block_in_place(|| cluster.run(&format!("kill {leader}")));
+    let acked_at_kill = producers.acked();
+    // The controller elects a new leader from the in-sync replicas; appends to the
+    // partition go on (2 of 3 replicas are still min.insync.replicas).
+    let remaining = brokers
+        .split(',')
+        .enumerate()
+        .filter(|(i, _)| *i as i32 + 1 != leader)
+        .map(|(_, b)| b)
+        .collect::<Vec<_>>()
+        .join(",");
+    let new_leader = wait_until(Duration::from_secs(60), || {
+        let l = leader_of(&remaining, &topic, 0);
+        l != leader && l >= 1
+    });
+    assert!(new_leader, "no new leader for {topic}/0 within 60 s");
+    let elected_at = producers.acked();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (acked, failed) = producers.stop().await;
+    assert!(
+        acked.len() > elected_at + 100,
+        "ingest kept acknowledging after the election ({elected_at} then {})",
+        acked.len()
+    );
+
+    let (missing, duplicates) = check_delivered(&record, &acked);
+    let buckets = settled_buckets(hifi.addr("admin"), Duration::from_secs(180)).await;
+    let e2e_lost: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    let passed = node_sum(&buckets, "api", "passed");
+    eprintln!(
+        "leader node {leader} of {topic}/0 killed: {} events acknowledged ({acked_at_kill} before the kill), \
+         {duplicates} duplicate deliveries, {failed} producer requests failed; ledger: passed {passed}, e2e lost {e2e_lost}",
+        acked.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
+    assert_eq!(e2e_lost, 0, "the ledger reports loss: {buckets:?}");
+    assert!(
+        passed >= acked.len() as u64,
+        "the ledger counted {passed} stored events, fewer than the {} acknowledged",
+        acked.len()
+    );
+    hifi.sigterm(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
+    let Some(OwnCluster {
+        _one,
+        dir: _dir,
+        cluster,
+        record,
+        _receiver,
+        hifi,
+        target,
+        ..
+    }) = OwnCluster::start("broker").await
+    else {
+        return;
+    };
     let producers = Producers::start(4, target.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -520,18 +719,26 @@ async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
     tokio::task::block_in_place(|| cluster.run("kill"));
     let killed_at = Instant::now();
     let acked_at_kill = producers.acked();
-    // While the cluster is away, ingest refuses (503) instead of acknowledging.
+    // While the cluster is away, ingest refuses (503) instead of acknowledging, and
+    // says so within `ack_timeout` (2 s by default), not after librdkafka's
+    // `message.timeout.ms` (10 s).
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    let asked = Instant::now();
     let r = client
         .post(&target)
         .json(&serde_json::json!([{"id": "while-down"}]))
         .send()
         .await
         .unwrap();
+    let answered_in = asked.elapsed();
     assert_eq!(r.status().as_u16(), 503, "ingest while the cluster is down");
+    assert!(
+        answered_in < Duration::from_millis(3500),
+        "the 503 took {answered_in:?}; ack_timeout is 2 s"
+    );
     let acked_while_down = producers.acked() - acked_at_kill;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Returns once the cluster takes acks=all produces again.
@@ -546,7 +753,7 @@ async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
 
     let (missing, duplicates) = check_delivered(&record, &acked);
     eprintln!(
-        "cluster down {down_for:?}; {} events acknowledged ({acked_while_down} acked in flight as it died), \
+        "cluster down {down_for:?}, 503 in {answered_in:?}; {} events acknowledged ({acked_while_down} acked in flight as it died), \
          {duplicates} duplicate deliveries, {failed} producer requests failed",
         acked.len()
     );

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hifi_log::{
-    validate_name, Bytes, Header, Log, LogError, Membership, MembershipControl, PartitionOffsets,
-    ReadLimits, Record, StoredRecord, TopicSpec,
+    validate_name, Bytes, Claim, Header, Log, LogError, Membership, MembershipControl,
+    PartitionOffsets, ReadLimits, Record, StoredRecord, TopicSpec,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -974,6 +974,113 @@ impl Log for KafkaLog {
     }
 
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
+        self.join_as(group, topic, None).await
+    }
+
+    /// A claim is a consumer group of its own (`<prefix>claim.<name>`) joined by this
+    /// process: a newcomer succeeds once the group is stable with it as the only member.
+    /// A live holder keeps its membership by heartbeats, so the newcomer is refused; a
+    /// holder that was killed is removed by the group coordinator when its session times
+    /// out (`session.timeout.ms`), which the newcomer waits for. Two processes starting
+    /// at the same moment may both be refused (never both admitted).
+    async fn claim(&self, name: &str, topic: &str) -> Result<Claim, LogError> {
+        let group = format!("claim.{name}");
+        validate_name(&group)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let me = format!("hifi-claim-{}-{nanos}", std::process::id());
+        let membership = self.join_as(&group, topic, Some(&me)).await?;
+        // The claim does no work on the partitions it is given: each is released as soon
+        // as it is taken away, so a newcomer's rebalance never waits for this holder.
+        let holder = tokio::spawn(async move {
+            let mut m = membership;
+            while m.changed().await {
+                m.release_all_but(&m.owned());
+            }
+        });
+        let held = AbortOnDrop(holder);
+        let session_ms: u64 = self
+            .cfg
+            .client
+            .get("session.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let deadline = Instant::now() + Duration::from_millis(session_ms) + Duration::from_secs(5);
+        let g = self.name(&group);
+        loop {
+            let (meta, g2) = (self.meta.clone(), g.clone());
+            let members = blocking(move || {
+                let list = meta
+                    .fetch_group_list(Some(&g2), REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_err(format!("describing group {g2}"), e))?;
+                Ok(list
+                    .groups()
+                    .iter()
+                    .filter(|gi| gi.name() == g2)
+                    .map(|gi| {
+                        let members: Vec<(String, String)> = gi
+                            .members()
+                            .iter()
+                            .map(|m| (m.client_id().to_owned(), m.client_host().to_owned()))
+                            .collect();
+                        (gi.state().to_owned(), members)
+                    })
+                    .next())
+            })
+            .await;
+            let others: Vec<String> = match &members {
+                Ok(Some((state, members))) => {
+                    let mine = members.iter().any(|(id, _)| *id == me);
+                    let others: Vec<String> = members
+                        .iter()
+                        .filter(|(id, _)| *id != me)
+                        .map(|(id, host)| format!("{id} on {host}"))
+                        .collect();
+                    if mine && others.is_empty() && state == "Stable" {
+                        return Ok(Claim::holding(Box::new(held)));
+                    }
+                    others
+                }
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    warn!(group = %g, %e, "cannot describe the claim's group; asking again");
+                    Vec::new()
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(LogError::InUse {
+                    name: name.to_owned(),
+                    holder: if others.is_empty() {
+                        format!("consumer group {g} did not settle with this process alone")
+                    } else {
+                        format!("member of consumer group {g}: {}", others.join(", "))
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Aborts a task when dropped (the claim's holder).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl KafkaLog {
+    /// Joins `group` as a consumer of `topic`, as the client `client_id` when given.
+    async fn join_as(
+        &self,
+        group: &str,
+        topic: &str,
+        client_id: Option<&str>,
+    ) -> Result<Membership, LogError> {
         validate_name(group)?;
         self.partitions(topic).await?;
         let g = self.name(group);
@@ -982,9 +1089,11 @@ impl Log for KafkaLog {
             control,
             closing: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<MemberContext> = self
-            .cfg
-            .consumer_config(Some(&g))
+        let mut config = self.cfg.consumer_config(Some(&g));
+        if let Some(id) = client_id {
+            config.set("client.id", id);
+        }
+        let consumer: BaseConsumer<MemberContext> = config
             .create_with_context(ctx)
             .map_err(|e| kafka_err("creating a Kafka group member", e))?;
         consumer

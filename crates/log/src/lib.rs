@@ -81,7 +81,7 @@ use std::time::Duration;
 
 pub use config::{FsyncPolicy, LogConfig, Retention};
 pub use embedded::EmbeddedLog;
-pub use membership::{Membership, MembershipControl};
+pub use membership::{Claim, Membership, MembershipControl};
 pub use record::{register_header_names, Bytes, Header, Record, StoredRecord};
 
 /// What to create: a topic with a partition count and, optionally, its own retention.
@@ -201,6 +201,9 @@ pub enum LogError {
         partition: u32,
         held_bytes: u64,
     },
+    /// A name another live process holds (see [`Log::claim`]).
+    #[error("{name} is held by another live process ({holder})")]
+    InUse { name: String, holder: String },
     /// Too many partitions open.
     #[error("partitions_max ({max}) reached; raise it or use fewer partitions")]
     TooManyPartitions { max: usize },
@@ -407,6 +410,18 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
         validate_name(group)?;
         Ok(Membership::fixed(self.partitions(topic).await?))
+    }
+
+    /// Claims `name` for this process among all the processes using the engine, for as
+    /// long as the returned [`Claim`] lives; fails with [`LogError::InUse`] while another
+    /// live process holds it. A holder that died unannounced is waited for until the
+    /// engine declares it gone. `topic` is any existing topic (an engine may need one to
+    /// hold the claim). An engine run by one process (the embedded log, whose data
+    /// directory is locked) has nothing to check.
+    async fn claim(&self, name: &str, topic: &str) -> Result<Claim, LogError> {
+        validate_name(name)?;
+        self.partitions(topic).await?;
+        Ok(Claim::default())
     }
 
     /// Offset ranges of a partition that were quarantined as damaged (see

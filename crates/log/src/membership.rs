@@ -106,6 +106,27 @@ impl Membership {
     }
 }
 
+/// A name this process holds among all processes using an engine ([`crate::Log::claim`]);
+/// dropping it gives the name up.
+#[derive(Default)]
+pub struct Claim {
+    /// Kept only to be dropped with the claim.
+    _held: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Claim {
+    /// A claim kept alive by what the engine holds for it.
+    pub fn holding(held: Box<dyn Any + Send + Sync>) -> Self {
+        Claim { _held: Some(held) }
+    }
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim").finish_non_exhaustive()
+    }
+}
+
 /// The engine's side of a [`Membership`].
 #[derive(Debug)]
 pub struct MembershipControl {

@@ -233,6 +233,25 @@ pub struct EngineConfig {
     /// e.g. `"security.protocol" = "SASL_SSL"`.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// Longest time an ingest request waits for the engine to acknowledge its events;
+    /// past it the request is answered 503 (nothing acknowledged) while the append goes
+    /// on in the background: if it still succeeds, its events are kept, counted and
+    /// de-duplicated against a retry. Default `"2s"` with `kind = "kafka"` (while no
+    /// broker is reachable a produce would otherwise wait `message.timeout.ms`); none
+    /// with `kind = "embedded"` (an append waits for its fsync, however slow the disk).
+    #[serde(default)]
+    pub ack_timeout: Option<Dur>,
+}
+
+impl EngineConfig {
+    /// [`EngineConfig::ack_timeout`] with its default for the engine kind.
+    pub fn ack_timeout(&self) -> Option<Duration> {
+        match (self.ack_timeout, &self.kind) {
+            (Some(d), _) => Some(d.0),
+            (None, EngineKind::Kafka) => Some(Duration::from_secs(2)),
+            (None, EngineKind::Embedded) => None,
+        }
+    }
 }
 
 /// `[admin]`

@@ -256,13 +256,12 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut sources = Vec::new();
         for (name, s) in cfg.sources.iter().filter(|(n, _)| only.runs("sources", n)) {
-            let record_max = loaded.config.engine.record_bytes_max.0 as usize;
             let source = HttpSource::start(
                 name,
                 s,
                 log.clone(),
                 ledger.node(name),
-                record_max,
+                &cfg.engine,
                 instance,
             )
             .await?;

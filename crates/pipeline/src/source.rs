@@ -136,6 +136,11 @@ pub struct HttpSource {
     tally_group: String,
     /// Largest record accepted: the engine's limit minus [`RECORD_HEADROOM_BYTES`].
     record_bytes_max: usize,
+    /// Longest wait for the engine's acknowledgement before answering 503.
+    ack_timeout: Option<std::time::Duration>,
+    /// This process's claim on `tally_group`: no other live process ingests the source
+    /// under the same instance name.
+    _claim: hifi_log::Claim,
 }
 
 /// Room kept under the engine's record limit at ingest, so that what later hops add to a
@@ -150,11 +155,28 @@ impl HttpSource {
         cfg: &SourceConfig,
         log: Arc<dyn Log>,
         ledger: NodeLedger,
-        engine_record_bytes_max: usize,
+        engine: &crate::config::EngineConfig,
         instance: Option<&str>,
     ) -> Result<Self, LogError> {
+        let engine_record_bytes_max = engine.record_bytes_max.0 as usize;
         let topic = cfg.topic.get_ref().clone();
         let partitions = log.partitions(&topic).await?;
+        let tally_group = match instance {
+            Some(i) => format!("ledger.{name}.{i}"),
+            None => format!("ledger.{name}"),
+        };
+        let claim = match log.claim(&tally_group, &topic).await {
+            Err(LogError::InUse { holder, .. }) => {
+                return Err(LogError::InUse {
+                    name: match instance {
+                        Some(i) => format!("source {name} as --instance {i}"),
+                        None => format!("source {name} (without --instance)"),
+                    },
+                    holder: format!("{holder}; every process ingesting the same source needs its own --instance NAME"),
+                })
+            }
+            other => other?,
+        };
         let source = HttpSource {
             name: name.to_owned(),
             topic,
@@ -179,13 +201,12 @@ impl HttpSource {
             record_bytes_max: engine_record_bytes_max
                 .saturating_sub(RECORD_HEADROOM_BYTES)
                 .max(1024),
+            ack_timeout: engine.ack_timeout(),
             tallied: (0..partitions)
                 .map(|_| Mutex::new(TallyTracker::default()))
                 .collect(),
-            tally_group: match instance {
-                Some(i) => format!("ledger.{name}.{i}"),
-                None => format!("ledger.{name}"),
-            },
+            tally_group,
+            _claim: claim,
         };
         source.rebuild_dedup().await?;
         source.catch_up_tallies().await?;
@@ -401,8 +422,25 @@ impl HttpSource {
                 async move { me.store(records, keys, event_times, arrival_us, now).await },
                 span,
             ));
-            work.await
-                .map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))??;
+            let done = match self.ack_timeout {
+                None => work.await,
+                Some(limit) => match tokio::time::timeout(limit, work).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        self.stats
+                            .engine_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(LogError::Io {
+                            context: format!("appending to {}", self.topic),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!("the engine did not acknowledge within ack_timeout ({limit:?}); the events may still be stored"),
+                            ),
+                        });
+                    }
+                },
+            };
+            done.map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))??;
         }
         self.stats
             .accepted_events_total

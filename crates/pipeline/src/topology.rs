@@ -312,6 +312,12 @@ fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
 
 fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let e = &loaded.config.engine;
+    if e.ack_timeout.is_some_and(|d| d.0.is_zero()) {
+        return Err(loaded.error(
+            "engine.ack_timeout",
+            "must be more than zero (it bounds how long ingest waits for the engine), e.g. \"2s\"",
+        ));
+    }
     if e.kind != crate::config::EngineKind::Kafka {
         // The embedded log's bounds, named by their keys (the log checks them again).
         use hifi_log::config::{PREALLOCATE_BYTES, RECORD_BYTES, SEGMENT_BYTES};
