@@ -93,6 +93,28 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("preallocate_bytes = \"2GiB\"\n{SOURCE}"),
         &["engine.preallocate_bytes", "out of range", "0 … 1GiB"],
     );
+    let kafka_sink =
+        "[sinks.k]\ntype = \"kafka\"\ninput = \"events\"\nbrokers = \"127.0.0.1:9092\"\n";
+    check(
+        "kafka sink without a topic",
+        &format!("{SOURCE}{kafka_sink}"),
+        &["sinks.k.topic", "needs the topic"],
+    );
+    check(
+        "kafka sink with a batch format",
+        &format!("{SOURCE}{kafka_sink}topic = \"t\"\nformat = \"batch\"\n"),
+        &["sinks.k.format", "\"structured\"", "\"raw\""],
+    );
+    check(
+        "kafka sink with a url",
+        &format!("{SOURCE}{kafka_sink}topic = \"t\"\nurl = \"http://x/\"\n"),
+        &["sinks.k.url", "type = \"http\" sinks"],
+    );
+    check(
+        "http sink without a url",
+        &format!("{SOURCE}[sinks.h]\ntype = \"http\"\ninput = \"events\"\n"),
+        &["sinks.h.url", "needs the destination"],
+    );
     check(
         "zero ack timeout",
         &format!("ack_timeout = \"0s\"\n{SOURCE}"),
@@ -116,6 +138,35 @@ fn a_valid_file_validates() {
         "{text}"
     );
     assert!(text.contains("warning: topic \"events\""), "{text}");
+}
+
+#[test]
+fn every_example_pipeline_validates() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(HIFI)
+            .args(["validate", path.to_str().unwrap()])
+            .env_remove("KAFKA_BROKERS")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen += 1;
+    }
+    assert!(
+        seen >= 4,
+        "only {seen} examples found in {}",
+        examples.display()
+    );
 }
 
 /// `${VAR}`, `${VAR:-default}` and `${file:PATH}` are resolved when the file is read;

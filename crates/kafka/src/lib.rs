@@ -23,6 +23,9 @@
 //! cover finished work) and removes duplicates by event id.
 #![forbid(unsafe_code)]
 
+mod produce;
+pub use produce::{OutRecord, SendFailure, TopicProducer};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -247,6 +250,27 @@ fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
     LogError::Io {
         context: context.into(),
         source: std::io::Error::other(e),
+    }
+}
+
+/// Hands a record to the producer, waiting while its queue is full (until `deadline`,
+/// if any: then `QueueFull` is the error).
+async fn enqueue<'a>(
+    producer: &FutureProducer,
+    mut rec: FutureRecord<'a, [u8], [u8]>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                if deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
+            {
+                rec = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
     }
 }
 
@@ -723,20 +747,9 @@ impl Log for KafkaLog {
             if let Some(k) = &r.key {
                 rec = rec.key(&k[..]);
             }
-            loop {
-                match producer.send_result(rec) {
-                    Ok(f) => {
-                        waiting.push(f);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        rec = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => {
-                        return Err(kafka_err(format!("appending to {name}/{partition}"), e))
-                    }
-                }
+            match enqueue(&producer, rec, None).await {
+                Ok(f) => waiting.push(f),
+                Err(e) => return Err(kafka_err(format!("appending to {name}/{partition}"), e)),
             }
         }
         let mut offsets = Vec::with_capacity(waiting.len());

@@ -494,6 +494,8 @@ pub enum RedactMode {
 pub enum SinkType {
     /// HTTP delivery of CloudEvents batches.
     Http,
+    /// Produced to a Kafka topic (any cluster, whichever engine hifi runs on).
+    Kafka,
 }
 
 /// `[sinks.NAME] format`: how events are put in requests.
@@ -526,23 +528,50 @@ impl SinkFormat {
     }
 }
 
+impl SinkConfig {
+    /// The format, with the sink type's default.
+    pub fn format(&self) -> SinkFormat {
+        match (self.format_set, self.kind) {
+            (Some(f), _) => f,
+            (None, SinkType::Http) => SinkFormat::Batch,
+            (None, SinkType::Kafka) => SinkFormat::Structured,
+        }
+    }
+}
+
 /// `[sinks.NAME]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// `"http"`.
+    /// `"http"` or `"kafka"`.
     #[serde(rename = "type")]
     pub kind: SinkType,
     /// Topic delivered.
     pub input: Spanned<String>,
-    /// Destination URL (`http://` or `https://`); batches are POSTed to it.
+    /// HTTP: destination URL (`http://` or `https://`); batches are POSTed to it.
+    #[serde(default)]
     pub url: String,
-    /// Extra request headers (e.g. `Authorization`).
+    /// HTTP: extra request headers (e.g. `Authorization`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// What a request carries. Default `"batch"`.
+    /// What a request (HTTP) or a record (Kafka) carries. Default `"batch"` (HTTP),
+    /// `"structured"` (Kafka); see [`SinkConfig::format`].
+    #[serde(default, rename = "format")]
+    pub format_set: Option<SinkFormat>,
+    /// Kafka: bootstrap brokers of the destination cluster, `"host:port,host:port"`.
     #[serde(default)]
-    pub format: SinkFormat,
+    pub brokers: Option<String>,
+    /// Kafka: the topic produced to (its exact name; it must exist).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Kafka: JSON pointer into the CloudEvent (e.g. `"/data/user"`) whose value is the
+    /// record key; events without it get no key. Default: no key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Kafka: librdkafka producer settings passed as they are (TLS, SASL,
+    /// `compression.type`); `acks` and `enable.idempotence` cannot be changed.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: BatchConfig,

@@ -17,6 +17,7 @@ pub mod health;
 pub mod ingest;
 pub mod interpolate;
 pub mod json_limits;
+mod kafka_sink;
 pub mod otel;
 pub mod owned;
 pub mod retry;

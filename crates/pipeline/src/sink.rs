@@ -149,6 +149,8 @@ pub struct HttpSink {
     pub log: Arc<dyn Log>,
     /// HTTP client (connection pool shared by deliveries).
     client: reqwest::Client,
+    /// The producer of a Kafka sink (`type = "kafka"`); HTTP sinks have none.
+    kafka: Option<hifi_kafka::TopicProducer>,
     /// Counters.
     pub stats: Arc<SinkStats>,
     /// Outcomes and lag (flushed before every commit).
@@ -262,18 +264,28 @@ impl HttpSink {
         cfg: &SinkConfig,
         log: Arc<dyn Log>,
         ledger: NodeLedger,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout.0)
             .connect_timeout(cfg.request_timeout.0.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(cfg.concurrency)
-            .build()?;
+            .build()
+            .map_err(|e| e.to_string())?;
+        let kafka = match cfg.kind {
+            crate::config::SinkType::Http => None,
+            crate::config::SinkType::Kafka => Some(hifi_kafka::TopicProducer::new(
+                cfg.brokers.as_deref().unwrap_or_default(),
+                cfg.topic.as_deref().unwrap_or_default(),
+                &cfg.client,
+            )?),
+        };
         Ok(HttpSink {
             name: name.to_owned(),
             input: cfg.input.get_ref().clone(),
             cfg: cfg.clone(),
             log,
             client,
+            kafka,
             stats: Arc::new(SinkStats::default()),
             ledger,
             classifier: Classifier {
@@ -610,11 +622,13 @@ impl HttpSink {
                 .refusals
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .batch_limit(if self.cfg.format.one_per_request() {
-                    1
-                } else {
-                    self.cfg.batch.max_events
-                });
+                .batch_limit(
+                    if self.kafka.is_none() && self.cfg.format().one_per_request() {
+                        1
+                    } else {
+                        self.cfg.batch.max_events
+                    },
+                );
             while batch.len() < max_events {
                 if pending.is_empty() {
                     let next = match rx.try_recv() {
@@ -753,6 +767,11 @@ impl HttpSink {
     }
 
     async fn send_request(&self, batch: &[Item]) -> Class {
+        if let Some(producer) = &self.kafka {
+            let bodies = batch.iter().map(|i| &i.body[..]);
+            let timeout = self.cfg.request_timeout.0;
+            return crate::kafka_sink::send(producer, &self.cfg, bodies, timeout).await;
+        }
         let mut key = xxhash_rust::xxh3::Xxh3::new();
         for item in batch {
             key.update(item.id.as_bytes());
@@ -824,7 +843,7 @@ impl HttpSink {
             Some(ct) => req.header("content-type", ct),
             None => req,
         };
-        Ok(match self.cfg.format {
+        Ok(match self.cfg.format() {
             SinkFormat::Batch => post
                 .header("content-type", "application/cloudevents-batch+json")
                 .body(joined(b"[", b',', b"]")),

@@ -116,18 +116,7 @@ impl Topology {
                 .entry(s.input.get_ref().clone())
                 .or_default()
                 .push(format!("sinks.{name}"));
-            let url = reqwest::Url::parse(&s.url).map_err(|e| {
-                loaded.error(
-                    format!("sinks.{name}.url"),
-                    format!("{:?} is not a URL ({e})", s.url),
-                )
-            })?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(loaded.error(
-                    format!("sinks.{name}.url"),
-                    "only http:// and https:// URLs are supported",
-                ));
-            }
+            check_destination(loaded, name, s)?;
             if s.concurrency == 0 || s.batch.max_events == 0 || s.batch.max_bytes.0 == 0 {
                 return Err(loaded.error(
                     format!("sinks.{name}"),
@@ -310,6 +299,103 @@ fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The sink's destination settings, by its type.
+fn check_destination(
+    loaded: &LoadedConfig,
+    name: &str,
+    s: &crate::config::SinkConfig,
+) -> Result<(), ConfigError> {
+    use crate::config::{SinkFormat, SinkType};
+    let key = |k: &str| format!("sinks.{name}.{k}");
+    match s.kind {
+        SinkType::Http => {
+            if s.url.is_empty() {
+                return Err(loaded.error(
+                    key("url"),
+                    "type = \"http\" needs the destination: url = \"https://host/path\"",
+                ));
+            }
+            let url = reqwest::Url::parse(&s.url)
+                .map_err(|e| loaded.error(key("url"), format!("{:?} is not a URL ({e})", s.url)))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(
+                    loaded.error(key("url"), "only http:// and https:// URLs are supported")
+                );
+            }
+            let kafka_only = [
+                ("brokers", s.brokers.is_some()),
+                ("topic", s.topic.is_some()),
+                ("key", s.key.is_some()),
+                ("client", !s.client.is_empty()),
+            ];
+            if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
+                return Err(loaded.error(
+                    key(k),
+                    "is a setting of type = \"kafka\" sinks; this sink is type = \"http\"",
+                ));
+            }
+        }
+        SinkType::Kafka => {
+            match s.brokers.as_deref().map(str::trim) {
+                None | Some("") => {
+                    return Err(loaded.error(
+                        key("brokers"),
+                        "type = \"kafka\" needs the destination cluster: brokers = \"host:9092,host2:9092\"",
+                    ))
+                }
+                Some(b) => {
+                    if let Some(bad) = b.split(',').map(str::trim).find(|a| !is_host_port(a)) {
+                        return Err(loaded.error(
+                            key("brokers"),
+                            format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),
+                        ));
+                    }
+                }
+            }
+            let topic_ok = s.topic.as_deref().is_some_and(|t| {
+                !t.is_empty()
+                    && t.len() <= 249
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            });
+            if !topic_ok {
+                return Err(loaded.error(
+                    key("topic"),
+                    "type = \"kafka\" needs the topic to produce to: 1 to 249 letters, digits, '.', '_' or '-'",
+                ));
+            }
+            if let Some(p) = &s.key {
+                if !(p.is_empty() || p.starts_with('/')) {
+                    return Err(loaded.error(
+                        key("key"),
+                        format!("{p:?} is not a JSON pointer; write e.g. key = \"/data/user\""),
+                    ));
+                }
+            }
+            if !s.url.is_empty() || !s.headers.is_empty() {
+                let k = if s.url.is_empty() { "headers" } else { "url" };
+                return Err(loaded.error(
+                    key(k),
+                    "is a setting of type = \"http\" sinks; this sink is type = \"kafka\"",
+                ));
+            }
+            if !matches!(s.format(), SinkFormat::Structured | SinkFormat::Raw) {
+                return Err(loaded.error(
+                    key("format"),
+                    "a Kafka record carries one event: use \"structured\" (the CloudEvent as JSON, the default) or \"raw\" (the data alone)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `host:port` with a non-empty host and a valid port.
+fn is_host_port(a: &str) -> bool {
+    a.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
 fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let e = &loaded.config.engine;
     if e.ack_timeout.is_some_and(|d| d.0.is_zero()) {
@@ -351,7 +437,7 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             ))
         }
         Some(b) => {
-            if let Some(bad) = b.split(',').map(str::trim).find(|a| a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) {
+            if let Some(bad) = b.split(',').map(str::trim).find(|a| !is_host_port(a)) {
                 return Err(loaded.error(
                     "engine.brokers",
                     format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod producers;
+#[allow(unused_imports)] // not every test binary posts with producers
+pub use producers::Producers;
+
 pub const HIFI: &str = env!("CARGO_BIN_EXE_hifi");
 
 /// A loopback address nothing listens on (yet): its port was free a moment ago.
