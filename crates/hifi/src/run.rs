@@ -189,6 +189,9 @@ async fn start_nodes(
     // Whatever fails below stops what was started (the engine stays open).
     let started = async {
         for (source, cfg) in &pipeline.sources {
+            if cfg.kind != hifi_pipeline::config::SourceType::Http {
+                continue; // no listener: its records come from Kafka
+            }
             let key = format!("sources.{}.auth", source.name);
             let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
                 .map_err(anyhow::Error::msg)?

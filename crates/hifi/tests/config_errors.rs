@@ -111,6 +111,16 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["sinks.k.url", "type = \"http\" sinks"],
     );
     check(
+        "kafka source without topics",
+        "[sources.k]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopic = \"events\"\n",
+        &["sources.k.topics", "needs the topics"],
+    );
+    check(
+        "http source with kafka settings",
+        &format!("{SOURCE}brokers = \"127.0.0.1:9092\"\n"),
+        &["sources.api.brokers", "type = \"kafka\" sources"],
+    );
+    check(
         "http sink without a url",
         &format!("{SOURCE}[sinks.h]\ntype = \"http\"\ninput = \"events\"\n"),
         &["sinks.h.url", "needs the destination"],

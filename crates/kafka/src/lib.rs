@@ -23,7 +23,9 @@
 //! cover finished work) and removes duplicates by event id.
 #![forbid(unsafe_code)]
 
+mod consume;
 mod produce;
+pub use consume::{InRecord, TopicConsumer};
 pub use produce::{OutRecord, SendFailure, TopicProducer};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

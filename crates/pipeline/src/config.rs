@@ -298,6 +298,8 @@ pub struct TopicConfig {
 pub enum SourceType {
     /// HTTP ingest: `POST /v1/events`.
     Http,
+    /// Records of Kafka topics (any cluster, whichever engine hifi runs on).
+    Kafka,
 }
 
 /// `[sources.NAME]`
@@ -356,9 +358,23 @@ pub struct SourceConfig {
     #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout: Dur,
     /// Event times accepted, relative to the ingest time. Default 7 days in the past,
-    /// 5 minutes in the future, others refused (400).
+    /// 5 minutes in the future, others refused (400; a Kafka source dead-letters them).
     #[serde(default)]
     pub event_time_window: EventTimeWindow,
+    /// Kafka: bootstrap brokers of the cluster read, `"host:port,host:port"`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Kafka: the topics read (they must exist).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Kafka: the consumer group whose committed positions say what was taken. Default
+    /// `"hifi.<source name>"`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kafka: librdkafka consumer settings as they are (TLS, SASL,
+    /// `auto.offset.reset`); automatic commits cannot be turned on.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
 }
 
 /// `[sources.NAME.event_time_window]`: a producer's event times decide which loss buckets

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod interpolate;
 pub mod json_limits;
 mod kafka_sink;
+pub mod kafka_source;
 pub mod otel;
 pub mod owned;
 pub mod retry;

@@ -265,7 +265,16 @@ impl Pipeline {
                 instance,
             )
             .await?;
-            sources.push((Arc::new(source), s.clone()));
+            let source = Arc::new(source);
+            if s.kind == crate::config::SourceType::Kafka {
+                // Its dead letters are kept as long as a sink's (retention of the DLQ).
+                crate::retry::ensure_topics(log.as_ref(), name, 0, Duration::ZERO).await?;
+                let consumer = crate::kafka_source::connect(name, s)
+                    .map_err(|e| StartError::Config(format!("sources.{name}: {e}")))?;
+                let (src, token) = (source.clone(), shutdown.clone());
+                tasks.spawn(crate::kafka_source::run(src, consumer, token));
+            }
+            sources.push((source, s.clone()));
             if ledger_enabled(loaded) {
                 let (source, token) = (sources.last().expect("pushed").0.clone(), shutdown.clone());
                 tasks.spawn(async move {

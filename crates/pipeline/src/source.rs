@@ -45,6 +45,8 @@ pub struct SourceStats {
     pub dedup_evicted_total: AtomicU64,
     /// Event times outside `event_time_window`, clamped to it (`outside = "clamp"`).
     pub clamped_event_times_total: AtomicU64,
+    /// Records of a Kafka source that were not valid events (dead-lettered).
+    pub dead_lettered_events_total: AtomicU64,
     /// How long `POST /v1/events` requests took, by status.
     pub request_durations: crate::durations::Durations,
 }
@@ -148,6 +150,18 @@ pub struct HttpSource {
 pub const RECORD_HEADROOM_BYTES: usize = 4096;
 
 impl HttpSource {
+    /// The engine the source appends to.
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    /// Counts records dead-lettered by a Kafka source.
+    pub fn dead_lettered(&self, n: u64) {
+        self.stats
+            .dead_lettered_events_total
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Creates the source and rebuilds its de-duplication window from the topic's tail.
     /// `instance` names this process among several ingesting the same source.
     pub async fn start(
@@ -350,6 +364,17 @@ impl HttpSource {
         events: Vec<ParsedEvent>,
         trace: Option<&Trace>,
     ) -> Result<IngestOutcome, LogError> {
+        self.ingest_within(events, trace, self.ack_timeout).await
+    }
+
+    /// [`HttpSource::ingest`], waiting at most `ack_timeout` for the engine (`None`: as
+    /// long as the append takes, as a Kafka source does, which cannot answer early).
+    pub async fn ingest_within(
+        self: &Arc<Self>,
+        events: Vec<ParsedEvent>,
+        trace: Option<&Trace>,
+        ack_timeout: Option<std::time::Duration>,
+    ) -> Result<IngestOutcome, LogError> {
         let arrival_us = self.ledger.now_us();
         let now = arrival_us / 1000;
         let now_text = Bytes::from(now.to_string());
@@ -422,7 +447,7 @@ impl HttpSource {
                 async move { me.store(records, keys, event_times, arrival_us, now).await },
                 span,
             ));
-            let done = match self.ack_timeout {
+            let done = match ack_timeout {
                 None => work.await,
                 Some(limit) => match tokio::time::timeout(limit, work).await {
                     Ok(done) => done,

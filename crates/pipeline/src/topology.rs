@@ -71,6 +71,7 @@ impl Topology {
                 crate::transform::parse_pointer(p)
                     .map_err(|m| loaded.error(format!("sources.{name}.id_field"), m))?;
             }
+            check_origin(loaded, name, s)?;
             if s.max_connections == 0
                 || s.header_read_timeout.0.is_zero()
                 || s.body_read_timeout.0.is_zero()
@@ -299,6 +300,63 @@ fn check_cycles(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A source's input settings, by its type.
+fn check_origin(
+    loaded: &LoadedConfig,
+    name: &str,
+    s: &crate::config::SourceConfig,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("sources.{name}.{k}");
+    match s.kind {
+        crate::config::SourceType::Http => {
+            let kafka_only = [
+                ("brokers", s.brokers.is_some()),
+                ("topics", !s.topics.is_empty()),
+                ("group", s.group.is_some()),
+                ("client", !s.client.is_empty()),
+            ];
+            if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
+                return Err(loaded.error(
+                    key(k),
+                    "is a setting of type = \"kafka\" sources; this source is type = \"http\"",
+                ));
+            }
+        }
+        crate::config::SourceType::Kafka => {
+            check_brokers(
+                loaded,
+                &key("brokers"),
+                s.brokers.as_deref(),
+                "type = \"kafka\" needs the cluster to read",
+            )?;
+            if s.topics.is_empty() || s.topics.iter().any(|t| !is_kafka_topic(t)) {
+                return Err(loaded.error(
+                    key("topics"),
+                    "type = \"kafka\" needs the topics to read, e.g. topics = [\"orders\"] (1 to 249 letters, digits, '.', '_' or '-' each)",
+                ));
+            }
+            if s.group.as_deref().is_some_and(str::is_empty) {
+                return Err(loaded.error(key("group"), "must not be empty"));
+            }
+            if s.auth.is_some() {
+                return Err(loaded.error(
+                    key("auth"),
+                    "is a setting of type = \"http\" sources; a Kafka source authenticates with client settings (SASL, TLS)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A valid Kafka topic name.
+fn is_kafka_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// The sink's destination settings, by its type.
 fn check_destination(
     loaded: &LoadedConfig,
@@ -336,28 +394,13 @@ fn check_destination(
             }
         }
         SinkType::Kafka => {
-            match s.brokers.as_deref().map(str::trim) {
-                None | Some("") => {
-                    return Err(loaded.error(
-                        key("brokers"),
-                        "type = \"kafka\" needs the destination cluster: brokers = \"host:9092,host2:9092\"",
-                    ))
-                }
-                Some(b) => {
-                    if let Some(bad) = b.split(',').map(str::trim).find(|a| !is_host_port(a)) {
-                        return Err(loaded.error(
-                            key("brokers"),
-                            format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),
-                        ));
-                    }
-                }
-            }
-            let topic_ok = s.topic.as_deref().is_some_and(|t| {
-                !t.is_empty()
-                    && t.len() <= 249
-                    && t.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            });
+            check_brokers(
+                loaded,
+                &key("brokers"),
+                s.brokers.as_deref(),
+                "type = \"kafka\" needs the destination cluster",
+            )?;
+            let topic_ok = s.topic.as_deref().is_some_and(is_kafka_topic);
             if !topic_ok {
                 return Err(loaded.error(
                     key("topic"),
@@ -388,6 +431,28 @@ fn check_destination(
         }
     }
     Ok(())
+}
+
+/// A `brokers` setting: present (else the error says `what` needs it), and a list of
+/// `host:port`.
+fn check_brokers(
+    loaded: &LoadedConfig,
+    key: &str,
+    brokers: Option<&str>,
+    what: &str,
+) -> Result<(), ConfigError> {
+    match brokers.map(str::trim) {
+        None | Some("") => {
+            Err(loaded.error(key, format!("{what}: brokers = \"host:9092,host2:9092\"")))
+        }
+        Some(b) => match b.split(',').map(str::trim).find(|a| !is_host_port(a)) {
+            Some(bad) => Err(loaded.error(
+                key,
+                format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),
+            )),
+            None => Ok(()),
+        },
+    }
 }
 
 /// `host:port` with a non-empty host and a valid port.
@@ -429,22 +494,12 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         }
         return Ok(());
     }
-    match e.brokers.as_deref().map(str::trim) {
-        None | Some("") => {
-            return Err(loaded.error(
-                "engine.brokers",
-                "kind = \"kafka\" needs the cluster's bootstrap brokers: brokers = \"host:9092,host2:9092\"",
-            ))
-        }
-        Some(b) => {
-            if let Some(bad) = b.split(',').map(str::trim).find(|a| !is_host_port(a)) {
-                return Err(loaded.error(
-                    "engine.brokers",
-                    format!("{bad:?} is not host:port; write brokers = \"host:9092,host2:9092\""),
-                ));
-            }
-        }
-    }
+    check_brokers(
+        loaded,
+        "engine.brokers",
+        e.brokers.as_deref(),
+        "kind = \"kafka\" needs the cluster's bootstrap brokers",
+    )?;
     if e.replication_factor == 0 {
         return Err(loaded.error(
             "engine.replication_factor",
@@ -482,8 +537,8 @@ fn check_listeners(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     seen.insert(cfg.admin.listen, "admin.listen".to_owned());
     for (name, s) in &cfg.sources {
         let key = format!("sources.{name}.listen");
-        if s.listen.port() == 0 {
-            continue; // any free port: cannot collide
+        if s.listen.port() == 0 || s.kind != crate::config::SourceType::Http {
+            continue; // any free port, or no listener: cannot collide
         }
         if let Some(other) = seen.insert(s.listen, key.clone()) {
             return Err(loaded.error(

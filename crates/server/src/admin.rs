@@ -46,6 +46,8 @@ pub struct AdminState {
     pub engine: Option<EmbeddedLog>,
     /// Nodes.
     pub sources: Vec<Arc<HttpSource>>,
+    /// Sources with dead letters (Kafka sources: records that were not events).
+    pub sources_with_dead_letters: Vec<String>,
     /// Nodes.
     pub stages: Vec<Arc<Stage>>,
     /// Nodes.
@@ -68,6 +70,12 @@ impl AdminState {
             log: p.log.clone(),
             engine,
             sources: p.sources.iter().map(|(s, _)| s.clone()).collect(),
+            sources_with_dead_letters: p
+                .sources
+                .iter()
+                .filter(|(_, c)| c.kind == hifi_pipeline::config::SourceType::Kafka)
+                .map(|(s, _)| s.name.clone())
+                .collect(),
             stages: p.stages.clone(),
             sinks: p.sinks.clone(),
             health: p.health.clone(),
@@ -382,18 +390,24 @@ async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) ->
     None
 }
 
-/// Sinks and stages have dead letters; the names of those that do.
+/// Sinks, stages and Kafka sources have dead letters; the names of those that do.
 fn has_dead_letters(s: &AdminState, node: &str) -> Result<(), Box<Response>> {
     let sinks = s.sinks.iter().map(|k| k.name.as_str());
     let stages = s.stages.iter().map(|k| k.name.as_str());
-    if sinks.clone().chain(stages.clone()).any(|n| n == node) {
+    let sources = s.sources_with_dead_letters.iter().map(String::as_str);
+    if sinks
+        .clone()
+        .chain(stages.clone())
+        .chain(sources.clone())
+        .any(|n| n == node)
+    {
         Ok(())
     } else {
-        let names: Vec<&str> = sinks.chain(stages).collect();
+        let names: Vec<&str> = sinks.chain(stages).chain(sources).collect();
         Err(Box::new(error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no sink or stage {node:?}; those with dead letters: {}",
+                "no node {node:?} with dead letters; those with dead letters: {}",
                 names.join(", ")
             ),
             json!({}),
@@ -517,6 +531,13 @@ async fn dlq_redrive(
     }
     if let Err(r) = has_dead_letters(&s, &sink) {
         return *r;
+    }
+    if s.sources_with_dead_letters.contains(&sink) {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("the dead letters of source {sink:?} are records of its Kafka topics that are not valid events: hifi cannot make them valid; fix them where they are produced and produce them again"),
+            json!({}),
+        );
     }
     let b = body.map(|Json(b)| b).unwrap_or(RedriveBody {
         since: None,

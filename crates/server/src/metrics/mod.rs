@@ -164,6 +164,12 @@ pub fn families(
             per_source(&|st| &st.clamped_event_times_total),
         );
         out.add(
+            "hifi_source_dead_lettered_events",
+            "Records of a Kafka source that were not valid events, kept in its dead letters",
+            c,
+            per_source(&|st| &st.dead_lettered_events_total),
+        );
+        out.add(
             "hifi_source_dedup_evicted_ids",
             "Ids forgotten by de-duplication before their window ended (dedup_max_ids reached)",
             c,
