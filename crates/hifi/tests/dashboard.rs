@@ -1,6 +1,6 @@
 //! The dashboard in a real headless browser against a running pipeline: every chart
 //! rendered with real numbers, the loss table has rows, and a screenshot is saved
-//! (`target/dashboard.png`). Needs Debian's `chromium`; CI installs it and sets
+//! (`target/tmp/dashboard.png`). Needs Debian's `chromium`; CI installs it and sets
 //! `HIFI_REQUIRE_CHROMIUM=1` so that the test cannot pass by skipping there.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -43,7 +43,8 @@ async fn the_dashboard_renders_real_figures_in_a_headless_browser() {
         n += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");
+    // In the target directory's scratch space for tests (wherever CARGO_TARGET_DIR is).
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let out = tokio::task::spawn_blocking({
         let admin = format!("http://{}", proc.addr("admin"));
         let shot = shot.clone();

@@ -372,6 +372,11 @@ async fn a_kafka_topic_flows_through_hifi_with_nothing_lost_through_a_sigkill() 
         "the dead letter is named by topic/partition/offset: {dlq}"
     );
     assert_eq!(dead["reason"]["class"], "invalid", "{dlq}");
+    let retained = metric(hifi.addr("admin"), "hifi_dlq_records{node=\"feed\"}").await;
+    assert_eq!(
+        retained, 1.0,
+        "the source's dead letters are counted in /metrics"
+    );
     assert!(
         dead["origin"]
             .as_str()

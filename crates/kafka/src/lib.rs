@@ -1065,6 +1065,10 @@ impl Log for KafkaLog {
                 }
             };
             if Instant::now() >= deadline {
+                if let (Err(e), true) = (members, others.is_empty()) {
+                    // Nothing says another process holds it: the cluster did not answer.
+                    return Err(e);
+                }
                 return Err(LogError::InUse {
                     name: name.to_owned(),
                     holder: if others.is_empty() {

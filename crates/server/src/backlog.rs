@@ -63,7 +63,8 @@ pub async fn dead_letters(s: &AdminState) -> Vec<(String, u64)> {
         .sinks
         .iter()
         .map(|k| k.name.clone())
-        .chain(s.stages.iter().map(|k| k.name.clone()));
+        .chain(s.stages.iter().map(|k| k.name.clone()))
+        .chain(s.sources_with_dead_letters.iter().cloned());
     let mut out = Vec::new();
     for node in nodes {
         let topic = hifi_pipeline::retry::dlq_topic(&node);
