@@ -12,7 +12,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::FIXED;
+use crate::config::FIXED;
 
 /// One record read.
 #[derive(Debug, Clone)]

@@ -23,30 +23,30 @@
 //! cover finished work) and removes duplicates by event id.
 #![forbid(unsafe_code)]
 
+mod config;
 mod consume;
+mod groups;
 mod produce;
+pub use config::KafkaConfig;
 pub use consume::{InRecord, TopicConsumer};
+use groups::Member;
 pub use produce::{OutRecord, SendFailure, TopicProducer};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use hifi_log::{
-    validate_name, Bytes, Claim, Header, Log, LogError, Membership, MembershipControl,
-    PartitionOffsets, ReadLimits, Record, StoredRecord, TopicSpec,
+    validate_name, Bytes, Claim, Header, Log, LogError, Membership, PartitionOffsets, ReadLimits,
+    Record, StoredRecord, TopicSpec,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 /// How long a blocking cluster request (metadata, offsets, commits) may take.
@@ -55,87 +55,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a request that failed transiently (see [`transient`]) is tried again.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
-
-/// `[engine]` settings of the Kafka engine.
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    /// `host:port,...`
-    pub brokers: String,
-    /// Prefix of every topic and group name (default `hifi.`).
-    pub topic_prefix: String,
-    /// Replication factor of created topics (default 3).
-    pub replication_factor: u16,
-    /// Client settings passed to librdkafka as they are (TLS, SASL, timeouts); they
-    /// override hifi's defaults, except the ones zero loss depends on.
-    pub client: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            topic_prefix: "hifi.".into(),
-            replication_factor: 3,
-            client: BTreeMap::new(),
-        }
-    }
-}
-
-/// Settings hifi will not let `[engine.client]` change: zero loss depends on them.
-const FIXED: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("enable.auto.commit", "false"),
-    ("enable.auto.offset.store", "false"),
-];
-
-impl KafkaConfig {
-    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in defaults {
-            c.set(*k, *v);
-        }
-        for (k, v) in &self.client {
-            c.set(k, v);
-        }
-        c
-    }
-
-    fn producer_config(&self) -> ClientConfig {
-        let mut c = self.client_config(&[
-            // A record not delivered within this is reported failed (the append errs and
-            // the ingest answers 503) instead of hanging while the cluster is away.
-            ("message.timeout.ms", "10000"),
-            ("linger.ms", "1"),
-        ]);
-        for (k, v) in FIXED.iter().take(2) {
-            c.set(*k, *v);
-        }
-        c
-    }
-
-    fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
-        let mut c = self.client_config(&[
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("fetch.wait.max.ms", "100"),
-            ("auto.offset.reset", "error"),
-            ("partition.assignment.strategy", "range"),
-        ]);
-        match group {
-            // Group members and committers never fetch (a member's partitions are
-            // paused): "error" would only log a reset error for every new partition.
-            Some(g) => c.set("group.id", g).set("auto.offset.reset", "latest"),
-            // librdkafka wants a group id even for consumers that never join one.
-            None => c.set("group.id", format!("{}__reader", self.topic_prefix)),
-        };
-        for (k, v) in FIXED.iter().skip(2) {
-            c.set(*k, *v);
-        }
-        c
-    }
-}
 
 /// One partition's reader: a consumer assigned to it, and where the last read ended.
 struct Reader {
@@ -158,73 +77,6 @@ fn is_connection_error(e: &KafkaError) -> bool {
 
 /// A reader shared by the reads of one partition (one read at a time).
 type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
-
-/// Serves one group member's rebalances.
-struct MemberContext {
-    control: MembershipControl,
-    closing: AtomicBool,
-}
-
-impl ClientContext for MemberContext {}
-
-impl ConsumerContext for MemberContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked: BTreeSet<u32> = tpl
-                .elements()
-                .iter()
-                .map(|e| e.partition() as u32)
-                .collect();
-            let timeout = if self.closing.load(Ordering::Relaxed) {
-                Duration::ZERO
-            } else {
-                RELEASE_TIMEOUT
-            };
-            let left = self.control.revoke(&revoked, timeout);
-            if !left.is_empty() {
-                warn!(partitions = ?left, "rebalance: partitions not released in time; their in-flight work will be redone by the next owner");
-            }
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                // The member only holds the assignment; readers fetch. Paused, it fetches
-                // nothing.
-                if let Err(e) = consumer.pause(tpl) {
-                    warn!(%e, "cannot pause the group member's partitions");
-                }
-                let got: BTreeSet<u32> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as u32)
-                    .collect();
-                info!(partitions = ?got, "rebalance: partitions assigned");
-                self.control.assign(&got);
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => error!(%e, "rebalance failed"),
-        }
-    }
-}
-
-/// A group member: the consumer and the thread polling it.
-struct Member {
-    consumer: Arc<BaseConsumer<MemberContext>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.consumer
-            .context()
-            .closing
-            .store(true, Ordering::Relaxed);
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The Kafka engine.
 pub struct KafkaLog {
     cfg: KafkaConfig,
@@ -992,157 +844,8 @@ impl Log for KafkaLog {
         self.join_as(group, topic, None).await
     }
 
-    /// A claim is a consumer group of its own (`<prefix>claim.<name>`) joined by this
-    /// process: a newcomer succeeds once the group is stable with it as the only member.
-    /// A live holder keeps its membership by heartbeats, so the newcomer is refused; a
-    /// holder that was killed is removed by the group coordinator when its session times
-    /// out (`session.timeout.ms`), which the newcomer waits for. Two processes starting
-    /// at the same moment may both be refused (never both admitted).
+    /// See [`KafkaLog::claim_name`].
     async fn claim(&self, name: &str, topic: &str) -> Result<Claim, LogError> {
-        let group = format!("claim.{name}");
-        validate_name(&group)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let me = format!("hifi-claim-{}-{nanos}", std::process::id());
-        let membership = self.join_as(&group, topic, Some(&me)).await?;
-        // The claim does no work on the partitions it is given: each is released as soon
-        // as it is taken away, so a newcomer's rebalance never waits for this holder.
-        let holder = tokio::spawn(async move {
-            let mut m = membership;
-            while m.changed().await {
-                m.release_all_but(&m.owned());
-            }
-        });
-        let held = AbortOnDrop(holder);
-        let session_ms: u64 = self
-            .cfg
-            .client
-            .get("session.timeout.ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
-        let deadline = Instant::now() + Duration::from_millis(session_ms) + Duration::from_secs(5);
-        let g = self.name(&group);
-        loop {
-            let (meta, g2) = (self.meta.clone(), g.clone());
-            let members = blocking(move || {
-                let list = meta
-                    .fetch_group_list(Some(&g2), REQUEST_TIMEOUT)
-                    .map_err(|e| kafka_err(format!("describing group {g2}"), e))?;
-                Ok(list
-                    .groups()
-                    .iter()
-                    .filter(|gi| gi.name() == g2)
-                    .map(|gi| {
-                        let members: Vec<(String, String)> = gi
-                            .members()
-                            .iter()
-                            .map(|m| (m.client_id().to_owned(), m.client_host().to_owned()))
-                            .collect();
-                        (gi.state().to_owned(), members)
-                    })
-                    .next())
-            })
-            .await;
-            let others: Vec<String> = match &members {
-                Ok(Some((state, members))) => {
-                    let mine = members.iter().any(|(id, _)| *id == me);
-                    let others: Vec<String> = members
-                        .iter()
-                        .filter(|(id, _)| *id != me)
-                        .map(|(id, host)| format!("{id} on {host}"))
-                        .collect();
-                    if mine && others.is_empty() && state == "Stable" {
-                        return Ok(Claim::holding(Box::new(held)));
-                    }
-                    others
-                }
-                Ok(None) => Vec::new(),
-                Err(e) => {
-                    warn!(group = %g, %e, "cannot describe the claim's group; asking again");
-                    Vec::new()
-                }
-            };
-            if Instant::now() >= deadline {
-                if let (Err(e), true) = (members, others.is_empty()) {
-                    // Nothing says another process holds it: the cluster did not answer.
-                    return Err(e);
-                }
-                return Err(LogError::InUse {
-                    name: name.to_owned(),
-                    holder: if others.is_empty() {
-                        format!("consumer group {g} did not settle with this process alone")
-                    } else {
-                        format!("member of consumer group {g}: {}", others.join(", "))
-                    },
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-/// Aborts a task when dropped (the claim's holder).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl KafkaLog {
-    /// Joins `group` as a consumer of `topic`, as the client `client_id` when given.
-    async fn join_as(
-        &self,
-        group: &str,
-        topic: &str,
-        client_id: Option<&str>,
-    ) -> Result<Membership, LogError> {
-        validate_name(group)?;
-        self.partitions(topic).await?;
-        let g = self.name(group);
-        let (membership, control) = Membership::dynamic();
-        let ctx = MemberContext {
-            control,
-            closing: AtomicBool::new(false),
-        };
-        let mut config = self.cfg.consumer_config(Some(&g));
-        if let Some(id) = client_id {
-            config.set("client.id", id);
-        }
-        let consumer: BaseConsumer<MemberContext> = config
-            .create_with_context(ctx)
-            .map_err(|e| kafka_err("creating a Kafka group member", e))?;
-        consumer
-            .subscribe(&[&self.name(topic)])
-            .map_err(|e| kafka_err(format!("joining group {g}"), e))?;
-        let consumer = Arc::new(consumer);
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (consumer, stop, g) = (consumer.clone(), stop.clone(), g.clone());
-            std::thread::Builder::new()
-                .name(format!("kafka-member-{group}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // Serves rebalances; the partitions are paused, so no messages.
-                        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-                            warn!(group = %g, %e, "group member");
-                        }
-                    }
-                    consumer.unsubscribe();
-                })
-                .map_err(|e| LogError::Io {
-                    context: "starting a group member thread".into(),
-                    source: e,
-                })?;
-        }
-        let member = Arc::new(Member { consumer, stop });
-        self.members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(g, Arc::downgrade(&member));
-        Ok(membership.holding(Box::new(member)))
+        self.claim_name(name, topic).await
     }
 }

@@ -17,7 +17,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use tracing::warn;
 
-use crate::{enqueue, FIXED};
+use crate::config::FIXED;
+use crate::enqueue;
 
 /// One record to produce.
 #[derive(Debug, Clone, Copy)]
