@@ -30,48 +30,63 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Settings hifi will not let `[engine.client]` change: zero loss depends on them.
-pub(crate) const FIXED: &[(&str, &str)] = &[
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
+/// Producer settings no user setting overrides: zero loss depends on them.
+pub(crate) const PRODUCER_FIXED: &[(&str, &str)] =
+    &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// Consumer settings no user setting overrides: positions move only when hifi commits.
+pub(crate) const CONSUMER_FIXED: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
 ];
 
+/// Client settings: the bootstrap brokers, hifi's `defaults`, then the user's settings
+/// (`[engine.client]`, a connector's `client`), which override the defaults, then
+/// `fixed`, which nothing overrides.
+pub(crate) fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    user: &BTreeMap<String, String>,
+    fixed: &[(&str, &str)],
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in user {
+        c.set(k, v);
+    }
+    for (k, v) in fixed {
+        c.set(*k, *v);
+    }
+    c
+}
+
 impl KafkaConfig {
     pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in defaults {
-            c.set(*k, *v);
-        }
-        for (k, v) in &self.client {
-            c.set(k, v);
-        }
-        c
+        client_config(&self.brokers, defaults, &self.client, &[])
     }
 
     pub(crate) fn producer_config(&self) -> ClientConfig {
-        let mut c = self.client_config(&[
+        let defaults = [
             // A record not delivered within this is reported failed (the append errs and
             // the ingest answers 503) instead of hanging while the cluster is away.
             ("message.timeout.ms", "10000"),
             ("linger.ms", "1"),
-        ]);
-        for (k, v) in FIXED.iter().take(2) {
-            c.set(*k, *v);
-        }
-        c
+        ];
+        client_config(&self.brokers, &defaults, &self.client, PRODUCER_FIXED)
     }
 
     pub(crate) fn consumer_config(&self, group: Option<&str>) -> ClientConfig {
-        let mut c = self.client_config(&[
+        let defaults = [
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
             ("fetch.wait.max.ms", "100"),
             ("auto.offset.reset", "error"),
             ("partition.assignment.strategy", "range"),
-        ]);
+        ];
+        let mut c = client_config(&self.brokers, &defaults, &self.client, CONSUMER_FIXED);
         match group {
             // Group members and committers never fetch (a member's partitions are
             // paused): "error" would only log a reset error for every new partition.
@@ -79,9 +94,6 @@ impl KafkaConfig {
             // librdkafka wants a group id even for consumers that never join one.
             None => c.set("group.id", format!("{}__reader", self.topic_prefix)),
         };
-        for (k, v) in FIXED.iter().skip(2) {
-            c.set(*k, *v);
-        }
         c
     }
 }

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use hifi_log::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::FIXED;
+use crate::config::{client_config, CONSUMER_FIXED};
 
 /// One record read.
 #[derive(Debug, Clone)]
@@ -22,8 +22,8 @@ pub struct InRecord {
     pub offset: i64,
     /// The record's timestamp (create or log-append time), epoch ms.
     pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -48,19 +48,13 @@ impl TopicConsumer {
         group: &str,
         client: &BTreeMap<String, String>,
     ) -> Result<Self, String> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", brokers)
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
-            .set("partition.assignment.strategy", "cooperative-sticky");
-        for (k, v) in client {
-            c.set(k, v);
-        }
-        for (k, v) in FIXED.iter().skip(2) {
-            c.set(*k, *v);
-        }
-        let consumer: StreamConsumer = c
+        let defaults = [
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", "100"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ];
+        let consumer: StreamConsumer = client_config(brokers, &defaults, client, CONSUMER_FIXED)
             .create()
             .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -118,8 +112,8 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> InRecord {
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().unwrap_or_default().to_vec(),
+        key: m.key().map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         headers,
     }
 }

@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use tracing::warn;
 
-use crate::config::FIXED;
+use crate::config::{client_config, PRODUCER_FIXED};
 use crate::enqueue;
 
 /// One record to produce.
@@ -90,31 +90,20 @@ impl TopicProducer {
 
     fn config(&self, max_message_bytes: usize) -> ClientConfig {
         let fit = max_message_bytes.saturating_sub(FRAMING_BYTES).max(1000);
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", fit.to_string())
-            .set("batch.size", fit.min(1_000_000).to_string());
-        for (k, v) in &self.client {
-            c.set(k, v);
-        }
-        for (k, v) in FIXED.iter().take(2) {
-            c.set(*k, *v);
-        }
-        c
+        let (fit_text, batch_text) = (fit.to_string(), fit.min(1_000_000).to_string());
+        let defaults = [
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+            ("message.max.bytes", fit_text.as_str()),
+            ("batch.size", batch_text.as_str()),
+        ];
+        client_config(&self.brokers, &defaults, &self.client, PRODUCER_FIXED)
     }
 
     /// The topic's `max.message.bytes` (Kafka's default when it cannot be read).
     async fn max_message_bytes(&self) -> usize {
-        let admin: Result<AdminClient<DefaultClientContext>, _> = {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", &self.brokers);
-            for (k, v) in &self.client {
-                c.set(k, v);
-            }
-            c.create()
-        };
+        let admin: Result<AdminClient<DefaultClientContext>, _> =
+            client_config(&self.brokers, &[], &self.client, &[]).create();
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
         let read = match &admin {
             Ok(a) => a
@@ -149,11 +138,6 @@ impl TopicProducer {
                     })
             })
             .await
-    }
-
-    /// The topic produced to.
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Produces `records` and waits until each has its delivery report, at most

@@ -33,7 +33,7 @@ const BATCH_MAX: usize = 1000;
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 
 /// The consumer group a Kafka source commits in.
-pub fn group(name: &str, cfg: &SourceConfig) -> String {
+fn group(name: &str, cfg: &SourceConfig) -> String {
     cfg.group.clone().unwrap_or_else(|| format!("hifi.{name}"))
 }
 
@@ -120,8 +120,7 @@ fn events_of(source: &HttpSource, batch: &[InRecord]) -> (Vec<ParsedEvent>, Vec<
         } else {
             BodyFormat::Json
         };
-        let value = Bytes::from(r.value.clone());
-        match parse_body(&value, format, &source.parse) {
+        match parse_body(&r.value, format, &source.parse) {
             Ok(parsed) => {
                 let many = parsed.len() > 1;
                 for (j, mut e) in parsed.into_iter().enumerate() {
@@ -218,8 +217,8 @@ fn dead_letter(r: &InRecord, reason: &str) -> Record {
         value: Bytes::from(v.clone()),
     }));
     Record {
-        key: r.key.clone().map(Bytes::from),
-        value: Bytes::from(r.value.clone()),
+        key: r.key.clone(),
+        value: r.value.clone(),
         headers,
         timestamp_ms: r.timestamp_ms.unwrap_or_else(crate::now_ms),
     }

@@ -267,7 +267,7 @@ impl Pipeline {
             .await?;
             let source = Arc::new(source);
             if s.kind == crate::config::SourceType::Kafka {
-                // Its dead letters are kept as long as a sink's (retention of the DLQ).
+                // Its dead-letter topics, as a sink's (no retry tiers, so no `keep`).
                 crate::retry::ensure_topics(log.as_ref(), name, 0, Duration::ZERO).await?;
                 let consumer = crate::kafka_source::connect(name, s)
                     .map_err(|e| StartError::Config(format!("sources.{name}: {e}")))?;
