@@ -261,16 +261,20 @@ async fn the_kafka_sink_delivers_every_acknowledged_event_through_a_sigkill() {
     hifi.sigterm(Duration::from_secs(30));
 }
 
-/// Produces `{"id": "<prefix>-<i>", "user": ...}` for `range` to `topic` (acks=all),
-/// returning once every record is acknowledged.
-async fn produce_events(brokers: &str, topic: &str, prefix: &str, range: std::ops::Range<u32>) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
+/// A producer like a user's: acks=all.
+fn producer(brokers: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Produces `{"id": "<prefix>-<i>", "user": ...}` for `range` to `topic`, returning once
+/// every record is acknowledged.
+async fn produce_events(brokers: &str, topic: &str, prefix: &str, range: std::ops::Range<u32>) {
+    let producer = producer(brokers);
     let mut waiting = Vec::new();
     for i in range {
         let value =
@@ -278,7 +282,11 @@ async fn produce_events(brokers: &str, topic: &str, prefix: &str, range: std::op
                 .to_string();
         let key = format!("u{}", i % 5);
         let f = producer
-            .send_result(FutureRecord::to(topic).payload(&value).key(&key))
+            .send_result(
+                rdkafka::producer::FutureRecord::to(topic)
+                    .payload(&value)
+                    .key(&key),
+            )
             .map_err(|(e, _)| e)
             .unwrap();
         waiting.push(f);
@@ -290,15 +298,9 @@ async fn produce_events(brokers: &str, topic: &str, prefix: &str, range: std::op
 
 /// Produces one record with this value (a record that is not a valid event).
 async fn produce_raw(brokers: &str, topic: &str, value: &[u8]) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    producer
+    producer(brokers)
         .send(
-            FutureRecord::<(), [u8]>::to(topic).payload(value),
+            rdkafka::producer::FutureRecord::<(), [u8]>::to(topic).payload(value),
             Duration::from_secs(30),
         )
         .await

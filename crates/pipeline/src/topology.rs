@@ -315,12 +315,12 @@ fn check_origin(
                 ("group", s.group.is_some()),
                 ("client", !s.client.is_empty()),
             ];
-            if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
-                return Err(loaded.error(
-                    key(k),
-                    "is a setting of type = \"kafka\" sources; this source is type = \"http\"",
-                ));
-            }
+            refuse_set(
+                loaded,
+                key,
+                &kafka_only,
+                "is a setting of type = \"kafka\" sources; this source is type = \"http\"",
+            )?;
         }
         crate::config::SourceType::Kafka => {
             check_brokers(
@@ -386,12 +386,12 @@ fn check_destination(
                 ("key", s.key.is_some()),
                 ("client", !s.client.is_empty()),
             ];
-            if let Some((k, _)) = kafka_only.iter().find(|(_, set)| *set) {
-                return Err(loaded.error(
-                    key(k),
-                    "is a setting of type = \"kafka\" sinks; this sink is type = \"http\"",
-                ));
-            }
+            refuse_set(
+                loaded,
+                key,
+                &kafka_only,
+                "is a setting of type = \"kafka\" sinks; this sink is type = \"http\"",
+            )?;
         }
         SinkType::Kafka => {
             check_brokers(
@@ -415,13 +415,16 @@ fn check_destination(
                     ));
                 }
             }
-            if !s.url.is_empty() || !s.headers.is_empty() {
-                let k = if s.url.is_empty() { "headers" } else { "url" };
-                return Err(loaded.error(
-                    key(k),
-                    "is a setting of type = \"http\" sinks; this sink is type = \"kafka\"",
-                ));
-            }
+            let http_only = [
+                ("url", !s.url.is_empty()),
+                ("headers", !s.headers.is_empty()),
+            ];
+            refuse_set(
+                loaded,
+                key,
+                &http_only,
+                "is a setting of type = \"http\" sinks; this sink is type = \"kafka\"",
+            )?;
             if !matches!(s.format(), SinkFormat::Structured | SinkFormat::Raw) {
                 return Err(loaded.error(
                     key("format"),
@@ -431,6 +434,20 @@ fn check_destination(
         }
     }
     Ok(())
+}
+
+/// Refuses the first of `settings` (name, whether it is set) that is set: settings of
+/// another node type, named by `key`.
+fn refuse_set(
+    loaded: &LoadedConfig,
+    key: impl Fn(&str) -> String,
+    settings: &[(&str, bool)],
+    why: &str,
+) -> Result<(), ConfigError> {
+    match settings.iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(loaded.error(key(name), why)),
+        None => Ok(()),
+    }
 }
 
 /// A `brokers` setting: present (else the error says `what` needs it), and a list of
