@@ -1033,12 +1033,18 @@ impl Ledger {
                     lost_here,
                 });
             }
-            return Trace {
-                bucket: rfc3339(bucket * 60_000),
-                settled: false,
-                nodes,
-                note: None,
-            };
+            // A settled bucket re-opened by later outcomes holds only those: an event
+            // it does not know is answered from the settled table.
+            let unknown = nodes.iter().all(|n| n.outcomes.is_empty() && !n.lost_here);
+            if !(unknown && st.settled.contains_key(&bucket)) {
+                return Trace {
+                    bucket: rfc3339(bucket * 60_000),
+                    settled: false,
+                    nodes,
+                    note: None,
+                };
+            }
+            nodes.clear();
         }
         if let Some(t) = st.settled.get(&bucket) {
             let lost_at: Option<&str> = t
@@ -1113,15 +1119,18 @@ impl Ledger {
                         .values()
                         .flat_map(|o| {
                             o.iter()
-                                .filter(|(k, s)| {
-                                    **k != Outcome::Passed && tally::contains(s, origin)
-                                })
+                                .filter(|(_, s)| tally::contains(s, origin))
                                 .map(|(k, _)| *k)
                         })
                         .collect();
-                    outcomes.sort_unstable_by_key(|o| *o as u8);
-                    outcomes.dedup();
-                    return Fate::Open(outcomes);
+                    // A re-opened settled bucket holds only the later outcomes: an event
+                    // it does not know is answered from the settled table.
+                    if !(outcomes.is_empty() && st.settled.contains_key(&bucket)) {
+                        outcomes.retain(|o| *o != Outcome::Passed);
+                        outcomes.sort_unstable_by_key(|o| *o as u8);
+                        outcomes.dedup();
+                        return Fate::Open(outcomes);
+                    }
                 }
                 let Some(t) = st.settled.get(&bucket) else {
                     return Fate::Unknown;

@@ -229,6 +229,40 @@ async fn late_outcomes_reopen_a_settled_bucket_and_clear_its_losses() {
 }
 
 #[tokio::test]
+async fn a_reopened_bucket_still_knows_the_events_it_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    scenario(&ledger).await;
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    // A late event of the same minute re-opens the bucket.
+    let api = ledger.node("api");
+    api.outcome(Outcome::Passed, &o(100), T0 + 5_000);
+    api.flush().await.unwrap();
+    let t = T0 + 5_000;
+    // Delivered before the bucket settled: not lost, as the settled table says.
+    let delivered = ledger.trace(&o(3), t);
+    assert!(delivered.settled, "{delivered:?}");
+    assert!(delivered.note.unwrap().contains("not lost"));
+    // Lost at the stage before it settled: still lost there.
+    let lost = ledger.trace(&o(97), t);
+    assert!(lost.note.unwrap().contains("lost at clean"));
+    // The late one: open, passed at the source only.
+    let late = ledger.trace(&o(100), t);
+    assert!(!late.settled);
+    assert_eq!(late.nodes[0].outcomes, vec![Outcome::Passed]);
+    assert_eq!(
+        ledger.fates(&[(o(3), t), (o(97), t), (o(100), t)]),
+        vec![
+            hifi_ledger::Fate::NotLost,
+            hifi_ledger::Fate::Lost("clean".into()),
+            hifi_ledger::Fate::Open(vec![]),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn event_times_from_the_future_are_clamped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at_ms(T0);
