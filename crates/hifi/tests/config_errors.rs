@@ -116,6 +116,12 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["sources.k.topics", "needs the topics"],
     );
     check(
+        "two kafka sources reading one topic name",
+        "[sources.a]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"o\"]\ntopic = \"events\"\n\
+         [sources.b]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9093\"\ntopics = [\"x\", \"o\"]\ntopic = \"events\"\n",
+        &["sources.b.topics", "also read by sources.a"],
+    );
+    check(
         "http source with kafka settings",
         &format!("{SOURCE}brokers = \"127.0.0.1:9092\"\n"),
         &["sources.api.brokers", "type = \"kafka\" sources"],

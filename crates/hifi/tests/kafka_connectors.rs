@@ -326,6 +326,7 @@ async fn a_kafka_topic_flows_through_hifi_with_nothing_lost_through_a_sigkill() 
              [admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [sources.feed]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"{input}\"]\n\
              topic = \"events\"\nid_field = \"/id\"\n\n\
+             [ledger]\nsettle_after = \"2s\"\n\n\
              [sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://{}/ingest\"\n",
             receiver.addr("receiver")
         ),
@@ -386,5 +387,37 @@ async fn a_kafka_topic_flows_through_hifi_with_nothing_lost_through_a_sigkill() 
             .starts_with(&format!("kafka:{input}/")),
         "{dlq}"
     );
+    // The ledger names each event by its record in the user's cluster: found by id, by
+    // that place, and every event accounted for once the buckets settle.
+    let admin = hifi.addr("admin");
+    let by_id = get_json(&format!("http://{admin}/v1/trace?id=e-42")).await;
+    let origin = by_id["origin"].as_str().unwrap().to_owned();
+    assert!(
+        origin.starts_with(&format!("kafka:{input}/")) && origin.split('/').count() == 3,
+        "{by_id}"
+    );
+    let by_origin = get_json(&format!("http://{admin}/v1/events/{origin}/trace")).await;
+    assert_eq!(by_origin["id"], "e-42", "{by_origin}");
+    // Delivered at the sink (its bucket open) or not lost (settled).
+    let delivered = by_origin["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["node"] == "out" && n["outcomes"].to_string().contains("delivered"));
+    let not_lost = by_origin["note"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("not lost"));
+    assert!(delivered || not_lost, "{by_origin}");
+    let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
+    eprintln!("settled: {buckets:?}");
+    assert_eq!(node_sum(&buckets, "feed", "passed"), 12_000);
+    assert_eq!(node_sum(&buckets, "feed", "dead_lettered"), 1);
+    assert_eq!(node_sum(&buckets, "out", "delivered"), 12_000);
+    assert_eq!(node_sum(&buckets, "out", "lost"), 0);
+    let e2e: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(e2e, 0);
     hifi.sigterm(Duration::from_secs(30));
 }

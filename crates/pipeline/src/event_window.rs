@@ -72,6 +72,7 @@ mod tests {
             time_ms,
             format: EventFormat::Json,
             value: "{}".into(),
+            origin: None,
         }
     }
 

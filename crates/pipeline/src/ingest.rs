@@ -93,6 +93,10 @@ pub struct ParsedEvent {
     pub format: EventFormat,
     /// The producer's JSON, byte for byte.
     pub value: Bytes,
+    /// Where the event was first held when that is not the source's topic (a Kafka
+    /// source's record: `kafka:<topic>/<partition>/<offset>`), so the ledger names it
+    /// by that place; `None`: its position in the source's topic.
+    pub origin: Option<hifi_ledger::Origin>,
 }
 
 /// A problem with one event of a request.
@@ -516,6 +520,7 @@ fn plain_event<'a>(
         time_ms,
         format: EventFormat::Json,
         value: item.shared(),
+        origin: None,
     })
 }
 
@@ -771,6 +776,7 @@ fn cloudevent<'a>(item: impl Input<'a>, ce: CeAttributes<'a>) -> Result<ParsedEv
         time_ms,
         format: EventFormat::CloudEvent,
         value: item.shared(),
+        origin: None,
     })
 }
 

@@ -5,17 +5,23 @@
 //! (at-least-once), and a record read again after a crash carries the same event id —
 //! by default `<topic>/<partition>/<offset>` — so the de-duplication window drops it.
 //!
+//! The ledger names each event by where it was first held — `kafka:<topic>/<partition>/
+//! <offset>` of the user's cluster ([`origin`]) — so `hifi loss` and
+//! `GET /v1/events/{origin}/trace` speak of the record the user produced. (A record
+//! holding an array of events gives several events one place; those are named by their
+//! positions in the source's topic instead.)
+//!
 //! A record that is not a valid event (not JSON, an event time outside the window, too
 //! deep) never blocks its partition: it goes to the source's dead letters
-//! (`__dlq.<source>`, with the reason) and counts in
-//! `hifi_source_dead_lettered_events`. (It never became an event of hifi's, so the
-//! ledger, which follows events from their first stored position, does not see it.)
+//! (`__dlq.<source>`, with the reason), counts in `hifi_source_dead_lettered_events`
+//! and is dead-lettered at the source in the ledger.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hifi_kafka::{InRecord, TopicConsumer};
+use hifi_ledger::Origin;
 use hifi_log::{Bytes, Header, Record};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -82,15 +88,24 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
         }
         if !dead.is_empty() {
             let topic = crate::retry::dlq_topic(&source.name);
-            let n = dead.len();
-            let dlq = || source.log().append(&topic, 0, dead.clone());
+            let records: Vec<Record> = dead.iter().map(|(r, _)| r.clone()).collect();
+            let dlq = || source.log().append(&topic, 0, records.clone());
             if retry_until_ok(&stop, &source.name, "store dead letters", dlq)
                 .await
                 .is_none()
             {
                 return;
             }
-            source.dead_lettered(n as u64);
+            let places: Vec<_> = dead.into_iter().map(|(_, place)| place).collect();
+            source.dead_lettered(&places);
+            // Durable before the position moves past them, as every node's outcomes.
+            let flush = || source.flush_ledger();
+            if retry_until_ok(&stop, &source.name, "record dead letters", flush)
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in &batch {
@@ -105,9 +120,21 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
     }
 }
 
-/// The valid events of a batch (ids and event times filled in from the records), and
-/// the dead letters of the rest.
-fn events_of(source: &HttpSource, batch: &[InRecord]) -> (Vec<ParsedEvent>, Vec<Record>) {
+/// Where a record was first held, as the ledger names it.
+pub fn origin(r: &InRecord) -> Origin {
+    Origin {
+        topic: format!("kafka:{}", r.topic),
+        partition: r.partition as u32,
+        offset: r.offset as u64,
+    }
+}
+
+/// A dead letter and its place in the ledger (origin, event time ms).
+type DeadLetter = (Record, (Origin, i64));
+
+/// The valid events of a batch (ids, event times and origins filled in from the
+/// records), and the dead letters of the rest.
+fn events_of(source: &HttpSource, batch: &[InRecord]) -> (Vec<ParsedEvent>, Vec<DeadLetter>) {
     let mut events = Vec::with_capacity(batch.len());
     let mut from = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
@@ -134,6 +161,9 @@ fn events_of(source: &HttpSource, batch: &[InRecord]) -> (Vec<ParsedEvent>, Vec<
                     }
                     if e.time_ms.is_none() {
                         e.time_ms = r.timestamp_ms;
+                    }
+                    if !many {
+                        e.origin = Some(origin(r));
                     }
                     events.push(e);
                     from.push(i);
@@ -187,8 +217,9 @@ fn parse_reason(e: &crate::ingest::ParseError) -> String {
 }
 
 /// A record that is not a valid event, kept with where it came from and why.
-fn dead_letter(r: &InRecord, reason: &str) -> Record {
-    let at = crate::event::rfc3339_ms(crate::now_ms());
+fn dead_letter(r: &InRecord, reason: &str) -> DeadLetter {
+    let now = crate::now_ms();
+    let at = crate::event::rfc3339_ms(now);
     let reason = crate::retry::DlqReason {
         class: "invalid".into(),
         status: 0,
@@ -205,7 +236,7 @@ fn dead_letter(r: &InRecord, reason: &str) -> Record {
         },
         Header {
             name: crate::event::header::ORIGIN.into(),
-            value: format!("kafka:{}/{}/{}", r.topic, r.partition, r.offset).into(),
+            value: origin(r).to_string().into(),
         },
         Header {
             name: retry_header::DLQ_REASON.into(),
@@ -216,10 +247,13 @@ fn dead_letter(r: &InRecord, reason: &str) -> Record {
         name: format!("kafka-{k}").into(),
         value: Bytes::from(v.clone()),
     }));
-    Record {
+    let record = Record {
         key: r.key.clone(),
         value: r.value.clone(),
         headers,
-        timestamp_ms: r.timestamp_ms.unwrap_or_else(crate::now_ms),
-    }
+        timestamp_ms: r.timestamp_ms.unwrap_or(now),
+    };
+    // In the ledger at the time it was kept aside: its own time may be what was wrong
+    // with it (years away).
+    (record, (origin(r), now))
 }

@@ -156,10 +156,23 @@ impl HttpSource {
     }
 
     /// Counts records dead-lettered by a Kafka source.
-    pub fn dead_lettered(&self, n: u64) {
+    /// Records records kept aside as dead letters before they became events (a Kafka
+    /// source's invalid records): counted, and in the ledger as dead-lettered here
+    /// under their first place (origin, event time ms). Durable in the ledger only
+    /// after [`HttpSource::flush_ledger`].
+    pub fn dead_lettered(&self, dead: &[(hifi_ledger::Origin, i64)]) {
         self.stats
             .dead_lettered_events_total
-            .fetch_add(n, Ordering::Relaxed);
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        self.ledger.outcomes(
+            dead.iter()
+                .map(|(o, t)| (hifi_ledger::Outcome::DeadLettered, o.as_ref(), *t)),
+        );
+    }
+
+    /// Makes the outcomes recorded so far durable in the ledger.
+    pub async fn flush_ledger(&self) -> Result<(), LogError> {
+        self.ledger.flush().await
     }
 
     /// Creates the source and rebuilds its de-duplication window from the topic's tail.
@@ -382,6 +395,7 @@ impl HttpSource {
         let mut records = Vec::with_capacity(events.len());
         let mut keys = Vec::with_capacity(events.len());
         let mut event_times = Vec::with_capacity(events.len());
+        let mut origins = Vec::with_capacity(events.len());
         let mut duplicates = 0;
         {
             let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
@@ -408,6 +422,10 @@ impl HttpSource {
                             Bytes::from_static(e.format.as_str().as_bytes()),
                         ),
                     ];
+                    if let Some(o) = &e.origin {
+                        headers.push(hdr(header::ORIGIN, Bytes::from(o.to_string())));
+                    }
+                    origins.push(e.origin);
                     // A CloudEvent keeps its own extension attributes.
                     if let (Some(t), EventFormat::Json) = (trace, e.format) {
                         headers.push(hdr(header::TRACEPARENT, t.traceparent.bytes().clone()));
@@ -444,7 +462,10 @@ impl HttpSource {
             let span = tracing::info_span!(target: crate::otel::TARGET, "append",
                 topic = %self.topic, events = records.len());
             let work = tokio::spawn(tracing::Instrument::instrument(
-                async move { me.store(records, keys, event_times, arrival_us, now).await },
+                async move {
+                    me.store(records, keys, event_times, origins, arrival_us, now)
+                        .await
+                },
                 span,
             ));
             let done = match ack_timeout {
@@ -489,6 +510,7 @@ impl HttpSource {
         records: Vec<Record>,
         keys: Vec<u128>,
         event_times: Vec<i64>,
+        origins: Vec<Option<hifi_ledger::Origin>>,
         arrival_us: i64,
         now: i64,
     ) -> Result<(), LogError> {
@@ -511,14 +533,19 @@ impl HttpSource {
         self.ledger
             .lags(event_times.iter().map(|&t| (t, arrival_us)), departure_us);
         self.ledger
-            .outcomes(event_times.iter().zip(&offsets).map(|(&t, &offset)| {
-                let origin = hifi_ledger::OriginRef {
-                    topic: &self.topic,
-                    partition,
-                    offset,
-                };
-                (hifi_ledger::Outcome::Passed, origin, t)
-            }));
+            .outcomes(event_times.iter().zip(&offsets).zip(&origins).map(
+                |((&t, &offset), first_held)| {
+                    let origin = match first_held {
+                        Some(o) => o.as_ref(),
+                        None => hifi_ledger::OriginRef {
+                            topic: &self.topic,
+                            partition,
+                            offset,
+                        },
+                    };
+                    (hifi_ledger::Outcome::Passed, origin, t)
+                },
+            ));
         {
             let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
             t.mark(offsets[0]..offsets[offsets.len() - 1] + 1);

@@ -56,6 +56,8 @@ impl Topology {
         let name_ok = |key: String, name: &str| {
             validate_name(name).map_err(|e| loaded.error(key, format!("{e}; rename it")))
         };
+        // External topic → the Kafka source reading it.
+        let mut external: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, s) in &cfg.sources {
             name_ok(format!("sources.{name}"), name)?;
             name_ok(format!("sources.{name}.topic"), s.topic.get_ref())?;
@@ -72,6 +74,14 @@ impl Topology {
                     .map_err(|m| loaded.error(format!("sources.{name}.id_field"), m))?;
             }
             check_origin(loaded, name, s)?;
+            for t in &s.topics {
+                if let Some(other) = external.insert(t, name) {
+                    return Err(loaded.error(
+                        format!("sources.{name}.topics"),
+                        format!("{t:?} is also read by sources.{other}: the ledger names each event by its place kafka:{t}/<partition>/<offset>, which must be one record; read each topic name with one source"),
+                    ));
+                }
+            }
             if s.max_connections == 0
                 || s.header_read_timeout.0.is_zero()
                 || s.body_read_timeout.0.is_zero()

@@ -240,34 +240,34 @@ async fn stats(State(s): S) -> Response {
 }
 
 /// Reads the event at `origin` and traces it through the ledger.
-async fn trace(s: &AdminState, origin: Origin) -> Response {
+/// Where one event went; `at` is its position in a source's topic.
+async fn trace(s: &AdminState, at: Origin) -> Response {
     let limits = ReadLimits {
         max_records: 1,
         max_bytes: 1,
         wait: Duration::ZERO,
     };
-    let rec = match s
-        .log
-        .read(&origin.topic, origin.partition, origin.offset, limits)
-        .await
-    {
-        Ok(mut v) if !v.is_empty() && v[0].offset == origin.offset => v.remove(0),
+    let rec = match s.log.read(&at.topic, at.partition, at.offset, limits).await {
+        Ok(mut v) if !v.is_empty() && v[0].offset == at.offset => v.remove(0),
         Ok(_) => {
             return error(
                 StatusCode::NOT_FOUND,
-                &format!("no event at origin {origin}"),
+                &format!("no event at origin {at}"),
                 json!({}),
             )
         }
         Err(e) => {
             return error(
                 StatusCode::NOT_FOUND,
-                &format!("no event at origin {origin}: {e}"),
+                &format!("no event at origin {at}: {e}"),
                 json!({}),
             )
         }
     };
-    let meta = EventMeta::of(&origin.topic, origin.partition, &rec);
+    // The ledger names the event by where it was first held (a Kafka source's record:
+    // its place in the user's cluster).
+    let meta = EventMeta::of(&at.topic, at.partition, &rec);
+    let origin = meta.origin.clone();
     let ingest_ms: Option<i64> = rec
         .record
         .header(hdr::INGEST_TIME)
@@ -296,9 +296,23 @@ async fn trace_origin(State(s): S, Path(rest): Path<String>) -> Response {
             json!({}),
         );
     };
-    match origin.parse::<Origin>() {
-        Ok(o) => trace(&s, o).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, &e, json!({})),
+    let origin = match origin.parse::<Origin>() {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e, json!({})),
+    };
+    if !origin.topic.starts_with("kafka:") {
+        return trace(&s, origin).await;
+    }
+    // A Kafka source's record: found by its origin among the last hour's events.
+    let from_ms = s.ledger.clock().now_ms() - 3_600_000;
+    let wanted = origin.to_string();
+    match find_in_sources(&s, from_ms, hdr::ORIGIN, &wanted).await {
+        Some(at) => trace(&s, at).await,
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no event from {wanted} in the source topics in the last hour"),
+            json!({}),
+        ),
     }
 }
 
@@ -322,15 +336,8 @@ async fn trace_id(State(s): S, Query(q): Query<TraceQuery>) -> Response {
         }
     };
     let from_ms = s.ledger.clock().now_ms() - since.as_millis() as i64;
-    for src in &s.sources {
-        let Ok(parts) = s.log.partitions(&src.topic).await else {
-            continue;
-        };
-        for p in 0..parts {
-            if let Some(origin) = find_id(&s, &src.topic, p, from_ms, &q.id).await {
-                return trace(&s, origin).await;
-            }
-        }
+    if let Some(at) = find_in_sources(&s, from_ms, hdr::ID, &q.id).await {
+        return trace(&s, at).await;
     }
     error(
         StatusCode::NOT_FOUND,
@@ -356,8 +363,31 @@ fn humantime_like(s: &str) -> Option<Duration> {
     ))
 }
 
-/// Scans one partition from `from_ms` for an event id (bounded by the time range).
-async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) -> Option<Origin> {
+/// The position of the first event since `from_ms` in the sources' topics whose header
+/// `name` is `value`.
+async fn find_in_sources(s: &AdminState, from_ms: i64, name: &str, value: &str) -> Option<Origin> {
+    for src in &s.sources {
+        let Ok(parts) = s.log.partitions(&src.topic).await else {
+            continue;
+        };
+        for p in 0..parts {
+            if let Some(at) = find(s, &src.topic, p, from_ms, name, value).await {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+/// Scans one partition from `from_ms` for a header value (bounded by the time range).
+async fn find(
+    s: &AdminState,
+    topic: &str,
+    p: u32,
+    from_ms: i64,
+    name: &str,
+    value: &str,
+) -> Option<Origin> {
     let mut pos = s.log.offset_for_time(topic, p, from_ms).await.ok()??;
     let end = s.log.offsets(topic, p).await.ok()?.end;
     while pos < end {
@@ -377,7 +407,7 @@ async fn find_id(s: &AdminState, topic: &str, p: u32, from_ms: i64, id: &str) ->
             .ok()?;
         let last = batch.last()?.offset;
         for r in &batch {
-            if r.record.header(hdr::ID) == Some(id.as_bytes()) {
+            if r.record.header(name) == Some(value.as_bytes()) {
                 return Some(Origin {
                     topic: topic.to_owned(),
                     partition: p,
