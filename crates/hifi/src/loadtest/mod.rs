@@ -9,7 +9,7 @@
 //! the outcome is exact: delivered, lost (acknowledged, never delivered after the
 //! drain), duplicates, and end-to-end delay (receive time − event time).
 //!
-//! It only sends to the `--target` URL, for at most `--duration` plus the drain, and
+//! It only sends to the `--target` URL (or the `--kafka` topic), for at most `--duration` plus the drain, and
 //! schedules at most 250 000 000 events per run (it keeps 8 bytes per event).
 
 use std::net::SocketAddr;
@@ -25,14 +25,24 @@ use hdrhistogram::Histogram;
 use hifi_ledger::Quantiles;
 use hifi_server::receiver::{bind, Receiver};
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+mod send;
+use send::{Ids, Sender, Target};
 
 #[derive(Debug, Args, Clone)]
 pub struct LoadtestArgs {
     /// Ingest URL, e.g. http://127.0.0.1:8080/v1/events.
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+    target: Option<String>,
+    /// Send to a Kafka cluster instead, e.g. 127.0.0.1:9092: each event one record of
+    /// `--topic`, acknowledged when the cluster has it (`acks=all`) — the load of a
+    /// pipeline with a Kafka source.
+    #[arg(long, requires = "topic")]
+    kafka: Option<String>,
+    /// With --kafka: the topic the events go to (it must exist).
+    #[arg(long, requires = "kafka")]
+    topic: Option<String>,
     /// Events per second (spread over requests of `--batch` events).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -513,15 +523,14 @@ pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -
     if args.rate == 0 || args.batch == 0 || args.connections == 0 {
         bail!("--rate, --batch and --connections must be at least 1");
     }
-    let url = reqwest::Url::parse(&args.target)
-        .with_context(|| format!("--target {:?} is not a URL", args.target))?;
+    let target = Target::of(args)?;
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let run_id = format!(
         "{:x}{:x}",
         hifi_pipeline::now_ms(),
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
-    let sender = Sender::new(args, url, run_id)?;
+    let sender = Sender::new(args, target, run_id)?;
     let ids = sender.ids();
     let (observed, in_process) = match (&args.receiver, &args.receiver_record) {
         (Some(addr), _) => {
@@ -739,62 +748,6 @@ async fn account(admin: &str, ids: &[String]) -> Result<(Accounted, u64, Vec<Str
     Ok((accounted, lost, examples))
 }
 
-/// The event ids of a run: `<prefix><request>-<position>`, so a run of millions of
-/// events keeps per-event state in arrays indexed by (request × batch + position)
-/// instead of keeping ids.
-#[derive(Debug, Clone, Default)]
-struct Ids {
-    prefix: String,
-    batch: u64,
-    /// Requests the schedule sends.
-    requests: usize,
-}
-
-impl Ids {
-    /// Events scheduled.
-    fn scheduled(&self) -> usize {
-        self.requests * self.batch as usize
-    }
-
-    /// The id of an event index.
-    fn id(&self, event: usize) -> String {
-        let batch = self.batch as usize;
-        format!("{}{}-{}", self.prefix, event / batch, event % batch)
-    }
-
-    /// The event index of an id of this run; `None` for any other id.
-    fn index(&self, id: &str) -> Option<usize> {
-        let (request, position) = id.strip_prefix(&self.prefix)?.split_once('-')?;
-        let (request, position): (usize, u64) = (request.parse().ok()?, position.parse().ok()?);
-        (request < self.requests && position < self.batch)
-            .then(|| request * self.batch as usize + position as usize)
-    }
-}
-
-/// Which scheduled requests were acknowledged: one flag per request.
-#[derive(Debug, Default)]
-struct Acked {
-    ids: Ids,
-    requests: Vec<bool>,
-}
-
-impl Acked {
-    /// Events acknowledged.
-    fn count(&self) -> u64 {
-        self.requests.iter().filter(|&&a| a).count() as u64 * self.ids.batch
-    }
-
-    /// The acknowledged events, as indexes.
-    fn events(&self) -> impl Iterator<Item = usize> + '_ {
-        let batch = self.ids.batch as usize;
-        self.requests
-            .iter()
-            .enumerate()
-            .filter(|(_, &a)| a)
-            .flat_map(move |(i, _)| i * batch..(i + 1) * batch)
-    }
-}
-
 /// Deliveries of this run's events.
 struct Deliveries {
     ids: Ids,
@@ -893,234 +846,6 @@ impl Observed {
         match self {
             Observed::Live(d) => f(&d.lock().unwrap_or_else(|p| p.into_inner())),
             Observed::File { deliveries, .. } => f(deliveries),
-        }
-    }
-}
-
-/// Most events one run schedules: the outcome keeps a delivery count and a first delay
-/// (8 bytes) per event.
-const MAX_EVENTS_PER_RUN: u64 = 250_000_000;
-
-/// Sends the scheduled requests.
-struct Sender {
-    args: LoadtestArgs,
-    url: reqwest::Url,
-    /// Every event id of this run is `lt-<run id>-<request>-<position>`.
-    ids: Ids,
-    /// Time between two scheduled requests.
-    interval: Duration,
-    client: reqwest::Client,
-    /// What follows an event's id up to its time: `","source":...,"time":"`.
-    /// An event's JSON up to its id.
-    event_start: &'static str,
-    after_id: String,
-    /// What follows an event's time: `","data":{"pad":"xx..."}}`.
-    after_time: String,
-    sent: AtomicU64,
-    retried: AtomicU64,
-}
-
-impl Sender {
-    fn new(args: &LoadtestArgs, url: reqwest::Url, run_id: String) -> Result<Arc<Self>> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.connections)
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let overhead = 130 + run_id.len();
-        let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
-        let requests = (args.duration.as_secs_f64() / interval.as_secs_f64())
-            .round()
-            .max(1.0) as u64;
-        let events = requests.saturating_mul(args.batch);
-        if events > MAX_EVENTS_PER_RUN {
-            bail!(
-                "--rate {} for --duration {:?} schedules {events} events; one run checks at most \
-                 {MAX_EVENTS_PER_RUN} (it keeps 8 bytes per event, so its memory stays under \
-                 2 GiB): lower the rate or shorten the run",
-                args.rate,
-                args.duration
-            );
-        }
-        Ok(Arc::new(Sender {
-            args: args.clone(),
-            url,
-            ids: Ids {
-                prefix: format!("lt-{run_id}-"),
-                batch: args.batch,
-                requests: requests as usize,
-            },
-            interval,
-            client,
-            event_start: match args.events {
-                EventKind::Cloudevents => r#"{"specversion":"1.0","id":""#,
-                EventKind::Json => r#"{"id":""#,
-            },
-            after_id: match args.events {
-                EventKind::Cloudevents => {
-                    r#"","source":"hifi-loadtest","type":"loadtest","time":""#
-                }
-                EventKind::Json => r#"","ts":""#,
-            }
-            .into(),
-            after_time: {
-                let fields: String = args
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{}:{v},", serde_json::Value::from(k.as_str())))
-                    .collect();
-                let pad = "x".repeat(args.payload_bytes.saturating_sub(overhead + fields.len()));
-                match args.events {
-                    EventKind::Cloudevents => format!(r#"","data":{{{fields}"pad":"{pad}"}}}}"#),
-                    EventKind::Json => format!(r#"",{fields}"pad":"{pad}"}}"#),
-                }
-            },
-            sent: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-        }))
-    }
-
-    /// The event ids of this run.
-    fn ids(&self) -> Ids {
-        self.ids.clone()
-    }
-
-    /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
-    /// (µs from the scheduled time to the acknowledgement).
-    async fn send_all(self: &Arc<Self>) -> (Acked, Timeline) {
-        let (interval, requests) = (self.interval, self.ids.requests as u64);
-        let permits = Arc::new(Semaphore::new(self.args.connections));
-        let acked = Arc::new(Mutex::new(Acked {
-            ids: self.ids.clone(),
-            requests: vec![false; requests as usize],
-        }));
-        let hist = Arc::new(Mutex::new(Timeline::default()));
-        let give_up = Instant::now() + self.args.duration + self.args.drain;
-        // The schedule runs on a thread of its own: the OS sleeps to within a fraction of
-        // a millisecond, where tokio's timer rounds up to the next millisecond (measured:
-        // requests started 1.3 ms late on average, all of it counted as latency). Each
-        // body is built ahead, with its scheduled moment as event time, so the request
-        // goes out at that moment; a late one (the sender busy) counts its lateness.
-        let start = Instant::now() + Duration::from_millis(5);
-        let start_ms = hifi_pipeline::now_ms() + 5;
-        let (tx, mut scheduled_rx) = tokio::sync::mpsc::channel(64);
-        let scheduler = {
-            let me = self.clone();
-            std::thread::spawn(move || {
-                for i in 0..requests {
-                    let offset = interval.mul_f64(i as f64);
-                    let body = me.body(i, start_ms + offset.as_millis() as i64);
-                    let scheduled = start + offset;
-                    if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    if tx.blocking_send((i, scheduled, body)).is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        let progress_every = (requests / 10).max(1);
-        while let Some((i, scheduled, body)) = scheduled_rx.recv().await {
-            let (me, permits, acked_by_task, hist) =
-                (self.clone(), permits.clone(), acked.clone(), hist.clone());
-            let second = scheduled.duration_since(start).as_secs() as usize;
-            hist.lock().unwrap_or_else(|p| p.into_inner()).start(second);
-            tasks.spawn(async move {
-                let _permit = permits.acquire().await;
-                let ok = me.post_until_acked(body, give_up).await;
-                let us = ok.then(|| scheduled.elapsed().as_micros() as u64);
-                hist.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .finish(second, us, me.args.batch);
-                if ok {
-                    acked_by_task
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .requests[i as usize] = true;
-                }
-            });
-            while tasks.try_join_next().is_some() {}
-            if i % progress_every == 0 && i > 0 {
-                eprint!(
-                    "\r{:>3}% sent, {} events acknowledged",
-                    i * 100 / requests,
-                    acked.lock().unwrap_or_else(|p| p.into_inner()).count()
-                );
-            }
-        }
-        let _ = scheduler.join();
-        while tasks.join_next().await.is_some() {}
-        eprintln!("\r100% sent                                   ");
-        let acked = std::mem::take(&mut *acked.lock().unwrap_or_else(|p| p.into_inner()));
-        let hist = hist.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (acked, hist)
-    }
-
-    /// A batch of `--events` (in a CloudEvents batch, ids and event times are standard
-    /// attributes, so any pipeline carries them without extra settings), with event time
-    /// `time_ms` (the scheduled send moment).
-    fn body(&self, request: u64, time_ms: i64) -> Vec<u8> {
-        use std::io::Write;
-        let time = hifi_pipeline::event::rfc3339_ms(time_ms);
-        let mut before_position = Vec::with_capacity(64);
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            before_position,
-            "{}{}{request}-",
-            self.event_start, self.ids.prefix
-        );
-        let batch = self.args.batch;
-        let event_bytes =
-            before_position.len() + 20 + self.after_id.len() + time.len() + self.after_time.len();
-        let mut out = Vec::with_capacity(batch as usize * (event_bytes + 1) + 2);
-        out.push(b'[');
-        for j in 0..batch {
-            if j > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&before_position);
-            let _ = write!(out, "{j}");
-            out.extend_from_slice(self.after_id.as_bytes());
-            out.extend_from_slice(time.as_bytes());
-            out.extend_from_slice(self.after_time.as_bytes());
-        }
-        out.push(b']');
-        out
-    }
-
-    /// Posts until a 2xx (true) or until `give_up` (false: never acknowledged).
-    async fn post_until_acked(&self, body: Vec<u8>, give_up: Instant) -> bool {
-        let body = bytes::Bytes::from(body);
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let mut req = self
-                .client
-                .post(self.url.clone())
-                .header(
-                    "content-type",
-                    match self.args.events {
-                        EventKind::Cloudevents => "application/cloudevents-batch+json",
-                        EventKind::Json => "application/json",
-                    },
-                )
-                .body(body.clone());
-            if let Some(t) = &self.args.token {
-                req = req.bearer_auth(t);
-            }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            if let Ok(r) = req.send().await {
-                if r.status().is_success() {
-                    return true;
-                }
-            }
-            if Instant::now() + backoff > give_up {
-                return false;
-            }
-            self.retried.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 }
@@ -1230,7 +955,7 @@ mod tests {
     use super::*;
 
     /// Load test arguments against a loopback target, plus `more`.
-    fn test_args(more: &[&str]) -> LoadtestArgs {
+    pub(super) fn test_args(more: &[&str]) -> LoadtestArgs {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -1238,20 +963,6 @@ mod tests {
         }
         let fixed = ["loadtest", "--target", "http://127.0.0.1:1/v1/events"];
         <Cli as clap::Parser>::parse_from(fixed.iter().chain(more)).args
-    }
-
-    #[test]
-    fn a_run_too_large_to_check_is_refused_before_it_starts() {
-        let args = test_args(&["--rate", "1000000", "--duration", "300s"]);
-        let url = reqwest::Url::parse(&args.target).unwrap();
-        let err = Sender::new(&args, url, "r".into())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("schedules 300000000 events"), "{err}");
-        let args = test_args(&["--rate", "1000000", "--duration", "250s"]);
-        let url = reqwest::Url::parse(&args.target).unwrap();
-        assert!(Sender::new(&args, url, "r".into()).is_ok());
     }
 
     #[test]
@@ -1292,59 +1003,6 @@ mod tests {
         assert_eq!(t.overall().max, 2.0);
     }
 
-    #[test]
-    fn a_request_body_is_a_cloudevents_batch_with_the_run_ids_and_the_asked_size() {
-        let args = test_args(&["--batch", "12", "--payload-bytes", "300"]);
-        let url = reqwest::Url::parse(&args.target).unwrap();
-        let sender = Sender::new(&args, url, "r7".into()).unwrap();
-        let body = sender.body(41, 1_700_000_000_123);
-        let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-        assert_eq!(events.len(), 12);
-        let ids = sender.ids();
-        for (j, e) in events.iter().enumerate() {
-            assert_eq!(e["id"], ids.id(41 * 12 + j), "{e}");
-            assert_eq!(e["specversion"], "1.0");
-            assert_eq!(e["source"], "hifi-loadtest");
-            assert_eq!(e["time"], "2023-11-14T22:13:20.123Z");
-            let bytes = serde_json::to_vec(e).unwrap().len();
-            assert!((280..=320).contains(&bytes), "{bytes} bytes: {e}");
-        }
-    }
-
-    #[test]
-    fn plain_json_events_carry_id_time_and_the_asked_fields() {
-        let args = test_args(&[
-            "--batch",
-            "3",
-            "--events",
-            "json",
-            "--data",
-            r#"{"amount": 42, "tag": "a\"b"}"#,
-        ]);
-        let url = reqwest::Url::parse(&args.target).unwrap();
-        let sender = Sender::new(&args, url, "r8".into()).unwrap();
-        let events: Vec<serde_json::Value> =
-            serde_json::from_slice(&sender.body(2, 1_700_000_000_123)).unwrap();
-        assert_eq!(events.len(), 3);
-        for (j, e) in events.iter().enumerate() {
-            assert_eq!(e["id"], sender.ids().id(2 * 3 + j), "{e}");
-            assert_eq!(e["ts"], "2023-11-14T22:13:20.123Z");
-            assert_eq!(
-                (e["amount"].as_i64(), e["tag"].as_str()),
-                (Some(42), Some("a\"b"))
-            );
-            assert!(e.get("specversion").is_none());
-        }
-        let ce = test_args(&["--data", r#"{"amount": 42}"#]);
-        let url = reqwest::Url::parse(&ce.target).unwrap();
-        let sender = Sender::new(&ce, url, "r9".into()).unwrap();
-        let events: Vec<serde_json::Value> = serde_json::from_slice(&sender.body(0, 0)).unwrap();
-        assert_eq!(events[0]["data"]["amount"], 42);
-        assert!(clap::Parser::try_parse_from(["x", "--data", "[1]"].iter())
-            .map(|_: Dummy| ())
-            .is_err());
-    }
-
     #[derive(clap::Parser)]
     struct Dummy {
         #[arg(long, value_parser = parse_fields)]
@@ -1352,31 +1010,9 @@ mod tests {
     }
 
     #[test]
-    fn event_ids_map_to_indexes_and_back_and_other_ids_are_not_counted() {
-        let acked = Acked {
-            ids: Ids {
-                prefix: "lt-r1-".into(),
-                batch: 3,
-                requests: 3,
-            },
-            requests: vec![true, false, true],
-        };
-        let ids = &acked.ids;
-        assert_eq!(acked.count(), 6);
-        assert_eq!(acked.events().collect::<Vec<_>>(), vec![0, 1, 2, 6, 7, 8]);
-        for e in 0..ids.scheduled() {
-            assert_eq!(ids.index(&ids.id(e)), Some(e));
-        }
-        assert_eq!(ids.id(7), "lt-r1-2-1");
-        for other in [
-            "lt-r2-0-0",
-            "lt-r1-3-0",
-            "lt-r1-0-3",
-            "lt-r1-0",
-            "lt-r1-x-0",
-            "x",
-        ] {
-            assert_eq!(ids.index(other), None, "{other}");
-        }
+    fn data_must_be_a_json_object() {
+        assert!(clap::Parser::try_parse_from(["x", "--data", "[1]"].iter())
+            .map(|_: Dummy| ())
+            .is_err());
     }
 }
