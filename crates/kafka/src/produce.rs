@@ -140,6 +140,34 @@ impl TopicProducer {
             .await
     }
 
+    /// Connects now: creates the producer (fitted to the topic) and fetches the topic's
+    /// metadata, so that the first send does not wait for either. Sends nothing.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), SendFailure> {
+        let producer = self.producer().await?.clone();
+        let topic = self.topic.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), timeout)
+        })
+        .await;
+        match fetched {
+            Ok(Ok(md)) => match md.topics().iter().find_map(|t| t.error()) {
+                None => Ok(()),
+                Some(e) => Err(SendFailure::Refused {
+                    reason: format!(
+                        "topic {:?}: {}",
+                        self.topic,
+                        rdkafka::error::RDKafkaErrorCode::from(e)
+                    ),
+                }),
+            },
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(e) => Err(SendFailure::Recoverable {
+                reason: format!("fetching the topic's metadata failed: {e}"),
+                outage: false,
+            }),
+        }
+    }
+
     /// Produces `records` and waits until each has its delivery report, at most
     /// `timeout`. Success means the broker acknowledged every record (`acks=all`).
     pub async fn send(

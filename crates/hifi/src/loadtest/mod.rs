@@ -219,6 +219,13 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     if spec.receiver_flap && args.receiver.is_none() {
         bail!("--chaos receiver-flap needs the in-process receiver (--receiver ADDR)");
     }
+    if args.rate == 0 || args.batch == 0 || args.connections == 0 {
+        bail!("--rate, --batch and --connections must be at least 1");
+    }
+    // One target for every step: a Kafka producer connects (and learns the topic's
+    // limits) once, before the first event is scheduled, not inside the measurement.
+    let target = Arc::new(Target::of(&args)?);
+    target.connect().await?;
     let killer = match (spec.kill_every, &args.pipeline) {
         (Some(every), Some(file)) => Some(crate::chaos::Killer::start(file.clone(), every).await?),
         (Some(_), None) => {
@@ -228,9 +235,9 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     };
     let flaps = Arc::new(AtomicU64::new(0));
     let result = if args.find_rating {
-        find_rating(&args, spec.receiver_flap, &flaps).await
+        find_rating(&args, &target, spec.receiver_flap, &flaps).await
     } else {
-        run_once(&args, spec.receiver_flap, &flaps)
+        run_once(&args, &target, spec.receiver_flap, &flaps)
             .await
             .map(|o| (o, None))
     };
@@ -334,6 +341,7 @@ impl Rating {
 /// met the SLO and the first that did not (4 steps). Returns the last step's outcome.
 async fn find_rating(
     args: &LoadtestArgs,
+    target: &Arc<Target>,
     flap: bool,
     flaps: &Arc<AtomicU64>,
 ) -> Result<(Outcome, Option<Rating>)> {
@@ -355,7 +363,7 @@ async fn find_rating(
     let mut bisections = 0;
     loop {
         eprintln!("rating: trying {rate} events/s for {:?}", args.duration);
-        let o = run_once(&try_rate(rate), flap, flaps).await?;
+        let o = run_once(&try_rate(rate), target, flap, flaps).await?;
         if o.acked > 0 && o.delivered == Some(0) && o.lost == Some(0) {
             bail!(
                 "no event reached the receiver, and the pipeline accounts for all of them \
@@ -519,18 +527,19 @@ struct InProcess {
 }
 
 /// One run at `args.rate`; `flap` makes the in-process receiver go down and up.
-pub async fn run_once(args: &LoadtestArgs, flap: bool, flaps: &Arc<AtomicU64>) -> Result<Outcome> {
-    if args.rate == 0 || args.batch == 0 || args.connections == 0 {
-        bail!("--rate, --batch and --connections must be at least 1");
-    }
-    let target = Target::of(args)?;
+async fn run_once(
+    args: &LoadtestArgs,
+    target: &Arc<Target>,
+    flap: bool,
+    flaps: &Arc<AtomicU64>,
+) -> Result<Outcome> {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let run_id = format!(
         "{:x}{:x}",
         hifi_pipeline::now_ms(),
         RUNS.fetch_add(1, Ordering::Relaxed)
     );
-    let sender = Sender::new(args, target, run_id)?;
+    let sender = Sender::new(args, target.clone(), run_id)?;
     let ids = sender.ids();
     let (observed, in_process) = match (&args.receiver, &args.receiver_record) {
         (Some(addr), _) => {

@@ -42,6 +42,25 @@ impl Target {
             _ => bail!("name one target: --target URL (HTTP ingest) or --kafka BROKERS --topic T"),
         }
     }
+
+    /// Connects ahead of the load where connecting is slow (a Kafka producer: the
+    /// cluster's metadata, the topic's limits, the producer id).
+    pub(super) async fn connect(&self) -> Result<()> {
+        match self {
+            Target::Http(_) => Ok(()),
+            Target::Kafka(topic) => {
+                topic
+                    .connect(Duration::from_secs(30))
+                    .await
+                    .map_err(|e| match e {
+                        hifi_kafka::SendFailure::Refused { reason }
+                        | hifi_kafka::SendFailure::Recoverable { reason, .. } => {
+                            anyhow::anyhow!("cannot send to the Kafka topic: {reason}")
+                        }
+                    })
+            }
+        }
+    }
 }
 
 /// The event ids of a run: `<prefix><request>-<position>`, so a run of millions of
@@ -107,7 +126,7 @@ pub(super) const MAX_EVENTS_PER_RUN: u64 = 250_000_000;
 /// Sends the scheduled requests.
 pub(super) struct Sender {
     args: LoadtestArgs,
-    target: Target,
+    target: Arc<Target>,
     /// Every event id of this run is `lt-<run id>-<request>-<position>`.
     ids: Ids,
     /// Time between two scheduled requests.
@@ -124,7 +143,11 @@ pub(super) struct Sender {
 }
 
 impl Sender {
-    pub(super) fn new(args: &LoadtestArgs, target: Target, run_id: String) -> Result<Arc<Self>> {
+    pub(super) fn new(
+        args: &LoadtestArgs,
+        target: Arc<Target>,
+        run_id: String,
+    ) -> Result<Arc<Self>> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.connections)
             .timeout(Duration::from_secs(30))
@@ -304,7 +327,7 @@ impl Sender {
     /// Sends one request's events until the target acknowledges them (true) or until
     /// `give_up` (false: never acknowledged).
     async fn send_until_acked(&self, batch: Batch, give_up: Instant) -> bool {
-        match &self.target {
+        match &*self.target {
             Target::Http(url) => self.post_until_acked(url, batch.bytes, give_up).await,
             Target::Kafka(topic) => self.produce_until_acked(topic, &batch, give_up).await,
         }
@@ -405,21 +428,21 @@ mod tests {
     #[test]
     fn a_run_too_large_to_check_is_refused_before_it_starts() {
         let args = test_args(&["--rate", "1000000", "--duration", "300s"]);
-        let url = Target::of(&args).unwrap();
+        let url = Arc::new(Target::of(&args).unwrap());
         let err = Sender::new(&args, url, "r".into())
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("schedules 300000000 events"), "{err}");
         let args = test_args(&["--rate", "1000000", "--duration", "250s"]);
-        let url = Target::of(&args).unwrap();
+        let url = Arc::new(Target::of(&args).unwrap());
         assert!(Sender::new(&args, url, "r".into()).is_ok());
     }
 
     #[test]
     fn a_request_body_is_a_cloudevents_batch_with_the_run_ids_and_the_asked_size() {
         let args = test_args(&["--batch", "12", "--payload-bytes", "300"]);
-        let url = Target::of(&args).unwrap();
+        let url = Arc::new(Target::of(&args).unwrap());
         let sender = Sender::new(&args, url, "r7".into()).unwrap();
         let body = sender.body(41, 1_700_000_000_123);
         let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
@@ -439,7 +462,8 @@ mod tests {
     fn each_event_of_a_batch_is_found_whole_for_its_own_record() {
         for kind in ["cloudevents", "json"] {
             let args = test_args(&["--batch", "11", "--events", kind]);
-            let sender = Sender::new(&args, Target::of(&args).unwrap(), "r3".into()).unwrap();
+            let sender =
+                Sender::new(&args, Arc::new(Target::of(&args).unwrap()), "r3".into()).unwrap();
             let batch = sender.batch(5, 1_700_000_000_123);
             let all: Vec<serde_json::Value> = serde_json::from_slice(&batch.bytes).unwrap();
             let mut start = 1;
@@ -481,7 +505,7 @@ mod tests {
             "--data",
             r#"{"amount": 42, "tag": "a\"b"}"#,
         ]);
-        let url = Target::of(&args).unwrap();
+        let url = Arc::new(Target::of(&args).unwrap());
         let sender = Sender::new(&args, url, "r8".into()).unwrap();
         let events: Vec<serde_json::Value> =
             serde_json::from_slice(&sender.body(2, 1_700_000_000_123)).unwrap();
@@ -496,7 +520,7 @@ mod tests {
             assert!(e.get("specversion").is_none());
         }
         let ce = test_args(&["--data", r#"{"amount": 42}"#]);
-        let url = Target::of(&ce).unwrap();
+        let url = Arc::new(Target::of(&ce).unwrap());
         let sender = Sender::new(&ce, url, "r9".into()).unwrap();
         let events: Vec<serde_json::Value> = serde_json::from_slice(&sender.body(0, 0)).unwrap();
         assert_eq!(events[0]["data"]["amount"], 42);
