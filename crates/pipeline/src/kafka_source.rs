@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::SourceConfig;
+use crate::consumer::{retry_until_ok, sleep_or_cancel};
 use crate::event::Text;
 use crate::ingest::{parse_body, BodyFormat, ParsedEvent};
 use crate::retry::retry_header;
 use crate::source::HttpSource;
-use crate::stage::{retry_until_ok, sleep_or_cancel};
 
 /// Records read per batch at most.
 const BATCH_MAX: usize = 1000;

@@ -8,6 +8,7 @@
 
 pub mod ce_binary;
 pub mod config;
+pub mod consumer;
 pub mod dedup;
 pub mod delivery;
 pub mod durations;

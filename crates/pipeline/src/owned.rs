@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::stage::retry_until_ok;
+use crate::consumer::retry_until_ok;
 
 /// Runs `work(partition, stop)` for every partition of `topic` that this process owns in
 /// `group`, until `shutdown`. `stop` is cancelled when the partition is revoked or at

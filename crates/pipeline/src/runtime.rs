@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{EngineKind, FsyncMode, LoadedConfig, OnCorruptionMode, SourceConfig};
+use crate::consumer::sleep_or_cancel;
 use crate::health::Health;
 use crate::sink::HttpSink;
 use crate::source::HttpSource;
-use crate::stage::sleep_or_cancel;
 use crate::stage::Stage;
 use crate::topology::Topology;
 use crate::transform::Transforms;

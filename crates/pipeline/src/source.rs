@@ -248,7 +248,7 @@ impl HttpSource {
         for p in 0..self.partitions {
             let offsets = self.log.offsets(&self.topic, p).await?;
             let pos =
-                crate::stage::start_position(self.log.as_ref(), group, &self.topic, p).await?;
+                crate::consumer::start_position(self.log.as_ref(), group, &self.topic, p).await?;
             if self.ledger.enabled() {
                 hifi_log::read_to_end(self.log.as_ref(), &self.topic, p, pos, |r| {
                     let meta = crate::event::EventMeta::of(&self.topic, p, &r);

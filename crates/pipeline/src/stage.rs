@@ -26,8 +26,9 @@ use std::time::Duration;
 use hifi_ledger::{NodeLedger, Origin, Outcome};
 use hifi_log::{Log, LogError, ReadLimits, Record, StoredRecord};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
+use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor};
 use crate::event::{header, EventMeta};
 use crate::retry::retry_header::DLQ_REASON;
 use crate::transform::{Applied, Transforms};
@@ -158,42 +159,20 @@ impl Stage {
         shutdown: CancellationToken,
     ) -> Result<(), LogError> {
         let group = self.group();
-        let start = || start_position(self.log.as_ref(), &group, input, p);
-        let Some(mut pos) =
-            retry_until_ok(&shutdown, &self.name, "read the start position", start).await
-        else {
-            return Ok(());
-        };
         let limits = ReadLimits {
             max_records: self.batch_max_events,
             max_bytes: 4 << 20,
             wait: Duration::from_millis(500),
         };
+        let log = self.log.as_ref();
+        let Some(mut input_at) =
+            Cursor::open(log, &self.name, &group, input, p, limits, &shutdown).await
+        else {
+            return Ok(());
+        };
         let cel_root = cel_interpreter::Context::default();
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.log.read(input, p, pos, limits) => r,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
-                    error!(stage = %self.name, partition = p, from = pos, to = start,
-                        "input records were deleted by retention before this stage read them; \
-                         skipping ahead (events lost to retention)");
-                    pos = start;
-                    continue;
-                }
-                Err(e) => {
-                    error!(stage = %self.name, partition = p, offset = pos, %e,
-                        "cannot read input; retrying in 5 s");
-                    sleep_or_cancel(&shutdown, Duration::from_secs(5)).await;
-                    continue;
-                }
-            };
-            let Some(last) = batch.last().map(|r| r.offset) else {
-                continue;
-            };
+        while let Some(batch) = input_at.next(&shutdown).await {
+            let last = batch.last().map_or(input_at.position(), |r| r.offset);
             let arrival_us = self.ledger.now_us();
             let span = tracing::info_span!(target: crate::otel::TARGET, "stage",
                 stage = %self.name, partition = p, events = batch.len());
@@ -241,23 +220,9 @@ impl Stage {
                 fates.iter().map(|f| (f.event_time_ms, arrival_us)),
                 departure_us,
             );
-            // Tallies are durable before the position moves past their events. The output
-            // is durable already: retry only what failed, never the whole batch.
-            let flushed = retry_until_ok(
-                &shutdown,
-                &self.name,
-                "record outcomes in the ledger",
-                || self.ledger.flush(),
-            );
-            if flushed.await.is_none() {
-                return Ok(());
-            }
-            pos = last + 1;
-            let commit = || self.log.commit(&group, input, p, pos);
-            if retry_until_ok(&shutdown, &self.name, "commit the input position", commit)
-                .await
-                .is_none()
-            {
+            // The output is durable already: retry only what failed, never the batch.
+            input_at.seek(last + 1);
+            if !input_at.commit(&group, &self.ledger, &shutdown).await {
                 return Ok(());
             }
         }
@@ -444,75 +409,4 @@ fn dead_letter(rec: &Record, origin: &str, class: &str, why: String, now_ms: i64
     );
     letter.timestamp_ms = now_ms;
     letter
-}
-
-/// Where a consumer starts: its committed position, or the oldest stored record.
-pub async fn start_position(
-    log: &dyn Log,
-    group: &str,
-    topic: &str,
-    p: u32,
-) -> Result<u64, LogError> {
-    let offsets = log.offsets(topic, p).await?;
-    Ok(match log.committed(group, topic, p).await? {
-        Some(pos) if pos > offsets.end => {
-            // The log never reuses an offset (see hifi_log::durable), so this is damage
-            // or a replaced data directory, never a normal restart.
-            error!(group, topic, partition = p, committed = pos, end = offsets.end,
-                "CORRUPTION: committed position is past the end of the topic (records this consumer already handled are gone: data directory replaced or damaged); starting at the end");
-            offsets.end
-        }
-        Some(pos) if pos < offsets.start => {
-            error!(group, topic, partition = p, committed = pos, start = offsets.start,
-                "records after the committed position were deleted (retention) before this group read them; starting at the oldest record left (those events are lost)");
-            offsets.start
-        }
-        Some(pos) => {
-            info!(
-                group,
-                topic,
-                partition = p,
-                committed = pos,
-                end = offsets.end,
-                behind = offsets.end - pos,
-                "resuming from the committed position"
-            );
-            pos
-        }
-        None => offsets.start,
-    })
-}
-
-/// Runs `op` until it succeeds, logging each failure as "`node`: cannot `what`" and
-/// waiting a second before the next try; `None` if `shutdown` comes first. For work whose
-/// failure must not be skipped (ledger flushes, commits, storing fates).
-pub async fn retry_until_ok<
-    T,
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
->(
-    shutdown: &CancellationToken,
-    node: &str,
-    what: &str,
-    mut op: impl FnMut() -> F,
-) -> Option<T> {
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                error!(node, %e, "cannot {what}; retrying");
-                if !sleep_or_cancel(shutdown, Duration::from_secs(1)).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// Sleeps unless shut down first; returns false when shut down.
-pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
 }

@@ -1,0 +1,246 @@
+//! Reading a topic partition in order, for every node that consumes one (stages, sinks,
+//! retry tiers, and the readers to come): where to start, what to do when records were
+//! deleted under the reader, how to back off when the engine is away. The nodes say only
+//! what to do with each batch, and when their position is durable.
+//!
+//! The policy, in one place:
+//! - **Start** at the group's committed position; with none, at the oldest record. A
+//!   committed position past the end is corruption (the log never reuses an offset):
+//!   an error, and the reader starts at the end. One below the oldest record means
+//!   retention deleted records the group never handled: an error naming them as lost.
+//! - **Records deleted under a reader** (retention passed its position while it
+//!   waited): an error naming the range as lost, and the reader moves to the oldest
+//!   record left. Nothing else ever moves a reader forward without its records.
+//! - **Any other read error** (engine unreachable, a partition failed): logged, and the
+//!   read is tried again after [`READ_BACKOFF`]; the position does not move.
+
+use std::time::Duration;
+
+use hifi_ledger::NodeLedger;
+use hifi_log::{Log, LogError, ReadLimits, StoredRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Wait after a failed read before the next.
+pub const READ_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A reader of one partition, at a position.
+pub struct Cursor<'a> {
+    log: &'a dyn Log,
+    /// The node reading, for its messages.
+    node: &'a str,
+    topic: String,
+    partition: u32,
+    limits: ReadLimits,
+    pos: u64,
+    /// Said after "events lost to retention" (what to change so it does not recur).
+    retention_hint: &'static str,
+}
+
+impl std::fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursor")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Cursor<'a> {
+    /// A reader of `topic`/`partition` from `pos`.
+    fn at(
+        log: &'a dyn Log,
+        node: &'a str,
+        topic: &str,
+        partition: u32,
+        pos: u64,
+        limits: ReadLimits,
+    ) -> Self {
+        Cursor {
+            log,
+            node,
+            topic: topic.to_owned(),
+            partition,
+            limits,
+            pos,
+            retention_hint: "",
+        }
+    }
+
+    /// A reader from `group`'s start position ([`start_position`]), retrying while the
+    /// engine cannot say it; `None` if `stop` comes first.
+    pub async fn open(
+        log: &'a dyn Log,
+        node: &'a str,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        limits: ReadLimits,
+        stop: &CancellationToken,
+    ) -> Option<Cursor<'a>> {
+        let start = || start_position(log, group, topic, partition);
+        let pos = retry_until_ok(stop, node, "read the start position", start).await?;
+        Some(Cursor::at(log, node, topic, partition, pos, limits))
+    }
+
+    /// What to say, after the loss, when retention deleted records under this reader.
+    pub fn retention_hint(mut self, hint: &'static str) -> Self {
+        self.retention_hint = hint;
+        self
+    }
+
+    /// The next offset to read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Moves the position (past a batch handled, or back to records abandoned).
+    pub fn seek(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
+    /// The next non-empty batch from the position, waiting for records as the limits
+    /// say; `None` once `stop` is cancelled. The position moves only by [`Cursor::seek`]
+    /// or past records deleted by retention.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<Vec<StoredRecord>> {
+        loop {
+            match self.next_or_skip(stop).await? {
+                Read::Batch(batch) => return Some(batch),
+                Read::Skipped { .. } => {}
+            }
+        }
+    }
+
+    /// [`Cursor::next`], also returning when retention moved the position (for a node
+    /// that keeps its own record of where it is).
+    pub async fn next_or_skip(&mut self, stop: &CancellationToken) -> Option<Read> {
+        loop {
+            if stop.is_cancelled() {
+                return None;
+            }
+            let read = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = self.log.read(&self.topic, self.partition, self.pos, self.limits) => r,
+            };
+            match read {
+                Ok(batch) if !batch.is_empty() => return Some(Read::Batch(batch)),
+                Ok(_) => {}
+                Err(LogError::OffsetOutOfRange { start, .. }) if self.pos < start => {
+                    error!(node = self.node, topic = %self.topic, partition = self.partition,
+                        from = self.pos, to = start,
+                        "records were deleted by retention before this node handled them; skipping ahead (events lost to retention){}",
+                        self.retention_hint);
+                    self.pos = start;
+                    return Some(Read::Skipped { to: start });
+                }
+                Err(e) => {
+                    error!(node = self.node, topic = %self.topic, partition = self.partition,
+                        offset = self.pos, %e, "cannot read; retrying in {READ_BACKOFF:?}");
+                    if !sleep_or_cancel(stop, READ_BACKOFF).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a batch was handled up to the position: makes the node's outcomes durable,
+    /// then commits `group`'s position there — each retried until done, never skipped
+    /// (tallies are durable before the position moves past their events). False if
+    /// `stop` came first (nothing after the failed step happened).
+    pub async fn commit(&self, group: &str, ledger: &NodeLedger, stop: &CancellationToken) -> bool {
+        let flush = || ledger.flush();
+        if retry_until_ok(stop, self.node, "record outcomes in the ledger", flush)
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        let (topic, p, pos) = (&self.topic, self.partition, self.pos);
+        let commit = || self.log.commit(group, topic, p, pos);
+        retry_until_ok(stop, self.node, "commit the position", commit)
+            .await
+            .is_some()
+    }
+}
+
+/// What a read gave.
+#[derive(Debug)]
+pub enum Read {
+    /// Records, in order, from the position.
+    Batch(Vec<StoredRecord>),
+    /// Retention deleted records under the reader; it moved to `to`.
+    Skipped { to: u64 },
+}
+
+/// Where a consumer starts: its committed position, or the oldest stored record.
+pub async fn start_position(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+    p: u32,
+) -> Result<u64, LogError> {
+    let offsets = log.offsets(topic, p).await?;
+    Ok(match log.committed(group, topic, p).await? {
+        Some(pos) if pos > offsets.end => {
+            // The log never reuses an offset (see hifi_log::durable), so this is damage
+            // or a replaced data directory, never a normal restart.
+            error!(group, topic, partition = p, committed = pos, end = offsets.end,
+                "CORRUPTION: committed position is past the end of the topic (records this consumer already handled are gone: data directory replaced or damaged); starting at the end");
+            offsets.end
+        }
+        Some(pos) if pos < offsets.start => {
+            error!(group, topic, partition = p, committed = pos, start = offsets.start,
+                "records after the committed position were deleted (retention) before this group read them; starting at the oldest record left (those events are lost)");
+            offsets.start
+        }
+        Some(pos) => {
+            info!(
+                group,
+                topic,
+                partition = p,
+                committed = pos,
+                end = offsets.end,
+                behind = offsets.end - pos,
+                "resuming from the committed position"
+            );
+            pos
+        }
+        None => offsets.start,
+    })
+}
+
+/// Runs `op` until it succeeds, logging each failure as "`node`: cannot `what`" and
+/// waiting a second before the next try; `None` if `shutdown` comes first. For work whose
+/// failure must not be skipped (ledger flushes, commits, storing fates).
+pub async fn retry_until_ok<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    shutdown: &CancellationToken,
+    node: &str,
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> Option<T> {
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                error!(node, %e, "cannot {what}; retrying");
+                if !sleep_or_cancel(shutdown, Duration::from_secs(1)).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps unless shut down first; returns false when shut down.
+pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
