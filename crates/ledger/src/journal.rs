@@ -1,0 +1,127 @@
+//! The journal: loading settled tables and replaying `__ledger` at start, following
+//! the entries other processes append, and sharing lag histograms through
+//! `__ledger_lag`.
+
+use super::*;
+
+impl Ledger {
+    pub(crate) async fn load(&self) -> Result<(), LogError> {
+        let mut settled = BTreeMap::new();
+        let mut replay_from = 0;
+        hifi_log::read_to_end(self.log.as_ref(), SETTLED_TOPIC, 0, 0, |r| {
+            match serde_json::from_slice::<LossTable>(&r.record.value) {
+                Ok(t) => {
+                    replay_from = t.replay_from;
+                    settled.insert(t.start_ms / 60_000, t);
+                }
+                Err(e) => warn!(%e, "unreadable settled loss table skipped"),
+            }
+        })
+        .await?;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).settled = settled;
+        let end = self.log.offsets(JOURNAL_TOPIC, 0).await?.end;
+        *self.journal_read.lock().await = replay_from;
+        let replayed = self.follow_journal(end).await?;
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        info!(
+            replayed,
+            open_buckets = st.open.len(),
+            settled_buckets = st.settled.len(),
+            "ledger loaded"
+        );
+        Ok(())
+    }
+
+    /// Merges the journal's entries from where the last call ended up to `end` (those of
+    /// other processes sharing the engine; this process's own are merged already, and
+    /// merging a set twice changes nothing). Returns the entries merged.
+    pub(crate) async fn follow_journal(&self, end: u64) -> Result<usize, LogError> {
+        let mut read = self.journal_read.lock().await;
+        if *read >= end {
+            return Ok(0);
+        }
+        let mut entries = Vec::new();
+        let mut last = None;
+        hifi_log::read_to_end(self.log.as_ref(), JOURNAL_TOPIC, 0, *read, |r| {
+            last = Some(r.offset);
+            if let Some(e) = tally::decode_entry(&r.record.value) {
+                entries.push((r.offset, e));
+            }
+        })
+        .await?;
+        let now = self.clock.now_ms();
+        let merged = entries.len();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (offset, e) in entries {
+            if st
+                .settled
+                .get(&e.bucket)
+                .is_some_and(|t| offset < t.journal_end)
+            {
+                continue; // already counted in that settled table
+            }
+            let b = st.open.entry(e.bucket).or_insert_with(|| OpenBucket {
+                first_journal_offset: offset,
+                ..OpenBucket::default()
+            });
+            let set = b
+                .nodes
+                .entry(e.node)
+                .or_default()
+                .entry(e.outcome)
+                .or_default();
+            let before = count(set);
+            union_into(set, &BTreeMap::from([(e.origin_partition, e.offsets)]));
+            if count(set) != before {
+                b.last_change_ms = now;
+            }
+        }
+        if let Some(l) = last {
+            *read = (*read).max(l + 1);
+        }
+        Ok(merged)
+    }
+
+    /// Publishes the lag this process recorded since the last call on [`LAG_TOPIC`] and
+    /// adds what other processes published, so every process shows every node's lag.
+    pub(crate) async fn share_lag(&self) -> Result<(), LogError> {
+        let now = self.clock.now_ms();
+        let mut records = Vec::new();
+        for (node, rec) in &self.lag {
+            let out = rec.lock().unwrap_or_else(|p| p.into_inner()).take_outbox();
+            if let Some(set) = out {
+                let v = serde_json::json!({"process": self.process_id, "node": node, "lag": set.encode()});
+                records.push(Record::new(v.to_string(), now));
+            }
+        }
+        if !records.is_empty() {
+            // A sample lost to an error here only leaves other processes' lag views short.
+            self.log.append(LAG_TOPIC, 0, records).await?;
+        }
+        let mut read = self.lag_read.lock().await;
+        let mut remote = Vec::new();
+        let mut next = *read;
+        hifi_log::read_to_end(self.log.as_ref(), LAG_TOPIC, 0, *read, |r| {
+            next = r.offset + 1;
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.record.value) else {
+                return;
+            };
+            if v["process"].as_u64() == Some(self.process_id) {
+                return;
+            }
+            if let (Some(node), Some(set)) = (v["node"].as_str(), lag::LagSet::decode(&v["lag"])) {
+                remote.push((node.to_owned(), set));
+            }
+        })
+        .await?;
+        *read = next;
+        for (node, set) in remote {
+            if let Some(rec) = self.lag.get(&node) {
+                rec.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add_remote(&set, now);
+            }
+        }
+        Ok(())
+    }
+}
