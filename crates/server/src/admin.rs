@@ -324,10 +324,10 @@ struct TraceQuery {
 }
 
 async fn trace_id(State(s): S, Query(q): Query<TraceQuery>) -> Response {
-    let since = match q.since.as_deref().map(humantime_like) {
+    let since = match q.since.as_deref().map(humantime::parse_duration) {
         None => Duration::from_secs(3600),
-        Some(Some(d)) => d,
-        Some(None) => {
+        Some(Ok(d)) => d,
+        Some(Err(_)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "`since` must be a duration like 30m or 2h",
@@ -335,7 +335,8 @@ async fn trace_id(State(s): S, Query(q): Query<TraceQuery>) -> Response {
             )
         }
     };
-    let from_ms = s.ledger.clock().now_ms() - since.as_millis() as i64;
+    let back = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+    let from_ms = s.ledger.clock().now_ms().saturating_sub(back);
     if let Some(at) = find_in_sources(&s, from_ms, hdr::ID, &q.id).await {
         return trace(&s, at).await;
     }
@@ -347,20 +348,6 @@ async fn trace_id(State(s): S, Query(q): Query<TraceQuery>) -> Response {
         ),
         json!({}),
     )
-}
-
-fn humantime_like(s: &str) -> Option<Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = n.parse().ok()?;
-    Some(Duration::from_secs(
-        n * match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => return None,
-        },
-    ))
 }
 
 /// The position of the first event since `from_ms` in the sources' topics whose header
