@@ -60,7 +60,7 @@
 //! queued appends, group-commit size, read batch. Every one has a default.
 
 pub mod config;
-#[doc(hidden)]
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod durable;
 mod embedded;
@@ -328,7 +328,7 @@ pub struct PartitionOffsets {
 
 /// A durable, partitioned, append-only record log: the engine interface.
 ///
-/// Implemented by [`EmbeddedLog`] (and later by the Kafka engine). All methods are
+/// Implemented by [`EmbeddedLog`] and by the Kafka engine (`hifi-kafka`). All methods are
 /// cancel-safe in the sense that dropping a future never corrupts the log; a dropped
 /// `append` may or may not have written its records (at-least-once).
 #[async_trait::async_trait]
