@@ -6,19 +6,7 @@ use super::*;
 /// Parts a refused batch is split into.
 const SPLIT_WAYS: usize = 4;
 
-/// An error with its causes ("error sending request: connection refused").
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-impl HttpSink {
+impl Sink {
     /// Waits until the breaker lets a request go; false at shutdown. A waiting delivery
     /// goes as soon as the breaker closes, not at the next probe time: fresh events must
     /// not overtake it while the destination is up (the committed position would stay
@@ -136,7 +124,8 @@ impl HttpSink {
                 let what = if e.is_timeout() {
                     format!("timeout after {:?}", self.cfg.request_timeout.0)
                 } else {
-                    error_chain(&e)
+                    // With its causes: "error sending request: … connection refused".
+                    format!("{:#}", anyhow::Error::from(e))
                 };
                 self.classifier.transport(&what)
             }
