@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::{EngineKind, FsyncMode, LoadedConfig, OnCorruptionMode, SourceConfig};
 use crate::consumer::sleep_or_cancel;
 use crate::health::Health;
-use crate::sink::HttpSink;
+use crate::sink::Sink;
 use crate::source::HttpSource;
 use crate::stage::Stage;
 use crate::topology::Topology;
@@ -220,7 +220,7 @@ pub struct Pipeline {
     /// Running stages.
     pub stages: Vec<Arc<Stage>>,
     /// Running sinks.
-    pub sinks: Vec<Arc<HttpSink>>,
+    pub sinks: Vec<Arc<Sink>>,
     /// The fidelity ledger.
     pub ledger: Arc<Ledger>,
     /// Whether every node runs (for `/readyz` and `hifi run`).
@@ -367,7 +367,7 @@ impl Pipeline {
         let mut sinks = Vec::new();
         for (name, s) in cfg.sinks.iter().filter(|(n, _)| only.runs("sinks", n)) {
             let sink = Arc::new(
-                HttpSink::new(name, s, log.clone(), ledger.node(name))
+                Sink::new(name, s, log.clone(), ledger.node(name))
                     .map_err(|e| StartError::Config(format!("sinks.{name}: {e}")))?,
             );
             sink.prepare().await.map_err(|e| {

@@ -26,7 +26,7 @@ use hifi_log::{EmbeddedLog, Log, ReadLimits};
 use hifi_pipeline::event::{header as hdr, EventMeta};
 use hifi_pipeline::health::Health;
 use hifi_pipeline::runtime::Pipeline;
-use hifi_pipeline::sink::HttpSink;
+use hifi_pipeline::sink::Sink;
 use hifi_pipeline::source::HttpSource;
 use hifi_pipeline::stage::Stage;
 use serde::Deserialize;
@@ -51,7 +51,7 @@ pub struct AdminState {
     /// Nodes.
     pub stages: Vec<Arc<Stage>>,
     /// Nodes.
-    pub sinks: Vec<Arc<HttpSink>>,
+    pub sinks: Vec<Arc<Sink>>,
     /// Started, failed, disk full: what `/readyz` answers.
     pub health: Arc<Health>,
     /// Tokens for the routes that change state (`[admin.auth]`).

@@ -7,7 +7,7 @@ use super::*;
 /// Full batches per request slot that may be in the recovery lane at once, and its
 /// requests in flight per request slot.
 pub(super) const RECOVERING_PER_SLOT: usize = 4;
-/// Where a delivery's requests take their slots (see [`HttpSink::deliver`]). The permit
+/// Where a delivery's requests take their slots (see [`Sink::deliver`]). The permit
 /// a lane holds is kept until the batch's fates are durable.
 pub(super) enum Lane {
     /// A fresh batch, holding one of the batcher's `concurrency` slots.
@@ -94,7 +94,7 @@ pub(super) async fn acquire(
     }
 }
 
-impl HttpSink {
+impl Sink {
     /// Groups queued events into batches and starts deliveries; returns the deliveries
     /// still in flight at shutdown.
     pub(super) async fn batcher(

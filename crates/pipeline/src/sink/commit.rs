@@ -21,7 +21,7 @@ impl Tracker {
     }
 }
 
-impl HttpSink {
+impl Sink {
     pub(super) async fn committer(
         &self,
         trackers: Arc<Vec<Mutex<Tracker>>>,

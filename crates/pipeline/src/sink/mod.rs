@@ -1,5 +1,6 @@
-//! The HTTP sink: topic → CloudEvents batches → destination, with failure classes,
-//! two tiers of retries and dead letters.
+//! The sink: topic → CloudEvents batches → destination (an HTTP endpoint, or a Kafka
+//! topic through `kafka_sink.rs`: only the request differs), with failure classes, two
+//! tiers of retries and dead letters.
 //!
 //! ```text
 //! reader per partition ──(bounded queue)──▶ batcher ──▶ up to `concurrency` deliveries
@@ -138,7 +139,7 @@ enum Fate {
 
 /// A running sink.
 #[derive(Debug)]
-pub struct HttpSink {
+pub struct Sink {
     /// Node name.
     pub name: String,
     /// Topic delivered.
@@ -173,7 +174,7 @@ pub struct HttpSink {
     recovering_events: Arc<Semaphore>,
 }
 
-impl HttpSink {
+impl Sink {
     /// Creates a sink (no I/O yet).
     pub fn new(
         name: &str,
@@ -195,7 +196,7 @@ impl HttpSink {
                 &cfg.client,
             )?),
         };
-        Ok(HttpSink {
+        Ok(Sink {
             name: name.to_owned(),
             input: cfg.input.get_ref().clone(),
             cfg: cfg.clone(),
@@ -246,7 +247,7 @@ impl HttpSink {
     }
 
     /// Runs until `shutdown`, then drains in-flight deliveries for at most `drain` and
-    /// commits what has a durable fate. Call [`HttpSink::prepare`] first.
+    /// commits what has a durable fate. Call [`Sink::prepare`] first.
     pub async fn run(
         self: Arc<Self>,
         shutdown: CancellationToken,

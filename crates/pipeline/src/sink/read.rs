@@ -7,7 +7,7 @@ use super::*;
 /// How long a revoked partition's events in flight may take before it is released.
 const REVOKE_DRAIN: Duration = Duration::from_secs(15);
 
-impl HttpSink {
+impl Sink {
     /// Works on one owned partition: reads it from the committed position until `stop`.
     /// When the partition is revoked (not at shutdown, which drains everything), waits
     /// for its events in flight (bounded) and commits what is done before it is released.

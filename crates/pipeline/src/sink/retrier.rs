@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl HttpSink {
+impl Sink {
     pub(super) async fn count_waiting_retries(&self) -> Result<(), LogError> {
         let mut waiting = 0;
         for tier in 0..self.tiers() {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl HttpSink {
+impl Sink {
     /// Makes the fates of a delivery durable: retried events to the retry tier
     /// `next_tier` (dead letters past `max_age`), refused ones to the DLQ; records the
     /// outcomes. An error leaves the events pending (they are re-sent later).
