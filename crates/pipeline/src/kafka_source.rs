@@ -88,7 +88,7 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
         }
         if !dead.is_empty() {
             let topic = crate::retry::dlq_topic(&source.name);
-            let records: Vec<Record> = dead.iter().map(|(r, _)| r.clone()).collect();
+            let (records, places): (Vec<Record>, Vec<_>) = dead.into_iter().unzip();
             let dlq = || source.log().append(&topic, 0, records.clone());
             if retry_until_ok(&stop, &source.name, "store dead letters", dlq)
                 .await
@@ -96,7 +96,6 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
             {
                 return;
             }
-            let places: Vec<_> = dead.into_iter().map(|(_, place)| place).collect();
             source.dead_lettered(&places);
             // Durable before the position moves past them, as every node's outcomes.
             let flush = || source.flush_ledger();
@@ -121,7 +120,7 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
 }
 
 /// Where a record was first held, as the ledger names it.
-pub fn origin(r: &InRecord) -> Origin {
+fn origin(r: &InRecord) -> Origin {
     Origin {
         topic: format!("kafka:{}", r.topic),
         partition: r.partition as u32,

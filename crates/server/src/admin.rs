@@ -239,8 +239,8 @@ async fn stats(State(s): S) -> Response {
     Json(json!({ "nodes": nodes })).into_response()
 }
 
-/// Reads the event at `origin` and traces it through the ledger.
-/// Where one event went; `at` is its position in a source's topic.
+/// Reads the event at `at` (its position in a source's topic) and traces it through the
+/// ledger.
 async fn trace(s: &AdminState, at: Origin) -> Response {
     let limits = ReadLimits {
         max_records: 1,
