@@ -125,3 +125,91 @@ impl Ledger {
         Ok(())
     }
 }
+
+impl Ledger {
+    /// Reads back, for every bucket re-opened by outcomes that came after it settled, the
+    /// sets it settled with (the journal from the table's `journal_from` to its
+    /// `journal_end`), so that its next table counts every event — also events it never
+    /// saw before it settled (a source's backlog after an outage longer than
+    /// `settle_after`), which a table patched with the late outcomes alone would miss.
+    /// One pass over the journal for all of them; memory holds the buckets' sets only.
+    pub(crate) async fn restore_reopened(&self) -> Result<(), LogError> {
+        let pending: BTreeMap<i64, (Option<u64>, u64)> = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.open
+                .iter()
+                .filter(|(_, b)| b.restore == Restore::Pending)
+                .filter_map(|(k, _)| {
+                    let t = st.settled.get(k)?;
+                    Some((*k, (t.journal_from, t.journal_end)))
+                })
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let start = self.log.offsets(JOURNAL_TOPIC, 0).await?.start;
+        let (readable, unavailable): (BTreeMap<_, _>, BTreeMap<_, _>) = pending
+            .into_iter()
+            .partition(|(_, (from, _))| from.is_some_and(|f| f >= start));
+        let from = readable.values().filter_map(|(f, _)| *f).min();
+        let until = readable.values().map(|(_, end)| *end).max().unwrap_or(0);
+        let mut restored: BTreeMap<i64, BTreeMap<String, BTreeMap<Outcome, OriginSet>>> =
+            BTreeMap::new();
+        if let Some(from) = from {
+            let mut chunks =
+                hifi_log::ChunksToEnd::start(self.log.as_ref(), JOURNAL_TOPIC, 0, from).await?;
+            'read: while let Some(chunk) = chunks.next().await? {
+                for r in chunk {
+                    if r.offset >= until {
+                        break 'read;
+                    }
+                    let Some(e) = tally::decode_entry(&r.record.value) else {
+                        continue;
+                    };
+                    let Some((Some(f), end)) = readable.get(&e.bucket) else {
+                        continue;
+                    };
+                    if r.offset < *f || r.offset >= *end {
+                        continue;
+                    }
+                    let set = restored
+                        .entry(e.bucket)
+                        .or_default()
+                        .entry(e.node)
+                        .or_default()
+                        .entry(e.outcome)
+                        .or_default();
+                    union_into(set, &BTreeMap::from([(e.origin_partition, e.offsets)]));
+                }
+            }
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for bucket in readable.keys() {
+            let Some(b) = st.open.get_mut(bucket) else {
+                continue;
+            };
+            for (node, outcomes) in restored.remove(bucket).unwrap_or_default() {
+                for (outcome, set) in outcomes {
+                    union_into(
+                        b.nodes
+                            .entry(node.clone())
+                            .or_default()
+                            .entry(outcome)
+                            .or_default(),
+                        &set,
+                    );
+                }
+            }
+            b.restore = Restore::Done;
+        }
+        for bucket in unavailable.keys() {
+            if let Some(b) = st.open.get_mut(bucket) {
+                warn!(bucket = bucket.saturating_mul(60_000),
+                    "a re-opened bucket's earlier records are no longer in the journal; its table is patched with the late outcomes only");
+                b.restore = Restore::Unavailable;
+            }
+        }
+        Ok(())
+    }
+}

@@ -18,8 +18,10 @@
 //! dead-lettered / retrying at the sink). The table is kept durably in
 //! `__ledger_settled` (with the origins lost, up to [`LOST_LIST_MAX`] per bucket) for
 //! `history`, and the bucket's bitmaps are dropped: memory holds only open buckets.
-//! Outcomes arriving for a settled bucket re-open it; when it settles again, origins now
-//! seen leave the lost list (exact while the list is complete).
+//! Outcomes arriving for a settled bucket re-open it: its earlier sets are read back from
+//! the journal (from the table's `journal_from`), and when it settles again its table is
+//! computed over everything it ever saw — late deliveries leave the lost list, events new
+//! to it are counted.
 //!
 //! # Lag
 //! See [`lag`]: per node HDR histograms of lag-in, lag-out and process duration,
@@ -151,6 +153,22 @@ struct OpenBucket {
     /// Bumped by every merge: a settle computed from one version removes the bucket
     /// only if no delta came in while its table was being stored.
     version: u64,
+    /// For a bucket re-opened after it settled: whether the sets it settled with are
+    /// merged back from the journal (see [`Ledger::restore_reopened`]).
+    restore: Restore,
+}
+
+/// Where a re-opened bucket's earlier sets are.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    /// Not read back yet: the bucket does not settle until they are.
+    #[default]
+    Pending,
+    /// Merged back from the journal: the bucket holds everything it ever saw.
+    Done,
+    /// Not in the journal any more (trimmed, or a table from before `journal_from`):
+    /// the new table is the old one with late outcomes applied.
+    Unavailable,
 }
 
 #[derive(Debug, Default)]

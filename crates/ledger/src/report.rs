@@ -56,6 +56,11 @@ pub struct LossTable {
     /// Where replay must start to rebuild the buckets still open then.
     #[serde(default)]
     pub replay_from: u64,
+    /// First journal offset holding this bucket's records: when late outcomes re-open
+    /// the bucket, its sets are read back from here so the new table counts every event.
+    /// `None` in tables written before hifi kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_from: Option<u64>,
     /// Events still waiting in a node's backlog when the bucket settled after
     /// `settle_max_wait` (not counted as lost; the bucket re-settles when they move).
     #[serde(default)]

@@ -49,6 +49,9 @@ impl Ledger {
         let progress = self.progress().await?;
         self.keep_backlogs(&progress, progress_at);
         self.read_quarantined().await;
+        if let Err(e) = self.restore_reopened().await {
+            warn!(%e, "cannot read re-opened buckets back from the journal; retrying");
+        }
         let now = self.clock.now_ms();
         let settle = self.cfg.settle_after.as_millis() as i64;
         let max_wait = self.cfg.settle_max_wait.as_millis() as i64;
@@ -91,9 +94,14 @@ impl Ledger {
                     continue;
                 };
                 let previous = st.settled.get(&bucket).cloned();
-                let mut table = match &previous {
-                    Some(old) => self.resettle(old, open),
-                    None => self.table(bucket, open, true),
+                let mut table = match (&previous, open.restore) {
+                    (None, _) => self.table(bucket, open, true),
+                    (Some(_), Restore::Pending) => continue, // next tick
+                    (Some(old), Restore::Done) => LossTable {
+                        journal_from: old.journal_from,
+                        ..self.table(bucket, open, true)
+                    },
+                    (Some(old), Restore::Unavailable) => self.resettle(old, open),
                 };
                 if backlog {
                     // Waited settle_max_wait for a backlog: what is missing may still
@@ -329,6 +337,7 @@ impl Ledger {
             lost_complete: lost_total <= LOST_LIST_MAX,
             journal_end: 0,
             replay_from: 0,
+            journal_from: Some(open.first_journal_offset),
             backlog: 0,
         }
     }

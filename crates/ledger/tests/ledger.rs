@@ -71,6 +71,16 @@ async fn scenario(ledger: &Arc<Ledger>) {
     }
 }
 
+/// A ledger in `dir` whose bucket at T0 has settled after [`scenario`].
+async fn settled_scenario(dir: &std::path::Path) -> (ManualClock, EmbeddedLog, Arc<Ledger>) {
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let (log, ledger) = open(dir, &clock).await;
+    scenario(&ledger).await;
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    (clock, log, ledger)
+}
+
 fn row<'a>(t: &'a hifi_ledger::LossTable, node: &str) -> &'a hifi_ledger::NodeLoss {
     t.nodes.iter().find(|n| n.node == node).unwrap()
 }
@@ -206,11 +216,7 @@ async fn tallies_survive_a_restart_and_re_sends_never_count_twice() {
 #[tokio::test]
 async fn late_outcomes_reopen_a_settled_bucket_and_clear_its_losses() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at_ms(T0 + 10_000);
-    let (_log, ledger) = open(dir.path(), &clock).await;
-    scenario(&ledger).await;
-    clock.advance_ms(180_000);
-    ledger.tick().await.unwrap();
+    let (clock, _log, ledger) = settled_scenario(dir.path()).await;
     assert_eq!(ledger.loss(T0, T0 + 60_000)[0].e2e_lost, 10);
     // The sink was only slow: its last five arrive now.
     let partner = ledger.node("partner");
@@ -228,14 +234,80 @@ async fn late_outcomes_reopen_a_settled_bucket_and_clear_its_losses() {
     );
 }
 
+/// Events a settled bucket never saw (a source's backlog after an outage longer than
+/// `settle_after`) re-open it; its next table counts them — stored, delivered or lost —
+/// beside the events it settled with, also when the process restarts in between.
+#[tokio::test]
+async fn events_new_to_a_settled_bucket_are_counted_when_it_settles_again() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, log, ledger) = settled_scenario(dir.path()).await;
+        let before = ledger.loss(T0, T0 + 60_000)[0].clone();
+        assert_eq!((before.events, before.e2e_lost), (100, 10));
+        // The backlog: 20 more events of the same minute; the stage passes them all,
+        // the sink delivers 100..110 and never 110..120.
+        let t = T0 + 5_000;
+        let (api, clean, partner) = (
+            ledger.node("api"),
+            ledger.node("clean"),
+            ledger.node("partner"),
+        );
+        for i in 100..120 {
+            api.outcome(Outcome::Passed, &o(i), t);
+            clean.outcome(Outcome::Passed, &o(i), t);
+        }
+        for i in 100..110 {
+            partner.outcome(Outcome::Delivered, &o(i), t);
+        }
+        for n in [&api, &clean, &partner] {
+            n.flush().await.unwrap();
+        }
+        let (log, ledger) = if restart {
+            drop((api, clean, partner, ledger));
+            log.close().await;
+            drop(log);
+            open(dir.path(), &clock).await
+        } else {
+            (log, ledger)
+        };
+        clock.advance_ms(180_000);
+        ledger.tick().await.unwrap();
+        let t = &ledger.loss(T0, T0 + 60_000)[0];
+        assert!(t.settled, "restart {restart}: {t:?}");
+        assert_eq!(
+            (
+                t.events,
+                row(t, "partner").delivered,
+                row(t, "partner").lost
+            ),
+            (120, 95, 15),
+            "restart {restart}"
+        );
+        // E2E: 5 lost at the stage, 5 + 10 at the sink.
+        assert_eq!(
+            (row(t, "clean").lost, t.e2e_lost),
+            (5, 20),
+            "restart {restart}"
+        );
+        let lost: Vec<_> = t.lost.iter().map(|l| l.origin.clone()).collect();
+        assert!(lost.contains(&o(115).to_string()) && lost.contains(&o(97).to_string()));
+        assert_eq!(ledger.bucket_counts(), (0, 1), "restart {restart}");
+        assert_eq!(
+            ledger
+                .stats
+                .lost_events_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            if restart { 10 } else { 20 },
+            "counted once per process: the new losses only after a restart"
+        );
+        log.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_reopened_bucket_still_knows_the_events_it_settled() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at_ms(T0 + 10_000);
-    let (_log, ledger) = open(dir.path(), &clock).await;
-    scenario(&ledger).await;
-    clock.advance_ms(180_000);
-    ledger.tick().await.unwrap();
+    let (_clock, _log, ledger) = settled_scenario(dir.path()).await;
     // A late event of the same minute re-opens the bucket.
     let api = ledger.node("api");
     api.outcome(Outcome::Passed, &o(100), T0 + 5_000);
