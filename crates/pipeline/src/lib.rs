@@ -18,7 +18,9 @@ pub mod health;
 pub mod ingest;
 pub mod interpolate;
 pub mod json_limits;
+#[cfg(feature = "kafka")]
 mod kafka_sink;
+#[cfg(feature = "kafka")]
 pub mod kafka_source;
 pub mod otel;
 pub mod owned;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "kafka")]
 use hifi_kafka::{KafkaConfig, KafkaLog};
 use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
 use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
@@ -77,12 +78,17 @@ pub fn log_config(loaded: &LoadedConfig) -> LogConfig {
     }
 }
 
+/// Why a Kafka setting is refused by a build without the `kafka` feature.
+pub const NO_KAFKA: &str =
+    "this hifi was built without Kafka support (cargo feature `kafka`, on by default)";
+
 /// The engine a pipeline runs on.
 #[derive(Debug, Clone)]
 pub enum Engine {
     /// The embedded log (one process).
     Embedded(EmbeddedLog),
     /// A Kafka-protocol cluster.
+    #[cfg(feature = "kafka")]
     Kafka(Arc<KafkaLog>),
 }
 
@@ -91,6 +97,7 @@ impl Engine {
     pub fn log(&self) -> Arc<dyn Log> {
         match self {
             Engine::Embedded(e) => Arc::new(e.clone()),
+            #[cfg(feature = "kafka")]
             Engine::Kafka(k) => k.clone(),
         }
     }
@@ -99,14 +106,17 @@ impl Engine {
     pub fn embedded(&self) -> Option<EmbeddedLog> {
         match self {
             Engine::Embedded(e) => Some(e.clone()),
+            #[cfg(feature = "kafka")]
             Engine::Kafka(_) => None,
         }
     }
 
     /// Where the data is, for start-up messages.
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     pub fn describe(&self, loaded: &LoadedConfig) -> String {
         match self {
             Engine::Embedded(e) => format!("data in {}", e.root().display()),
+            #[cfg(feature = "kafka")]
             Engine::Kafka(_) => format!(
                 "data in Kafka at {}, topics prefixed {:?}",
                 loaded.config.engine.brokers.as_deref().unwrap_or_default(),
@@ -117,8 +127,10 @@ impl Engine {
 
     /// Flushes and closes.
     pub async fn close(&self) {
-        if let Engine::Embedded(e) = self {
-            e.close().await;
+        match self {
+            Engine::Embedded(e) => e.close().await,
+            #[cfg(feature = "kafka")]
+            Engine::Kafka(_) => {}
         }
     }
 }
@@ -151,6 +163,9 @@ pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
                 log_config(loaded),
             )?))
         }
+        #[cfg(not(feature = "kafka"))]
+        EngineKind::Kafka => Err(StartError::Config(format!("engine.kind: {NO_KAFKA}"))),
+        #[cfg(feature = "kafka")]
         EngineKind::Kafka => {
             let cfg = KafkaConfig {
                 brokers: e.brokers.clone().unwrap_or_default(),
@@ -266,6 +281,11 @@ impl Pipeline {
             )
             .await?;
             let source = Arc::new(source);
+            #[cfg(not(feature = "kafka"))]
+            if s.kind == crate::config::SourceType::Kafka {
+                return Err(StartError::Config(format!("sources.{name}: {NO_KAFKA}")));
+            }
+            #[cfg(feature = "kafka")]
             if s.kind == crate::config::SourceType::Kafka {
                 // Its dead-letter topics, as a sink's (no retry tiers, so no `keep`).
                 crate::retry::ensure_topics(log.as_ref(), name, 0, Duration::ZERO).await?;

@@ -468,6 +468,9 @@ fn check_brokers(
     brokers: Option<&str>,
     what: &str,
 ) -> Result<(), ConfigError> {
+    if !cfg!(feature = "kafka") {
+        return Err(loaded.error(key, crate::runtime::NO_KAFKA));
+    }
     match brokers.map(str::trim) {
         None | Some("") => {
             Err(loaded.error(key, format!("{what}: brokers = \"host:9092,host2:9092\"")))
@@ -617,6 +620,29 @@ mod tests {
         .unwrap();
         assert_eq!(t.topics["events"].partitions, 4);
         assert_eq!(t.readers["events"], vec!["sinks.partner"]);
+    }
+
+    /// A build without the `kafka` feature names the Kafka setting it cannot run.
+    #[cfg(not(feature = "kafka"))]
+    #[test]
+    fn a_build_without_kafka_refuses_kafka_settings() {
+        let source = "[sources.orders]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"o\"]\ntopic = \"events\"\n";
+        let sink = "[sinks.k]\ntype = \"kafka\"\ninput = \"events\"\nbrokers = \"127.0.0.1:9092\"\ntopic = \"out\"\n";
+        let http = "[sources.api]\ntype = \"http\"\ntopic = \"events\"\n";
+        for (text, key) in [
+            (
+                format!("[engine]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n{http}"),
+                "engine.brokers",
+            ),
+            (format!("{HEAD}{source}"), "sources.orders.brokers"),
+            (format!("{HEAD}{http}{sink}"), "sinks.k.brokers"),
+        ] {
+            let e = build(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{key}: this hifi was built without Kafka support")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -133,7 +133,9 @@ impl Sink {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .batch_limit(
-                    if self.kafka.is_none() && self.cfg.format().one_per_request() {
+                    if self.cfg.kind == crate::config::SinkType::Http
+                        && self.cfg.format().one_per_request()
+                    {
                         1
                     } else {
                         self.cfg.batch.max_events

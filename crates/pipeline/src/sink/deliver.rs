@@ -83,6 +83,7 @@ impl Sink {
     }
 
     pub(super) async fn send_request(&self, batch: &[Item]) -> Class {
+        #[cfg(feature = "kafka")]
         if let Some(producer) = &self.kafka {
             let bodies = batch.iter().map(|i| &i.body[..]);
             let timeout = self.cfg.request_timeout.0;

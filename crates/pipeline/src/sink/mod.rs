@@ -151,6 +151,7 @@ pub struct Sink {
     /// HTTP client (connection pool shared by deliveries).
     client: reqwest::Client,
     /// The producer of a Kafka sink (`type = "kafka"`); HTTP sinks have none.
+    #[cfg(feature = "kafka")]
     kafka: Option<hifi_kafka::TopicProducer>,
     /// Counters.
     pub stats: Arc<SinkStats>,
@@ -188,6 +189,11 @@ impl Sink {
             .pool_max_idle_per_host(cfg.concurrency)
             .build()
             .map_err(|e| e.to_string())?;
+        #[cfg(not(feature = "kafka"))]
+        if cfg.kind == crate::config::SinkType::Kafka {
+            return Err(crate::runtime::NO_KAFKA.to_owned());
+        }
+        #[cfg(feature = "kafka")]
         let kafka = match cfg.kind {
             crate::config::SinkType::Http => None,
             crate::config::SinkType::Kafka => Some(hifi_kafka::TopicProducer::new(
@@ -202,6 +208,7 @@ impl Sink {
             cfg: cfg.clone(),
             log,
             client,
+            #[cfg(feature = "kafka")]
             kafka,
             stats: Arc::new(SinkStats::default()),
             ledger,
