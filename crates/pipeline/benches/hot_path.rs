@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hifi_log::{Record, StoredRecord};
 use hifi_pipeline::event::{cloudevent_body, header, EventMeta};
-use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseOptions};
+use hifi_pipeline::parse::{parse_body, BodyFormat, ParseOptions};
 
 fn batch(events: usize) -> Bytes {
     let pad = "x".repeat(60);

@@ -10,7 +10,7 @@
 
 use crate::config::{EventTimeWindow, OutsideWindow};
 use crate::event::rfc3339_ms;
-use crate::ingest::{EventError, ParsedEvent};
+use crate::parse::{EventError, ParsedEvent};
 
 /// Checks (or clamps) every event's time against the window around `now_ms`. Returns
 /// how many were clamped, or every refused event with its reason. `key` names the

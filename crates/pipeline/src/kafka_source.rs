@@ -1,6 +1,6 @@
 //! A Kafka source (`[sources.X] type = "kafka"`): records of the user's topics become
 //! events in the source's topic, through the same path as HTTP ingest
-//! ([`HttpSource::ingest_within`]: validation, de-duplication, the ledger's `passed`
+//! ([`HttpSource::store_within`]: validation, de-duplication, the ledger's `passed`
 //! outcomes). The consumer group's position moves only after the events are durable
 //! (at-least-once), and a record read again after a crash carries the same event id —
 //! by default `<topic>/<partition>/<offset>` — so the de-duplication window drops it.
@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::config::SourceConfig;
 use crate::consumer::{retry_until_ok, sleep_or_cancel};
 use crate::event::Text;
-use crate::ingest::{parse_body, BodyFormat, ParsedEvent};
+use crate::parse::{parse_body, BodyFormat, ParsedEvent};
 use crate::retry::retry_header;
 use crate::source::HttpSource;
 
@@ -75,7 +75,7 @@ pub async fn run(source: Arc<HttpSource>, consumer: TopicConsumer, stop: Cancell
         if !events.is_empty() {
             let store = || async {
                 source
-                    .ingest_within(events.clone(), None, None)
+                    .store_within(events.clone(), None, None)
                     .await
                     .map(|_| ())
             };
@@ -202,14 +202,14 @@ fn events_of(source: &HttpSource, batch: &[InRecord]) -> (Vec<ParsedEvent>, Vec<
 }
 
 /// Why a record's value is not an event.
-fn parse_reason(e: &crate::ingest::ParseError) -> String {
+fn parse_reason(e: &crate::parse::ParseError) -> String {
     match e {
-        crate::ingest::ParseError::Invalid(errors) => errors
+        crate::parse::ParseError::Invalid(errors) => errors
             .iter()
             .map(|e| e.reason.as_str())
             .collect::<Vec<_>>()
             .join("; "),
-        crate::ingest::ParseError::TooManyEvents { count, max } => {
+        crate::parse::ParseError::TooManyEvents { count, max } => {
             format!("{count} events in one record; at most {max} (max_events_per_request)")
         }
     }

@@ -15,7 +15,6 @@ pub mod durations;
 pub mod event;
 pub mod event_window;
 pub mod health;
-pub mod ingest;
 pub mod interpolate;
 pub mod json_limits;
 #[cfg(feature = "kafka")]
@@ -24,6 +23,7 @@ mod kafka_sink;
 pub mod kafka_source;
 pub mod otel;
 pub mod owned;
+pub mod parse;
 pub mod retry;
 pub mod runtime;
 pub mod sink;

@@ -25,8 +25,8 @@ use crate::config::SourceConfig;
 use crate::dedup::{Dedup, DedupKeyer, PreHashed};
 use crate::event::header;
 use crate::event::{EventFormat, Text, Trace};
-use crate::ingest::{ParseOptions, ParsedEvent};
 use crate::now_ms;
+use crate::parse::{ParseOptions, ParsedEvent};
 
 /// Counters of one source.
 #[derive(Debug, Default)]
@@ -347,14 +347,14 @@ impl HttpSource {
         &self,
         events: &mut [ParsedEvent],
         now_ms: i64,
-    ) -> Result<(), Vec<crate::ingest::EventError>> {
+    ) -> Result<(), Vec<crate::parse::EventError>> {
         let unreadable: Vec<_> = events
             .iter()
             .enumerate()
             .filter_map(|(index, e)| {
                 crate::json_limits::check(&e.value)
                     .err()
-                    .map(|reason| crate::ingest::EventError {
+                    .map(|reason| crate::parse::EventError {
                         index: Some(index),
                         reason,
                     })
@@ -372,17 +372,17 @@ impl HttpSource {
     }
 
     /// Stores a request's events durably (all or nothing) and returns their ids.
-    pub async fn ingest(
+    pub async fn store(
         self: &Arc<Self>,
         events: Vec<ParsedEvent>,
         trace: Option<&Trace>,
     ) -> Result<IngestOutcome, LogError> {
-        self.ingest_within(events, trace, self.ack_timeout).await
+        self.store_within(events, trace, self.ack_timeout).await
     }
 
-    /// [`HttpSource::ingest`], waiting at most `ack_timeout` for the engine (`None`: as
+    /// [`HttpSource::store`], waiting at most `ack_timeout` for the engine (`None`: as
     /// long as the append takes, as a Kafka source does, which cannot answer early).
-    pub async fn ingest_within(
+    pub async fn store_within(
         self: &Arc<Self>,
         events: Vec<ParsedEvent>,
         trace: Option<&Trace>,
@@ -463,7 +463,7 @@ impl HttpSource {
                 topic = %self.topic, events = records.len());
             let work = tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    me.store(records, keys, event_times, origins, arrival_us, now)
+                    me.append_and_record(records, keys, event_times, origins, arrival_us, now)
                         .await
                 },
                 span,
@@ -505,7 +505,7 @@ impl HttpSource {
 impl HttpSource {
     /// Appends one request's new records durably, then records their outcomes, lag and
     /// ids (runs to completion even if the request that started it is dropped).
-    async fn store(
+    async fn append_and_record(
         &self,
         records: Vec<Record>,
         keys: Vec<u128>,

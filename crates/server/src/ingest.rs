@@ -25,8 +25,8 @@ use hifi_pipeline::ce_binary;
 use hifi_pipeline::config::SourceConfig;
 use hifi_pipeline::event::Trace;
 use hifi_pipeline::health::Health;
-use hifi_pipeline::ingest::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
 use hifi_pipeline::otel;
+use hifi_pipeline::parse::{parse_body, BodyFormat, ParseError, ACCEPTED_CONTENT_TYPES};
 use hifi_pipeline::source::HttpSource;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -303,7 +303,7 @@ async fn handle(s: &Arc<IngestState>, req: Request, trace: Option<Trace>) -> Res
             json!({ "errors": errors }),
         ));
     }
-    match s.source.ingest(events, trace.as_ref()).await {
+    match s.source.store(events, trace.as_ref()).await {
         Ok(outcome) => (StatusCode::OK, axum::Json(outcome)).into_response(),
         Err(LogError::RecordTooLarge { bytes, max }) => reject(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -354,7 +354,7 @@ fn decode_and_parse(
     raw: bytes::Bytes,
     format: BodyFormat,
     binary: Option<&Binary>,
-) -> Result<Vec<hifi_pipeline::ingest::ParsedEvent>, Box<Response>> {
+) -> Result<Vec<hifi_pipeline::parse::ParsedEvent>, Box<Response>> {
     let mut body = match body::decode(encoding, raw, s.max_body_bytes) {
         Ok(b) => b,
         Err(DecodeError::TooLarge) => return Err(Box::new(too_large(s.max_body_bytes))),
