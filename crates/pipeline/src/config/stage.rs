@@ -1,0 +1,84 @@
+//! `[stages.*]`: a CEL filter and transforms between two topics.
+
+use super::*;
+
+/// `[stages.NAME]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Topic read.
+    pub input: Spanned<String>,
+    /// Topic written.
+    pub output: Spanned<String>,
+    /// Transforms applied in order; none = pass-through.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+    /// Records read per batch. Default 1000.
+    #[serde(default = "default_stage_batch")]
+    pub batch_max_events: usize,
+    /// Test builds only (cargo feature `test-hooks`, never in a release build): silently
+    /// drop events whose id matches this regex, recording no outcome — a simulated bug,
+    /// so tests can prove the ledger finds the loss. Without the feature the key is
+    /// unknown and refused like any other.
+    #[cfg(feature = "test-hooks")]
+    pub test_drop_ids_matching: Option<String>,
+}
+
+/// One transform of a stage (`[[stages.NAME.transforms]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// Keep events for which the CEL `condition` is true (the event's JSON is `event`,
+    /// e.g. `event.amount > 100 && event.country == "DE"`); others get the outcome
+    /// `filtered`.
+    Filter {
+        /// A CEL expression evaluating to a boolean.
+        condition: String,
+    },
+    /// Set a field (JSON pointer) to a JSON value, creating objects on the way.
+    Set {
+        /// JSON pointer, e.g. `"/meta/pipeline"`.
+        field: String,
+        /// Any TOML value (converted to JSON).
+        value: toml::Value,
+    },
+    /// Move a field.
+    Rename {
+        /// JSON pointer of the field to move.
+        from: String,
+        /// JSON pointer of its new place.
+        to: String,
+    },
+    /// Remove fields (missing fields are fine).
+    Remove {
+        /// JSON pointers.
+        fields: Vec<String>,
+    },
+    /// Replace a field's value with a salted SHA-256 hash (`mode = "hash"`, hex) or a
+    /// mask (`mode = "mask"`: `"****"` keeping the last `keep_last` characters).
+    Redact {
+        /// JSON pointer.
+        field: String,
+        /// `"hash"` or `"mask"`.
+        mode: RedactMode,
+        /// Salt for `hash` (required for `hash`).
+        salt: Option<String>,
+        /// Characters left visible by `mask`. Default 0.
+        #[serde(default)]
+        keep_last: usize,
+    },
+}
+
+/// How `redact` hides a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactMode {
+    /// Salted SHA-256, hex.
+    Hash,
+    /// `****` plus the last characters.
+    Mask,
+}
+
+fn default_stage_batch() -> usize {
+    1000
+}
