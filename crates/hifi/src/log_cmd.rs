@@ -391,7 +391,7 @@ async fn stress(args: StressArgs) -> Result<ExitCode> {
             let mut seq = 0u64;
             loop {
                 let records = (seq..seq + batch)
-                    .map(|s| hifi_log::testing::stress_record(task, s, value_bytes))
+                    .map(|s| hifi_log::stress::stress_record(task, s, value_bytes))
                     .collect();
                 let offsets = log.append(&topic, partition, records).await?;
                 let mut line = String::new();

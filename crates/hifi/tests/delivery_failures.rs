@@ -235,6 +235,9 @@ async fn refused_events_are_dead_lettered_the_rest_flows_and_redrive_delivers_th
         "{}",
         String::from_utf8_lossy(&second.stdout)
     );
+    // A duplicate would come from the first re-drive's retry tier, already drained: a
+    // quiet period is the only way to see one does not (a slower machine makes it a
+    // weaker check, never a failing one).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = received_ids(&record);
     assert!(

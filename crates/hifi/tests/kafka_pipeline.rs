@@ -217,12 +217,16 @@ async fn take_over(stop: Stop) {
         }
     }
     // Keep posting through the rebalance and after it.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    let went_on = producers
+        .run_past(
+            Duration::from_secs(12),
+            acked_before_kill,
+            100,
+            Duration::from_secs(60),
+        )
+        .await;
     let (acked, failed) = producers.stop().await;
-    assert!(
-        acked.len() > acked_before_kill,
-        "ingest went on during the take-over"
-    );
+    assert!(went_on, "ingest went on during the take-over");
 
     let (missing, duplicates) = check_delivered(&record, &acked);
     let buckets = settled_buckets(ingest.addr("admin"), Duration::from_secs(180)).await;
@@ -588,10 +592,17 @@ async fn the_partition_leaders_broker_killed_under_load_loses_nothing_acknowledg
     });
     assert!(new_leader, "no new leader for {topic}/0 within 60 s");
     let elected_at = producers.acked();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let went_on = producers
+        .run_past(
+            Duration::from_secs(8),
+            elected_at,
+            100,
+            Duration::from_secs(60),
+        )
+        .await;
     let (acked, failed) = producers.stop().await;
     assert!(
-        acked.len() > elected_at + 100,
+        went_on,
         "ingest kept acknowledging after the election ({elected_at} then {})",
         acked.len()
     );
@@ -668,12 +679,17 @@ async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
     // Returns once the cluster takes acks=all produces again.
     tokio::task::block_in_place(|| cluster.run("restart"));
     let down_for = killed_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let resumed_from = producers.acked();
+    let resumed = producers
+        .run_past(
+            Duration::from_secs(8),
+            resumed_from,
+            100,
+            Duration::from_secs(60),
+        )
+        .await;
     let (acked, failed) = producers.stop().await;
-    assert!(
-        acked.len() > acked_at_kill,
-        "ingest resumed after the cluster came back"
-    );
+    assert!(resumed, "ingest resumed after the cluster came back");
 
     let (missing, duplicates) = check_delivered(&record, &acked);
     eprintln!(

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hifi_log::testing::stress_record;
+use hifi_log::stress::stress_record;
 use hifi_log::{EmbeddedLog, Log, LogConfig, ReadLimits, Record};
 use rand::Rng;
 

@@ -72,7 +72,7 @@ pub mod quarantine;
 pub mod record;
 pub mod segment;
 pub mod storage;
-pub mod testing;
+pub mod stress;
 pub mod verify;
 
 use std::path::PathBuf;

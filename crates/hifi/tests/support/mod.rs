@@ -15,12 +15,34 @@ pub use producers::Producers;
 
 pub const HIFI: &str = env!("CARGO_BIN_EXE_hifi");
 
-/// A loopback address nothing listens on (yet): its port was free a moment ago.
+/// A loopback address nothing listens on (yet), for a listener that must be named before
+/// it runs (a sink's URL written before its receiver starts, a receiver restarted at the
+/// same address, an address where nothing answers). Listeners that can be named after
+/// they start bind port 0 and print their address instead.
+///
+/// Ports come from 10000–14999: below Linux's ephemeral range, so the kernel never hands
+/// one to an outgoing connection (hifi's own, a Kafka client's) between this call and the
+/// bind; apart from the test cluster's (`scripts/test-broker`: 15000 and up, reused when
+/// a node restarts); and never twice in one test process (tests run in parallel).
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 5_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A running `hifi` child process with the addresses it printed.
@@ -117,16 +139,17 @@ impl Proc {
             .unwrap();
         assert!(ok.success());
         let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+        let child = &mut self.child;
+        let status = off_workers(|| loop {
+            if let Some(s) = child.try_wait().unwrap() {
                 break s;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = child.kill();
                 panic!("did not stop within {within:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
+        });
         let mut rest = Vec::new();
         while let Ok(l) = self.stdout_rest.recv_timeout(Duration::from_millis(500)) {
             rest.push(l);
@@ -293,16 +316,30 @@ pub fn tool_present(cmd: &str, args: &[&str], require_var: &str, install: &str) 
     ok
 }
 
-/// Polls `cond` until true or `within` passes.
+/// Polls `cond` until true or `within` passes. Inside a multi-thread tokio test it
+/// waits off the runtime's workers, so the test's own tasks (producers, servers) go on.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
+    off_workers(|| {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        cond()
+    })
+}
+
+/// Runs blocking `f` (sleeps, child processes) without holding a tokio worker when
+/// called from a multi-thread runtime; as is elsewhere.
+pub fn off_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
-    cond()
 }
 
 /// GET a JSON document from a running instance.

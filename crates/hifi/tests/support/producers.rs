@@ -81,6 +81,24 @@ impl Producers {
         self.acked.lock().unwrap().len()
     }
 
+    /// Keeps producing for at least `at_least`, and until `more` acknowledgements past
+    /// `from` arrived (at most `deadline`): a slow machine gets the time it needs to show
+    /// progress instead of failing after a fixed sleep. Whether they arrived.
+    pub async fn run_past(
+        &self,
+        at_least: Duration,
+        from: usize,
+        more: usize,
+        deadline: Duration,
+    ) -> bool {
+        tokio::time::sleep(at_least).await;
+        let until = std::time::Instant::now() + deadline.saturating_sub(at_least);
+        while self.acked() < from + more && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.acked() >= from + more
+    }
+
     pub async fn stop(self) -> (HashSet<String>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {

@@ -1,6 +1,7 @@
-//! Deterministic records for crash tests and benchmarks: the bytes of record
-//! (`task`, `seq`) are a pure function of the pair, so a checker can regenerate exactly
-//! what an appender wrote without keeping a copy.
+//! The records of `hifi log stress` (the crash-test appender an operator runs against a
+//! disk, and the crash tests run against this engine): the bytes of record (`task`,
+//! `seq`) are a pure function of the pair, so a checker can regenerate exactly what the
+//! appender wrote without keeping a copy. Part of the product because that command is.
 
 use crate::Record;
 
