@@ -25,10 +25,12 @@
 
 mod config;
 mod consume;
+mod errors;
 mod groups;
 mod produce;
 pub use config::KafkaConfig;
 pub use consume::{InRecord, TopicConsumer};
+use errors::{is_connection_error, kafka_err, refresh_metadata, retrying, retrying_with};
 use groups::Member;
 pub use produce::{OutRecord, SendFailure, TopicProducer};
 
@@ -62,19 +64,6 @@ struct Reader {
     next: Option<u64>,
 }
 
-/// Whether a consumer error is about reaching the brokers (not about a partition):
-/// queued by librdkafka for every failed connection attempt.
-fn is_connection_error(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::MessageConsumption(
-            RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::Resolve
-        )
-    )
-}
-
 /// A reader shared by the reads of one partition (one read at a time).
 type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
 /// The Kafka engine.
@@ -100,13 +89,6 @@ impl std::fmt::Debug for KafkaLog {
     }
 }
 
-fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
-    LogError::Io {
-        context: context.into(),
-        source: std::io::Error::other(e),
-    }
-}
-
 /// Hands a record to the producer, waiting while its queue is full (until `deadline`,
 /// if any: then `QueueFull` is the error).
 async fn enqueue<'a>(
@@ -125,64 +107,6 @@ async fn enqueue<'a>(
             }
             Err((e, _)) => return Err(e),
         }
-    }
-}
-
-/// Errors a cluster of several brokers answers for a moment while its metadata is not the
-/// same everywhere: a topic just created that the broker asked (or the client's metadata
-/// cache) does not know yet, a partition whose leader is moving, a group coordinator
-/// that is moving or loading. The same request succeeds a little later.
-fn transient(e: &KafkaError) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::UnknownPartition
-                | C::UnknownTopic
-                | C::UnknownTopicOrPartition
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::FencedLeaderEpoch
-                | C::UnknownLeaderEpoch
-                | C::OffsetNotAvailable
-                | C::NotCoordinator
-                | C::CoordinatorNotAvailable
-                | C::CoordinatorLoadInProgress
-        )
-    )
-}
-
-/// Runs a blocking cluster request until it succeeds, fails otherwise than
-/// [`transient`]ly, or [`TRANSIENT_RETRY`] has passed.
-fn retrying<T>(request: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
-    retrying_with(request, || {})
-}
-
-/// [`retrying`], calling `refresh` before each new try.
-fn retrying_with<T>(
-    mut request: impl FnMut() -> Result<T, KafkaError>,
-    mut refresh: impl FnMut(),
-) -> Result<T, KafkaError> {
-    let deadline = Instant::now() + TRANSIENT_RETRY;
-    loop {
-        match request() {
-            Err(e) if transient(&e) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-                refresh();
-            }
-            r => return r,
-        }
-    }
-}
-
-/// Asks the cluster for a topic's metadata again. librdkafka answers watermark and
-/// offsets-for-times queries from its metadata cache, and does not refresh a cached
-/// partition without a leader by itself (it takes that for a permanent error): a topic
-/// seen just after it was created, before its leaders were elected, stayed "unknown
-/// partition" for the cache's lifetime (15 minutes).
-fn refresh_metadata(meta: &BaseConsumer, topic: &str) {
-    if let Err(e) = meta.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
-        warn!(topic, %e, "cannot refresh the topic's metadata");
     }
 }
 

@@ -1,0 +1,90 @@
+//! What a Kafka error means for hifi: an engine error with its context, a lost
+//! connection, or a moment of cluster metadata in motion that a retry outlives — and the
+//! retry loops for the last.
+
+use std::time::{Duration, Instant};
+
+use hifi_log::LogError;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tracing::warn;
+
+use crate::{REQUEST_TIMEOUT, TRANSIENT_RETRY};
+
+/// Whether a consumer error is about reaching the brokers (not about a partition):
+/// queued by librdkafka for every failed connection attempt.
+pub(crate) fn is_connection_error(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+        )
+    )
+}
+
+pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
+    LogError::Io {
+        context: context.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Errors a cluster of several brokers answers for a moment while its metadata is not the
+/// same everywhere: a topic just created that the broker asked (or the client's metadata
+/// cache) does not know yet, a partition whose leader is moving, a group coordinator
+/// that is moving or loading. The same request succeeds a little later.
+pub(crate) fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::UnknownPartition
+                | C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::FencedLeaderEpoch
+                | C::UnknownLeaderEpoch
+                | C::OffsetNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorNotAvailable
+                | C::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// Runs a blocking cluster request until it succeeds, fails otherwise than
+/// [`transient`]ly, or [`TRANSIENT_RETRY`] has passed.
+pub(crate) fn retrying<T>(request: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+    retrying_with(request, || {})
+}
+
+/// [`retrying`], calling `refresh` before each new try.
+pub(crate) fn retrying_with<T>(
+    mut request: impl FnMut() -> Result<T, KafkaError>,
+    mut refresh: impl FnMut(),
+) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + TRANSIENT_RETRY;
+    loop {
+        match request() {
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+                refresh();
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Asks the cluster for a topic's metadata again. librdkafka answers watermark and
+/// offsets-for-times queries from its metadata cache, and does not refresh a cached
+/// partition without a leader by itself (it takes that for a permanent error): a topic
+/// seen just after it was created, before its leaders were elected, stayed "unknown
+/// partition" for the cache's lifetime (15 minutes).
+pub(crate) fn refresh_metadata(meta: &BaseConsumer, topic: &str) {
+    if let Err(e) = meta.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+        warn!(topic, %e, "cannot refresh the topic's metadata");
+    }
+}
