@@ -45,6 +45,24 @@ pub fn validate(file: &Path, print: bool) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            for (topic, schema) in &t.derived.schemas {
+                let fields: Vec<String> = schema
+                    .fields
+                    .iter()
+                    .map(|f| format!("{} {f}", f.name))
+                    .collect();
+                let from = t
+                    .writers
+                    .get(topic)
+                    .map(|w| w.join(", "))
+                    .unwrap_or_default();
+                let how = if c.topics.get(topic).is_some_and(|s| s.schema.is_some()) {
+                    "declared".to_owned()
+                } else {
+                    format!("derived from {from}")
+                };
+                println!("schema of {topic} ({how}): {}", fields.join(", "));
+            }
             for w in &t.warnings {
                 println!("warning: {w}");
             }

@@ -234,3 +234,63 @@ fn environment_variables_and_secret_files_fill_the_config_and_print_masked() {
         "{err}"
     );
 }
+
+#[test]
+fn schemas_and_sql_stages_are_checked_before_anything_starts() {
+    let orders = "[topics.events]\nschema = { id = \"string\", amount = \"float64\", country = \"string\" }\n";
+    let stage = |sql: &str| {
+        format!(
+            "{SOURCE}{orders}[stages.big]\ninput = \"events\"\noutput = \"big\"\nsql = \"{sql}\"\n"
+        )
+    };
+    check(
+        "unknown schema type",
+        &format!("{SOURCE}[topics.events]\nschema = {{ id = \"text\" }}\n"),
+        &[
+            "p.toml:9",
+            "topics.events.schema",
+            "unknown type \"text\"",
+            "float64",
+        ],
+    );
+    check(
+        "sql without an input schema",
+        &format!("{SOURCE}[stages.big]\ninput = \"events\"\noutput = \"big\"\nsql = \"SELECT 1 AS one FROM input\"\n"),
+        &["p.toml:11", "stages.big.sql", "needs a schema on its input", "[topics.events]"],
+    );
+    check(
+        "aggregate without a window",
+        &stage("SELECT country, count(*) AS n FROM input GROUP BY country"),
+        &["p.toml:13", "stages.big.sql", "aggregate", "window"],
+    );
+    check(
+        "unknown column",
+        &stage("SELECT amout FROM input"),
+        &["stages.big.sql", "amout", "amount"],
+    );
+    check(
+        "syntax error",
+        &stage("SELEC id FROM input"),
+        &["stages.big.sql", "SELEC"],
+    );
+    check(
+        "sql and transforms",
+        &format!(
+            "{}[[stages.big.transforms]]\ntype = \"remove\"\nfields = [\"/x\"]\n",
+            stage("SELECT id FROM input")
+        ),
+        &["stages.big.sql", "either sql or transforms"],
+    );
+    check(
+        "output not of the declared schema",
+        &format!(
+            "{}[topics.big]\nschema = {{ id = \"string\", vat = \"int64\" }}\n",
+            stage("SELECT id, amount * 0.2 AS vat FROM input")
+        ),
+        &[
+            "stages.big.sql",
+            "topics.big.schema",
+            "`vat` is float64 in the query, int64",
+        ],
+    );
+}

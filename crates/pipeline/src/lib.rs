@@ -26,6 +26,7 @@ pub mod owned;
 pub mod parse;
 pub mod retry;
 pub mod runtime;
+pub mod schemas;
 pub mod sink;
 pub mod source;
 pub mod stage;

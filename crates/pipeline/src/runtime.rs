@@ -280,6 +280,8 @@ impl Pipeline {
                 instance,
             )
             .await?;
+            let mut source = source;
+            source.schema = topology.derived.schemas.get(s.topic.get_ref()).cloned();
             let source = Arc::new(source);
             #[cfg(not(feature = "kafka"))]
             if s.kind == crate::config::SourceType::Kafka {
@@ -360,6 +362,7 @@ impl Pipeline {
                 input: s.input.get_ref().clone(),
                 output: s.output.get_ref().clone(),
                 transforms: Arc::new(transforms),
+                query: topology.derived.queries.get(name).cloned(),
                 batch_max_events: s.batch_max_events,
                 record_bytes_max: cfg.engine.record_bytes_max.0 as usize,
                 log: log.clone(),

@@ -136,6 +136,8 @@ pub struct HttpSource {
     /// outcomes are durable: `ledger.<source>`, or `ledger.<source>.<instance>` when
     /// several processes ingest the source.
     tally_group: String,
+    /// The topic's schema (`[topics.X] schema`): events that do not fit are refused.
+    pub schema: Option<Arc<hifi_sql::Schema>>,
     /// Largest record accepted: the engine's limit minus [`RECORD_HEADROOM_BYTES`].
     record_bytes_max: usize,
     /// Longest wait for the engine's acknowledgement before answering 503.
@@ -225,6 +227,7 @@ impl HttpSource {
             next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
             ledger,
+            schema: None,
             record_bytes_max: engine_record_bytes_max
                 .saturating_sub(RECORD_HEADROOM_BYTES)
                 .max(1024),
@@ -340,7 +343,8 @@ impl HttpSource {
     }
 
     /// What ingest checks beyond parsing: every value within the JSON limits stages
-    /// need ([`crate::json_limits`]), and event times within the source's
+    /// need ([`crate::json_limits`]) and of the topic's schema, if it has one, and event
+    /// times within the source's
     /// `event_time_window` around `now_ms` (refused, or clamped as configured). Every
     /// refused event with its reason.
     pub fn check_events(
@@ -362,6 +366,25 @@ impl HttpSource {
             .collect();
         if !unreadable.is_empty() {
             return Err(unreadable);
+        }
+        if let Some(schema) = &self.schema {
+            let unfit: Vec<_> = events
+                .iter()
+                .enumerate()
+                .filter_map(|(index, e)| {
+                    let why = match serde_json::from_slice::<serde_json::Value>(&e.value) {
+                        Ok(v) => schema.check(&v).err()?,
+                        Err(e) => format!("not JSON: {e}"),
+                    };
+                    Some(crate::parse::EventError {
+                        index: Some(index),
+                        reason: format!("does not fit the schema of topic {:?}: {why}", self.topic),
+                    })
+                })
+                .collect();
+            if !unfit.is_empty() {
+                return Err(unfit);
+            }
         }
         let key = format!("sources.{}.event_time_window", self.name);
         let clamped = crate::event_window::apply(&self.event_time_window, &key, events, now_ms)?;

@@ -61,6 +61,8 @@ pub struct Stage {
     pub output: String,
     /// Compiled transforms.
     pub transforms: Arc<Transforms>,
+    /// The SQL query run instead of transforms (`sql = "…"`).
+    pub query: Option<Arc<hifi_sql::RowQuery>>,
     /// Records per batch.
     pub batch_max_events: usize,
     /// Largest record the engine takes (bytes of key, value and headers).
@@ -183,11 +185,19 @@ impl Stage {
                     .collect();
                 crate::otel::link(&span, traces.iter());
             }
+            let by_query = match &self.query {
+                Some(q) => {
+                    let values: Vec<&[u8]> = batch.iter().map(|r| &r.record.value[..]).collect();
+                    let run = tracing::Instrument::instrument(q.run(&values), span.clone());
+                    Some(run.await.into_iter().map(Applied::from).collect())
+                }
+                None => None,
+            };
             let Transformed {
                 out,
                 dead,
                 mut fates,
-            } = span.in_scope(|| self.transform_batch(input, p, batch, &cel_root));
+            } = span.in_scope(|| self.transform_batch(input, p, batch, by_query, &cel_root));
             if !out.is_empty() {
                 let append = self.append_until_done(out_p, out, &shutdown);
                 let Some(dropped) = tracing::Instrument::instrument(append, span.clone()).await
@@ -234,6 +244,7 @@ impl Stage {
         input: &str,
         p: u32,
         batch: Vec<StoredRecord>,
+        by_query: Option<Vec<Applied>>,
         cel_root: &cel_interpreter::Context<'_>,
     ) -> Transformed {
         let mut t = Transformed {
@@ -246,7 +257,14 @@ impl Stage {
             .read_events_total
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let now_ms = crate::now_ms();
+        let mut by_query = by_query.map(Vec::into_iter);
         for r in batch {
+            let applied = match by_query.as_mut() {
+                Some(results) => results.next().expect("one query result per event"),
+                None => self
+                    .transforms
+                    .apply(cel_root, &r.record.value, &mut errors),
+            };
             let meta = EventMeta::of(input, p, &r);
             let origin_missing = r.record.header(header::ORIGIN).is_none();
             let mut rec = r.record;
@@ -275,7 +293,7 @@ impl Stage {
                 ));
                 t.fates.push(fate(Outcome::DeadLettered));
             };
-            match self.transforms.apply(cel_root, &rec.value, &mut errors) {
+            match applied {
                 Applied::Filtered => {
                     self.stats
                         .filtered_events_total
@@ -285,6 +303,10 @@ impl Stage {
                 }
                 Applied::Unreadable(why) => {
                     dead_letter(&rec, "unreadable", why);
+                    continue;
+                }
+                Applied::Refused(why) => {
+                    dead_letter(&rec, "sql", why);
                     continue;
                 }
                 Applied::Keep(value) => {
@@ -304,9 +326,20 @@ impl Stage {
                     }
                 }
             }
-            // Re-driven letters carry retry/DLQ headers: the output is the event alone.
-            rec.headers
-                .retain(|h| !h.name.starts_with("hifi-retry-") && h.name != DLQ_REASON);
+            // Re-driven letters carry retry/DLQ headers: the output is the event alone. A
+            // query's output is a plain JSON object, whatever the input's format.
+            let sql = self.query.is_some();
+            rec.headers.retain(|h| {
+                !h.name.starts_with("hifi-retry-")
+                    && h.name != DLQ_REASON
+                    && !(sql && h.name == header::FORMAT)
+            });
+            if sql {
+                rec.headers.push(hifi_log::Header {
+                    name: header::FORMAT.into(),
+                    value: crate::event::EventFormat::Json.as_str().into(),
+                });
+            }
             t.fates.push(fate(Outcome::Passed));
             if origin_missing {
                 let value = meta.origin.to_string().into();

@@ -26,6 +26,8 @@ pub struct Topology {
     pub readers: BTreeMap<String, Vec<String>>,
     /// Warnings that do not stop the pipeline (e.g. a topic nobody reads).
     pub warnings: Vec<String>,
+    /// Topic schemas and compiled SQL stages.
+    pub derived: crate::schemas::Derived,
 }
 
 impl Topology {
@@ -155,6 +157,7 @@ impl Topology {
         check_inputs(loaded, &writers)?;
         check_cycles(loaded)?;
         check_listeners(loaded)?;
+        let derived = crate::schemas::derive(loaded)?;
         let mut topics = BTreeMap::new();
         for t in writers.keys().chain(readers.keys()) {
             topics.insert(t.clone(), topic_spec(loaded, t));
@@ -182,6 +185,7 @@ impl Topology {
             writers,
             readers,
             warnings,
+            derived,
         })
     }
 }

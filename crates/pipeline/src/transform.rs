@@ -53,6 +53,19 @@ pub enum Applied {
     /// The value cannot be read as JSON, so no transform can be applied (neither a
     /// filter nor a redaction): the stage dead-letters it, never passes it on.
     Unreadable(String),
+    /// A SQL stage's query cannot take it (not of the input schema, or the query fails
+    /// on it): dead-lettered with the reason.
+    Refused(String),
+}
+
+impl From<hifi_sql::RowResult> for Applied {
+    fn from(r: hifi_sql::RowResult) -> Self {
+        match r {
+            hifi_sql::RowResult::Out(b) => Applied::Keep(b),
+            hifi_sql::RowResult::Filtered => Applied::Filtered,
+            hifi_sql::RowResult::Refused(why) => Applied::Refused(why),
+        }
+    }
 }
 
 /// The transforms of one stage, in order.

@@ -306,6 +306,11 @@ pub struct TopicConfig {
     /// `engine.retention_hold_bytes_max`, then appends get 507).
     #[serde(default)]
     pub retention_ignore_consumers: bool,
+    /// The top-level fields of the topic's events and their types, e.g.
+    /// `{ id = "string", ts = "timestamp", amount = "float64", note = "string?" }`
+    /// (see [`hifi_sql::schema`]). Sources writing the topic refuse events that do not
+    /// fit (400, nothing written); SQL stages reading it plan against it.
+    pub schema: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -1,4 +1,4 @@
-//! `[stages.*]`: a CEL filter and transforms between two topics.
+//! `[stages.*]`: a CEL filter and transforms, or a SQL query, between two topics.
 
 use super::*;
 
@@ -13,6 +13,11 @@ pub struct StageConfig {
     /// Transforms applied in order; none = pass-through.
     #[serde(default)]
     pub transforms: Vec<TransformConfig>,
+    /// A SQL query run on each event (instead of transforms), reading the table `input`
+    /// (the input topic, which needs a schema), e.g.
+    /// `SELECT id, amount * 0.2 AS vat FROM input WHERE amount >= 10`. Events `WHERE`
+    /// removes get the outcome `filtered`; events the query fails on are dead-lettered.
+    pub sql: Option<Spanned<String>>,
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
