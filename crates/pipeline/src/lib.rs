@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod schemas;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod stage;
 pub mod topology;
 pub mod transform;

@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hifi_sql::{RowQuery, Schema};
+use hifi_sql::Schema;
 
 use crate::config::{ConfigError, LoadedConfig};
+use crate::sql::RowQuery;
 
 /// What [`derive`] found: schemas by topic and compiled queries by stage.
 #[derive(Debug, Clone, Default)]

@@ -62,7 +62,7 @@ pub struct Stage {
     /// Compiled transforms.
     pub transforms: Arc<Transforms>,
     /// The SQL query run instead of transforms (`sql = "…"`).
-    pub query: Option<Arc<hifi_sql::RowQuery>>,
+    pub query: Option<Arc<crate::sql::RowQuery>>,
     /// Records per batch.
     pub batch_max_events: usize,
     /// Largest record the engine takes (bytes of key, value and headers).
@@ -188,8 +188,8 @@ impl Stage {
             let by_query = match &self.query {
                 Some(q) => {
                     let values: Vec<&[u8]> = batch.iter().map(|r| &r.record.value[..]).collect();
-                    let run = tracing::Instrument::instrument(q.run(&values), span.clone());
-                    Some(run.await.into_iter().map(Applied::from).collect())
+                    let run = crate::sql::run(q, &values);
+                    Some(tracing::Instrument::instrument(run, span.clone()).await)
                 }
                 None => None,
             };

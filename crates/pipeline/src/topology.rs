@@ -649,6 +649,28 @@ mod tests {
         }
     }
 
+    /// A build without the `sql` feature keeps topic schemas and names the SQL stage it
+    /// cannot run.
+    #[cfg(not(feature = "sql"))]
+    #[test]
+    fn a_build_without_sql_refuses_sql_stages_and_keeps_schemas() {
+        let base = format!(
+            "{HEAD}[topics.orders]\nschema = {{ id = \"string\", amount = \"float64\" }}\n\
+             [sources.api]\ntype = \"http\"\ntopic = \"orders\"\n"
+        );
+        let t = build(&base).unwrap();
+        assert_eq!(t.derived.schemas["orders"].fields.len(), 2);
+        let e = build(&format!(
+            "{base}[stages.big]\ninput = \"orders\"\noutput = \"big\"\nsql = \"SELECT id FROM input\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("stages.big.sql: this hifi was built without SQL stages"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn errors_name_file_key_line_and_fix() {
         let e = build(&format!(

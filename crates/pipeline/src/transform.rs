@@ -58,16 +58,6 @@ pub enum Applied {
     Refused(String),
 }
 
-impl From<hifi_sql::RowResult> for Applied {
-    fn from(r: hifi_sql::RowResult) -> Self {
-        match r {
-            hifi_sql::RowResult::Out(b) => Applied::Keep(b),
-            hifi_sql::RowResult::Filtered => Applied::Filtered,
-            hifi_sql::RowResult::Refused(why) => Applied::Refused(why),
-        }
-    }
-}
-
 /// The transforms of one stage, in order.
 #[derive(Debug, Default)]
 pub struct Transforms {

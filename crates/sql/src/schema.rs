@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use serde_json::Value;
 
 /// The type of one declared field.
