@@ -27,6 +27,7 @@ pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
 
 mod chaos;
 mod demo;
+mod lineage_cmd;
 mod loadtest;
 mod log_bench;
 mod log_cmd;
@@ -88,6 +89,9 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Field-level lineage of a pipeline file: every edge, or what a field comes from
+    /// (`--upstream`) or reaches (`--impact`).
+    Lineage(lineage_cmd::LineageArgs),
     /// A self-contained pipeline with a generator and a receiver, for a first look.
     Demo {
         /// Events per second from the generator.
@@ -170,6 +174,7 @@ fn main() -> std::process::ExitCode {
                 instance,
             } => run::run(file, drain, only, admin, instance).await,
             Command::Validate { file, print } => Ok(run::validate(&file, print)),
+            Command::Lineage(args) => lineage_cmd::run(args),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
             Command::Loadtest(args) => loadtest::run(*args).await,

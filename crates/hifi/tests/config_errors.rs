@@ -293,4 +293,43 @@ fn schemas_and_sql_stages_are_checked_before_anything_starts() {
             "`vat` is float64 in the query, int64",
         ],
     );
+    let window = |w: &str, sql: &str| {
+        format!(
+            "{SOURCE}{orders}[stages.per_minute]\ninput = \"events\"\noutput = \"pm\"\nwindow = {w}\n{sql}"
+        )
+    };
+    check(
+        "a window without sql",
+        &window("{ size = \"1m\" }", ""),
+        &["p.toml:13", "stages.per_minute.window", "needs a query"],
+    );
+    check(
+        "a window of no length",
+        &window(
+            "{ size = \"0s\" }",
+            "sql = \"SELECT count(*) AS n FROM input\"\n",
+        ),
+        &["stages.per_minute.window.size", "at least 1ms"],
+    );
+    check(
+        "an unknown late mode",
+        &window(
+            "{ size = \"1m\", late = \"drop\" }",
+            "sql = \"SELECT count(*) AS n FROM input\"\n",
+        ),
+        &[
+            "p.toml:13",
+            "unknown variant `drop`",
+            "dead-letter",
+            "update",
+        ],
+    );
+    check(
+        "a query selecting the window's bounds",
+        &window(
+            "{ size = \"1m\" }",
+            "sql = \"SELECT count(*) AS window_end FROM input\"\n",
+        ),
+        &["stages.per_minute.sql", "window_end", "the stage adds it"],
+    );
 }

@@ -24,6 +24,7 @@ fn record(c: &mut Criterion) {
             input: Some("events".into()),
             output: None,
             group: None,
+            aggregates: false,
         }];
         Ledger::open(
             LedgerConfig::default(),

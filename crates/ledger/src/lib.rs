@@ -129,6 +129,9 @@ pub struct NodeSpec {
     /// handled (stages, sinks). A bucket settles only once every such node has committed
     /// past its input as it was when the bucket last changed; `None`: no such gate.
     pub group: Option<String>,
+    /// A window stage: its input events end there (`aggregated`) and its output events
+    /// are new origins, so source → sink paths also start at it.
+    pub aggregates: bool,
 }
 
 /// Most loss buckets open at once (two weeks of minutes). Sources refuse event times
@@ -216,7 +219,8 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Source → sink paths through the topic graph, as node indices.
+/// Source → sink paths through the topic graph, as node indices (a window stage starts
+/// paths of its own: its output events).
 fn paths(nodes: &[NodeSpec]) -> Vec<Vec<usize>> {
     fn walk(nodes: &[NodeSpec], path: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
         let last = &nodes[*path.last().expect("non-empty")];
@@ -235,7 +239,7 @@ fn paths(nodes: &[NodeSpec]) -> Vec<Vec<usize>> {
     }
     let mut out = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        if n.kind == NodeKind::Source {
+        if n.kind == NodeKind::Source || n.aggregates {
             walk(nodes, &mut vec![i], &mut out);
         }
     }

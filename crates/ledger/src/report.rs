@@ -18,6 +18,9 @@ pub struct NodeLoss {
     pub dead_lettered: u64,
     /// Still waiting for a retry (no delivered or dead-lettered outcome yet).
     pub retrying: u64,
+    /// Taken into a window's result (window stages).
+    #[serde(default)]
+    pub aggregated: u64,
 }
 
 /// A lost origin and the node it was lost at.

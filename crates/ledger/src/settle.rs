@@ -265,8 +265,11 @@ impl Ledger {
         let mut lost_total = 0usize;
         for n in &self.nodes {
             let mut seen = OriginSet::new();
-            for set in outcomes(&n.name).values() {
-                union_into(&mut seen, set);
+            for (o, set) in outcomes(&n.name) {
+                // A window stage passes on new events, not the ones it saw.
+                if !(n.aggregates && *o == Outcome::Passed) {
+                    union_into(&mut seen, set);
+                }
             }
             let upstream = self.upstream_passed(n, &open.nodes);
             let lost = difference(&upstream, &seen);
@@ -297,6 +300,7 @@ impl Ledger {
                 filtered: count(&get(&n.name, Outcome::Filtered)),
                 dead_lettered: count(&get(&n.name, Outcome::DeadLettered)),
                 retrying: count(&difference(&get(&n.name, Outcome::Retrying), &terminal)),
+                aggregated: count(&get(&n.name, Outcome::Aggregated)),
             });
         }
         let mut events = OriginSet::new();
@@ -307,9 +311,14 @@ impl Ledger {
             union_into(&mut events, &stored);
             let mut terminal = OriginSet::new();
             for &i in &path[1..path.len() - 1] {
-                // A stage ends an event's path on purpose (filtered) or into its dead
-                // letters (listed, re-drivable): neither is loss.
-                for o in [Outcome::Filtered, Outcome::DeadLettered] {
+                // A stage ends an event's path on purpose (filtered, or aggregated into a
+                // window's result) or into its dead letters (listed, re-drivable): none
+                // is loss.
+                for o in [
+                    Outcome::Filtered,
+                    Outcome::DeadLettered,
+                    Outcome::Aggregated,
+                ] {
                     union_into(&mut terminal, &get(&self.nodes[i].name, o));
                 }
             }

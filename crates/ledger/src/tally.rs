@@ -28,16 +28,20 @@ pub enum Outcome {
     DeadLettered,
     /// Waiting for another delivery attempt.
     Retrying,
+    /// Taken into an event-time window's result (a window stage): the window's output
+    /// events carry it on as new origins.
+    Aggregated,
 }
 
 impl Outcome {
     /// All outcomes, in code order.
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Passed,
         Outcome::Delivered,
         Outcome::Filtered,
         Outcome::DeadLettered,
         Outcome::Retrying,
+        Outcome::Aggregated,
     ];
 
     fn code(self) -> u8 {

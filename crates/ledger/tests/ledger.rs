@@ -16,6 +16,7 @@ fn nodes() -> Vec<NodeSpec> {
         input: input.map(Into::into),
         output: output.map(Into::into),
         group: None,
+        aggregates: false,
     };
     vec![
         n("api", NodeKind::Source, None, Some("events")),

@@ -21,6 +21,7 @@ pub mod json_limits;
 mod kafka_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka_source;
+pub mod lineage;
 pub mod otel;
 pub mod owned;
 pub mod parse;
@@ -34,6 +35,7 @@ pub mod stage;
 pub mod topology;
 pub mod transform;
 pub mod units;
+pub mod window;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

@@ -363,6 +363,19 @@ impl Pipeline {
                 output: s.output.get_ref().clone(),
                 transforms: Arc::new(transforms),
                 query: topology.derived.queries.get(name).cloned(),
+                window: match (&s.window, topology.derived.windows.get(name)) {
+                    (Some(w), Some(q)) => {
+                        let w = w.get_ref();
+                        Some(Arc::new(crate::window::WindowRun {
+                            query: q.clone(),
+                            size_ms: w.size.0.as_millis() as i64,
+                            lateness_ms: w.allowed_lateness.0.as_millis() as i64,
+                            late: w.late,
+                            idle: w.idle_timeout.0,
+                        }))
+                    }
+                    _ => None,
+                },
                 batch_max_events: s.batch_max_events,
                 record_bytes_max: cfg.engine.record_bytes_max.0 as usize,
                 log: log.clone(),
@@ -455,6 +468,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             input: None,
             output: Some(s.topic.get_ref().clone()),
             group: None,
+            aggregates: false,
         });
     }
     for (name, s) in &c.stages {
@@ -464,6 +478,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             input: Some(s.input.get_ref().clone()),
             output: Some(s.output.get_ref().clone()),
             group: Some(format!("stage.{name}")),
+            aggregates: s.window.is_some(),
         });
     }
     for (name, s) in &c.sinks {
@@ -473,6 +488,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             input: Some(s.input.get_ref().clone()),
             output: None,
             group: Some(format!("sink.{name}")),
+            aggregates: false,
         });
     }
     nodes

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hifi_sql::Schema;
 
 use crate::config::{ConfigError, LoadedConfig};
-use crate::sql::RowQuery;
+use crate::sql::{RowQuery, WindowQuery};
 
 /// What [`derive`] found: schemas by topic and compiled queries by stage.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +18,8 @@ pub struct Derived {
     pub schemas: BTreeMap<String, Arc<Schema>>,
     /// SQL stage → its compiled query.
     pub queries: BTreeMap<String, Arc<RowQuery>>,
+    /// Window stage → its compiled query.
+    pub windows: BTreeMap<String, Arc<WindowQuery>>,
 }
 
 /// Parses declared schemas and plans every SQL stage, in the order the graph allows.
@@ -33,6 +35,22 @@ pub fn derive(loaded: &LoadedConfig) -> Result<Derived, ConfigError> {
     }
     let mut pending: Vec<&String> = Vec::new();
     for (name, s) in &cfg.stages {
+        if let (Some(w), None) = (&s.window, &s.sql) {
+            return Err(loaded.error_at(
+                w,
+                format!("stages.{name}.window"),
+                "a window needs a query to run on each window's events: add sql = \"SELECT … FROM input GROUP BY …\"",
+            ));
+        }
+        if let Some(w) = &s.window {
+            if w.get_ref().size.0.as_millis() == 0 {
+                return Err(loaded.error_at(
+                    w,
+                    format!("stages.{name}.window.size"),
+                    "must be at least 1ms, e.g. \"1m\"",
+                ));
+            }
+        }
         let Some(sql) = &s.sql else { continue };
         if !s.transforms.is_empty() {
             return Err(loaded.error_at(
@@ -65,9 +83,20 @@ pub fn derive(loaded: &LoadedConfig) -> Result<Derived, ConfigError> {
                 ));
             };
             let sql = s.sql.as_ref().expect("a SQL stage");
-            let query = futures_executor::block_on(RowQuery::compile(sql.get_ref(), &schema))
-                .map_err(|m| loaded.error_at(sql, format!("stages.{name}.sql"), m))?;
-            let derived = query.output().clone();
+            let at = |m: String| loaded.error_at(sql, format!("stages.{name}.sql"), m);
+            let derived = if s.window.is_some() {
+                let q = futures_executor::block_on(WindowQuery::compile(sql.get_ref(), &schema))
+                    .map_err(at)?;
+                let out = q.output().clone();
+                d.windows.insert(name.clone(), Arc::new(q));
+                out
+            } else {
+                let q = futures_executor::block_on(RowQuery::compile(sql.get_ref(), &schema))
+                    .map_err(at)?;
+                let out = q.output().clone();
+                d.queries.insert(name.clone(), Arc::new(q));
+                out
+            };
             match d.schemas.get(output) {
                 Some(declared) if cfg.topics.get(output).is_some_and(|t| t.schema.is_some()) => {
                     if let Some(why) = mismatch(declared, &derived) {
@@ -89,7 +118,6 @@ pub fn derive(loaded: &LoadedConfig) -> Result<Derived, ConfigError> {
                     d.schemas.insert(output.clone(), Arc::new(derived));
                 }
             }
-            d.queries.insert(name.clone(), Arc::new(query));
         }
         if waiting.len() == before {
             let name = waiting[0];
@@ -105,11 +133,10 @@ pub fn derive(loaded: &LoadedConfig) -> Result<Derived, ConfigError> {
 
 /// Whether a SQL stage not planned yet writes `topic` (its schema is still to come).
 fn pending_writer(loaded: &LoadedConfig, topic: &str, d: &Derived) -> bool {
-    loaded
-        .config
-        .stages
-        .iter()
-        .any(|(n, s)| s.sql.is_some() && s.output.get_ref() == topic && !d.queries.contains_key(n))
+    loaded.config.stages.iter().any(|(n, s)| {
+        let planned = d.queries.contains_key(n) || d.windows.contains_key(n);
+        s.sql.is_some() && s.output.get_ref() == topic && !planned
+    })
 }
 
 /// Why `derived` does not fit `declared`, if it does not: every declared field must be

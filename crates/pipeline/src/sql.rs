@@ -3,9 +3,9 @@
 //! ingest, and refuses `stages.X.sql` by name when the configuration is checked.
 
 #[cfg(feature = "sql")]
-pub use hifi_sql::RowQuery;
+pub use hifi_sql::{RowQuery, WindowQuery};
 #[cfg(not(feature = "sql"))]
-pub use off::RowQuery;
+pub use off::{RowQuery, WindowQuery};
 
 use crate::transform::Applied;
 
@@ -50,6 +50,25 @@ mod off {
         }
 
         pub fn output(&self) -> &Schema {
+            match *self {}
+        }
+    }
+
+    /// A compiled window query in a build without SQL: there is none.
+    #[derive(Debug)]
+    pub enum WindowQuery {}
+
+    impl WindowQuery {
+        /// Always refuses, naming the missing feature.
+        pub async fn compile(_sql: &str, _input: &Schema) -> Result<WindowQuery, String> {
+            Err(super::NO_SQL.to_owned())
+        }
+
+        pub fn output(&self) -> &Schema {
+            match *self {}
+        }
+
+        pub async fn run(&self, _values: &[&[u8]]) -> hifi_sql::WindowOutput {
             match *self {}
         }
     }

@@ -63,6 +63,8 @@ pub struct Stage {
     pub transforms: Arc<Transforms>,
     /// The SQL query run instead of transforms (`sql = "…"`).
     pub query: Option<Arc<crate::sql::RowQuery>>,
+    /// A window stage's settings and query (`window = { … }` with `sql`).
+    pub window: Option<Arc<crate::window::WindowRun>>,
     /// Records per batch.
     pub batch_max_events: usize,
     /// Largest record the engine takes (bytes of key, value and headers).
@@ -111,12 +113,22 @@ impl Stage {
         self.log
             .ensure_topic(&hifi_log::TopicSpec::new(redrive_topic(&self.name), 1))
             .await?;
+        if self.window.is_some() {
+            let checkpoints = crate::window::checkpoint_topic(&self.name);
+            self.log
+                .ensure_topic(&hifi_log::TopicSpec::new(checkpoints, 1))
+                .await?;
+        }
         Ok(())
     }
 
     /// Runs one worker per input partition this process owns, and one for the re-drive
     /// topic, until `shutdown`; each finishes its batch.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), LogError> {
+        if let Some(w) = &self.window {
+            // One task reads every input partition: a window covers them all.
+            return crate::window::run(&self, w, shutdown).await;
+        }
         // Its topics exist (prepare); the engine may be away for a while now (a Kafka
         // cluster restarting): wait for it instead of stopping the stage.
         let count = || self.log.partitions(&self.output);
@@ -422,7 +434,13 @@ impl Stage {
 }
 
 /// A dead letter of this stage: the event as it was read, with its origin and why.
-fn dead_letter(rec: &Record, origin: &str, class: &str, why: String, now_ms: i64) -> Record {
+pub(crate) fn dead_letter(
+    rec: &Record,
+    origin: &str,
+    class: &str,
+    why: String,
+    now_ms: i64,
+) -> Record {
     let at = crate::event::rfc3339_ms(now_ms);
     let reason = crate::retry::DlqReason {
         class: class.into(),

@@ -28,6 +28,8 @@ pub struct Topology {
     pub warnings: Vec<String>,
     /// Topic schemas and compiled SQL stages.
     pub derived: crate::schemas::Derived,
+    /// Field-level lineage, node to node.
+    pub lineage: crate::lineage::Graph,
 }
 
 impl Topology {
@@ -180,12 +182,14 @@ impl Topology {
                 )
             })
             .collect();
+        let lineage = crate::lineage::build(loaded, &derived);
         Ok(Topology {
             topics,
             writers,
             readers,
             warnings,
             derived,
+            lineage,
         })
     }
 }

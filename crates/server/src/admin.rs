@@ -54,6 +54,8 @@ pub struct AdminState {
     pub sinks: Vec<Arc<Sink>>,
     /// Started, failed, disk full: what `/readyz` answers.
     pub health: Arc<Health>,
+    /// Field-level lineage of the pipeline (`/v1/lineage`).
+    pub lineage: Arc<hifi_pipeline::lineage::Graph>,
     /// Tokens for the routes that change state (`[admin.auth]`).
     pub tokens: Option<Tokens>,
     /// Whether the admin API listens on a loopback address only (then the routes that
@@ -79,6 +81,7 @@ impl AdminState {
             stages: p.stages.clone(),
             sinks: p.sinks.clone(),
             health: p.health.clone(),
+            lineage: Arc::new(p.topology.lineage.clone()),
             tokens: None,
             loopback: true,
         }
@@ -94,6 +97,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/lag", get(lag))
         .route("/v1/loss", get(loss))
         .route("/v1/stats", get(stats))
+        .route("/v1/lineage", get(lineage))
         .route("/v1/events/{*origin}", get(trace_origin))
         .route("/v1/trace", get(trace_id))
         .route(
@@ -199,6 +203,33 @@ async fn loss(State(s): S, Query(q): Query<LossQuery>) -> Response {
         })
         .collect();
     Json(json!({ "buckets": buckets })).into_response()
+}
+
+#[derive(Deserialize)]
+struct LineageQuery {
+    /// What this `node.field` comes from.
+    upstream: Option<String>,
+    /// What this `node.field` reaches.
+    impact: Option<String>,
+}
+
+/// The lineage graph, or one field's upstream or impact.
+async fn lineage(State(s): S, Query(q): Query<LineageQuery>) -> Response {
+    let reached = match (q.upstream, q.impact) {
+        (Some(_), Some(_)) => Err("ask for `upstream` or `impact`, not both".to_owned()),
+        (Some(f), None) => s.lineage.upstream(&f).map(|r| (f, "upstream", r)),
+        (None, Some(f)) => s.lineage.impact(&f).map(|r| (f, "impact", r)),
+        (None, None) => return Json(&*s.lineage).into_response(),
+    };
+    match reached {
+        Ok((field, what, r)) => {
+            let mut body = serde_json::Map::new();
+            body.insert("field".into(), field.into());
+            body.insert(what.into(), json!(r));
+            Json(body).into_response()
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, &why, json!({})),
+    }
 }
 
 async fn stats(State(s): S) -> Response {
@@ -553,6 +584,16 @@ async fn dlq_redrive(
         return error(
             StatusCode::CONFLICT,
             &format!("the dead letters of source {sink:?} are records of its Kafka topics that are not valid events: hifi cannot make them valid; fix them where they are produced and produce them again"),
+            json!({}),
+        );
+    }
+    if s.stages
+        .iter()
+        .any(|st| st.name == sink && st.window.is_some())
+    {
+        return error(
+            StatusCode::CONFLICT,
+            &format!("{sink:?} is a window stage: its windows were emitted without these events, and re-driving cannot add them to a window's result; read them with `hifi dlq show`"),
             json!({}),
         );
     }

@@ -45,6 +45,8 @@ pub enum Class {
     Delivered,
     /// A stage's filter dropped it on purpose.
     Filtered,
+    /// A window stage took it into a window's result.
+    Aggregated,
     /// Refused for good (a stage could not read it, or a destination refused it).
     DeadLettered,
     /// Waiting in a sink's retry topics.
@@ -67,6 +69,8 @@ fn class(fate: &Fate) -> Class {
             let has = |o: Outcome| outcomes.contains(&o);
             if has(Outcome::Filtered) {
                 Class::Filtered
+            } else if has(Outcome::Aggregated) {
+                Class::Aggregated
             } else if has(Outcome::DeadLettered) {
                 Class::DeadLettered
             } else if has(Outcome::Retrying) && !has(Outcome::Delivered) {

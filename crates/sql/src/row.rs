@@ -31,6 +31,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, Projection, TableScan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::{Map, Value};
 
+use crate::lineage::FieldLineage;
 use crate::schema::{timestamp_ms, FieldType, Schema};
 
 /// The hidden column naming each event's place in its batch.
@@ -57,6 +58,7 @@ pub struct RowQuery {
     /// The input's Arrow schema, with [`ROW`] last.
     input_arrow: SchemaRef,
     output: Schema,
+    lineage: Vec<FieldLineage>,
     plan: LogicalPlan,
     ctx: SessionContext,
 }
@@ -70,36 +72,57 @@ impl std::fmt::Debug for RowQuery {
     }
 }
 
+/// A query planned over the table [`INPUT`] of `input`'s events (with [`ROW`] last).
+pub(crate) struct Planned {
+    pub plan: LogicalPlan,
+    pub ctx: SessionContext,
+    pub input_arrow: SchemaRef,
+}
+
+/// Plans `sql` over an empty table of `input`'s schema (no row restrictions).
+pub(crate) async fn plan(sql: &str, input: &Schema) -> Result<Planned, String> {
+    let mut fields: Vec<Field> = input
+        .fields
+        .iter()
+        .map(|f| {
+            let field = Field::new(&f.name, f.ty.arrow(), f.optional);
+            if f.ty == FieldType::Json {
+                field.with_metadata(HashMap::from([(JSON_META.into(), "json".into())]))
+            } else {
+                field
+            }
+        })
+        .collect();
+    fields.push(Field::new(ROW, DataType::UInt32, false));
+    let input_arrow = Arc::new(ArrowSchema::new(fields));
+    // One partition: a batch is small, and no repartitioning is worth its cost.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let empty = MemTable::try_new(input_arrow.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
+    ctx.register_table(INPUT, Arc::new(empty))
+        .map_err(|e| e.to_string())?;
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| clean(e.to_string()))?;
+    Ok(Planned {
+        plan,
+        ctx,
+        input_arrow,
+    })
+}
+
 impl RowQuery {
     /// Plans `sql` over events of `input`. The error says what is wrong and, where
     /// DataFusion knows it, where in the query and which columns exist.
     pub async fn compile(sql: &str, input: &Schema) -> Result<RowQuery, String> {
-        let mut fields: Vec<Field> = input
-            .fields
-            .iter()
-            .map(|f| {
-                let field = Field::new(&f.name, f.ty.arrow(), f.optional);
-                if f.ty == FieldType::Json {
-                    field.with_metadata(HashMap::from([(JSON_META.into(), "json".into())]))
-                } else {
-                    field
-                }
-            })
-            .collect();
-        fields.push(Field::new(ROW, DataType::UInt32, false));
-        let input_arrow = Arc::new(ArrowSchema::new(fields));
-        // One partition: a batch is small, and no repartitioning is worth its cost.
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let empty =
-            MemTable::try_new(input_arrow.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
-        ctx.register_table(INPUT, Arc::new(empty))
-            .map_err(|e| e.to_string())?;
-        let plan = ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .map_err(|e| clean(e.to_string()))?;
+        let Planned {
+            plan,
+            ctx,
+            input_arrow,
+        } = plan(sql, input).await?;
         refuse_non_row(&plan)?;
+        let lineage = crate::lineage::of_plan(&plan)?;
         let plan = carry_row_ids(plan)?;
         let output = Schema::of_arrow(plan.schema().as_arrow())?;
         if output.fields.is_empty() {
@@ -109,9 +132,15 @@ impl RowQuery {
             input: input.clone(),
             input_arrow,
             output,
+            lineage,
             plan,
             ctx,
         })
+    }
+
+    /// Where each output field comes from (selected and non-selected input fields).
+    pub fn lineage(&self) -> &[FieldLineage] {
+        &self.lineage
     }
 
     /// The schema of the events the query writes.
@@ -172,31 +201,7 @@ impl RowQuery {
             return Ok(Vec::new());
         }
         let batch = self.to_batch(rows)?;
-        let table = MemTable::try_new(self.input_arrow.clone(), vec![vec![batch]])
-            .map_err(|e| e.to_string())?;
-        let source = provider_as_source(Arc::new(table));
-        let plan = self
-            .plan
-            .clone()
-            .transform_up(|node| match node {
-                LogicalPlan::TableScan(scan) => {
-                    Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
-                        source: source.clone(),
-                        ..scan
-                    })))
-                }
-                other => Ok(Transformed::no(other)),
-            })
-            .map_err(|e| e.to_string())?
-            .data;
-        let out = self
-            .ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| clean(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| clean(e.to_string()))?;
+        let out = run_plan(&self.ctx, &self.plan, &self.input_arrow, batch).await?;
         let mut results: Vec<(usize, RowResult)> = rows
             .iter()
             .map(|(i, _)| (*i, RowResult::Filtered))
@@ -219,57 +224,93 @@ impl RowQuery {
         Ok(results)
     }
 
-    /// Arrow arrays of checked events, by the input schema, with their places.
     fn to_batch(&self, rows: &[(usize, Value)]) -> Result<RecordBatch, String> {
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.input.fields.len() + 1);
-        for f in &self.input.fields {
-            let get = |v: &Value| v.get(&f.name).filter(|v| !v.is_null()).cloned();
-            let col: ArrayRef = match f.ty {
-                FieldType::String | FieldType::Json => {
-                    let mut b = StringBuilder::new();
-                    for (_, v) in rows {
-                        match get(v) {
-                            Some(Value::String(s)) if f.ty == FieldType::String => {
-                                b.append_value(s)
-                            }
-                            Some(other) => b.append_value(other.to_string()),
-                            None => b.append_null(),
-                        }
-                    }
-                    Arc::new(b.finish())
-                }
-                FieldType::Int64 => {
-                    let mut b = Int64Builder::new();
-                    rows.iter()
-                        .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_i64())));
-                    Arc::new(b.finish())
-                }
-                FieldType::Float64 => {
-                    let mut b = Float64Builder::new();
-                    rows.iter()
-                        .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_f64())));
-                    Arc::new(b.finish())
-                }
-                FieldType::Bool => {
-                    let mut b = BooleanBuilder::new();
-                    rows.iter()
-                        .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_bool())));
-                    Arc::new(b.finish())
-                }
-                FieldType::Timestamp => {
-                    let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-                    rows.iter()
-                        .for_each(|(_, v)| b.append_option(get(v).as_ref().and_then(timestamp_ms)));
-                    Arc::new(b.finish())
-                }
-            };
-            columns.push(col);
-        }
-        columns.push(Arc::new(UInt32Array::from_iter_values(
-            rows.iter().map(|(i, _)| *i as u32),
-        )));
-        RecordBatch::try_new(self.input_arrow.clone(), columns).map_err(|e| e.to_string())
+        to_batch(&self.input, &self.input_arrow, rows)
     }
+}
+
+/// Runs a plan planned over the empty `input` table over one batch instead.
+pub(crate) async fn run_plan(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    arrow: &SchemaRef,
+    batch: RecordBatch,
+) -> Result<Vec<RecordBatch>, String> {
+    let table = MemTable::try_new(arrow.clone(), vec![vec![batch]]).map_err(|e| e.to_string())?;
+    let source = provider_as_source(Arc::new(table));
+    let plan = plan
+        .clone()
+        .transform_up(|node| match node {
+            LogicalPlan::TableScan(scan) => {
+                Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
+                    source: source.clone(),
+                    ..scan
+                })))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .map_err(|e| e.to_string())?
+        .data;
+    ctx.execute_logical_plan(plan)
+        .await
+        .map_err(|e| clean(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| clean(e.to_string()))
+}
+
+/// Arrow arrays of checked events (with their places in [`ROW`]), by the input schema.
+pub(crate) fn to_batch(
+    input: &Schema,
+    arrow: &SchemaRef,
+    rows: &[(usize, Value)],
+) -> Result<RecordBatch, String> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(input.fields.len() + 1);
+    for f in &input.fields {
+        let get = |v: &Value| v.get(&f.name).filter(|v| !v.is_null()).cloned();
+        let col: ArrayRef = match f.ty {
+            FieldType::String | FieldType::Json => {
+                let mut b = StringBuilder::new();
+                for (_, v) in rows {
+                    match get(v) {
+                        Some(Value::String(s)) if f.ty == FieldType::String => b.append_value(s),
+                        Some(other) => b.append_value(other.to_string()),
+                        None => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::Int64 => {
+                let mut b = Int64Builder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_i64())));
+                Arc::new(b.finish())
+            }
+            FieldType::Float64 => {
+                let mut b = Float64Builder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_f64())));
+                Arc::new(b.finish())
+            }
+            FieldType::Bool => {
+                let mut b = BooleanBuilder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_bool())));
+                Arc::new(b.finish())
+            }
+            FieldType::Timestamp => {
+                let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).as_ref().and_then(timestamp_ms)));
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(col);
+    }
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        rows.iter().map(|(i, _)| *i as u32),
+    )));
+    RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
 }
 
 /// Refuses a plan that could make other than one row per event.
@@ -346,7 +387,7 @@ fn carry_row_ids(plan: LogicalPlan) -> Result<LogicalPlan, String> {
 }
 
 /// A batch's rows as JSON objects (without [`ROW`]), columns in query order.
-fn to_json(b: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
+pub(crate) fn to_json(b: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
     let mut rows = vec![Map::new(); b.num_rows()];
     let schema = b.schema();
     for (f, col) in schema.fields().iter().zip(b.columns()) {
@@ -422,7 +463,7 @@ fn column_values(col: &ArrayRef, ty: FieldType, json_text: bool) -> Result<Vec<V
 }
 
 /// DataFusion's messages, without the hidden column among "valid fields".
-fn clean(msg: String) -> String {
+pub(crate) fn clean(msg: String) -> String {
     msg.replace(&format!(", input.{ROW}"), "")
         .replace(&format!("input.{ROW}, "), "")
 }

@@ -18,6 +18,9 @@ pub struct StageConfig {
     /// `SELECT id, amount * 0.2 AS vat FROM input WHERE amount >= 10`. Events `WHERE`
     /// removes get the outcome `filtered`; events the query fails on are dead-lettered.
     pub sql: Option<Spanned<String>>,
+    /// Run `sql` once per closed event-time window over that window's events, e.g.
+    /// `window = { size = "1m", allowed_lateness = "30s" }` (a window stage).
+    pub window: Option<Spanned<WindowConfig>>,
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
@@ -27,6 +30,48 @@ pub struct StageConfig {
     /// unknown and refused like any other.
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids_matching: Option<String>,
+}
+
+/// `window = { … }` of a SQL stage: tumbling event-time windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Length of each window (`"1m"`); windows start at multiples of it since the epoch.
+    pub size: crate::units::Dur,
+    /// How far behind the largest event time seen a window may still get events: a
+    /// window closes when the watermark (largest event time − this) passes its end.
+    /// Default 0.
+    #[serde(default = "zero")]
+    pub allowed_lateness: crate::units::Dur,
+    /// What an event for a window already emitted becomes: `"dead-letter"` (default) or
+    /// `"update"` (the window is computed again and its rows emitted with the next
+    /// revision).
+    #[serde(default)]
+    pub late: LateMode,
+    /// An input partition that gets nothing for this long stops holding windows open
+    /// (its watermark is not waited for); when every partition is idle, windows close
+    /// by the wall clock. Default `"10s"`.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: crate::units::Dur,
+}
+
+fn zero() -> crate::units::Dur {
+    crate::units::Dur(std::time::Duration::ZERO)
+}
+
+fn default_idle() -> crate::units::Dur {
+    crate::units::Dur(std::time::Duration::from_secs(10))
+}
+
+/// What a late event becomes (`window.late`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LateMode {
+    /// Into the stage's dead letters, with the reason.
+    #[default]
+    DeadLetter,
+    /// The window is computed again with it; its rows are emitted as the next revision.
+    Update,
 }
 
 /// One transform of a stage (`[[stages.NAME.transforms]]`).
