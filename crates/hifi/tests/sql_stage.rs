@@ -80,6 +80,30 @@ async fn a_sql_stage_computes_each_event_and_the_ledger_follows_it() {
         received_ids(&record)
     );
 
+    // Field-level lineage of the running pipeline: half is amount's, through big.
+    let up = get_json(&format!("http://{admin}/v1/lineage?upstream=partner.half")).await;
+    let fields: Vec<&str> = up["upstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["big.half", "api.amount"], "{up}");
+    let graph = get_json(&format!("http://{admin}/v1/lineage")).await;
+    assert!(graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["from"] == "api.country"
+            && e["to"] == "big.country"
+            && e["use"] == "selected"
+            && e["via"] == "big"));
+    let r = client
+        .get(format!("http://{admin}/v1/lineage?impact=api.nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
     let sum = |node, col| node_sum(&buckets, node, col);
     assert_eq!(
