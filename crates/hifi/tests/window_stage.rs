@@ -277,15 +277,18 @@ async fn window_results_stay_exact_through_sigkills_under_load() {
     // What was stored at ingest (acknowledged or not), by window and country.
     let stored = dump(dir.path(), "orders", 2);
     let mut expected: BTreeMap<(i64, String), u64> = BTreeMap::new();
-    for (_, v) in &stored {
+    // An event's 2-second window and country.
+    let window_of = |v: &Value| {
         let ts = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap())
             .unwrap()
             .timestamp_millis();
-        let key = (
+        (
             ts.div_euclid(2000) * 2000,
             v["country"].as_str().unwrap().to_owned(),
-        );
-        *expected.entry(key).or_default() += 1;
+        )
+    };
+    for (_, v) in &stored {
+        *expected.entry(window_of(v)).or_default() += 1;
     }
     // Late events (none expected with 1 s of lateness, but allowed) are in the dead
     // letters (once or, re-read after a crash, more) and subtracted from their windows.
@@ -294,14 +297,7 @@ async fn window_results_stay_exact_through_sigkills_under_load() {
         if !late.insert(v["id"].as_str().unwrap().to_owned()) {
             continue;
         }
-        let ts = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap())
-            .unwrap()
-            .timestamp_millis();
-        let key = (
-            ts.div_euclid(2000) * 2000,
-            v["country"].as_str().unwrap().to_owned(),
-        );
-        *expected.get_mut(&key).unwrap() -= 1;
+        *expected.get_mut(&window_of(&v)).unwrap() -= 1;
     }
     expected.retain(|_, n| *n > 0);
     // What the stage wrote: each id with one content; one row per window and country.
