@@ -372,6 +372,7 @@ impl Pipeline {
                             lateness_ms: w.allowed_lateness.0.as_millis() as i64,
                             late: w.late,
                             idle: w.idle_timeout.0,
+                            max_held: w.max_held_events.max(1),
                         }))
                     }
                     _ => None,

@@ -59,6 +59,8 @@ pub struct WindowRun {
     pub late: LateMode,
     /// When a silent partition stops holding windows open.
     pub idle: Duration,
+    /// Most events held in open windows; past it the oldest window closes early.
+    pub max_held: usize,
 }
 
 /// The topic of a window stage's checkpoints.
@@ -105,6 +107,9 @@ struct Windows {
     /// From the checkpoint: events below these offsets were handled before a restart.
     replay_to: Vec<u64>,
     update: bool,
+    /// Most events held in open windows, and how many are.
+    max_held: usize,
+    held: usize,
 }
 
 /// What to emit: a window's start and its revision.
@@ -117,14 +122,40 @@ struct Due {
 impl Windows {
     /// `starts`: where each input partition is read from (its committed position).
     fn new(w: &WindowRun, starts: Vec<u64>, ck: Option<Checkpoint>, now: Instant) -> Windows {
+        let update = w.late == LateMode::Update;
+        Windows::with(
+            w.size_ms,
+            w.lateness_ms,
+            w.idle,
+            update,
+            w.max_held,
+            starts,
+            ck,
+            now,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with(
+        size: i64,
+        lateness: i64,
+        idle: Duration,
+        update: bool,
+        max_held: usize,
+        starts: Vec<u64>,
+        ck: Option<Checkpoint>,
+        now: Instant,
+    ) -> Windows {
         let n = starts.len();
         let ck = ck.unwrap_or_default();
         let mut replay_to = ck.read_to;
         replay_to.resize(n, 0);
         Windows {
-            size: w.size_ms,
-            lateness: w.lateness_ms,
-            idle: w.idle,
+            size,
+            lateness,
+            idle,
+            max_held,
+            held: 0,
             open: BTreeMap::new(),
             kept: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -133,7 +164,7 @@ impl Windows {
             last_data: vec![now; n],
             read_to: starts,
             replay_to,
-            update: w.late == LateMode::Update,
+            update,
         }
     }
 
@@ -153,6 +184,7 @@ impl Windows {
             let start = self.start_of(e.time_ms);
             if start + self.size > self.closed_below {
                 self.open.entry(start).or_default().push(e);
+                self.held += 1;
                 continue;
             }
             if e.offset < self.replay_to[i] {
@@ -212,6 +244,27 @@ impl Windows {
             let size = self.size;
             self.kept.retain(|start, _| start + 2 * size > wm);
         }
+        // Bounded memory: past `max_held` events, the oldest windows close early (their
+        // later events are late).
+        let closing: usize = out
+            .iter()
+            .filter_map(|d| self.open.get(&d.start))
+            .map(Vec::len)
+            .sum();
+        let mut held = self.held - closing;
+        for (&start, events) in &self.open {
+            if held <= self.max_held {
+                break;
+            }
+            if out.iter().any(|d| d.start == start) {
+                continue;
+            }
+            warn!(window = %rfc3339_ms(start), held, max = self.max_held,
+                "open windows hold more events than window.max_held_events; closing the oldest early (later events for it are late)");
+            out.push(Due { start, revision: 0 });
+            held -= events.len();
+            self.closed_below = self.closed_below.max(start + self.size);
+        }
         for start in std::mem::take(&mut self.dirty) {
             if let Some((_, rev)) = self.kept.get(&start) {
                 out.push(Due {
@@ -226,7 +279,10 @@ impl Windows {
     /// The events of a window to emit (kept windows stay kept).
     fn events(&mut self, d: Due) -> Vec<Held> {
         match self.open.remove(&d.start) {
-            Some(e) => e,
+            Some(e) => {
+                self.held -= e.len();
+                e
+            }
             None => self
                 .kept
                 .get(&d.start)
@@ -630,4 +686,114 @@ async fn save_checkpoint(stage: &Stage, ck: &Checkpoint, shutdown: &Cancellation
     retry_until_ok(shutdown, &stage.name, "write its checkpoint", append)
         .await
         .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn windows(lateness: i64, max_held: usize, ck: Option<Checkpoint>, now: Instant) -> Windows {
+        let idle = Duration::from_secs(10);
+        Windows::with(MIN, lateness, idle, false, max_held, vec![0, 0], ck, now)
+    }
+
+    fn ev(p: u32, offset: u64, time_ms: i64) -> Held {
+        Held {
+            partition: p,
+            offset,
+            time_ms,
+            origin: Origin {
+                topic: "orders".into(),
+                partition: p,
+                offset,
+            },
+            arrival_us: 0,
+            record: Record::new("{}", time_ms),
+        }
+    }
+
+    fn starts(due: &[Due]) -> Vec<i64> {
+        due.iter().map(|d| d.start).collect()
+    }
+
+    #[test]
+    fn a_window_closes_when_every_busy_partition_is_past_its_end() {
+        let t0 = Instant::now();
+        let mut w = windows(0, 100, None, t0);
+        assert!(w
+            .add(0, vec![ev(0, 0, 10_000), ev(0, 1, MIN + 5_000)], t0)
+            .is_empty());
+        assert!(w.add(1, vec![ev(1, 0, 30_000)], t0).is_empty());
+        // Partition 1 is still in the first minute: nothing closes.
+        assert_eq!(starts(&w.due(t0, 0)), Vec::<i64>::new());
+        assert_eq!(w.commit_positions(), vec![0, 0]);
+        w.add(1, vec![ev(1, 1, MIN + 1)], t0);
+        let due = w.due(t0, 0);
+        assert_eq!(starts(&due), vec![0]);
+        let events = w.events(due[0]);
+        assert_eq!(events.len(), 2);
+        // Committed up to the first event of the open window in each partition.
+        assert_eq!(w.commit_positions(), vec![1, 1]);
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_windows_open_and_all_idle_is_the_wall_clock() {
+        let t0 = Instant::now();
+        let mut w = windows(0, 100, None, t0);
+        w.add(0, vec![ev(0, 0, 10_000)], t0);
+        // Partition 1 never spoke; partition 0 is busy but in the first minute.
+        let later = t0 + Duration::from_secs(11);
+        w.add(0, vec![ev(0, 1, MIN + 1)], later);
+        assert_eq!(starts(&w.due(later, 0)), vec![0]);
+        w.events(Due {
+            start: 0,
+            revision: 0,
+        });
+        // Both silent now: the wall clock (minus lateness) closes the next minute.
+        let idle = later + Duration::from_secs(11);
+        assert_eq!(starts(&w.due(idle, MIN + 30_000)), Vec::<i64>::new());
+        assert_eq!(starts(&w.due(idle, 2 * MIN)), vec![MIN]);
+    }
+
+    #[test]
+    fn an_event_for_an_emitted_window_is_late_unless_it_was_read_before_a_restart() {
+        let t0 = Instant::now();
+        let ck = Checkpoint {
+            closed_below: MIN,
+            read_to: vec![5, 0],
+        };
+        let mut w = windows(0, 100, Some(ck), t0);
+        let late = w.add(
+            0,
+            vec![ev(0, 3, 1_000), ev(0, 6, 2_000), ev(0, 7, MIN + 1)],
+            t0,
+        );
+        // Offset 3 was in the first minute's result already; 6 is new, so late.
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].0.offset, 6);
+        assert!(late[0].1.contains("late"), "{}", late[0].1);
+        assert_eq!(w.open.keys().copied().collect::<Vec<_>>(), vec![MIN]);
+    }
+
+    #[test]
+    fn past_max_held_the_oldest_window_closes_early() {
+        let t0 = Instant::now();
+        // A day of lateness: the watermark never closes anything here.
+        let mut w = windows(24 * 3600 * 1000, 3, None, t0);
+        let events = (0..4).map(|i| ev(0, i as u64, i * MIN)).collect();
+        w.add(0, events, t0);
+        w.add(1, vec![ev(1, 0, 0)], t0);
+        assert_eq!(w.held, 5);
+        let due = w.due(t0, 0);
+        // Window 0 (2 events) closes: 3 left, within the bound.
+        assert_eq!(starts(&due), vec![0]);
+        for d in due {
+            w.events(d);
+        }
+        assert_eq!(w.held, 3);
+        assert_eq!(w.closed_below, MIN);
+        assert!(!w.add(0, vec![ev(0, 9, 5)], t0).is_empty(), "late now");
+    }
 }

@@ -53,6 +53,15 @@ pub struct WindowConfig {
     /// by the wall clock. Default `"10s"`.
     #[serde(default = "default_idle")]
     pub idle_timeout: crate::units::Dur,
+    /// Most events held in open windows (memory: each event's JSON and headers). Past
+    /// it the oldest open window closes early (logged; its later events are late).
+    /// Default 1 000 000.
+    #[serde(default = "default_max_held")]
+    pub max_held_events: usize,
+}
+
+fn default_max_held() -> usize {
+    1_000_000
 }
 
 fn zero() -> crate::units::Dur {
