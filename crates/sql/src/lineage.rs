@@ -89,6 +89,22 @@ pub fn of_plan(plan: &LogicalPlan) -> Result<Vec<FieldLineage>, String> {
         .collect())
 }
 
+/// A conservative lineage for a plan the walk cannot follow (UNNEST, a recursive CTE):
+/// every output column selected from every input column.
+pub fn every_input(plan: &LogicalPlan, input: &crate::Schema) -> Vec<FieldLineage> {
+    let all: Vec<String> = input.fields.iter().map(|f| f.name.clone()).collect();
+    plan.schema()
+        .fields()
+        .iter()
+        .filter(|f| f.name() != ROW)
+        .map(|f| FieldLineage {
+            field: f.name().clone(),
+            selected: all.clone(),
+            non_selected: Vec::new(),
+        })
+        .collect()
+}
+
 fn walk(plan: &LogicalPlan) -> Result<Node, String> {
     Ok(match plan {
         LogicalPlan::TableScan(scan) => {

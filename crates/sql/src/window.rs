@@ -74,7 +74,9 @@ impl WindowQuery {
                 optional: false,
             });
         }
-        let mut lineage = crate::lineage::of_plan(&plan)?;
+        // A plan the lineage walk cannot follow still runs: its lineage is conservative.
+        let mut lineage = crate::lineage::of_plan(&plan)
+            .unwrap_or_else(|_| crate::lineage::every_input(&plan, input));
         // The window's bounds come from event times (the events' metadata), not fields.
         for name in [WINDOW_START, WINDOW_END] {
             lineage.push(FieldLineage {

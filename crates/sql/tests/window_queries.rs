@@ -117,3 +117,22 @@ async fn the_output_schema_adds_the_window_bounds() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_query_lineage_cannot_walk_still_runs_with_every_input_as_its_source() {
+    let q = WindowQuery::compile(
+        "SELECT unnest(make_array(amount, amount)) AS a FROM input",
+        &orders(),
+    )
+    .await
+    .unwrap();
+    let a = &q.lineage()[0];
+    assert_eq!(a.field, "a");
+    assert_eq!(a.selected, ["amount", "country", "id"]);
+    let out = run(
+        "SELECT unnest(make_array(amount, amount)) AS a FROM input",
+        &events(),
+    )
+    .await;
+    assert_eq!(out.rows.len(), 6, "{out:?}");
+}
