@@ -25,6 +25,7 @@ pub mod lineage;
 pub mod otel;
 pub mod owned;
 pub mod parse;
+pub mod pii;
 pub mod retry;
 pub mod runtime;
 pub mod schemas;

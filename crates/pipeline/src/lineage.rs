@@ -61,6 +61,9 @@ pub struct Edge {
     /// with edges of their own).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub except: Vec<String>,
+    /// The node redacts the whole value (hash or mask): it no longer carries PII.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 /// The pipeline's lineage: every node's fields and the edges between them.
@@ -90,6 +93,7 @@ struct Sources {
     selected: BTreeSet<String>,
     non_selected: BTreeSet<String>,
     note: Option<String>,
+    redacted: bool,
 }
 
 /// A node's output fields, and the input fields that do not pass through its `*` (they
@@ -147,6 +151,7 @@ pub fn build(loaded: &LoadedConfig, derived: &Derived) -> Graph {
                         via: node.to_owned(),
                         note: s.note.clone(),
                         except: if every { except.clone() } else { Vec::new() },
+                        redacted: s.redacted && how == Use::Selected,
                     });
                 }
             }
@@ -217,6 +222,7 @@ fn of_query(lineage: &[hifi_sql::FieldLineage]) -> Fields {
                 selected: f.selected.iter().cloned().collect(),
                 non_selected: f.non_selected.iter().cloned().collect(),
                 note: Some("sql".into()),
+                redacted: false,
             };
             (f.field.clone(), s)
         })
@@ -285,6 +291,7 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
                 e.selected.extend(moved.selected);
                 e.non_selected.extend(moved.non_selected);
                 e.note = Some(format!("rename from {from}"));
+                e.redacted = moved.redacted;
             }
             TransformConfig::Remove { fields } => {
                 for p in fields {
@@ -295,11 +302,13 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
                 }
             }
             TransformConfig::Redact { field, mode, .. } => {
-                if let Some((f, _)) = top(field) {
+                if let Some((f, depth)) = top(field) {
                     let e = out.entry(f.clone()).or_insert_with(|| Sources {
                         selected: BTreeSet::from([f]),
                         ..Sources::default()
                     });
+                    // Redacting part of a value (`/user/email`) leaves the rest as it was.
+                    e.redacted |= depth == 1;
                     let how = match mode {
                         crate::config::RedactMode::Hash => "redact (hash)",
                         crate::config::RedactMode::Mask => "redact (mask)",
@@ -390,13 +399,20 @@ impl Graph {
     /// Every field `field` (`node.field`) comes from, nearest first.
     pub fn upstream(&self, field: &str) -> Result<Vec<Reached>, String> {
         self.check(field)?;
-        Ok(self.reach(field, |e| (&e.to, &e.from)))
+        Ok(self.reach_by(field, |e| (&e.to, &e.from), |_| true))
     }
 
     /// Every field `field` (`node.field`) reaches, nearest first.
     pub fn impact(&self, field: &str) -> Result<Vec<Reached>, String> {
         self.check(field)?;
-        Ok(self.reach(field, |e| (&e.from, &e.to)))
+        Ok(self.reach_by(field, |e| (&e.from, &e.to), |_| true))
+    }
+
+    /// Every field PII in `field` (`node.field`) reaches: along selected edges that do
+    /// not redact it (a removed field has no edge on).
+    pub fn pii_reach(&self, field: &str) -> Vec<Reached> {
+        let carries = |e: &Edge| e.how == Use::Selected && !e.redacted;
+        self.reach_by(field, |e| (&e.from, &e.to), carries)
     }
 
     fn check(&self, field: &str) -> Result<(), String> {
@@ -416,16 +432,21 @@ impl Graph {
         Ok(())
     }
 
-    /// Breadth-first along the edges (`ends` gives an edge's near and far end), following
-    /// `n.*` edges for any field name; a field is reported once, selected if some path to
-    /// it is.
-    fn reach(&self, start: &str, ends: impl Fn(&Edge) -> (&String, &String)) -> Vec<Reached> {
+    /// Breadth-first along the edges `follow` accepts (`ends` gives an edge's near and
+    /// far end), following `n.*` edges for any field name; a field is reported once,
+    /// selected if some path to it is.
+    fn reach_by(
+        &self,
+        start: &str,
+        ends: impl Fn(&Edge) -> (&String, &String),
+        follow: impl Fn(&Edge) -> bool,
+    ) -> Vec<Reached> {
         let mut best: BTreeMap<String, (Use, Vec<String>)> = BTreeMap::new();
         let mut queue = VecDeque::from([(start.to_owned(), Use::Selected, vec![start.to_owned()])]);
         let mut order = Vec::new();
         while let Some((at, how, path)) = queue.pop_front() {
             let (node, field) = at.split_once('.').unwrap_or((&at, ""));
-            for e in &self.edges {
+            for e in self.edges.iter().filter(|e| follow(e)) {
                 let (near, far) = ends(e);
                 let (near_node, near_field) = near.split_once('.').unwrap_or((near, ""));
                 let matches = near == &at || (near_node == node && near_field == ANY);

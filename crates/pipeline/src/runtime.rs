@@ -282,6 +282,7 @@ impl Pipeline {
             .await?;
             let mut source = source;
             source.schema = topology.derived.schemas.get(s.topic.get_ref()).cloned();
+            source.pii = crate::pii::detect::Detector::new(cfg.pii.sample_every);
             let source = Arc::new(source);
             #[cfg(not(feature = "kafka"))]
             if s.kind == crate::config::SourceType::Kafka {
@@ -311,6 +312,13 @@ impl Pipeline {
                     }
                 });
             }
+        }
+        if cfg.pii.sample_every > 0 && !sources.is_empty() {
+            let policy = Arc::new(topology.pii.clone());
+            let graph = Arc::new(topology.lineage.clone());
+            let running = sources.iter().map(|(s, _)| s.clone()).collect();
+            let token = shutdown.clone();
+            tasks.spawn(crate::pii::report::watch(policy, graph, running, token));
         }
         {
             let (l, token) = (ledger.clone(), shutdown.clone());

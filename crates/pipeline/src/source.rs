@@ -138,6 +138,8 @@ pub struct HttpSource {
     tally_group: String,
     /// The topic's schema (`[topics.X] schema`): events that do not fit are refused.
     pub schema: Option<Arc<hifi_sql::Schema>>,
+    /// Samples accepted events for values that look like PII (`[pii]`).
+    pub pii: crate::pii::detect::Detector,
     /// Largest record accepted: the engine's limit minus [`RECORD_HEADROOM_BYTES`].
     record_bytes_max: usize,
     /// Longest wait for the engine's acknowledgement before answering 503.
@@ -228,6 +230,7 @@ impl HttpSource {
             stats: SourceStats::default(),
             ledger,
             schema: None,
+            pii: crate::pii::detect::Detector::new(0),
             record_bytes_max: engine_record_bytes_max
                 .saturating_sub(RECORD_HEADROOM_BYTES)
                 .max(1024),
@@ -388,6 +391,9 @@ impl HttpSource {
         }
         let key = format!("sources.{}.event_time_window", self.name);
         let clamped = crate::event_window::apply(&self.event_time_window, &key, events, now_ms)?;
+        for e in events.iter() {
+            self.pii.observe(&e.value);
+        }
         self.stats
             .clamped_event_times_total
             .fetch_add(clamped, Ordering::Relaxed);

@@ -30,11 +30,21 @@ pub struct Topology {
     pub derived: crate::schemas::Derived,
     /// Field-level lineage, node to node.
     pub lineage: crate::lineage::Graph,
+    /// Declared PII and what each sink receives.
+    pub pii: crate::pii::Policy,
 }
 
 impl Topology {
-    /// Checks a loaded configuration and derives its topics.
+    /// Checks a loaded configuration and derives its topics, refusing PII that reaches a
+    /// sink not allowing it ([`crate::pii::Policy::check`]).
     pub fn build(loaded: &LoadedConfig) -> Result<Topology, ConfigError> {
+        let t = Topology::derive(loaded)?;
+        t.pii.check(loaded)?;
+        Ok(t)
+    }
+
+    /// [`Topology::build`] without the PII check (to show where PII goes).
+    pub fn derive(loaded: &LoadedConfig) -> Result<Topology, ConfigError> {
         let cfg = &loaded.config;
         if cfg.sources.is_empty() && cfg.stages.is_empty() && cfg.sinks.is_empty() {
             return Err(loaded.error("(pipeline)", "the pipeline has no nodes; add a [sources.NAME], [stages.NAME] or [sinks.NAME] section"));
@@ -183,6 +193,7 @@ impl Topology {
             })
             .collect();
         let lineage = crate::lineage::build(loaded, &derived);
+        let pii = crate::pii::Policy::build(loaded, &lineage)?;
         Ok(Topology {
             topics,
             writers,
@@ -190,6 +201,7 @@ impl Topology {
             warnings,
             derived,
             lineage,
+            pii,
         })
     }
 }

@@ -56,6 +56,8 @@ pub struct AdminState {
     pub health: Arc<Health>,
     /// Field-level lineage of the pipeline (`/v1/lineage`).
     pub lineage: Arc<hifi_pipeline::lineage::Graph>,
+    /// Declared PII and where it goes (`/v1/pii`).
+    pub pii: Arc<hifi_pipeline::pii::Policy>,
     /// Tokens for the routes that change state (`[admin.auth]`).
     pub tokens: Option<Tokens>,
     /// Whether the admin API listens on a loopback address only (then the routes that
@@ -82,6 +84,7 @@ impl AdminState {
             sinks: p.sinks.clone(),
             health: p.health.clone(),
             lineage: Arc::new(p.topology.lineage.clone()),
+            pii: Arc::new(p.topology.pii.clone()),
             tokens: None,
             loopback: true,
         }
@@ -98,6 +101,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/loss", get(loss))
         .route("/v1/stats", get(stats))
         .route("/v1/lineage", get(lineage))
+        .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))
         .route("/v1/trace", get(trace_id))
         .route(
@@ -230,6 +234,14 @@ async fn lineage(State(s): S, Query(q): Query<LineageQuery>) -> Response {
         }
         Err(why) => error(StatusCode::BAD_REQUEST, &why, json!({})),
     }
+}
+
+/// Declared PII, what each sink receives, the detector's counts and the alarms.
+async fn pii(State(s): S) -> Response {
+    Json(hifi_pipeline::pii::report::of_sources(
+        &s.pii, &s.lineage, &s.sources,
+    ))
+    .into_response()
 }
 
 async fn stats(State(s): S) -> Response {

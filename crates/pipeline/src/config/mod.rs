@@ -54,6 +54,31 @@ pub struct PipelineConfig {
     /// OpenTelemetry: spans exported over OTLP.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The PII detector.
+    #[serde(default)]
+    pub pii: PiiConfig,
+}
+
+/// `[pii]`: the detector that samples ingested events for values that look like personal
+/// data (card numbers, emails, phone numbers, IBANs) in fields not declared PII.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiConfig {
+    /// Look at one event in this many per source; 0 turns the detector off. Default 100.
+    #[serde(default = "default_pii_sample_every")]
+    pub sample_every: u64,
+}
+
+impl Default for PiiConfig {
+    fn default() -> Self {
+        PiiConfig {
+            sample_every: default_pii_sample_every(),
+        }
+    }
+}
+
+fn default_pii_sample_every() -> u64 {
+    100
 }
 
 /// `[telemetry]`
@@ -311,6 +336,11 @@ pub struct TopicConfig {
     /// (see [`hifi_sql::schema`]). Sources writing the topic refuse events that do not
     /// fit (400, nothing written); SQL stages reading it plan against it.
     pub schema: Option<Spanned<BTreeMap<String, String>>>,
+    /// Top-level fields of the topic's events that hold personal data, as with
+    /// `sources.X.pii` (for a stage's output topic: fields the stage computes). Default
+    /// none.
+    #[serde(default)]
+    pub pii: Vec<String>,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -62,6 +62,11 @@ pub struct SinkConfig {
     pub kind: SinkType,
     /// Topic delivered.
     pub input: Spanned<String>,
+    /// PII fields (as this sink receives them) it may deliver, e.g. `["email"]`; `["*"]`
+    /// allows every one. A PII field reaching the sink without being allowed stops
+    /// `hifi validate` and `hifi run`. Default none.
+    #[serde(default)]
+    pub allow_pii: Vec<String>,
     /// HTTP: destination URL (`http://` or `https://`); batches are POSTed to it.
     #[serde(default)]
     pub url: String,

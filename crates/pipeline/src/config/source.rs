@@ -38,6 +38,11 @@ pub struct SourceConfig {
     /// JSON pointer to the event id in plain JSON events, e.g. `"/id"` (string or
     /// integer). Events without one get an id from hifi (a UUID v7).
     pub id_field: Option<String>,
+    /// Top-level fields of its events that hold personal data (e.g. `["email", "card"]`):
+    /// they are PII wherever lineage carries them, and every sink they reach must allow
+    /// them (`allow_pii`). Default none.
+    #[serde(default)]
+    pub pii: Vec<String>,
     /// The CloudEvents `type` given to plain JSON events. Default `"hifi.event"`.
     #[serde(default = "default_event_type")]
     pub event_type: String,

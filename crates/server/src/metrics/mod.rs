@@ -348,6 +348,22 @@ pub fn families(
             c,
             vec![(Vec::new(), v(&ls.untracked_events_total) as f64)],
         );
+        let pii = hifi_pipeline::pii::report::of_sources(&s.pii, &s.lineage, &s.sources);
+        out.add(
+            "hifi_pii_sampled_events",
+            "Ingested events the PII detector looked at ([pii] sample_every)",
+            c,
+            pii.sources
+                .iter()
+                .map(|(n, r)| (vec![("source", n.clone())], r.sampled_events as f64))
+                .collect(),
+        );
+        out.add(
+            "hifi_pii_alarms",
+            "Undeclared fields that look like PII and reach a sink not allowing them (GET /v1/pii)",
+            g,
+            vec![(Vec::new(), pii.alarms.len() as f64)],
+        );
         let (open, settled) = s.ledger.bucket_counts();
         out.add(
             "hifi_ledger_open_buckets",
