@@ -22,6 +22,7 @@ mod kafka_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka_source;
 pub mod lineage;
+pub mod openlineage;
 pub mod otel;
 pub mod owned;
 pub mod parse;

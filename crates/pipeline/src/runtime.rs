@@ -426,6 +426,12 @@ impl Pipeline {
             });
             sinks.push(sink);
         }
+        if let Some(url) = &cfg.lineage.openlineage_url {
+            let url = crate::openlineage::endpoint(url, &cfg.lineage.endpoint);
+            let jobs = crate::openlineage::jobs(loaded, &topology, only);
+            let (key, token) = (cfg.lineage.api_key.clone(), shutdown.clone());
+            tasks.spawn(crate::openlineage::run(url, key, jobs, token));
+        }
         Ok(Pipeline {
             topology,
             log,

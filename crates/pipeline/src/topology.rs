@@ -59,6 +59,14 @@ impl Topology {
                 ));
             }
         }
+        if let Some(url) = &cfg.lineage.openlineage_url {
+            if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                return Err(loaded.error(
+                    "lineage.openlineage_url",
+                    format!("{url:?} is not an http:// or https:// URL (the OpenLineage backend, e.g. \"http://127.0.0.1:5000\")"),
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return Err(loaded.error(
                 "telemetry.sample_ratio",

@@ -57,6 +57,51 @@ pub struct PipelineConfig {
     /// The PII detector.
     #[serde(default)]
     pub pii: PiiConfig,
+    /// Lineage export.
+    #[serde(default)]
+    pub lineage: LineageConfig,
+}
+
+/// `[lineage]`: the pipeline's lineage sent to an OpenLineage backend (Marquez, DataHub,
+/// …) as it starts and stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageConfig {
+    /// The backend's base URL (e.g. `"http://127.0.0.1:5000"`); events are POSTed to
+    /// `endpoint` under it. Absent: nothing is sent.
+    pub openlineage_url: Option<String>,
+    /// Path of the lineage endpoint under the URL. Default `"api/v1/lineage"`.
+    #[serde(default = "default_openlineage_endpoint")]
+    pub endpoint: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub api_key: Option<String>,
+    /// The OpenLineage namespace of the jobs (one per node). Default `"hifi"`.
+    #[serde(default = "default_lineage_namespace")]
+    pub namespace: String,
+    /// The namespace of the topics as datasets. Default: `kafka://HOST:PORT` (the first
+    /// broker) with the Kafka engine, `hifi://` and the data directory's absolute path
+    /// with the embedded one.
+    pub dataset_namespace: Option<String>,
+}
+
+impl Default for LineageConfig {
+    fn default() -> Self {
+        LineageConfig {
+            openlineage_url: None,
+            endpoint: default_openlineage_endpoint(),
+            api_key: None,
+            namespace: default_lineage_namespace(),
+            dataset_namespace: None,
+        }
+    }
+}
+
+fn default_openlineage_endpoint() -> String {
+    "api/v1/lineage".into()
+}
+
+fn default_lineage_namespace() -> String {
+    "hifi".into()
 }
 
 /// `[pii]`: the detector that samples ingested events for values that look like personal
