@@ -21,7 +21,7 @@ use datafusion::arrow::array::{
     Int64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
     TimestampMillisecondBuilder, UInt32Array,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -96,7 +96,8 @@ pub(crate) async fn plan(sql: &str, input: &Schema) -> Result<Planned, String> {
     fields.push(Field::new(ROW, DataType::UInt32, false));
     let input_arrow = Arc::new(ArrowSchema::new(fields));
     // One partition: a batch is small, and no repartitioning is worth its cost.
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let mut ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    datafusion_functions_json::register_all(&mut ctx).map_err(|e| e.to_string())?;
     let empty = MemTable::try_new(input_arrow.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
     ctx.register_table(INPUT, Arc::new(empty))
         .map_err(|e| e.to_string())?;
@@ -413,7 +414,13 @@ fn column_values(col: &ArrayRef, ty: FieldType, json_text: bool) -> Result<Vec<V
         FieldType::Bool => DataType::Boolean,
         FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
     };
-    let col = cast(col, &target).map_err(|e| e.to_string())?;
+    // Not `safe`: a value that does not fit (an unsigned count past i64) fails the row
+    // (dead-lettered with the reason) instead of becoming null unnoticed.
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let col = cast_with_options(col, &target, &strict).map_err(|e| e.to_string())?;
     let n = col.len();
     let any = col.as_any();
     let mut out = Vec::with_capacity(n);

@@ -81,7 +81,9 @@ impl FieldType {
             | DataType::Int64
             | DataType::UInt8
             | DataType::UInt16
-            | DataType::UInt32 => FieldType::Int64,
+            | DataType::UInt32
+            // Counts (`json_length`); a value past i64 fails its row.
+            | DataType::UInt64 => FieldType::Int64,
             DataType::Float16
             | DataType::Float32
             | DataType::Float64
@@ -202,6 +204,8 @@ impl Schema {
                     DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
                         "; turn bytes into text with encode(…, 'hex')".to_owned()
                     }
+                    // `json_get` and `->` give a union of JSON value kinds.
+                    DataType::Union(..) => "; take a typed value with json_get_str, json_get_int, json_get_float, json_get_bool or json_get_json (or `->>` for text)".to_owned(),
                     _ => format!("; cast it to one of {}", FieldType::NAMES),
                 };
                 format!(

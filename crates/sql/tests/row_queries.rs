@@ -171,3 +171,45 @@ async fn the_output_schema_comes_from_the_query() {
         ["big=bool", "double=float64", "id=string", "whole=int64"]
     );
 }
+
+#[tokio::test]
+async fn json_functions_read_inside_json_fields() {
+    let mut with = order("a", 20.0, "de");
+    with["extra"] = json!({"user": {"name": "Ana", "age": 41, "vip": true}, "tags": ["x", "y"]});
+    let without = order("b", 30.0, "fr");
+    let r = run(
+        "SELECT id, json_get_str(extra, 'user', 'name') AS name, json_get_int(extra, 'user', 'age') AS age, \
+         json_get_bool(extra, 'user', 'vip') AS vip, json_length(extra, 'tags') AS tags, \
+         json_contains(extra, 'user') AS has_user, json_get_json(extra, 'user') AS user_doc, \
+         extra->>'tags' AS tags_text, json_get(extra, 'user', 'age')::bigint AS age2, \
+         json_as_text(extra, 'user', 'name') AS name_text \
+         FROM input WHERE json_get_int(extra, 'user', 'age') > 18 OR extra IS NULL",
+        &[with, without],
+    )
+    .await;
+    assert_eq!(
+        out(&r[0]),
+        json!({"id": "a", "name": "Ana", "age": 41, "vip": true, "tags": 2, "has_user": true,
+               "user_doc": "{\"age\":41,\"name\":\"Ana\",\"vip\":true}", "tags_text": "[\"x\",\"y\"]", "age2": 41, "name_text": "Ana"})
+    );
+    assert_eq!(
+        out(&r[1]),
+        json!({"id": "b", "name": null, "age": null, "vip": null, "tags": null, "has_user": false,
+               "user_doc": null, "tags_text": null, "age2": null, "name_text": null})
+    );
+    // The output schema comes from the typed functions; the untyped `json_get` (a union)
+    // is refused with what to use instead.
+    let q = RowQuery::compile(
+        "SELECT json_get_str(extra, 'a') AS a, json_get_float(extra, 'b') AS b FROM input",
+        &orders(),
+    )
+    .await
+    .unwrap();
+    let types: Vec<String> = q.output().fields.iter().map(|f| f.to_string()).collect();
+    assert_eq!(types, ["string?", "float64?"]);
+    let e = RowQuery::compile("SELECT json_get(extra, 'a') AS a FROM input", &orders())
+        .await
+        .err()
+        .unwrap();
+    assert!(e.contains("json_get_str"), "{e}");
+}
