@@ -2,7 +2,8 @@
 """Serve the admin dashboard with fixture data, to work on it without running hifi.
 
 Serves crates/server/assets as hifi's admin port does (dashboard.html at /, files at
-/assets/NAME) and plausible JSON at /v1/lag, /v1/loss and /v1/stats: three nodes
+/assets/NAME) and plausible JSON at /v1/lag, /v1/loss, /v1/stats, /v1/lineage and
+/v1/pii: three nodes
 api (source) -> clean (stage) -> partner (sink), 30 history windows of 10 s and 10 loss
 buckets, one of them lossy. Numbers are a deterministic function of wall-clock windows.
 
@@ -118,9 +119,31 @@ def stats(now):
     ]}
 
 
+def lineage(_now):
+    """api.email is redacted by clean; amount flows through and decides nothing."""
+    fields = ["amount", "email", "id"]
+    edges = [{"from": f"api.{f}", "to": f"clean.{f}", "use": "selected", "via": "clean"}
+             for f in fields]
+    edges[1]["note"], edges[1]["redacted"] = "redact (hash)", True
+    edges += [{"from": "api.amount", "to": f"clean.{f}", "use": "non_selected", "via": "clean"}
+              for f in fields if f != "amount"]
+    edges += [{"from": f"clean.{f}", "to": f"partner.{f}", "use": "selected", "via": "partner"}
+              for f in fields]
+    return {"nodes": {"api": fields, "clean": fields, "partner": fields}, "edges": edges}
+
+
+def pii(_now):
+    return {"declared": {"api.email": "sources.api.pii"}, "sinks": {}, "alarms": [],
+            "sources": {"api": {"sample_every": 100, "sampled_events": 80_000,
+                                "fields_not_tracked": 0, "fields": {}}}}
+
+
 EMPTY = {"/v1/lag": {"window_s": WINDOW_S, "nodes": [], "e2e_ms": None, "history": []},
-         "/v1/loss": {"buckets": []}, "/v1/stats": {"nodes": []}}
-API = {"/v1/lag": lag, "/v1/loss": loss, "/v1/stats": stats}
+         "/v1/loss": {"buckets": []}, "/v1/stats": {"nodes": []},
+         "/v1/lineage": {"nodes": {}, "edges": []},
+         "/v1/pii": {"declared": {}, "sinks": {}, "alarms": [], "sources": {}}}
+API = {"/v1/lag": lag, "/v1/loss": loss, "/v1/stats": stats, "/v1/lineage": lineage,
+       "/v1/pii": pii}
 
 
 class Handler(BaseHTTPRequestHandler):

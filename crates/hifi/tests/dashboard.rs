@@ -206,3 +206,67 @@ async fn an_outage_shows_on_the_dashboard_as_an_open_breaker_and_a_growing_backl
     );
     proc.sigterm(Duration::from_secs(20));
 }
+
+/// The lineage view draws every node's fields with the selected edges between them, and
+/// the PII card lists what each sink receives, from where and whether it is allowed; the
+/// fields on the way are marked PII in the lineage view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
+    if !tool_present(
+        "chromium",
+        &["--version"],
+        "HIFI_REQUIRE_CHROMIUM",
+        "apt-get install chromium; the dashboard was not checked",
+    ) {
+        return;
+    }
+    let dir = test_dir();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 1\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [topics.orders]\nschema = {{ id = \"string\", amount = \"float64\", email = \"string\" }}\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\npii = [\"email\"]\n\
+             [stages.big]\ninput = \"orders\"\noutput = \"big\"\n\
+             sql = \"SELECT id, amount * 0.2 AS vat, email AS contact FROM input WHERE amount >= 10\"\n\
+             [sinks.partner]\ntype = \"http\"\ninput = \"big\"\nurl = \"http://{}/in\"\nallow_pii = [\"contact\"]\n",
+            free_addr()
+        ),
+    )
+    .unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin").to_string();
+    let dom = off_workers(|| dashboard_dom(&admin));
+    let has = |needle: &str| dom.contains(needle);
+    assert!(
+        has(r#"data-chart="lineage""#) && has(r#"data-rendered="true""#),
+        "{dom}"
+    );
+    let points = regex::Regex::new(r#"data-chart="lineage"[^>]*data-points="(\d+)""#)
+        .unwrap()
+        .captures(&dom)
+        .map(|c| c[1].parse::<u32>().unwrap());
+    // Selected edges: id, amount → vat, email → contact into big; id, vat, contact into partner.
+    assert_eq!(points, Some(6), "{dom}");
+    for node in ["api", "big", "partner"] {
+        assert!(has(&format!(r#"data-node="{node}""#)), "no node {node}");
+    }
+    for f in ["api.email", "big.contact", "partner.contact"] {
+        assert!(
+            has(&format!(r#"class="ln-field pii" data-field="{f}""#)),
+            "{f} is not marked PII:\n{dom}"
+        );
+    }
+    assert!(
+        has(r#"class="ln-field" data-field="big.vat""#),
+        "vat is no PII"
+    );
+    assert!(
+        has(r#"data-sink="partner" data-field="contact" data-allowed="true""#),
+        "{dom}"
+    );
+    assert!(has("api.email → big.contact → partner.contact"), "{dom}");
+    proc.sigterm(Duration::from_secs(20));
+}

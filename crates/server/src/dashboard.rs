@@ -18,6 +18,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/dashboard.js"),
     ),
     (
+        "/assets/lineage.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/lineage.js"),
+    ),
+    (
         "/assets/dashboard.css",
         "text/css; charset=utf-8",
         include_bytes!("../assets/dashboard.css"),
