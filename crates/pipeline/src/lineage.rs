@@ -93,7 +93,8 @@ struct Sources {
     selected: BTreeSet<String>,
     non_selected: BTreeSet<String>,
     note: Option<String>,
-    redacted: bool,
+    /// Of `selected`, the inputs whose values arrive hashed or masked.
+    redacted: BTreeSet<String>,
 }
 
 /// A node's output fields, and the input fields that do not pass through its `*` (they
@@ -151,7 +152,7 @@ pub fn build(loaded: &LoadedConfig, derived: &Derived) -> Graph {
                         via: node.to_owned(),
                         note: s.note.clone(),
                         except: if every { except.clone() } else { Vec::new() },
-                        redacted: s.redacted && how == Use::Selected,
+                        redacted: how == Use::Selected && s.redacted.contains(c),
                     });
                 }
             }
@@ -222,7 +223,7 @@ fn of_query(lineage: &[hifi_sql::FieldLineage]) -> Fields {
                 selected: f.selected.iter().cloned().collect(),
                 non_selected: f.non_selected.iter().cloned().collect(),
                 note: Some("sql".into()),
-                redacted: false,
+                redacted: BTreeSet::new(),
             };
             (f.field.clone(), s)
         })
@@ -264,7 +265,9 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
             TransformConfig::Filter { condition } => rows.extend(filter_fields(condition)),
             TransformConfig::Set { field, .. } => {
                 if let Some((f, depth)) = top(field) {
-                    let e = out.entry(f).or_default();
+                    // Setting `/user/checked` on an input of unknown fields keeps the rest
+                    // of `user` flowing through.
+                    let e = out.entry(f.clone()).or_insert_with(|| seed(open, &f));
                     if depth == 1 {
                         // A constant replaces the value: nothing flows in any more.
                         *e = Sources::default();
@@ -272,7 +275,7 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
                 }
             }
             TransformConfig::Rename { from, to } => {
-                let (Some((f, fd)), Some((t, _))) = (top(from), top(to)) else {
+                let (Some((f, fd)), Some((t, td))) = (top(from), top(to)) else {
                     continue;
                 };
                 let moved = match out.get(&f) {
@@ -287,11 +290,18 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
                     out.remove(&f);
                     gone.insert(f);
                 }
-                let e = out.entry(t).or_default();
-                e.selected.extend(moved.selected);
-                e.non_selected.extend(moved.non_selected);
+                let e = out
+                    .entry(t.clone())
+                    .or_insert_with(|| seed(open && td > 1, &t));
+                if td == 1 {
+                    // The moved value replaces the field.
+                    *e = moved;
+                } else {
+                    e.selected.extend(moved.selected);
+                    e.non_selected.extend(moved.non_selected);
+                    e.redacted.extend(moved.redacted);
+                }
                 e.note = Some(format!("rename from {from}"));
-                e.redacted = moved.redacted;
             }
             TransformConfig::Remove { fields } => {
                 for p in fields {
@@ -301,14 +311,24 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
                     }
                 }
             }
-            TransformConfig::Redact { field, mode, .. } => {
+            TransformConfig::Redact {
+                field,
+                mode,
+                keep_last,
+                ..
+            } => {
                 if let Some((f, depth)) = top(field) {
                     let e = out.entry(f.clone()).or_insert_with(|| Sources {
                         selected: BTreeSet::from([f]),
                         ..Sources::default()
                     });
-                    // Redacting part of a value (`/user/email`) leaves the rest as it was.
-                    e.redacted |= depth == 1;
+                    // Redacting part of a value (`/user/email`) leaves the rest as it was;
+                    // a mask that leaves more than a few characters visible hides little.
+                    let hides = *mode == crate::config::RedactMode::Hash
+                        || *keep_last <= MASK_KEEP_LAST_MAX;
+                    if depth == 1 && hides {
+                        e.redacted = e.selected.clone();
+                    }
                     let how = match mode {
                         crate::config::RedactMode::Hash => "redact (hash)",
                         crate::config::RedactMode::Mask => "redact (mask)",
@@ -323,6 +343,22 @@ fn of_transforms(input: &[String], transforms: &[TransformConfig]) -> Fields {
     }
     Fields { out, gone }
 }
+
+/// A field a transform names first: on an input of unknown fields (`*`), it carries the
+/// input's field of that name; otherwise it starts empty.
+fn seed(open: bool, f: &str) -> Sources {
+    if open {
+        Sources {
+            selected: BTreeSet::from([f.to_owned()]),
+            ..Sources::default()
+        }
+    } else {
+        Sources::default()
+    }
+}
+
+/// A `mask` redact ends PII only when it leaves at most this many characters visible.
+pub const MASK_KEEP_LAST_MAX: usize = 4;
 
 /// The top-level event fields a CEL condition reads (`event.a`, `event["a"]`); `*` when it
 /// uses the whole event.

@@ -4,7 +4,8 @@
 //!
 //! A job's inputs and outputs are datasets: topics (namespace `kafka://BROKER` with the
 //! Kafka engine, `hifi://DATA_DIR` with the embedded one), a source's listener, a sink's
-//! destination. A stage's and a sink's output carries the column-lineage facet from
+//! destination (an HTTP sink: its URL's origin, named after the sink — the path may hold a
+//! token). A stage's and a sink's output carries the column-lineage facet from
 //! [`crate::lineage`]: selected = `DIRECT` (`IDENTITY`, or `TRANSFORMATION` when the node
 //! changes the value; `masking` when it redacts it), non-selected = `INDIRECT`. Fields
 //! not known in advance (a topic without a schema) are left out. Topics with a schema
@@ -131,12 +132,12 @@ pub fn jobs(loaded: &LoadedConfig, topology: &Topology, only: &NodeFilter) -> Ve
     for (name, s) in cfg.sinks.iter().filter(|(n, _)| only.runs("sinks", n)) {
         let input = s.input.get_ref();
         let mut output = match s.kind {
+            // The destination's origin; not its path, which often holds a token (webhooks).
             SinkType::Http => {
-                let (ns, path) = match reqwest::Url::parse(&s.url) {
-                    Ok(u) => (u.origin().ascii_serialization(), u.path().to_owned()),
-                    Err(_) => (s.url.clone(), "/".to_owned()),
-                };
-                dataset(&ns, &path, None)
+                let ns = reqwest::Url::parse(&s.url)
+                    .map(|u| u.origin().ascii_serialization())
+                    .unwrap_or_else(|_| "http://invalid".into());
+                dataset(&ns, &format!("sinks.{name}"), None)
             }
             SinkType::Kafka => dataset(
                 &kafka_namespace(s.brokers.as_deref().unwrap_or_default()),
@@ -233,7 +234,11 @@ fn add_column_lineage(output: &mut Value, topology: &Topology, node: &str, ns: &
         }
         let input_field =
             json!({"namespace": ns, "name": input, "field": from, "transformations": [t]});
-        fields.entry(to).or_default().push(input_field);
+        // Several writers of the input topic give the same edge once each.
+        let list = fields.entry(to).or_default();
+        if !list.contains(&input_field) {
+            list.push(input_field);
+        }
     }
     if fields.is_empty() {
         return;

@@ -78,10 +78,18 @@ impl Topology {
         let name_ok = |key: String, name: &str| {
             validate_name(name).map_err(|e| loaded.error(key, format!("{e}; rename it")))
         };
+        // Lineage names fields NODE.FIELD: a dot in a node's name would make it ambiguous.
+        let node_ok = |key: String, name: &str| {
+            name_ok(key.clone(), name)?;
+            if name.contains('.') {
+                return Err(loaded.error(key, format!("node name {name:?} contains '.', which lineage and PII use between node and field (api.email); rename it (e.g. {:?})", name.replace('.', "_"))));
+            }
+            Ok(())
+        };
         // External topic → the Kafka source reading it.
         let mut external: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, s) in &cfg.sources {
-            name_ok(format!("sources.{name}"), name)?;
+            node_ok(format!("sources.{name}"), name)?;
             name_ok(format!("sources.{name}.topic"), s.topic.get_ref())?;
             writers
                 .entry(s.topic.get_ref().clone())
@@ -124,7 +132,7 @@ impl Topology {
             }
         }
         for (name, s) in &cfg.stages {
-            name_ok(format!("stages.{name}"), name)?;
+            node_ok(format!("stages.{name}"), name)?;
             name_ok(format!("stages.{name}.output"), s.output.get_ref())?;
             writers
                 .entry(s.output.get_ref().clone())
@@ -144,7 +152,7 @@ impl Topology {
             }
         }
         for (name, s) in &cfg.sinks {
-            name_ok(format!("sinks.{name}"), name)?;
+            node_ok(format!("sinks.{name}"), name)?;
             readers
                 .entry(s.input.get_ref().clone())
                 .or_default()

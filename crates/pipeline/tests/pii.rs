@@ -204,3 +204,76 @@ url = "http://127.0.0.1:9000/"
     let pointer = SQL.replace("pii = [\"email\", \"card\"]", "pii = [\"/email\"]");
     assert!(load(&pointer).contains("is not a field name"));
 }
+
+#[test]
+fn nested_changes_and_weak_masks_do_not_end_pii() {
+    // No schema: fields not known in advance.
+    let body = r#"
+[sources.api]
+type = "http"
+topic = "raw"
+pii = ["user", "email", "card"]
+
+[stages.clean]
+input = "raw"
+output = "clean"
+[[stages.clean.transforms]]
+type = "set"
+field = "/user/checked"
+value = true
+[[stages.clean.transforms]]
+type = "redact"
+field = "/email"
+mode = "hash"
+salt = "s"
+[[stages.clean.transforms]]
+type = "rename"
+from = "/email"
+to = "/meta/email_hash"
+[[stages.clean.transforms]]
+type = "redact"
+field = "/card"
+mode = "mask"
+keep_last = 8
+
+[sinks.partner]
+type = "http"
+input = "clean"
+url = "http://127.0.0.1:9000/"
+"#;
+    let (_, t) = derive(body);
+    let got: Vec<(String, String)> = received(&t.pii)
+        .into_iter()
+        .map(|(_, field, route, _)| (field, route))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            // A mask that leaves 8 characters visible hides little.
+            (
+                "card".to_owned(),
+                "api.card → clean.card → partner".to_owned()
+            ),
+            // Setting part of `user` keeps the rest of it flowing.
+            (
+                "user".to_owned(),
+                "api.user → clean.user → partner".to_owned()
+            ),
+        ],
+        "the hashed email moved into `meta` is redacted, `meta` itself carries no PII"
+    );
+}
+
+#[test]
+fn a_node_name_with_a_dot_is_refused() {
+    let text = format!(
+        "{HEAD}[sources.api]\ntype = \"http\"\ntopic = \"raw\"\n\
+         [sinks.\"partner.eu\"]\ntype = \"http\"\ninput = \"raw\"\nurl = \"http://127.0.0.1:9000/\"\n"
+    );
+    let loaded = LoadedConfig::parse(Path::new("p.toml"), text).unwrap();
+    let e = Topology::derive(&loaded).unwrap_err().to_string();
+    assert!(
+        e.contains("sinks.partner.eu") && e.contains("\"partner_eu\""),
+        "{e}"
+    );
+}

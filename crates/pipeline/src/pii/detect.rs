@@ -5,8 +5,9 @@
 //! 13616 mod-97 check). It keeps counts only, never a value.
 //!
 //! Bounded: one event in `sample_every` is looked at; in it at most [`STRINGS_PER_EVENT`]
-//! strings, each up to [`BYTES_PER_STRING`] bytes; at most [`FIELDS_MAX`] field names per
-//! source (more are counted in `fields_not_tracked`). The regular expressions run in time
+//! strings ([`STRINGS_PER_FIELD`] per field), each up to [`BYTES_PER_STRING`] bytes; at
+//! most [`FIELDS_MAX`] field names per source, each up to [`NAME_BYTES_MAX`] bytes (others
+//! are counted in `fields_not_tracked`). The regular expressions run in time
 //! linear in their input (the `regex` crate), so hostile values cost no more than others.
 
 use std::collections::BTreeMap;
@@ -20,8 +21,12 @@ use serde::Serialize;
 pub const STRINGS_PER_EVENT: usize = 512;
 /// Bytes of a string looked at (its start).
 pub const BYTES_PER_STRING: usize = 1024;
+/// Most strings looked at in one field of a sampled event.
+pub const STRINGS_PER_FIELD: usize = 64;
 /// Most field names counted per source.
 pub const FIELDS_MAX: usize = 256;
+/// Longest field name counted (longer ones are more likely data used as keys).
+pub const NAME_BYTES_MAX: usize = 128;
 
 /// What a value looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -63,11 +68,15 @@ pub struct Counts {
 
 impl Counts {
     /// Whether the field looks like PII: some kind in at least 2 sampled values and at
-    /// least 5 % of them (a stray match in a free-text field is not enough).
+    /// least 5 % of them (a stray match in a free-text field is not enough) — 20 % for
+    /// card numbers, which ~5 % of random numeric ids pass (network prefix and Luhn).
     pub fn suspected(&self) -> Vec<Kind> {
         self.looks_like
             .iter()
-            .filter(|(_, &n)| n >= 2 && n * 20 >= self.sampled)
+            .filter(|(k, &n)| {
+                let share = if **k == Kind::Card { 5 } else { 20 };
+                n >= 2 && n * share >= self.sampled
+            })
             .map(|(k, _)| *k)
             .collect()
     }
@@ -120,23 +129,30 @@ impl Detector {
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(data) else {
             return;
         };
-        let mut budget = STRINGS_PER_EVENT;
-        let found: Vec<(String, Vec<Kind>)> = fields
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(name, v)| {
-                let mut kinds = Vec::new();
-                scan(v, &mut budget, &mut kinds);
-                (name.clone(), kinds)
-            })
-            .collect();
+        let mut left = STRINGS_PER_EVENT;
+        let mut found: Vec<(String, Vec<Kind>)> = Vec::new();
+        for (name, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+            // Each field its own share, so that one large field cannot hide the others; a
+            // field not looked at is not counted as sampled.
+            if left == 0 {
+                break;
+            }
+            let mut budget = left.min(STRINGS_PER_FIELD);
+            let before = budget;
+            let mut kinds = Vec::new();
+            scan(v, &mut budget, &mut kinds);
+            left -= before - budget;
+            found.push((name.clone(), kinds));
+        }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.sampled_events += 1;
         for (name, kinds) in found {
             let tracked = s.fields.len();
             let counts = match s.fields.get_mut(&name) {
                 Some(c) => c,
-                None if tracked < FIELDS_MAX => s.fields.entry(name).or_default(),
+                None if tracked < FIELDS_MAX && name.len() <= NAME_BYTES_MAX => {
+                    s.fields.entry(name).or_default()
+                }
                 None => {
                     s.fields_not_tracked += 1;
                     continue;
@@ -277,7 +293,14 @@ fn is_phone(value: &str, shape: &Regex, date: &Regex) -> bool {
     let separated = value
         .chars()
         .any(|c| matches!(c, ' ' | '-' | '.' | '(' | ')'));
-    (8..=15).contains(&digits) && (value.starts_with('+') || separated) && !date.is_match(value)
+    // Dotted quads (IPv4) and decimals (`0.12345678`) are neither.
+    let dots = value.matches('.').count();
+    let number_like =
+        value.chars().all(|c| c.is_ascii_digit() || c == '.') && (dots == 1 || dots == 3);
+    (8..=15).contains(&digits)
+        && (value.starts_with('+') || separated)
+        && !date.is_match(value)
+        && !number_like
 }
 
 #[cfg(test)]
@@ -301,6 +324,8 @@ mod tests {
             ("+14155550100", &[Kind::Phone]),
             ("5551234567", &[]),
             ("2026-12-06", &[]),
+            ("192.168.100.10", &[]),
+            ("0.12345678", &[]),
             ("06.12.2026", &[]),
             ("GB82 WEST 1234 5698 7654 32", &[Kind::Iban]),
             ("DE89370400440532013000", &[Kind::Iban]),
@@ -352,8 +377,13 @@ mod tests {
     fn a_stray_match_is_counted_but_not_suspected() {
         let c = Counts {
             sampled: 100,
-            looks_like: BTreeMap::from([(Kind::Email, 1), (Kind::Phone, 4), (Kind::Card, 5)]),
+            looks_like: BTreeMap::from([(Kind::Email, 1), (Kind::Phone, 5), (Kind::Card, 19)]),
         };
-        assert_eq!(c.suspected(), vec![Kind::Card]);
+        assert_eq!(c.suspected(), vec![Kind::Phone]);
+        let cards = Counts {
+            sampled: 100,
+            looks_like: BTreeMap::from([(Kind::Card, 20)]),
+        };
+        assert_eq!(cards.suspected(), vec![Kind::Card]);
     }
 }
