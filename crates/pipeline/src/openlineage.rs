@@ -63,13 +63,7 @@ impl Job {
 pub fn jobs(loaded: &LoadedConfig, topology: &Topology, only: &NodeFilter) -> Vec<Job> {
     let cfg = &loaded.config;
     let ns = dataset_namespace(loaded);
-    let topic = |t: &str| {
-        let name = match cfg.engine.kind {
-            EngineKind::Kafka => format!("{}{t}", cfg.engine.topic_prefix),
-            EngineKind::Embedded => t.to_owned(),
-        };
-        dataset(&ns, &name, schema_facet(topology, t))
-    };
+    let topic = |t: &str| dataset(&ns, &topic_name(loaded, t), schema_facet(topology, t));
     let mut out = Vec::new();
     let mut job = |kind: &str,
                    name: &str,
@@ -151,6 +145,7 @@ pub fn jobs(loaded: &LoadedConfig, topology: &Topology, only: &NodeFilter) -> Ve
     out
 }
 
+/// A topic's name in the engine (with the Kafka engine, prefixed).
 fn topic_name(loaded: &LoadedConfig, t: &str) -> String {
     match loaded.config.engine.kind {
         EngineKind::Kafka => format!("{}{t}", loaded.config.engine.topic_prefix),
