@@ -5,6 +5,10 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "engine")]
+mod input;
+#[cfg(feature = "engine")]
+mod json;
+#[cfg(feature = "engine")]
 pub mod lineage;
 pub mod output;
 #[cfg(feature = "engine")]

@@ -16,30 +16,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
-    Int64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
-    TimestampMillisecondBuilder, UInt32Array,
-};
-use datafusion::arrow::compute::{cast_with_options, CastOptions};
-use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Column;
-use datafusion::datasource::{provider_as_source, MemTable};
-use datafusion::logical_expr::{Expr, LogicalPlan, Projection, TableScan};
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::input::{InputTable, Physical};
+use crate::json::{to_batch, to_json_bytes};
 use crate::lineage::FieldLineage;
-use crate::schema::{timestamp_ms, FieldType, Schema};
+use crate::schema::{FieldType, Schema};
 
 /// The hidden column naming each event's place in its batch.
 pub const ROW: &str = "__hifi_row";
 /// The table name a query reads.
 pub const INPUT: &str = "input";
 /// Arrow field metadata marking a column that holds JSON text (a `json` field).
-const JSON_META: &str = "hifi.type";
+pub(crate) const JSON_META: &str = "hifi.type";
 
 /// What a query did with one event.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +53,7 @@ pub struct RowQuery {
     input_arrow: SchemaRef,
     output: Schema,
     lineage: Vec<FieldLineage>,
-    plan: LogicalPlan,
-    ctx: SessionContext,
+    query: Physical,
 }
 
 impl std::fmt::Debug for RowQuery {
@@ -79,7 +72,7 @@ pub(crate) struct Planned {
     pub input_arrow: SchemaRef,
 }
 
-/// Plans `sql` over an empty table of `input`'s schema (no row restrictions).
+/// Plans `sql` over the table [`INPUT`] of `input`'s schema (no row restrictions).
 pub(crate) async fn plan(sql: &str, input: &Schema) -> Result<Planned, String> {
     let mut fields: Vec<Field> = input
         .fields
@@ -98,8 +91,7 @@ pub(crate) async fn plan(sql: &str, input: &Schema) -> Result<Planned, String> {
     // One partition: a batch is small, and no repartitioning is worth its cost.
     let mut ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     datafusion_functions_json::register_all(&mut ctx).map_err(|e| e.to_string())?;
-    let empty = MemTable::try_new(input_arrow.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
-    ctx.register_table(INPUT, Arc::new(empty))
+    ctx.register_table(INPUT, Arc::new(InputTable::new(input_arrow.clone())))
         .map_err(|e| e.to_string())?;
     let plan = ctx
         .state()
@@ -129,13 +121,15 @@ impl RowQuery {
         if output.fields.is_empty() {
             return Err("the query selects no column".into());
         }
+        let query = Physical::of(ctx, &plan)
+            .await
+            .map_err(|e| clean(e.to_string()))?;
         Ok(RowQuery {
             input: input.clone(),
             input_arrow,
             output,
             lineage,
-            plan,
-            ctx,
+            query,
         })
     }
 
@@ -201,8 +195,12 @@ impl RowQuery {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = self.to_batch(rows)?;
-        let out = run_plan(&self.ctx, &self.plan, &self.input_arrow, batch).await?;
+        let batch = to_batch(&self.input, &self.input_arrow, rows)?;
+        let out = self
+            .query
+            .run(batch)
+            .await
+            .map_err(|e| clean(e.to_string()))?;
         let mut results: Vec<(usize, RowResult)> = rows
             .iter()
             .map(|(i, _)| (*i, RowResult::Filtered))
@@ -210,108 +208,15 @@ impl RowQuery {
         let place: HashMap<usize, usize> =
             rows.iter().enumerate().map(|(k, (i, _))| (*i, k)).collect();
         for b in &out {
-            let ids = b
-                .column_by_name(ROW)
-                .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
-                .ok_or("the query lost its row ids")?;
-            let json = to_json(b)?;
-            for (r, obj) in json.into_iter().enumerate() {
-                let i = ids.value(r) as usize;
-                let k = place.get(&i).ok_or("a row id out of its batch")?;
-                let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| e.to_string())?;
-                results[*k].1 = RowResult::Out(bytes.into());
+            for (i, json) in to_json_bytes(b)? {
+                let k = place
+                    .get(&(i as usize))
+                    .ok_or("a row id out of its batch")?;
+                results[*k].1 = RowResult::Out(json.into());
             }
         }
         Ok(results)
     }
-
-    fn to_batch(&self, rows: &[(usize, Value)]) -> Result<RecordBatch, String> {
-        to_batch(&self.input, &self.input_arrow, rows)
-    }
-}
-
-/// Runs a plan planned over the empty `input` table over one batch instead.
-pub(crate) async fn run_plan(
-    ctx: &SessionContext,
-    plan: &LogicalPlan,
-    arrow: &SchemaRef,
-    batch: RecordBatch,
-) -> Result<Vec<RecordBatch>, String> {
-    let table = MemTable::try_new(arrow.clone(), vec![vec![batch]]).map_err(|e| e.to_string())?;
-    let source = provider_as_source(Arc::new(table));
-    let plan = plan
-        .clone()
-        .transform_up(|node| match node {
-            LogicalPlan::TableScan(scan) => {
-                Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
-                    source: source.clone(),
-                    ..scan
-                })))
-            }
-            other => Ok(Transformed::no(other)),
-        })
-        .map_err(|e| e.to_string())?
-        .data;
-    ctx.execute_logical_plan(plan)
-        .await
-        .map_err(|e| clean(e.to_string()))?
-        .collect()
-        .await
-        .map_err(|e| clean(e.to_string()))
-}
-
-/// Arrow arrays of checked events (with their places in [`ROW`]), by the input schema.
-pub(crate) fn to_batch(
-    input: &Schema,
-    arrow: &SchemaRef,
-    rows: &[(usize, Value)],
-) -> Result<RecordBatch, String> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(input.fields.len() + 1);
-    for f in &input.fields {
-        let get = |v: &Value| v.get(&f.name).filter(|v| !v.is_null()).cloned();
-        let col: ArrayRef = match f.ty {
-            FieldType::String | FieldType::Json => {
-                let mut b = StringBuilder::new();
-                for (_, v) in rows {
-                    match get(v) {
-                        Some(Value::String(s)) if f.ty == FieldType::String => b.append_value(s),
-                        Some(other) => b.append_value(other.to_string()),
-                        None => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            FieldType::Int64 => {
-                let mut b = Int64Builder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_i64())));
-                Arc::new(b.finish())
-            }
-            FieldType::Float64 => {
-                let mut b = Float64Builder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_f64())));
-                Arc::new(b.finish())
-            }
-            FieldType::Bool => {
-                let mut b = BooleanBuilder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_bool())));
-                Arc::new(b.finish())
-            }
-            FieldType::Timestamp => {
-                let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).as_ref().and_then(timestamp_ms)));
-                Arc::new(b.finish())
-            }
-        };
-        columns.push(col);
-    }
-    columns.push(Arc::new(UInt32Array::from_iter_values(
-        rows.iter().map(|(i, _)| *i as u32),
-    )));
-    RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
 }
 
 /// Refuses a plan that could make other than one row per event.
@@ -385,88 +290,6 @@ fn carry_row_ids(plan: LogicalPlan) -> Result<LogicalPlan, String> {
     })
     .map(|t| t.data)
     .map_err(|e| e.to_string())
-}
-
-/// A batch's rows as JSON objects (without [`ROW`]), columns in query order.
-pub(crate) fn to_json(b: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
-    let mut rows = vec![Map::new(); b.num_rows()];
-    let schema = b.schema();
-    for (f, col) in schema.fields().iter().zip(b.columns()) {
-        if f.name() == ROW {
-            continue;
-        }
-        let json_text = f.metadata().get(JSON_META).is_some();
-        let ty = FieldType::of_arrow(f.data_type())
-            .ok_or_else(|| format!("column `{}` has type {}", f.name(), f.data_type()))?;
-        let values = column_values(col, ty, json_text)?;
-        for (row, v) in rows.iter_mut().zip(values) {
-            row.insert(f.name().clone(), v);
-        }
-    }
-    Ok(rows)
-}
-
-fn column_values(col: &ArrayRef, ty: FieldType, json_text: bool) -> Result<Vec<Value>, String> {
-    let target = match ty {
-        FieldType::String | FieldType::Json => DataType::Utf8,
-        FieldType::Int64 => DataType::Int64,
-        FieldType::Float64 => DataType::Float64,
-        FieldType::Bool => DataType::Boolean,
-        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
-    };
-    // Not `safe`: a value that does not fit (an unsigned count past i64) fails the row
-    // (dead-lettered with the reason) instead of becoming null unnoticed.
-    let strict = CastOptions {
-        safe: false,
-        ..CastOptions::default()
-    };
-    let col = cast_with_options(col, &target, &strict).map_err(|e| e.to_string())?;
-    let n = col.len();
-    let any = col.as_any();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if col.is_null(i) {
-            out.push(Value::Null);
-            continue;
-        }
-        out.push(match ty {
-            FieldType::String | FieldType::Json => {
-                let s = any.downcast_ref::<StringArray>().ok_or("utf8")?.value(i);
-                if json_text {
-                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
-                } else {
-                    Value::String(s.to_owned())
-                }
-            }
-            FieldType::Int64 => any
-                .downcast_ref::<Int64Array>()
-                .ok_or("int64")?
-                .value(i)
-                .into(),
-            FieldType::Float64 => {
-                let f = any
-                    .downcast_ref::<Float64Array>()
-                    .ok_or("float64")?
-                    .value(i);
-                serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-            }
-            FieldType::Bool => any
-                .downcast_ref::<BooleanArray>()
-                .ok_or("bool")?
-                .value(i)
-                .into(),
-            FieldType::Timestamp => {
-                let ms = any
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .ok_or("timestamp")?
-                    .value(i);
-                chrono::DateTime::from_timestamp_millis(ms)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                    .map_or(Value::Null, Value::String)
-            }
-        });
-    }
-    Ok(out)
 }
 
 /// DataFusion's messages, without the hidden column among "valid fields".

@@ -11,12 +11,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::prelude::SessionContext;
 use serde_json::Value;
 
+use crate::input::Physical;
+use crate::json::{to_batch, to_json};
 use crate::lineage::FieldLineage;
 pub use crate::output::{WindowOutput, WindowRow, WINDOW_END, WINDOW_START};
-use crate::row::{plan, run_plan, to_batch, to_json, Planned};
+use crate::row::{clean, plan, Planned};
 use crate::schema::{FieldSpec, FieldType, Schema};
 
 /// How output rows are keyed.
@@ -37,8 +38,7 @@ pub struct WindowQuery {
     output: Schema,
     keys: Keys,
     lineage: Vec<FieldLineage>,
-    plan: LogicalPlan,
-    ctx: SessionContext,
+    query: Physical,
 }
 
 impl std::fmt::Debug for WindowQuery {
@@ -86,14 +86,16 @@ impl WindowQuery {
             });
         }
         let keys = keys_of(&plan);
+        let query = Physical::of(ctx, &plan)
+            .await
+            .map_err(|e| clean(e.to_string()))?;
         Ok(WindowQuery {
             input: input.clone(),
             input_arrow,
             output,
             keys,
             lineage,
-            plan,
-            ctx,
+            query,
         })
     }
 
@@ -152,7 +154,11 @@ impl WindowQuery {
 
     async fn execute(&self, rows: &[(usize, Value)]) -> Result<Vec<WindowRow>, String> {
         let batch = to_batch(&self.input, &self.input_arrow, rows)?;
-        let batches = run_plan(&self.ctx, &self.plan, &self.input_arrow, batch).await?;
+        let batches = self
+            .query
+            .run(batch)
+            .await
+            .map_err(|e| clean(e.to_string()))?;
         let mut out = Vec::new();
         for b in &batches {
             for value in to_json(b)? {

@@ -1,0 +1,263 @@
+//! Events ↔ Arrow: checked JSON events into a batch of the input schema (with each
+//! event's place in [`ROW`]), and a query's result batches back into JSON — as objects
+//! (window stages key rows by their values) or written straight to bytes (row stages,
+//! one output event per row, no intermediate objects).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
+    TimestampMillisecondBuilder, UInt32Array,
+};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::row::{JSON_META, ROW};
+use crate::schema::{timestamp_ms, FieldType, Schema};
+
+/// Arrow arrays of checked events (with their places in [`ROW`]), by the input schema.
+pub(crate) fn to_batch(
+    input: &Schema,
+    arrow: &SchemaRef,
+    rows: &[(usize, Value)],
+) -> Result<RecordBatch, String> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(input.fields.len() + 1);
+    for f in &input.fields {
+        let get = |v: &Value| v.get(&f.name).filter(|v| !v.is_null()).cloned();
+        let col: ArrayRef = match f.ty {
+            FieldType::String | FieldType::Json => {
+                let mut b = StringBuilder::new();
+                for (_, v) in rows {
+                    match get(v) {
+                        Some(Value::String(s)) if f.ty == FieldType::String => b.append_value(s),
+                        Some(other) => b.append_value(other.to_string()),
+                        None => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            FieldType::Int64 => {
+                let mut b = Int64Builder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_i64())));
+                Arc::new(b.finish())
+            }
+            FieldType::Float64 => {
+                let mut b = Float64Builder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_f64())));
+                Arc::new(b.finish())
+            }
+            FieldType::Bool => {
+                let mut b = BooleanBuilder::new();
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_bool())));
+                Arc::new(b.finish())
+            }
+            FieldType::Timestamp => {
+                let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+                rows.iter()
+                    .for_each(|(_, v)| b.append_option(get(v).as_ref().and_then(timestamp_ms)));
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(col);
+    }
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        rows.iter().map(|(i, _)| *i as u32),
+    )));
+    RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// A batch's rows as JSON objects (without [`ROW`]).
+pub(crate) fn to_json(b: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
+    let mut rows = vec![Map::new(); b.num_rows()];
+    for col in out_columns(b)? {
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.insert(col.name.clone(), col.value(i));
+        }
+    }
+    Ok(rows)
+}
+
+/// A batch's rows as JSON objects written to bytes, fields in the query's order (without
+/// [`ROW`]), each with its row's place in its input batch.
+pub(crate) fn to_json_bytes(b: &RecordBatch) -> Result<Vec<(u32, Vec<u8>)>, String> {
+    let ids = b
+        .column_by_name(ROW)
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+        .ok_or("the query lost its row ids")?;
+    let cols = out_columns(b)?;
+    let mut rows: Vec<(u32, Vec<u8>)> = (0..b.num_rows())
+        .map(|r| (ids.value(r), Vec::with_capacity(128)))
+        .collect();
+    for (c, col) in cols.iter().enumerate() {
+        for (i, (_, out)) in rows.iter_mut().enumerate() {
+            out.push(if c == 0 { b'{' } else { b',' });
+            out.extend_from_slice(&col.key);
+            col.write(i, out);
+        }
+    }
+    for (_, out) in &mut rows {
+        if cols.is_empty() {
+            out.push(b'{');
+        }
+        out.push(b'}');
+    }
+    Ok(rows)
+}
+
+/// One output column, cast to the Arrow type its JSON values are read from.
+struct OutColumn {
+    name: String,
+    /// `"name":`, escaped once for every row.
+    key: Vec<u8>,
+    values: Values,
+}
+
+enum Values {
+    String(StringArray),
+    /// JSON text (a `json` field): written as the document it holds.
+    Json(StringArray),
+    Int64(Int64Array),
+    Float64(Float64Array),
+    Bool(BooleanArray),
+    Timestamp(TimestampMillisecondArray),
+}
+
+fn out_columns(b: &RecordBatch) -> Result<Vec<OutColumn>, String> {
+    // Not `safe`: a value that does not fit (an unsigned count past i64) fails the row
+    // (dead-lettered with the reason) instead of becoming null unnoticed.
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let schema = b.schema();
+    let mut out = Vec::with_capacity(schema.fields().len());
+    for (f, col) in schema.fields().iter().zip(b.columns()) {
+        if f.name() == ROW {
+            continue;
+        }
+        let ty = FieldType::of_arrow(f.data_type())
+            .ok_or_else(|| format!("column `{}` has type {}", f.name(), f.data_type()))?;
+        let target = match ty {
+            FieldType::String | FieldType::Json => DataType::Utf8,
+            FieldType::Int64 => DataType::Int64,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Bool => DataType::Boolean,
+            FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+        };
+        let col = cast_with_options(col, &target, &strict).map_err(|e| e.to_string())?;
+        let any = col.as_any();
+        let missing = || format!("column `{}` did not cast to {target}", f.name());
+        let values = match ty {
+            FieldType::String | FieldType::Json => {
+                let a = any
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(missing)?
+                    .clone();
+                if f.metadata().get(JSON_META).is_some() {
+                    Values::Json(a)
+                } else {
+                    Values::String(a)
+                }
+            }
+            FieldType::Int64 => Values::Int64(
+                any.downcast_ref::<Int64Array>()
+                    .ok_or_else(missing)?
+                    .clone(),
+            ),
+            FieldType::Float64 => Values::Float64(
+                any.downcast_ref::<Float64Array>()
+                    .ok_or_else(missing)?
+                    .clone(),
+            ),
+            FieldType::Bool => Values::Bool(
+                any.downcast_ref::<BooleanArray>()
+                    .ok_or_else(missing)?
+                    .clone(),
+            ),
+            FieldType::Timestamp => Values::Timestamp(
+                any.downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(missing)?
+                    .clone(),
+            ),
+        };
+        let mut key = serde_json::to_vec(f.name()).map_err(|e| e.to_string())?;
+        key.push(b':');
+        out.push(OutColumn {
+            name: f.name().clone(),
+            key,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+impl OutColumn {
+    fn is_null(&self, i: usize) -> bool {
+        match &self.values {
+            Values::String(a) | Values::Json(a) => a.is_null(i),
+            Values::Int64(a) => a.is_null(i),
+            Values::Float64(a) => a.is_null(i),
+            Values::Bool(a) => a.is_null(i),
+            Values::Timestamp(a) => a.is_null(i),
+        }
+    }
+
+    /// Row `i`'s value.
+    fn value(&self, i: usize) -> Value {
+        if self.is_null(i) {
+            return Value::Null;
+        }
+        match &self.values {
+            Values::String(a) => Value::String(a.value(i).to_owned()),
+            Values::Json(a) => json_text(a.value(i)),
+            Values::Int64(a) => a.value(i).into(),
+            Values::Float64(a) => {
+                serde_json::Number::from_f64(a.value(i)).map_or(Value::Null, Value::Number)
+            }
+            Values::Bool(a) => a.value(i).into(),
+            Values::Timestamp(a) => rfc3339(a.value(i)).map_or(Value::Null, Value::String),
+        }
+    }
+
+    /// Writes row `i`'s value as JSON.
+    fn write(&self, i: usize, out: &mut Vec<u8>) {
+        if self.is_null(i) {
+            out.extend_from_slice(b"null");
+            return;
+        }
+        // Writing to a Vec fails only for values JSON cannot hold, which these are not.
+        let _ = match &self.values {
+            Values::String(a) => serde_json::to_writer(&mut *out, a.value(i)),
+            Values::Json(a) => serde_json::to_writer(&mut *out, &json_text(a.value(i))),
+            Values::Int64(a) => serde_json::to_writer(&mut *out, &a.value(i)),
+            Values::Float64(a) => match serde_json::Number::from_f64(a.value(i)) {
+                Some(n) => serde_json::to_writer(&mut *out, &n),
+                None => {
+                    out.extend_from_slice(b"null");
+                    Ok(())
+                }
+            },
+            Values::Bool(a) => {
+                out.extend_from_slice(if a.value(i) { b"true" } else { b"false" });
+                Ok(())
+            }
+            Values::Timestamp(a) => serde_json::to_writer(&mut *out, &rfc3339(a.value(i))),
+        };
+    }
+}
+
+/// The document a `json` column's text holds (the text itself, if it holds none).
+fn json_text(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
