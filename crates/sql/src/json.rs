@@ -3,6 +3,7 @@
 //! (window stages key rows by their values) or written straight to bytes (row stages,
 //! one output event per row, no intermediate objects).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -13,25 +14,59 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::row::{JSON_META, ROW};
 use crate::schema::{timestamp_ms, FieldType, Schema};
 
+/// An event's values of the input schema's fields, in the schema's order (`None`: absent).
+pub(crate) type Row = Vec<Option<Value>>;
+
+/// Reads an event as a row of `input`; the error says why it is not one. Only the top
+/// level and the declared fields' values are parsed: other fields stay unparsed text.
+pub(crate) fn read_row(input: &Schema, bytes: &[u8]) -> Result<Row, String> {
+    let row: Row = match serde_json::from_slice::<HashMap<&str, &RawValue>>(bytes) {
+        Ok(top) => input
+            .fields
+            .iter()
+            .map(|f| {
+                top.get(f.name.as_str())
+                    .map(|raw| serde_json::from_str(raw.get()))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not JSON: {e}"))?,
+        // Not an object with plain keys: the whole event, for the reason (or the escapes).
+        Err(_) => match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => input
+                .fields
+                .iter()
+                .map(|f| map.get(&f.name).cloned())
+                .collect(),
+            Ok(_) => return Err("not of the input schema: the schema needs a JSON object".into()),
+            Err(e) => return Err(format!("not JSON: {e}")),
+        },
+    };
+    input
+        .check_values(row.iter().map(Option::as_ref))
+        .map_err(|why| format!("not of the input schema: {why}"))?;
+    Ok(row)
+}
+
 /// Arrow arrays of checked events (with their places in [`ROW`]), by the input schema.
 pub(crate) fn to_batch(
     input: &Schema,
     arrow: &SchemaRef,
-    rows: &[(usize, Value)],
+    rows: &[(usize, Row)],
 ) -> Result<RecordBatch, String> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(input.fields.len() + 1);
-    for f in &input.fields {
-        let get = |v: &Value| v.get(&f.name).filter(|v| !v.is_null()).cloned();
+    for (k, f) in input.fields.iter().enumerate() {
         let col: ArrayRef = match f.ty {
             FieldType::String | FieldType::Json => {
                 let mut b = StringBuilder::new();
                 for (_, v) in rows {
-                    match get(v) {
+                    match value(v, k) {
                         Some(Value::String(s)) if f.ty == FieldType::String => b.append_value(s),
                         Some(other) => b.append_value(other.to_string()),
                         None => b.append_null(),
@@ -42,25 +77,25 @@ pub(crate) fn to_batch(
             FieldType::Int64 => {
                 let mut b = Int64Builder::new();
                 rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_i64())));
+                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_i64)));
                 Arc::new(b.finish())
             }
             FieldType::Float64 => {
                 let mut b = Float64Builder::new();
                 rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_f64())));
+                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_f64)));
                 Arc::new(b.finish())
             }
             FieldType::Bool => {
                 let mut b = BooleanBuilder::new();
                 rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).and_then(|v| v.as_bool())));
+                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_bool)));
                 Arc::new(b.finish())
             }
             FieldType::Timestamp => {
                 let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
                 rows.iter()
-                    .for_each(|(_, v)| b.append_option(get(v).as_ref().and_then(timestamp_ms)));
+                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(timestamp_ms)));
                 Arc::new(b.finish())
             }
         };
@@ -70,6 +105,11 @@ pub(crate) fn to_batch(
         rows.iter().map(|(i, _)| *i as u32),
     )));
     RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// Field `k`'s value in `row`, unless absent or null.
+fn value(row: &Row, k: usize) -> Option<&Value> {
+    row[k].as_ref().filter(|v| !v.is_null())
 }
 
 /// A batch's rows as JSON objects (without [`ROW`]).
@@ -260,4 +300,92 @@ fn json_text(s: &str) -> Value {
 fn rfc3339(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema as ArrowSchema};
+    use serde_json::json;
+
+    fn schema() -> Schema {
+        Schema::parse(
+            &[("id", "string"), ("n", "int64?"), ("doc", "json?")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .expect("a schema")
+    }
+
+    #[test]
+    fn a_row_holds_the_declared_fields_whatever_the_keys_look_like() {
+        let s = schema();
+        let plain = read_row(&s, br#"{"pad":[1,{"x":2}],"n":7,"id":"a","doc":{"k":[1]}}"#);
+        assert_eq!(
+            plain,
+            // The schema's order: doc, id, n.
+            Ok(vec![
+                Some(json!({"k": [1]})),
+                Some(json!("a")),
+                Some(json!(7))
+            ])
+        );
+        // Keys with escapes take the full parse, with the same result.
+        let escaped = read_row(&s, br#"{"p\u0061d":1,"\u0069d":"a","n":null}"#);
+        assert_eq!(escaped, Ok(vec![None, Some(json!("a")), Some(Value::Null)]));
+        // The last of duplicate keys counts, as for any JSON object here.
+        assert_eq!(
+            read_row(&s, br#"{"id":"a","id":"b"}"#).unwrap()[1],
+            Some(json!("b"))
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_row_says_why() {
+        let s = schema();
+        let why = |b: &[u8]| read_row(&s, b).unwrap_err();
+        assert!(why(b"{\"id\":").starts_with("not JSON: "), "{}", why(b"{"));
+        assert_eq!(
+            why(b"[1]"),
+            "not of the input schema: the schema needs a JSON object"
+        );
+        assert!(why(br#"{"n":1}"#).contains("field `id` (string) is missing"));
+        assert!(why(br#"{"id":1}"#).contains("field `id`: expected string, got a number (1)"));
+    }
+
+    #[test]
+    fn rows_written_as_bytes_are_the_objects_in_query_order() {
+        let arrow = Arc::new(ArrowSchema::new(vec![
+            Field::new("z", DataType::Utf8, true),
+            Field::new("a", DataType::Float64, true),
+            Field::new(ROW, DataType::UInt32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            arrow,
+            vec![
+                Arc::new(StringArray::from(vec![Some("q\"uote"), None])),
+                Arc::new(Float64Array::from(vec![Some(1.5), Some(f64::NAN)])),
+                Arc::new(UInt32Array::from(vec![4, 9])),
+            ],
+        )
+        .expect("a batch");
+        let bytes = to_json_bytes(&batch).expect("JSON");
+        assert_eq!(bytes[0].0, 4);
+        assert_eq!(
+            String::from_utf8(bytes[0].1.clone()).unwrap(),
+            r#"{"z":"q\"uote","a":1.5}"#
+        );
+        assert_eq!(
+            (bytes[1].0, &bytes[1].1[..]),
+            (9, &br#"{"z":null,"a":null}"#[..])
+        );
+        let objects = to_json(&batch).expect("objects");
+        for ((_, b), o) in bytes.iter().zip(objects) {
+            assert_eq!(
+                serde_json::from_slice::<Value>(b).unwrap(),
+                Value::Object(o)
+            );
+        }
+    }
 }

@@ -21,10 +21,9 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Column;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use serde_json::Value;
 
 use crate::input::{InputTable, Physical};
-use crate::json::{to_batch, to_json_bytes};
+use crate::json::{read_row, to_batch, to_json_bytes, Row};
 use crate::lineage::FieldLineage;
 use crate::schema::{FieldType, Schema};
 
@@ -147,18 +146,11 @@ impl RowQuery {
     /// in order.
     pub async fn run(&self, values: &[&[u8]]) -> Vec<RowResult> {
         let mut results: Vec<Option<RowResult>> = vec![None; values.len()];
-        let mut rows: Vec<(usize, Value)> = Vec::with_capacity(values.len());
+        let mut rows: Vec<(usize, Row)> = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
-            match serde_json::from_slice::<Value>(v) {
-                Ok(v) => match self.input.check(&v) {
-                    Ok(()) => rows.push((i, v)),
-                    Err(why) => {
-                        results[i] = Some(RowResult::Refused(format!(
-                            "not of the input schema: {why}"
-                        )))
-                    }
-                },
-                Err(e) => results[i] = Some(RowResult::Refused(format!("not JSON: {e}"))),
+            match read_row(&self.input, v) {
+                Ok(row) => rows.push((i, row)),
+                Err(why) => results[i] = Some(RowResult::Refused(why)),
             }
         }
         match self.execute(&rows).await {
@@ -191,7 +183,7 @@ impl RowQuery {
 
     /// The query over `rows` (index in the batch, checked event): each row's result,
     /// `Filtered` for those it removed.
-    async fn execute(&self, rows: &[(usize, Value)]) -> Result<Vec<(usize, RowResult)>, String> {
+    async fn execute(&self, rows: &[(usize, Row)]) -> Result<Vec<(usize, RowResult)>, String> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }

@@ -161,9 +161,18 @@ impl Schema {
         let Value::Object(map) = event else {
             return Err("the schema needs a JSON object".into());
         };
+        self.check_values(self.fields.iter().map(|f| map.get(&f.name)))
+    }
+
+    /// Checks an event's values of the declared fields, in their order (`None` when
+    /// absent): every reason they do not fit, by field.
+    pub fn check_values<'v>(
+        &self,
+        values: impl IntoIterator<Item = Option<&'v Value>>,
+    ) -> Result<(), String> {
         let mut why = Vec::new();
-        for f in &self.fields {
-            match map.get(&f.name) {
+        for (f, v) in self.fields.iter().zip(values) {
+            match v {
                 None | Some(Value::Null) if f.optional => {}
                 None => why.push(format!("field `{}` ({f}) is missing", f.name)),
                 Some(Value::Null) => why.push(format!("field `{}` ({f}) is null", f.name)),

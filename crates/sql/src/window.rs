@@ -14,7 +14,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use serde_json::Value;
 
 use crate::input::Physical;
-use crate::json::{to_batch, to_json};
+use crate::json::{read_row, to_batch, to_json, Row};
 use crate::lineage::FieldLineage;
 pub use crate::output::{WindowOutput, WindowRow, WINDOW_END, WINDOW_START};
 use crate::row::{clean, plan, Planned};
@@ -115,16 +115,11 @@ impl WindowQuery {
     /// events it fails on alone are found, listed and left out, and it runs again.
     pub async fn run(&self, values: &[&[u8]]) -> WindowOutput {
         let mut out = WindowOutput::default();
-        let mut rows: Vec<(usize, Value)> = Vec::with_capacity(values.len());
+        let mut rows: Vec<(usize, Row)> = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
-            match serde_json::from_slice::<Value>(v) {
-                Ok(v) => match self.input.check(&v) {
-                    Ok(()) => rows.push((i, v)),
-                    Err(why) => out
-                        .refused
-                        .push((i, format!("not of the input schema: {why}"))),
-                },
-                Err(e) => out.refused.push((i, format!("not JSON: {e}"))),
+            match read_row(&self.input, v) {
+                Ok(row) => rows.push((i, row)),
+                Err(why) => out.refused.push((i, why)),
             }
         }
         match self.execute(&rows).await {
@@ -152,7 +147,7 @@ impl WindowQuery {
         out
     }
 
-    async fn execute(&self, rows: &[(usize, Value)]) -> Result<Vec<WindowRow>, String> {
+    async fn execute(&self, rows: &[(usize, Row)]) -> Result<Vec<WindowRow>, String> {
         let batch = to_batch(&self.input, &self.input_arrow, rows)?;
         let batches = self
             .query
