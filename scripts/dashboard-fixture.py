@@ -115,7 +115,8 @@ def stats(now):
         {"node": "partner", "kind": "sink", "events_in_total": total - filtered,
          "events_out_total": total - filtered - 7, "filtered_total": 0,
          "delivered_total": total - filtered - 7, "retrying": 3, "dead_lettered_total": 4,
-         "backlog_records": 30, "backlog_age_ms": 85, "breaker_open": False},
+         "backlog_records": 30, "backlog_age_ms": 85, "breaker_open": False,
+         "concurrency_limit": 12, "concurrency_reason": "growing"},
     ]}
 
 

@@ -142,6 +142,25 @@ pub async fn lag(admin: Admin) -> Result<ExitCode> {
         "",
         e2e_now
     );
+    // Each sink's request limit: how far it may go now, and why.
+    let stats = get(&admin, "/v1/stats").await?;
+    let sinks: Vec<String> = stats["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["kind"] == "sink")
+        .map(|n| {
+            format!(
+                "{} {} ({})",
+                n["node"].as_str().unwrap_or(""),
+                n["concurrency_limit"].as_u64().unwrap_or(0),
+                n["concurrency_reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    if !sinks.is_empty() {
+        outln!("requests in flight allowed: {}", sinks.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

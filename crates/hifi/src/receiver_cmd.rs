@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hifi_server::receiver::{bind, Faults, Receiver};
+use hifi_server::receiver::{bind, Capacity, Faults, Receiver};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -37,6 +37,13 @@ pub struct ReceiverArgs {
     /// Added latency per request: "20ms" or a range "20ms..200ms".
     #[arg(long)]
     latency: Option<String>,
+    /// Handle at most N requests at once (each taking --latency), like a server with N
+    /// workers: more wait in a queue of --queue-max, and past it get 503.
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Requests waiting for a worker with --capacity (default: as many as --capacity).
+    #[arg(long, requires = "capacity")]
+    queue_max: Option<usize>,
     /// Refuse connections (do not listen) for this long after start.
     #[arg(long, value_parser = humantime::parse_duration)]
     down_for: Option<Duration>,
@@ -73,6 +80,14 @@ pub async fn run(a: ReceiverArgs) -> Result<ExitCode> {
         reject_status: a.reject_status,
         latency: a.latency.as_deref().map(parse_latency).transpose()?,
         retry_after_s: a.retry_after.map(|d| d.as_secs().max(1)),
+        capacity: match a.capacity {
+            Some(0) => bail!("--capacity must be at least 1"),
+            Some(workers) => Some(Capacity {
+                workers,
+                queue: a.queue_max.unwrap_or(workers),
+            }),
+            None => None,
+        },
     };
     let receiver = Receiver::with_faults(&a.record, faults)
         .with_context(|| format!("opening the record file {}", a.record.display()))?;
@@ -102,6 +117,12 @@ pub async fn run(a: ReceiverArgs) -> Result<ExitCode> {
         "received {} events ({} distinct, {} duplicates) in {} requests",
         s.received, s.distinct, s.duplicates, s.requests
     );
+    if a.capacity.is_some() {
+        println!(
+            "turned away (503, over capacity): {} requests",
+            receiver.turned_away()
+        );
+    }
     let (p50, p95, max) = receiver.handling_us();
     println!("handling time per answered request (arrival to answer): p50 {p50} µs, p95 {p95} µs, max {max} µs");
     Ok(ExitCode::SUCCESS)

@@ -86,6 +86,19 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("{SOURCE}[sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"ftp://x/\"\n"),
         &["sinks.out.url", "http://"],
     );
+    let sink = "[sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://127.0.0.1:9/\"\n";
+    for bad in ["0", "\"lots\"", "-3"] {
+        check(
+            "bad concurrency",
+            &format!("{SOURCE}{sink}concurrency = {bad}\n"),
+            &["concurrency", "\"adaptive\" or a number"],
+        );
+    }
+    check(
+        "too many requests",
+        &format!("{SOURCE}{sink}concurrency_max = 5000\n"),
+        &["sinks.out", "at most 1024 requests"],
+    );
     check("port clash", "[admin]\nlisten = \"127.0.0.1:7000\"\n[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:7000\"\ntopic = \"e\"\n", &["already used by admin.listen"]);
     check("no nodes", "", &["no nodes"]);
     check(

@@ -170,6 +170,10 @@ async fn an_outage_shows_on_the_dashboard_as_an_open_breaker_and_a_growing_backl
     .await
     .unwrap();
     assert_eq!(stat(&first, "breaker", "out").0, "open");
+    // The adaptive request limit starts at one and a destination that is down keeps it
+    // there.
+    let requests = stat(&first, "concurrency", "out").0;
+    assert!(requests.starts_with("1 ("), "requests cell: {requests:?}");
     assert_eq!(stat(&first, "backlog_records", "out").1, Some(200.0));
     let age1 = stat(&first, "backlog_age_ms", "out").1.unwrap();
     assert!(age1 >= 2000.0, "the oldest waiting event is {age1} ms old");

@@ -15,6 +15,9 @@ use hifi_log::{validate_name, Retention, TopicSpec};
 use crate::config::{ConfigError, LoadedConfig};
 use crate::transform::Transforms;
 
+/// Most requests a sink may have in flight (each holds a batch in memory).
+const MAX_CONCURRENCY: usize = 1024;
+
 /// The checked graph: which topics exist and who writes and reads them.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -158,10 +161,16 @@ impl Topology {
                 .or_default()
                 .push(format!("sinks.{name}"));
             check_destination(loaded, name, s)?;
-            if s.concurrency == 0 || s.batch.max_events == 0 || s.batch.max_bytes.0 == 0 {
+            if s.concurrency_max == 0 || s.batch.max_events == 0 || s.batch.max_bytes.0 == 0 {
                 return Err(loaded.error(
                     format!("sinks.{name}"),
-                    "concurrency, batch.max_events and batch.max_bytes must be at least 1",
+                    "concurrency_max, batch.max_events and batch.max_bytes must be at least 1",
+                ));
+            }
+            if s.concurrency_limit_max() > MAX_CONCURRENCY {
+                return Err(loaded.error(
+                    format!("sinks.{name}"),
+                    format!("at most {MAX_CONCURRENCY} requests in flight (concurrency, concurrency_max)"),
                 ));
             }
             if s.retry.local.backoff_min > s.retry.local.backoff_max {

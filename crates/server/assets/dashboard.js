@@ -333,14 +333,19 @@
       const oldest = el("td", records > 0 ? fmtMs(age) : "–",
                         { "data-stat": "backlog_age_ms", "data-node": s.node, "data-value": String(age) });
       if (records > 0 && age >= 10000) oldest.className = "bad";
-      tr.append(name, breaker, backlog, oldest, el("td", fmtInt(s.delivered_total)),
+      const reason = s.concurrency_reason ?? "";
+      const requests = el("td", s.concurrency_limit == null ? "–" : `${fmtInt(s.concurrency_limit)} (${reason})`,
+                          { "data-stat": "concurrency", "data-node": s.node,
+                            title: "requests of fresh batches allowed in flight now, and why" });
+      if (reason === "backpressure" || reason === "slow-responses") requests.className = "warn";
+      tr.append(name, breaker, requests, backlog, oldest, el("td", fmtInt(s.delivered_total)),
                 el("td", fmtInt(s.retrying ?? 0), { "data-stat": "retrying", "data-node": s.node }),
                 dead);
       return tr;
     });
     if (rows.length === 0) {
       rows.push(el("tr"));
-      rows[0].append(el("td", "no sinks", { colspan: 7, class: "empty" }));
+      rows[0].append(el("td", "no sinks", { colspan: 8, class: "empty" }));
     }
     $("#sink-table").tBodies[0].replaceChildren(...rows);
   }

@@ -277,6 +277,7 @@ async fn stats(State(s): S) -> Response {
             "local_retries_total": r(&c.local_retries_total), "retried_events_total": r(&c.retried_events_total),
             "retrying": r(&c.retrying_events), "dead_lettered_total": r(&c.dead_lettered_events_total),
             "breaker_open": r(&c.breaker_open) == 1, "filtered_total": 0,
+            "concurrency_limit": r(&sk.slots.limit), "concurrency_reason": sk.slots.reason().as_str(),
             "backlog_records": records, "backlog_age_ms": age_ms}));
     }
     Json(json!({ "nodes": nodes })).into_response()

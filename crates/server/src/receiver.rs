@@ -10,8 +10,9 @@
 //!
 //! It can fail on purpose ([`Faults`]): a share of requests answered with an error
 //! status, requests containing matching event ids refused whole (as real destinations
-//! do), added latency, `Retry-After` on failures, the first N requests failed. Refused
-//! requests record nothing.
+//! do), added latency, `Retry-After` on failures, the first N requests failed, limited
+//! capacity (so many requests at once, a queue, then 503). Refused requests record
+//! nothing.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -124,6 +125,46 @@ pub struct Faults {
     pub latency: Option<(std::time::Duration, std::time::Duration)>,
     /// `Retry-After` seconds sent with failures.
     pub retry_after_s: Option<u64>,
+    /// Limited capacity: at most this many requests handled at once (each taking
+    /// `latency`), the next ones queued, and past the queue answered 503.
+    pub capacity: Option<Capacity>,
+}
+
+/// A destination's capacity: like a server with `workers` threads and a backlog queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Requests handled at once.
+    pub workers: usize,
+    /// Requests waiting for a worker; past them, 503.
+    pub queue: usize,
+}
+
+/// The workers and queue of a receiver with [`Capacity`].
+#[derive(Debug)]
+struct Workers {
+    workers: tokio::sync::Semaphore,
+    queue: usize,
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Requests answered 503 because the queue was full.
+    turned_away: std::sync::atomic::AtomicU64,
+}
+
+impl Workers {
+    /// A worker for the request, after waiting in the queue; `None` if the queue is full.
+    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Ok(p) = self.workers.try_acquire() {
+            return Some(p);
+        }
+        if self.waiting.fetch_add(1, SeqCst) >= self.queue {
+            self.waiting.fetch_sub(1, SeqCst);
+            self.turned_away.fetch_add(1, SeqCst);
+            return None;
+        }
+        let p = self.workers.acquire().await.ok();
+        self.waiting.fetch_sub(1, SeqCst);
+        p
+    }
 }
 
 /// A receiver's shared state.
@@ -143,6 +184,8 @@ pub struct Receiver {
     keyer: DedupKeyer,
     /// Whether accepted events are written as record lines (else observed).
     writes_lines: bool,
+    /// With [`Faults::capacity`]: its workers and queue.
+    workers: Option<Arc<Workers>>,
 }
 
 impl Receiver {
@@ -158,7 +201,11 @@ impl Receiver {
             .append(true)
             .open(record)?;
         let failures =
-            if faults.fail_rate > 0.0 || faults.fail_first > 0 || faults.reject_ids.is_some() {
+            if faults.fail_rate > 0.0
+                || faults.fail_first > 0
+                || faults.reject_ids.is_some()
+                || faults.capacity.is_some()
+            {
                 Some(
                     std::fs::OpenOptions::new()
                         .create(true)
@@ -184,6 +231,14 @@ impl Receiver {
 
     fn new(recording: Recording, faults: Faults, failures: Option<std::fs::File>) -> Self {
         Receiver {
+            workers: faults.capacity.map(|c| {
+                Arc::new(Workers {
+                    workers: tokio::sync::Semaphore::new(c.workers.max(1)),
+                    queue: c.queue,
+                    waiting: 0.into(),
+                    turned_away: 0.into(),
+                })
+            }),
             writes_lines: matches!(recording, Recording::File(_)),
             inner: Arc::new(Mutex::new(Inner {
                 recording,
@@ -199,6 +254,14 @@ impl Receiver {
             requests_seen: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             keyer: DedupKeyer::random(),
         }
+    }
+
+    /// Requests answered 503 because every worker was busy and the queue full
+    /// ([`Faults::capacity`]).
+    pub fn turned_away(&self) -> u64 {
+        self.workers.as_ref().map_or(0, |w| {
+            w.turned_away.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The counts so far.
@@ -282,6 +345,17 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .requests_seen
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let f = &r.faults;
+    // Held while the request is handled (the latency included).
+    let _worker = match &r.workers {
+        Some(w) => match w.admit().await {
+            Some(worker) => Some(worker),
+            None => {
+                log_failure(&r, &ids_in(&body), 503, received_at_us);
+                return failure(503, f, "over capacity: every worker busy and the queue full");
+            }
+        },
+        None => None,
+    };
     if let Some((min, max)) = f.latency {
         let ms = rand::Rng::gen_range(
             &mut rand::thread_rng(),

@@ -42,7 +42,46 @@ impl SinkFormat {
     }
 }
 
+/// `[sinks.NAME] concurrency`: `"adaptive"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Concurrency {
+    /// Follows the destination (AIMD on response times and errors).
+    #[default]
+    Adaptive,
+    /// This many requests at once, whatever the destination does.
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "concurrency is \"adaptive\" or a number of requests (at least 1), e.g. 8",
+            )
+        };
+        match Raw::deserialize(d).map_err(|_: D::Error| bad())? {
+            Raw::Number(n) if n >= 1 => Ok(Concurrency::Fixed(n as usize)),
+            Raw::Text(t) if t == "adaptive" => Ok(Concurrency::Adaptive),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl SinkConfig {
+    /// Most fresh-batch requests in flight at once.
+    pub fn concurrency_limit_max(&self) -> usize {
+        match self.concurrency {
+            Concurrency::Adaptive => self.concurrency_max,
+            Concurrency::Fixed(n) => n,
+        }
+    }
+
     /// The format, with the sink type's default.
     pub fn format(&self) -> SinkFormat {
         match (self.format_set, self.kind) {
@@ -94,10 +133,15 @@ pub struct SinkConfig {
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: BatchConfig,
-    /// Requests of fresh batches in flight at once; batches that failed once use as many
-    /// again of their own (the recovery lane). Default 8.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
+    /// Requests of fresh batches in flight at once: `"adaptive"` (the default: a limit
+    /// that follows the destination's response times and errors, up to
+    /// `concurrency_max`) or a fixed number. Batches that failed once use as many again
+    /// of their own (the recovery lane).
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// Most requests in flight with `concurrency = "adaptive"`. Default 32.
+    #[serde(default = "default_concurrency_max")]
+    pub concurrency_max: usize,
     /// A request that takes longer fails (and is retried). Default `"10s"`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
@@ -272,8 +316,8 @@ fn default_breaker_probe_min() -> Dur {
     Dur(Duration::from_millis(250))
 }
 
-fn default_concurrency() -> usize {
-    8
+fn default_concurrency_max() -> usize {
+    32
 }
 
 fn default_request_timeout() -> Dur {

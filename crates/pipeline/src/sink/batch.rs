@@ -11,7 +11,7 @@ pub(super) const RECOVERING_PER_SLOT: usize = 4;
 /// a lane holds is kept until the batch's fates are durable.
 pub(super) enum Lane {
     /// A fresh batch, holding one of the batcher's `concurrency` slots.
-    Fast { _slot: OwnedSemaphorePermit },
+    Fast { _slot: Slot },
     /// A batch that has failed once (with its place in the recovery lane, or none for a
     /// split-off part or a global retry); each request takes a recovery slot.
     Recovering {
@@ -104,7 +104,6 @@ impl Sink {
         shutdown: CancellationToken,
         stop: CancellationToken,
     ) -> tokio::task::JoinSet<()> {
-        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut in_flight = tokio::task::JoinSet::new();
         let max_bytes = self.cfg.batch.max_bytes.0 as usize;
         // Items received and not yet batched (the rest of one read, in order).
@@ -146,8 +145,7 @@ impl Sink {
                     let next = match rx.try_recv() {
                         Ok(items) => Some(items),
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
-                        Err(mpsc::error::TryRecvError::Empty)
-                            if permits.available_permits() > 0 =>
+                        Err(mpsc::error::TryRecvError::Empty) if self.slots.free() =>
                         {
                             None
                         }
@@ -171,12 +169,8 @@ impl Sink {
                 bytes += item.body.len() + 1;
                 batch.push(item);
             }
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => return in_flight,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return in_flight,
-                },
+            let Some(permit) = self.slots.acquire(&shutdown).await else {
+                return in_flight;
             };
             let (sink, trackers, stop) = (self.clone(), trackers.clone(), stop.clone());
             in_flight.spawn(async move {

@@ -209,7 +209,15 @@ impl Sink {
                 return None;
             }
             let class = match lane {
-                Lane::Fast { .. } => self.send(batch).await,
+                Lane::Fast { .. } => {
+                    let sent = tokio::time::Instant::now();
+                    let class = self.send(batch).await;
+                    // A retried failure (429, 503, a timeout) is the destination asking
+                    // for less; a refusal is about the data, and answered in time.
+                    let backpressure = matches!(class, Class::Recoverable { .. });
+                    self.slots.record(sent.elapsed(), backpressure);
+                    class
+                }
                 Lane::Recovering { .. } => {
                     let _slot = acquire(&self.recovery_requests, 1, stop).await?;
                     self.send(batch).await

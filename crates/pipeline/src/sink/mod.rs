@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! reader per partition ──(bounded queue)──▶ batcher ──▶ up to `concurrency` deliveries
+//!                                                          (fixed, or adaptive: adaptive.rs)
 //!        │ registers offsets                               │ each ends with a fate per event:
 //!        └──────────────── tracker per partition ◀─────────┤   delivered / retry topic / DLQ
 //!                              │ every 100 ms: flush the ledger, then commit the lowest
@@ -34,7 +35,9 @@
 //! The parts of the diagram, one file each: `read.rs` (readers), `batch.rs` (batcher,
 //! lanes, refusal rate), `deliver.rs` (one delivery: breaker gate, request, local
 //! retries, splitting), `settle.rs` (fates made durable: retry tiers, dead letters),
-//! `retrier.rs` (the tiers' retriers), `commit.rs` (trackers and the committer).
+//! `retrier.rs` (the tiers' retriers), `commit.rs` (trackers and the committer),
+//! `adaptive.rs` (the fast lane's request slots: a fixed number, or AIMD on response
+//! times and back-pressure).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +59,7 @@ use crate::retry::{
     annotate, dlq_topic, due_ms, retry_header, retry_state, retry_topic, DlqReason, RetryState,
 };
 
+mod adaptive;
 mod batch;
 mod commit;
 mod deliver;
@@ -63,6 +67,8 @@ mod read;
 mod retrier;
 mod settle;
 
+pub use adaptive::{Reason as ConcurrencyReason, Slots};
+use adaptive::Slot;
 use batch::{acquire, Lane, RefusalRate, RECOVERING_PER_SLOT};
 use commit::Tracker;
 
@@ -167,6 +173,9 @@ pub struct Sink {
     refusals: Mutex<RefusalRate>,
     /// Paces global retries.
     retry_rate: Mutex<RateLimit>,
+    /// Request slots of the fast lane (fresh batches): fixed, or an adaptive limit;
+    /// public for its gauges.
+    pub slots: Arc<Slots>,
     /// Request slots of the recovery lane (retries and splitting refused batches), apart
     /// from the batcher's, so failing events never take slots from fresh ones.
     recovery_requests: Arc<Semaphore>,
@@ -186,7 +195,7 @@ impl Sink {
         let client = reqwest::Client::builder()
             .timeout(cfg.request_timeout.0)
             .connect_timeout(cfg.request_timeout.0.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(cfg.concurrency)
+            .pool_max_idle_per_host(cfg.concurrency_limit_max())
             .build()
             .map_err(|e| e.to_string())?;
         #[cfg(not(feature = "kafka"))]
@@ -227,9 +236,12 @@ impl Sink {
                 cfg.retry.global.rate,
                 tokio::time::Instant::now(),
             )),
-            recovery_requests: Arc::new(Semaphore::new(cfg.concurrency * RECOVERING_PER_SLOT)),
+            slots: Slots::new(cfg.concurrency, cfg.concurrency_max),
+            recovery_requests: Arc::new(Semaphore::new(
+                cfg.concurrency_limit_max() * RECOVERING_PER_SLOT,
+            )),
             recovering_events: Arc::new(Semaphore::new(
-                (cfg.concurrency * cfg.batch.max_events * RECOVERING_PER_SLOT)
+                (cfg.concurrency_limit_max() * cfg.batch.max_events * RECOVERING_PER_SLOT)
                     .min(Semaphore::MAX_PERMITS)
                     .min(u32::MAX as usize),
             )),

@@ -290,6 +290,35 @@ pub fn families(
             g,
             per_sink(&|st| &st.breaker_open),
         );
+        out.add(
+            "hifi_sink_concurrency_limit",
+            "Requests of fresh batches the sink may have in flight now (adaptive or fixed)",
+            g,
+            s.sinks
+                .iter()
+                .map(|x| (vec![("sink", x.name.clone())], v(&x.slots.limit) as f64))
+                .collect(),
+        );
+        out.add(
+            "hifi_sink_concurrency_cuts",
+            "Times the adaptive concurrency limit went down, by cause (backpressure: 429, 503, timeouts; slow_responses: response times rose)",
+            c,
+            s.sinks
+                .iter()
+                .flat_map(|x| {
+                    [
+                        ("backpressure", &x.slots.backpressure_cuts_total),
+                        ("slow_responses", &x.slots.slow_response_cuts_total),
+                    ]
+                    .map(|(cause, n)| {
+                        (
+                            vec![("sink", x.name.clone()), ("cause", cause.to_owned())],
+                            v(n) as f64,
+                        )
+                    })
+                })
+                .collect(),
+        );
 
         let mut node_lag = Vec::new();
         let mut e2e = Histogram::default();
