@@ -73,14 +73,7 @@ async fn drain_through(dir: &Path, concurrency: &str) -> Run {
     let mut limits = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let stats = get_json(&format!("http://{admin}/v1/stats")).await;
-        let out = stats["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == "out")
-            .unwrap()
-            .clone();
+        let out = node_stats(admin, "out").await;
         limits.push(out["concurrency_limit"].as_u64().unwrap());
         if off_workers(|| received_ids(&record).len()) >= EVENTS {
             break;
@@ -99,12 +92,7 @@ async fn drain_through(dir: &Path, concurrency: &str) -> Run {
             .unwrap()
     });
     assert!(lag.status.success(), "{lag:?}");
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(admin).await;
     assert!(
         metrics.contains("hifi_sink_concurrency_limit{sink=\"out\"}"),
         "{metrics}"
@@ -115,8 +103,8 @@ async fn drain_through(dir: &Path, concurrency: &str) -> Run {
     );
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
-    let failures = std::fs::read_to_string(record.with_extension("failures.jsonl"))
-        .unwrap_or_default();
+    let failures =
+        std::fs::read_to_string(record.with_extension("failures.jsonl")).unwrap_or_default();
     // One line per event of a turned-away request.
     let turned_away = failures.lines().count();
     Run {

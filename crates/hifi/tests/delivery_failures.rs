@@ -26,14 +26,7 @@ async fn post_ids(url: &str, ids: &[String]) {
 }
 
 async fn sink_stats(admin: std::net::SocketAddr) -> serde_json::Value {
-    let v = get_json(&format!("http://{admin}/v1/stats")).await;
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "out")
-        .unwrap()
-        .clone()
+    node_stats(admin, "out").await
 }
 
 fn receiver_with(

@@ -200,21 +200,20 @@ impl Receiver {
             .create(true)
             .append(true)
             .open(record)?;
-        let failures =
-            if faults.fail_rate > 0.0
-                || faults.fail_first > 0
-                || faults.reject_ids.is_some()
-                || faults.capacity.is_some()
-            {
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(record.with_extension("failures.jsonl"))?,
-                )
-            } else {
-                None
-            };
+        let failures = if faults.fail_rate > 0.0
+            || faults.fail_first > 0
+            || faults.reject_ids.is_some()
+            || faults.capacity.is_some()
+        {
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(record.with_extension("failures.jsonl"))?,
+            )
+        } else {
+            None
+        };
         Ok(Self::new(
             Recording::File(std::io::BufWriter::new(file)),
             faults,
@@ -351,7 +350,11 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
             Some(worker) => Some(worker),
             None => {
                 log_failure(&r, &ids_in(&body), 503, received_at_us);
-                return failure(503, f, "over capacity: every worker busy and the queue full");
+                return failure(
+                    503,
+                    f,
+                    "over capacity: every worker busy and the queue full",
+                );
             }
         },
         None => None,

@@ -347,15 +347,32 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
-/// The value of an unlabelled metric (the first sample whose name starts with `name`)
-/// in an instance's `/metrics`.
-pub async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+/// An instance's `/metrics` text.
+pub async fn metrics_text(admin: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// One node's entry in an instance's `/v1/stats`.
+pub async fn node_stats(admin: std::net::SocketAddr, node: &str) -> serde_json::Value {
+    let v = get_json(&format!("http://{admin}/v1/stats")).await;
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == node)
+        .unwrap_or_else(|| panic!("no node {node} in {v}"))
+        .clone()
+}
+
+/// The value of an unlabelled metric (the first sample whose name starts with `name`)
+/// in an instance's `/metrics`.
+pub async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let text = metrics_text(admin).await;
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())

@@ -114,6 +114,7 @@ impl Aimd {
         }
     }
 
+    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.limit
     }
@@ -142,9 +143,7 @@ impl Aimd {
         }
         let mean = self.sum_ms / f64::from(self.n);
         let before = self.limit;
-        let slow = self
-            .baseline_ms
-            .is_some_and(|b| mean > RISE * b + SLACK_MS);
+        let slow = self.baseline_ms.is_some_and(|b| mean > RISE * b + SLACK_MS);
         if self.congested {
             self.limit = (self.limit / 2).max(1);
             self.slow_start = false;
@@ -388,8 +387,14 @@ mod tests {
         let slots = Slots::new(Concurrency::Adaptive, 8);
         let stop = CancellationToken::new();
         // Grow to 4 by hand (slow start: 1 → 2 → 4).
-        for _ in 0..2 {
-            let _s = slots.acquire(&stop).await.unwrap();
+        for n in [1, 2] {
+            // Every slot in use: saturated.
+            let _all: Vec<Slot> =
+                futures_util::future::join_all((0..n).map(|_| slots.acquire(&stop)))
+                    .await
+                    .into_iter()
+                    .map(Option::unwrap)
+                    .collect();
             tokio::time::sleep(WINDOW_MIN).await;
             slots.record(Duration::from_millis(1), false);
         }

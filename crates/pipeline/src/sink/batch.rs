@@ -145,10 +145,7 @@ impl Sink {
                     let next = match rx.try_recv() {
                         Ok(items) => Some(items),
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
-                        Err(mpsc::error::TryRecvError::Empty) if self.slots.free() =>
-                        {
-                            None
-                        }
+                        Err(mpsc::error::TryRecvError::Empty) if self.slots.free() => None,
                         Err(mpsc::error::TryRecvError::Empty) => {
                             tokio::time::timeout_at(deadline, rx.recv())
                                 .await

@@ -67,8 +67,8 @@ mod read;
 mod retrier;
 mod settle;
 
-pub use adaptive::{Reason as ConcurrencyReason, Slots};
 use adaptive::Slot;
+pub use adaptive::{Reason as ConcurrencyReason, Slots};
 use batch::{acquire, Lane, RefusalRate, RECOVERING_PER_SLOT};
 use commit::Tracker;
 
