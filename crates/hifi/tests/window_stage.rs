@@ -19,8 +19,19 @@ use support::*;
 
 const SCHEMA: &str =
     "{ id = \"string\", ts = \"timestamp\", amount = \"float64\", country = \"string\" }";
+const PER_COUNTRY: &str =
+    "SELECT country, count(*) AS orders, sum(amount) AS total FROM input GROUP BY country";
 
 fn pipeline(dir: &Path, receiver: std::net::SocketAddr, window: &str) -> std::path::PathBuf {
+    pipeline_with(dir, receiver, window, PER_COUNTRY)
+}
+
+fn pipeline_with(
+    dir: &Path,
+    receiver: std::net::SocketAddr,
+    window: &str,
+    sql: &str,
+) -> std::path::PathBuf {
     let file = dir.join("p.toml");
     std::fs::write(
         &file,
@@ -31,7 +42,7 @@ fn pipeline(dir: &Path, receiver: std::net::SocketAddr, window: &str) -> std::pa
              [topics.orders]\nschema = {SCHEMA}\n\
              [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
              [stages.per_minute]\ninput = \"orders\"\noutput = \"per-minute\"\nwindow = {window}\n\
-             sql = \"SELECT country, count(*) AS orders, sum(amount) AS total FROM input GROUP BY country\"\n\
+             sql = \"{sql}\"\n\
              [sinks.partner]\ntype = \"http\"\ninput = \"per-minute\"\nurl = \"http://{receiver}/ingest\"\n"
         ),
     )
@@ -187,6 +198,96 @@ async fn a_window_stage_emits_one_row_per_group_per_window_across_partitions() {
     let delivered: HashSet<String> = received_ids(&record).into_keys().collect();
     let written: HashSet<String> = rows.into_iter().map(|(id, _)| id).collect();
     assert_eq!(delivered, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_is_dead_lettered_whole_and_a_late_one_revises_its_window() {
+    // 10-minute windows; the test needs the previous one kept for updates (until the end
+    // of the current one), so it does not start in the current one's last minute.
+    let size = 600_000;
+    let into = chrono::Utc::now().timestamp_millis() % size;
+    if into > size - 60_000 {
+        tokio::time::sleep(Duration::from_millis((size - into + 500) as u64)).await;
+    }
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
+    // CAST fails on an id that is not a number: that event alone is refused.
+    let file = pipeline_with(
+        dir.path(),
+        receiver.addr("receiver"),
+        "{ size = \"10m\", allowed_lateness = \"0s\", idle_timeout = \"1s\", late = \"update\" }",
+        "SELECT country, count(*) AS orders, sum(CAST(id AS BIGINT)) AS total FROM input GROUP BY country",
+    );
+    let proc = run_pipeline(dir.path(), &file);
+    let url = format!("http://{}/v1/events", proc.addr("source api"));
+    let admin = proc.addr("admin");
+    let client = reqwest::Client::new();
+    let w0 = (chrono::Utc::now().timestamp_millis() / size - 1) * size;
+    let event = |id: &str, at: i64| json!({"id": id, "ts": rfc3339(w0 + at), "amount": 1.0, "country": "DE"});
+    let first = json!([event("1", 1), event("bad", 2), event("2", 3)]);
+    let r = client.post(&url).json(&first).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&record).len() == 1),
+        "rows delivered: {:?}",
+        received_ids(&record)
+    );
+    // The refused event's dead letter is the event itself, with the query's reason.
+    let dlq = format!("http://{admin}/v1/sinks/per_minute/dlq");
+    let letters = poll_json(&dlq, Duration::from_secs(20), |v| v["total"] == 1).await;
+    assert_eq!(letters["total"], 1, "{letters}");
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(
+        (&letter["id"], &letter["reason"]["class"]),
+        (&json!("bad"), &json!("sql")),
+        "{letter}"
+    );
+    assert!(
+        letter["reason"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot cast"),
+        "{letter}"
+    );
+
+    // A late event for the emitted window: its next revision, with the same id stem.
+    let late = json!([event("4", 4)]);
+    assert_eq!(
+        client.post(&url).json(&late).send().await.unwrap().status(),
+        200
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&record).len() == 2),
+        "rows delivered: {:?}",
+        received_ids(&record)
+    );
+    // The revision ran without the refused event (not dead-lettered twice).
+    let letters = get_json(&dlq).await;
+    assert_eq!(letters["total"], 1, "{letters}");
+    let (status, _) = proc.sigterm(Duration::from_secs(20));
+    assert!(status.success());
+    receiver.sigterm(Duration::from_secs(10));
+    let mut rows = dump(dir.path(), "per-minute", 2);
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let got: Vec<(String, u64, i64)> = rows
+        .iter()
+        .map(|(id, v)| {
+            let rev = id.rsplit('-').next().unwrap().to_owned();
+            (
+                rev,
+                v["orders"].as_u64().unwrap(),
+                v["total"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("r0".to_owned(), 2, 3), ("r1".to_owned(), 3, 7)],
+        "{rows:?}"
+    );
+    let stem = |id: &str| id.rsplit_once('-').unwrap().0.to_owned();
+    assert_eq!(stem(&rows[0].0), stem(&rows[1].0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,9 @@
 //! ingest, and refuses `stages.X.sql` by name when the configuration is checked.
 
 #[cfg(feature = "sql")]
-pub use hifi_sql::{RowQuery, WindowQuery};
+pub use hifi_sql::{RowQuery, WindowEvents, WindowQuery};
 #[cfg(not(feature = "sql"))]
-pub use off::{RowQuery, WindowQuery};
+pub use off::{RowQuery, WindowEvents, WindowQuery};
 
 use crate::transform::Applied;
 
@@ -68,7 +68,21 @@ mod off {
             match *self {}
         }
 
-        pub async fn run(&self, _values: &[&[u8]]) -> hifi_sql::WindowOutput {
+        pub fn events(&self) -> WindowEvents {
+            match *self {}
+        }
+
+        pub async fn run_held(&self, _events: &mut WindowEvents) -> hifi_sql::WindowOutput {
+            match *self {}
+        }
+    }
+
+    /// A window's held events in a build without SQL: there are none.
+    #[derive(Debug)]
+    pub enum WindowEvents {}
+
+    impl WindowEvents {
+        pub fn push(&mut self, _value: &[u8]) -> Result<(), String> {
             match *self {}
         }
     }

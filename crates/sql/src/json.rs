@@ -60,51 +60,86 @@ pub(crate) fn to_batch(
     arrow: &SchemaRef,
     rows: &[(usize, Row)],
 ) -> Result<RecordBatch, String> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(input.fields.len() + 1);
-    for (k, f) in input.fields.iter().enumerate() {
-        let col: ArrayRef = match f.ty {
-            FieldType::String | FieldType::Json => {
-                let mut b = StringBuilder::new();
-                for (_, v) in rows {
-                    match value(v, k) {
-                        Some(Value::String(s)) if f.ty == FieldType::String => b.append_value(s),
-                        Some(other) => b.append_value(other.to_string()),
-                        None => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            FieldType::Int64 => {
-                let mut b = Int64Builder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_i64)));
-                Arc::new(b.finish())
-            }
-            FieldType::Float64 => {
-                let mut b = Float64Builder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_f64)));
-                Arc::new(b.finish())
-            }
-            FieldType::Bool => {
-                let mut b = BooleanBuilder::new();
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(Value::as_bool)));
-                Arc::new(b.finish())
-            }
-            FieldType::Timestamp => {
-                let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-                rows.iter()
-                    .for_each(|(_, v)| b.append_option(value(v, k).and_then(timestamp_ms)));
-                Arc::new(b.finish())
-            }
-        };
-        columns.push(col);
-    }
+    let mut b = Builders::new(input);
+    rows.iter().for_each(|(_, row)| b.append(row));
+    let mut columns = b.finish();
     columns.push(Arc::new(UInt32Array::from_iter_values(
         rows.iter().map(|(i, _)| *i as u32),
     )));
     RecordBatch::try_new(arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// Arrow builders of the input schema's columns, filled one checked row at a time.
+pub(crate) struct Builders {
+    columns: Vec<Builder>,
+}
+
+enum Builder {
+    String(StringBuilder),
+    /// JSON text: any value, written as its document.
+    Json(StringBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Bool(BooleanBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+}
+
+impl Builders {
+    pub(crate) fn new(input: &Schema) -> Builders {
+        let columns = input
+            .fields
+            .iter()
+            .map(|f| match f.ty {
+                FieldType::String => Builder::String(StringBuilder::new()),
+                FieldType::Json => Builder::Json(StringBuilder::new()),
+                FieldType::Int64 => Builder::Int64(Int64Builder::new()),
+                FieldType::Float64 => Builder::Float64(Float64Builder::new()),
+                FieldType::Bool => Builder::Bool(BooleanBuilder::new()),
+                FieldType::Timestamp => {
+                    Builder::Timestamp(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+                }
+            })
+            .collect();
+        Builders { columns }
+    }
+
+    /// Appends a row checked against the schema the builders were made for.
+    pub(crate) fn append(&mut self, row: &Row) {
+        for (k, b) in self.columns.iter_mut().enumerate() {
+            let v = value(row, k);
+            match b {
+                Builder::String(b) => match v {
+                    Some(Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                    None => b.append_null(),
+                },
+                Builder::Json(b) => match v {
+                    Some(other) => b.append_value(other.to_string()),
+                    None => b.append_null(),
+                },
+                Builder::Int64(b) => b.append_option(v.and_then(Value::as_i64)),
+                Builder::Float64(b) => b.append_option(v.and_then(Value::as_f64)),
+                Builder::Bool(b) => b.append_option(v.and_then(Value::as_bool)),
+                Builder::Timestamp(b) => b.append_option(v.and_then(timestamp_ms)),
+            }
+        }
+    }
+
+    /// The columns of the rows appended since the last finish (the builders are emptied).
+    pub(crate) fn finish(&mut self) -> Vec<ArrayRef> {
+        self.columns
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::String(b) | Builder::Json(b) => Arc::new(b.finish()),
+                    Builder::Int64(b) => Arc::new(b.finish()),
+                    Builder::Float64(b) => Arc::new(b.finish()),
+                    Builder::Bool(b) => Arc::new(b.finish()),
+                    Builder::Timestamp(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Field `k`'s value in `row`, unless absent or null.

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "engine")]
+mod held;
+#[cfg(feature = "engine")]
 mod input;
 #[cfg(feature = "engine")]
 mod json;
@@ -17,6 +19,8 @@ pub mod schema;
 #[cfg(feature = "engine")]
 pub mod window;
 
+#[cfg(feature = "engine")]
+pub use held::WindowEvents;
 #[cfg(feature = "engine")]
 pub use lineage::FieldLineage;
 pub use output::{WindowOutput, WindowRow};

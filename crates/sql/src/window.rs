@@ -7,14 +7,20 @@
 //! a `GROUP BY` made, selected as they are); one empty key when the query aggregates
 //! without groups (one row per window); otherwise the whole row.
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use serde_json::Value;
 
+use crate::held::WindowEvents;
 use crate::input::Physical;
-use crate::json::{read_row, to_batch, to_json, Row};
+use crate::json::to_json;
 use crate::lineage::FieldLineage;
 pub use crate::output::{WindowOutput, WindowRow, WINDOW_END, WINDOW_START};
 use crate::row::{clean, plan, Planned};
@@ -33,7 +39,7 @@ enum Keys {
 
 /// A compiled window query.
 pub struct WindowQuery {
-    input: Schema,
+    input: Arc<Schema>,
     input_arrow: SchemaRef,
     output: Schema,
     keys: Keys,
@@ -90,7 +96,7 @@ impl WindowQuery {
             .await
             .map_err(|e| clean(e.to_string()))?;
         Ok(WindowQuery {
-            input: input.clone(),
+            input: Arc::new(input.clone()),
             input_arrow,
             output,
             keys,
@@ -110,45 +116,83 @@ impl WindowQuery {
         &self.lineage
     }
 
+    /// An empty window, to hold events of this query's input as they arrive.
+    pub fn events(&self) -> WindowEvents {
+        WindowEvents::new(self.input.clone())
+    }
+
     /// Runs the query over one window's events (stored values). Events that are not of
     /// the input schema are left out and listed; when the query fails on the window, the
     /// events it fails on alone are found, listed and left out, and it runs again.
     pub async fn run(&self, values: &[&[u8]]) -> WindowOutput {
-        let mut out = WindowOutput::default();
-        let mut rows: Vec<(usize, Row)> = Vec::with_capacity(values.len());
+        let mut events = self.events();
+        let mut refused = Vec::new();
+        // Place in `events` → place in `values`.
+        let mut place = Vec::with_capacity(values.len());
         for (i, v) in values.iter().enumerate() {
-            match read_row(&self.input, v) {
-                Ok(row) => rows.push((i, row)),
-                Err(why) => out.refused.push((i, why)),
+            match events.push(v) {
+                Ok(()) => place.push(i),
+                Err(why) => refused.push((i, why)),
             }
         }
-        match self.execute(&rows).await {
-            Ok(r) => out.rows = r,
+        let mut out = self.run_held(&mut events).await;
+        out.refused = out
+            .refused
+            .into_iter()
+            .map(|(k, why)| (place[k], why))
+            .chain(refused)
+            .collect();
+        out.refused.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    /// Runs the query over a window's held events; refused events are listed by their
+    /// place in `events` (the query fails on them alone: they are left out and it runs
+    /// again). The window keeps its events, less those refused alone.
+    pub async fn run_held(&self, events: &mut WindowEvents) -> WindowOutput {
+        let mut out = WindowOutput::default();
+        let n = events.len();
+        let batch = match events.batch(&self.input_arrow) {
+            Ok(b) => b,
             Err(why) => {
-                // Find the events the query fails on alone; without them it may pass.
-                let mut kept = Vec::with_capacity(rows.len());
-                for row in rows {
-                    match self.execute(std::slice::from_ref(&row)).await {
-                        Ok(_) => kept.push(row),
-                        Err(e) => out.refused.push((row.0, e)),
-                    }
-                }
-                match self.execute(&kept).await {
-                    Ok(r) => out.rows = r,
-                    Err(_) => {
-                        for (i, _) in kept {
-                            out.refused.push((i, why.clone()));
-                        }
-                    }
-                }
+                out.refused = (0..n).map(|i| (i, why.clone())).collect();
+                return out;
             }
+        };
+        let why = match self.execute(batch.clone()).await {
+            Ok(rows) => {
+                out.rows = rows;
+                return out;
+            }
+            Err(why) => why,
+        };
+        // Find the events the query fails on alone; without them it may pass.
+        let mut kept = Vec::with_capacity(n);
+        for i in 0..n {
+            match self.execute(batch.slice(i, 1)).await {
+                Ok(_) => kept.push(i as u32),
+                Err(e) => out.refused.push((i, e)),
+            }
+        }
+        let indices = UInt32Array::from(kept.clone());
+        let again = match take_record_batch(&batch, &indices) {
+            Ok(b) => {
+                events.replace(&b);
+                self.execute(b).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match again {
+            Ok(rows) => out.rows = rows,
+            Err(_) => out
+                .refused
+                .extend(kept.into_iter().map(|i| (i as usize, why.clone()))),
         }
         out.refused.sort_by_key(|(i, _)| *i);
         out
     }
 
-    async fn execute(&self, rows: &[(usize, Row)]) -> Result<Vec<WindowRow>, String> {
-        let batch = to_batch(&self.input, &self.input_arrow, rows)?;
+    async fn execute(&self, batch: RecordBatch) -> Result<Vec<WindowRow>, String> {
         let batches = self
             .query
             .run(batch)
