@@ -95,6 +95,30 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         );
     }
     check(
+        "headroom out of range",
+        &format!("[scale]\nheadroom = 0.5\n{SOURCE}"),
+        &["scale.headroom", "out of range", "1 … 10"],
+    );
+    check(
+        "rating of an unknown node",
+        &format!("[scale]\nratings = {{ partnr = 500 }}\n{SOURCE}{sink}"),
+        &[
+            "scale.ratings.partnr",
+            "no stage or sink is named `partnr`",
+            "out",
+        ],
+    );
+    check(
+        "rating that is not a rate",
+        &format!("[scale]\nratings = {{ out = -5 }}\n{SOURCE}{sink}"),
+        &["scale.ratings.out", "is not a rate"],
+    );
+    check(
+        "zero scale-down wait",
+        &format!("[scale]\nscale_down_after = \"0s\"\n{SOURCE}"),
+        &["scale.scale_down_after", "more than zero"],
+    );
+    check(
         "too many requests",
         &format!("{SOURCE}{sink}concurrency_max = 5000\n"),
         &["sinks.out", "at most 1024 requests"],

@@ -35,6 +35,8 @@ pub struct Cursor<'a> {
     pos: u64,
     /// Said after "events lost to retention" (what to change so it does not recur).
     retention_hint: &'static str,
+    /// Where the time spent waiting in reads is counted (the node's busy ratio).
+    busy: Option<crate::scale::Reader<'a>>,
 }
 
 impl std::fmt::Debug for Cursor<'_> {
@@ -65,6 +67,7 @@ impl<'a> Cursor<'a> {
             limits,
             pos,
             retention_hint: "",
+            busy: None,
         }
     }
 
@@ -87,6 +90,12 @@ impl<'a> Cursor<'a> {
     /// What to say, after the loss, when retention deleted records under this reader.
     pub fn retention_hint(mut self, hint: &'static str) -> Self {
         self.retention_hint = hint;
+        self
+    }
+
+    /// Counts this reader and the time it waits in reads in `busy` (its node's).
+    pub fn measured(mut self, busy: &'a crate::scale::Busy) -> Self {
+        self.busy = Some(busy.reader());
         self
     }
 
@@ -119,10 +128,15 @@ impl<'a> Cursor<'a> {
             if stop.is_cancelled() {
                 return None;
             }
+            let began = std::time::Instant::now();
             let read = tokio::select! {
                 _ = stop.cancelled() => return None,
                 r = self.log.read(&self.topic, self.partition, self.pos, self.limits) => r,
             };
+            if let Some(b) = &self.busy {
+                b.busy()
+                    .read(began.elapsed(), read.as_ref().map_or(0, Vec::len));
+            }
             match read {
                 Ok(batch) if !batch.is_empty() => return Some(Read::Batch(batch)),
                 Ok(_) => {}

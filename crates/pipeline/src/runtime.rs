@@ -240,6 +240,8 @@ pub struct Pipeline {
     pub ledger: Arc<Ledger>,
     /// Whether every node runs (for `/readyz` and `hifi run`).
     pub health: Arc<Health>,
+    /// Autoscaling signals of the stages and sinks (`/v1/scale`).
+    pub scale: Arc<crate::scale::Scale>,
     /// Cancels stages and sinks.
     shutdown: CancellationToken,
     /// Stage and sink tasks.
@@ -432,6 +434,17 @@ impl Pipeline {
             let (key, token) = (cfg.lineage.api_key.clone(), shutdown.clone());
             tasks.spawn(crate::openlineage::run(url, key, jobs, token));
         }
+        let watched = stages
+            .iter()
+            .map(|s| crate::scale::Watched::Stage(s.name.clone(), s.stats.clone()))
+            .chain(
+                sinks
+                    .iter()
+                    .map(|s| crate::scale::Watched::Sink(s.name.clone(), s.stats.clone())),
+            )
+            .collect();
+        let scale = Arc::new(crate::scale::Scale::new(cfg.scale.clone(), watched));
+        tasks.spawn(scale.clone().run(ledger.clone(), shutdown.clone()));
         Ok(Pipeline {
             topology,
             log,
@@ -440,6 +453,7 @@ impl Pipeline {
             sinks,
             ledger,
             health,
+            scale,
             shutdown,
             tasks,
         })

@@ -48,6 +48,8 @@ pub struct StageStats {
     pub oversize_events_total: AtomicU64,
     /// Events dead-lettered (unreadable or oversize).
     pub dead_lettered_events_total: AtomicU64,
+    /// Its readers' time waiting for input (the busy ratio of `/v1/scale`).
+    pub busy: crate::scale::Busy,
 }
 
 /// A running stage's settings.
@@ -179,10 +181,16 @@ impl Stage {
             wait: Duration::from_millis(500),
         };
         let log = self.log.as_ref();
-        let Some(mut input_at) =
+        let Some(input_at) =
             Cursor::open(log, &self.name, &group, input, p, limits, &shutdown).await
         else {
             return Ok(());
+        };
+        // The re-drive topic's worker is not counted: it waits nearly always.
+        let mut input_at = if input == self.input {
+            input_at.measured(&self.stats.busy)
+        } else {
+            input_at
         };
         let cel_root = cel_interpreter::Context::default();
         while let Some(batch) = input_at.next(&shutdown).await {

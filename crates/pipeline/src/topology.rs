@@ -53,6 +53,7 @@ impl Topology {
             return Err(loaded.error("(pipeline)", "the pipeline has no nodes; add a [sources.NAME], [stages.NAME] or [sinks.NAME] section"));
         }
         check_engine(loaded)?;
+        crate::scale::check(loaded)?;
         let t = &cfg.telemetry;
         if let Some(url) = &t.otlp_endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -7,6 +7,7 @@
 //! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
 //! | `GET /v1/stats` | counters per node, backlog (records, age of the oldest in event time) and breaker state |
+//! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
 //! | `POST /v1/outcomes` | what became of many events by id: counts per class — see [`crate::outcomes`] |
@@ -58,6 +59,8 @@ pub struct AdminState {
     pub lineage: Arc<hifi_pipeline::lineage::Graph>,
     /// Declared PII and where it goes (`/v1/pii`).
     pub pii: Arc<hifi_pipeline::pii::Policy>,
+    /// Autoscaling signals (`/v1/scale`).
+    pub scale: Arc<hifi_pipeline::scale::Scale>,
     /// Tokens for the routes that change state (`[admin.auth]`).
     pub tokens: Option<Tokens>,
     /// Whether the admin API listens on a loopback address only (then the routes that
@@ -85,6 +88,7 @@ impl AdminState {
             health: p.health.clone(),
             lineage: Arc::new(p.topology.lineage.clone()),
             pii: Arc::new(p.topology.pii.clone()),
+            scale: p.scale.clone(),
             tokens: None,
             loopback: true,
         }
@@ -100,6 +104,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/lag", get(lag))
         .route("/v1/loss", get(loss))
         .route("/v1/stats", get(stats))
+        .route("/v1/scale", get(crate::scale::scale))
         .route("/v1/lineage", get(lineage))
         .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))

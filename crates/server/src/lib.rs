@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod outcomes;
 pub mod receiver;
+pub mod scale;
 pub mod serve;
 
 pub use serve::{serve, ServeLimits};

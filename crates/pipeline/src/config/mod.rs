@@ -60,6 +60,53 @@ pub struct PipelineConfig {
     /// Lineage export.
     #[serde(default)]
     pub lineage: LineageConfig,
+    /// Autoscaling signals (`GET /v1/scale`).
+    #[serde(default)]
+    pub scale: ScaleConfig,
+}
+
+/// `[scale]`: how the recommended replica count of each stage and sink is worked out
+/// (`GET /v1/scale`, [`crate::scale`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleConfig {
+    /// Capacity asked beyond the input rate: 1.2 plans for 20 % more. Default 1.2 (1 … 10).
+    #[serde(default = "default_headroom")]
+    pub headroom: f64,
+    /// A backlog is planned to be drained within this. Default `"1m"`.
+    #[serde(default = "default_drain_within")]
+    pub drain_within: Dur,
+    /// The need must stay lower this long before the recommendation goes down by one
+    /// replica (and as long again for each further step). Default `"5m"`.
+    #[serde(default = "default_scale_down_after")]
+    pub scale_down_after: Dur,
+    /// Records/s one replica of a node sustains, by node name (e.g. found with `hifi
+    /// loadtest --find-rating`); a node not listed has its rate measured.
+    #[serde(default)]
+    pub ratings: BTreeMap<String, f64>,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        ScaleConfig {
+            headroom: default_headroom(),
+            drain_within: default_drain_within(),
+            scale_down_after: default_scale_down_after(),
+            ratings: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_headroom() -> f64 {
+    1.2
+}
+
+fn default_drain_within() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+fn default_scale_down_after() -> Dur {
+    Dur(Duration::from_secs(300))
 }
 
 /// `[lineage]`: the pipeline's lineage sent to an OpenLineage backend (Marquez, DataHub,

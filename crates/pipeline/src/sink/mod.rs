@@ -98,6 +98,8 @@ pub struct SinkStats {
     pub breaker_opens_total: AtomicU64,
     /// 1 while the circuit breaker is open.
     pub breaker_open: AtomicU64,
+    /// Its main readers' time waiting for input (the busy ratio of `/v1/scale`).
+    pub busy: crate::scale::Busy,
 }
 
 /// One event on its way to the destination.

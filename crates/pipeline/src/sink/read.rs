@@ -31,6 +31,7 @@ impl Sink {
         else {
             return;
         };
+        let input_at = input_at.measured(&self.stats.busy);
         let pos = input_at.position();
         *trackers[p as usize]
             .lock()

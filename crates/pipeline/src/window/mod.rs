@@ -128,10 +128,11 @@ pub(crate) async fn run(
     let readers = futures_util::future::join_all((0..partitions).map(|p| {
         let (tx, group, shutdown) = (tx.clone(), &group, &shutdown);
         async move {
-            let Some(mut cursor) = Cursor::open(log, name, group, input, p, limits, shutdown).await
+            let Some(cursor) = Cursor::open(log, name, group, input, p, limits, shutdown).await
             else {
                 return;
             };
+            let mut cursor = cursor.measured(&stage.stats.busy);
             while let Some(batch) = cursor.next(shutdown).await {
                 let last = batch.last().map_or(cursor.position(), |r| r.offset);
                 cursor.seek(last + 1);

@@ -4,7 +4,8 @@
 //! `hifi_<what>_<unit>`; counters get `_total` from the encoder.
 
 pub mod exposition;
-pub mod process;
+mod scale;
+pub use hifi_pipeline::process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -551,6 +552,7 @@ pub fn families(
             1.0,
         )],
     );
+    scale::add(&mut out, &s.scale);
     if let Some(p) = process::Process::read() {
         let one = |x: f64| vec![(Vec::new(), x)];
         out.add(

@@ -23,15 +23,26 @@ pub struct Process {
 /// architecture hifi builds for).
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// Field `n` (from 1) of `/proc/self/stat`, as read in `stat`.
+fn stat_field(stat: &str, n: usize) -> Option<f64> {
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// User plus system CPU time of this process so far, seconds (`/proc/self/stat` only:
+/// cheap enough to read every second).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    Some((stat_field(&stat, 14)? + stat_field(&stat, 15)?) / TICKS_PER_SECOND)
+}
+
 impl Process {
     /// This process now; `None` where `/proc/self` cannot be read.
     pub fn read() -> Option<Process> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        // Fields after the command name (which may hold spaces), from field 3 on.
-        let after = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        let field = |n: usize| stat_field(&stat, n);
         let kib = |key: &str| {
             status
                 .lines()
@@ -73,6 +84,7 @@ mod tests {
     #[test]
     fn this_process_has_memory_files_and_a_start_time() {
         let p = Process::read().unwrap();
+        assert!(cpu_seconds().unwrap() >= 0.0);
         assert!(p.resident_bytes > 1 << 20, "{p:?}");
         assert!(p.virtual_bytes >= p.resident_bytes, "{p:?}");
         assert!(p.open_fds >= 3, "{p:?}");
