@@ -35,6 +35,7 @@ mod ops;
 mod receiver_cmd;
 mod report;
 mod run;
+mod scale_cmd;
 mod telemetry;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +132,9 @@ enum Command {
     Loadtest(Box<loadtest::LoadtestArgs>),
     /// A destination that records every event it receives (for tests and demos).
     Receiver(receiver_cmd::ReceiverArgs),
+    /// Run a stage or sink of a Kafka pipeline as replicas on this machine, as many as
+    /// its recommended replica count (`/v1/scale`) within --min and --max.
+    Scale(scale_cmd::ScaleArgs),
     /// Inspect and exercise the embedded log in a data directory.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
@@ -177,6 +181,7 @@ fn main() -> std::process::ExitCode {
             Command::Lineage(args) => lineage_cmd::run(args),
             Command::Demo { rate, duration } => demo::run(rate, duration).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
+            Command::Scale(args) => scale_cmd::run(args).await,
             Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Lag(admin) => ops::lag(admin).await,
             Command::Dlq(cmd) => ops::dlq(cmd).await,

@@ -17,23 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::*;
 
-fn brokers() -> Option<String> {
-    match std::env::var("KAFKA_BROKERS") {
-        Ok(v) if !v.trim().is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("HIFI_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "HIFI_REQUIRE_KAFKA=1 but KAFKA_BROKERS is not set"
-            );
-            eprintln!("KAFKA_BROKERS is not set: Kafka test skipped");
-            None
-        }
-    }
-}
-
 /// The brokers, when the cluster and the Python reader are both there.
 fn ready() -> Option<String> {
-    let brokers = brokers()?;
+    let brokers = required("KAFKA_BROKERS")?;
     tool_present(
         "python3",
         &["-c", "import confluent_kafka"],
@@ -310,7 +296,7 @@ async fn produce_raw(brokers: &str, topic: &str, value: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_topic_flows_through_hifi_with_nothing_lost_through_a_sigkill() {
-    let Some(brokers) = brokers() else {
+    let Some(brokers) = required("KAFKA_BROKERS") else {
         return;
     };
     let input = unique_topic("feed");

@@ -21,31 +21,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use support::*;
-
-fn required(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var("HIFI_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "HIFI_REQUIRE_KAFKA=1 but {var} is not set"
-            );
-            eprintln!("{var} is not set: Kafka test skipped");
-            None
-        }
-    }
-}
-
-fn unique_prefix(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("t{}-{nanos}-{test}.", std::process::id())
-}
 
 /// source api → events (4 partitions) → sink out → `sink_url`, on Kafka. The group
 /// session timeout is 6 s (a dead member is noticed sooner), or hifi's defaults with

@@ -410,3 +410,28 @@ pub fn node_sum(buckets: &[serde_json::Value], node: &str, column: &str) -> u64 
         .map(|n| n[column].as_u64().unwrap())
         .sum()
 }
+
+/// The value of a variable a Kafka test needs; `None` (the test is skipped) when unset,
+/// unless `HIFI_REQUIRE_KAFKA=1` (as in CI) makes that a failure.
+pub fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("HIFI_REQUIRE_KAFKA").as_deref() != Ok("1"),
+                "HIFI_REQUIRE_KAFKA=1 but {var} is not set"
+            );
+            eprintln!("{var} is not set: Kafka test skipped");
+            None
+        }
+    }
+}
+
+/// A topic prefix no other test run uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{}-{nanos}-{test}.", std::process::id())
+}
