@@ -307,6 +307,25 @@ pub fn html(doc: &Value) -> String {
         ],
         None,
     ));
+    if let Some(readings) = doc["scale"].as_array().filter(|r| !r.is_empty()) {
+        let series = |k: &str| -> Vec<(f64, f64)> {
+            readings
+                .iter()
+                .filter_map(|r| Some((r["t"].as_f64()?, r[k].as_f64()?)))
+                .collect()
+        };
+        body.push_str(&chart(
+            "Replicas (hifi scale --record)",
+            "replicas",
+            "time since the start",
+            &seconds,
+            &[
+                ("running", series("replicas")),
+                ("recommended", series("recommended")),
+            ],
+            None,
+        ));
+    }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>hifi load test</title><style>\
          body{{font:14px system-ui,sans-serif;margin:24px;color:#1a202c}}table{{border-collapse:collapse;margin:8px 0}}\
@@ -351,5 +370,23 @@ mod tests {
         assert!(!page.contains(
             "<h3>End-to-end delay by second sent (last run; delivered events)</h3><p>no data</p>"
         ));
+        assert!(!page.contains("Replicas"), "no scale record, no chart");
+    }
+
+    #[test]
+    fn a_scale_record_draws_replicas_over_time() {
+        let doc = serde_json::json!({
+            "date": "2026-12-06T16:00:00Z",
+            "command": "hifi loadtest --ramp 10:1s,40:1s --scale-record scale.jsonl",
+            "outcome": {"lost": 0, "acked": 50, "delivered": 50, "timeline": []},
+            "scale": [
+                {"t": 0.5, "replicas": 1, "recommended": 1},
+                {"t": 1.5, "replicas": 1, "recommended": 3},
+                {"t": 2.5, "replicas": 3, "recommended": 3}
+            ]
+        });
+        let page = html(&doc);
+        assert!(page.contains("Replicas (hifi scale --record)"), "{page}");
+        assert!(page.contains("recommended"), "{page}");
     }
 }

@@ -2,41 +2,19 @@
 //! loopback, started by `scripts/test-broker`): a sink that one process cannot keep up
 //! with (one request of 5 events at a time to a destination answering in 50 ms: ~100
 //! events/s per replica) gets more replicas within seconds of a ramp from 20 to 400
-//! events/s, and loses them one at a time, slowly, after the ramp; every acknowledged
-//! event arrives. Without `KAFKA_BROKERS` the test says so and passes, unless
+//! events/s (`hifi loadtest --ramp`), and loses them one at a time, slowly, after the
+//! ramp; every acknowledged event arrives, and the load test's report draws the replicas
+//! (`--scale-record`). Without `KAFKA_BROKERS` the test says so and passes, unless
 //! `HIFI_REQUIRE_KAFKA=1` (as in CI).
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod support;
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::*;
-
-/// Posts `rate` events/s for `secs` seconds (one request per 100 ms); returns the
-/// acknowledged ids.
-async fn send(url: &str, first: usize, rate: usize, secs: u64) -> Vec<String> {
-    let client = reqwest::Client::new();
-    let per_tick = (rate / 10).max(1);
-    let mut acked = Vec::new();
-    let mut next = first;
-    let start = Instant::now();
-    for tick in 0..secs * 10 {
-        let ids: Vec<String> = (next..next + per_tick).map(|i| format!("e-{i}")).collect();
-        next += per_tick;
-        let body: Vec<_> = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
-        if let Ok(r) = client.post(url).json(&body).send().await {
-            if r.status() == 200 {
-                acked.extend(ids);
-            }
-        }
-        let due = start + Duration::from_millis(100 * (tick + 1));
-        tokio::time::sleep_until(due.into()).await;
-    }
-    acked
-}
 
 /// The scaler's readings so far: (seconds since `t0`, replicas running, next).
 fn readings(path: &std::path::Path, t0: chrono::DateTime<chrono::Utc>) -> Vec<(f64, u64, u64)> {
@@ -123,43 +101,74 @@ async fn the_scaler_adds_replicas_at_a_ramp_and_removes_them_one_at_a_time_after
         dir.path(),
     );
     let t0 = chrono::Utc::now();
-    let mut acked: Vec<String> = send(&url, 0, 20, 5).await;
-    let ramp = (chrono::Utc::now() - t0).num_milliseconds() as f64 / 1e3;
-    acked.extend(send(&url, 10_000, 400, 12).await);
-    let after = (chrono::Utc::now() - t0).num_milliseconds() as f64 / 1e3;
-    acked.extend(send(&url, 100_000, 20, 5).await);
-
-    // Every acknowledged event arrives, and the replicas come back down to one.
-    let acked: HashSet<String> = acked.into_iter().collect();
-    let all_in = wait_until(Duration::from_secs(120), || {
-        let got = received_ids(&record);
-        acked.iter().all(|id| got.contains_key(id))
+    // 20 events/s, a ramp to 400 (four times what a replica delivers), back to 20; the
+    // load test checks every acknowledged event at the receiver and draws the replicas.
+    let report = dir.path().join("report.html");
+    let out = dir.path().join("outcome.json");
+    let args: Vec<String> = [
+        "loadtest",
+        "--target",
+        &url,
+        "--ramp",
+        "20:5s,400:12s,20:5s",
+        "--batch",
+        "10",
+        "--receiver-record",
+        record.to_str().unwrap(),
+        "--scale-record",
+        decisions.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+        out.to_str().unwrap(),
+        "--drain",
+        "120s",
+        "--admin",
+        &ingest.addr("admin").to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let loadtest = off_workers(|| {
+        Command::new(HIFI)
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
     });
+    let ramp = 5.0;
+    let after = 17.0;
     let back_to_one = wait_until(Duration::from_secs(90), || {
         readings(&decisions, t0).last().is_some_and(|r| r.1 == 1)
     });
     let (status, _) = scaler.sigterm(Duration::from_secs(60));
     ingest.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
-    let got = received_ids(&record);
-    let missing: Vec<&String> = acked
-        .iter()
-        .filter(|id| !got.contains_key(*id))
-        .take(10)
-        .collect();
-    let duplicates: u32 = got.values().map(|n| n - 1).sum();
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).unwrap_or_default()).unwrap_or_default();
     let readings = readings(&decisions, t0);
     let timeline: Vec<String> = readings
         .iter()
         .map(|(t, n, next)| format!("{t:.1}s:{n}->{next}"))
         .collect();
     eprintln!(
-        "{} acknowledged, {} duplicates; ramp at {ramp:.1}s, back to 20/s at {after:.1}s; readings {}",
-        acked.len(),
-        duplicates,
+        "acknowledged {}, lost {}, duplicates {}; ramp at ~{ramp:.1}s, back to 20/s at ~{after:.1}s; readings {}",
+        outcome["acked"],
+        outcome["lost"],
+        outcome["duplicates"],
         timeline.join(" ")
     );
-    assert!(all_in && missing.is_empty(), "lost: {missing:?}");
+    assert!(
+        loadtest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loadtest.stdout)
+    );
+    assert_eq!(outcome["lost"], 0, "{outcome}");
+    assert!(outcome["acked"].as_u64().unwrap() >= 5_000, "{outcome}");
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        page.contains("Replicas (hifi scale --record)"),
+        "no replicas chart"
+    );
     assert!(status.success());
     // Up within 30 s of the ramp, to at least 3 replicas.
     let up = readings

@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 mod observe;
+mod schedule;
 mod send;
 mod timeline;
 use observe::*;
@@ -53,6 +54,14 @@ pub struct LoadtestArgs {
     /// How long to send (--rate × --duration: at most 250 000 000 events per run).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Steps of rates instead of --rate/--duration: `RATE:DURATION,...`, e.g.
+    /// `2000:20s,10000:40s,2000:40s` (a ramp up and down).
+    #[arg(long, value_name = "STEPS", value_parser = parse_ramp_arg, conflicts_with_all = ["find_rating", "rate", "duration"])]
+    ramp: Option<String>,
+    /// The `--record` file of a `hifi scale` running beside: its replicas over time are
+    /// drawn in the HTML report.
+    #[arg(long, value_name = "FILE", conflicts_with = "find_rating")]
+    scale_record: Option<PathBuf>,
     /// Events per request.
     #[arg(long, default_value_t = 100)]
     batch: u64,
@@ -118,6 +127,61 @@ pub struct LoadtestArgs {
     /// When it cannot be reached, every one of them counts as lost.
     #[arg(long, default_value = "127.0.0.1:8081")]
     admin: String,
+}
+
+fn parse_ramp_arg(s: &str) -> Result<String, String> {
+    schedule::parse_ramp(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{e:#}"))
+}
+
+impl LoadtestArgs {
+    /// The rates to send: the --ramp's steps, or --rate for --duration.
+    fn steps(&self) -> Vec<schedule::Step> {
+        let one = || {
+            vec![schedule::Step {
+                rate: self.rate.max(1),
+                duration: self.duration,
+            }]
+        };
+        match &self.ramp {
+            Some(r) => schedule::parse_ramp(r).unwrap_or_else(|_| one()),
+            None => one(),
+        }
+    }
+}
+
+/// A `hifi scale --record` file's readings, timed from `t0` (the load test's start):
+/// `[{"t", "replicas", "recommended"}]`.
+fn scale_readings(
+    path: &std::path::Path,
+    t0: chrono::DateTime<chrono::Utc>,
+) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--scale-record {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| {
+            format!(
+                "--scale-record {}: not a hifi scale record: {line}",
+                path.display()
+            )
+        })?;
+        let at = v["time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .with_context(|| {
+                format!(
+                    "--scale-record {}: a reading without a time: {line}",
+                    path.display()
+                )
+            })?;
+        let t = (at.with_timezone(&chrono::Utc) - t0).num_milliseconds() as f64 / 1e3;
+        if t >= 0.0 {
+            out.push(serde_json::json!({"t": t, "replicas": v["replicas"], "recommended": v["recommended"]}));
+        }
+    }
+    Ok(serde_json::Value::Array(out))
 }
 
 /// This process's command line, quoted for a shell where needed.
@@ -226,6 +290,13 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     if args.rate == 0 || args.batch == 0 || args.connections == 0 {
         bail!("--rate, --batch and --connections must be at least 1");
     }
+    let mut args = args;
+    if args.ramp.is_some() {
+        // The ramp's length and highest rate stand for --duration and --rate.
+        let steps = args.steps();
+        args.duration = steps.iter().map(|s| s.duration).sum();
+        args.rate = steps.iter().map(|s| s.rate).max().unwrap_or(1);
+    }
     // One target for every step: a Kafka producer connects (and learns the topic's
     // limits) once, before the first event is scheduled, not inside the measurement.
     let target = Arc::new(Target::of(&args)?);
@@ -238,6 +309,7 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
         _ => None,
     };
     let flaps = Arc::new(AtomicU64::new(0));
+    let t0 = chrono::Utc::now();
     let result = if args.find_rating {
         find_rating(&args, &target, spec.receiver_flap, &flaps).await
     } else {
@@ -266,15 +338,23 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     if let Some(r) = &rating {
         outln!("{}", r.sentence());
     }
+    let scale = match &args.scale_record {
+        Some(path) => Some(scale_readings(path, t0)?),
+        None => None,
+    };
     let json = serde_json::json!({
         "outcome": &outcome,
         "rating": &rating,
+        "scale": &scale,
         "command": command_line(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     let mut flat = serde_json::to_value(&outcome)?;
     if let (Some(o), Some(r)) = (flat.as_object_mut(), &rating) {
         o.insert("rating".into(), serde_json::to_value(r)?);
+    }
+    if let (Some(o), Some(s)) = (flat.as_object_mut(), &scale) {
+        o.insert("scale".into(), s.clone());
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&flat)?)
@@ -653,7 +733,7 @@ async fn measure(
             let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
             // Per second of the schedule (of the event's request), like the timeline.
             let mut per_second: Vec<Histogram<u64>> = Vec::new();
-            let (batch, interval_s) = (args.batch.max(1) as usize, sender.interval.as_secs_f64());
+            let batch = args.batch.max(1) as usize;
             let mut duplicates = 0;
             for (e, (&count, &delay_ms)) in deliveries
                 .count
@@ -664,7 +744,7 @@ async fn measure(
                 if count > 0 {
                     duplicates += u64::from(count - 1);
                     e2e.saturating_record(u64::from(delay_ms) * 1000);
-                    let second = ((e / batch) as f64 * interval_s) as usize;
+                    let second = sender.schedule.offset((e / batch) as u64).as_secs() as usize;
                     if per_second.len() <= second {
                         per_second.resize_with(second + 1, || {
                             Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::sync::Semaphore;
 
+use super::schedule::Schedule;
 use super::{EventKind, LoadtestArgs, Timeline};
 
 /// One request's events: a JSON array, and where each event ends in it.
@@ -129,8 +130,8 @@ pub(super) struct Sender {
     target: Arc<Target>,
     /// Every event id of this run is `lt-<run id>-<request>-<position>`.
     ids: Ids,
-    /// Time between two scheduled requests.
-    pub(super) interval: Duration,
+    /// When each request is due.
+    pub(super) schedule: Schedule,
     client: reqwest::Client,
     /// What follows an event's id up to its time: `","source":...,"time":"`.
     /// An event's JSON up to its id.
@@ -153,18 +154,18 @@ impl Sender {
             .timeout(Duration::from_secs(30))
             .build()?;
         let overhead = 130 + run_id.len();
-        let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
-        let requests = (args.duration.as_secs_f64() / interval.as_secs_f64())
-            .round()
-            .max(1.0) as u64;
+        let schedule = Schedule::new(&args.steps(), args.batch);
+        let requests = schedule.requests();
         let events = requests.saturating_mul(args.batch);
         if events > MAX_EVENTS_PER_RUN {
             bail!(
-                "--rate {} for --duration {:?} schedules {events} events; one run checks at most \
+                "{} schedules {events} events; one run checks at most \
                  {MAX_EVENTS_PER_RUN} (it keeps 8 bytes per event, so its memory stays under \
                  2 GiB): lower the rate or shorten the run",
-                args.rate,
-                args.duration
+                match &args.ramp {
+                    Some(r) => format!("--ramp {r}"),
+                    None => format!("--rate {} for --duration {:?}", args.rate, args.duration),
+                }
             );
         }
         Ok(Arc::new(Sender {
@@ -175,7 +176,7 @@ impl Sender {
                 batch: args.batch,
                 requests: requests as usize,
             },
-            interval,
+            schedule,
             client,
             event_start: match args.events {
                 EventKind::Cloudevents => r#"{"specversion":"1.0","id":""#,
@@ -214,7 +215,7 @@ impl Sender {
     /// Runs the schedule; returns the acknowledged ids and the ingest latency histogram
     /// (µs from the scheduled time to the acknowledgement).
     pub(super) async fn send_all(self: &Arc<Self>) -> (Acked, Timeline) {
-        let (interval, requests) = (self.interval, self.ids.requests as u64);
+        let requests = self.ids.requests as u64;
         let permits = Arc::new(Semaphore::new(self.args.connections));
         let acked = Arc::new(Mutex::new(Acked {
             ids: self.ids.clone(),
@@ -234,7 +235,7 @@ impl Sender {
             let me = self.clone();
             std::thread::spawn(move || {
                 for i in 0..requests {
-                    let offset = interval.mul_f64(i as f64);
+                    let offset = me.schedule.offset(i);
                     let body = me.batch(i, start_ms + offset.as_millis() as i64);
                     let scheduled = start + offset;
                     if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
