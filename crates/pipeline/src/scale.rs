@@ -36,6 +36,8 @@ pub const MIN_BUSY: f64 = 0.1;
 const KEEP: usize = 61;
 /// Weight of a new measure of the sustainable rate (exponential smoothing, 1 s samples).
 const SMOOTHING: f64 = 0.2;
+/// Busy ratio from which a node counts as saturated: its measure replaces the estimate.
+const SATURATED: f64 = 0.8;
 
 /// How much of their time a node's readers in this process spend waiting for input.
 #[derive(Debug, Default)]
@@ -356,7 +358,13 @@ impl NodeState {
         if let (Some(b), Some(r)) = (busy, read_here.s10) {
             if b >= MIN_BUSY && r > 0.0 {
                 let m = r / b;
-                self.measured = Some(self.measured.map_or(m, |old| old + SMOOTHING * (m - old)));
+                // Near saturation the ratio is the capacity itself; well below it, work
+                // that does not grow with records (a request's round trip, whatever its
+                // batch holds) makes it an overestimate: smoothed.
+                self.measured = Some(match self.measured {
+                    Some(old) if b < SATURATED => old + SMOOTHING * (m - old),
+                    _ => m,
+                });
             }
         }
         let rating = policy.ratings.get(self.watched.node()).copied();
@@ -442,24 +450,41 @@ struct Need {
 
 impl Need {
     /// Replicas needed now and why; `None` while a replica's rate is unknown.
+    ///
+    /// With the input's partitions known, the count is worked out per partition: a
+    /// replica keeps up with `floor(sustainable ÷ need per partition)` partitions, and
+    /// the group gives some replica `ceil(partitions ÷ replicas)` of them — so 3 replicas
+    /// over 4 partitions are no better than 2 for the one that gets two.
     fn replicas(&self, policy: &ScaleConfig) -> Option<(u32, String)> {
         let per = self.sustainable.filter(|r| *r > 0.0)?;
         let rate = self.rate_in.unwrap_or(0.0);
         let drain_s = policy.drain_within.0.as_secs_f64().max(1.0);
         let drain = self.backlog as f64 / drain_s;
-        let needed = (rate + drain) * policy.headroom / per;
-        let mut n = needed.ceil().max(1.0).min(f64::from(u32::MAX)) as u32;
-        let mut why = format!(
-            "(input {rate:.0}/s + backlog {} ÷ {drain_s:.0} s) × headroom {} ÷ {per:.0}/s per replica = {needed:.2}",
+        let needed = (rate + drain) * policy.headroom;
+        let why = format!(
+            "(input {rate:.0}/s + backlog {} ÷ {drain_s:.0} s) × headroom {} = {needed:.0}/s; a replica sustains {per:.0}/s",
             self.backlog, policy.headroom
         );
-        if let Some(p) = self.partitions.filter(|p| n > *p && *p > 0) {
-            n = p;
-            why.push_str(&format!(
-                "; capped at the input's {p} partitions (more replicas would get none)"
+        let Some(p) = self.partitions.filter(|p| *p > 0) else {
+            let n = (needed / per).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+            return Some((n, format!("{why} → {n}")));
+        };
+        let per_partition = needed / f64::from(p);
+        if per_partition > per {
+            return Some((
+                p,
+                format!(
+                    "{why}; capped at the input's {p} partitions: each needs {per_partition:.0}/s, more than a replica sustains (add partitions to go further)"
+                ),
             ));
         }
-        Some((n, why))
+        let each = ((per / per_partition.max(f64::MIN_POSITIVE)).floor() as u64)
+            .clamp(1, u64::from(p)) as u32;
+        let n = p.div_ceil(each);
+        Some((
+            n,
+            format!("{why}, {each} of the {p} partitions ({per_partition:.0}/s each) → {n}"),
+        ))
     }
 }
 
@@ -540,11 +565,15 @@ mod tests {
     }
 
     fn need(rate: f64, backlog: u64, per: Option<f64>) -> Need {
+        need_of(rate, backlog, per, 8)
+    }
+
+    fn need_of(rate: f64, backlog: u64, per: Option<f64>, partitions: u32) -> Need {
         Need {
             rate_in: Some(rate),
             backlog,
             sustainable: per,
-            partitions: Some(8),
+            partitions: Some(partitions),
         }
     }
 
@@ -564,9 +593,33 @@ mod tests {
         // Never more than the partitions, never fewer than one.
         let (n, why) = need(100_000.0, 0, Some(1_000.0)).replicas(&p).unwrap();
         assert_eq!(n, 8);
-        assert!(why.contains("8 partitions"), "{why}");
+        assert!(why.contains("capped at the input's 8 partitions"), "{why}");
+        assert!(why.contains("add partitions"), "{why}");
         assert_eq!(need(0.0, 0, Some(1_000.0)).replicas(&p).unwrap().0, 1);
         assert!(need(5.0, 0, None).replicas(&p).is_none());
+    }
+
+    #[test]
+    fn replicas_are_counted_in_whole_partitions() {
+        let p = policy();
+        // 5 000/s × 1.2 over 4 partitions: 1 500/s each. A replica of 2 500/s keeps up
+        // with one partition, not two: 3 replicas would leave one with two (3 000/s).
+        let (n, why) = need_of(5_000.0, 0, Some(2_500.0), 4).replicas(&p).unwrap();
+        assert_eq!(n, 4, "{why}");
+        // Of 3 500/s, two partitions each: 2 replicas.
+        assert_eq!(
+            need_of(5_000.0, 0, Some(3_500.0), 4)
+                .replicas(&p)
+                .unwrap()
+                .0,
+            2
+        );
+        // Without partitions known: the plain ratio, 6 000 ÷ 2 500.
+        let unknown = Need {
+            partitions: None,
+            ..need_of(5_000.0, 0, Some(2_500.0), 4)
+        };
+        assert_eq!(unknown.replicas(&p).unwrap().0, 3);
     }
 
     #[test]
@@ -574,11 +627,12 @@ mod tests {
         let p = policy();
         let mut s = state();
         let t0 = Instant::now();
-        let why = s.recommend(&need(10_000.0, 0, Some(2_000.0)), &p, t0);
+        // 12 000/s over 12 partitions: 1 000 each, two per replica of 2 000/s → 6.
+        let why = s.recommend(&need_of(10_000.0, 0, Some(2_000.0), 12), &p, t0);
         assert_eq!(s.recommended, 6, "{why}");
         assert!(why.starts_with("up from 1"), "{why}");
         // The need falls to 1: held for scale_down_after, then one step at a time.
-        let low = need(100.0, 0, Some(2_000.0));
+        let low = need_of(100.0, 0, Some(2_000.0), 12);
         let why = s.recommend(&low, &p, t0 + Duration::from_secs(1));
         assert_eq!(s.recommended, 6);
         assert!(why.starts_with("holding 6 for 300 s more"), "{why}");
@@ -592,11 +646,11 @@ mod tests {
         assert_eq!(s.recommended, 4);
         // A rise cancels the wait and goes up at once.
         s.recommend(
-            &need(20_000.0, 0, Some(2_000.0)),
+            &need_of(20_000.0, 0, Some(2_000.0), 12),
             &p,
             t0 + Duration::from_secs(603),
         );
-        assert_eq!(s.recommended, 8, "12 capped at 8 partitions");
+        assert_eq!(s.recommended, 12, "2 000/s per partition: one each, 12");
     }
 
     #[test]
