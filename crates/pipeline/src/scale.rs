@@ -38,6 +38,8 @@ const KEEP: usize = 61;
 const SMOOTHING: f64 = 0.2;
 /// Busy ratio from which a node counts as saturated: its measure replaces the estimate.
 const SATURATED: f64 = 0.8;
+/// Weight of a new measure taken while saturated.
+const SATURATED_SMOOTHING: f64 = 0.5;
 
 /// How much of their time a node's readers in this process spend waiting for input.
 #[derive(Debug, Default)]
@@ -183,6 +185,8 @@ struct NodeState {
     samples: VecDeque<Sample>,
     /// Smoothed measure of what one replica sustains.
     measured: Option<f64>,
+    /// Whether it has been measured while saturated (then only such measures count).
+    saturated_seen: bool,
     recommended: u32,
     /// Since when the need has been below the recommendation.
     lower_since: Option<Instant>,
@@ -225,6 +229,7 @@ impl Scale {
                 watched,
                 samples: VecDeque::with_capacity(KEEP),
                 measured: None,
+                saturated_seen: false,
                 recommended: 1,
                 lower_since: None,
             })
@@ -358,13 +363,19 @@ impl NodeState {
         if let (Some(b), Some(r)) = (busy, read_here.s10) {
             if b >= MIN_BUSY && r > 0.0 {
                 let m = r / b;
-                // Near saturation the ratio is the capacity itself; well below it, work
+                // Near saturation the ratio is the capacity itself. Well below it, work
                 // that does not grow with records (a request's round trip, whatever its
-                // batch holds) makes it an overestimate: smoothed.
+                // batch holds) makes it an overestimate: used, smoothed, only until the
+                // node has been saturated once; then the saturated measures are kept.
+                let saturated = b >= SATURATED;
                 self.measured = Some(match self.measured {
-                    Some(old) if b < SATURATED => old + SMOOTHING * (m - old),
-                    _ => m,
+                    None => m,
+                    Some(_) if saturated && !self.saturated_seen => m,
+                    Some(old) if saturated => old + SATURATED_SMOOTHING * (m - old),
+                    Some(old) if !self.saturated_seen => old + SMOOTHING * (m - old),
+                    Some(old) => old,
                 });
+                self.saturated_seen |= saturated;
             }
         }
         let rating = policy.ratings.get(self.watched.node()).copied();
@@ -559,6 +570,7 @@ mod tests {
             watched,
             samples: VecDeque::new(),
             measured: None,
+            saturated_seen: false,
             recommended: 1,
             lower_since: None,
         }
@@ -686,6 +698,50 @@ mod tests {
         assert_eq!(last.sustainable_from, "measured");
         // 1 000 × 1.2 ÷ 4 000 → 1 replica.
         assert_eq!(last.recommended_replicas, 1, "{}", last.reason);
+    }
+
+    #[test]
+    fn once_saturated_only_saturated_measures_count() {
+        let p = policy();
+        let mut s = state();
+        let t0 = Instant::now();
+        // (reads per second, waiting µs per second) of one reader: 25 % busy at 1 000/s
+        // (4 000/s estimated), then saturated at 2 500/s, then 25 % busy again.
+        let mut at = (0u64, 0u64);
+        let phases = [
+            (1_000u64, 750_000u64, 5),
+            (2_500, 0, 5),
+            (1_000, 750_000, 5),
+        ];
+        let mut i = 0u64;
+        let mut seen = Vec::new();
+        for (rate, wait, secs) in phases {
+            for _ in 0..secs {
+                at = (at.0 + rate, at.1 + wait);
+                i += 1;
+                s.samples.push_back(Sample {
+                    at: t0 + Duration::from_secs(i),
+                    ends: Some(at.0),
+                    done: Some(at.0),
+                    ledger_ms: Some(i as i64 * 1_000),
+                    partitions: Some(4),
+                    waiting_us: at.1,
+                    read: at.0,
+                    readers: 1,
+                });
+                if s.samples.len() > 2 {
+                    s.samples.pop_front(); // one-second spans only, for a clear test
+                }
+                s.update(&p, t0 + Duration::from_secs(i));
+                seen.push(s.measured.unwrap_or(0.0).round());
+            }
+        }
+        assert_eq!(seen[4], 4_000.0, "{seen:?}");
+        assert_eq!(seen[9], 2_500.0, "{seen:?}");
+        assert_eq!(
+            seen[14], 2_500.0,
+            "low-load overestimates no longer count: {seen:?}"
+        );
     }
 
     #[test]
