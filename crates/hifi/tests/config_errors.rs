@@ -118,6 +118,17 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("[scale]\nscale_down_after = \"0s\"\n{SOURCE}"),
         &["scale.scale_down_after", "more than zero"],
     );
+    let other = "[sinks.b]\ntype = \"http\"\ninput = \"other\"\nurl = \"http://127.0.0.1:9/\"\n";
+    check(
+        "shadow of an unknown sink",
+        &format!("{SOURCE}{sink}shadow = \"sinks.nope\"\n"),
+        &["sinks.out.shadow", "not a sink of this pipeline"],
+    );
+    check(
+        "shadow reading another topic",
+        &format!("{SOURCE}{sink}shadow = \"sinks.b\"\n{other}"),
+        &["sinks.out.shadow", "must read the same topic"],
+    );
     check(
         "too many requests",
         &format!("{SOURCE}{sink}concurrency_max = 5000\n"),

@@ -58,7 +58,7 @@ pub use lag::{LagRecorder, LagSummary, Quantiles, WindowSummary};
 pub use node::NodeLedger;
 pub use report::{
     Backlog, Fate, HistoryNode, HistoryPoint, LagReport, LedgerStats, LossTable, LostOrigin,
-    NodeLag, NodeLoss, Trace, TraceNode,
+    NodeLag, NodeLoss, ShadowDiff, Trace, TraceNode,
 };
 use tally::{bucket_of, count, difference, union_into, Delta, OriginSet};
 pub use tally::{Origin, OriginRef, Outcome};
@@ -71,6 +71,8 @@ pub const SETTLED_TOPIC: &str = "__ledger_settled";
 pub const LAG_TOPIC: &str = "__ledger_lag";
 /// Lost origins kept per settled bucket (beyond it only counts are kept).
 pub const LOST_LIST_MAX: usize = 10_000;
+/// Events listed per side of a shadow comparison ([`ShadowDiff`]) per bucket.
+pub const SHADOW_EXAMPLES: usize = 20;
 
 /// `[ledger]` settings.
 #[derive(Debug, Clone)]
@@ -90,6 +92,8 @@ pub struct LedgerConfig {
     /// before it settles anyway; its missing events are then reported as `backlog`, not
     /// as lost.
     pub settle_max_wait: Duration,
+    /// Sink pairs (primary, shadow) whose deliveries each table compares.
+    pub shadows: Vec<(String, String)>,
 }
 
 impl Default for LedgerConfig {
@@ -101,6 +105,7 @@ impl Default for LedgerConfig {
             history: Duration::from_secs(7 * 24 * 3600),
             follow_journal: false,
             settle_max_wait: Duration::from_secs(3600),
+            shadows: Vec::new(),
         }
     }
 }

@@ -34,6 +34,29 @@ pub struct LostOrigin {
     pub reason: Option<String>,
 }
 
+/// What a sink and its shadow acknowledged in one bucket, compared per event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowDiff {
+    /// The sink.
+    pub primary: String,
+    /// Its shadow (the same events, delivered to another destination).
+    pub shadow: String,
+    /// Events both destinations acknowledged.
+    pub both: u64,
+    /// Events only the primary's destination acknowledged.
+    pub only_primary: u64,
+    /// Their origins, the first [`crate::SHADOW_EXAMPLES`].
+    pub only_primary_examples: Vec<String>,
+    /// Events only the shadow's destination acknowledged.
+    pub only_shadow: u64,
+    /// Their origins, the first [`crate::SHADOW_EXAMPLES`].
+    pub only_shadow_examples: Vec<String>,
+    /// Events the primary dead-lettered (refused by its destination).
+    pub primary_dead_lettered: u64,
+    /// Events the shadow dead-lettered.
+    pub shadow_dead_lettered: u64,
+}
+
 /// The loss table of one bucket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LossTable {
@@ -68,6 +91,9 @@ pub struct LossTable {
     /// `settle_max_wait` (not counted as lost; the bucket re-settles when they move).
     #[serde(default)]
     pub backlog: u64,
+    /// Each shadowed sink against its shadow (`[sinks.X] shadow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowDiff>,
 }
 
 /// Counters of the ledger.

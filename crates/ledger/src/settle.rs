@@ -329,6 +329,29 @@ impl Ledger {
             union_into(&mut e2e_lost, &difference(&stored, &terminal));
         }
         let (events, lost) = (count(&events), count(&e2e_lost));
+        let shadow = self
+            .cfg
+            .shadows
+            .iter()
+            .map(|(primary, shadow)| {
+                let (p, s) = (
+                    get(primary, Outcome::Delivered),
+                    get(shadow, Outcome::Delivered),
+                );
+                let (only_p, only_s) = (difference(&p, &s), difference(&s, &p));
+                ShadowDiff {
+                    primary: primary.clone(),
+                    shadow: shadow.clone(),
+                    both: count(&p) - count(&only_p),
+                    only_primary: count(&only_p),
+                    only_primary_examples: tally::examples(&only_p, SHADOW_EXAMPLES),
+                    only_shadow: count(&only_s),
+                    only_shadow_examples: tally::examples(&only_s, SHADOW_EXAMPLES),
+                    primary_dead_lettered: count(&get(primary, Outcome::DeadLettered)),
+                    shadow_dead_lettered: count(&get(shadow, Outcome::DeadLettered)),
+                }
+            })
+            .collect();
         let start_ms = bucket * 60_000;
         LossTable {
             start: rfc3339(start_ms),
@@ -348,6 +371,7 @@ impl Ledger {
             replay_from: 0,
             journal_from: Some(open.first_journal_offset),
             backlog: 0,
+            shadow,
         }
     }
 

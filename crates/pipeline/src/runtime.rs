@@ -532,6 +532,15 @@ async fn open_ledger(loaded: &LoadedConfig, log: Arc<dyn Log>) -> Result<Arc<Led
         history: l.history.0,
         follow_journal: loaded.config.engine.kind == EngineKind::Kafka,
         settle_max_wait: l.settle_max_wait.0,
+        shadows: loaded
+            .config
+            .sinks
+            .iter()
+            .filter_map(|(name, s)| {
+                let shadow = s.shadow.as_ref()?.get_ref();
+                Some((name.clone(), shadow.strip_prefix("sinks.")?.to_owned()))
+            })
+            .collect(),
     };
     Ok(Ledger::open(cfg, node_specs(loaded), log, Arc::new(SystemClock)).await?)
 }

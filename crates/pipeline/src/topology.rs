@@ -162,6 +162,7 @@ impl Topology {
                 .or_default()
                 .push(format!("sinks.{name}"));
             check_destination(loaded, name, s)?;
+            check_shadow(loaded, name, s)?;
             if s.concurrency_max == 0 || s.batch.max_events == 0 || s.batch.max_bytes.0 == 0 {
                 return Err(loaded.error(
                     format!("sinks.{name}"),
@@ -411,6 +412,68 @@ fn is_kafka_topic(t: &str) -> bool {
         && t.len() <= 249
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `[sinks.X] shadow = "sinks.Y"`: another sink of the same input, shadowing one sink.
+fn check_shadow(
+    loaded: &LoadedConfig,
+    name: &str,
+    s: &crate::config::SinkConfig,
+) -> Result<(), ConfigError> {
+    let Some(shadow) = &s.shadow else {
+        return Ok(());
+    };
+    let key = format!("sinks.{name}.shadow");
+    let sinks = &loaded.config.sinks;
+    let other = shadow.get_ref().strip_prefix("sinks.");
+    let Some((y, ys)) = other.and_then(|y| sinks.get_key_value(y)) else {
+        let names: Vec<String> = sinks
+            .keys()
+            .filter(|k| *k != name)
+            .map(|k| format!("sinks.{k}"))
+            .collect();
+        return Err(loaded.error_at(
+            shadow,
+            key,
+            format!(
+                "{:?} is not a sink of this pipeline; name another sink as \"sinks.NAME\" ({})",
+                shadow.get_ref(),
+                if names.is_empty() {
+                    "there is none: add one reading the same topic".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    };
+    if y == name {
+        return Err(loaded.error_at(shadow, key, "a sink cannot shadow itself"));
+    }
+    if ys.input.get_ref() != s.input.get_ref() {
+        return Err(loaded.error_at(
+            shadow,
+            key,
+            format!(
+                "sinks.{y} reads {:?}, sinks.{name} {:?}: a shadow receives the same events, so it must read the same topic",
+                ys.input.get_ref(),
+                s.input.get_ref()
+            ),
+        ));
+    }
+    let shadowed_twice = sinks.iter().any(|(other, o)| {
+        other != name
+            && o.shadow
+                .as_ref()
+                .is_some_and(|t| t.get_ref() == shadow.get_ref())
+    });
+    if shadowed_twice || ys.shadow.is_some() {
+        return Err(loaded.error_at(
+            shadow,
+            key,
+            format!("sinks.{y} is already a shadow or has one; pair each sink with one shadow of its own"),
+        ));
+    }
+    Ok(())
 }
 
 /// The sink's destination settings, by its type.

@@ -7,6 +7,7 @@
 //! | `GET /v1/lag` | lag per node and E2E, cumulative and per 10-second window |
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
 //! | `GET /v1/stats` | counters per node, backlog (records, age of the oldest in event time) and breaker state |
+//! | `GET /v1/shadow?from=&to=` | each sink against its shadow (`[sinks.X] shadow`): events both destinations acknowledged, only one, per bucket — see [`crate::shadow`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
@@ -105,6 +106,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/loss", get(loss))
         .route("/v1/stats", get(stats))
         .route("/v1/scale", get(crate::scale::scale))
+        .route("/v1/shadow", get(crate::shadow::shadow))
         .route("/v1/lineage", get(lineage))
         .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))
@@ -170,28 +172,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
 }
 
 async fn loss(State(s): S, Query(q): Query<LossQuery>) -> Response {
-    let now = s.ledger.clock().now_ms();
-    let from = match q.from.as_deref().map(parse_time) {
-        None => now - 3_600_000,
-        Some(Some(t)) => t,
-        Some(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "`from` must be RFC 3339 or epoch milliseconds",
-                json!({}),
-            )
-        }
-    };
-    let to = match q.to.as_deref().map(parse_time) {
-        None => now + 60_000,
-        Some(Some(t)) => t,
-        Some(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "`to` must be RFC 3339 or epoch milliseconds",
-                json!({}),
-            )
-        }
+    let (from, to) = match range(&s, q.from.as_deref(), q.to.as_deref()) {
+        Ok(r) => r,
+        Err(why) => return bad_request(&why),
     };
     let mut buckets = s.ledger.loss(from, to);
     if !q.lost {
@@ -286,6 +269,30 @@ async fn stats(State(s): S) -> Response {
             "backlog_records": records, "backlog_age_ms": age_ms}));
     }
     Json(json!({ "nodes": nodes })).into_response()
+}
+
+/// `from`/`to` of a query over buckets (RFC 3339 or epoch ms; default the last hour),
+/// or what is wrong with them.
+pub(crate) fn range(
+    s: &AdminState,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(i64, i64), String> {
+    let now = s.ledger.clock().now_ms();
+    let at = |v: Option<&str>, default: i64, name: &str| match v.map(parse_time) {
+        None => Ok(default),
+        Some(Some(t)) => Ok(t),
+        Some(None) => Err(format!("`{name}` must be RFC 3339 or epoch milliseconds")),
+    };
+    Ok((
+        at(from, now - 3_600_000, "from")?,
+        at(to, now + 60_000, "to")?,
+    ))
+}
+
+/// The 400 answer for a bad query.
+pub(crate) fn bad_request(why: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, why, json!({}))
 }
 
 /// Reads the event at `at` (its position in a source's topic) and traces it through the

@@ -14,5 +14,6 @@ pub mod outcomes;
 pub mod receiver;
 pub mod scale;
 pub mod serve;
+pub mod shadow;
 
 pub use serve::{serve, ServeLimits};

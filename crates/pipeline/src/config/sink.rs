@@ -101,6 +101,12 @@ pub struct SinkConfig {
     pub kind: SinkType,
     /// Topic delivered.
     pub input: Spanned<String>,
+    /// Another sink that receives the same events as this one, e.g. `"sinks.candidate"`
+    /// (a new destination or format being proven): the ledger compares what both
+    /// destinations acknowledged, per event and bucket (`GET /v1/shadow`). It must read
+    /// the same topic. Default none.
+    #[serde(default)]
+    pub shadow: Option<Spanned<String>>,
     /// PII fields (as this sink receives them) it may deliver, e.g. `["email"]`; `["*"]`
     /// allows every one. A PII field reaching the sink without being allowed stops
     /// `hifi validate` and `hifi run`. Default none.
