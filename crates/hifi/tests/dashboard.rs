@@ -174,6 +174,11 @@ async fn an_outage_shows_on_the_dashboard_as_an_open_breaker_and_a_growing_backl
     // there.
     let requests = stat(&first, "concurrency", "out").0;
     assert!(requests.starts_with("1 ("), "requests cell: {requests:?}");
+    // The scaling table has the sink, with the replicas it needs (one: no measure of a
+    // replica's rate while its destination is down).
+    assert_eq!(stat(&first, "replicas", "out"), ("1".to_owned(), Some(1.0)));
+    // No shadow sinks in this pipeline: their card stays hidden.
+    assert!(first.contains(r#"id="shadow-card" hidden"#), "{first}");
     assert_eq!(stat(&first, "backlog_records", "out").1, Some(200.0));
     let age1 = stat(&first, "backlog_age_ms", "out").1.unwrap();
     assert!(age1 >= 2000.0, "the oldest waiting event is {age1} ms old");

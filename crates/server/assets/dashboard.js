@@ -350,6 +350,56 @@
     $("#sink-table").tBodies[0].replaceChildren(...rows);
   }
 
+  // ---- scaling and shadow sinks --------------------------------------------------------
+
+  function renderScale(scale) {
+    const rows = (scale.nodes || []).map((n) => {
+      const tr = el("tr");
+      const name = el("td");
+      name.append(swatch(n.node), n.node);
+      const rate = n.rate_in?.["10s"];
+      const busy = n.busy_ratio;
+      const busyCell = el("td", busy == null ? "–" : fmtPct(busy * 100),
+                          { "data-stat": "busy", "data-node": n.node });
+      if (busy != null && busy >= 0.8) busyCell.className = "warn";
+      const per = n.sustainable_rate_per_replica;
+      const replicas = el("td", fmtInt(n.recommended_replicas),
+                          { "data-stat": "replicas", "data-node": n.node,
+                            "data-value": String(n.recommended_replicas), title: n.reason || "" });
+      if (n.recommended_replicas > 1) replicas.className = "warn";
+      tr.append(name, el("td", rate == null ? "–" : fmtInt(Math.round(rate))), busyCell,
+                el("td", fmtInt(n.backlog_records ?? 0)),
+                el("td", per == null ? "–" : `${fmtInt(Math.round(per))} (${n.sustainable_from})`),
+                replicas);
+      return tr;
+    });
+    if (rows.length === 0) {
+      rows.push(el("tr"));
+      rows[0].append(el("td", "no stages or sinks here", { colspan: 6, class: "empty" }));
+    }
+    $("#scale-table").tBodies[0].replaceChildren(...rows);
+  }
+
+  function renderShadow(shadow) {
+    const totals = shadow.totals || [];
+    $("#shadow-card").hidden = totals.length === 0;
+    const rows = totals.map((t) => {
+      const tr = el("tr");
+      const onlyPrimary = el("td", fmtInt(t.only_primary),
+                             { "data-stat": "shadow_only_primary", "data-node": t.primary });
+      const onlyShadow = el("td", fmtInt(t.only_shadow),
+                            { "data-stat": "shadow_only_shadow", "data-node": t.primary });
+      if (t.only_primary > 0) onlyPrimary.className = "bad";
+      if (t.only_shadow > 0) onlyShadow.className = "bad";
+      tr.append(el("td", t.primary), el("td", t.shadow), el("td", fmtInt(t.both)), onlyPrimary,
+                onlyShadow,
+                el("td", `${fmtInt(t.primary_dead_lettered)} / ${fmtInt(t.shadow_dead_lettered)}`),
+                el("td", fmtInt(t.buckets_differing)));
+      return tr;
+    });
+    $("#shadow-table").tBodies[0].replaceChildren(...rows);
+  }
+
   // ---- header summary -----------------------------------------------------------------
 
   function renderSummary(lag, loss, stats) {
@@ -406,8 +456,8 @@
 
   async function refresh() {
     const errors = [];
-    const [lag, loss, stats] = (await Promise.allSettled(
-      ["v1/lag", "v1/loss", "v1/stats"].map(getJSON),
+    const [lag, loss, stats, scale, shadow] = (await Promise.allSettled(
+      ["v1/lag", "v1/loss", "v1/stats", "v1/scale", "v1/shadow"].map(getJSON),
     )).map((r) => {
       if (r.status === "fulfilled") return r.value;
       errors.push(r.reason.message);
@@ -428,6 +478,8 @@
       draw("sinks", () => renderSinks(stats));
       draw("backlog chart", () => renderBacklog(stats));
     }
+    if (scale) draw("scaling", () => renderScale(scale));
+    if (shadow) draw("shadow sinks", () => renderShadow(shadow));
     draw("summary", () => renderSummary(lag, loss, stats));
 
     const banner = $("#error");
