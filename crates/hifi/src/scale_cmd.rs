@@ -47,7 +47,28 @@ struct Replica {
     /// Its admin address, once it printed it.
     admin: Arc<Mutex<Option<String>>>,
     n: u64,
+    started: std::time::Instant,
 }
+
+/// The replicas running; any still here when it is dropped (an error on the way out) are
+/// killed, never left behind.
+#[derive(Default)]
+struct Replicas(Vec<Replica>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for r in &mut self.0 {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+}
+
+/// Replicas that exit within this of starting count as failing to start.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// After this many quick exits in a row, `hifi scale` gives up (a replica that cannot
+/// start: a bad file, the cluster unreachable) instead of restarting it forever.
+const QUICK_EXITS_MAX: u32 = 5;
 
 impl Replica {
     fn start(file: &std::path::Path, node: &str, n: u64) -> Result<Replica> {
@@ -63,15 +84,27 @@ impl Replica {
         if let Some(out) = child.stdout.take() {
             let admin = admin.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // Read to the end whatever it holds (the pipe never fills and blocks the
+                // replica); forwarding is best effort (our stdout may be closed).
+                let mut out = BufReader::new(out);
+                let mut buf = Vec::new();
+                while matches!(out.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end();
                     if let Some(addr) = line.strip_prefix("admin: http://") {
                         *admin.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_owned());
                     }
-                    println!("[replica {n}] {line}");
+                    let _ = writeln!(std::io::stdout().lock(), "[replica {n}] {line}");
+                    buf.clear();
                 }
             });
         }
-        Ok(Replica { child, admin, n })
+        Ok(Replica {
+            child,
+            admin,
+            n,
+            started: std::time::Instant::now(),
+        })
     }
 
     fn admin(&self) -> Option<String> {
@@ -145,6 +178,9 @@ pub async fn run(a: ScaleArgs) -> Result<ExitCode> {
             );
         }
     };
+    if c.stages.get(&name).is_some_and(|s| s.window.is_some()) && a.node.starts_with("stages.") {
+        bail!("--node {}: a window stage runs in one process (it reads every partition itself to close windows over all of them); run it with hifi run --only {}", a.node, a.node);
+    }
     if c.engine.kind != EngineKind::Kafka {
         bail!("hifi scale needs the Kafka engine: an embedded log belongs to one process, so replicas could not share the node's input");
     }
@@ -164,37 +200,75 @@ pub async fn run(a: ScaleArgs) -> Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let mut replicas: Vec<Replica> = Vec::new();
+    let mut replicas = Replicas::default();
     let mut started = 0u64;
     let mut want = a.min as usize;
+    let mut quick_exits = 0u32;
+    // A replica being stopped (one at a time: it drains and commits before the next).
+    let mut stopping: Option<tokio::task::JoinHandle<()>> = None;
     println!(
         "scale: {} between {} and {} replicas, reading /v1/scale every {:?}",
         a.node, a.min, a.max, a.every
     );
-    let stop = crate::run::signal();
-    tokio::pin!(stop);
+    // Watched from here on: a signal while replicas are read is not missed.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
     loop {
-        // Replicas that exited on their own are replaced.
-        replicas.retain_mut(|r| match r.child.try_wait() {
+        // Replicas that exited on their own are replaced (with a pause after quick exits).
+        let mut exited_quickly = false;
+        replicas.0.retain_mut(|r| match r.child.try_wait() {
             Ok(None) => true,
             Ok(Some(s)) => {
-                eprintln!("scale: replica {} exited ({s}); replacing it", r.n);
+                let quick = r.started.elapsed() < QUICK_EXIT;
+                exited_quickly |= quick;
+                eprintln!(
+                    "scale: replica {} exited ({s}){}; replacing it",
+                    r.n,
+                    if quick { " right after it started" } else { "" }
+                );
                 false
             }
-            Err(_) => false,
+            Err(e) => {
+                eprintln!(
+                    "scale: cannot tell whether replica {} runs ({e}); killing it",
+                    r.n
+                );
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                false
+            }
         });
-        while replicas.len() < want {
-            started += 1;
-            replicas.push(Replica::start(&a.file, &a.node, started)?);
+        if exited_quickly {
+            quick_exits += 1;
+            if quick_exits >= QUICK_EXITS_MAX {
+                bail!("{quick_exits} replicas in a row exited right after starting; see their messages above (stopping the others)");
+            }
+        } else if replicas.0.iter().any(|r| r.started.elapsed() >= QUICK_EXIT) {
+            quick_exits = 0;
         }
+        while replicas.0.len() < want && (quick_exits == 0 || !exited_quickly) {
+            started += 1;
+            replicas.0.push(Replica::start(&a.file, &a.node, started)?);
+        }
+        // A pause that grows with quick exits, so a failing replica is not restarted in
+        // a tight loop.
+        let pause = a.every * 2u32.pow(quick_exits.min(5));
         tokio::select! {
-            _ = &mut stop => break,
-            _ = tokio::time::sleep(a.every) => {}
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        // Every replica at once: a slow one does not delay the reading.
+        let mut asks = tokio::task::JoinSet::new();
+        for r in &replicas.0 {
+            let Some(admin) = r.admin() else { continue };
+            let (client, name) = (client.clone(), name.clone());
+            asks.spawn(async move { ask(&client, &admin, &name).await });
         }
         let mut best: Option<(u32, String)> = None;
-        for r in &replicas {
-            let Some(admin) = r.admin() else { continue };
-            if let Some((n, why)) = ask(&client, &admin, &name).await {
+        while let Some(got) = asks.join_next().await {
+            if let Ok(Some((n, why))) = got {
                 if best.as_ref().is_none_or(|(b, _)| n > *b) {
                     best = Some((n, why));
                 }
@@ -206,30 +280,36 @@ pub async fn run(a: ScaleArgs) -> Result<ExitCode> {
         let next = recommended.clamp(a.min, a.max) as usize;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         if let Some(f) = record.as_mut() {
-            let line = serde_json::json!({"time": now, "replicas": replicas.len(),
+            let line = serde_json::json!({"time": now, "replicas": replicas.0.len(),
                 "recommended": recommended, "next": next, "reason": why});
-            let _ = writeln!(f, "{line}");
+            // One write per line: a reader never sees half of one.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
         if next != want {
-            println!("scale: {now} {} → {next} replicas: {why}", replicas.len());
+            println!("scale: {now} {} → {next} replicas: {why}", replicas.0.len());
         }
         want = next;
-        // Down one at a time, newest first: it drains and commits before the next.
-        if replicas.len() > want {
-            if let Some(r) = replicas.pop() {
+        if stopping.as_ref().is_some_and(|h| h.is_finished()) {
+            stopping = None;
+        }
+        // Down one at a time, newest first, in the background: readings go on (and a
+        // signal is heard) while it drains.
+        if replicas.0.len() > want && stopping.is_none() {
+            if let Some(r) = replicas.0.pop() {
                 let drain = a.drain;
-                tokio::task::spawn_blocking(move || terminate(r, drain)).await?;
+                stopping = Some(tokio::task::spawn_blocking(move || terminate(r, drain)));
             }
         }
     }
-    println!("scale: stopping {} replicas", replicas.len());
+    println!("scale: stopping {} replicas", replicas.0.len());
     let drain = a.drain;
-    let stops: Vec<_> = replicas
+    let mut stops: Vec<_> = std::mem::take(&mut replicas.0)
         .into_iter()
         .map(|r| tokio::task::spawn_blocking(move || terminate(r, drain)))
         .collect();
+    stops.extend(stopping);
     for s in stops {
-        s.await?;
+        let _ = s.await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -129,3 +129,43 @@ async fn a_sink_that_cannot_keep_up_is_busy_and_gets_more_replicas_recommended()
     drop(proc);
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// `hifi scale` refuses what it cannot scale, saying why: the embedded engine (one
+/// process owns the log) and a window stage (one process reads every partition).
+#[test]
+fn hifi_scale_refuses_the_embedded_engine_and_window_stages() {
+    let dir = test_dir();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\
+         [topics.orders]\nschema = { id = \"string\", ts = \"timestamp\", amount = \"float64\" }\n\
+         [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+         [stages.per_minute]\ninput = \"orders\"\noutput = \"totals\"\nwindow = { size = \"1m\" }\n\
+         sql = \"SELECT count(*) AS n FROM input\"\n\
+         [sinks.out]\ntype = \"http\"\ninput = \"orders\"\nurl = \"http://127.0.0.1:9/\"\n",
+    )
+    .unwrap();
+    let scale = |node: &str| {
+        std::process::Command::new(HIFI)
+            .args(["scale", file.to_str().unwrap(), "--node", node])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = scale("sinks.out");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs the Kafka engine"), "{err}");
+    let out = scale("stages.per_minute");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("a window stage runs in one process"), "{err}");
+    let out = scale("sinks.nope");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a stage or sink") && err.contains("sinks.out"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing started");
+}

@@ -436,7 +436,13 @@ impl Pipeline {
         }
         let watched = stages
             .iter()
-            .map(|s| crate::scale::Watched::Stage(s.name.clone(), s.stats.clone()))
+            .map(|s| {
+                let kind = match s.window {
+                    Some(_) => crate::scale::StageKind::Windows,
+                    None => crate::scale::StageKind::Rows,
+                };
+                crate::scale::Watched::Stage(s.name.clone(), s.stats.clone(), kind)
+            })
             .chain(
                 sinks
                     .iter()

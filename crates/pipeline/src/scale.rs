@@ -93,16 +93,25 @@ impl Busy {
 /// A node watched for scaling: its name and counters.
 #[derive(Debug, Clone)]
 pub enum Watched {
-    /// A stage.
-    Stage(String, Arc<crate::stage::StageStats>),
+    /// A stage (row stages scale out; a window stage runs in one process).
+    Stage(String, Arc<crate::stage::StageStats>, StageKind),
     /// A sink.
     Sink(String, Arc<crate::sink::SinkStats>),
+}
+
+/// Whether a stage can have replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Transforms or a row query: replicas share the input's partitions.
+    Rows,
+    /// A window stage: one process reads every partition, so one replica.
+    Windows,
 }
 
 impl Watched {
     fn node(&self) -> &str {
         match self {
-            Watched::Stage(n, _) | Watched::Sink(n, _) => n,
+            Watched::Stage(n, ..) | Watched::Sink(n, _) => n,
         }
     }
 
@@ -115,7 +124,7 @@ impl Watched {
 
     fn busy(&self) -> &Busy {
         match self {
-            Watched::Stage(_, s) => &s.busy,
+            Watched::Stage(_, s, _) => &s.busy,
             Watched::Sink(_, s) => &s.busy,
         }
     }
@@ -185,8 +194,10 @@ struct NodeState {
     samples: VecDeque<Sample>,
     /// Smoothed measure of what one replica sustains.
     measured: Option<f64>,
-    /// Whether it has been measured while saturated (then only such measures count).
+    /// Whether it has been measured while saturated (then only such measures count),
+    /// and when last.
     saturated_seen: bool,
+    saturated_at: Option<Instant>,
     recommended: u32,
     /// Since when the need has been below the recommendation.
     lower_since: Option<Instant>,
@@ -230,6 +241,7 @@ impl Scale {
                 samples: VecDeque::with_capacity(KEEP),
                 measured: None,
                 saturated_seen: false,
+                saturated_at: None,
                 recommended: 1,
                 lower_since: None,
             })
@@ -368,6 +380,19 @@ impl NodeState {
                 // batch holds) makes it an overestimate: used, smoothed, only until the
                 // node has been saturated once; then the saturated measures are kept.
                 let saturated = b >= SATURATED;
+                // A saturated measure ages out: after twice scale_down_after without
+                // saturation (a destination that was slow for a while and recovered),
+                // lower-load measures count again.
+                let stale = self
+                    .saturated_at
+                    .is_some_and(|t| now.duration_since(t) > 2 * policy.scale_down_after.0);
+                if stale && !saturated {
+                    self.saturated_seen = false;
+                    self.saturated_at = None;
+                }
+                if saturated {
+                    self.saturated_at = Some(now);
+                }
                 self.measured = Some(match self.measured {
                     None => m,
                     Some(_) if saturated && !self.saturated_seen => m,
@@ -415,6 +440,10 @@ impl NodeState {
     /// Moves the recommendation toward what `need` asks (up at once, down one step per
     /// `scale_down_after`); says why.
     fn recommend(&mut self, need: &Need, policy: &ScaleConfig, now: Instant) -> String {
+        if matches!(self.watched, Watched::Stage(_, _, StageKind::Windows)) {
+            self.recommended = 1;
+            return "1: a window stage runs in one process (it reads every partition itself to close windows over all of them)".into();
+        }
         let Some((wanted, why)) = need.replicas(policy) else {
             self.lower_since = None;
             return format!(
@@ -571,6 +600,7 @@ mod tests {
             samples: VecDeque::new(),
             measured: None,
             saturated_seen: false,
+            saturated_at: None,
             recommended: 1,
             lower_since: None,
         }

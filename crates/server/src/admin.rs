@@ -284,10 +284,14 @@ pub(crate) fn range(
         Some(Some(t)) => Ok(t),
         Some(None) => Err(format!("`{name}` must be RFC 3339 or epoch milliseconds")),
     };
-    Ok((
+    let (from, to) = (
         at(from, now - 3_600_000, "from")?,
         at(to, now + 60_000, "to")?,
-    ))
+    );
+    if from > to {
+        return Err(format!("`from` ({from}) is after `to` ({to})"));
+    }
+    Ok((from, to))
 }
 
 /// The 400 answer for a bad query.

@@ -77,6 +77,14 @@ impl WindowEvents {
         }
     }
 
+    /// Holds no event any more (every one was refused).
+    pub(crate) fn clear(&mut self) {
+        self.builders = Builders::new(&self.input);
+        self.pending = 0;
+        self.chunks.clear();
+        self.len = 0;
+    }
+
     /// Holds only the rows of `kept` (a batch made by [`WindowEvents::batch`], some of its
     /// rows left out), in its order.
     pub(crate) fn replace(&mut self, kept: &RecordBatch) {

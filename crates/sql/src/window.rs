@@ -148,7 +148,8 @@ impl WindowQuery {
 
     /// Runs the query over a window's held events; refused events are listed by their
     /// place in `events` (the query fails on them alone: they are left out and it runs
-    /// again). The window keeps its events, less those refused alone.
+    /// again). The window keeps its events less the refused ones (the stage removes the
+    /// same places from its own list of them).
     pub async fn run_held(&self, events: &mut WindowEvents) -> WindowOutput {
         let mut out = WindowOutput::default();
         let n = events.len();
@@ -156,6 +157,7 @@ impl WindowQuery {
             Ok(b) => b,
             Err(why) => {
                 out.refused = (0..n).map(|i| (i, why.clone())).collect();
+                events.clear();
                 return out;
             }
         };
@@ -184,9 +186,11 @@ impl WindowQuery {
         };
         match again {
             Ok(rows) => out.rows = rows,
-            Err(_) => out
-                .refused
-                .extend(kept.into_iter().map(|i| (i as usize, why.clone()))),
+            Err(_) => {
+                out.refused
+                    .extend(kept.into_iter().map(|i| (i as usize, why.clone())));
+                events.clear();
+            }
         }
         out.refused.sort_by_key(|(i, _)| *i);
         out

@@ -152,36 +152,41 @@ impl LoadtestArgs {
 }
 
 /// A `hifi scale --record` file's readings, timed from `t0` (the load test's start):
-/// `[{"t", "replicas", "recommended"}]`.
-fn scale_readings(
-    path: &std::path::Path,
-    t0: chrono::DateTime<chrono::Utc>,
-) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--scale-record {}", path.display()))?;
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| {
-            format!(
-                "--scale-record {}: not a hifi scale record: {line}",
+/// `[{"t", "replicas", "recommended"}]`. A file that cannot be read, and lines that are
+/// not readings (one being written), are left out with a warning: they never cost the
+/// load test its outcome.
+fn scale_readings(path: &std::path::Path, t0: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "warning: --scale-record {}: {e}; no replicas in the report",
                 path.display()
-            )
-        })?;
-        let at = v["time"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .with_context(|| {
-                format!(
-                    "--scale-record {}: a reading without a time: {line}",
-                    path.display()
-                )
-            })?;
-        let t = (at.with_timezone(&chrono::Utc) - t0).num_milliseconds() as f64 / 1e3;
-        if t >= 0.0 {
-            out.push(serde_json::json!({"t": t, "replicas": v["replicas"], "recommended": v["recommended"]}));
+            );
+            return serde_json::Value::Array(Vec::new());
+        }
+    };
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let reading = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+            let at = chrono::DateTime::parse_from_rfc3339(v["time"].as_str()?).ok()?;
+            let t = (at.with_timezone(&chrono::Utc) - t0).num_milliseconds() as f64 / 1e3;
+            Some(serde_json::json!({"t": t, "replicas": v["replicas"], "recommended": v["recommended"]}))
+        });
+        match reading {
+            Some(r) if r["t"].as_f64().is_some_and(|t| t >= 0.0) => out.push(r),
+            Some(_) => {}
+            None => skipped += 1,
         }
     }
-    Ok(serde_json::Value::Array(out))
+    if skipped > 0 {
+        eprintln!(
+            "warning: --scale-record {}: {skipped} lines are not hifi scale readings; left out",
+            path.display()
+        );
+    }
+    serde_json::Value::Array(out)
 }
 
 /// This process's command line, quoted for a shell where needed.
@@ -338,10 +343,10 @@ pub async fn run(args: LoadtestArgs) -> Result<ExitCode> {
     if let Some(r) = &rating {
         outln!("{}", r.sentence());
     }
-    let scale = match &args.scale_record {
-        Some(path) => Some(scale_readings(path, t0)?),
-        None => None,
-    };
+    let scale = args
+        .scale_record
+        .as_ref()
+        .map(|path| scale_readings(path, t0));
     let json = serde_json::json!({
         "outcome": &outcome,
         "rating": &rating,

@@ -291,7 +291,11 @@ async fn emit(
     let refused: BTreeMap<usize, String> = result.refused.into_iter().collect();
     let mut dead: Vec<Record> = Vec::with_capacity(refused.len());
     for (i, why) in &refused {
-        let e = &events[*i];
+        let Some(e) = events.get(*i) else {
+            error!(stage = %stage.name, place = i, held = events.len(),
+                "a refused window event has no bookkeeping; it cannot be dead-lettered");
+            continue;
+        };
         let origin = e.origin(input).to_string();
         warn!(stage = %stage.name, %origin, reason = %why,
             "event dead-lettered at this window stage");
@@ -336,12 +340,19 @@ async fn emit(
     {
         return false;
     }
-    // The window no longer holds the refused events (kept for an update, it runs without).
+    // The window no longer holds the refused events (kept for an update, it runs without):
+    // the query's side dropped the same places.
     let mut i = 0;
     window.meta.retain(|_| {
         i += 1;
         !refused.contains_key(&(i - 1))
     });
+    if window.meta.len() != window.events.len() {
+        error!(stage = %stage.name, meta = window.meta.len(), rows = window.events.len(),
+            "a window's events and their bookkeeping disagree; it is not kept for updates");
+        window.meta.clear();
+        window.events = w.query.events();
+    }
     let s = &stage.stats;
     s.passed_events_total.fetch_add(rows, Ordering::Relaxed);
     s.dead_lettered_events_total
@@ -400,7 +411,13 @@ async fn read_back(stage: &Stage, e: &Meta, shutdown: &CancellationToken) -> Opt
         wait: Duration::ZERO,
     };
     let (log, input) = (stage.log.as_ref(), stage.input.as_str());
-    let read = || log.read(input, e.partition, e.offset, limits);
+    // Deleted by retention: not there (any other error is retried).
+    let read = || async move {
+        match log.read(input, e.partition, e.offset, limits).await {
+            Err(LogError::OffsetOutOfRange { .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    };
     let got = retry_until_ok(shutdown, &stage.name, "read back a refused event", read).await?;
     Some(match got.into_iter().find(|r| r.offset == e.offset) {
         Some(r) => r.record,

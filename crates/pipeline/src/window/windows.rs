@@ -260,8 +260,10 @@ impl<H: Hold> Windows<H> {
                 }
             }
             self.closed_below = self.closed_below.max(boundary);
-            let size = self.size;
-            self.kept.retain(|start, _| start + 2 * size > wm);
+            let (size, dirty) = (self.size, &self.dirty);
+            // A kept window with late events waiting is emitted first, then pruned.
+            self.kept
+                .retain(|start, _| start + 2 * size > wm || dirty.contains(start));
         }
         // Bounded memory: past `max_held` events, the oldest windows close early (their
         // later events are late).
@@ -510,6 +512,29 @@ mod tests {
             }]
         );
         assert_eq!(w.take(due[0]).unwrap().events.len(), 2);
+    }
+
+    #[test]
+    fn a_late_event_is_not_lost_when_the_same_batch_moves_the_watermark_past_its_window() {
+        let t0 = Instant::now();
+        let mut w = windows(0, true, 100, None);
+        add(&mut w, 0, vec![ev(0, 0, 1), ev(0, 1, MIN + 1)], t0);
+        add(&mut w, 1, vec![ev(1, 0, MIN + 1)], t0);
+        let due = w.due(t0, 0);
+        let window = w.take(due[0]).unwrap();
+        w.emitted(due[0], window);
+        // One batch: a late event for the first minute, then one three minutes on (the
+        // watermark leaves the kept window behind). The update is still emitted.
+        add(&mut w, 1, vec![ev(1, 1, 2), ev(1, 2, 3 * MIN + 1)], t0);
+        add(&mut w, 0, vec![ev(0, 2, 3 * MIN + 1)], t0);
+        let due = w.due(t0, 0);
+        assert!(
+            due.contains(&Due {
+                start: 0,
+                revision: 1
+            }),
+            "the late event's revision is emitted: {due:?}"
+        );
     }
 
     #[test]
