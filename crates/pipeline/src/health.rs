@@ -30,6 +30,58 @@ pub struct Health {
     disk_full_at_ms: AtomicI64,
 }
 
+/// The running pipeline's health, for the panic hook.
+static CURRENT: Mutex<Option<std::sync::Weak<Health>>> = Mutex::new(None);
+
+tokio::task_local! {
+    /// Set while an HTTP connection is served: a panic there ends that connection only.
+    static SERVING: ();
+}
+
+/// Runs `f` (an HTTP connection) so that a panic in it ends only it (the client gets no
+/// answer on that connection) and leaves the pipeline running: a request must never be
+/// able to stop the pipeline. A panic in a node's own work still does
+/// ([`fail_on_panic`]).
+pub async fn serving<F: std::future::Future>(f: F) -> F::Output {
+    SERVING.scope((), f).await
+}
+
+/// Makes a panic in any task of this process (a bug: in a stage's partition worker, a
+/// sink's reader, an append) a fatal failure of the running pipeline, after the usual
+/// message — rather than a task that ends quietly while the rest runs on without it.
+/// Panics while an HTTP connection is served ([`serving`]) are left to end it alone.
+/// `health` becomes the pipeline the hook fails (a reloaded pipeline takes over).
+pub fn fail_on_panic(health: &std::sync::Arc<Health>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::downgrade(health));
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            if SERVING.try_with(|_| ()).is_ok() {
+                return; // an HTTP connection's: it ends alone
+            }
+            let p = info.payload();
+            let text = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let current = CURRENT.lock().ok().and_then(|c| c.as_ref()?.upgrade());
+            if let Some(h) = current {
+                h.fail(
+                    "a task",
+                    &format!("it panicked{at} (a bug; please report it): {text}"),
+                );
+            }
+        }));
+    });
+}
+
 impl Health {
     /// Marks the pipeline started (ready unless something failed).
     pub fn set_started(&self) {
@@ -102,6 +154,22 @@ mod tests {
         assert!(
             r.starts_with("sinks.out cannot run: topic __dlq.out"),
             "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_the_pipeline_unless_an_http_connection_had_it() {
+        let health = std::sync::Arc::new(Health::default());
+        fail_on_panic(&health);
+        let served = tokio::spawn(serving(async { panic!("a bad request's bug") }));
+        assert!(served.await.unwrap_err().is_panic());
+        assert_eq!(health.failure(), None, "a connection's panic ends it alone");
+        let node = tokio::spawn(async { panic!("a node's bug") });
+        assert!(node.await.unwrap_err().is_panic());
+        let failure = health.failure().unwrap();
+        assert!(
+            failure.contains("panicked at") && failure.contains("a node's bug"),
+            "{failure}"
         );
     }
 }

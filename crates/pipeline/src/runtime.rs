@@ -270,6 +270,7 @@ impl Pipeline {
         let ledger = open_ledger(loaded, log.clone()).await?;
         let shutdown = CancellationToken::new();
         let health = Arc::new(Health::default());
+        crate::health::fail_on_panic(&health);
         let mut tasks = tokio::task::JoinSet::new();
         let mut sources = Vec::new();
         for (name, s) in cfg.sources.iter().filter(|(n, _)| only.runs("sources", n)) {
@@ -399,16 +400,24 @@ impl Pipeline {
                     })?),
                     None => None,
                 },
+                #[cfg(feature = "test-hooks")]
+                test_panic_ids: match &s.test_panic_ids_matching {
+                    Some(re) => Some(regex::Regex::new(re).map_err(|e| {
+                        StartError::Config(format!("stages.{name}.test_panic_ids_matching: {e}"))
+                    })?),
+                    None => None,
+                },
             });
             stage.prepare().await.map_err(|e| {
                 StartError::Config(format!("stages.{name}: cannot create its topics: {e}"))
             })?;
-            let (st, token, health) = (stage.clone(), shutdown.clone(), health.clone());
-            tasks.spawn(async move {
-                if let Err(e) = st.clone().run(token).await {
-                    health.fail(&format!("stages.{}", st.name), &e.to_string());
-                }
-            });
+            let node = format!("stages.{name}");
+            supervise(
+                &mut tasks,
+                &health,
+                node,
+                stage.clone().run(shutdown.clone()),
+            );
             stages.push(stage);
         }
         let mut sinks = Vec::new();
@@ -420,12 +429,13 @@ impl Pipeline {
             sink.prepare().await.map_err(|e| {
                 StartError::Config(format!("sinks.{name}: cannot create its topics: {e}"))
             })?;
-            let (sk, token, health) = (sink.clone(), shutdown.clone(), health.clone());
-            tasks.spawn(async move {
-                if let Err(e) = sk.clone().run(token, drain).await {
-                    health.fail(&format!("sinks.{}", sk.name), &e.to_string());
-                }
-            });
+            let node = format!("sinks.{name}");
+            supervise(
+                &mut tasks,
+                &health,
+                node,
+                sink.clone().run(shutdown.clone(), drain),
+            );
             sinks.push(sink);
         }
         if let Some(url) = &cfg.lineage.openlineage_url {
@@ -486,6 +496,33 @@ impl Pipeline {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Runs a node's task; if it fails — an error, or a panic (a bug) — the node is marked
+/// failed, so `/readyz` says so and `hifi run` stops (to be restarted from the committed
+/// positions) instead of running on without it.
+fn supervise<F>(tasks: &mut tokio::task::JoinSet<()>, health: &Arc<Health>, node: String, run: F)
+where
+    F: std::future::Future<Output = Result<(), LogError>> + Send + 'static,
+{
+    let health = health.clone();
+    tasks.spawn(async move {
+        let why = match tokio::spawn(run).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let text = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                format!("it panicked (a bug; please report it): {text}")
+            }
+            Err(e) => e.to_string(),
+        };
+        health.fail(&node, &why);
+    });
 }
 
 fn ledger_enabled(loaded: &LoadedConfig) -> bool {

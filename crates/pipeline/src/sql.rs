@@ -89,5 +89,9 @@ mod off {
         pub fn len(&self) -> usize {
             match *self {}
         }
+
+        pub fn is_empty(&self) -> bool {
+            match *self {}
+        }
     }
 }

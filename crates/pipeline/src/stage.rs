@@ -80,6 +80,9 @@ pub struct Stage {
     /// Test builds only: ids dropped without an outcome (simulated bug).
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,
+    /// Test builds only: ids that make the stage panic (simulated bug).
+    #[cfg(feature = "test-hooks")]
+    pub test_panic_ids: Option<regex::Regex>,
 }
 
 /// Topic a stage's dead letters are re-driven into (read by the stage like its input).
@@ -295,6 +298,14 @@ impl Stage {
                 .is_some_and(|re| re.is_match(&meta.id))
             {
                 continue; // simulated bug: no output, no outcome
+            }
+            #[cfg(feature = "test-hooks")]
+            if self
+                .test_panic_ids
+                .as_ref()
+                .is_some_and(|re| re.is_match(&meta.id))
+            {
+                panic!("test hook: event {} makes this stage panic", meta.id);
             }
             let fate = |outcome| Fate {
                 origin: meta.origin.clone(),

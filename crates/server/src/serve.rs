@@ -103,12 +103,12 @@ pub async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        tokio::spawn(hifi_pipeline::health::serving(async move {
             if let Err(e) = conn.await {
                 debug!(%peer, %e, "connection ended with an error");
             }
             drop(permit);
-        });
+        }));
     }
     drop(listener);
     tokio::select! {

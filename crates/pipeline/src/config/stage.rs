@@ -30,6 +30,10 @@ pub struct StageConfig {
     /// unknown and refused like any other.
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids_matching: Option<String>,
+    /// Test builds only: panic on an event whose id matches this regex — a simulated
+    /// bug, so tests can prove a node that dies is reported and stops the pipeline.
+    #[cfg(feature = "test-hooks")]
+    pub test_panic_ids_matching: Option<String>,
 }
 
 /// `window = { … }` of a SQL stage: tumbling event-time windows.
