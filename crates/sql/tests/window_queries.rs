@@ -136,3 +136,35 @@ async fn a_query_lineage_cannot_walk_still_runs_with_every_input_as_its_source()
     .await;
     assert_eq!(out.rows.len(), 6, "{out:?}");
 }
+
+#[tokio::test]
+async fn events_the_query_fails_on_are_found_among_many_and_the_rest_counted() {
+    // A CAST that fails on three ids out of 1 000, at the edges and inside.
+    let bad = [0usize, 517, 999];
+    let events: Vec<Value> = (0..1000)
+        .map(|i| {
+            let id = if bad.contains(&i) {
+                format!("x{i}")
+            } else {
+                i.to_string()
+            };
+            json!({"id": id, "amount": 1.0, "country": "DE"})
+        })
+        .collect();
+    let out = run(
+        "SELECT count(*) AS n, sum(CAST(id AS BIGINT)) AS ids FROM input",
+        &events,
+    )
+    .await;
+    let refused: Vec<usize> = out.refused.iter().map(|(i, _)| *i).collect();
+    assert_eq!(refused, bad, "{:?}", out.refused);
+    assert!(
+        out.refused[0].1.contains("Cannot cast"),
+        "{:?}",
+        out.refused[0]
+    );
+    let good: i64 = (0..1000i64).filter(|i| !bad.contains(&(*i as usize))).sum();
+    assert_eq!(out.rows.len(), 1);
+    assert_eq!(out.rows[0].value["n"], json!(997));
+    assert_eq!(out.rows[0].value["ids"], json!(good));
+}
