@@ -124,6 +124,10 @@ async fn the_adaptive_limit_follows_the_destinations_capacity_where_a_fixed_one_
     let mut sorted = adaptive.limits.clone();
     sorted.sort_unstable();
     let median = sorted[sorted.len() / 2];
+    eprintln!(
+        "adaptive limit median {median}; events turned away: adaptive {}, fixed 64 {}",
+        adaptive.turned_away, fixed.turned_away
+    );
     assert!(
         (2..=10).contains(&median),
         "the adaptive limit settles near the capacity (4 handled + 4 queued): median {median}, samples {:?}",

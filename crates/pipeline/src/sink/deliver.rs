@@ -219,8 +219,12 @@ impl Sink {
                     class
                 }
                 Lane::Recovering { .. } => {
-                    let _slot = acquire(&self.recovery_requests, 1, stop).await?;
-                    self.send(batch).await
+                    let _slot = self.recovery_slots.acquire(stop).await?;
+                    let sent = tokio::time::Instant::now();
+                    let class = self.send(batch).await;
+                    let backpressure = matches!(class, Class::Recoverable { .. });
+                    self.recovery_slots.record(sent.elapsed(), backpressure);
+                    class
                 }
             };
             if matches!(lane, Lane::Fast { .. }) && !matches!(class, Class::Success) {

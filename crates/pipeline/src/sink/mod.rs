@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ce_binary::{self, BinaryMessage};
-use crate::config::{SinkConfig, SinkFormat};
+use crate::config::{Concurrency, SinkConfig, SinkFormat};
 use crate::consumer::{retry_until_ok, sleep_or_cancel, start_position, Cursor, Read};
 use crate::delivery::{backoff, parse_retry_after, Breaker, Class, Classifier, Gate, RateLimit};
 use crate::event::{cloudevent_body, rfc3339_ms, EventMeta, Text};
@@ -179,8 +179,11 @@ pub struct Sink {
     /// public for its gauges.
     pub slots: Arc<Slots>,
     /// Request slots of the recovery lane (retries and splitting refused batches), apart
-    /// from the batcher's, so failing events never take slots from fresh ones.
-    recovery_requests: Arc<Semaphore>,
+    /// from the batcher's, so failing events never take slots from fresh ones. With an
+    /// adaptive `concurrency` they follow the destination too (a limit of their own):
+    /// retries at a fixed width would flood the destination that is turning requests
+    /// away, and keep the fast lane's limit at one.
+    recovery_slots: Arc<Slots>,
     /// Events in the recovery lane at once, `RECOVERING_PER_SLOT` full batches per
     /// request slot (bounds the memory taken while many batches fail).
     recovering_events: Arc<Semaphore>,
@@ -239,9 +242,13 @@ impl Sink {
                 tokio::time::Instant::now(),
             )),
             slots: Slots::new(cfg.concurrency, cfg.concurrency_max),
-            recovery_requests: Arc::new(Semaphore::new(
+            recovery_slots: Slots::new(
+                match cfg.concurrency {
+                    Concurrency::Fixed(n) => Concurrency::Fixed(n * RECOVERING_PER_SLOT),
+                    Concurrency::Adaptive => Concurrency::Adaptive,
+                },
                 cfg.concurrency_limit_max() * RECOVERING_PER_SLOT,
-            )),
+            ),
             recovering_events: Arc::new(Semaphore::new(
                 (cfg.concurrency_limit_max() * cfg.batch.max_events * RECOVERING_PER_SLOT)
                     .min(Semaphore::MAX_PERMITS)
