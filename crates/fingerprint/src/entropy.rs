@@ -138,7 +138,8 @@ impl Counts {
             };
         }
         if !self.sketch {
-            let bits = self.counts.values().map(|(c, _)| term(*c as f64, n)).sum();
+            let bits: f64 = self.counts.values().map(|(c, _)| term(*c as f64, n)).sum();
+            let bits = if bits > 0.0 { bits } else { 0.0 }; // never -0
             return Entropy {
                 bits,
                 exact: true,

@@ -184,6 +184,24 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("ack_timeout = \"0s\"\n{SOURCE}"),
         &["engine.ack_timeout", "more than zero"],
     );
+    check(
+        "fingerprint bucket of zero",
+        &format!("{SOURCE}fingerprint = {{ bucket = \"0s\" }}\n"),
+        &[
+            "sources.api.fingerprint",
+            "fingerprint.bucket must be between 1s and 7d",
+        ],
+    );
+    check(
+        "fingerprint unknown key",
+        &format!("{SOURCE}fingerprint = {{ entropie = [\"country\"] }}\n"),
+        &["unknown field `entropie`", "entropy"],
+    );
+    check(
+        "one topic fingerprinted twice",
+        &format!("{SOURCE}fingerprint = {{}}\n[sources.more]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nfingerprint = {{}}\n"),
+        &["fingerprinted by sources.api already"],
+    );
 }
 
 #[test]

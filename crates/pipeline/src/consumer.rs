@@ -87,6 +87,18 @@ impl<'a> Cursor<'a> {
         Some(Cursor::at(log, node, topic, partition, pos, limits))
     }
 
+    /// A reader from `pos`, for a node that keeps its own record of its positions.
+    pub fn from_position(
+        log: &'a dyn Log,
+        node: &'a str,
+        topic: &str,
+        partition: u32,
+        pos: u64,
+        limits: ReadLimits,
+    ) -> Cursor<'a> {
+        Cursor::at(log, node, topic, partition, pos, limits)
+    }
+
     /// What to say, after the loss, when retention deleted records under this reader.
     pub fn retention_hint(mut self, hint: &'static str) -> Self {
         self.retention_hint = hint;

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod durations;
 pub mod event;
 pub mod event_window;
+pub mod fingerprint;
 pub mod health;
 pub mod interpolate;
 pub mod json_limits;

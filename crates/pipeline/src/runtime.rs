@@ -242,6 +242,8 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     /// Autoscaling signals of the stages and sinks (`/v1/scale`).
     pub scale: Arc<crate::scale::Scale>,
+    /// Fingerprints of the topics written by nodes running here (`/v1/fingerprints`).
+    pub fingerprints: Vec<Arc<crate::fingerprint::Fingerprinter>>,
     /// Cancels stages and sinks.
     shutdown: CancellationToken,
     /// Stage and sink tasks.
@@ -461,6 +463,42 @@ impl Pipeline {
             .collect();
         let scale = Arc::new(crate::scale::Scale::new(cfg.scale.clone(), watched));
         tasks.spawn(scale.clone().run(ledger.clone(), shutdown.clone()));
+        let fingerprinted = cfg
+            .sources
+            .iter()
+            .filter(|(n, _)| only.runs("sources", n))
+            .map(|(n, s)| (format!("sources.{n}"), s.topic.get_ref(), &s.fingerprint))
+            .chain(
+                cfg.stages
+                    .iter()
+                    .filter(|(n, _)| only.runs("stages", n))
+                    .map(|(n, s)| (format!("stages.{n}"), s.output.get_ref(), &s.fingerprint)),
+            );
+        let mut fingerprints = Vec::new();
+        for (node, topic, f) in fingerprinted {
+            let Some(f) = f else { continue };
+            let fp = Arc::new(crate::fingerprint::Fingerprinter::new(
+                node.clone(),
+                topic.clone(),
+                f,
+                cfg.engine.record_bytes_max.0 as usize,
+                log.clone(),
+            ));
+            fp.prepare().await.map_err(|e| {
+                StartError::Config(format!("{node}: cannot create its fingerprint topic: {e}"))
+            })?;
+            let run = fp.clone().run(shutdown.clone());
+            supervise(
+                &mut tasks,
+                &health,
+                format!("{node}.fingerprint"),
+                async move {
+                    run.await;
+                    Ok(())
+                },
+            );
+            fingerprints.push(fp);
+        }
         Ok(Pipeline {
             topology,
             log,
@@ -470,6 +508,7 @@ impl Pipeline {
             ledger,
             health,
             scale,
+            fingerprints,
             shutdown,
             tasks,
         })

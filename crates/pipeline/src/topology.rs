@@ -54,6 +54,7 @@ impl Topology {
         }
         check_engine(loaded)?;
         crate::scale::check(loaded)?;
+        crate::fingerprint::check(loaded)?;
         let t = &cfg.telemetry;
         if let Some(url) = &t.otlp_endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -8,6 +8,7 @@
 //! | `GET /v1/loss?from=&to=&lost=` | loss tables per 1-minute bucket, newest first |
 //! | `GET /v1/stats` | counters per node, backlog (records, age of the oldest in event time) and breaker state |
 //! | `GET /v1/shadow?from=&to=` | each sink against its shadow (`[sinks.X] shadow`): events both destinations acknowledged, only one, per bucket — see [`crate::shadow`] |
+//! | `GET /v1/fingerprints?node=&from=&to=` | summary statistics of fingerprinted topics per event-time bucket (counts, nulls, distinct values, number ranges, entropy) — see [`crate::fingerprints`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
@@ -62,6 +63,8 @@ pub struct AdminState {
     pub pii: Arc<hifi_pipeline::pii::Policy>,
     /// Autoscaling signals (`/v1/scale`).
     pub scale: Arc<hifi_pipeline::scale::Scale>,
+    /// Fingerprinted topics (`/v1/fingerprints`).
+    pub fingerprints: Vec<Arc<hifi_pipeline::fingerprint::Fingerprinter>>,
     /// Tokens for the routes that change state (`[admin.auth]`).
     pub tokens: Option<Tokens>,
     /// Whether the admin API listens on a loopback address only (then the routes that
@@ -90,6 +93,7 @@ impl AdminState {
             lineage: Arc::new(p.topology.lineage.clone()),
             pii: Arc::new(p.topology.pii.clone()),
             scale: p.scale.clone(),
+            fingerprints: p.fingerprints.clone(),
             tokens: None,
             loopback: true,
         }
@@ -107,6 +111,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/scale", get(crate::scale::scale))
         .route("/v1/shadow", get(crate::shadow::shadow))
+        .route("/v1/fingerprints", get(crate::fingerprints::fingerprints))
         .route("/v1/lineage", get(lineage))
         .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))

@@ -16,11 +16,13 @@ use toml::Spanned;
 
 use crate::units::{Dur, Size};
 
+mod fingerprint;
 mod load;
 mod sink;
 mod source;
 mod stage;
 
+pub use fingerprint::*;
 pub use load::{ConfigError, LoadedConfig};
 pub use sink::*;
 pub use source::*;

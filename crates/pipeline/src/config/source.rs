@@ -43,6 +43,9 @@ pub struct SourceConfig {
     /// them (`allow_pii`). Default none.
     #[serde(default)]
     pub pii: Vec<String>,
+    /// Summary statistics of its topic per event-time bucket (`GET /v1/fingerprints`),
+    /// e.g. `fingerprint = { entropy = ["country"] }`.
+    pub fingerprint: Option<FingerprintConfig>,
     /// The CloudEvents `type` given to plain JSON events. Default `"hifi.event"`.
     #[serde(default = "default_event_type")]
     pub event_type: String,

@@ -21,6 +21,9 @@ pub struct StageConfig {
     /// Run `sql` once per closed event-time window over that window's events, e.g.
     /// `window = { size = "1m", allowed_lateness = "30s" }` (a window stage).
     pub window: Option<Spanned<WindowConfig>>,
+    /// Summary statistics of the output topic per event-time bucket
+    /// (`GET /v1/fingerprints`), e.g. `fingerprint = { entropy = ["country"] }`.
+    pub fingerprint: Option<FingerprintConfig>,
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,

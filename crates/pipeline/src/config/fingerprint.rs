@@ -1,0 +1,86 @@
+//! `[sources.X.fingerprint]` and `[stages.X.fingerprint]`: summary statistics of the
+//! topic a node writes, per event-time bucket (`crate::fingerprint`).
+
+use super::*;
+
+/// What to fingerprint of a node's output topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintConfig {
+    /// Event-time bucket length (buckets start at multiples of it since the epoch).
+    /// Default `"1h"`.
+    #[serde(default = "default_bucket")]
+    pub bucket: Dur,
+    /// Fields whose Shannon entropy is computed (top-level names), e.g.
+    /// `["country", "user_agent"]`. Default none.
+    #[serde(default)]
+    pub entropy: Vec<String>,
+    /// Most fields tracked per bucket (the first seen). Default 32.
+    #[serde(default = "default_fields_max")]
+    pub fields_max: usize,
+    /// Buckets further than this behind the newest are dropped (memory; an event for
+    /// one is counted as too old). Default `"2d"`.
+    #[serde(default = "default_keep")]
+    pub keep: Dur,
+    /// How often the figures are made durable (with the position they reflect); a
+    /// crash re-reads at most this much of the topic. Default `"10s"`.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: Dur,
+}
+
+fn default_bucket() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+
+fn default_fields_max() -> usize {
+    32
+}
+
+fn default_keep() -> Dur {
+    Dur(Duration::from_secs(2 * 86_400))
+}
+
+fn default_checkpoint_every() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Most fields per bucket and entropy fields (memory and checkpoint size).
+pub const FINGERPRINT_FIELDS_MAX: usize = 256;
+pub const FINGERPRINT_ENTROPY_MAX: usize = 16;
+
+impl FingerprintConfig {
+    /// What is wrong with it, if anything (for `hifi validate`).
+    pub fn problem(&self) -> Option<String> {
+        let (bucket, keep) = (self.bucket.0, self.keep.0);
+        if bucket < Duration::from_secs(1) || bucket > Duration::from_secs(7 * 86_400) {
+            return Some(format!(
+                "fingerprint.bucket must be between 1s and 7d, not {}",
+                humantime::format_duration(bucket)
+            ));
+        }
+        if keep < bucket || keep.as_secs() / bucket.as_secs().max(1) > 10_000 {
+            return Some(
+                "fingerprint.keep must be at least one bucket and at most 10 000 buckets"
+                    .to_owned(),
+            );
+        }
+        if self.fields_max == 0 || self.fields_max > FINGERPRINT_FIELDS_MAX {
+            return Some(format!(
+                "fingerprint.fields_max must be between 1 and {FINGERPRINT_FIELDS_MAX}"
+            ));
+        }
+        if self.entropy.len() > FINGERPRINT_ENTROPY_MAX {
+            return Some(format!(
+                "fingerprint.entropy names at most {FINGERPRINT_ENTROPY_MAX} fields"
+            ));
+        }
+        if let Some(e) = self.entropy.iter().find(|e| e.is_empty()) {
+            return Some(format!("fingerprint.entropy has an empty field name {e:?}"));
+        }
+        let every = self.checkpoint_every.0;
+        if every < Duration::from_secs(1) || every > Duration::from_secs(3600) {
+            return Some("fingerprint.checkpoint_every must be between 1s and 1h".to_owned());
+        }
+        None
+    }
+}

@@ -1,0 +1,89 @@
+//! `GET /v1/fingerprints?node=&from=&to=`: the summary statistics of the topics that
+//! nodes fingerprint (`[sources.X.fingerprint]`, `[stages.X.fingerprint]`), per
+//! event-time bucket: events, per field nulls, null rate, distinct values (estimated),
+//! numeric count, min, max and mean, and entropy for the fields asked (exact, or an
+//! estimate with bounds). Without `node`: every fingerprinted node. The default range
+//! is the last day.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admin::AdminState;
+
+/// `node` (`sources.X` or `stages.X`), `from` and `to` (RFC 3339 or epoch ms).
+#[derive(Debug, Deserialize)]
+pub struct FingerprintQuery {
+    node: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Answers `GET /v1/fingerprints`.
+pub async fn fingerprints(
+    State(s): State<Arc<AdminState>>,
+    Query(q): Query<FingerprintQuery>,
+) -> Response {
+    let day_ago = (s.ledger.clock().now_ms() - 86_400_000).to_string();
+    let from = q.from.as_deref().unwrap_or(&day_ago);
+    let (from, to) = match crate::admin::range(&s, Some(from), q.to.as_deref()) {
+        Ok(r) => r,
+        Err(why) => return crate::admin::bad_request(&why),
+    };
+    let chosen: Vec<_> = s
+        .fingerprints
+        .iter()
+        .filter(|f| q.node.as_deref().is_none_or(|n| n == f.node))
+        .collect();
+    if let (Some(node), true) = (&q.node, chosen.is_empty()) {
+        let known: Vec<&str> = s.fingerprints.iter().map(|f| f.node.as_str()).collect();
+        return crate::ingest::error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "{node:?} is not a fingerprinted node running here ({})",
+                if known.is_empty() {
+                    "none is: add [sources.X.fingerprint] or [stages.X.fingerprint]".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            json!({}),
+        );
+    }
+    let nodes: Vec<_> = chosen
+        .iter()
+        .map(|f| {
+            let r = f.report(from, to);
+            let buckets: Vec<_> = r
+                .buckets
+                .iter()
+                .map(|(start, sum)| {
+                    json!({
+                        "start": hifi_pipeline::event::rfc3339_ms(*start),
+                        "start_ms": start,
+                        "end_ms": start + r.bucket_ms,
+                        "count": sum.count,
+                        "not_objects": sum.not_objects,
+                        "untracked": sum.untracked,
+                        "fields": sum.fields,
+                    })
+                })
+                .collect();
+            json!({
+                "node": r.node,
+                "topic": r.topic,
+                "bucket_ms": r.bucket_ms,
+                "entropy_fields": r.entropy_fields,
+                "read_to": r.read_to,
+                "too_old": r.too_old,
+                "buckets": buckets,
+            })
+        })
+        .collect();
+    Json(json!({"from_ms": from, "to_ms": to, "nodes": nodes})).into_response()
+}
