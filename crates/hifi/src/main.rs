@@ -27,6 +27,7 @@ pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
 
 mod chaos;
 mod demo;
+mod fingerprint_cmd;
 mod lineage_cmd;
 mod loadtest;
 mod log_bench;
@@ -105,6 +106,10 @@ enum Command {
     /// Dead letters of a running instance's sink: list, show, re-drive.
     #[command(subcommand)]
     Dlq(ops::DlqCommand),
+    /// Fingerprints of a running instance's topics: a node's figures per bucket, or two
+    /// nodes compared (`diff`).
+    #[command(subcommand)]
+    Fingerprint(fingerprint_cmd::FingerprintCommand),
     /// Lag per node of a running instance (admin API).
     Lag(ops::Admin),
     /// Loss tables per minute of a running instance (exit 1 if a settled bucket lost events).
@@ -184,6 +189,7 @@ fn main() -> std::process::ExitCode {
             Command::Scale(args) => scale_cmd::run(args).await,
             Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Lag(admin) => ops::lag(admin).await,
+            Command::Fingerprint(cmd) => fingerprint_cmd::run(cmd).await,
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,

@@ -26,6 +26,11 @@ async fn get(admin: &Admin, path: &str) -> Result<Value> {
     answer(&url, reqwest::get(&url).await).await
 }
 
+/// GET of an admin API URL, as JSON (errors say what went wrong).
+pub(crate) async fn get_url(url: &str) -> Result<Value> {
+    answer(url, reqwest::get(url).await).await
+}
+
 async fn post(admin: &Admin, path: &str, body: &Value) -> Result<Value> {
     let url = format!("http://{}{path}", admin.admin);
     let mut req = reqwest::Client::new().post(&url).json(body);

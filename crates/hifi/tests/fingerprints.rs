@@ -146,6 +146,45 @@ async fn figures_per_bucket_are_exact_for_a_source_and_a_stage() {
     assert_eq!(b[1]["count"], 1);
     assert_eq!(b[1]["fields"]["amount"], Value::Null, "{big}");
 
+    // The command line: a node's figures, and two nodes compared.
+    let hifi = |args: &[&str]| {
+        let out = std::process::Command::new(HIFI)
+            .args(args)
+            .args([
+                "--admin",
+                &admin.to_string(),
+                "--from",
+                &(t0 - 60_000).to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = off_workers(|| hifi(&["fingerprint", "show", "sources.api"]));
+    assert!(shown.contains("8 events"), "{shown}");
+    assert!(shown.contains("entropy 1.5000 bits"), "{shown}");
+    let diff =
+        off_workers(|| hifi(&["fingerprint", "diff", "sources.api", "stages.big", "--json"]));
+    let diff: Value = serde_json::from_str(&diff).unwrap();
+    let row = |metric: &str| {
+        diff["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"] == metric && r["bucket"] == b[0]["start"])
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        (row("count")["a"].as_f64(), row("count")["b"].as_f64()),
+        (Some(8.0), Some(7.0))
+    );
+    assert_eq!(row("count")["change"], -0.125);
+    assert_eq!(row("amount.min")["b"], 10.0);
+    let table = off_workers(|| hifi(&["fingerprint", "diff", "sources.api", "stages.big"]));
+    assert!(table.contains("-12.5 %"), "{table}");
+
     // Every fingerprinted node, and the errors.
     let all = get_json(&format!(
         "http://{admin}/v1/fingerprints?from={}",
