@@ -165,6 +165,58 @@ pub async fn run(cmd: FingerprintCommand) -> Result<ExitCode> {
     }
 }
 
+/// `hifi signals`: the newest bucket signals.
+#[derive(Debug, Args)]
+pub struct SignalsArgs {
+    /// Only `complete` or `updated` signals.
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// How many, newest last.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Admin address of the running instance.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin: String,
+    /// Print JSON instead of a line per signal.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn signals(args: SignalsArgs) -> Result<ExitCode> {
+    let SignalsArgs {
+        kind,
+        limit,
+        admin,
+        json,
+    } = args;
+    let mut params = vec![("limit", limit.to_string())];
+    params.extend(kind.map(|k| ("type", k)));
+    let url = reqwest::Url::parse_with_params(&format!("http://{admin}/v1/signals"), params)
+        .with_context(|| format!("{admin:?} is not an address"))?;
+    let v = crate::ops::get_url(url.as_str()).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in v["signals"].as_array().into_iter().flatten() {
+        let d = &s["data"];
+        let what = match s["type"].as_str() {
+            Some("hifi.bucket.updated") => format!(
+                "updated: {} late events, {} in all",
+                d["late_events"], d["count"]
+            ),
+            _ => format!("complete: {} events", d["count"]),
+        };
+        outln!(
+            "{}  {}  {}  {what}",
+            s["time"].as_str().unwrap_or(""),
+            d["node"].as_str().unwrap_or(""),
+            s["subject"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn fetch(admin: &str, node: &str, range: &Range) -> Result<Value> {
     let mut params = vec![("node", node.to_owned())];
     params.extend(range.from.clone().map(|f| ("from", f)));

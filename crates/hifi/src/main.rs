@@ -110,6 +110,9 @@ enum Command {
     /// nodes compared (`diff`).
     #[command(subcommand)]
     Fingerprint(fingerprint_cmd::FingerprintCommand),
+    /// The newest signals that buckets of fingerprinted topics are complete, or were
+    /// changed by late events.
+    Signals(fingerprint_cmd::SignalsArgs),
     /// Lag per node of a running instance (admin API).
     Lag(ops::Admin),
     /// Loss tables per minute of a running instance (exit 1 if a settled bucket lost events).
@@ -190,6 +193,7 @@ fn main() -> std::process::ExitCode {
             Command::Loadtest(args) => loadtest::run(*args).await,
             Command::Lag(admin) => ops::lag(admin).await,
             Command::Fingerprint(cmd) => fingerprint_cmd::run(cmd).await,
+            Command::Signals(args) => fingerprint_cmd::signals(args).await,
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,

@@ -283,3 +283,108 @@ async fn a_sigkill_neither_double_counts_nor_misses_an_event() {
     );
     proc.sigterm(Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
+    let dir = test_dir();
+    let record = dir.path().join("webhook.jsonl");
+    let webhook = run_receiver(dir.path(), "127.0.0.1:0", &record);
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [ledger]\nsettle_after = \"1s\"\n\
+             [signals]\nwebhook = \"http://{}/signals\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             fingerprint = {{ bucket = \"1m\", lateness = \"0s\", checkpoint_every = \"1s\" }}\n",
+            webhook.addr("receiver")
+        ),
+    )
+    .unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let (ingest, admin) = (proc.addr("source api"), proc.addr("admin"));
+    let t0 = t0();
+    let post = |events: Value| {
+        let url = format!("http://{ingest}/v1/events");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&events)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    // Five events in the bucket of t0, and one now: event time is past its end.
+    post(json!((0..5)
+        .map(|i| json!({"id": format!("a{i}"), "ts": t0 + i}))
+        .collect::<Vec<_>>()))
+    .await;
+    post(json!([{"id": "now", "ts": t0 + 600_000}])).await;
+    let signals = |kind: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = get_json(&format!("http://{admin}/v1/signals?type={kind}")).await;
+            let list = v["signals"].as_array().unwrap().clone();
+            if !list.is_empty() {
+                return list;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {kind} signal");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let complete = signals("complete").await;
+    assert_eq!(
+        complete.len(),
+        1,
+        "only the bucket of t0 is complete: {complete:?}"
+    );
+    let c = &complete[0];
+    assert_eq!(c["type"], "hifi.bucket.complete");
+    assert_eq!(c["specversion"], "1.0");
+    assert_eq!(c["source"], "hifi/sources.api");
+    assert_eq!(c["id"], format!("orders/{t0}/complete"));
+    assert_eq!(
+        (
+            c["data"]["count"].as_u64(),
+            c["data"]["bucket_start_ms"].as_i64()
+        ),
+        (Some(5), Some(t0))
+    );
+    assert_eq!(c["data"]["fingerprint"]["count"], 5);
+
+    // A late event into the complete bucket.
+    post(json!([{"id": "late", "ts": t0 + 30_000}])).await;
+    let updated = signals("updated").await;
+    let u = &updated[0];
+    assert_eq!(u["id"], format!("orders/{t0}/updated/6"));
+    assert_eq!(u["data"]["late_events"], 1);
+    assert_eq!(u["data"]["before"]["count"], 5);
+    assert_eq!(u["data"]["after"]["count"], 6);
+
+    // Both reached the webhook, as CloudEvents.
+    let got = off_workers(|| {
+        wait_until(Duration::from_secs(20), || {
+            let ids = received_ids(&record);
+            ids.contains_key(&format!("orders/{t0}/complete"))
+                && ids.contains_key(&format!("orders/{t0}/updated/6"))
+        })
+    });
+    assert!(got, "webhook got {:?}", received_ids(&record));
+    let out = off_workers(|| {
+        std::process::Command::new(HIFI)
+            .args(["signals", "--admin", &admin.to_string()])
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("complete: 5 events") && text.contains("updated: 1 late events, 6 in all"),
+        "{text}"
+    );
+    proc.sigterm(Duration::from_secs(20));
+    webhook.sigterm(Duration::from_secs(10));
+}

@@ -21,6 +21,14 @@ impl Ledger {
         out.into_values().rev().collect()
     }
 
+    /// Whether every bucket starting in `[from_ms, to_ms)` has settled (or saw nothing):
+    /// its events' outcomes are final.
+    pub fn settled_between(&self, from_ms: i64, to_ms: i64) -> bool {
+        let (from, to) = (from_ms.div_euclid(60_000), to_ms.div_euclid(60_000));
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        from >= to || st.open.range(from..to).next().is_none()
+    }
+
     /// Open buckets and settled tables held in memory.
     pub fn bucket_counts(&self) -> (usize, usize) {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());

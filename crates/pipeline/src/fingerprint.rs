@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hifi_fingerprint::{Bucket, Settings, Summary};
+use hifi_ledger::Ledger;
 use hifi_log::{Log, LogError, ReadLimits, Record, Retention, StoredRecord, TopicSpec};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -33,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::config::FingerprintConfig;
 use crate::consumer::{retry_until_ok, Cursor};
 use crate::event::{EventFormat, EventMeta};
+use crate::signals::{bucket_signal, Signals};
 
 /// The topic of a fingerprinted topic's checkpoints.
 pub fn checkpoint_topic(topic: &str) -> String {
@@ -57,9 +59,12 @@ pub struct Fingerprinter {
     pub entropy: Vec<String>,
     settings: Settings,
     keep_ms: i64,
+    lateness_ms: i64,
     every: Duration,
     record_bytes_max: usize,
     log: Arc<dyn Log>,
+    /// Where bucket signals go, and the ledger saying when a bucket's events settled.
+    signals: Option<(Arc<Signals>, Option<Arc<Ledger>>)>,
     state: Mutex<State>,
 }
 
@@ -70,6 +75,10 @@ struct State {
     /// Per partition: the next offset to read (everything before is counted).
     read_to: Vec<u64>,
     too_old: u64,
+    /// The largest event time read.
+    max_time_ms: i64,
+    /// Complete buckets, with their figures as last signalled.
+    completed: BTreeMap<i64, Summary>,
     /// Where the last complete snapshot starts in the checkpoint topic.
     replay_from: u64,
     snapshot_bytes: u64,
@@ -91,6 +100,10 @@ struct Part {
     replay_from: u64,
     read_to: Vec<u64>,
     too_old: u64,
+    #[serde(default)]
+    max_time_ms: i64,
+    #[serde(default)]
+    completed: BTreeMap<i64, Summary>,
     buckets: Vec<(i64, Bucket)>,
 }
 
@@ -116,6 +129,7 @@ impl Fingerprinter {
         cfg: &FingerprintConfig,
         record_bytes_max: usize,
         log: Arc<dyn Log>,
+        signals: Option<(Arc<Signals>, Option<Arc<Ledger>>)>,
     ) -> Fingerprinter {
         Fingerprinter {
             node,
@@ -127,9 +141,11 @@ impl Fingerprinter {
                 entropy: cfg.entropy.clone(),
             },
             keep_ms: cfg.keep.0.as_millis() as i64,
+            lateness_ms: cfg.lateness.0.as_millis() as i64,
             every: cfg.checkpoint_every.0,
             record_bytes_max,
             log,
+            signals,
             state: Mutex::new(State::default()),
         }
     }
@@ -219,6 +235,10 @@ impl Fingerprinter {
                         None => break,
                     },
                     _ = tick.tick() => {
+                        if let Err(e) = self.signal().await {
+                            error!(node, topic, %e, "cannot write bucket signals; retrying at the next checkpoint");
+                            continue;
+                        }
                         if let Err(e) = self.checkpoint().await {
                             error!(node, topic, %e, "cannot write its fingerprint checkpoint; retrying at the next");
                         }
@@ -238,6 +258,7 @@ impl Fingerprinter {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for r in batch {
             let meta = EventMeta::of(&self.topic, p, r);
+            st.max_time_ms = st.max_time_ms.max(meta.time_ms);
             let bucket = meta.time_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
             let newest = st.buckets.last_key_value().map_or(bucket, |(b, _)| *b);
             if bucket < newest - self.keep_ms {
@@ -258,11 +279,74 @@ impl Fingerprinter {
                 let keep_from = bucket - self.keep_ms;
                 st.buckets = st.buckets.split_off(&keep_from);
                 st.dirty = st.dirty.split_off(&keep_from);
+                st.completed = st.completed.split_off(&keep_from);
             }
         }
         if let Some(last) = batch.last() {
             st.read_to[p as usize] = last.offset + 1;
         }
+    }
+
+    /// Signals the buckets that became complete (the largest event time read is past
+    /// their end by `lateness`, and the ledger settled their events) and the complete
+    /// ones that late events changed since their last signal; remembered with the next
+    /// checkpoint (a crash in between sends them again, with the same ids).
+    async fn signal(&self) -> Result<(), LogError> {
+        let Some((signals, ledger)) = &self.signals else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        let mut marks = Vec::new();
+        {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let watermark = st.max_time_ms - self.lateness_ms;
+            for (start, b) in &st.buckets {
+                let end = start + self.bucket_ms;
+                let after = b.summary();
+                let subject = format!("{}/{}", self.topic, crate::event::rfc3339_ms(*start));
+                let mut data = serde_json::json!({
+                    "node": self.node, "topic": self.topic,
+                    "bucket_start": crate::event::rfc3339_ms(*start),
+                    "bucket_start_ms": start, "bucket_end_ms": end, "count": after.count,
+                });
+                match st.completed.get(start) {
+                    None => {
+                        // A bucket shorter than the ledger's minute waits for the
+                        // minute holding it.
+                        let minute_end = (end + 59_999).div_euclid(60_000) * 60_000;
+                        if end > watermark
+                            || ledger
+                                .as_ref()
+                                .is_some_and(|l| !l.settled_between(*start, minute_end))
+                        {
+                            continue;
+                        }
+                        data["fingerprint"] = serde_json::to_value(&after).unwrap_or_default();
+                        let id = format!("{}/{start}/complete", self.topic);
+                        out.push(bucket_signal(&self.node, "complete", id, subject, data));
+                    }
+                    Some(before) if before.count != after.count => {
+                        data["late_events"] = (after.count - before.count.min(after.count)).into();
+                        data["before"] = serde_json::to_value(before).unwrap_or_default();
+                        data["after"] = serde_json::to_value(&after).unwrap_or_default();
+                        let id = format!("{}/{start}/updated/{}", self.topic, after.count);
+                        out.push(bucket_signal(&self.node, "updated", id, subject, data));
+                    }
+                    Some(_) => continue,
+                }
+                marks.push((*start, after));
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        signals.emit(out).await?;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (start, after) in marks {
+            st.completed.insert(start, after);
+            st.dirty.insert(start); // so the next checkpoint is written
+        }
+        Ok(())
     }
 
     /// Makes the figures durable with the positions they reflect, if they moved.
@@ -394,6 +478,8 @@ impl Fingerprinter {
                     }
                     st.read_to = p.read_to;
                     st.too_old = p.too_old;
+                    st.max_time_ms = p.max_time_ms;
+                    st.completed = p.completed;
                     st.buckets.extend(p.buckets);
                 }
             })
@@ -409,6 +495,7 @@ impl Fingerprinter {
         }
         if let Some(newest) = st.buckets.last_key_value().map(|(b, _)| *b) {
             st.buckets = st.buckets.split_off(&(newest - self.keep_ms));
+            st.completed = st.completed.split_off(&(newest - self.keep_ms));
         }
         info!(node = %self.node, topic = %self.topic, buckets = st.buckets.len(),
             read_to = ?starts, "fingerprints loaded");
@@ -433,6 +520,8 @@ fn encode_part(
         replay_from: st.replay_from,
         read_to: st.read_to.clone(),
         too_old: st.too_old,
+        max_time_ms: st.max_time_ms,
+        completed: st.completed.clone(),
         buckets,
     };
     let json = serde_json::to_vec(&p).map_err(|e| LogError::Invalid(e.to_string()))?;
@@ -462,6 +551,14 @@ fn cloudevent_data(value: &[u8]) -> Vec<u8> {
 /// Refuses fingerprint settings that are wrong, and two nodes fingerprinting one topic.
 pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::ConfigError> {
     let cfg = &loaded.config;
+    if let Some(url) = &cfg.signals.webhook {
+        if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+            return Err(loaded.error(
+                "signals.webhook",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
     let mut by_topic: BTreeMap<&str, String> = BTreeMap::new();
     let nodes = cfg
         .sources

@@ -33,6 +33,7 @@ pub mod retry;
 pub mod runtime;
 pub mod scale;
 pub mod schemas;
+pub mod signals;
 pub mod sink;
 pub mod source;
 pub mod sql;

@@ -475,14 +475,29 @@ impl Pipeline {
                     .map(|(n, s)| (format!("stages.{n}"), s.output.get_ref(), &s.fingerprint)),
             );
         let mut fingerprints = Vec::new();
+        let mut signals = None;
         for (node, topic, f) in fingerprinted {
             let Some(f) = f else { continue };
+            if signals.is_none() {
+                let s = crate::signals::Signals::start(
+                    log.clone(),
+                    cfg.signals.webhook.clone(),
+                    shutdown.clone(),
+                    &mut tasks,
+                );
+                s.prepare().await.map_err(|e| {
+                    StartError::Config(format!("cannot create the signals topic: {e}"))
+                })?;
+                signals = Some(s);
+            }
+            let ledger = ledger_enabled(loaded).then(|| ledger.clone());
             let fp = Arc::new(crate::fingerprint::Fingerprinter::new(
                 node.clone(),
                 topic.clone(),
                 f,
                 cfg.engine.record_bytes_max.0 as usize,
                 log.clone(),
+                signals.clone().map(|s| (s, ledger)),
             ));
             fp.prepare().await.map_err(|e| {
                 StartError::Config(format!("{node}: cannot create its fingerprint topic: {e}"))

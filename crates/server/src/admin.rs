@@ -9,6 +9,7 @@
 //! | `GET /v1/stats` | counters per node, backlog (records, age of the oldest in event time) and breaker state |
 //! | `GET /v1/shadow?from=&to=` | each sink against its shadow (`[sinks.X] shadow`): events both destinations acknowledged, only one, per bucket — see [`crate::shadow`] |
 //! | `GET /v1/fingerprints?node=&from=&to=` | summary statistics of fingerprinted topics per event-time bucket (counts, nulls, distinct values, number ranges, entropy) — see [`crate::fingerprints`] |
+//! | `GET /v1/signals?type=&limit=` | the newest bucket signals (`hifi.bucket.complete`, `hifi.bucket.updated`) as CloudEvents — see [`crate::fingerprints`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
@@ -112,6 +113,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/scale", get(crate::scale::scale))
         .route("/v1/shadow", get(crate::shadow::shadow))
         .route("/v1/fingerprints", get(crate::fingerprints::fingerprints))
+        .route("/v1/signals", get(crate::fingerprints::signals))
         .route("/v1/lineage", get(lineage))
         .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))

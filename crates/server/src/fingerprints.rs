@@ -4,6 +4,9 @@
 //! numeric count, min, max and mean, and entropy for the fields asked (exact, or an
 //! estimate with bounds). Without `node`: every fingerprinted node. The default range
 //! is the last day.
+//!
+//! `GET /v1/signals?type=&limit=`: the newest signals that buckets of fingerprinted
+//! topics are complete or were updated by late events (`hifi_pipeline::signals`).
 
 use std::sync::Arc;
 
@@ -86,4 +89,30 @@ pub async fn fingerprints(
         })
         .collect();
     Json(json!({"from_ms": from, "to_ms": to, "nodes": nodes})).into_response()
+}
+
+/// `type` (`complete`, `updated`, or a full type) and `limit` (default 100, at most
+/// 10 000).
+#[derive(Debug, Deserialize)]
+pub struct SignalsQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Answers `GET /v1/signals`: the newest signals of `__signals`, oldest first.
+pub async fn signals(State(s): State<Arc<AdminState>>, Query(q): Query<SignalsQuery>) -> Response {
+    let kind = q.kind.map(|k| match k.as_str() {
+        "complete" | "updated" => format!("hifi.bucket.{k}"),
+        _ => k,
+    });
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    match hifi_pipeline::signals::recent(s.log.as_ref(), kind.as_deref(), limit).await {
+        Ok(v) => Json(json!({"signals": v})).into_response(),
+        Err(e) => crate::ingest::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot read the signals: {e}"),
+            json!({}),
+        ),
+    }
 }

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// `[signals]`: bucket signals (`hifi.bucket.complete`, `hifi.bucket.updated`) of
+/// fingerprinted topics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// Each signal is also POSTed here as a structured CloudEvent. Default none.
+    pub webhook: Option<String>,
+}
+
 /// What to fingerprint of a node's output topic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +31,11 @@ pub struct FingerprintConfig {
     /// one is counted as too old). Default `"2d"`.
     #[serde(default = "default_keep")]
     pub keep: Dur,
+    /// A bucket is complete (signal `hifi.bucket.complete`) once the largest event
+    /// time read is this far past its end and the ledger settled its events. Default
+    /// `"1m"`.
+    #[serde(default = "default_lateness")]
+    pub lateness: Dur,
     /// How often the figures are made durable (with the position they reflect); a
     /// crash re-reads at most this much of the topic. Default `"10s"`.
     #[serde(default = "default_checkpoint_every")]
@@ -30,6 +44,10 @@ pub struct FingerprintConfig {
 
 fn default_bucket() -> Dur {
     Dur(Duration::from_secs(3600))
+}
+
+fn default_lateness() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 fn default_fields_max() -> usize {

@@ -65,6 +65,9 @@ pub struct PipelineConfig {
     /// Autoscaling signals (`GET /v1/scale`).
     #[serde(default)]
     pub scale: ScaleConfig,
+    /// `[signals]`: where bucket signals go besides `__signals`.
+    #[serde(default)]
+    pub signals: SignalsConfig,
 }
 
 /// `[scale]`: how the recommended replica count of each stage and sink is worked out
