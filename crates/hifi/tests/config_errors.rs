@@ -202,6 +202,26 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &format!("{SOURCE}fingerprint = {{}}\n[sources.more]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nfingerprint = {{}}\n"),
         &["fingerprinted by sources.api already"],
     );
+    check(
+        "audits without a fingerprint",
+        &format!("{SOURCE}[[sources.api.audits]]\ncheck = \"v.count > 0\"\n"),
+        &["sources.api.audits", "add `fingerprint = {}`"],
+    );
+    check(
+        "a blocking audit",
+        &format!("{SOURCE}fingerprint = {{}}\n[[sources.api.audits]]\ncheck = \"v.count > 0\"\nblocking = true\n"),
+        &["sources.api.audits[0].blocking", "stage versions"],
+    );
+    check(
+        "an audit of a source naming input",
+        &format!("{SOURCE}fingerprint = {{}}\n[[sources.api.audits]]\ncheck = \"v.count == input.count\"\n"),
+        &["sources.api.audits[0].check", "`input` is for stages"],
+    );
+    check(
+        "an audit that is not CEL",
+        &format!("{SOURCE}fingerprint = {{}}\n[[sources.api.audits]]\ncheck = \"v.count >\"\n"),
+        &["sources.api.audits[0].check", "does not parse as CEL"],
+    );
 }
 
 #[test]

@@ -298,7 +298,13 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
              [ledger]\nsettle_after = \"1s\"\n\
              [signals]\nwebhook = \"http://{}/signals\"\n\
              [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
-             fingerprint = {{ bucket = \"1m\", lateness = \"0s\", checkpoint_every = \"1s\" }}\n",
+             fingerprint = {{ bucket = \"1m\", lateness = \"0s\", checkpoint_every = \"1s\" }}\n\
+             [[sources.api.audits]]\nname = \"emails\"\ncheck = \"v.null_rate.email < 0.5\"\n\
+             [[sources.api.audits]]\ncheck = \"v.count >= 5\"\n\
+             [stages.copy]\ninput = \"orders\"\noutput = \"copied\"\n\
+             fingerprint = {{ bucket = \"1m\", lateness = \"0s\", checkpoint_every = \"1s\" }}\n\
+             [[stages.copy.audits]]\nname = \"all copied\"\ncheck = \"v.count == input.count\"\n\
+             [[stages.copy.audits]]\nname = \"more than in\"\ncheck = \"v.count > input.count\"\n",
             webhook.addr("receiver")
         ),
     )
@@ -337,12 +343,10 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
         }
     };
     let complete = signals("complete").await;
-    assert_eq!(
-        complete.len(),
-        1,
-        "only the bucket of t0 is complete: {complete:?}"
-    );
-    let c = &complete[0];
+    let c = complete
+        .iter()
+        .find(|c| c["source"] == "hifi/sources.api")
+        .unwrap();
     assert_eq!(c["type"], "hifi.bucket.complete");
     assert_eq!(c["specversion"], "1.0");
     assert_eq!(c["source"], "hifi/sources.api");
@@ -355,11 +359,94 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
         (Some(5), Some(t0))
     );
     assert_eq!(c["data"]["fingerprint"]["count"], 5);
+    // Its audits: no email at all (the check cannot be decided: failed), 5 events.
+    let verdicts = c["data"]["audits"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2);
+    assert_eq!(
+        (
+            verdicts[0]["audit"].as_str(),
+            verdicts[0]["passed"].as_bool()
+        ),
+        (Some("emails"), Some(false))
+    );
+    assert!(verdicts[0]["error"].is_string(), "{verdicts:?}");
+    assert_eq!(
+        (
+            verdicts[1]["audit"].as_str(),
+            verdicts[1]["passed"].as_bool()
+        ),
+        (Some("audits[1]"), Some(true))
+    );
+    // The stage's bucket completes after its input's; its audits compare with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stage = loop {
+        let all = signals("complete").await;
+        if let Some(s) = all.iter().find(|c| c["source"] == "hifi/stages.copy") {
+            break s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage's bucket never completed: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let passed: Vec<_> = stage["data"]["audits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["audit"].as_str().unwrap().to_owned(),
+                v["passed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            ("all copied".to_owned(), true),
+            ("more than in".to_owned(), false)
+        ]
+    );
+    let failed = get_json(&format!("http://{admin}/v1/signals?type=hifi.audit.failed")).await;
+    let failed = failed["signals"].as_array().unwrap();
+    let ids: Vec<&str> = failed.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert!(
+        ids.contains(&format!("orders/{t0}/audit/emails/5").as_str()),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&format!("copied/{t0}/audit/more than in/5").as_str()),
+        "{ids:?}"
+    );
+    let f = failed
+        .iter()
+        .find(|f| f["data"]["audit"] == "more than in")
+        .unwrap();
+    assert_eq!(
+        (
+            f["data"]["v"]["count"].as_u64(),
+            f["data"]["input"]["count"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    let fp = fingerprints(admin, "sources.api").await;
+    let b0 = &fp["nodes"][0]["buckets"][0];
+    assert_eq!(
+        (
+            b0["complete"].as_bool(),
+            b0["audits"][0]["passed"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
 
     // A late event into the complete bucket.
     post(json!([{"id": "late", "ts": t0 + 30_000}])).await;
     let updated = signals("updated").await;
-    let u = &updated[0];
+    let u = updated
+        .iter()
+        .find(|u| u["source"] == "hifi/sources.api")
+        .unwrap();
     assert_eq!(u["id"], format!("orders/{t0}/updated/6"));
     assert_eq!(u["data"]["late_events"], 1);
     assert_eq!(u["data"]["before"]["count"], 5);

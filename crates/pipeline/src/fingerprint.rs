@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::audit::{Audit, Verdict};
 use crate::config::FingerprintConfig;
 use crate::consumer::{retry_until_ok, Cursor};
 use crate::event::{EventFormat, EventMeta};
@@ -65,6 +66,10 @@ pub struct Fingerprinter {
     log: Arc<dyn Log>,
     /// Where bucket signals go, and the ledger saying when a bucket's events settled.
     signals: Option<(Arc<Signals>, Option<Arc<Ledger>>)>,
+    /// Checks on each complete bucket.
+    audits: Vec<Audit>,
+    /// The fingerprint of a stage's input topic, when it has one running here.
+    pub input: std::sync::OnceLock<Arc<Fingerprinter>>,
     state: Mutex<State>,
 }
 
@@ -79,6 +84,8 @@ struct State {
     max_time_ms: i64,
     /// Complete buckets, with their figures as last signalled.
     completed: BTreeMap<i64, Summary>,
+    /// Audit verdicts of complete buckets.
+    verdicts: BTreeMap<i64, Vec<Verdict>>,
     /// Where the last complete snapshot starts in the checkpoint topic.
     replay_from: u64,
     snapshot_bytes: u64,
@@ -104,6 +111,8 @@ struct Part {
     max_time_ms: i64,
     #[serde(default)]
     completed: BTreeMap<i64, Summary>,
+    #[serde(default)]
+    verdicts: BTreeMap<i64, Vec<Verdict>>,
     buckets: Vec<(i64, Bucket)>,
 }
 
@@ -118,8 +127,9 @@ pub struct Report {
     pub read_to: Vec<u64>,
     /// Events older than `keep` behind the newest bucket, counted in none.
     pub too_old: u64,
-    /// Start (epoch ms) and figures of each bucket in the range, oldest first.
-    pub buckets: Vec<(i64, Summary)>,
+    /// Start (epoch ms) and figures of each bucket in the range, oldest first, with the
+    /// audits' verdicts once complete (`None` before).
+    pub buckets: Vec<(i64, Summary, Option<Vec<Verdict>>)>,
 }
 
 impl Fingerprinter {
@@ -130,6 +140,7 @@ impl Fingerprinter {
         record_bytes_max: usize,
         log: Arc<dyn Log>,
         signals: Option<(Arc<Signals>, Option<Arc<Ledger>>)>,
+        audits: Vec<Audit>,
     ) -> Fingerprinter {
         Fingerprinter {
             node,
@@ -146,6 +157,8 @@ impl Fingerprinter {
             record_bytes_max,
             log,
             signals,
+            audits,
+            input: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
         }
     }
@@ -177,7 +190,7 @@ impl Fingerprinter {
             buckets: st
                 .buckets
                 .range(first..=to)
-                .map(|(b, f)| (*b, f.summary()))
+                .map(|(b, f)| (*b, f.summary(), st.verdicts.get(b).cloned()))
                 .collect(),
         }
     }
@@ -280,6 +293,7 @@ impl Fingerprinter {
                 st.buckets = st.buckets.split_off(&keep_from);
                 st.dirty = st.dirty.split_off(&keep_from);
                 st.completed = st.completed.split_off(&keep_from);
+                st.verdicts = st.verdicts.split_off(&keep_from);
             }
         }
         if let Some(last) = batch.last() {
@@ -303,50 +317,95 @@ impl Fingerprinter {
             for (start, b) in &st.buckets {
                 let end = start + self.bucket_ms;
                 let after = b.summary();
+                let before = st.completed.get(start);
+                if before.is_some_and(|b| b.count == after.count) {
+                    continue;
+                }
+                // A bucket shorter than the ledger's minute waits for the minute
+                // holding it.
+                let minute_end = (end + 59_999).div_euclid(60_000) * 60_000;
+                if before.is_none()
+                    && (end > watermark
+                        || ledger
+                            .as_ref()
+                            .is_some_and(|l| !l.settled_between(*start, minute_end)))
+                {
+                    continue;
+                }
+                let input = self.input.get().map(|i| i.completed(*start));
+                if self.audits.iter().any(|a| a.needs_input) && input == Some(None) {
+                    continue; // its input's bucket is not complete yet
+                }
+                let v = crate::audit::variables(&after);
+                let input = input.flatten().map(|s| crate::audit::variables(&s));
+                let previous = st
+                    .buckets
+                    .get(&(start - self.bucket_ms))
+                    .map(|p| crate::audit::variables(&p.summary()));
+                let verdicts =
+                    crate::audit::run(&self.audits, &v, input.as_ref(), previous.as_ref());
                 let subject = format!("{}/{}", self.topic, crate::event::rfc3339_ms(*start));
                 let mut data = serde_json::json!({
                     "node": self.node, "topic": self.topic,
                     "bucket_start": crate::event::rfc3339_ms(*start),
                     "bucket_start_ms": start, "bucket_end_ms": end, "count": after.count,
+                    "audits": verdicts,
                 });
-                match st.completed.get(start) {
-                    None => {
-                        // A bucket shorter than the ledger's minute waits for the
-                        // minute holding it.
-                        let minute_end = (end + 59_999).div_euclid(60_000) * 60_000;
-                        if end > watermark
-                            || ledger
-                                .as_ref()
-                                .is_some_and(|l| !l.settled_between(*start, minute_end))
-                        {
-                            continue;
-                        }
-                        data["fingerprint"] = serde_json::to_value(&after).unwrap_or_default();
-                        let id = format!("{}/{start}/complete", self.topic);
-                        out.push(bucket_signal(&self.node, "complete", id, subject, data));
-                    }
-                    Some(before) if before.count != after.count => {
-                        data["late_events"] = (after.count - before.count.min(after.count)).into();
-                        data["before"] = serde_json::to_value(before).unwrap_or_default();
-                        data["after"] = serde_json::to_value(&after).unwrap_or_default();
-                        let id = format!("{}/{start}/updated/{}", self.topic, after.count);
-                        out.push(bucket_signal(&self.node, "updated", id, subject, data));
-                    }
-                    Some(_) => continue,
+                for failed in verdicts.iter().filter(|v| !v.passed) {
+                    let mut d = data.clone();
+                    d["audit"] = failed.audit.clone().into();
+                    d["check"] = failed.check.clone().into();
+                    d["error"] = failed.error.clone().into();
+                    d["v"] = v.clone();
+                    d["input"] = input.clone().unwrap_or_default();
+                    d["previous"] = previous.clone().unwrap_or_default();
+                    let id = format!(
+                        "{}/{start}/audit/{}/{}",
+                        self.topic, failed.audit, after.count
+                    );
+                    out.push(bucket_signal(
+                        &self.node,
+                        "audit.failed",
+                        id,
+                        subject.clone(),
+                        d,
+                    ));
                 }
-                marks.push((*start, after));
+                if let Some(before) = before {
+                    data["late_events"] = (after.count - before.count.min(after.count)).into();
+                    data["before"] = serde_json::to_value(before).unwrap_or_default();
+                    data["after"] = serde_json::to_value(&after).unwrap_or_default();
+                    let id = format!("{}/{start}/updated/{}", self.topic, after.count);
+                    out.push(bucket_signal(&self.node, "updated", id, subject, data));
+                } else {
+                    data["fingerprint"] = serde_json::to_value(&after).unwrap_or_default();
+                    let id = format!("{}/{start}/complete", self.topic);
+                    out.push(bucket_signal(&self.node, "complete", id, subject, data));
+                }
+                marks.push((*start, after, verdicts));
             }
         }
         if out.is_empty() {
             return Ok(());
         }
+        for s in out.iter().filter(|s| s["type"] == "hifi.audit.failed") {
+            warn!(node = %self.node, bucket = %s["data"]["bucket_start"], audit = %s["data"]["audit"],
+                check = %s["data"]["check"], error = %s["data"]["error"], "audit failed");
+        }
         signals.emit(out).await?;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (start, after) in marks {
+        for (start, after, verdicts) in marks {
             st.completed.insert(start, after);
+            st.verdicts.insert(start, verdicts);
             st.dirty.insert(start); // so the next checkpoint is written
         }
         Ok(())
+    }
+
+    /// A complete bucket's figures as last signalled.
+    pub fn completed(&self, start: i64) -> Option<Summary> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.completed.get(&start).cloned()
     }
 
     /// Makes the figures durable with the positions they reflect, if they moved.
@@ -480,6 +539,7 @@ impl Fingerprinter {
                     st.too_old = p.too_old;
                     st.max_time_ms = p.max_time_ms;
                     st.completed = p.completed;
+                    st.verdicts = p.verdicts;
                     st.buckets.extend(p.buckets);
                 }
             })
@@ -496,6 +556,7 @@ impl Fingerprinter {
         if let Some(newest) = st.buckets.last_key_value().map(|(b, _)| *b) {
             st.buckets = st.buckets.split_off(&(newest - self.keep_ms));
             st.completed = st.completed.split_off(&(newest - self.keep_ms));
+            st.verdicts = st.verdicts.split_off(&(newest - self.keep_ms));
         }
         info!(node = %self.node, topic = %self.topic, buckets = st.buckets.len(),
             read_to = ?starts, "fingerprints loaded");
@@ -522,6 +583,7 @@ fn encode_part(
         too_old: st.too_old,
         max_time_ms: st.max_time_ms,
         completed: st.completed.clone(),
+        verdicts: st.verdicts.clone(),
         buckets,
     };
     let json = serde_json::to_vec(&p).map_err(|e| LogError::Invalid(e.to_string()))?;
@@ -560,16 +622,30 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
         }
     }
     let mut by_topic: BTreeMap<&str, String> = BTreeMap::new();
-    let nodes = cfg
+    let nodes: Vec<_> = cfg
         .sources
         .iter()
-        .map(|(n, s)| (format!("sources.{n}"), s.topic.get_ref(), &s.fingerprint))
-        .chain(
-            cfg.stages
-                .iter()
-                .map(|(n, s)| (format!("stages.{n}"), s.output.get_ref(), &s.fingerprint)),
-        );
-    for (node, topic, f) in nodes {
+        .map(|(n, s)| {
+            (
+                format!("sources.{n}"),
+                None,
+                s.topic.get_ref(),
+                &s.fingerprint,
+                &s.audits,
+            )
+        })
+        .chain(cfg.stages.iter().map(|(n, s)| {
+            let input = Some(s.input.get_ref());
+            (
+                format!("stages.{n}"),
+                input,
+                s.output.get_ref(),
+                &s.fingerprint,
+                &s.audits,
+            )
+        }))
+        .collect();
+    for (node, _, topic, f, _) in &nodes {
         let Some(f) = f else { continue };
         if let Some(why) = f.problem() {
             return Err(loaded.error(format!("{node}.fingerprint"), why));
@@ -579,6 +655,37 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
                 format!("{node}.fingerprint"),
                 format!("topic {topic:?} is fingerprinted by {other} already (a topic has one fingerprint; keep one of the two)"),
             ));
+        }
+    }
+    for (node, input, _, f, audits) in &nodes {
+        if audits.is_empty() {
+            continue;
+        }
+        if f.is_none() {
+            return Err(loaded.error(
+                format!("{node}.audits"),
+                "audits check the node's fingerprint: add `fingerprint = {}` to it",
+            ));
+        }
+        if let Some(i) = audits.iter().position(|a| a.blocking) {
+            return Err(loaded.error(
+                format!("{node}.audits[{i}].blocking"),
+                "a blocking audit keeps a candidate version unpublished, and hifi does not have stage versions yet: drop `blocking` (every audit reports its failures)",
+            ));
+        }
+        let compiled = crate::audit::compile(audits)
+            .map_err(|(i, why)| loaded.error(format!("{node}.audits[{i}].check"), why))?;
+        if let Some(i) = compiled.iter().position(|a| a.needs_input) {
+            let why = match input {
+                None => Some("a source has no input: `input` is for stages".to_owned()),
+                Some(t) if !by_topic.contains_key(t.as_str()) => Some(format!(
+                    "`input` is the fingerprint of topic {t:?}, which has none: add `fingerprint` to the node writing it"
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Err(loaded.error(format!("{node}.audits[{i}].check"), why));
+            }
         }
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! is durable (a stage's append, a sink's 2xx).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod ce_binary;
 pub mod config;
 pub mod consumer;

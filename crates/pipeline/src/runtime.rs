@@ -467,17 +467,34 @@ impl Pipeline {
             .sources
             .iter()
             .filter(|(n, _)| only.runs("sources", n))
-            .map(|(n, s)| (format!("sources.{n}"), s.topic.get_ref(), &s.fingerprint))
+            .map(|(n, s)| {
+                (
+                    format!("sources.{n}"),
+                    s.topic.get_ref(),
+                    &s.fingerprint,
+                    &s.audits,
+                )
+            })
             .chain(
                 cfg.stages
                     .iter()
                     .filter(|(n, _)| only.runs("stages", n))
-                    .map(|(n, s)| (format!("stages.{n}"), s.output.get_ref(), &s.fingerprint)),
+                    .map(|(n, s)| {
+                        (
+                            format!("stages.{n}"),
+                            s.output.get_ref(),
+                            &s.fingerprint,
+                            &s.audits,
+                        )
+                    }),
             );
         let mut fingerprints = Vec::new();
         let mut signals = None;
-        for (node, topic, f) in fingerprinted {
+        for (node, topic, f, audits) in fingerprinted {
             let Some(f) = f else { continue };
+            let audits = crate::audit::compile(audits).map_err(|(i, why)| {
+                StartError::Config(format!("{node}.audits[{i}].check: {why}"))
+            })?;
             if signals.is_none() {
                 let s = crate::signals::Signals::start(
                     log.clone(),
@@ -498,6 +515,7 @@ impl Pipeline {
                 cfg.engine.record_bytes_max.0 as usize,
                 log.clone(),
                 signals.clone().map(|s| (s, ledger)),
+                audits,
             ));
             fp.prepare().await.map_err(|e| {
                 StartError::Config(format!("{node}: cannot create its fingerprint topic: {e}"))
@@ -513,6 +531,16 @@ impl Pipeline {
                 },
             );
             fingerprints.push(fp);
+        }
+        for fp in &fingerprints {
+            let input = fp
+                .node
+                .strip_prefix("stages.")
+                .and_then(|n| cfg.stages.get(n))
+                .map(|s| s.input.get_ref());
+            if let Some(i) = fingerprints.iter().find(|f| Some(&f.topic) == input) {
+                let _ = fp.input.set(i.clone());
+            }
         }
         Ok(Pipeline {
             topology,

@@ -167,7 +167,10 @@ pub fn bucket_signal(node: &str, kind: &str, id: String, subject: String, data: 
         "specversion": "1.0",
         "id": id,
         "source": format!("hifi/{node}"),
-        "type": format!("hifi.bucket.{kind}"),
+        "type": match kind {
+            "audit.failed" => "hifi.audit.failed".to_owned(),
+            _ => format!("hifi.bucket.{kind}"),
+        },
         "time": crate::event::rfc3339_ms(crate::now_ms()),
         "subject": subject,
         "datacontenttype": "application/json",

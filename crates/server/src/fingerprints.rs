@@ -65,8 +65,10 @@ pub async fn fingerprints(
             let buckets: Vec<_> = r
                 .buckets
                 .iter()
-                .map(|(start, sum)| {
+                .map(|(start, sum, verdicts)| {
                     json!({
+                        "complete": verdicts.is_some(),
+                        "audits": verdicts,
                         "start": hifi_pipeline::event::rfc3339_ms(*start),
                         "start_ms": start,
                         "end_ms": start + r.bucket_ms,

@@ -12,6 +12,21 @@ pub struct SignalsConfig {
     pub webhook: Option<String>,
 }
 
+/// `[[sources.X.audits]]`, `[[stages.X.audits]]`: a check on each complete bucket of the
+/// node's fingerprint (`crate::audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Its name in results and signals. Default `audits[N]`.
+    pub name: Option<String>,
+    /// A CEL expression over `v`, `input` and `previous` that must be true.
+    pub check: String,
+    /// Keep a candidate version unpublished while it fails: needs stage versions, which
+    /// hifi does not have yet, so `true` is refused. Default false.
+    #[serde(default)]
+    pub blocking: bool,
+}
+
 /// What to fingerprint of a node's output topic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -46,6 +46,9 @@ pub struct SourceConfig {
     /// Summary statistics of its topic per event-time bucket (`GET /v1/fingerprints`),
     /// e.g. `fingerprint = { entropy = ["country"] }`.
     pub fingerprint: Option<FingerprintConfig>,
+    /// Checks on each complete bucket of its fingerprint (needs `fingerprint`).
+    #[serde(default)]
+    pub audits: Vec<AuditConfig>,
     /// The CloudEvents `type` given to plain JSON events. Default `"hifi.event"`.
     #[serde(default = "default_event_type")]
     pub event_type: String,

@@ -24,6 +24,9 @@ pub struct StageConfig {
     /// Summary statistics of the output topic per event-time bucket
     /// (`GET /v1/fingerprints`), e.g. `fingerprint = { entropy = ["country"] }`.
     pub fingerprint: Option<FingerprintConfig>,
+    /// Checks on each complete bucket of its fingerprint (needs `fingerprint`).
+    #[serde(default)]
+    pub audits: Vec<AuditConfig>,
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
