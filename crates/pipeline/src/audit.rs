@@ -8,7 +8,7 @@
 //! events update it; a failing check (false, or an error such as a field the bucket
 //! does not have) is signalled as `hifi.audit.failed` with the numbers it saw.
 
-use cel_interpreter::{Context, Program, Value as CelValue};
+use cel_interpreter::{Context, ExecutionError, Program, Value as CelValue};
 use hifi_fingerprint::Summary;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -78,7 +78,9 @@ pub fn compile(cfgs: &[AuditConfig]) -> Result<Vec<Audit>, (usize, String)> {
         .collect()
 }
 
-/// A bucket's figures as a check sees them.
+/// A bucket's figures as a check sees them. Every figure is a double: CEL's unsigned
+/// integers panic (or wrap) on `v.count - input.count` when the result is negative, and
+/// counts up to 2^53 are exact as doubles.
 pub fn variables(s: &Summary) -> Value {
     let mut per: [(&str, Map<String, Value>); 7] = [
         ("nulls", Map::new()),
@@ -91,9 +93,9 @@ pub fn variables(s: &Summary) -> Value {
     ];
     for (name, f) in &s.fields {
         let values = [
-            Some(json!(f.nulls)),
+            Some(json!(f.nulls as f64)),
             Some(json!(f.null_rate)),
-            Some(json!(f.distinct)),
+            Some(json!(f.distinct as f64)),
             f.min.map(|x| json!(x)),
             f.max.map(|x| json!(x)),
             f.mean.map(|x| json!(x)),
@@ -106,9 +108,9 @@ pub fn variables(s: &Summary) -> Value {
         }
     }
     let mut out = Map::new();
-    out.insert("count".into(), json!(s.count));
-    out.insert("not_objects".into(), json!(s.not_objects));
-    out.insert("untracked".into(), json!(s.untracked));
+    out.insert("count".into(), json!(s.count as f64));
+    out.insert("not_objects".into(), json!(s.not_objects as f64));
+    out.insert("untracked".into(), json!(s.untracked as f64));
     for (k, m) in per {
         out.insert(k.into(), Value::Object(m));
     }
@@ -122,7 +124,8 @@ pub fn run(
     input: Option<&Value>,
     previous: Option<&Value>,
 ) -> Vec<Verdict> {
-    let root = Context::default();
+    let mut root = Context::default();
+    root.add_function("abs", abs);
     audits
         .iter()
         .map(|a| {
@@ -131,10 +134,14 @@ pub fn run(
                 .into_iter()
                 .filter_map(|(k, x)| x.map(|x| (k, x)))
                 .try_for_each(|(k, x)| ctx.add_variable(k, x).map_err(|e| e.to_string()));
-            let result = bound.and_then(|()| match a.program.execute(&ctx) {
-                Ok(CelValue::Bool(b)) => Ok(b),
-                Ok(other) => Err(format!("the check gave {other:?}, not true or false")),
-                Err(e) => Err(e.to_string()),
+            let result = bound.and_then(|()| {
+                let run = crate::health::contained(|| a.program.execute(&ctx))
+                    .map_err(|p| format!("the check's evaluation failed: {p}"))?;
+                match run {
+                    Ok(CelValue::Bool(b)) => Ok(b),
+                    Ok(other) => Err(format!("the check gave {other:?}, not true or false")),
+                    Err(e) => Err(e.to_string()),
+                }
             });
             Verdict {
                 audit: a.name.clone(),
@@ -144,6 +151,20 @@ pub fn run(
             }
         })
         .collect()
+}
+
+/// `abs(x)`, which CEL's standard functions lack (`abs(v.entropy.country -
+/// previous.entropy.country) <= 0.1`).
+fn abs(x: CelValue) -> Result<CelValue, ExecutionError> {
+    match x {
+        CelValue::Int(i) => Ok(CelValue::Int(i.saturating_abs())),
+        CelValue::UInt(u) => Ok(CelValue::UInt(u)),
+        CelValue::Float(f) => Ok(CelValue::Float(f.abs())),
+        other => Err(ExecutionError::function_error(
+            "abs",
+            format!("{other:?} is not a number"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -189,13 +210,21 @@ mod tests {
                 "v.null_rate.email < 0.01",
                 "v.entropy.country == 1.0 && v.distinct.country == 2",
                 "v.mean.amount > 0.0",
+                "abs(v.entropy.country - input.entropy.country) <= 0.1 * input.entropy.country",
+                "abs(v.count - input.count) == 1 && abs(-2.5) == 2.5 && v.count - input.count == -1",
+                "v.count == 2 && v.count >= 2 && v.distinct.country < 3",
+                "1u - 2u > 0u",
             ]),
             &v,
             Some(&input),
             None,
         );
         let passed: Vec<bool> = verdicts.iter().map(|v| v.passed).collect();
-        assert_eq!(passed, [true, false, true, false], "{verdicts:?}");
+        assert_eq!(
+            passed,
+            [true, false, true, false, true, true, true, false],
+            "{verdicts:?}"
+        );
         assert!(
             verdicts[1].error.is_some(),
             "email was never non-null: no such key"

@@ -51,6 +51,25 @@ pub async fn serving<F: std::future::Future>(f: F) -> F::Output {
 /// message — rather than a task that ends quietly while the rest runs on without it.
 /// Panics while an HTTP connection is served ([`serving`]) are left to end it alone.
 /// `health` becomes the pipeline the hook fails (a reloaded pipeline takes over).
+std::thread_local! {
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic in it into an error with its message instead of a failure
+/// of the pipeline: for code evaluating what users wrote (CEL in filters and audits),
+/// whose library can panic on some input (an unsigned integer going below zero).
+pub fn contained<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let before = CONTAINED.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(before));
+    result.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into())
+    })
+}
+
 pub fn fail_on_panic(health: &std::sync::Arc<Health>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::downgrade(health));
@@ -60,6 +79,9 @@ pub fn fail_on_panic(health: &std::sync::Arc<Health>) {
             default(info);
             if SERVING.try_with(|_| ()).is_ok() {
                 return; // an HTTP connection's: it ends alone
+            }
+            if CONTAINED.with(std::cell::Cell::get) {
+                return; // caught by `contained`
             }
             let p = info.payload();
             let text = p

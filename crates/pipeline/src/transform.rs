@@ -204,7 +204,9 @@ fn eval_condition(root: &Context<'_>, program: &Program, event: &Value) -> Resul
     let mut ctx = root.new_inner_scope();
     ctx.add_variable("event", event)
         .map_err(|e| format!("cannot bind event: {e}"))?;
-    match program.execute(&ctx) {
+    let run = crate::health::contained(|| program.execute(&ctx))
+        .map_err(|p| format!("the condition's evaluation failed: {p}"))?;
+    match run {
         Ok(CelValue::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("condition returned {other:?}, not a boolean")),
         Err(e) => Err(e.to_string()),
