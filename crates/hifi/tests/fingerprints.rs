@@ -425,10 +425,10 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
         .unwrap();
     assert_eq!(
         (
-            f["data"]["v"]["count"].as_u64(),
-            f["data"]["input"]["count"].as_u64()
+            f["data"]["v"]["count"].as_f64(),
+            f["data"]["input"]["count"].as_f64()
         ),
-        (Some(5), Some(5))
+        (Some(5.0), Some(5.0))
     );
     let fp = fingerprints(admin, "sources.api").await;
     let b0 = &fp["nodes"][0]["buckets"][0];

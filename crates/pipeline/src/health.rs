@@ -46,11 +46,6 @@ pub async fn serving<F: std::future::Future>(f: F) -> F::Output {
     SERVING.scope((), f).await
 }
 
-/// Makes a panic in any task of this process (a bug: in a stage's partition worker, a
-/// sink's reader, an append) a fatal failure of the running pipeline, after the usual
-/// message — rather than a task that ends quietly while the rest runs on without it.
-/// Panics while an HTTP connection is served ([`serving`]) are left to end it alone.
-/// `health` becomes the pipeline the hook fails (a reloaded pipeline takes over).
 std::thread_local! {
     static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -70,6 +65,11 @@ pub fn contained<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Makes a panic in any task of this process (a bug: in a stage's partition worker, a
+/// sink's reader, an append) a fatal failure of the running pipeline, after the usual
+/// message — rather than a task that ends quietly while the rest runs on without it.
+/// Panics while an HTTP connection is served ([`serving`]) are left to end it alone.
+/// `health` becomes the pipeline the hook fails (a reloaded pipeline takes over).
 pub fn fail_on_panic(health: &std::sync::Arc<Health>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::downgrade(health));
