@@ -136,6 +136,23 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Deliver again what a sink read over a range of event time (through its first
+    /// retry tier, with the same event ids).
+    Replay {
+        #[command(flatten)]
+        admin: ops::Admin,
+        /// The sink.
+        sink: String,
+        /// From this event time (RFC 3339 or epoch ms), inclusive.
+        #[arg(long)]
+        from: String,
+        /// To this event time, exclusive (default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
     Loadtest(Box<loadtest::LoadtestArgs>),
     /// A destination that records every event it receives (for tests and demos).
@@ -197,6 +214,13 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
+            Command::Replay {
+                admin,
+                sink,
+                from,
+                to,
+                dry_run,
+            } => ops::replay(admin, sink, from, to, dry_run).await,
         };
         if let Some(spans) = spans {
             spans.shutdown().await;

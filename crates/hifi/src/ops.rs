@@ -233,6 +233,38 @@ pub async fn loss(admin: Admin, from: Option<String>, to: Option<String>) -> Res
 }
 
 /// `hifi trace`.
+/// `hifi replay`.
+pub async fn replay(
+    admin: Admin,
+    sink: String,
+    from: String,
+    to: Option<String>,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    let body = serde_json::json!({"from": from, "to": to, "dry_run": dry_run});
+    let v = post(
+        &admin,
+        &format!("/v1/sinks/{}/replay", url_escape(&sink)),
+        &body,
+    )
+    .await?;
+    if admin.json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!(
+            "{} of {} records scanned are in the range; {}",
+            v["matched"],
+            v["scanned"],
+            if dry_run {
+                "nothing sent (dry run)"
+            } else {
+                "sent through the sink's first retry tier"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn trace(admin: Admin, origin: Option<String>, id: Option<String>) -> Result<ExitCode> {
     let path = match (origin, id) {
         (Some(o), None) => format!("/v1/events/{o}/trace"),

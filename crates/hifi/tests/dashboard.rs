@@ -238,6 +238,7 @@ async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [topics.orders]\nschema = {{ id = \"string\", amount = \"float64\", email = \"string\" }}\n\
              [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\npii = [\"email\"]\n\
+             fingerprint = {{ entropy = [\"email\"], checkpoint_every = \"1s\" }}\n\
              [stages.big]\ninput = \"orders\"\noutput = \"big\"\n\
              sql = \"SELECT id, amount * 0.2 AS vat, email AS contact FROM input WHERE amount >= 10\"\n\
              [sinks.partner]\ntype = \"http\"\ninput = \"big\"\nurl = \"http://{}/in\"\nallow_pii = [\"contact\"]\n",
@@ -247,8 +248,36 @@ async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
     .unwrap();
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin").to_string();
+    // Three events, so the fingerprint card has a bucket (three emails: log2 3 bits).
+    let body = serde_json::json!([
+        {"id": "o1", "amount": 12.0, "email": "a@example.com"},
+        {"id": "o2", "amount": 5.0, "email": "b@example.com"},
+        {"id": "o3", "amount": 30.0, "email": "c@example.com"}
+    ]);
+    let ingest = format!("http://{}/v1/events", proc.addr("source api"));
+    let r = reqwest::Client::new()
+        .post(&ingest)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&format!("http://{admin}/v1/fingerprints?node=sources.api")).await["nodes"][0]
+        ["buckets"][0]["count"]
+        != 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the fingerprint never counted 3 events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dom = off_workers(|| dashboard_dom(&admin));
     let has = |needle: &str| dom.contains(needle);
+    assert!(!has(r#"id="fingerprint-card" hidden"#), "{dom}");
+    assert_eq!(stat(&dom, "fp_events", "sources.api").1, Some(3.0), "{dom}");
+    assert!(has("email 1.58 bits"), "the entropy: {dom}");
     assert!(
         has(r#"data-chart="lineage""#) && has(r#"data-rendered="true""#),
         "{dom}"

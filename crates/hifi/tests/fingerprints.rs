@@ -211,14 +211,32 @@ async fn figures_per_bucket_are_exact_for_a_source_and_a_stage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_neither_double_counts_nor_misses_an_event() {
+    sigkill_exactness("[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 2\n").await;
+}
+
+/// The same on Apache Kafka: checkpoints and positions in Kafka topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_sigkill_neither_double_counts_nor_misses_an_event() {
+    let Some(brokers) = required("KAFKA_BROKERS") else {
+        return;
+    };
+    let prefix = unique_prefix("fingerprints");
+    sigkill_exactness(&format!(
+        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n"
+    ))
+    .await;
+}
+
+async fn sigkill_exactness(engine: &str) {
     let dir = test_dir();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(
         &file,
-        "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 2\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\
-         fingerprint = { bucket = \"1h\", checkpoint_every = \"1s\" }\n",
+        format!(
+            "{engine}[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\
+             fingerprint = {{ bucket = \"1h\", checkpoint_every = \"1s\" }}\n"
+        ),
     )
     .unwrap();
     let mut acked = std::collections::HashSet::new();

@@ -4,8 +4,9 @@
 //! input topic, which must be fingerprinted too) and `previous` (this node's bucket
 //! before, when kept), each as `{count, not_objects, untracked, nulls, null_rate,
 //! distinct, min, max, mean, entropy}` — the per-field figures as maps by field name
-//! (`v.entropy.country`). A bucket's audits run when it is complete and again when late
-//! events update it; a failing check (false, or an error such as a field the bucket
+//! (`v.entropy.country`); `input` and `previous` are `{}` when there is none
+//! (`!has(previous.count) || …`). A bucket's audits run when it is complete and again
+//! when late events update it; a failing check (false, or an error such as a field the bucket
 //! does not have) is signalled as `hifi.audit.failed` with the numbers it saw.
 
 use cel_interpreter::{Context, ExecutionError, Program, Value as CelValue};
@@ -130,10 +131,13 @@ pub fn run(
         .iter()
         .map(|a| {
             let mut ctx = root.new_inner_scope();
+            let none = Value::Object(Map::new());
             let bound = [("v", Some(v)), ("input", input), ("previous", previous)]
                 .into_iter()
-                .filter_map(|(k, x)| x.map(|x| (k, x)))
-                .try_for_each(|(k, x)| ctx.add_variable(k, x).map_err(|e| e.to_string()));
+                .try_for_each(|(k, x)| {
+                    ctx.add_variable(k, x.unwrap_or(&none))
+                        .map_err(|e| e.to_string())
+                });
             let result = bound.and_then(|()| {
                 let run = crate::health::contained(|| a.program.execute(&ctx))
                     .map_err(|p| format!("the check's evaluation failed: {p}"))?;
@@ -214,6 +218,9 @@ mod tests {
                 "abs(v.count - input.count) == 1 && abs(-2.5) == 2.5 && v.count - input.count == -1",
                 "v.count == 2 && v.count >= 2 && v.distinct.country < 3",
                 "1u - 2u > 0u",
+                "!has(previous.count) || v.count >= 0.5 * previous.count",
+                "!('country' in v.entropy) || abs(v.entropy.country - input.entropy.country) <= 0.5",
+                "previous.count > 0.0",
             ]),
             &v,
             Some(&input),
@@ -222,7 +229,7 @@ mod tests {
         let passed: Vec<bool> = verdicts.iter().map(|v| v.passed).collect();
         assert_eq!(
             passed,
-            [true, false, true, false, true, true, true, false],
+            [true, false, true, false, true, true, true, false, true, true, false],
             "{verdicts:?}"
         );
         assert!(

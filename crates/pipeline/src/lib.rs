@@ -30,6 +30,7 @@ pub mod owned;
 pub mod parse;
 pub mod pii;
 pub mod process;
+pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod scale;

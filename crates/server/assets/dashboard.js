@@ -400,6 +400,46 @@
     $("#shadow-table").tBodies[0].replaceChildren(...rows);
   }
 
+  // ---- fingerprints ---------------------------------------------------------------------
+
+  function renderFingerprints(fp) {
+    const nodes = fp.nodes || [];
+    $("#fingerprint-card").hidden = nodes.length === 0;
+    const rows = nodes.map((n) => {
+      const tr = el("tr");
+      const buckets = n.buckets || [];
+      const last = buckets.at(-1);
+      const before = buckets.at(-2);
+      const name = el("td");
+      name.append(swatch(n.node), n.node);
+      if (!last) {
+        tr.append(name, el("td", "no events yet", { colspan: 6, class: "empty" }));
+        return tr;
+      }
+      const events = el("td", fmtInt(last.count),
+                        { "data-stat": "fp_events", "data-node": n.node, "data-value": String(last.count) });
+      const change = before && before.count > 0
+        ? `${last.count >= before.count ? "+" : ""}${fmtPct((100 * (last.count - before.count)) / before.count)}`
+        : "–";
+      const fields = Object.entries(last.fields || {});
+      const nulls = fields.filter(([, f]) => f.nulls > 0).sort((a, b) => b[1].null_rate - a[1].null_rate)
+        .slice(0, 3).map(([k, f]) => `${k} ${fmtPct(100 * f.null_rate)}`).join(", ") || "none";
+      const entropy = fields.filter(([, f]) => f.entropy)
+        .map(([k, f]) => `${k} ${f.entropy.exact ? "" : "~"}${f.entropy.bits.toFixed(2)} bits`).join(", ") || "–";
+      const verdicts = last.audits || [];
+      const failed = verdicts.filter((v) => !v.passed);
+      const audits = el("td", last.complete
+        ? (verdicts.length === 0 ? "complete" : failed.length === 0 ? `${verdicts.length} passed`
+          : `failed: ${failed.map((v) => v.audit).join(", ")}`)
+        : "open", { "data-stat": "fp_audits", "data-node": n.node, "data-value": String(failed.length) });
+      if (failed.length > 0) audits.className = "bad";
+      tr.append(name, el("td", new Date(last.start_ms).toLocaleString("en-GB")), events, el("td", change),
+                el("td", nulls), el("td", entropy), audits);
+      return tr;
+    });
+    $("#fingerprint-table").tBodies[0].replaceChildren(...rows);
+  }
+
   // ---- header summary -----------------------------------------------------------------
 
   function renderSummary(lag, loss, stats) {
@@ -456,8 +496,8 @@
 
   async function refresh() {
     const errors = [];
-    const [lag, loss, stats, scale, shadow] = (await Promise.allSettled(
-      ["v1/lag", "v1/loss", "v1/stats", "v1/scale", "v1/shadow"].map(getJSON),
+    const [lag, loss, stats, scale, shadow, fingerprints] = (await Promise.allSettled(
+      ["v1/lag", "v1/loss", "v1/stats", "v1/scale", "v1/shadow", "v1/fingerprints"].map(getJSON),
     )).map((r) => {
       if (r.status === "fulfilled") return r.value;
       errors.push(r.reason.message);
@@ -480,6 +520,7 @@
     }
     if (scale) draw("scaling", () => renderScale(scale));
     if (shadow) draw("shadow sinks", () => renderShadow(shadow));
+    if (fingerprints) draw("fingerprints", () => renderFingerprints(fingerprints));
     draw("summary", () => renderSummary(lag, loss, stats));
 
     const banner = $("#error");

@@ -10,6 +10,7 @@
 //! | `GET /v1/shadow?from=&to=` | each sink against its shadow (`[sinks.X] shadow`): events both destinations acknowledged, only one, per bucket — see [`crate::shadow`] |
 //! | `GET /v1/fingerprints?node=&from=&to=` | summary statistics of fingerprinted topics per event-time bucket (counts, nulls, distinct values, number ranges, entropy) — see [`crate::fingerprints`] |
 //! | `GET /v1/signals?type=&limit=` | the newest bucket signals (`hifi.bucket.complete`, `hifi.bucket.updated`) as CloudEvents — see [`crate::fingerprints`] |
+//! | `POST /v1/sinks/{sink}/replay` | delivers again the events of a range of event time the sink read — see [`crate::replay`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
 //! | `GET /v1/trace?id=&since=` | the same, found by event id in the source topics |
@@ -126,6 +127,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/v1/sinks/{sink}/dlq/redrive",
             axum::routing::post(dlq_redrive),
+        )
+        .route(
+            "/v1/sinks/{sink}/replay",
+            axum::routing::post(crate::replay::replay),
         )
         .route("/v1/sinks/{sink}/dlq/{id}", get(dlq_show))
         .merge(crate::dashboard::router())
@@ -573,7 +578,7 @@ async fn dlq_show(State(s): S, Path((sink, id)): Path<(String, String)>) -> Resp
 
 /// Routes that change state need a bearer token of `[admin.auth]`; without tokens they
 /// are served on loopback only.
-fn may_change_state(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) fn may_change_state(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     match &s.tokens {
         Some(t) if t.accepts(headers) => Ok(()),
         Some(_) => {

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod outcomes;
 pub mod receiver;
+pub mod replay;
 pub mod scale;
 pub mod serve;
 pub mod shadow;
