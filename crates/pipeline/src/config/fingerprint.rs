@@ -80,6 +80,8 @@ fn default_checkpoint_every() -> Dur {
 /// Most fields per bucket and entropy fields (memory and checkpoint size).
 pub const FINGERPRINT_FIELDS_MAX: usize = 256;
 pub const FINGERPRINT_ENTROPY_MAX: usize = 16;
+/// Most buckets kept (`keep` ÷ `bucket`).
+pub const FINGERPRINT_BUCKETS_MAX: u64 = 1_000;
 
 impl FingerprintConfig {
     /// What is wrong with it, if anything (for `hifi validate`).
@@ -91,11 +93,10 @@ impl FingerprintConfig {
                 humantime::format_duration(bucket)
             ));
         }
-        if keep < bucket || keep.as_secs() / bucket.as_secs().max(1) > 10_000 {
-            return Some(
-                "fingerprint.keep must be at least one bucket and at most 10 000 buckets"
-                    .to_owned(),
-            );
+        if keep < bucket || keep.as_secs() / bucket.as_secs().max(1) > FINGERPRINT_BUCKETS_MAX {
+            return Some(format!(
+                "fingerprint.keep must be at least one bucket and at most {FINGERPRINT_BUCKETS_MAX} buckets (memory: each holds about 2 KiB per field and 56 KiB per entropy field)"
+            ));
         }
         if self.fields_max == 0 || self.fields_max > FINGERPRINT_FIELDS_MAX {
             return Some(format!(
