@@ -196,6 +196,8 @@ impl NodeFilter {
         known.extend(c.sources.keys().map(|n| format!("sources.{n}")));
         known.extend(c.stages.keys().map(|n| format!("stages.{n}")));
         known.extend(c.sinks.keys().map(|n| format!("sinks.{n}")));
+        // A fingerprint is read by one process: with --only, the one that names it.
+        known.extend(fingerprinted_nodes(loaded).map(|n| format!("fingerprints.{n}")));
         let mut set = std::collections::BTreeSet::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !known.iter().any(|k| k == item) {
@@ -215,12 +217,28 @@ impl NodeFilter {
         Ok(NodeFilter(Some(set)))
     }
 
-    /// Whether this process runs the node (`kind` is `sources`, `stages` or `sinks`).
+    /// Whether this process runs the node (`kind` is `sources`, `stages` or `sinks`, or
+    /// `fingerprints` for `fingerprints.sources.X`).
     pub fn runs(&self, kind: &str, name: &str) -> bool {
         self.0
             .as_ref()
             .is_none_or(|s| s.contains(&format!("{kind}.{name}")))
     }
+}
+
+/// The sources and stages with a `fingerprint` (`sources.api`, `stages.big`).
+fn fingerprinted_nodes(loaded: &LoadedConfig) -> impl Iterator<Item = String> + '_ {
+    let c = &loaded.config;
+    c.sources
+        .iter()
+        .filter(|(_, s)| s.fingerprint.is_some())
+        .map(|(n, _)| format!("sources.{n}"))
+        .chain(
+            c.stages
+                .iter()
+                .filter(|(_, s)| s.fingerprint.is_some())
+                .map(|(n, _)| format!("stages.{n}")),
+        )
 }
 
 /// A running pipeline.
@@ -466,7 +484,7 @@ impl Pipeline {
         let fingerprinted = cfg
             .sources
             .iter()
-            .filter(|(n, _)| only.runs("sources", n))
+            .filter(|(n, _)| only.runs("fingerprints", &format!("sources.{n}")))
             .map(|(n, s)| {
                 (
                     format!("sources.{n}"),
@@ -478,7 +496,7 @@ impl Pipeline {
             .chain(
                 cfg.stages
                     .iter()
-                    .filter(|(n, _)| only.runs("stages", n))
+                    .filter(|(n, _)| only.runs("fingerprints", &format!("stages.{n}")))
                     .map(|(n, s)| {
                         (
                             format!("stages.{n}"),
