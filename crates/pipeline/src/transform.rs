@@ -202,14 +202,42 @@ impl Transforms {
 
 fn eval_condition(root: &Context<'_>, program: &Program, event: &Value) -> Result<bool, String> {
     let mut ctx = root.new_inner_scope();
-    ctx.add_variable("event", event)
-        .map_err(|e| format!("cannot bind event: {e}"))?;
+    ctx.add_variable_from_value("event", cel_value(event));
     let run = crate::health::contained(|| program.execute(&ctx))
         .map_err(|p| format!("the condition's evaluation failed: {p}"))?;
     match run {
         Ok(CelValue::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("condition returned {other:?}, not a boolean")),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An event as CEL sees it. A JSON integer becomes a signed `int` (an unsigned one only
+/// past `i64::MAX`): as CEL `uint`s — what serde would make of non-negative numbers —
+/// `event.a - event.b` panicked, or wrapped around in a release build, whenever the
+/// result was negative.
+fn cel_value(v: &Value) -> CelValue {
+    match v {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => CelValue::Int(i),
+            (None, Some(u)) => CelValue::UInt(u),
+            _ => CelValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => CelValue::String(std::sync::Arc::new(s.clone())),
+        Value::Array(a) => CelValue::List(std::sync::Arc::new(a.iter().map(cel_value).collect())),
+        Value::Object(o) => CelValue::Map(cel_interpreter::objects::Map {
+            map: std::sync::Arc::new(
+                o.iter()
+                    .map(|(k, v)| {
+                        let key =
+                            cel_interpreter::objects::Key::String(std::sync::Arc::new(k.clone()));
+                        (key, cel_value(v))
+                    })
+                    .collect(),
+            ),
+        }),
     }
 }
 
@@ -339,6 +367,23 @@ mod tests {
         assert_eq!(
             run(&ts, r#"{"amount":50,"country":"DE"}"#).0,
             Applied::Filtered
+        );
+    }
+
+    #[test]
+    fn integers_are_signed_so_differences_can_be_negative() {
+        let ts = t("[[transforms]]\ntype = \"filter\"\ncondition = 'event.a - event.b < 0 && event.c > 1.5 && event.a == 1u'\n");
+        let (out, errs) = run(&ts, r#"{"a":1,"b":2,"c":2}"#);
+        assert!(matches!(out, Applied::Keep(_)), "{out:?} {errs:?}");
+        assert!(errs.is_empty(), "{errs:?}");
+        let (out, errs) = run(&ts, r#"{"a":3,"b":2,"c":2}"#);
+        assert_eq!(out, Applied::Filtered, "{errs:?}");
+        let big =
+            t("[[transforms]]\ntype = \"filter\"\ncondition = 'event.n > 9223372036854775807u'\n");
+        let (out, errs) = run(&big, r#"{"n":18446744073709551615}"#);
+        assert!(
+            matches!(out, Applied::Keep(_)) && errs.is_empty(),
+            "{out:?} {errs:?}"
         );
     }
 
