@@ -50,8 +50,9 @@ impl std::fmt::Debug for Cursor<'_> {
 }
 
 impl<'a> Cursor<'a> {
-    /// A reader of `topic`/`partition` from `pos`.
-    fn at(
+    /// A reader of `topic`/`partition` from `pos` (for a node that keeps its own record
+    /// of its positions; others [`Cursor::open`] at their group's).
+    pub fn at(
         log: &'a dyn Log,
         node: &'a str,
         topic: &str,
@@ -85,18 +86,6 @@ impl<'a> Cursor<'a> {
         let start = || start_position(log, group, topic, partition);
         let pos = retry_until_ok(stop, node, "read the start position", start).await?;
         Some(Cursor::at(log, node, topic, partition, pos, limits))
-    }
-
-    /// A reader from `pos`, for a node that keeps its own record of its positions.
-    pub fn from_position(
-        log: &'a dyn Log,
-        node: &'a str,
-        topic: &str,
-        partition: u32,
-        pos: u64,
-        limits: ReadLimits,
-    ) -> Cursor<'a> {
-        Cursor::at(log, node, topic, partition, pos, limits)
     }
 
     /// What to say, after the loss, when retention deleted records under this reader.

@@ -151,7 +151,7 @@ impl Fingerprinter {
                 fields_max: cfg.fields_max,
                 entropy: cfg.entropy.clone(),
             },
-            keep_ms: cfg.keep.0.as_millis() as i64,
+            keep_ms: cfg.keep().as_millis() as i64,
             lateness_ms: cfg.lateness.0.as_millis() as i64,
             every: cfg.checkpoint_every.0,
             record_bytes_max,
@@ -225,7 +225,7 @@ impl Fingerprinter {
             futures_util::future::join_all(starts.into_iter().enumerate().map(|(p, at)| {
                 let (tx, shutdown) = (tx.clone(), &shutdown);
                 async move {
-                    let mut cursor = Cursor::from_position(log, node, topic, p as u32, at, limits)
+                    let mut cursor = Cursor::at(log, node, topic, p as u32, at, limits)
                         .retention_hint(" (their fingerprints miss them)");
                     while let Some(batch) = cursor.next(shutdown).await {
                         let last = batch.last().map_or(cursor.position(), |r| r.offset);

@@ -43,9 +43,9 @@ pub struct FingerprintConfig {
     #[serde(default = "default_fields_max")]
     pub fields_max: usize,
     /// Buckets further than this behind the newest are dropped (memory; an event for
-    /// one is counted as too old). Default `"2d"`.
-    #[serde(default = "default_keep")]
-    pub keep: Dur,
+    /// one is counted as too old). At most 1 000 buckets. Default 48 buckets (`"2d"`
+    /// for hourly buckets).
+    pub keep: Option<Dur>,
     /// A bucket is complete (signal `hifi.bucket.complete`) once the largest event
     /// time read is this far past its end and the ledger settled its events. Default
     /// `"1m"`.
@@ -69,10 +69,6 @@ fn default_fields_max() -> usize {
     32
 }
 
-fn default_keep() -> Dur {
-    Dur(Duration::from_secs(2 * 86_400))
-}
-
 fn default_checkpoint_every() -> Dur {
     Dur(Duration::from_secs(10))
 }
@@ -83,10 +79,19 @@ pub const FINGERPRINT_ENTROPY_MAX: usize = 16;
 /// Most buckets kept (`keep` ÷ `bucket`).
 pub const FINGERPRINT_BUCKETS_MAX: u64 = 1_000;
 
+/// Buckets kept by default.
+const DEFAULT_BUCKETS_KEPT: u32 = 48;
+
 impl FingerprintConfig {
+    /// `keep`, or 48 buckets.
+    pub fn keep(&self) -> Duration {
+        self.keep
+            .map_or(self.bucket.0 * DEFAULT_BUCKETS_KEPT, |k| k.0)
+    }
+
     /// What is wrong with it, if anything (for `hifi validate`).
     pub fn problem(&self) -> Option<String> {
-        let (bucket, keep) = (self.bucket.0, self.keep.0);
+        let (bucket, keep) = (self.bucket.0, self.keep());
         if bucket < Duration::from_secs(1) || bucket > Duration::from_secs(7 * 86_400) {
             return Some(format!(
                 "fingerprint.bucket must be between 1s and 7d, not {}",
