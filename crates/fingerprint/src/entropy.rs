@@ -137,8 +137,12 @@ impl Counts {
                 high: 0.0,
             };
         }
+        // Summed in a fixed order (a map's order differs between copies of it), so equal
+        // counts always give equal figures.
+        let mut counts: Vec<(u64, u64)> = self.counts.values().copied().collect();
+        counts.sort_unstable();
         if !self.sketch {
-            let bits: f64 = self.counts.values().map(|(c, _)| term(*c as f64, n)).sum();
+            let bits: f64 = counts.iter().map(|(c, _)| term(*c as f64, n)).sum();
             let bits = if bits > 0.0 { bits } else { 0.0 }; // never -0
             return Entropy {
                 bits,
@@ -147,14 +151,13 @@ impl Counts {
                 high: bits,
             };
         }
-        let guaranteed: Vec<u64> = self.counts.values().map(|(c, e)| c - e).collect();
+        let guaranteed: Vec<u64> = counts.iter().map(|(c, e)| c - e).collect();
         let bits = fill(&guaranteed, self.total, distinct_estimate);
         let high = fill(&guaranteed, self.total, distinct_estimate * 1.1).max(bits);
         // Every count is at most its counter and the counters sum to the total: the
         // counters themselves are the most concentrated the values can be.
-        let low = self
-            .counts
-            .values()
+        let low = counts
+            .iter()
             .map(|(c, _)| term(*c as f64, n))
             .sum::<f64>()
             .min(bits);

@@ -9,7 +9,9 @@
 //! the record before. A restart replays those records (later states of a bucket replace
 //! earlier ones) and reads on from the positions of the last one, so no event is counted
 //! twice or missed. A checkpoint larger than a record is written as a group of records
-//! in one append, and replay applies a group only when all its parts are there.
+//! in one append, and replay applies a group only when all its parts are there. When the
+//! checkpoints cannot be read back whole (a record unreadable, the last snapshot past
+//! their retention after a long stop), the topic is counted again from its oldest record.
 //!
 //! **Bounded.** Memory holds the buckets within `keep` of the newest (an event for an
 //! older one is counted in `too_old`). Every hour, and once what was written since the
@@ -258,6 +260,8 @@ impl Fingerprinter {
                     }
                 }
             }
+            // Readers waiting to hand over a batch give up (they would wait forever).
+            rx.close();
             // What was counted before the stop is kept (nothing after it was).
             if let Err(e) = self.checkpoint().await {
                 warn!(node, topic, %e, "cannot write its last fingerprint checkpoint; the events since the one before will be read again");
@@ -544,8 +548,18 @@ impl Fingerprinter {
                 }
             })
             .await?;
-            if bad > 0 {
-                warn!(node = %self.node, bad, "unreadable fingerprint checkpoint records skipped");
+            // Figures that cannot be read back whole are counted again from the topic:
+            // exact for what it still holds, never counted twice.
+            let why = if from < start {
+                Some("its last snapshot is older than the checkpoints kept (one day)".to_owned())
+            } else if bad > 0 {
+                Some(format!("{bad} of its checkpoint records cannot be read"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                error!(node = %self.node, topic = %self.topic, "fingerprint: {why}; counting the topic again from its oldest record");
+                st = State::default();
             }
         }
         let mut starts = Vec::with_capacity(partitions as usize);
@@ -689,4 +703,82 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+    use super::*;
+
+    async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
+        let cfg: FingerprintConfig = toml::from_str("").unwrap();
+        let fp = Fingerprinter::new(
+            "sources.api".into(),
+            "events".into(),
+            &cfg,
+            1 << 20,
+            log.clone(),
+            None,
+            Vec::new(),
+        );
+        fp.prepare().await.unwrap();
+        fp
+    }
+
+    fn counted(fp: &Fingerprinter) -> u64 {
+        fp.report(0, i64::MAX)
+            .buckets
+            .iter()
+            .map(|b| b.1.count)
+            .sum()
+    }
+
+    /// Figures come back with their positions; a checkpoint that cannot be read makes
+    /// the fingerprint count the topic again instead of trusting a part of it.
+    #[tokio::test]
+    async fn checkpoints_come_back_whole_or_the_topic_is_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        log.ensure_topic(&TopicSpec::new("events", 1))
+            .await
+            .unwrap();
+        let records = (0..3)
+            .map(|i| Record::new(format!("{{\"n\":{i}}}"), 3_600_000 + i))
+            .collect();
+        log.append("events", 0, records).await.unwrap();
+        let stored = log
+            .read("events", 0, 0, ReadLimits::default())
+            .await
+            .unwrap();
+
+        let a = fingerprinter(&log).await;
+        assert_eq!(a.load(1).await.unwrap(), vec![0]);
+        a.count(0, &stored);
+        a.checkpoint().await.unwrap();
+
+        let b = fingerprinter(&log).await;
+        assert_eq!(
+            b.load(1).await.unwrap(),
+            vec![3],
+            "read on after the counted"
+        );
+        assert_eq!(counted(&b), 3);
+
+        log.append(
+            &checkpoint_topic("events"),
+            0,
+            vec![Record::new("garbage", 0)],
+        )
+        .await
+        .unwrap();
+        let c = fingerprinter(&log).await;
+        assert_eq!(
+            c.load(1).await.unwrap(),
+            vec![0],
+            "counted again from the start"
+        );
+        assert_eq!(counted(&c), 0);
+    }
 }

@@ -154,51 +154,56 @@ pub(crate) async fn run(
     let new = || w.query.events();
     let mut committed = starts;
     let windows = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = rx.recv() => {
-                    let Some((p, batch)) = got else { return };
-                    let arriving = arriving(stage, p, batch);
-                    let refused = st.add(p, arriving, Instant::now(), &new);
-                    if !refused.is_empty() && !dead_letter_refused(stage, refused, &shutdown).await {
-                        return;
+        let run = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = rx.recv() => {
+                        let Some((p, batch)) = got else { return };
+                        let arriving = arriving(stage, p, batch);
+                        let refused = st.add(p, arriving, Instant::now(), &new);
+                        if !refused.is_empty() && !dead_letter_refused(stage, refused, &shutdown).await {
+                            return;
+                        }
                     }
+                    _ = tick.tick() => {}
                 }
-                _ = tick.tick() => {}
-            }
-            let due = st.due(Instant::now(), crate::now_ms());
-            for d in &due {
-                let Some(mut window) = st.take(*d) else {
-                    continue;
-                };
-                if !emit(stage, w, out_partitions, *d, &mut window, &shutdown).await {
-                    return; // shut down before the output was durable: nothing committed
+                let due = st.due(Instant::now(), crate::now_ms());
+                for d in &due {
+                    let Some(mut window) = st.take(*d) else {
+                        continue;
+                    };
+                    if !emit(stage, w, out_partitions, *d, &mut window, &shutdown).await {
+                        return; // shut down before the output was durable: nothing committed
+                    }
+                    st.emitted(*d, window);
                 }
-                st.emitted(*d, window);
-            }
-            let pos = st.commit_positions();
-            if due.is_empty() && pos == committed {
-                continue;
-            }
-            if !save_checkpoint(stage, &st.checkpoint(), &shutdown).await {
-                return;
-            }
-            for (p, at) in pos.iter().enumerate() {
-                if committed[p] == *at {
+                let pos = st.commit_positions();
+                if due.is_empty() && pos == committed {
                     continue;
                 }
-                let commit = || log.commit(&group, input, p as u32, *at);
-                if retry_until_ok(&shutdown, name, "commit the position", commit)
-                    .await
-                    .is_none()
-                {
+                if !save_checkpoint(stage, &st.checkpoint(), &shutdown).await {
                     return;
                 }
-                committed[p] = *at;
+                for (p, at) in pos.iter().enumerate() {
+                    if committed[p] == *at {
+                        continue;
+                    }
+                    let commit = || log.commit(&group, input, p as u32, *at);
+                    if retry_until_ok(&shutdown, name, "commit the position", commit)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    committed[p] = *at;
+                }
             }
-        }
+        };
+        run.await;
+        // Readers waiting to hand over a batch give up (they would wait forever).
+        rx.close();
     };
     tokio::join!(readers, windows);
     Ok(())
