@@ -97,9 +97,10 @@ struct State {
     written_read_to: Vec<u64>,
 }
 
-/// One record of a checkpoint.
+/// One record of a checkpoint: written with the buckets borrowed (`Part<&Bucket>`),
+/// read back owning them.
 #[derive(Debug, Serialize, Deserialize)]
-struct Part {
+struct Part<B = Bucket> {
     /// Its place in its group (parts of one checkpoint, written in one append).
     part: u32,
     parts: u32,
@@ -115,7 +116,7 @@ struct Part {
     completed: BTreeMap<i64, Summary>,
     #[serde(default)]
     verdicts: BTreeMap<i64, Vec<Verdict>>,
-    buckets: Vec<(i64, Bucket)>,
+    buckets: Vec<(i64, B)>,
 }
 
 /// The figures of a range of buckets, for `/v1/fingerprints`.
@@ -320,9 +321,8 @@ impl Fingerprinter {
             let watermark = st.max_time_ms - self.lateness_ms;
             for (start, b) in &st.buckets {
                 let end = start + self.bucket_ms;
-                let after = b.summary();
                 let before = st.completed.get(start);
-                if before.is_some_and(|b| b.count == after.count) {
+                if before.is_some_and(|before| before.count == b.count) {
                     continue;
                 }
                 // A bucket shorter than the ledger's minute waits for the minute
@@ -340,6 +340,7 @@ impl Fingerprinter {
                 if self.audits.iter().any(|a| a.needs_input) && input == Some(None) {
                     continue; // its input's bucket is not complete yet
                 }
+                let after = b.summary();
                 let v = crate::audit::variables(&after);
                 let input = input.flatten().map(|s| crate::audit::variables(&s));
                 let previous = st
@@ -369,7 +370,7 @@ impl Fingerprinter {
                     );
                     out.push(bucket_signal(
                         &self.node,
-                        "audit.failed",
+                        "hifi.audit.failed",
                         id,
                         subject.clone(),
                         d,
@@ -380,11 +381,23 @@ impl Fingerprinter {
                     data["before"] = serde_json::to_value(before).unwrap_or_default();
                     data["after"] = serde_json::to_value(&after).unwrap_or_default();
                     let id = format!("{}/{start}/updated/{}", self.topic, after.count);
-                    out.push(bucket_signal(&self.node, "updated", id, subject, data));
+                    out.push(bucket_signal(
+                        &self.node,
+                        "hifi.bucket.updated",
+                        id,
+                        subject,
+                        data,
+                    ));
                 } else {
                     data["fingerprint"] = serde_json::to_value(&after).unwrap_or_default();
                     let id = format!("{}/{start}/complete", self.topic);
-                    out.push(bucket_signal(&self.node, "complete", id, subject, data));
+                    out.push(bucket_signal(
+                        &self.node,
+                        "hifi.bucket.complete",
+                        id,
+                        subject,
+                        data,
+                    ));
                 }
                 marks.push((*start, after, verdicts));
             }
@@ -426,9 +439,9 @@ impl Fingerprinter {
             } else {
                 st.dirty.iter().copied().collect()
             };
-            let buckets: Vec<(i64, Bucket)> = names
+            let buckets: Vec<(i64, &Bucket)> = names
                 .iter()
-                .filter_map(|b| st.buckets.get(b).map(|f| (*b, f.clone())))
+                .filter_map(|b| st.buckets.get(b).map(|f| (*b, f)))
                 .collect();
             let parts = self.encode(&st, snapshot, buckets)?;
             st.dirty.clear();
@@ -457,22 +470,23 @@ impl Fingerprinter {
         Ok(())
     }
 
-    /// A checkpoint's records: as few as fit in a record each.
+    /// A checkpoint's records: its buckets split in halves until each record fits.
     fn encode(
         &self,
         st: &State,
         snapshot: bool,
-        buckets: Vec<(i64, Bucket)>,
+        buckets: Vec<(i64, &Bucket)>,
     ) -> Result<Vec<Record>, LogError> {
         let limit = (self.record_bytes_max / 2).max(4096);
-        let mut groups: Vec<Vec<(i64, Bucket)>> = vec![buckets];
+        let mut groups = vec![buckets];
         loop {
+            let n = groups.len() as u32;
             let encoded: Vec<Vec<u8>> = groups
                 .iter()
-                .map(|g| encode_part(st, snapshot, 0, 1, g.clone()))
+                .enumerate()
+                .map(|(i, g)| encode_part(st, snapshot, i as u32, n, g))
                 .collect::<Result<_, _>>()?;
-            let too_big = encoded.iter().position(|e| e.len() > limit);
-            match too_big {
+            match encoded.iter().position(|e| e.len() > limit) {
                 Some(i) if groups[i].len() > 1 => {
                     let mut g = std::mem::take(&mut groups[i]);
                     let half = g.split_off(g.len() / 2);
@@ -484,17 +498,12 @@ impl Fingerprinter {
                         max: limit,
                     })
                 }
-                None => break,
+                None => {
+                    let now = crate::now_ms();
+                    return Ok(encoded.into_iter().map(|v| Record::new(v, now)).collect());
+                }
             }
         }
-        let n = groups.len() as u32;
-        groups
-            .into_iter()
-            .enumerate()
-            .map(|(i, g)| {
-                encode_part(st, snapshot, i as u32, n, g).map(|v| Record::new(v, crate::now_ms()))
-            })
-            .collect()
     }
 
     /// Replays the checkpoints; returns where to read each partition from.
@@ -586,7 +595,7 @@ fn encode_part(
     snapshot: bool,
     part: u32,
     parts: u32,
-    buckets: Vec<(i64, Bucket)>,
+    buckets: &[(i64, &Bucket)],
 ) -> Result<Vec<u8>, LogError> {
     let p = Part {
         part,
@@ -598,7 +607,7 @@ fn encode_part(
         max_time_ms: st.max_time_ms,
         completed: st.completed.clone(),
         verdicts: st.verdicts.clone(),
-        buckets,
+        buckets: buckets.to_vec(),
     };
     let json = serde_json::to_vec(&p).map_err(|e| LogError::Invalid(e.to_string()))?;
     zstd::bulk::compress(&json, 3).map_err(|source| LogError::Io {
@@ -636,31 +645,10 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
         }
     }
     let mut by_topic: BTreeMap<&str, String> = BTreeMap::new();
-    let nodes: Vec<_> = cfg
-        .sources
-        .iter()
-        .map(|(n, s)| {
-            (
-                format!("sources.{n}"),
-                None,
-                s.topic.get_ref(),
-                &s.fingerprint,
-                &s.audits,
-            )
-        })
-        .chain(cfg.stages.iter().map(|(n, s)| {
-            let input = Some(s.input.get_ref());
-            (
-                format!("stages.{n}"),
-                input,
-                s.output.get_ref(),
-                &s.fingerprint,
-                &s.audits,
-            )
-        }))
-        .collect();
-    for (node, _, topic, f, _) in &nodes {
-        let Some(f) = f else { continue };
+    let nodes: Vec<_> = cfg.writers().collect();
+    for w in &nodes {
+        let (node, topic) = (w.node_name(), w.topic);
+        let Some(f) = w.fingerprint else { continue };
         if let Some(why) = f.problem() {
             return Err(loaded.error(format!("{node}.fingerprint"), why));
         }
@@ -671,11 +659,12 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
             ));
         }
     }
-    for (node, input, _, f, audits) in &nodes {
+    for w in &nodes {
+        let (node, audits) = (w.node_name(), w.audits);
         if audits.is_empty() {
             continue;
         }
-        if f.is_none() {
+        if w.fingerprint.is_none() {
             return Err(loaded.error(
                 format!("{node}.audits"),
                 "audits check the node's fingerprint: add `fingerprint = {}` to it",
@@ -690,9 +679,9 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
         let compiled = crate::audit::compile(audits)
             .map_err(|(i, why)| loaded.error(format!("{node}.audits[{i}].check"), why))?;
         if let Some(i) = compiled.iter().position(|a| a.needs_input) {
-            let why = match input {
+            let why = match w.input {
                 None => Some("a source has no input: `input` is for stages".to_owned()),
-                Some(t) if !by_topic.contains_key(t.as_str()) => Some(format!(
+                Some(t) if !by_topic.contains_key(t) => Some(format!(
                     "`input` is the fingerprint of topic {t:?}, which has none: add `fingerprint` to the node writing it"
                 )),
                 Some(_) => None,
@@ -711,12 +700,16 @@ mod tests {
     use super::*;
 
     async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
+        fingerprinter_within(log, 1 << 20).await
+    }
+
+    async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fingerprinter {
         let cfg: FingerprintConfig = toml::from_str("").unwrap();
         let fp = Fingerprinter::new(
             "sources.api".into(),
             "events".into(),
             &cfg,
-            1 << 20,
+            record_bytes_max,
             log.clone(),
             None,
             Vec::new(),
@@ -731,6 +724,61 @@ mod tests {
             .iter()
             .map(|b| b.1.count)
             .sum()
+    }
+
+    /// A checkpoint larger than a record is written as a group of records, and read
+    /// back whole.
+    #[tokio::test]
+    async fn a_checkpoint_larger_than_a_record_is_split_and_comes_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        log.ensure_topic(&TopicSpec::new("events", 1))
+            .await
+            .unwrap();
+        // 2 000 events over 20 hourly buckets, ten fields of many values each.
+        let records = (0..2_000i64)
+            .map(|i| {
+                let fields: Vec<String> = (0..10)
+                    .map(|f| format!("\"f{f}\":\"v{}\"", i * 7 + f))
+                    .collect();
+                Record::new(
+                    format!("{{{}}}", fields.join(",")),
+                    3_600_000 * (1 + i % 20),
+                )
+            })
+            .collect();
+        log.append("events", 0, records).await.unwrap();
+        let stored = log
+            .read(
+                "events",
+                0,
+                0,
+                ReadLimits {
+                    max_records: 5_000,
+                    ..ReadLimits::default()
+                },
+            )
+            .await
+            .unwrap();
+        let a = fingerprinter_within(&log, 16 << 10).await;
+        a.load(1).await.unwrap();
+        a.count(0, &stored);
+        a.checkpoint().await.unwrap();
+        let parts = log
+            .offsets(&checkpoint_topic("events"), 0)
+            .await
+            .unwrap()
+            .end;
+        assert!(
+            parts > 1,
+            "one record of at most 8 KiB cannot hold it: {parts}"
+        );
+        let b = fingerprinter_within(&log, 16 << 10).await;
+        assert_eq!(b.load(1).await.unwrap(), vec![2_000]);
+        assert_eq!(counted(&b), 2_000);
+        assert_eq!(b.report(0, i64::MAX).buckets.len(), 20);
     }
 
     /// Figures come back with their positions; a checkpoint that cannot be read makes

@@ -57,12 +57,16 @@ pub fn contained<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let before = CONTAINED.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CONTAINED.with(|c| c.set(before));
-    result.map_err(|p| {
-        p.downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into())
-    })
+    result.map_err(|p| panic_text(p.as_ref()))
+}
+
+/// A panic's message (`panic!` gives a `&str` or a `String`).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Makes a panic in any task of this process (a bug: in a stage's partition worker, a
@@ -83,12 +87,7 @@ pub fn fail_on_panic(health: &std::sync::Arc<Health>) {
             if CONTAINED.with(std::cell::Cell::get) {
                 return; // caught by `contained`
             }
-            let p = info.payload();
-            let text = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
+            let text = panic_text(info.payload());
             let at = info
                 .location()
                 .map(|l| format!(" at {}:{}", l.file(), l.line()))

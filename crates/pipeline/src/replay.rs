@@ -18,7 +18,7 @@ use hifi_log::{Log, LogError, Record};
 use serde::Serialize;
 
 use crate::event::EventMeta;
-use crate::retry::{annotate, retry_header, retry_topic};
+use crate::retry::{due_now, retry_topic};
 
 /// What a replay did.
 #[derive(Debug, Default, Serialize)]
@@ -62,15 +62,11 @@ pub async fn replay(
                     if done.ids.len() < IDS_SHOWN {
                         done.ids.push(meta.id.as_str().to_owned());
                     }
-                    Some(annotate(
+                    Some(due_now(
                         &r.record,
                         &meta.origin.to_string(),
-                        vec![
-                            (retry_header::ATTEMPTS, "0".into()),
-                            (retry_header::FIRST_MS, now_ms.to_string()),
-                            (retry_header::DUE_MS, now_ms.to_string()),
-                            (retry_header::REASON, "replayed".into()),
-                        ],
+                        now_ms,
+                        "replayed",
                     ))
                 })
                 .collect();

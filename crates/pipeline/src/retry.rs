@@ -152,6 +152,21 @@ pub fn annotate(original: &Record, origin: &str, extra: Vec<(&'static str, Strin
     r
 }
 
+/// A record for a sink's first retry tier, due now, as if it had not been tried yet
+/// (re-driven dead letters, replays): `reason` says why it is there.
+pub fn due_now(original: &Record, origin: &str, now_ms: i64, reason: &str) -> Record {
+    annotate(
+        original,
+        origin,
+        vec![
+            (retry_header::ATTEMPTS, "0".into()),
+            (retry_header::FIRST_MS, now_ms.to_string()),
+            (retry_header::DUE_MS, now_ms.to_string()),
+            (retry_header::REASON, reason.to_owned()),
+        ],
+    )
+}
+
 /// One dead letter as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -292,21 +307,7 @@ pub async fn redrive(
         }
         let records: Vec<Record> = chosen
             .iter()
-            .map(|(d, r)| {
-                annotate(
-                    r,
-                    &d.origin,
-                    vec![
-                        (retry_header::ATTEMPTS, "0".into()),
-                        (retry_header::FIRST_MS, now_ms.to_string()),
-                        (retry_header::DUE_MS, now_ms.to_string()),
-                        (
-                            retry_header::REASON,
-                            "re-driven from the dead-letter queue".into(),
-                        ),
-                    ],
-                )
-            })
+            .map(|(d, r)| due_now(r, &d.origin, now_ms, "re-driven from the dead-letter queue"))
             .collect();
         log.append(target, 0, records).await?;
         let offsets: Vec<String> = chosen

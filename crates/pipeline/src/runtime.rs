@@ -197,7 +197,11 @@ impl NodeFilter {
         known.extend(c.stages.keys().map(|n| format!("stages.{n}")));
         known.extend(c.sinks.keys().map(|n| format!("sinks.{n}")));
         // A fingerprint is read by one process: with --only, the one that names it.
-        known.extend(fingerprinted_nodes(loaded).map(|n| format!("fingerprints.{n}")));
+        known.extend(
+            c.writers()
+                .filter(|w| w.fingerprint.is_some())
+                .map(|w| format!("fingerprints.{}", w.node_name())),
+        );
         let mut set = std::collections::BTreeSet::new();
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !known.iter().any(|k| k == item) {
@@ -224,21 +228,6 @@ impl NodeFilter {
             .as_ref()
             .is_none_or(|s| s.contains(&format!("{kind}.{name}")))
     }
-}
-
-/// The sources and stages with a `fingerprint` (`sources.api`, `stages.big`).
-fn fingerprinted_nodes(loaded: &LoadedConfig) -> impl Iterator<Item = String> + '_ {
-    let c = &loaded.config;
-    c.sources
-        .iter()
-        .filter(|(_, s)| s.fingerprint.is_some())
-        .map(|(n, _)| format!("sources.{n}"))
-        .chain(
-            c.stages
-                .iter()
-                .filter(|(_, s)| s.fingerprint.is_some())
-                .map(|(n, _)| format!("stages.{n}")),
-        )
 }
 
 /// A running pipeline.
@@ -481,36 +470,15 @@ impl Pipeline {
             .collect();
         let scale = Arc::new(crate::scale::Scale::new(cfg.scale.clone(), watched));
         tasks.spawn(scale.clone().run(ledger.clone(), shutdown.clone()));
-        let fingerprinted = cfg
-            .sources
-            .iter()
-            .filter(|(n, _)| only.runs("fingerprints", &format!("sources.{n}")))
-            .map(|(n, s)| {
-                (
-                    format!("sources.{n}"),
-                    s.topic.get_ref(),
-                    &s.fingerprint,
-                    &s.audits,
-                )
-            })
-            .chain(
-                cfg.stages
-                    .iter()
-                    .filter(|(n, _)| only.runs("fingerprints", &format!("stages.{n}")))
-                    .map(|(n, s)| {
-                        (
-                            format!("stages.{n}"),
-                            s.output.get_ref(),
-                            &s.fingerprint,
-                            &s.audits,
-                        )
-                    }),
-            );
         let mut fingerprints = Vec::new();
         let mut signals = None;
-        for (node, topic, f, audits) in fingerprinted {
-            let Some(f) = f else { continue };
-            let audits = crate::audit::compile(audits).map_err(|(i, why)| {
+        let mut inputs = Vec::new();
+        for w in cfg.writers() {
+            let node = w.node_name();
+            let Some(f) = w.fingerprint.filter(|_| only.runs("fingerprints", &node)) else {
+                continue;
+            };
+            let audits = crate::audit::compile(w.audits).map_err(|(i, why)| {
                 StartError::Config(format!("{node}.audits[{i}].check: {why}"))
             })?;
             if signals.is_none() {
@@ -528,7 +496,7 @@ impl Pipeline {
             let ledger = ledger_enabled(loaded).then(|| ledger.clone());
             let fp = Arc::new(crate::fingerprint::Fingerprinter::new(
                 node.clone(),
-                topic.clone(),
+                w.topic.to_owned(),
                 f,
                 cfg.engine.record_bytes_max.0 as usize,
                 log.clone(),
@@ -549,14 +517,13 @@ impl Pipeline {
                 },
             );
             fingerprints.push(fp);
+            inputs.push(w.input);
         }
-        for fp in &fingerprints {
-            let input = fp
-                .node
-                .strip_prefix("stages.")
-                .and_then(|n| cfg.stages.get(n))
-                .map(|s| s.input.get_ref());
-            if let Some(i) = fingerprints.iter().find(|f| Some(&f.topic) == input) {
+        for (fp, input) in fingerprints.iter().zip(inputs) {
+            if let Some(i) = fingerprints
+                .iter()
+                .find(|f| Some(f.topic.as_str()) == input)
+            {
                 let _ = fp.input.set(i.clone());
             }
         }
@@ -611,12 +578,7 @@ where
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
             Err(e) if e.is_panic() => {
-                let p = e.into_panic();
-                let text = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
+                let text = crate::health::panic_text(e.into_panic().as_ref());
                 format!("it panicked (a bug; please report it): {text}")
             }
             Err(e) => e.to_string(),

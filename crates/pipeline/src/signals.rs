@@ -161,16 +161,13 @@ async fn send_to_webhook(url: String, mut rx: mpsc::Receiver<Value>, stop: Cance
     }
 }
 
-/// A signal about a bucket, as a CloudEvent.
+/// A signal about a bucket, as a CloudEvent of type `kind` (`hifi.bucket.complete`, …).
 pub fn bucket_signal(node: &str, kind: &str, id: String, subject: String, data: Value) -> Value {
     serde_json::json!({
         "specversion": "1.0",
         "id": id,
         "source": format!("hifi/{node}"),
-        "type": match kind {
-            "audit.failed" => "hifi.audit.failed".to_owned(),
-            _ => format!("hifi.bucket.{kind}"),
-        },
+        "type": kind,
         "time": crate::event::rfc3339_ms(crate::now_ms()),
         "subject": subject,
         "datacontenttype": "application/json",

@@ -123,3 +123,48 @@ impl FingerprintConfig {
         None
     }
 }
+
+/// A node that writes a topic (a source or a stage), with what it declares about that
+/// topic's fingerprint.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// `sources` or `stages`, and its name there.
+    pub kind: &'static str,
+    pub name: &'a str,
+    /// A stage's input topic.
+    pub input: Option<&'a str>,
+    /// The topic it writes.
+    pub topic: &'a str,
+    pub fingerprint: Option<&'a FingerprintConfig>,
+    pub audits: &'a [AuditConfig],
+}
+
+impl Writer<'_> {
+    /// Its node name: `sources.api`, `stages.big`.
+    pub fn node_name(&self) -> String {
+        format!("{}.{}", self.kind, self.name)
+    }
+}
+
+impl PipelineConfig {
+    /// Every source and stage, with the topic it writes.
+    pub fn writers(&self) -> impl Iterator<Item = Writer<'_>> {
+        let sources = self.sources.iter().map(|(n, s)| Writer {
+            kind: "sources",
+            name: n,
+            input: None,
+            topic: s.topic.get_ref(),
+            fingerprint: s.fingerprint.as_ref(),
+            audits: &s.audits,
+        });
+        let stages = self.stages.iter().map(|(n, s)| Writer {
+            kind: "stages",
+            name: n,
+            input: Some(s.input.get_ref()),
+            topic: s.output.get_ref(),
+            fingerprint: s.fingerprint.as_ref(),
+            audits: &s.audits,
+        });
+        sources.chain(stages)
+    }
+}
