@@ -14,19 +14,18 @@
 //! it reflects and read back after a crash: recounting is never needed.
 #![forbid(unsafe_code)]
 
+mod distinct;
 pub mod entropy;
 mod fields;
 
 use std::collections::BTreeMap;
 
-use hyperloglog::HyperLogLog;
 use serde::{Deserialize, Serialize};
+
+use distinct::Distinct;
 
 pub use entropy::Entropy;
 pub use fields::{for_each_field, Value};
-
-/// HyperLogLog's target error: 2 048 registers (2 KiB) per field and bucket.
-const DISTINCT_ERROR: f64 = 0.023;
 
 /// What to compute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ pub struct Bucket {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Field {
     non_null: u64,
-    distinct: HyperLogLog,
+    distinct: Distinct,
     numbers: Option<Numbers>,
     entropy: Option<entropy::Counts>,
 }
@@ -121,7 +120,7 @@ impl Bucket {
             }
             None => self.fields.entry(name.to_owned()).or_insert_with(|| Field {
                 non_null: 0,
-                distinct: HyperLogLog::new_deterministic(DISTINCT_ERROR, 0x6869_6669),
+                distinct: Distinct::default(),
                 numbers: None,
                 entropy: settings
                     .entropy
@@ -133,7 +132,7 @@ impl Bucket {
         field.non_null += 1;
         let text = value.text();
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
-        field.distinct.insert_by_hash_value(hash);
+        field.distinct.add_hash(hash);
         if let Some(e) = &mut field.entropy {
             e.add(hash);
         }
@@ -158,7 +157,7 @@ impl Bucket {
             .iter()
             .map(|(name, f)| {
                 let nulls = self.count.saturating_sub(f.non_null);
-                let distinct = f.distinct.len();
+                let distinct = f.distinct.estimate();
                 let numbers = f.numbers;
                 (
                     name.clone(),
@@ -169,12 +168,12 @@ impl Bucket {
                         } else {
                             nulls as f64 / self.count as f64
                         },
-                        distinct: distinct.round() as u64,
+                        distinct,
                         numbers: numbers.map(|n| n.n),
                         min: numbers.map(|n| n.min),
                         max: numbers.map(|n| n.max),
                         mean: numbers.map(|n| n.sum / n.n as f64),
-                        entropy: f.entropy.as_ref().map(|e| e.entropy(distinct)),
+                        entropy: f.entropy.as_ref().map(|e| e.entropy(distinct as f64)),
                     },
                 )
             })
@@ -232,14 +231,24 @@ mod tests {
     }
 
     #[test]
-    fn distinct_counts_are_within_a_few_percent() {
-        let mut b = Bucket::default();
+    fn distinct_estimates_are_within_their_stated_error() {
+        // 20 sets of 2 000 to 40 000 distinct values: the root mean square of the
+        // relative errors is near 2.3 % with 2 048 registers.
         let s = settings();
-        for i in 0..50_000 {
-            b.add(format!(r#"{{"user": "u{}"}}"#, i % 20_000).as_bytes(), &s);
+        let mut squares = 0.0;
+        for set in 0..20 {
+            let n = 2_000 + set * 2_000;
+            let mut b = Bucket::default();
+            for i in 0..n + n / 2 {
+                b.add(format!(r#"{{"user": "s{set}-u{}"}}"#, i % n).as_bytes(), &s);
+            }
+            let d = b.summary().fields["user"].distinct as f64;
+            let relative = (d - n as f64) / n as f64;
+            assert!(relative.abs() < 0.1, "{d} of {n}");
+            squares += relative * relative;
         }
-        let d = b.summary().fields["user"].distinct as f64;
-        assert!((d - 20_000.0).abs() / 20_000.0 < 0.07, "{d}");
+        let rms = (squares / 20.0).sqrt();
+        assert!(rms < 0.035, "root mean square error {rms}");
     }
 
     #[test]

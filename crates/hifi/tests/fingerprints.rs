@@ -295,8 +295,9 @@ async fn sigkill_exactness(engine: &str) {
         .iter()
         .map(|b| b["fields"]["id"]["distinct"].as_u64().unwrap())
         .sum();
+    // 2.3 % standard error: 10 % is past four of them.
     assert!(
-        (distinct as f64 - counted as f64).abs() <= counted as f64 * 0.07,
+        (distinct as f64 - counted as f64).abs() <= counted as f64 * 0.1,
         "ids are distinct: {distinct} estimated of {counted}"
     );
     proc.sigterm(Duration::from_secs(20));
