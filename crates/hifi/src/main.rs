@@ -38,6 +38,7 @@ mod report;
 mod run;
 mod scale_cmd;
 mod telemetry;
+mod versions_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -153,6 +154,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Versions of a running instance's versioned stages: hash, topic, state, diff
+    /// against the published one, a candidate's backfill progress and audits.
+    Versions {
+        #[command(flatten)]
+        admin: ops::Admin,
+        /// Only this stage.
+        stage: Option<String>,
+    },
+    /// Publish a candidate version of a stage: readers switch to it (the nodes stop,
+    /// draining, and start again on it).
+    Publish {
+        #[command(flatten)]
+        admin: ops::Admin,
+        /// The stage.
+        stage: String,
+        /// The version (its hash, as `hifi versions` shows it).
+        #[arg(value_name = "VERSION")]
+        hash: String,
+    },
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
     Loadtest(Box<loadtest::LoadtestArgs>),
     /// A destination that records every event it receives (for tests and demos).
@@ -214,6 +234,10 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
+            Command::Versions { admin, stage } => versions_cmd::versions(admin, stage).await,
+            Command::Publish { admin, stage, hash } => {
+                versions_cmd::publish(admin, stage, hash).await
+            }
             Command::Replay {
                 admin,
                 sink,

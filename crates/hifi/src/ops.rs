@@ -12,16 +12,16 @@ use serde_json::Value;
 pub struct Admin {
     /// Admin address of the running instance.
     #[arg(long, default_value = "127.0.0.1:8081")]
-    admin: String,
+    pub(crate) admin: String,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Bearer token of `[admin.auth]`, for commands that change state (re-drive).
     #[arg(long, env = "HIFI_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
-async fn get(admin: &Admin, path: &str) -> Result<Value> {
+pub(crate) async fn get(admin: &Admin, path: &str) -> Result<Value> {
     let url = format!("http://{}{path}", admin.admin);
     answer(&url, reqwest::get(&url).await).await
 }
@@ -31,7 +31,7 @@ pub(crate) async fn get_url(url: &str) -> Result<Value> {
     answer(url, reqwest::get(url).await).await
 }
 
-async fn post(admin: &Admin, path: &str, body: &Value) -> Result<Value> {
+pub(crate) async fn post(admin: &Admin, path: &str, body: &Value) -> Result<Value> {
     let url = format!("http://{}{path}", admin.admin);
     let mut req = reqwest::Client::new().post(&url).json(body);
     if let Some(t) = &admin.token {
@@ -318,7 +318,7 @@ pub async fn trace(admin: Admin, origin: Option<String>, id: Option<String>) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn url_escape(s: &str) -> String {
+pub(crate) fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -19,6 +19,9 @@ pub struct ReceiverArgs {
     /// File to append one JSON line per received event to.
     #[arg(long)]
     record: PathBuf,
+    /// Also record each event's `data` in its line.
+    #[arg(long)]
+    record_data: bool,
     /// Share of requests (0.0 to 1.0) to fail with --fail-status.
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -89,8 +92,11 @@ pub async fn run(a: ReceiverArgs) -> Result<ExitCode> {
             None => None,
         },
     };
-    let receiver = Receiver::with_faults(&a.record, faults)
+    let mut receiver = Receiver::with_faults(&a.record, faults)
         .with_context(|| format!("opening the record file {}", a.record.display()))?;
+    if a.record_data {
+        receiver = receiver.recording_data();
+    }
     if let Some(d) = a.down_for {
         println!("receiver: down (refusing connections) for {d:?}");
         tokio::select! {

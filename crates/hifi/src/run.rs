@@ -199,6 +199,17 @@ async fn start_nodes(
         })?;
     }
     let log = engine.log();
+    // Versioned stages: the published versions, candidates beside them, readers on the
+    // published topics (the file's configuration otherwise).
+    let (versioned, versions) = hifi_pipeline::versions::resolve(log.as_ref(), loaded)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let topology = if versions.plans.is_empty() {
+        topology
+    } else {
+        Topology::build(&versioned).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let loaded = &versioned;
     let pipeline = Pipeline::start(
         loaded,
         topology,
@@ -206,6 +217,7 @@ async fn start_nodes(
         opts.drain,
         &opts.only,
         opts.instance.as_deref(),
+        versions,
     )
     .await?;
     let http_stop = CancellationToken::new();
@@ -366,6 +378,72 @@ async fn reload(
     }
 }
 
+/// Publishes a version of a stage: stops every node (sinks drain, positions commit),
+/// records the publish with its readers' cuts ([`hifi_pipeline::versions::publish`]),
+/// and starts the nodes again, now on the published version. If the publish cannot be
+/// recorded, the nodes start again as they were.
+async fn publish_version(
+    running: Running,
+    current: &(LoadedConfig, Topology),
+    req: &hifi_pipeline::versions::Request,
+    opts: &RunOptions,
+) -> Result<Running> {
+    tracing::info!(stage = %req.stage, version = %req.version, by = %req.by,
+        "publishing: stopping the nodes (draining)");
+    // The nodes start again on the addresses bound now (port 0 included).
+    let mut opts = opts.clone();
+    opts.admin = Some(running.admin_addr);
+    let mut loaded = current.0.clone();
+    for (name, addr) in &running.source_addrs {
+        if let Some(s) = loaded.config.sources.get_mut(name) {
+            s.listen = *addr;
+        }
+    }
+    let engine = running.stop_nodes().await;
+    let log = engine.log();
+    match hifi_pipeline::versions::publish(log.as_ref(), &loaded, req).await {
+        Ok(()) => tracing::info!(stage = %req.stage, version = %req.version, "published"),
+        Err(e) => tracing::error!(stage = %req.stage, version = %req.version,
+            "not published, the previous version goes on: {e}"),
+    }
+    match start_on(engine, &loaded, current.1.clone(), &opts).await {
+        Ok(r) => {
+            r.print_addresses(&loaded);
+            Ok(r)
+        }
+        Err((e, engine)) => {
+            engine.close().await;
+            Err(e.context("the pipeline could not start again after a publish"))
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, listened for from its creation: one that comes before the first
+/// wait is not lost (a process told to stop just as it said it runs stops cleanly).
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts listening.
+    pub fn listen() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
 /// Waits for SIGINT or SIGTERM; returns the signal's name.
 pub async fn signal() -> &'static str {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -420,15 +498,33 @@ pub async fn run(
         admin,
         instance,
     };
+    let mut stops = StopSignals::listen().context("cannot listen for SIGTERM and SIGINT")?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     let mut running = start(&loaded, topology.clone(), &opts).await?;
     running.print_addresses(&loaded);
     let mut current = (loaded, topology);
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")?;
+    let mut requests = running.pipeline.versions.take_requests();
     loop {
         let health = running.pipeline.health.clone();
+        let publish = async {
+            match requests.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            sig = signal() => {
+            Some(req) = publish => {
+                running = match publish_version(running, &current, &req, &opts).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+                requests = running.pipeline.versions.take_requests();
+            }
+            sig = stops.recv() => {
                 println!(
                     "{sig} received: draining (at most {} s)...",
                     drain.as_secs()
@@ -450,6 +546,7 @@ pub async fn run(
                         return Ok(ExitCode::from(2));
                     }
                 };
+                requests = running.pipeline.versions.take_requests();
             }
         }
     }

@@ -210,7 +210,27 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
     check(
         "a blocking audit",
         &format!("{SOURCE}fingerprint = {{}}\n[[sources.api.audits]]\ncheck = \"v.count > 0\"\nblocking = true\n"),
-        &["sources.api.audits[0].blocking", "stage versions"],
+        &["sources.api.audits[0].blocking", "needs `versions"],
+    );
+    check(
+        "an audit naming published without versions",
+        &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\nfingerprint = {{}}\n[[stages.s.audits]]\ncheck = \"v.count >= published.count\"\n"),
+        &["stages.s.audits[0].check", "needs `versions"],
+    );
+    check(
+        "a bad backfill_from",
+        &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\nversions = {{ backfill_from = \"yesterday\" }}\n"),
+        &["stages.s.versions.backfill_from", "\"retention\""],
+    );
+    check(
+        "an unknown publish mode",
+        &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\nversions = {{ publish = \"now\" }}\n"),
+        &["unknown variant `now`", "auto"],
+    );
+    check(
+        "a versioned window stage",
+        &format!("{SOURCE}[topics.events]\nschema = {{ id = \"string\" }}\n[stages.s]\ninput = \"events\"\noutput = \"o\"\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\nversions = {{}}\n"),
+        &["stages.s.versions", "window stage"],
     );
     check(
         "an audit of a source naming input",

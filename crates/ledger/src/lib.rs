@@ -329,6 +329,16 @@ impl Ledger {
             node: name.to_owned(),
             pending: Mutex::new(Delta::default()),
             flushing: tokio::sync::Mutex::new(()),
+            detached: false,
+        }
+    }
+
+    /// A handle that records nothing, for a node the ledger does not account for (a
+    /// candidate version of a stage): its time and flushes still work.
+    pub fn detached_node(self: &Arc<Self>, name: &str) -> NodeLedger {
+        NodeLedger {
+            detached: true,
+            ..self.node(name)
         }
     }
 

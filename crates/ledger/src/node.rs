@@ -11,12 +11,15 @@ pub struct NodeLedger {
     /// One flush at a time: a flush returns only when everything recorded before it is
     /// durable (a concurrent caller waits for the flush in progress, then flushes).
     pub(crate) flushing: tokio::sync::Mutex<()>,
+    /// Records nothing (a node the ledger does not account for, e.g. a candidate
+    /// version of a stage).
+    pub(crate) detached: bool,
 }
 
 impl NodeLedger {
     /// Whether the ledger records anything.
     pub fn enabled(&self) -> bool {
-        self.ledger.cfg.enabled
+        self.ledger.cfg.enabled && !self.detached
     }
 
     /// Now in µs on the ledger's clock.

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::config::AuditConfig;
 
 /// The variables a check may name.
-pub const VARIABLES: [&str; 3] = ["v", "input", "previous"];
+pub const VARIABLES: [&str; 4] = ["v", "input", "previous", "published"];
 
 /// A compiled audit.
 pub struct Audit {
@@ -26,6 +26,11 @@ pub struct Audit {
     program: Program,
     /// Whether the check names `input` (the bucket then waits for its input's).
     pub needs_input: bool,
+    /// Whether the check names `published` (the bucket then waits for the published
+    /// version's).
+    pub needs_published: bool,
+    /// Whether a failure keeps a candidate version unpublished.
+    pub blocking: bool,
 }
 
 impl std::fmt::Debug for Audit {
@@ -43,21 +48,25 @@ pub struct Verdict {
     pub audit: String,
     pub check: String,
     pub passed: bool,
+    /// Whether its failure keeps a candidate version unpublished.
+    #[serde(default)]
+    pub blocking: bool,
     /// Why it could not be decided (then it failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// Compiles a node's audits; the error names the audit and what is wrong.
-pub fn compile(cfgs: &[AuditConfig]) -> Result<Vec<Audit>, (usize, String)> {
+/// Compiles a node's audits (`versioned`: a stage with versions, whose checks may name
+/// `published`); the error names the audit and what is wrong.
+pub fn compile(cfgs: &[AuditConfig], versioned: bool) -> Result<Vec<Audit>, (usize, String)> {
     cfgs.iter()
         .enumerate()
         .map(|(i, c)| {
             let program = Program::compile(&c.check)
                 .map_err(|e| (i, format!("check does not parse as CEL: {e}")))?;
             let refs = program.references();
-            if refs.has_variable("published") {
-                return Err((i, "`published` needs stage versions, which hifi does not have yet; compare with `input` or `previous`".to_owned()));
+            if refs.has_variable("published") && !versioned {
+                return Err((i, "`published` is the published version's fingerprint: it needs `versions = { … }` on the stage; compare with `input` or `previous`".to_owned()));
             }
             if let Some(other) = refs
                 .variables()
@@ -66,13 +75,15 @@ pub fn compile(cfgs: &[AuditConfig]) -> Result<Vec<Audit>, (usize, String)> {
             {
                 return Err((
                     i,
-                    format!("check names `{other}`; a check sees only v, input and previous"),
+                    format!("check names `{other}`; a check sees only v, input, previous and published"),
                 ));
             }
             Ok(Audit {
                 name: c.name.clone().unwrap_or_else(|| format!("audits[{i}]")),
                 check: c.check.clone(),
                 needs_input: refs.has_variable("input"),
+                needs_published: refs.has_variable("published"),
+                blocking: c.blocking,
                 program,
             })
         })
@@ -124,6 +135,7 @@ pub fn run(
     v: &Value,
     input: Option<&Value>,
     previous: Option<&Value>,
+    published: Option<&Value>,
 ) -> Vec<Verdict> {
     let mut root = Context::default();
     root.add_function("abs", abs);
@@ -132,12 +144,17 @@ pub fn run(
         .map(|a| {
             let mut ctx = root.new_inner_scope();
             let none = Value::Object(Map::new());
-            let bound = [("v", Some(v)), ("input", input), ("previous", previous)]
-                .into_iter()
-                .try_for_each(|(k, x)| {
-                    ctx.add_variable(k, x.unwrap_or(&none))
-                        .map_err(|e| e.to_string())
-                });
+            let bound = [
+                ("v", Some(v)),
+                ("input", input),
+                ("previous", previous),
+                ("published", published),
+            ]
+            .into_iter()
+            .try_for_each(|(k, x)| {
+                ctx.add_variable(k, x.unwrap_or(&none))
+                    .map_err(|e| e.to_string())
+            });
             let result = bound.and_then(|()| {
                 let run = crate::health::contained(|| a.program.execute(&ctx))
                     .map_err(|p| format!("the check's evaluation failed: {p}"))?;
@@ -151,6 +168,7 @@ pub fn run(
                 audit: a.name.clone(),
                 check: a.check.clone(),
                 passed: result == Ok(true),
+                blocking: a.blocking,
                 error: result.err(),
             }
         })
@@ -197,7 +215,7 @@ mod tests {
                 blocking: false,
             })
             .collect();
-        compile(&cfgs).unwrap()
+        compile(&cfgs, false).unwrap()
     }
 
     #[test]
@@ -225,6 +243,7 @@ mod tests {
             &v,
             Some(&input),
             None,
+            None,
         );
         let passed: Vec<bool> = verdicts.iter().map(|v| v.passed).collect();
         assert_eq!(
@@ -247,12 +266,13 @@ mod tests {
             check: check.into(),
             blocking: false,
         };
-        let err = compile(&[cfg("published.count > 0")]).unwrap_err();
+        let err = compile(&[cfg("published.count > 0")], false).unwrap_err();
         assert!(err.1.contains("versions"), "{err:?}");
-        let err = compile(&[cfg("w.count > 0")]).unwrap_err();
+        let err = compile(&[cfg("w.count > 0")], true).unwrap_err();
         assert!(err.1.contains("`w`"), "{err:?}");
-        let err = compile(&[cfg("v.count >")]).unwrap_err();
+        let err = compile(&[cfg("v.count >")], true).unwrap_err();
         assert!(err.1.contains("CEL"), "{err:?}");
-        assert!(compile(&[cfg("v.count > previous.count * 0.5")]).is_ok());
+        assert!(compile(&[cfg("v.count > previous.count * 0.5")], false).is_ok());
+        assert!(compile(&[cfg("v.count >= published.count")], true).unwrap()[0].needs_published);
     }
 }

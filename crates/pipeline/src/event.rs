@@ -114,6 +114,9 @@ pub mod header {
     pub const TRACESTATE: &str = "hifi-tracestate";
     /// `topic/partition/offset` of the first durable topic.
     pub const ORIGIN: &str = "hifi-origin";
+    /// On a stage's output re-driven from its dead letters: a reader's publish cut
+    /// ([`crate::versions::Cut`]) never passes over it, whatever its origin.
+    pub const REDRIVEN: &str = "hifi-redriven";
 }
 
 /// How the value is shaped.

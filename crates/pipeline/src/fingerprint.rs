@@ -72,6 +72,8 @@ pub struct Fingerprinter {
     audits: Vec<Audit>,
     /// The fingerprint of a stage's input topic, when it has one running here.
     pub input: std::sync::OnceLock<Arc<Fingerprinter>>,
+    /// For a candidate version of a stage: the published version's fingerprint.
+    pub published: std::sync::OnceLock<Arc<Fingerprinter>>,
     state: Mutex<State>,
 }
 
@@ -162,6 +164,7 @@ impl Fingerprinter {
             signals,
             audits,
             input: std::sync::OnceLock::new(),
+            published: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
         }
     }
@@ -182,7 +185,9 @@ impl Fingerprinter {
     /// The buckets starting within `from..=to` (epoch ms).
     pub fn report(&self, from: i64, to: i64) -> Report {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let first = from.div_euclid(self.bucket_ms) * self.bucket_ms;
+        let first = from
+            .div_euclid(self.bucket_ms)
+            .saturating_mul(self.bucket_ms);
         Report {
             node: self.node.clone(),
             topic: self.topic.clone(),
@@ -340,6 +345,19 @@ impl Fingerprinter {
                 if self.audits.iter().any(|a| a.needs_input) && input == Some(None) {
                     continue; // its input's bucket is not complete yet
                 }
+                // The published version's bucket, when it has one (else `{}`).
+                let published = self
+                    .published
+                    .get()
+                    .map(|f| (f.completed(*start), f.has_bucket(*start)));
+                if self.audits.iter().any(|a| a.needs_published)
+                    && matches!(published, Some((None, true)))
+                {
+                    continue; // the published version's bucket is not complete yet
+                }
+                let published = published
+                    .and_then(|(s, _)| s)
+                    .map(|s| crate::audit::variables(&s));
                 let after = b.summary();
                 let v = crate::audit::variables(&after);
                 let input = input.flatten().map(|s| crate::audit::variables(&s));
@@ -347,8 +365,13 @@ impl Fingerprinter {
                     .buckets
                     .get(&(start - self.bucket_ms))
                     .map(|p| crate::audit::variables(&p.summary()));
-                let verdicts =
-                    crate::audit::run(&self.audits, &v, input.as_ref(), previous.as_ref());
+                let verdicts = crate::audit::run(
+                    &self.audits,
+                    &v,
+                    input.as_ref(),
+                    previous.as_ref(),
+                    published.as_ref(),
+                );
                 let subject = format!("{}/{}", self.topic, crate::event::rfc3339_ms(*start));
                 let mut data = serde_json::json!({
                     "node": self.node, "topic": self.topic,
@@ -364,6 +387,8 @@ impl Fingerprinter {
                     d["v"] = v.clone();
                     d["input"] = input.clone().unwrap_or_default();
                     d["previous"] = previous.clone().unwrap_or_default();
+                    d["published"] = published.clone().unwrap_or_default();
+                    d["blocking"] = failed.blocking.into();
                     let id = format!(
                         "{}/{start}/audit/{}/{}",
                         self.topic, failed.audit, after.count
@@ -423,6 +448,12 @@ impl Fingerprinter {
     pub fn completed(&self, start: i64) -> Option<Summary> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.completed.get(&start).cloned()
+    }
+
+    /// Whether it has counted events in the bucket starting at `start`.
+    pub fn has_bucket(&self, start: i64) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.buckets.contains_key(&start)
     }
 
     /// Makes the figures durable with the positions they reflect, if they moved.
@@ -670,13 +701,17 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
                 "audits check the node's fingerprint: add `fingerprint = {}` to it",
             ));
         }
-        if let Some(i) = audits.iter().position(|a| a.blocking) {
+        if let Some(i) = audits
+            .iter()
+            .position(|a| a.blocking)
+            .filter(|_| !w.versioned)
+        {
             return Err(loaded.error(
                 format!("{node}.audits[{i}].blocking"),
-                "a blocking audit keeps a candidate version unpublished, and hifi does not have stage versions yet: drop `blocking` (every audit reports its failures)",
+                "a blocking audit keeps a candidate version unpublished: it needs `versions = { … }` on the stage (or drop `blocking`: every audit reports its failures)",
             ));
         }
-        let compiled = crate::audit::compile(audits)
+        let compiled = crate::audit::compile(audits, w.versioned)
             .map_err(|(i, why)| loaded.error(format!("{node}.audits[{i}].check"), why))?;
         if let Some(i) = compiled.iter().position(|a| a.needs_input) {
             let why = match w.input {

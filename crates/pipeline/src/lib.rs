@@ -43,6 +43,7 @@ pub mod stage;
 pub mod topology;
 pub mod transform;
 pub mod units;
+pub mod versions;
 pub mod window;
 
 /// Milliseconds since the Unix epoch, now.

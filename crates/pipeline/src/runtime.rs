@@ -251,6 +251,8 @@ pub struct Pipeline {
     pub scale: Arc<crate::scale::Scale>,
     /// Fingerprints of the topics written by nodes running here (`/v1/fingerprints`).
     pub fingerprints: Vec<Arc<crate::fingerprint::Fingerprinter>>,
+    /// Versioned stages (`/v1/versions`, publish requests).
+    pub versions: Arc<crate::versions::Live>,
     /// Cancels stages and sinks.
     shutdown: CancellationToken,
     /// Stage and sink tasks.
@@ -267,7 +269,9 @@ impl Pipeline {
         drain: Duration,
         only: &NodeFilter,
         instance: Option<&str>,
+        versions: crate::versions::Live,
     ) -> Result<Pipeline, StartError> {
+        let versions = Arc::new(versions);
         for spec in topology.topics.values() {
             let partitions = log.ensure_topic(spec).await?;
             info!(topic = %spec.name, partitions, "topic ready");
@@ -374,7 +378,10 @@ impl Pipeline {
             });
         }
         let mut stages = Vec::new();
-        for (name, s) in cfg.stages.iter().filter(|(n, _)| only.runs("stages", n)) {
+        let runs_stage = |n: &String, s: &crate::config::StageConfig| {
+            only.runs("stages", s.candidate_of.as_deref().unwrap_or(n))
+        };
+        for (name, s) in cfg.stages.iter().filter(|(n, s)| runs_stage(n, s)) {
             let transforms = Transforms::compile(&s.transforms)
                 .map_err(|e| StartError::Config(format!("stages.{name}.{e}")))?;
             let stage = Arc::new(Stage {
@@ -401,7 +408,13 @@ impl Pipeline {
                 record_bytes_max: cfg.engine.record_bytes_max.0 as usize,
                 log: log.clone(),
                 stats: Default::default(),
-                ledger: ledger.node(name),
+                ledger: match &s.candidate_of {
+                    // Not in the ledger until published (its fingerprint counts it).
+                    Some(_) => ledger.detached_node(name),
+                    None => ledger.node(name),
+                },
+                group: s.group.clone().unwrap_or_else(|| format!("stage.{name}")),
+                skip: s.skip.clone(),
                 #[cfg(feature = "test-hooks")]
                 test_drop_ids: match &s.test_drop_ids_matching {
                     Some(re) => Some(regex::Regex::new(re).map_err(|e| {
@@ -475,10 +488,15 @@ impl Pipeline {
         let mut inputs = Vec::new();
         for w in cfg.writers() {
             let node = w.node_name();
-            let Some(f) = w.fingerprint.filter(|_| only.runs("fingerprints", &node)) else {
+            // A candidate version's fingerprint runs where the stage's does.
+            let named = match w.candidate_of {
+                Some(stage) => format!("stages.{stage}"),
+                None => node.clone(),
+            };
+            let Some(f) = w.fingerprint.filter(|_| only.runs("fingerprints", &named)) else {
                 continue;
             };
-            let audits = crate::audit::compile(w.audits).map_err(|(i, why)| {
+            let audits = crate::audit::compile(w.audits, w.versioned).map_err(|(i, why)| {
                 StartError::Config(format!("{node}.audits[{i}].check: {why}"))
             })?;
             if signals.is_none() {
@@ -517,16 +535,28 @@ impl Pipeline {
                 },
             );
             fingerprints.push(fp);
-            inputs.push(w.input);
+            inputs.push((w.input, w.candidate_of.map(|s| format!("stages.{s}"))));
         }
-        for (fp, input) in fingerprints.iter().zip(inputs) {
+        for (fp, (input, published)) in fingerprints.iter().zip(inputs) {
             if let Some(i) = fingerprints
                 .iter()
                 .find(|f| Some(f.topic.as_str()) == input)
             {
                 let _ = fp.input.set(i.clone());
             }
+            if let Some(p) = fingerprints
+                .iter()
+                .find(|f| Some(&f.node) == published.as_ref())
+            {
+                let _ = fp.published.set(p.clone());
+            }
         }
+        tasks.spawn(crate::versions::watch::run(
+            versions.clone(),
+            log.clone(),
+            fingerprints.clone(),
+            shutdown.clone(),
+        ));
         Ok(Pipeline {
             topology,
             log,
@@ -537,6 +567,7 @@ impl Pipeline {
             health,
             scale,
             fingerprints,
+            versions,
             shutdown,
             tasks,
         })
@@ -605,13 +636,13 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             aggregates: false,
         });
     }
-    for (name, s) in &c.stages {
+    for (name, s) in c.stages.iter().filter(|(_, s)| s.candidate_of.is_none()) {
         nodes.push(NodeSpec {
             name: name.clone(),
             kind: NodeKind::Stage,
             input: Some(s.input.get_ref().clone()),
             output: Some(s.output.get_ref().clone()),
-            group: Some(format!("stage.{name}")),
+            group: Some(s.group.clone().unwrap_or_else(|| format!("stage.{name}"))),
             aggregates: s.window.is_some(),
         });
     }

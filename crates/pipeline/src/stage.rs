@@ -77,6 +77,11 @@ pub struct Stage {
     pub stats: Arc<StageStats>,
     /// Outcomes and lag.
     pub ledger: NodeLedger,
+    /// The consumer group holding its input positions (`stage.NAME`, or a version's).
+    pub group: String,
+    /// Input records to pass over (after a publish of the stage's input; see
+    /// [`crate::versions`]).
+    pub skip: Option<Arc<crate::versions::Cut>>,
     /// Test builds only: ids dropped without an outcome (simulated bug).
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,
@@ -109,7 +114,7 @@ struct Fate {
 impl Stage {
     /// The consumer group holding this stage's input positions.
     pub fn group(&self) -> String {
-        format!("stage.{}", self.name)
+        self.group.clone()
     }
 
     /// Creates the stage's dead-letter, re-drive bookkeeping and re-drive topics.
@@ -196,8 +201,18 @@ impl Stage {
             input_at
         };
         let cel_root = cel_interpreter::Context::default();
-        while let Some(batch) = input_at.next(&shutdown).await {
+        while let Some(mut batch) = input_at.next(&shutdown).await {
             let last = batch.last().map_or(input_at.position(), |r| r.offset);
+            if let Some(cut) = self.skip.as_ref().filter(|_| input == self.input) {
+                batch.retain(|r| !cut.passes_over(&EventMeta::of(input, p, r).origin, &r.record));
+                if batch.is_empty() {
+                    input_at.seek(last + 1);
+                    if !input_at.commit(&group, &self.ledger, &shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
             let arrival_us = self.ledger.now_us();
             let span = tracing::info_span!(target: crate::otel::TARGET, "stage",
                 stage = %self.name, partition = p, events = batch.len());
@@ -372,6 +387,12 @@ impl Stage {
                 });
             }
             t.fates.push(fate(Outcome::Passed));
+            if input != self.input && rec.header(header::REDRIVEN).is_none() {
+                rec.headers.push(hifi_log::Header {
+                    name: header::REDRIVEN.into(),
+                    value: "1".into(),
+                });
+            }
             if origin_missing {
                 let value = meta.origin.to_string().into();
                 rec.headers.push(hifi_log::Header {

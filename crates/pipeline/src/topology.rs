@@ -55,6 +55,7 @@ impl Topology {
         check_engine(loaded)?;
         crate::scale::check(loaded)?;
         crate::fingerprint::check(loaded)?;
+        crate::versions::check(loaded)?;
         let t = &cfg.telemetry;
         if let Some(url) = &t.otlp_endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

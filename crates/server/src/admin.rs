@@ -10,6 +10,8 @@
 //! | `GET /v1/shadow?from=&to=` | each sink against its shadow (`[sinks.X] shadow`): events both destinations acknowledged, only one, per bucket — see [`crate::shadow`] |
 //! | `GET /v1/fingerprints?node=&from=&to=` | summary statistics of fingerprinted topics per event-time bucket (counts, nulls, distinct values, number ranges, entropy) — see [`crate::fingerprints`] |
 //! | `GET /v1/signals?type=&limit=` | the newest bucket signals (`hifi.bucket.complete`, `hifi.bucket.updated`) as CloudEvents — see [`crate::fingerprints`] |
+//! | `GET /v1/versions?stage=` | versioned stages: each version's hash, topic, state, definition and diff, a candidate's backfill progress and ETA and failed blocking audits — see [`crate::versions`] |
+//! | `POST /v1/versions/{stage}/{version}/publish` | publishes a candidate version (202; the nodes stop, it is recorded, they start on it) |
 //! | `POST /v1/sinks/{sink}/replay` | delivers again the events of a range of event time the sink read — see [`crate::replay`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
@@ -67,6 +69,8 @@ pub struct AdminState {
     pub scale: Arc<hifi_pipeline::scale::Scale>,
     /// Fingerprinted topics (`/v1/fingerprints`).
     pub fingerprints: Vec<Arc<hifi_pipeline::fingerprint::Fingerprinter>>,
+    /// Versioned stages (`/v1/versions`).
+    pub versions: Arc<hifi_pipeline::versions::Live>,
     /// Tokens for the routes that change state (`[admin.auth]`).
     pub tokens: Option<Tokens>,
     /// Whether the admin API listens on a loopback address only (then the routes that
@@ -96,6 +100,7 @@ impl AdminState {
             pii: Arc::new(p.topology.pii.clone()),
             scale: p.scale.clone(),
             fingerprints: p.fingerprints.clone(),
+            versions: p.versions.clone(),
             tokens: None,
             loopback: true,
         }
@@ -115,6 +120,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/shadow", get(crate::shadow::shadow))
         .route("/v1/fingerprints", get(crate::fingerprints::fingerprints))
         .route("/v1/signals", get(crate::fingerprints::signals))
+        .route("/v1/versions", get(crate::versions::versions))
+        .route(
+            "/v1/versions/{stage}/{version}/publish",
+            axum::routing::post(crate::versions::publish),
+        )
         .route("/v1/lineage", get(lineage))
         .route("/v1/pii", get(pii))
         .route("/v1/events/{*origin}", get(trace_origin))

@@ -17,5 +17,6 @@ pub mod replay;
 pub mod scale;
 pub mod serve;
 pub mod shadow;
+pub mod versions;
 
 pub use serve::{serve, ServeLimits};

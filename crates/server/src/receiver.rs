@@ -1,7 +1,7 @@
 //! `hifi receiver`: a destination for tests and demos. It accepts CloudEvents (a batch
 //! array or one event) on any path and appends one JSON line per event to a record file:
 //! `{"id", "source", "time", "event_time_ms", "received_at_ms", "received_at_us",
-//! "idempotency_key"}`.
+//! "idempotency_key"}` (and `"data"` with `--record-data`).
 //! The file is flushed before the 2xx is sent, so every acknowledged event is in it even
 //! if the receiver is killed. It counts received, distinct and duplicate events.
 //!
@@ -184,11 +184,19 @@ pub struct Receiver {
     keyer: DedupKeyer,
     /// Whether accepted events are written as record lines (else observed).
     writes_lines: bool,
+    /// Whether record lines hold each event's `data` too (`--record-data`).
+    records_data: bool,
     /// With [`Faults::capacity`]: its workers and queue.
     workers: Option<Arc<Workers>>,
 }
 
 impl Receiver {
+    /// Record lines also hold each event's `data` (as received).
+    pub fn recording_data(mut self) -> Self {
+        self.records_data = true;
+        self
+    }
+
     /// Opens (appending to) the record file.
     pub fn open(record: &PathBuf) -> std::io::Result<Self> {
         Self::with_faults(record, Faults::default())
@@ -239,6 +247,7 @@ impl Receiver {
                 })
             }),
             writes_lines: matches!(recording, Recording::File(_)),
+            records_data: false,
             inner: Arc::new(Mutex::new(Inner {
                 recording,
                 seen: HashSet::default(),
@@ -430,6 +439,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
                 received_at_ms: received_at,
                 received_at_us,
                 idempotency_key: key,
+                data: e.data.filter(|_| r.records_data),
             };
             let _ = serde_json::to_writer(&mut lines, &line);
             lines.push(b'\n');
@@ -486,6 +496,8 @@ struct Line<'a> {
     received_at_ms: i64,
     received_at_us: i64,
     idempotency_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// The attributes of a received CloudEvent that the receiver records; the rest (`data`
@@ -498,6 +510,9 @@ struct Received<'a> {
     source: LooseStr<'a>,
     #[serde(borrow, default)]
     time: LooseStr<'a>,
+    /// Kept as its text (a borrowed slice; written only with `--record-data`).
+    #[serde(borrow, default)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// A string attribute, or nothing for any other JSON value: the receiver records what

@@ -137,6 +137,10 @@ pub struct Writer<'a> {
     pub topic: &'a str,
     pub fingerprint: Option<&'a FingerprintConfig>,
     pub audits: &'a [AuditConfig],
+    /// A stage with `versions` (its audits may block and name `published`).
+    pub versioned: bool,
+    /// For a candidate version of a stage: that stage.
+    pub candidate_of: Option<&'a str>,
 }
 
 impl Writer<'_> {
@@ -156,6 +160,8 @@ impl PipelineConfig {
             topic: s.topic.get_ref(),
             fingerprint: s.fingerprint.as_ref(),
             audits: &s.audits,
+            versioned: false,
+            candidate_of: None,
         });
         let stages = self.stages.iter().map(|(n, s)| Writer {
             kind: "stages",
@@ -164,6 +170,8 @@ impl PipelineConfig {
             topic: s.output.get_ref(),
             fingerprint: s.fingerprint.as_ref(),
             audits: &s.audits,
+            versioned: s.versions.is_some(),
+            candidate_of: s.candidate_of.as_deref(),
         });
         sources.chain(stages)
     }

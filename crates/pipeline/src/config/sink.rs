@@ -101,6 +101,10 @@ pub struct SinkConfig {
     pub kind: SinkType,
     /// Topic delivered.
     pub input: Spanned<String>,
+    /// Set by [`crate::versions`], not the file: records of the input to pass over
+    /// (a published version's events whose previous version's were already delivered).
+    #[serde(skip)]
+    pub skip: Option<std::sync::Arc<crate::versions::Cut>>,
     /// Another sink that receives the same events as this one, e.g. `"sinks.candidate"`
     /// (a new destination or format being proven): the ledger compares what both
     /// destinations acknowledged, per event and bucket (`GET /v1/shadow`). It must read

@@ -30,6 +30,23 @@ pub struct StageConfig {
     /// Records read per batch. Default 1000.
     #[serde(default = "default_stage_batch")]
     pub batch_max_events: usize,
+    /// Immutable versions of the stage's output (`versions = { publish = "auto" }`):
+    /// each definition writes its own topic `OUTPUT.v<hash>`; a changed definition
+    /// backfills beside the published one, which readers of `OUTPUT` follow until the
+    /// new one is published. See [`crate::versions`].
+    pub versions: Option<VersionsConfig>,
+    /// Set by [`crate::versions`], not the file: the consumer group of the version
+    /// running under this name (default `stage.NAME`).
+    #[serde(skip)]
+    pub group: Option<String>,
+    /// Set by [`crate::versions`]: this stage is a candidate version of that stage (it
+    /// has no place in the ledger until published).
+    #[serde(skip)]
+    pub candidate_of: Option<String>,
+    /// Set by [`crate::versions`]: records of the input to pass over (a published
+    /// version's events whose previous version's were already handled).
+    #[serde(skip)]
+    pub skip: Option<std::sync::Arc<crate::versions::Cut>>,
     /// Test builds only (cargo feature `test-hooks`, never in a release build): silently
     /// drop events whose id matches this regex, recording no outcome — a simulated bug,
     /// so tests can prove the ledger finds the loss. Without the feature the key is
@@ -40,6 +57,11 @@ pub struct StageConfig {
     /// bug, so tests can prove a node that dies is reported and stops the pipeline.
     #[cfg(feature = "test-hooks")]
     pub test_panic_ids_matching: Option<String>,
+    /// Test builds only: a publish of this versioned stage waits this long (ms) after
+    /// its cuts and positions are written and before it is recorded, so that a test can
+    /// kill the process in between.
+    #[cfg(feature = "test-hooks")]
+    pub test_publish_pause_ms: Option<u64>,
 }
 
 /// `window = { … }` of a SQL stage: tumbling event-time windows.
@@ -146,6 +168,37 @@ pub enum RedactMode {
     Hash,
     /// `****` plus the last characters.
     Mask,
+}
+
+/// `versions = { … }` of a stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsConfig {
+    /// `"auto"`: a new version is published once its backfill is done and every
+    /// complete bucket passed the stage's blocking audits; `"manual"` (default): by
+    /// `hifi publish STAGE VERSION`.
+    #[serde(default)]
+    pub publish: PublishMode,
+    /// Where a new version's backfill starts: `"retention"` (default: the oldest
+    /// retained input), a time (`"2026-12-06T10:00:00Z"`), or a duration before the
+    /// version starts (`"1h"`).
+    #[serde(default = "default_backfill_from")]
+    pub backfill_from: String,
+}
+
+/// When a new version is published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Once backfilled and audited.
+    Auto,
+    /// By `hifi publish`.
+    #[default]
+    Manual,
+}
+
+fn default_backfill_from() -> String {
+    "retention".into()
 }
 
 fn default_stage_batch() -> usize {

@@ -1,0 +1,119 @@
+//! `hifi versions [STAGE]` and `hifi publish STAGE VERSION`: a running instance's stage
+//! versions (admin API `/v1/versions`) and publishing a candidate.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::ops::{self, Admin};
+
+/// How long `hifi publish` waits for the nodes to come back on the new version.
+const PUBLISH_WAIT: Duration = Duration::from_secs(120);
+
+/// `hifi versions [STAGE]`.
+pub async fn versions(admin: Admin, stage: Option<String>) -> Result<ExitCode> {
+    let path = match &stage {
+        Some(s) => format!("/v1/versions?stage={}", ops::url_escape(s)),
+        None => "/v1/versions".to_owned(),
+    };
+    let v = ops::get(&admin, &path).await?;
+    if admin.json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stages = v["stages"].as_array().cloned().unwrap_or_default();
+    if stages.is_empty() {
+        outln!("no versioned stages (add `versions = {{ publish = \"auto\" }}` to a stage)");
+    }
+    for s in stages {
+        outln!(
+            "stages.{} → {} (publish = {})",
+            s["stage"].as_str().unwrap_or(""),
+            s["output"].as_str().unwrap_or(""),
+            s["publish"].as_str().unwrap_or("")
+        );
+        for v in s["versions"].as_array().cloned().unwrap_or_default() {
+            outln!("  {}", version_line(&v));
+            if v["state"] == "candidate" {
+                let diff = v["diff_against_published"].as_str().unwrap_or("");
+                for line in diff.lines() {
+                    outln!("      {line}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn version_line(v: &Value) -> String {
+    let mut line = format!(
+        "v{}  {:<9}  {}  created {}",
+        v["version"].as_str().unwrap_or(""),
+        v["state"].as_str().unwrap_or(""),
+        v["topic"].as_str().unwrap_or(""),
+        v["created"].as_str().unwrap_or("")
+    );
+    if let Some(f) = v["fingerprint"].as_object() {
+        line.push_str(&format!(
+            "  {} events in {} buckets",
+            f["count"], f["buckets"]
+        ));
+    }
+    let st = &v["status"];
+    if st.is_object() {
+        line.push_str(&format!(
+            "  [{}: {} done, {} left{}]",
+            st["state"].as_str().unwrap_or(""),
+            st["done"],
+            st["left"],
+            st["eta_seconds"]
+                .as_f64()
+                .map(|s| format!(", ETA {s:.0} s"))
+                .unwrap_or_default()
+        ));
+        for b in st["blocked_by"].as_array().cloned().unwrap_or_default() {
+            line.push_str(&format!(
+                "\n      blocked: bucket {} audit {} ({}) failed",
+                b["bucket_start"].as_str().unwrap_or(""),
+                b["audit"].as_str().unwrap_or(""),
+                b["check"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    line
+}
+
+/// `hifi publish STAGE VERSION`: asks, then waits for the nodes to run it.
+pub async fn publish(admin: Admin, stage: String, version: String) -> Result<ExitCode> {
+    let version = version.trim_start_matches('v').to_owned();
+    let path = format!(
+        "/v1/versions/{}/{}/publish",
+        ops::url_escape(&stage),
+        ops::url_escape(&version)
+    );
+    ops::post(&admin, &path, &serde_json::json!({})).await?;
+    outln!(
+        "publishing v{version} of stages.{stage}: the nodes stop (draining) and start again on it"
+    );
+    let deadline = Instant::now() + PUBLISH_WAIT;
+    let query = format!("/v1/versions?stage={}", ops::url_escape(&stage));
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(v) = ops::get(&admin, &query).await else {
+            continue; // the admin API is away while the nodes restart
+        };
+        if v["stages"][0]["published"].as_str() == Some(version.as_str()) {
+            outln!(
+                "published: readers of {} now follow v{version}",
+                v["stages"][0]["output"].as_str().unwrap_or("")
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    bail!(
+        "v{version} of stages.{stage} was not published within {} s; see the instance's log",
+        PUBLISH_WAIT.as_secs()
+    )
+}

@@ -1,0 +1,441 @@
+//! Stage versions with real processes: a changed definition backfills beside the
+//! published version; publishing (manual, interrupted by SIGKILL, then again) loses no
+//! acknowledged event; a version that fails a blocking audit stays unpublished and a
+//! good one is published automatically.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The pipeline: source `api` (event time from `/ts` when `timed`), stage `big` setting
+/// `/stage` (plus `extra` lines), sink `out` to the receiver.
+fn write_file(
+    dir: &Path,
+    receiver: &str,
+    stage: &str,
+    extra: &str,
+    timed: bool,
+) -> std::path::PathBuf {
+    let event_time = if timed { "event_time = \"/ts\"\n" } else { "" };
+    let file = dir.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 2\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[ledger]\nsettle_after = \"1s\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n{event_time}\
+             [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\n{extra}\n\
+             [[stages.big.transforms]]\ntype = \"set\"\nfield = \"/stage\"\nvalue = \"{stage}\"\n\
+             [sinks.out]\ntype = \"http\"\ninput = \"big-orders\"\nurl = \"http://{receiver}/ingest\"\n\
+             concurrency = 1\nbatch = {{ max_events = 20 }}\n\
+             [sinks.out.retry.local]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `/v1/versions` of stage `big`.
+async fn big(admin: std::net::SocketAddr) -> Value {
+    get_json(&format!("http://{admin}/v1/versions?stage=big")).await["stages"][0].clone()
+}
+
+/// Polls `/v1/versions` until `cond`; the admin API may be away for a moment (the nodes
+/// restart for a publish).
+async fn wait_for(
+    admin: std::net::SocketAddr,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let url = format!("http://{admin}/v1/versions?stage=big");
+        let v = match reqwest::get(&url).await {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .map(|v| v["stages"][0].clone())
+                .unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        if cond(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn candidate_state(v: &Value) -> String {
+    v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["state"] == "candidate")
+        .map(|x| x["status"]["state"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+/// Ids in every partition of a topic of the (stopped) pipeline's data directory.
+fn topic_ids(dir: &Path, topic: &str) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for p in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
+            .args([
+                "log",
+                "dump",
+                "data",
+                "--topic",
+                topic,
+                "--partition",
+                &p.to_string(),
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            ids.insert(v["id"].as_str().unwrap().to_owned());
+        }
+    }
+    ids
+}
+
+fn publish_cli(admin: std::net::SocketAddr, version: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args(["publish", "big", version, "--admin", &admin.to_string()])
+        .output()
+        .unwrap()
+}
+
+async fn all_arrive(
+    record: &Path,
+    ids: &HashSet<String>,
+) -> std::collections::HashMap<String, u32> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = received_ids(record);
+        let missing = ids.iter().filter(|i| !got.contains_key(*i)).count();
+        if missing == 0 {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged events never delivered",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_nothing() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    // A slow destination (20 events per 40 ms request, one at a time): the sink is
+    // behind when the publish comes, so the cut decides what it still gets.
+    let receiver = Proc::start(
+        &[
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            record.to_str().unwrap(),
+            "--record-data",
+            "--latency",
+            "40ms",
+        ],
+        "receiver:",
+        dir.path(),
+    );
+    let rx = receiver.addr("receiver").to_string();
+    let versions = "versions = { backfill_from = \"retention\" }";
+
+    // Version one: published at once, delivers.
+    let file = write_file(dir.path(), &rx, "one", versions, false);
+    let proc = run_pipeline(dir.path(), &file);
+    let producers = Producers::named(
+        "a",
+        2,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(800), 0, 100, Duration::from_secs(20))
+            .await
+    );
+    let (a, _) = producers.stop().await;
+    all_arrive(&record, &a).await;
+    let v1 = big(proc.addr("admin")).await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proc.sigterm(Duration::from_secs(20));
+
+    // Version two beside it, under live traffic: it backfills every retained event.
+    let paused = format!("{versions}\ntest_publish_pause_ms = 2000");
+    let file = write_file(dir.path(), &rx, "two", &paused, false);
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let ingest = format!("http://{}/v1/events", proc.addr("source api"));
+    let producers = Producers::named("b", 2, ingest.clone());
+    let v = wait_for(
+        admin,
+        Duration::from_secs(30),
+        "the candidate catches up",
+        |v| candidate_state(v) == "live",
+    )
+    .await;
+    assert_eq!(v["published"], v1.as_str(), "{v:#}");
+    let v2 = v["candidate"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    let cand = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["version"] == v2.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        cand["diff_against_published"]
+            .as_str()
+            .unwrap()
+            .contains("+value = \"two\""),
+        "{cand:#}"
+    );
+    assert_eq!(cand["topic"], format!("big-orders.v{v2}"));
+    let stages: HashSet<String> = received_records(&record)
+        .iter()
+        .map(|r| r["data"]["stage"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        stages,
+        HashSet::from(["one".to_owned()]),
+        "the published version serves until published"
+    );
+
+    // A publish killed after its cuts and positions are written, before it is recorded
+    // (the test hook holds it there 2 s): version one stays published.
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/versions/big/{v2}/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proc.sigkill();
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = big(admin).await;
+    assert_eq!(
+        v["published"],
+        v1.as_str(),
+        "not recorded, not published: {v:#}"
+    );
+    assert_eq!(v["candidate"], v2.as_str(), "{v:#}");
+    // Published by `hifi publish`, then killed at once: it starts on version two.
+    let out = publish_cli(admin, &v2);
+    assert!(
+        out.status.success(),
+        "hifi publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    proc.sigkill();
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let ingest = format!("http://{}/v1/events", proc.addr("source api"));
+    let v = big(admin).await;
+    assert_eq!(v["published"], v2.as_str(), "{v:#}");
+    assert!(v["candidate"].is_null(), "{v:#}");
+    let (b, _) = producers.stop().await;
+    let behind = b.len() + a.len() - received_ids(&record).len().min(a.len() + b.len());
+    println!("the sink was about {behind} events behind after the publish");
+
+    // After the publish: new events go through version two.
+    let producers = Producers::named("c", 2, ingest);
+    assert!(
+        producers
+            .run_past(Duration::from_millis(800), 0, 100, Duration::from_secs(20))
+            .await
+    );
+    let (c, _) = producers.stop().await;
+    let every: HashSet<String> = a.iter().chain(&b).chain(&c).cloned().collect();
+    let got = all_arrive(&record, &every).await;
+    let twice = got.values().filter(|&&n| n > 1).count();
+    println!(
+        "{} acknowledged, all delivered; {twice} delivered more than once",
+        every.len()
+    );
+    for r in received_records(&record) {
+        if c.contains(r["id"].as_str().unwrap()) {
+            assert_eq!(r["data"]["stage"], "two", "{r}");
+        }
+    }
+    proc.sigterm(Duration::from_secs(20));
+
+    // Both versions hold every event of the range they cover.
+    let t1 = topic_ids(dir.path(), &format!("big-orders.v{v1}"));
+    let t2 = topic_ids(dir.path(), &format!("big-orders.v{v2}"));
+    assert!(a.is_subset(&t1), "version one has every event of its time");
+    assert!(
+        every.is_subset(&t2),
+        "version two backfilled and followed every event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_automatically() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = Proc::start(
+        &[
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            record.to_str().unwrap(),
+            "--record-data",
+        ],
+        "receiver:",
+        dir.path(),
+    );
+    let rx = receiver.addr("receiver").to_string();
+    let audited = "versions = { publish = \"auto\" }\n\
+        fingerprint = { bucket = \"1m\", lateness = \"0s\", entropy = [\"country\"], checkpoint_every = \"1s\" }\n\
+        [[stages.big.audits]]\nname = \"country entropy\"\nblocking = true\n\
+        check = \"!has(published.count) || abs(v.entropy.country - published.entropy.country) <= 0.1 * published.entropy.country\"\n";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = now / 60_000 * 60_000 - 600_000;
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            let country = ["de", "fr", "us", "jp"][i % 4];
+            json!({"id": format!("e{i}"), "ts": t0 + i as i64, "country": country})
+        })
+        .chain([json!({"id": "now", "ts": now, "country": "de"})])
+        .collect();
+    let post = |ingest: String, body: Value| async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://{ingest}/v1/events"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+
+    let file = write_file(dir.path(), &rx, "one", audited, true);
+    let proc = run_pipeline(dir.path(), &file);
+    post(proc.addr("source api").to_string(), json!(events)).await;
+    let ids: HashSet<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    all_arrive(&record, &ids).await;
+    let v1 = big(proc.addr("admin")).await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proc.sigterm(Duration::from_secs(20));
+
+    // A bad version drops `country`: its entropy audit fails, it stays a candidate.
+    let bad =
+        format!("{audited}[[stages.big.transforms]]\ntype = \"remove\"\nfields = [\"/country\"]\n");
+    let file = write_file(dir.path(), &rx, "bad", &bad, true);
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = wait_for(
+        admin,
+        Duration::from_secs(60),
+        "the bad version is blocked",
+        |v| candidate_state(v) == "blocked",
+    )
+    .await;
+    assert_eq!(v["published"], v1.as_str());
+    let cand = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["state"] == "candidate")
+        .unwrap()
+        .clone();
+    let blocked = &cand["status"]["blocked_by"][0];
+    assert_eq!(blocked["audit"], "country entropy", "{cand:#}");
+    assert_eq!(
+        blocked["count"], 40,
+        "the bucket of t0 with its count: {cand:#}"
+    );
+    post(
+        proc.addr("source api").to_string(),
+        json!([{"id": "during-bad", "ts": now, "country": "fr"}]),
+    )
+    .await;
+    let got = all_arrive(&record, &HashSet::from(["during-bad".to_owned()])).await;
+    assert!(got.contains_key("during-bad"));
+    let served: Vec<Value> = received_records(&record)
+        .into_iter()
+        .filter(|r| r["id"] == "during-bad")
+        .collect();
+    assert_eq!(
+        served[0]["data"]["stage"], "one",
+        "the published version keeps serving"
+    );
+    proc.sigterm(Duration::from_secs(20));
+
+    // A good version keeps the entropy: published automatically once its buckets pass.
+    let file = write_file(dir.path(), &rx, "good", audited, true);
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = wait_for(
+        admin,
+        Duration::from_secs(60),
+        "the good version is published",
+        |v| v["candidate"].is_null() && v["published"] != v1.as_str(),
+    )
+    .await;
+    let good = v["published"].as_str().unwrap().to_owned();
+    post(
+        proc.addr("source api").to_string(),
+        json!([{"id": "after-good", "ts": now, "country": "us"}]),
+    )
+    .await;
+    all_arrive(&record, &HashSet::from(["after-good".to_owned()])).await;
+    let served: Vec<Value> = received_records(&record)
+        .into_iter()
+        .filter(|r| r["id"] == "after-good")
+        .collect();
+    assert_eq!(served[0]["data"]["stage"], "good");
+    let states: Vec<(String, String)> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["version"].as_str().unwrap().to_owned(),
+                x["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(good, "published".to_owned())),
+        "{states:?}"
+    );
+    assert!(states.contains(&(v1, "retired".to_owned())), "{states:?}");
+    proc.sigterm(Duration::from_secs(20));
+}

@@ -1,0 +1,560 @@
+//! Immutable versions of a stage's output (`[stages.X] versions = { … }`).
+//!
+//! A version is named by a hash of the stage's definition: its table in the pipeline
+//! file (transforms or SQL, input, output; not `versions`, `audits`, `fingerprint` or
+//! `batch_max_events`, which do not change what it writes) and the input topic's
+//! declared schema. Version `H` writes the topic `OUTPUT.vH`; nothing is overwritten.
+//! Readers of `OUTPUT` (sinks, stages) read the **published** version's topic.
+//!
+//! At start ([`resolve`]) the file's definition is compared with the registry
+//! (`__versions`, [`registry`]):
+//! - the first version of a stage is published at once, and keeps the stage's consumer
+//!   group (`stage.X`): it goes on from where the stage was;
+//! - a changed definition starts a **candidate** beside the published version, which
+//!   keeps running from its stored definition. The candidate (stage `X-vH`, group
+//!   `stage.X-vH`) backfills from `backfill_from` (the log's time index, or Kafka's
+//!   offsets for times) and then follows live input. It has no place in the ledger
+//!   until published (its fingerprint counts what it wrote);
+//! - the published version runs under the stage's name and group of its own.
+//!
+//! Publishing ([`publish`]) happens with every node stopped (drained, positions
+//! committed), then the nodes start again: for every reader it records a **cut** — per
+//! origin partition, the least origin offset it had not handled from the previous
+//! version (records it had not read yet, the previous version's unread input, and
+//! every source partition's end). The reader then reads the new version's topic from
+//! its oldest record, passing over records whose origin is below its cut: everything
+//! the previous version had not delivered is delivered from the new one; what it had is
+//! not delivered again, except records past the cut in other partitions (duplicates,
+//! never loss). The new version's group goes back to the previous version's positions
+//! where it was ahead, so that the ledger, which counts the published version under
+//! the stage's name, sees every event (events between are written twice, same ids).
+
+pub mod publish;
+pub mod registry;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use hifi_ledger::Origin;
+use hifi_log::Log;
+use toml::Spanned;
+
+use crate::config::{ConfigError, LoadedConfig, PublishMode, StageConfig};
+pub use publish::publish;
+pub use registry::{Change, Registry, VERSIONS_TOPIC};
+
+/// Keys of a stage's table that are not part of its definition.
+const NOT_DEFINITION: &[&str] = &[
+    "versions",
+    "audits",
+    "fingerprint",
+    "batch_max_events",
+    "test_publish_pause_ms",
+];
+
+/// Per origin partition, the least origin offset a reader had not handled from the
+/// previous version: its records of the published version from below are passed over.
+#[derive(Debug, Default, Clone)]
+pub struct Cut(HashMap<String, Vec<Option<u64>>>);
+
+impl Cut {
+    /// From `topic/partition` → offset.
+    pub fn from_map(m: &BTreeMap<String, u64>) -> Cut {
+        let mut cut = Cut::default();
+        for (k, &o) in m {
+            let Some((topic, p)) = k.rsplit_once('/') else {
+                continue;
+            };
+            let Ok(p) = p.parse::<usize>() else { continue };
+            let v = cut.0.entry(topic.to_owned()).or_default();
+            if v.len() <= p {
+                v.resize(p + 1, None);
+            }
+            v[p] = Some(o);
+        }
+        cut
+    }
+
+    /// Whether a reader passes over this record of the published version: its origin
+    /// is below the cut, and it is not re-driven from dead letters (those were not
+    /// delivered from the version before).
+    pub fn passes_over(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
+        self.skips(origin) && record.header(crate::event::header::REDRIVEN).is_none()
+    }
+
+    /// Whether a record with this origin is below the cut.
+    pub fn skips(&self, origin: &Origin) -> bool {
+        self.0
+            .get(origin.topic.as_str())
+            .and_then(|v| v.get(origin.partition as usize).copied().flatten())
+            .is_some_and(|o| origin.offset < o)
+    }
+}
+
+/// A stage's definition as hashed and stored.
+#[derive(Debug, Clone)]
+pub struct Definition {
+    /// Canonical TOML of the stage's table (sorted keys), without [`NOT_DEFINITION`].
+    pub text: String,
+    /// The input topic's declared schema, canonical, if any.
+    pub input_schema: Option<String>,
+    /// 8 hex digits of its hash.
+    pub version: String,
+}
+
+/// Tables with keys sorted, at every depth (a reordered file is the same definition).
+fn canonical(v: &toml::Value) -> toml::Value {
+    match v {
+        toml::Value::Table(t) => {
+            let sorted: BTreeMap<&String, &toml::Value> = t.iter().collect();
+            let mut out = toml::Table::new();
+            for (k, v) in sorted {
+                out.insert(k.clone(), canonical(v));
+            }
+            toml::Value::Table(out)
+        }
+        toml::Value::Array(a) => toml::Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The definition of stage `name` in the file.
+pub fn definition(loaded: &LoadedConfig, name: &str) -> Result<Definition, String> {
+    let doc: toml::Table = toml::from_str(&loaded.text).map_err(|e| e.to_string())?;
+    let table = doc
+        .get("stages")
+        .and_then(|s| s.get(name))
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| format!("stages.{name} is not a table"))?;
+    let mut table = table.clone();
+    for k in NOT_DEFINITION {
+        table.remove(*k);
+    }
+    let toml::Value::Table(table) = canonical(&toml::Value::Table(table)) else {
+        unreachable!("a table stays a table")
+    };
+    let text = toml::to_string(&table).map_err(|e| e.to_string())?;
+    let input = table
+        .get("input")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("");
+    let input_schema = doc
+        .get("topics")
+        .and_then(|t| t.get(input))
+        .and_then(|t| t.get("schema"))
+        .map(|s| canonical(s).to_string());
+    let mut hashed = text.clone();
+    if let Some(s) = &input_schema {
+        hashed.push_str("\n# input schema\n");
+        hashed.push_str(s);
+    }
+    let h = xxhash_rust::xxh3::xxh3_64(hashed.as_bytes());
+    Ok(Definition {
+        text,
+        input_schema,
+        version: format!("{:08x}", (h >> 32) as u32),
+    })
+}
+
+/// Where a candidate's backfill starts (`backfill_from`): `None` for the oldest retained
+/// input, else an event time in ms.
+pub fn backfill_from_ms(text: &str, now_ms: i64) -> Result<Option<i64>, String> {
+    if text == "retention" {
+        return Ok(None);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.timestamp_millis()));
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(Some(now_ms - d.as_millis() as i64));
+    }
+    Err(format!(
+        "{text:?} is not \"retention\", an RFC 3339 time (\"2026-12-06T10:00:00Z\") or a duration before the version starts (\"1h\")"
+    ))
+}
+
+/// The name a candidate version of `stage` runs under.
+pub fn candidate_name(stage: &str, version: &str) -> String {
+    format!("{stage}-v{version}")
+}
+
+/// The topic version `version` of a stage writing `output` writes.
+pub fn version_topic(output: &str, version: &str) -> String {
+    format!("{output}.v{version}")
+}
+
+/// Checks `versions` keys and what they need (`hifi validate`).
+pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    for (name, s) in &cfg.stages {
+        let key = format!("stages.{name}");
+        let Some(v) = &s.versions else {
+            if s.window.is_some() && reads_versioned(cfg, s.input.get_ref()) {
+                return Err(loaded.error(
+                    format!("{key}.input"),
+                    "a window stage reading a versioned stage's output is not supported yet (a publish cannot yet say which windows it has had)",
+                ));
+            }
+            continue;
+        };
+        if s.candidate_of.is_some() {
+            continue;
+        }
+        if s.window.is_some() {
+            return Err(loaded.error(
+                format!("{key}.versions"),
+                "versions of a window stage are not supported yet (a publish cannot yet say which windows a reader has had); drop `versions` or use a row stage",
+            ));
+        }
+        backfill_from_ms(&v.backfill_from, 0)
+            .map_err(|e| loaded.error(format!("{key}.versions.backfill_from"), e))?;
+        let out = s.output.get_ref();
+        if cfg.sources.values().any(|src| src.topic.get_ref() == out)
+            || cfg
+                .stages
+                .iter()
+                .any(|(n, o)| n != name && o.output.get_ref() == out)
+        {
+            return Err(loaded.error(
+                format!("{key}.output"),
+                format!("{out:?} is written by another node too: a versioned stage must be the only writer of its output"),
+            ));
+        }
+        if cfg.stages.iter().any(|(n, o)| {
+            o.candidate_of.is_none()
+                && n.strip_prefix(name.as_str())
+                    .and_then(|r| r.strip_prefix("-v"))
+                    .is_some()
+        }) {
+            return Err(loaded.error(
+                key,
+                format!("a stage named {name}-v… would be taken for a version of stages.{name}; rename it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn reads_versioned(cfg: &crate::config::PipelineConfig, topic: &str) -> bool {
+    cfg.stages
+        .values()
+        .any(|s| s.versions.is_some() && s.output.get_ref() == topic)
+}
+
+/// One versioned stage as started.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub stage: String,
+    /// The topic readers name (`output` in the file).
+    pub output: String,
+    pub input: String,
+    pub published: String,
+    /// The file's version when it is not the published one.
+    pub candidate: Option<String>,
+    pub publish: PublishMode,
+}
+
+/// What the running pipeline knows of its versions (`/v1/versions`, publishing).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub plans: Vec<Plan>,
+    pub registry: Mutex<Registry>,
+    /// Per stage, its candidate's state ([`watch`]).
+    pub status: Mutex<watch::Statuses>,
+    /// Publish requests for `hifi run`, which stops the nodes, publishes, and starts
+    /// them again.
+    requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Request>>>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Request>>>,
+}
+
+/// A request to publish.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub stage: String,
+    pub version: String,
+    /// `"auto"` or `"hifi publish"`.
+    pub by: String,
+}
+
+impl Live {
+    /// For the plans started.
+    pub fn new(plans: Vec<Plan>, registry: Registry) -> Live {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Live {
+            plans,
+            registry: Mutex::new(registry),
+            status: Mutex::default(),
+            requests: Mutex::new(Some(tx)),
+            receiver: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// The publish requests (taken once, by `hifi run`).
+    pub fn take_requests(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Request>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Asks for `version` of `stage` to be published; refuses what cannot be.
+    pub fn request(&self, stage: &str, version: &str, by: &str) -> Result<(), String> {
+        let plan = self
+            .plans
+            .iter()
+            .find(|p| p.stage == stage)
+            .ok_or_else(|| format!("stages.{stage} has no versions"))?;
+        if plan.published == version {
+            return Err(format!(
+                "{version} is already the published version of stages.{stage}"
+            ));
+        }
+        if plan.candidate.as_deref() != Some(version) {
+            return Err(format!(
+                "{version} is not running: only the file's version of stages.{stage} ({}) can be published",
+                plan.candidate.as_deref().unwrap_or(&plan.published)
+            ));
+        }
+        let tx = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = tx.as_ref().is_some_and(|tx| {
+            tx.send(Request {
+                stage: stage.to_owned(),
+                version: version.to_owned(),
+                by: by.to_owned(),
+            })
+            .is_ok()
+        });
+        if sent {
+            Ok(())
+        } else {
+            Err(
+                "this process does not publish (it is stopping, or it runs without `hifi run`)"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Reads the registry, records what is new (a first version, published; a changed
+/// definition, created with its backfill positions) and gives the configuration to
+/// run: published versions under the stages' names writing `OUTPUT.vP`, candidates
+/// beside them, readers of `OUTPUT` on the published topic with their cuts. Without
+/// versioned stages, the configuration as it is (the registry is not touched).
+pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConfig, Live), String> {
+    let versioned: Vec<String> = loaded
+        .config
+        .stages
+        .iter()
+        .filter(|(_, s)| s.versions.is_some() && s.candidate_of.is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    if versioned.is_empty() {
+        return Ok((loaded.clone(), Live::default()));
+    }
+    Registry::prepare(log)
+        .await
+        .map_err(|e| format!("cannot create {VERSIONS_TOPIC}: {e}"))?;
+    let mut registry = Registry::read(log).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut cfg = loaded.config.clone();
+    let mut plans = Vec::new();
+    let mut renamed: BTreeMap<String, (String, String)> = BTreeMap::new(); // output → (topic, stage)
+    for name in &versioned {
+        let file = cfg.stages[name].clone();
+        let def = definition(loaded, name)?;
+        let h = def.version.clone();
+        let first = registry
+            .stages
+            .get(name)
+            .is_none_or(|s| s.published.is_none());
+        let known = registry
+            .stages
+            .get(name)
+            .is_some_and(|s| s.versions.contains_key(&h));
+        let versions = file.versions.clone().expect("versioned");
+        if !known {
+            let group = if first {
+                format!("stage.{name}")
+            } else {
+                format!("stage.{}", candidate_name(name, &h))
+            };
+            let from = if first {
+                None
+            } else {
+                backfill_from_ms(&versions.backfill_from, now)?
+            };
+            if !first {
+                start_backfill(log, &group, file.input.get_ref(), from).await?;
+            }
+            let change = Change::Created {
+                stage: name.clone(),
+                version: h.clone(),
+                definition: def.text.clone(),
+                input_schema: def.input_schema.clone(),
+                group,
+                backfill_from_ms: from,
+                at_ms: now,
+            };
+            registry
+                .record(log, change)
+                .await
+                .map_err(|e| format!("cannot record version {h} of stages.{name}: {e}"))?;
+        }
+        if first {
+            let change = Change::Published {
+                stage: name.clone(),
+                version: h.clone(),
+                cuts: BTreeMap::new(),
+                at_ms: now,
+                by: "first version".into(),
+            };
+            registry
+                .record(log, change)
+                .await
+                .map_err(|e| format!("cannot publish version {h} of stages.{name}: {e}"))?;
+        }
+        let sv = &registry.stages[name];
+        let (p, _) = sv.published.clone().expect("published above");
+        let pv = sv.versions[&p].clone();
+        let output = file.output.get_ref().clone();
+        let mut published: StageConfig = if p == h {
+            file.clone()
+        } else {
+            let mut c: StageConfig = toml::from_str(&pv.definition).map_err(|e| {
+                format!("stages.{name}: the published version {p}'s stored definition does not load in this hifi: {e}")
+            })?;
+            c.fingerprint = file.fingerprint.clone();
+            c.audits = file
+                .audits
+                .iter()
+                .map(|a| {
+                    let mut a = a.clone();
+                    a.blocking = false;
+                    a
+                })
+                .collect();
+            c.batch_max_events = file.batch_max_events;
+            c.versions = file.versions.clone();
+            c
+        };
+        published.output = Spanned::new(0..0, version_topic(&output, &p));
+        published.group = Some(pv.group.clone());
+        let candidate = (p != h).then(|| h.clone());
+        if let Some(h) = &candidate {
+            let mut c = file.clone();
+            c.output = Spanned::new(0..0, version_topic(&output, h));
+            c.candidate_of = Some(name.clone());
+            cfg.stages.insert(candidate_name(name, h), c);
+            if let Some(t) = cfg.topics.get(&output).cloned() {
+                cfg.topics.insert(version_topic(&output, h), t);
+            }
+        }
+        if let Some(t) = cfg.topics.remove(&output) {
+            cfg.topics.insert(version_topic(&output, &p), t);
+        }
+        renamed.insert(output.clone(), (version_topic(&output, &p), name.clone()));
+        plans.push(Plan {
+            stage: name.clone(),
+            output,
+            input: file.input.get_ref().clone(),
+            published: p.clone(),
+            candidate,
+            publish: versions.publish,
+        });
+        cfg.stages.insert(name.clone(), published);
+    }
+    let cut_of = |reader: &str, stage: &str| -> Option<Arc<Cut>> {
+        let cuts = &registry.stages.get(stage)?.published.as_ref()?.1;
+        cuts.get(reader).map(|m| Arc::new(Cut::from_map(m)))
+    };
+    for (name, s) in cfg.sinks.iter_mut() {
+        if let Some((topic, stage)) = renamed.get(s.input.get_ref()) {
+            s.skip = cut_of(&format!("sinks.{name}"), stage);
+            s.input = Spanned::new(0..0, topic.clone());
+        }
+    }
+    for (name, s) in cfg.stages.iter_mut() {
+        if let Some((topic, stage)) = renamed.get(s.input.get_ref()) {
+            s.skip = cut_of(&format!("stages.{name}"), stage);
+            s.input = Spanned::new(0..0, topic.clone());
+        }
+    }
+    let loaded = LoadedConfig {
+        config: cfg,
+        ..loaded.clone()
+    };
+    Ok((loaded, Live::new(plans, registry)))
+}
+
+/// Commits a candidate's start positions on its input: the first record at or after
+/// `from_ms` in each partition (the oldest retained with `None`). A group that has
+/// positions already (a crash after this, before the version was recorded) keeps them.
+async fn start_backfill(
+    log: &dyn Log,
+    group: &str,
+    input: &str,
+    from_ms: Option<i64>,
+) -> Result<(), String> {
+    let fail =
+        |e: hifi_log::LogError| format!("cannot set the backfill start of {group} on {input}: {e}");
+    let partitions = log.partitions(input).await.map_err(fail)?;
+    let mut positions = Vec::new();
+    for p in 0..partitions {
+        if log
+            .committed(group, input, p)
+            .await
+            .map_err(fail)?
+            .is_some()
+        {
+            continue;
+        }
+        let offsets = log.offsets(input, p).await.map_err(fail)?;
+        let at = match from_ms {
+            None => offsets.start,
+            Some(t) => log
+                .offset_for_time(input, p, t)
+                .await
+                .map_err(fail)?
+                .unwrap_or(offsets.end)
+                .max(offsets.start),
+        };
+        positions.push((p, at));
+    }
+    if !positions.is_empty() {
+        log.commit_many(group, input, &positions)
+            .await
+            .map_err(fail)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_pass_over_only_what_is_below_them() {
+        let cut = Cut::from_map(&BTreeMap::from([("events/1".to_owned(), 10)]));
+        let o = |t: &str, p: u32, offset: u64| Origin {
+            topic: t.into(),
+            partition: p,
+            offset,
+        };
+        assert!(cut.skips(&o("events", 1, 9)));
+        assert!(!cut.skips(&o("events", 1, 10)));
+        assert!(!cut.skips(&o("events", 0, 0)), "a partition without a cut");
+        assert!(!cut.skips(&o("other", 1, 0)), "a topic without a cut");
+    }
+
+    #[test]
+    fn backfill_from_takes_retention_times_and_durations() {
+        assert_eq!(backfill_from_ms("retention", 0), Ok(None));
+        assert_eq!(
+            backfill_from_ms("2026-12-06T10:00:00Z", 0),
+            Ok(Some(1_796_551_200_000))
+        );
+        assert_eq!(backfill_from_ms("1h", 7_200_000), Ok(Some(3_600_000)));
+        assert!(backfill_from_ms("yesterday", 0).is_err());
+    }
+}

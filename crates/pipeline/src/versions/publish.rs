@@ -1,0 +1,165 @@
+//! Publishing a version, with every node of the pipeline stopped (drained, positions
+//! committed): the cuts of its readers, the new version's positions, then the record
+//! that makes it published. A crash before the record leaves the previous version
+//! published (publish again); after it, the nodes start on the new version.
+
+use std::collections::BTreeMap;
+
+use hifi_log::{Log, LogError, ReadLimits};
+
+use super::registry::{Change, Registry};
+use super::{version_topic, Request};
+use crate::config::LoadedConfig;
+use crate::event::EventMeta;
+
+/// Least origin offset per `topic/partition` among the records of `topic` from `group`'s
+/// committed positions (the oldest record without one) to the end, folded into `cut`.
+async fn fold_unread(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+    cut: &mut BTreeMap<String, u64>,
+) -> Result<(), LogError> {
+    for p in 0..log.partitions(topic).await? {
+        let offsets = log.offsets(topic, p).await?;
+        let mut pos = log
+            .committed(group, topic, p)
+            .await?
+            .unwrap_or(offsets.start)
+            .max(offsets.start);
+        while pos < offsets.end {
+            let limits = ReadLimits {
+                max_records: 10_000,
+                max_bytes: 16 << 20,
+                wait: std::time::Duration::ZERO,
+            };
+            let records = log.read(topic, p, pos, limits).await?;
+            let Some(last) = records.last() else { break };
+            pos = last.offset + 1;
+            for r in &records {
+                let o = EventMeta::of(topic, p, r).origin;
+                let key = format!("{}/{}", o.topic, o.partition);
+                let e = cut.entry(key).or_insert(o.offset);
+                *e = (*e).min(o.offset);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `req.version` of `req.stage` (see the module's documentation of
+/// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
+pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
+    let cfg = &loaded.config;
+    let stage = &req.stage;
+    let file = cfg
+        .stages
+        .get(stage)
+        .ok_or_else(|| format!("stages.{stage} is not in the pipeline file"))?;
+    let mut registry = Registry::read(log).await?;
+    let sv = registry
+        .stages
+        .get(stage)
+        .ok_or_else(|| format!("stages.{stage} has no versions"))?;
+    let (old, _) = sv
+        .published
+        .clone()
+        .ok_or_else(|| format!("stages.{stage} has no published version"))?;
+    let new = sv
+        .versions
+        .get(&req.version)
+        .ok_or_else(|| format!("stages.{stage} has no version {}", req.version))?
+        .clone();
+    if old == req.version {
+        return Ok(()); // published already (a request repeated)
+    }
+    let old_group = sv.versions[&old].group.clone();
+    let output = file.output.get_ref();
+    let input = file.input.get_ref();
+    let (old_topic, new_topic) = (
+        version_topic(output, &old),
+        version_topic(output, &new.version),
+    );
+    let fail = |e: LogError| format!("cannot publish {} of stages.{stage}: {e}", new.version);
+
+    // Every source partition's end: what arrives later is above the cut.
+    let mut base: BTreeMap<String, u64> = BTreeMap::new();
+    for s in cfg.sources.values() {
+        if s.kind != crate::config::SourceType::Http {
+            continue;
+        }
+        let t = s.topic.get_ref();
+        for p in 0..log.partitions(t).await.map_err(fail)? {
+            let end = log.offsets(t, p).await.map_err(fail)?.end;
+            base.insert(format!("{t}/{p}"), end);
+        }
+    }
+    // The old version's unread input: its origins are not delivered yet.
+    fold_unread(log, &old_group, input, &mut base)
+        .await
+        .map_err(fail)?;
+    let mut cuts = BTreeMap::new();
+    let mut readers: Vec<(String, String)> = Vec::new();
+    for (name, s) in &cfg.sinks {
+        if s.input.get_ref() == output {
+            readers.push((format!("sinks.{name}"), format!("sink.{name}")));
+        }
+    }
+    for (name, s) in &cfg.stages {
+        if s.input.get_ref() == output {
+            let group = registry
+                .stages
+                .get(name)
+                .and_then(|v| Some(v.versions.get(&v.published.as_ref()?.0)?.group.clone()))
+                .unwrap_or_else(|| format!("stage.{name}"));
+            readers.push((format!("stages.{name}"), group));
+        }
+    }
+    let new_partitions = log.partitions(&new_topic).await.map_err(fail)?;
+    for (reader, group) in &readers {
+        let mut cut = base.clone();
+        fold_unread(log, group, &old_topic, &mut cut)
+            .await
+            .map_err(fail)?;
+        cuts.insert(reader.clone(), cut);
+        // From the new topic's oldest record (a version published before may have
+        // left positions further on).
+        let mut starts = Vec::new();
+        for p in 0..new_partitions {
+            starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
+        }
+        log.commit_many(group, &new_topic, &starts)
+            .await
+            .map_err(fail)?;
+    }
+    // The new version goes back to the old one's positions where it was ahead.
+    let mut back = Vec::new();
+    for p in 0..log.partitions(input).await.map_err(fail)? {
+        let old_at = log.committed(&old_group, input, p).await.map_err(fail)?;
+        let new_at = log.committed(&new.group, input, p).await.map_err(fail)?;
+        if let (Some(o), Some(n)) = (old_at, new_at) {
+            if o < n {
+                back.push((p, o));
+            }
+        }
+    }
+    if !back.is_empty() {
+        log.commit_many(&new.group, input, &back)
+            .await
+            .map_err(fail)?;
+    }
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = file.test_publish_pause_ms {
+        tracing::warn!(ms, "test hook: waiting before the publish is recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let change = Change::Published {
+        stage: stage.clone(),
+        version: new.version.clone(),
+        cuts,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        by: req.by.clone(),
+    };
+    registry.record(log, change).await.map_err(fail)?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The topic `__versions`: one JSON record per change of a versioned stage (a version
+//! created, a version published), read whole at start. Kept forever: it is small (one
+//! record per edit of a stage) and it is what says which topic readers follow.
+
+use std::collections::BTreeMap;
+
+use hifi_log::{Log, LogError, ReadLimits, Record, Retention, TopicSpec};
+use serde::{Deserialize, Serialize};
+
+/// The registry's topic.
+pub const VERSIONS_TOPIC: &str = "__versions";
+
+/// Per reader (`sinks.X`, `stages.Y`): per origin partition (`topic/partition`), the
+/// least origin offset it had not handled from the version published before.
+pub type Cuts = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// One change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Change {
+    /// A version started: its definition, consumer group and where its backfill began.
+    Created {
+        stage: String,
+        version: String,
+        /// The stage's table, canonical TOML (what the hash is of, with the input schema).
+        definition: String,
+        /// The input topic's declared schema, if any (part of the hash).
+        input_schema: Option<String>,
+        group: String,
+        /// Event time the backfill started from (ms; `None`: the oldest retained input).
+        backfill_from_ms: Option<i64>,
+        at_ms: i64,
+    },
+    /// Readers follow this version from now on.
+    Published {
+        stage: String,
+        version: String,
+        /// Each reader passes over its records of this version from below its cut.
+        cuts: Cuts,
+        at_ms: i64,
+        /// `"auto"` or who asked (`"hifi publish"`).
+        by: String,
+    },
+}
+
+/// One version as the registry knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Version {
+    pub version: String,
+    pub definition: String,
+    pub input_schema: Option<String>,
+    pub group: String,
+    pub backfill_from_ms: Option<i64>,
+    pub created_ms: i64,
+    /// When it was published (the latest time), if ever.
+    pub published_ms: Option<i64>,
+}
+
+/// Every versioned stage's versions, and which one is published.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    pub stages: BTreeMap<String, StageVersions>,
+}
+
+/// One stage's versions.
+#[derive(Debug, Clone, Default)]
+pub struct StageVersions {
+    pub versions: BTreeMap<String, Version>,
+    /// The published version and its cuts.
+    pub published: Option<(String, Cuts)>,
+}
+
+impl Registry {
+    /// Creates the topic (kept forever).
+    pub async fn prepare(log: &dyn Log) -> Result<(), LogError> {
+        let spec = TopicSpec {
+            retention: Some(Retention {
+                age: None,
+                bytes: None,
+                ignore_consumers: false,
+            }),
+            ..TopicSpec::new(VERSIONS_TOPIC, 1)
+        };
+        log.ensure_topic(&spec).await.map(|_| ())
+    }
+
+    /// Reads every change. A record that does not parse is an error: which version is
+    /// published must not be guessed.
+    pub async fn read(log: &dyn Log) -> Result<Registry, String> {
+        let offsets = log
+            .offsets(VERSIONS_TOPIC, 0)
+            .await
+            .map_err(|e| format!("cannot read {VERSIONS_TOPIC}: {e}"))?;
+        let mut registry = Registry::default();
+        let mut pos = offsets.start;
+        while pos < offsets.end {
+            let limits = ReadLimits {
+                max_records: 1000,
+                max_bytes: 8 << 20,
+                wait: std::time::Duration::ZERO,
+            };
+            let records = log
+                .read(VERSIONS_TOPIC, 0, pos, limits)
+                .await
+                .map_err(|e| format!("cannot read {VERSIONS_TOPIC}: {e}"))?;
+            let Some(last) = records.last() else { break };
+            pos = last.offset + 1;
+            for r in records {
+                let change: Change = serde_json::from_slice(&r.record.value).map_err(|e| {
+                    format!(
+                        "{VERSIONS_TOPIC} offset {}: not a version record: {e}",
+                        r.offset
+                    )
+                })?;
+                registry.apply(change);
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Applies a change (as read, or as just written).
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Created {
+                stage,
+                version,
+                definition,
+                input_schema,
+                group,
+                backfill_from_ms,
+                at_ms,
+            } => {
+                let s = self.stages.entry(stage).or_default();
+                s.versions.entry(version.clone()).or_insert(Version {
+                    version,
+                    definition,
+                    input_schema,
+                    group,
+                    backfill_from_ms,
+                    created_ms: at_ms,
+                    published_ms: None,
+                });
+            }
+            Change::Published {
+                stage,
+                version,
+                cuts,
+                at_ms,
+                ..
+            } => {
+                let s = self.stages.entry(stage).or_default();
+                if let Some(v) = s.versions.get_mut(&version) {
+                    v.published_ms = Some(at_ms);
+                }
+                s.published = Some((version, cuts));
+            }
+        }
+    }
+
+    /// Appends a change durably, then applies it.
+    pub async fn record(&mut self, log: &dyn Log, change: Change) -> Result<(), LogError> {
+        let value = serde_json::to_vec(&change).expect("a version record serializes");
+        let now = chrono::Utc::now().timestamp_millis();
+        log.append(VERSIONS_TOPIC, 0, vec![Record::new(value, now)])
+            .await?;
+        self.apply(change);
+        Ok(())
+    }
+}

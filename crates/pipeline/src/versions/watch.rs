@@ -1,0 +1,224 @@
+//! Following candidate versions: backfill progress and its ETA, blocking audits, and
+//! with `publish = "auto"` the request to publish once the backfill is done and every
+//! bucket it completed passed the blocking audits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hifi_log::Log;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{candidate_name, Live};
+use crate::config::PublishMode;
+use crate::consumer::sleep_or_cancel;
+use crate::fingerprint::Fingerprinter;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+/// A candidate's state (`/v1/versions`, `hifi versions`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CandidateStatus {
+    /// `backfilling`, `live` (caught up, waiting for buckets or for `hifi publish`),
+    /// `blocked` (a blocking audit failed), `publishing`.
+    pub state: String,
+    /// Input records it has handled and has left, since its backfill started.
+    pub done: u64,
+    pub left: u64,
+    /// Seconds to go at the rate of the last 10 s (`None` when not moving).
+    pub eta_seconds: Option<f64>,
+    /// Failed blocking audits: bucket start (RFC 3339), audit, and the bucket's figures.
+    pub blocked_by: Vec<serde_json::Value>,
+    /// Complete buckets of its fingerprint whose audits passed / are waited for.
+    pub buckets_passed: usize,
+    pub buckets_waiting: usize,
+}
+
+struct Followed {
+    stage: String,
+    version: String,
+    group: String,
+    input: String,
+    /// The candidate's topic, and its ends when it first caught up (its fingerprint
+    /// must have counted that far before its buckets are judged).
+    output: String,
+    output_until: Option<Vec<u64>>,
+    auto: bool,
+    /// Per partition: where the backfill began and the end when this run started.
+    from: Vec<u64>,
+    until: Vec<u64>,
+    started_ms: i64,
+    fingerprint: Option<Arc<Fingerprinter>>,
+    rate: Option<(Instant, u64)>,
+    said_blocked: bool,
+}
+
+/// Follows the candidates of `live` until `stop` (or until one is to be published).
+pub async fn run(
+    live: Arc<Live>,
+    log: Arc<dyn Log>,
+    fingerprints: Vec<Arc<Fingerprinter>>,
+    stop: CancellationToken,
+) {
+    let mut followed = Vec::new();
+    for plan in &live.plans {
+        let Some(version) = &plan.candidate else {
+            continue;
+        };
+        let name = candidate_name(&plan.stage, version);
+        let group = format!("stage.{name}");
+        let backfill_from = live
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stages
+            .get(&plan.stage)
+            .and_then(|s| s.versions.get(version))
+            .and_then(|v| v.backfill_from_ms);
+        let (mut from, mut until) = (Vec::new(), Vec::new());
+        let Ok(n) = log.partitions(&plan.input).await else {
+            continue;
+        };
+        for p in 0..n {
+            let Ok(offsets) = log.offsets(&plan.input, p).await else {
+                continue;
+            };
+            // Where the backfill began: the first record of its time (the oldest
+            // retained for "retention"), or where the candidate is if that is before.
+            let began = match backfill_from {
+                Some(t) => log
+                    .offset_for_time(&plan.input, p, t)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(offsets.end),
+                None => offsets.start,
+            };
+            let at = log.committed(&group, &plan.input, p).await.ok().flatten();
+            from.push(at.map_or(began, |a| a.min(began)).max(offsets.start));
+            until.push(offsets.end);
+        }
+        let node = format!("stages.{name}");
+        followed.push(Followed {
+            stage: plan.stage.clone(),
+            version: version.clone(),
+            group,
+            input: plan.input.clone(),
+            output: super::version_topic(&plan.output, version),
+            output_until: None,
+            auto: plan.publish == PublishMode::Auto,
+            from,
+            until,
+            started_ms: crate::now_ms(),
+            fingerprint: fingerprints.iter().find(|f| f.node == node).cloned(),
+            rate: None,
+            said_blocked: false,
+        });
+    }
+    while !followed.is_empty() && sleep_or_cancel(&stop, EVERY).await {
+        let mut publish = None;
+        for f in &mut followed {
+            let mut status = CandidateStatus::default();
+            let mut at_end = true;
+            for (p, (&from, &until)) in f.from.iter().zip(&f.until).enumerate() {
+                let at = log
+                    .committed(&f.group, &f.input, p as u32)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(from);
+                let end = log
+                    .offsets(&f.input, p as u32)
+                    .await
+                    .map_or(until, |o| o.end);
+                status.done += at.saturating_sub(from);
+                status.left += end.saturating_sub(at);
+                at_end &= at >= until;
+            }
+            let now = Instant::now();
+            match f.rate {
+                Some((t, done)) if now.duration_since(t) >= Duration::from_secs(10) => {
+                    let rate = status.done.saturating_sub(done) as f64
+                        / now.duration_since(t).as_secs_f64();
+                    f.rate = Some((now, status.done));
+                    status.eta_seconds = (rate > 0.0).then(|| status.left as f64 / rate);
+                }
+                Some(_) => {}
+                None => f.rate = Some((now, status.done)),
+            }
+            status.state = if at_end { "live" } else { "backfilling" }.into();
+            let mut waiting = false;
+            if at_end && f.output_until.is_none() {
+                let mut ends = Vec::new();
+                for p in 0..log.partitions(&f.output).await.unwrap_or(0) {
+                    ends.push(log.offsets(&f.output, p).await.map_or(u64::MAX, |o| o.end));
+                }
+                f.output_until = Some(ends);
+            }
+            if let Some(fp) = &f.fingerprint {
+                let report = fp.report(i64::MIN, i64::MAX);
+                // Its fingerprint has not counted all it wrote during the backfill yet.
+                let counted = f.output_until.as_ref().is_some_and(|until| {
+                    until
+                        .iter()
+                        .enumerate()
+                        .all(|(p, &u)| report.read_to.get(p).is_some_and(|&r| r >= u))
+                });
+                if !counted {
+                    waiting = true;
+                }
+                for (start, summary, verdicts) in &report.buckets {
+                    let ended = start + report.bucket_ms <= f.started_ms;
+                    match verdicts {
+                        None if ended => {
+                            status.buckets_waiting += 1;
+                            waiting = true;
+                        }
+                        None => {}
+                        Some(v) => {
+                            let failed: Vec<_> =
+                                v.iter().filter(|v| v.blocking && !v.passed).collect();
+                            if failed.is_empty() {
+                                status.buckets_passed += 1;
+                            }
+                            for a in failed {
+                                status.blocked_by.push(serde_json::json!({
+                                    "bucket_start": crate::event::rfc3339_ms(*start),
+                                    "audit": a.audit, "check": a.check, "error": a.error,
+                                    "count": summary.count,
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+            if !status.blocked_by.is_empty() {
+                status.state = "blocked".into();
+                if !f.said_blocked {
+                    f.said_blocked = true;
+                    error!(stage = %f.stage, version = %f.version, failed = %serde_json::Value::from(status.blocked_by.clone()),
+                        "a blocking audit failed: the candidate version stays unpublished (the published one keeps serving)");
+                }
+            } else if f.auto && at_end && !waiting && publish.is_none() {
+                status.state = "publishing".into();
+                publish = Some((f.stage.clone(), f.version.clone()));
+            }
+            live.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(f.stage.clone(), status);
+        }
+        if let Some((stage, version)) = publish {
+            info!(%stage, %version, "backfill done and audits passed: publishing");
+            if let Err(e) = live.request(&stage, &version, "auto") {
+                error!(%stage, %version, "cannot publish: {e}");
+            }
+            return; // the nodes stop for the publish
+        }
+    }
+}
+
+/// Per stage, its candidate's status.
+pub type Statuses = BTreeMap<String, CandidateStatus>;

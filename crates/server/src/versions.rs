@@ -1,0 +1,162 @@
+//! `GET /v1/versions?stage=` — each versioned stage's versions: hash, topic, state
+//! (`published`, `candidate`, `retired`), definition and its diff against the
+//! published one, the candidate's backfill progress and ETA, blocking audits that
+//! failed, and a fingerprint summary per version running here.
+//!
+//! `POST /v1/versions/{stage}/{version}/publish` — asks `hifi run` to publish the
+//! stage's candidate: it stops the nodes (draining), records the publish and starts
+//! them again on it; answers 202 at once (the admin API goes away for that moment).
+//! It changes state: it needs a token of `[admin.auth]` when configured.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hifi_pipeline::versions::{version_topic, Live};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::admin::AdminState;
+use crate::ingest::error;
+
+#[derive(Debug, Deserialize)]
+pub struct VersionsQuery {
+    stage: Option<String>,
+}
+
+/// The versions of every versioned stage (or of `stage`).
+pub fn describe(
+    live: &Live,
+    fingerprints: &[Arc<hifi_pipeline::fingerprint::Fingerprinter>],
+    only: Option<&str>,
+) -> Vec<Value> {
+    let registry = live
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let status = live
+        .status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut out = Vec::new();
+    for plan in live
+        .plans
+        .iter()
+        .filter(|p| only.is_none_or(|s| s == p.stage))
+    {
+        let Some(sv) = registry.stages.get(&plan.stage) else {
+            continue;
+        };
+        let published_def = sv
+            .versions
+            .get(&plan.published)
+            .map(|v| v.definition.clone())
+            .unwrap_or_default();
+        let mut versions: Vec<&hifi_pipeline::versions::registry::Version> =
+            sv.versions.values().collect();
+        versions.sort_by_key(|v| std::cmp::Reverse(v.created_ms));
+        let versions: Vec<Value> = versions
+            .into_iter()
+            .map(|v| {
+                let state = if v.version == plan.published {
+                    "published"
+                } else if plan.candidate.as_deref() == Some(v.version.as_str()) {
+                    "candidate"
+                } else {
+                    "retired"
+                };
+                let node = if state == "candidate" {
+                    format!("stages.{}", hifi_pipeline::versions::candidate_name(&plan.stage, &v.version))
+                } else {
+                    format!("stages.{}", plan.stage)
+                };
+                let fingerprint = (state != "retired")
+                    .then(|| fingerprints.iter().find(|f| f.node == node))
+                    .flatten()
+                    .map(|f| {
+                        let r = f.report(i64::MIN, i64::MAX);
+                        json!({
+                            "node": node,
+                            "buckets": r.buckets.len(),
+                            "count": r.buckets.iter().map(|(_, s, _)| s.count).sum::<u64>(),
+                        })
+                    });
+                let diff = similar::TextDiff::from_lines(&published_def, &v.definition)
+                    .unified_diff()
+                    .header(&format!("v{}", plan.published), &format!("v{}", v.version))
+                    .to_string();
+                json!({
+                    "version": v.version,
+                    "state": state,
+                    "topic": version_topic(&plan.output, &v.version),
+                    "created": hifi_pipeline::event::rfc3339_ms(v.created_ms),
+                    "published_at": v.published_ms.map(hifi_pipeline::event::rfc3339_ms),
+                    "backfill_from": v.backfill_from_ms.map(hifi_pipeline::event::rfc3339_ms),
+                    "definition": v.definition,
+                    "input_schema": v.input_schema,
+                    "diff_against_published": diff,
+                    "fingerprint": fingerprint,
+                    "status": (state == "candidate").then(|| status.get(&plan.stage).cloned()).flatten(),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "stage": plan.stage,
+            "output": plan.output,
+            "published": plan.published,
+            "candidate": plan.candidate,
+            "publish": plan.publish,
+            "versions": versions,
+        }));
+    }
+    out
+}
+
+/// Answers `GET /v1/versions`.
+pub async fn versions(
+    State(s): State<Arc<AdminState>>,
+    Query(q): Query<VersionsQuery>,
+) -> Response {
+    if let Some(stage) = &q.stage {
+        if !s.versions.plans.iter().any(|p| &p.stage == stage) {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("stages.{stage} has no versions here (`versions = {{ … }}` on the stage)"),
+                json!({}),
+            );
+        }
+    }
+    Json(json!({ "stages": describe(&s.versions, &s.fingerprints, q.stage.as_deref()) }))
+        .into_response()
+}
+
+/// Answers `POST /v1/versions/{stage}/{version}/publish`.
+pub async fn publish(
+    State(s): State<Arc<AdminState>>,
+    Path((stage, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = crate::admin::may_change_state(&s, &headers) {
+        return *r;
+    }
+    let version = version.strip_prefix('v').unwrap_or(&version).to_owned();
+    match s.versions.request(&stage, &version, "hifi publish") {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"stage": stage, "version": version, "state": "publishing"})),
+        )
+            .into_response(),
+        Err(e) => {
+            let code = if s.versions.plans.iter().any(|p| p.stage == stage) {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            error(code, &e, json!({}))
+        }
+    }
+}
