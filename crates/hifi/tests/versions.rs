@@ -381,6 +381,25 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         blocked["count"], 40,
         "the bucket of t0 with its count: {cand:#}"
     );
+    let bad_version = cand["version"].as_str().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args([
+            "fingerprint",
+            "diff",
+            &format!("big@{v1}"),
+            &format!("big@{bad_version}"),
+            "--json",
+            "--admin",
+            &admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("country.entropy"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     post(
         proc.addr("source api").to_string(),
         json!([{"id": "during-bad", "ts": now, "country": "fr"}]),
@@ -437,5 +456,67 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         "{states:?}"
     );
     assert!(states.contains(&(v1, "retired".to_owned())), "{states:?}");
+    proc.sigterm(Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_gaining_versions_keeps_its_readers_backlog() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = Proc::start(
+        &[
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            record.to_str().unwrap(),
+            "--latency",
+            "40ms",
+        ],
+        "receiver:",
+        dir.path(),
+    );
+    let rx = receiver.addr("receiver").to_string();
+    // Unversioned, with a slow destination: the sink is behind when it stops.
+    let file = write_file(dir.path(), &rx, "one", "", false);
+    let proc = run_pipeline(dir.path(), &file);
+    let producers = Producers::named(
+        "a",
+        2,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(800), 0, 100, Duration::from_secs(20))
+            .await
+    );
+    let (a, _) = producers.stop().await;
+    proc.sigterm(Duration::from_secs(20));
+    let behind = a.len() - received_ids(&record).len().min(a.len());
+    println!(
+        "{behind} of {} events not delivered yet when versions were added",
+        a.len()
+    );
+    assert!(behind > 0, "the test needs a backlog");
+
+    // The same definition with versions: its first version keeps writing big-orders.
+    let file = write_file(dir.path(), &rx, "one", "versions = {}", false);
+    let proc = run_pipeline(dir.path(), &file);
+    let v = big(proc.addr("admin")).await;
+    assert!(v["candidate"].is_null(), "{v:#}");
+    assert_eq!(v["versions"][0]["topic"], "big-orders", "{v:#}");
+    let producers = Producers::named(
+        "b",
+        2,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(500), 0, 50, Duration::from_secs(20))
+            .await
+    );
+    let (b, _) = producers.stop().await;
+    let every: HashSet<String> = a.iter().chain(&b).cloned().collect();
+    all_arrive(&record, &every).await;
     proc.sigterm(Duration::from_secs(20));
 }

@@ -220,6 +220,28 @@ impl RateLimit {
     }
 }
 
+/// Waits for `n` tokens of `limit`; false if `stop` comes first.
+pub async fn pace(
+    limit: &std::sync::Mutex<RateLimit>,
+    n: u64,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    loop {
+        let r = limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(n, Instant::now());
+        match r {
+            Ok(()) => return true,
+            Err(wait) => {
+                if !crate::consumer::sleep_or_cancel(stop, wait).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -415,6 +415,16 @@ impl Pipeline {
                 },
                 group: s.group.clone().unwrap_or_else(|| format!("stage.{name}")),
                 skip: s.skip.clone(),
+                rate: s
+                    .candidate_of
+                    .as_ref()
+                    .and_then(|_| s.versions.as_ref()?.backfill_max_rate)
+                    .map(|r| {
+                        std::sync::Mutex::new(crate::delivery::RateLimit::new(
+                            r,
+                            tokio::time::Instant::now(),
+                        ))
+                    }),
                 #[cfg(feature = "test-hooks")]
                 test_drop_ids: match &s.test_drop_ids_matching {
                     Some(re) => Some(regex::Regex::new(re).map_err(|e| {

@@ -82,6 +82,9 @@ pub struct Stage {
     /// Input records to pass over (after a publish of the stage's input; see
     /// [`crate::versions`]).
     pub skip: Option<Arc<crate::versions::Cut>>,
+    /// Most input events per second (a candidate version's backfill:
+    /// `versions.backfill_max_rate`).
+    pub rate: Option<std::sync::Mutex<crate::delivery::RateLimit>>,
     /// Test builds only: ids dropped without an outcome (simulated bug).
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,
@@ -203,6 +206,11 @@ impl Stage {
         let cel_root = cel_interpreter::Context::default();
         while let Some(mut batch) = input_at.next(&shutdown).await {
             let last = batch.last().map_or(input_at.position(), |r| r.offset);
+            if let Some(rate) = self.rate.as_ref().filter(|_| input == self.input) {
+                if !crate::delivery::pace(rate, batch.len() as u64, &shutdown).await {
+                    return Ok(()); // not processed, not committed
+                }
+            }
             if let Some(cut) = self.skip.as_ref().filter(|_| input == self.input) {
                 batch.retain(|r| !cut.passes_over(&EventMeta::of(input, p, r).origin, &r.record));
                 if batch.is_empty() {

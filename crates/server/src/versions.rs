@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hifi_pipeline::versions::{version_topic, Live};
+use hifi_pipeline::versions::Live;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -92,7 +92,7 @@ pub fn describe(
                 json!({
                     "version": v.version,
                     "state": state,
-                    "topic": version_topic(&plan.output, &v.version),
+                    "topic": v.topic,
                     "created": hifi_pipeline::event::rfc3339_ms(v.created_ms),
                     "published_at": v.published_ms.map(hifi_pipeline::event::rfc3339_ms),
                     "backfill_from": v.backfill_from_ms.map(hifi_pipeline::event::rfc3339_ms),

@@ -184,6 +184,9 @@ pub struct VersionsConfig {
     /// version starts (`"1h"`).
     #[serde(default = "default_backfill_from")]
     pub backfill_from: String,
+    /// Most input events per second a new version reads (in this process), so that its
+    /// backfill leaves room for the live path. Default: none (as fast as it can).
+    pub backfill_max_rate: Option<u64>,
 }
 
 /// When a new version is published.

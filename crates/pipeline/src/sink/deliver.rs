@@ -353,20 +353,6 @@ impl Sink {
 
     /// Waits for rate-limit tokens for `n` global retries; false at shutdown.
     pub(super) async fn pace(&self, n: u64, stop: &CancellationToken) -> bool {
-        loop {
-            let r = self
-                .retry_rate
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(n, tokio::time::Instant::now());
-            match r {
-                Ok(()) => return true,
-                Err(wait) => {
-                    if !sleep_or_cancel(stop, wait).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        crate::delivery::pace(&self.retry_rate, n, stop).await
     }
 }

@@ -9,7 +9,8 @@
 //! At start ([`resolve`]) the file's definition is compared with the registry
 //! (`__versions`, [`registry`]):
 //! - the first version of a stage is published at once, and keeps the stage's consumer
-//!   group (`stage.X`): it goes on from where the stage was;
+//!   group (`stage.X`): it goes on from where the stage was (writing the unversioned
+//!   `OUTPUT` if that held records: its readers' backlog is there);
 //! - a changed definition starts a **candidate** beside the published version, which
 //!   keeps running from its stored definition. The candidate (stage `X-vH`, group
 //!   `stage.X-vH`) backfills from `backfill_from` (the log's time index, or Kafka's
@@ -209,6 +210,14 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         }
         backfill_from_ms(&v.backfill_from, 0)
             .map_err(|e| loaded.error(format!("{key}.versions.backfill_from"), e))?;
+        if let Some(r) = v.backfill_max_rate {
+            if r < s.batch_max_events as u64 {
+                return Err(loaded.error(
+                    format!("{key}.versions.backfill_max_rate"),
+                    format!("{r} events/s is less than a batch ({key}.batch_max_events = {}), which is paced whole: raise it or lower batch_max_events", s.batch_max_events),
+                ));
+            }
+        }
         let out = s.output.get_ref();
         if cfg.sources.values().any(|src| src.topic.get_ref() == out)
             || cfg
@@ -252,6 +261,9 @@ pub struct Plan {
     pub published: String,
     /// The file's version when it is not the published one.
     pub candidate: Option<String>,
+    /// The candidate's topic and consumer group.
+    pub candidate_topic: Option<String>,
+    pub candidate_group: Option<String>,
     pub publish: PublishMode,
 }
 
@@ -384,6 +396,11 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             } else {
                 backfill_from_ms(&versions.backfill_from, now)?
             };
+            let topic = if first && holds_records(log, file.output.get_ref()).await {
+                file.output.get_ref().clone()
+            } else {
+                version_topic(file.output.get_ref(), &h)
+            };
             if !first {
                 start_backfill(log, &group, file.input.get_ref(), from).await?;
             }
@@ -393,6 +410,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 definition: def.text.clone(),
                 input_schema: def.input_schema.clone(),
                 group,
+                topic,
                 backfill_from_ms: from,
                 at_ms: now,
             };
@@ -438,27 +456,34 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             c.versions = file.versions.clone();
             c
         };
-        published.output = Spanned::new(0..0, version_topic(&output, &p));
+        published.output = Spanned::new(0..0, pv.topic.clone());
         published.group = Some(pv.group.clone());
         let candidate = (p != h).then(|| h.clone());
+        let declared = cfg.topics.remove(&output);
         if let Some(h) = &candidate {
+            // A version run before (the file went back to it) goes on from where it
+            // stopped, in its own topic and group.
+            let hv = &sv.versions[h];
             let mut c = file.clone();
-            c.output = Spanned::new(0..0, version_topic(&output, h));
+            c.output = Spanned::new(0..0, hv.topic.clone());
+            c.group = Some(hv.group.clone());
             c.candidate_of = Some(name.clone());
             cfg.stages.insert(candidate_name(name, h), c);
-            if let Some(t) = cfg.topics.get(&output).cloned() {
-                cfg.topics.insert(version_topic(&output, h), t);
+            if let Some(t) = &declared {
+                cfg.topics.insert(hv.topic.clone(), t.clone());
             }
         }
-        if let Some(t) = cfg.topics.remove(&output) {
-            cfg.topics.insert(version_topic(&output, &p), t);
+        if let Some(t) = declared {
+            cfg.topics.insert(pv.topic.clone(), t);
         }
-        renamed.insert(output.clone(), (version_topic(&output, &p), name.clone()));
+        renamed.insert(output.clone(), (pv.topic.clone(), name.clone()));
         plans.push(Plan {
             stage: name.clone(),
             output,
             input: file.input.get_ref().clone(),
             published: p.clone(),
+            candidate_topic: candidate.as_ref().map(|h| sv.versions[h].topic.clone()),
+            candidate_group: candidate.as_ref().map(|h| sv.versions[h].group.clone()),
             candidate,
             publish: versions.publish,
         });
@@ -485,6 +510,20 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         ..loaded.clone()
     };
     Ok((loaded, Live::new(plans, registry)))
+}
+
+/// Whether `topic` exists and holds records (a stage gaining `versions` keeps writing
+/// its unversioned topic in its first version: its readers' backlog is there).
+async fn holds_records(log: &dyn Log, topic: &str) -> bool {
+    let Ok(n) = log.partitions(topic).await else {
+        return false;
+    };
+    for p in 0..n {
+        if log.offsets(topic, p).await.is_ok_and(|o| o.end > 0) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Commits a candidate's start positions on its input: the first record at or after

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use hifi_log::{Log, LogError, ReadLimits};
 
 use super::registry::{Change, Registry};
-use super::{version_topic, Request};
+use super::Request;
 use crate::config::LoadedConfig;
 use crate::event::EventMeta;
 
@@ -76,10 +76,7 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
     let old_group = sv.versions[&old].group.clone();
     let output = file.output.get_ref();
     let input = file.input.get_ref();
-    let (old_topic, new_topic) = (
-        version_topic(output, &old),
-        version_topic(output, &new.version),
-    );
+    let (old_topic, new_topic) = (sv.versions[&old].topic.clone(), new.topic.clone());
     let fail = |e: LogError| format!("cannot publish {} of stages.{stage}: {e}", new.version);
 
     // Every source partition's end: what arrives later is above the cut.

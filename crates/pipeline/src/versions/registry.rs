@@ -1,6 +1,6 @@
 //! The topic `__versions`: one JSON record per change of a versioned stage (a version
-//! created, a version published), read whole at start. Kept forever: it is small (one
-//! record per edit of a stage) and it is what says which topic readers follow.
+//! created, a version published), read whole at start. Kept (a century): it is small
+//! (one record per edit of a stage) and it is what says which topic readers follow.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +27,10 @@ pub enum Change {
         /// The input topic's declared schema, if any (part of the hash).
         input_schema: Option<String>,
         group: String,
+        /// The topic it writes (`OUTPUT.v<hash>`; for a stage's first version, the
+        /// unversioned `OUTPUT` when that already held records, so that its readers
+        /// lose nothing of it).
+        topic: String,
         /// Event time the backfill started from (ms; `None`: the oldest retained input).
         backfill_from_ms: Option<i64>,
         at_ms: i64,
@@ -50,6 +54,7 @@ pub struct Version {
     pub definition: String,
     pub input_schema: Option<String>,
     pub group: String,
+    pub topic: String,
     pub backfill_from_ms: Option<i64>,
     pub created_ms: i64,
     /// When it was published (the latest time), if ever.
@@ -71,11 +76,12 @@ pub struct StageVersions {
 }
 
 impl Registry {
-    /// Creates the topic (kept forever).
+    /// Creates the topic, kept for a century (a Kafka topic without `retention.ms`
+    /// would take the broker's default, a week).
     pub async fn prepare(log: &dyn Log) -> Result<(), LogError> {
         let spec = TopicSpec {
             retention: Some(Retention {
-                age: None,
+                age: Some(std::time::Duration::from_secs(100 * 365 * 86_400)),
                 bytes: None,
                 ignore_consumers: false,
             }),
@@ -127,6 +133,7 @@ impl Registry {
                 definition,
                 input_schema,
                 group,
+                topic,
                 backfill_from_ms,
                 at_ms,
             } => {
@@ -136,6 +143,7 @@ impl Registry {
                     definition,
                     input_schema,
                     group,
+                    topic,
                     backfill_from_ms,
                     created_ms: at_ms,
                     published_ms: None,

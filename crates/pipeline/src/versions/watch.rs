@@ -68,7 +68,10 @@ pub async fn run(
             continue;
         };
         let name = candidate_name(&plan.stage, version);
-        let group = format!("stage.{name}");
+        let group = plan
+            .candidate_group
+            .clone()
+            .unwrap_or_else(|| format!("stage.{name}"));
         let backfill_from = live
             .registry
             .lock()
@@ -106,7 +109,10 @@ pub async fn run(
             version: version.clone(),
             group,
             input: plan.input.clone(),
-            output: super::version_topic(&plan.output, version),
+            output: plan
+                .candidate_topic
+                .clone()
+                .unwrap_or_else(|| super::version_topic(&plan.output, version)),
             output_until: None,
             auto: plan.publish == PublishMode::Auto,
             from,
