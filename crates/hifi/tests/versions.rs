@@ -42,6 +42,19 @@ fn write_file(
     file
 }
 
+/// `hifi receiver` on any port, recording to `record`, with `extra` flags.
+fn start_receiver(dir: &Path, record: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--record",
+        record.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(&args, "receiver:", dir)
+}
+
 /// `/v1/versions` of stage `big`.
 async fn big(admin: std::net::SocketAddr) -> Value {
     get_json(&format!("http://{admin}/v1/versions?stage=big")).await["stages"][0].clone()
@@ -148,20 +161,7 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
     let record = dir.path().join("received.jsonl");
     // A slow destination (20 events per 40 ms request, one at a time): the sink is
     // behind when the publish comes, so the cut decides what it still gets.
-    let receiver = Proc::start(
-        &[
-            "receiver",
-            "--listen",
-            "127.0.0.1:0",
-            "--record",
-            record.to_str().unwrap(),
-            "--record-data",
-            "--latency",
-            "40ms",
-        ],
-        "receiver:",
-        dir.path(),
-    );
+    let receiver = start_receiver(dir.path(), &record, &["--record-data", "--latency", "40ms"]);
     let rx = receiver.addr("receiver").to_string();
     let versions = "versions = { backfill_from = \"retention\" }";
 
@@ -301,18 +301,7 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
 async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_automatically() {
     let dir = test_dir();
     let record = dir.path().join("received.jsonl");
-    let receiver = Proc::start(
-        &[
-            "receiver",
-            "--listen",
-            "127.0.0.1:0",
-            "--record",
-            record.to_str().unwrap(),
-            "--record-data",
-        ],
-        "receiver:",
-        dir.path(),
-    );
+    let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
     let rx = receiver.addr("receiver").to_string();
     let audited = "versions = { publish = \"auto\" }\n\
         fingerprint = { bucket = \"1m\", lateness = \"0s\", entropy = [\"country\"], checkpoint_every = \"1s\" }\n\
@@ -463,19 +452,7 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
 async fn a_stage_gaining_versions_keeps_its_readers_backlog() {
     let dir = test_dir();
     let record = dir.path().join("received.jsonl");
-    let receiver = Proc::start(
-        &[
-            "receiver",
-            "--listen",
-            "127.0.0.1:0",
-            "--record",
-            record.to_str().unwrap(),
-            "--latency",
-            "40ms",
-        ],
-        "receiver:",
-        dir.path(),
-    );
+    let receiver = start_receiver(dir.path(), &record, &["--latency", "40ms"]);
     let rx = receiver.addr("receiver").to_string();
     // Unversioned, with a slow destination: the sink is behind when it stops.
     let file = write_file(dir.path(), &rx, "one", "", false);
