@@ -172,6 +172,11 @@ enum Command {
         /// The version (its hash, as `hifi versions` shows it).
         #[arg(value_name = "VERSION")]
         hash: String,
+        /// Also deliver again, to every reader, the new version's events from this event
+        /// time (RFC 3339 or epoch ms), with their ids and the CloudEvents extension
+        /// `hifiversion`, so that destinations can replace what the old version sent.
+        #[arg(long)]
+        redeliver_from: Option<String>,
     },
     /// Open-loop load test with an exact outcome (acknowledged, delivered, lost, latency).
     Loadtest(Box<loadtest::LoadtestArgs>),
@@ -235,9 +240,12 @@ fn main() -> std::process::ExitCode {
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
             Command::Versions { admin, stage } => versions_cmd::versions(admin, stage).await,
-            Command::Publish { admin, stage, hash } => {
-                versions_cmd::publish(admin, stage, hash).await
-            }
+            Command::Publish {
+                admin,
+                stage,
+                hash,
+                redeliver_from,
+            } => versions_cmd::publish(admin, stage, hash, redeliver_from).await,
             Command::Replay {
                 admin,
                 sink,

@@ -86,14 +86,23 @@ fn version_line(v: &Value) -> String {
 }
 
 /// `hifi publish STAGE VERSION`: asks, then waits for the nodes to run it.
-pub async fn publish(admin: Admin, stage: String, version: String) -> Result<ExitCode> {
+pub async fn publish(
+    admin: Admin,
+    stage: String,
+    version: String,
+    redeliver_from: Option<String>,
+) -> Result<ExitCode> {
     let version = version.trim_start_matches('v').to_owned();
     let path = format!(
         "/v1/versions/{}/{}/publish",
         ops::url_escape(&stage),
         ops::url_escape(&version)
     );
-    ops::post(&admin, &path, &serde_json::json!({})).await?;
+    let body = match &redeliver_from {
+        Some(t) => serde_json::json!({ "redeliver_from": t }),
+        None => serde_json::json!({}),
+    };
+    ops::post(&admin, &path, &body).await?;
     outln!(
         "publishing v{version} of stages.{stage}: the nodes stop (draining) and start again on it"
     );

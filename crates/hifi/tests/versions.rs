@@ -128,9 +128,10 @@ fn topic_ids(dir: &Path, topic: &str) -> HashSet<String> {
     ids
 }
 
-fn publish_cli(admin: std::net::SocketAddr, version: &str) -> std::process::Output {
+fn publish_cli(admin: std::net::SocketAddr, version: &str, extra: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
         .args(["publish", "big", version, "--admin", &admin.to_string()])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -164,6 +165,11 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
     let receiver = start_receiver(dir.path(), &record, &["--record-data", "--latency", "40ms"]);
     let rx = receiver.addr("receiver").to_string();
     let versions = "versions = { backfill_from = \"retention\" }";
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 60_000;
 
     // Version one: published at once, delivers.
     let file = write_file(dir.path(), &rx, "one", versions, false);
@@ -248,7 +254,9 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
     );
     assert_eq!(v["candidate"], v2.as_str(), "{v:#}");
     // Published by `hifi publish`, then killed at once: it starts on version two.
-    let out = publish_cli(admin, &v2);
+    // With --redeliver-from before every event: all of them come again from version
+    // two, with their ids and `hifiversion`.
+    let out = publish_cli(admin, &v2, &["--redeliver-from", &started_ms.to_string()]);
     assert!(
         out.status.success(),
         "hifi publish: {}",
@@ -280,11 +288,23 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
         "{} acknowledged, all delivered; {twice} delivered more than once",
         every.len()
     );
+    let mut corrected = HashSet::new();
     for r in received_records(&record) {
-        if c.contains(r["id"].as_str().unwrap()) {
+        let id = r["id"].as_str().unwrap();
+        if c.contains(id) {
             assert_eq!(r["data"]["stage"], "two", "{r}");
         }
+        let version = match r["data"]["stage"].as_str() {
+            Some("one") => &v1,
+            _ => &v2,
+        };
+        assert_eq!(r["hifiversion"], version.as_str(), "{r}");
+        if r["data"]["stage"] == "two" {
+            corrected.insert(id.to_owned());
+        }
     }
+    let missing = every.difference(&corrected).count();
+    assert_eq!(missing, 0, "events not delivered again from version two");
     proc.sigterm(Duration::from_secs(20));
 
     // Both versions hold every event of the range they cover.

@@ -295,6 +295,25 @@ pub fn cloudevent_body(meta: &EventMeta, value: &Bytes) -> Bytes {
     }
 }
 
+/// A structured CloudEvent with an extension attribute added first (`name` must be a
+/// valid attribute name; an attribute of that name already there comes later and wins
+/// with most parsers). A body that is not a JSON object is returned as it is.
+pub fn with_extension(ce: &Bytes, name: &str, value: &str) -> Bytes {
+    let Some(rest) = ce.strip_prefix(b"{") else {
+        return ce.clone();
+    };
+    let mut out = Vec::with_capacity(ce.len() + name.len() + value.len() + 8);
+    out.push(b'{');
+    push_json_str(&mut out, name);
+    out.push(b':');
+    push_json_str(&mut out, value);
+    if rest.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // serde_json writes a correctly escaped string; writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
@@ -388,5 +407,25 @@ mod tests {
             serde_json::from_slice(&cloudevent_body(&meta, &Bytes::from_static(b"1"))).unwrap();
         assert_eq!(v["traceparent"], std::str::from_utf8(tp).unwrap());
         assert!(v.get("tracestate").is_none());
+    }
+
+    #[test]
+    fn an_extension_goes_first_into_any_object() {
+        let v: serde_json::Value = serde_json::from_slice(&with_extension(
+            &Bytes::from_static(br#"{"id":"a","data":1}"#),
+            "hifiversion",
+            "3f2a",
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"hifiversion": "3f2a", "id": "a", "data": 1})
+        );
+        let empty = with_extension(&Bytes::from_static(b"{ }"), "x", "y");
+        assert_eq!(&empty[..], br#"{"x":"y" }"#);
+        assert_eq!(
+            &with_extension(&Bytes::from_static(b"[1]"), "x", "y")[..],
+            b"[1]"
+        );
     }
 }

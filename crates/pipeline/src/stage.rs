@@ -212,7 +212,10 @@ impl Stage {
                 }
             }
             if let Some(cut) = self.skip.as_ref().filter(|_| input == self.input) {
-                batch.retain(|r| !cut.passes_over(&EventMeta::of(input, p, r).origin, &r.record));
+                batch.retain(|r| {
+                    let meta = EventMeta::of(input, p, r);
+                    !cut.passes_over(&meta.origin, meta.time_ms, &r.record)
+                });
                 if batch.is_empty() {
                     input_at.seek(last + 1);
                     if !input_at.commit(&group, &self.ledger, &shutdown).await {

@@ -440,6 +440,7 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
                 received_at_us,
                 idempotency_key: key,
                 data: e.data.filter(|_| r.records_data),
+                hifiversion: e.hifiversion.0.as_deref(),
             };
             let _ = serde_json::to_writer(&mut lines, &line);
             lines.push(b'\n');
@@ -498,6 +499,9 @@ struct Line<'a> {
     idempotency_key: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a serde_json::value::RawValue>,
+    /// hifi's version extension, when the event has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hifiversion: Option<&'a str>,
 }
 
 /// The attributes of a received CloudEvent that the receiver records; the rest (`data`
@@ -513,6 +517,8 @@ struct Received<'a> {
     /// Kept as its text (a borrowed slice; written only with `--record-data`).
     #[serde(borrow, default)]
     data: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    hifiversion: LooseStr<'a>,
 }
 
 /// A string attribute, or nothing for any other JSON value: the receiver records what

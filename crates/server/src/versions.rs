@@ -134,20 +134,59 @@ pub async fn versions(
         .into_response()
 }
 
-/// Answers `POST /v1/versions/{stage}/{version}/publish`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    redeliver_from: Option<String>,
+}
+
+/// Answers `POST /v1/versions/{stage}/{version}/publish` (body optional:
+/// `{"redeliver_from": T}`).
 pub async fn publish(
     State(s): State<Arc<AdminState>>,
     Path((stage, version)): Path<(String, String)>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = crate::admin::may_change_state(&s, &headers) {
         return *r;
     }
+    let b: PublishBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body must be {{\"redeliver_from\"?: T}} (or empty): {e}"),
+                    json!({}),
+                )
+            }
+        }
+    };
+    let redeliver_from = match b.redeliver_from.as_deref().map(crate::admin::parse_time) {
+        None => None,
+        Some(Some(t)) => Some(t),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "`redeliver_from` must be RFC 3339 or epoch milliseconds",
+                json!({}),
+            )
+        }
+    };
     let version = version.strip_prefix('v').unwrap_or(&version).to_owned();
-    match s.versions.request(&stage, &version, "hifi publish") {
+    match s
+        .versions
+        .request(&stage, &version, "hifi publish", redeliver_from)
+    {
         Ok(()) => (
             StatusCode::ACCEPTED,
-            Json(json!({"stage": stage, "version": version, "state": "publishing"})),
+            Json(
+                json!({"stage": stage, "version": version, "state": "publishing",
+                "redeliver_from_ms": redeliver_from}),
+            ),
         )
             .into_response(),
         Err(e) => {

@@ -105,6 +105,10 @@ pub struct SinkConfig {
     /// (a published version's events whose previous version's were already delivered).
     #[serde(skip)]
     pub skip: Option<std::sync::Arc<crate::versions::Cut>>,
+    /// Set by [`crate::versions`]: the version of the stage whose output this sink reads
+    /// (sent as the CloudEvents extension `hifiversion`).
+    #[serde(skip)]
+    pub version: Option<String>,
     /// Another sink that receives the same events as this one, e.g. `"sinks.candidate"`
     /// (a new destination or format being proven): the ledger compares what both
     /// destinations acknowledged, per event and bucket (`GET /v1/shadow`). It must read

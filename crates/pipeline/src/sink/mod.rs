@@ -384,7 +384,10 @@ impl Sink {
         arrival_us: i64,
     ) -> Item {
         let meta = EventMeta::of(topic, p, &r);
-        let body = cloudevent_body(&meta, &r.record.value);
+        let mut body = cloudevent_body(&meta, &r.record.value);
+        if let Some(v) = &self.cfg.version {
+            body = crate::event::with_extension(&body, "hifiversion", v);
+        }
         Item {
             from,
             offset: r.offset,

@@ -95,7 +95,7 @@ impl Sink {
             input_at.seek(pos);
             if let Some(cut) = &self.cfg.skip {
                 // Delivered from the version published before (crate::versions).
-                items.retain(|i| !cut.passes_over(&i.origin, &i.record));
+                items.retain(|i| !cut.passes_over(&i.origin, i.event_time_ms, &i.record));
                 if items.is_empty() {
                     trackers[p as usize]
                         .lock()

@@ -57,18 +57,25 @@ const NOT_DEFINITION: &[&str] = &[
 /// Per origin partition, the least origin offset a reader had not handled from the
 /// previous version: its records of the published version from below are passed over.
 #[derive(Debug, Default, Clone)]
-pub struct Cut(HashMap<String, Vec<Option<u64>>>);
+pub struct Cut {
+    below: HashMap<String, Vec<Option<u64>>>,
+    /// Events from this event time (ms) are delivered again (`--redeliver-from`).
+    redeliver_from_ms: Option<i64>,
+}
 
 impl Cut {
     /// From `topic/partition` → offset.
-    pub fn from_map(m: &BTreeMap<String, u64>) -> Cut {
-        let mut cut = Cut::default();
+    pub fn from_map(m: &BTreeMap<String, u64>, redeliver_from_ms: Option<i64>) -> Cut {
+        let mut cut = Cut {
+            below: HashMap::new(),
+            redeliver_from_ms,
+        };
         for (k, &o) in m {
             let Some((topic, p)) = k.rsplit_once('/') else {
                 continue;
             };
             let Ok(p) = p.parse::<usize>() else { continue };
-            let v = cut.0.entry(topic.to_owned()).or_default();
+            let v = cut.below.entry(topic.to_owned()).or_default();
             if v.len() <= p {
                 v.resize(p + 1, None);
             }
@@ -80,13 +87,21 @@ impl Cut {
     /// Whether a reader passes over this record of the published version: its origin
     /// is below the cut, and it is not re-driven from dead letters (those were not
     /// delivered from the version before).
-    pub fn passes_over(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
-        self.skips(origin) && record.header(crate::event::header::REDRIVEN).is_none()
+    /// With `--redeliver-from`, events from that event time are never passed over.
+    pub fn passes_over(
+        &self,
+        origin: &Origin,
+        event_time_ms: i64,
+        record: &hifi_log::Record,
+    ) -> bool {
+        self.skips(origin)
+            && record.header(crate::event::header::REDRIVEN).is_none()
+            && self.redeliver_from_ms.is_none_or(|t| event_time_ms < t)
     }
 
     /// Whether a record with this origin is below the cut.
     pub fn skips(&self, origin: &Origin) -> bool {
-        self.0
+        self.below
             .get(origin.topic.as_str())
             .and_then(|v| v.get(origin.partition as usize).copied().flatten())
             .is_some_and(|o| origin.offset < o)
@@ -287,6 +302,8 @@ pub struct Request {
     pub version: String,
     /// `"auto"` or `"hifi publish"`.
     pub by: String,
+    /// Readers deliver again the new version's events from this event time (ms).
+    pub redeliver_from_ms: Option<i64>,
 }
 
 impl Live {
@@ -311,7 +328,13 @@ impl Live {
     }
 
     /// Asks for `version` of `stage` to be published; refuses what cannot be.
-    pub fn request(&self, stage: &str, version: &str, by: &str) -> Result<(), String> {
+    pub fn request(
+        &self,
+        stage: &str,
+        version: &str,
+        by: &str,
+        redeliver_from_ms: Option<i64>,
+    ) -> Result<(), String> {
         let plan = self
             .plans
             .iter()
@@ -334,6 +357,7 @@ impl Live {
                 stage: stage.to_owned(),
                 version: version.to_owned(),
                 by: by.to_owned(),
+                redeliver_from_ms,
             })
             .is_ok()
         });
@@ -426,6 +450,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 cuts: BTreeMap::new(),
                 at_ms: now,
                 by: "first version".into(),
+                redeliver_from_ms: None,
             };
             registry
                 .record(log, change)
@@ -433,7 +458,12 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 .map_err(|e| format!("cannot publish version {h} of stages.{name}: {e}"))?;
         }
         let sv = &registry.stages[name];
-        let (p, _) = sv.published.clone().expect("published above");
+        let p = sv
+            .published
+            .as_ref()
+            .expect("published above")
+            .version
+            .clone();
         let pv = sv.versions[&p].clone();
         let output = file.output.get_ref().clone();
         let mut published: StageConfig = if p == h {
@@ -490,12 +520,17 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         cfg.stages.insert(name.clone(), published);
     }
     let cut_of = |reader: &str, stage: &str| -> Option<Arc<Cut>> {
-        let cuts = &registry.stages.get(stage)?.published.as_ref()?.1;
-        cuts.get(reader).map(|m| Arc::new(Cut::from_map(m)))
+        let published = registry.stages.get(stage)?.published.as_ref()?;
+        let m = published.cuts.get(reader)?;
+        Some(Arc::new(Cut::from_map(m, published.redeliver_from_ms)))
     };
     for (name, s) in cfg.sinks.iter_mut() {
         if let Some((topic, stage)) = renamed.get(s.input.get_ref()) {
             s.skip = cut_of(&format!("sinks.{name}"), stage);
+            s.version = registry
+                .stages
+                .get(stage)
+                .and_then(|v| Some(v.published.as_ref()?.version.clone()));
             s.input = Spanned::new(0..0, topic.clone());
         }
     }
@@ -574,7 +609,7 @@ mod tests {
 
     #[test]
     fn cuts_pass_over_only_what_is_below_them() {
-        let cut = Cut::from_map(&BTreeMap::from([("events/1".to_owned(), 10)]));
+        let cut = Cut::from_map(&BTreeMap::from([("events/1".to_owned(), 10)]), None);
         let o = |t: &str, p: u32, offset: u64| Origin {
             topic: t.into(),
             partition: p,

@@ -61,9 +61,10 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
         .stages
         .get(stage)
         .ok_or_else(|| format!("stages.{stage} has no versions"))?;
-    let (old, _) = sv
+    let old = sv
         .published
-        .clone()
+        .as_ref()
+        .map(|p| p.version.clone())
         .ok_or_else(|| format!("stages.{stage} has no published version"))?;
     let new = sv
         .versions
@@ -107,7 +108,14 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
             let group = registry
                 .stages
                 .get(name)
-                .and_then(|v| Some(v.versions.get(&v.published.as_ref()?.0)?.group.clone()))
+                .and_then(|v| {
+                    Some(
+                        v.versions
+                            .get(&v.published.as_ref()?.version)?
+                            .group
+                            .clone(),
+                    )
+                })
                 .unwrap_or_else(|| format!("stage.{name}"));
             readers.push((format!("stages.{name}"), group));
         }
@@ -156,6 +164,7 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
         cuts,
         at_ms: chrono::Utc::now().timestamp_millis(),
         by: req.by.clone(),
+        redeliver_from_ms: req.redeliver_from_ms,
     };
     registry.record(log, change).await.map_err(fail)?;
     Ok(())

@@ -44,6 +44,9 @@ pub enum Change {
         at_ms: i64,
         /// `"auto"` or who asked (`"hifi publish"`).
         by: String,
+        /// Readers deliver again this version's events from this event time (ms).
+        #[serde(default)]
+        redeliver_from_ms: Option<i64>,
     },
 }
 
@@ -67,12 +70,20 @@ pub struct Registry {
     pub stages: BTreeMap<String, StageVersions>,
 }
 
+/// A stage's published version.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub version: String,
+    pub cuts: Cuts,
+    pub redeliver_from_ms: Option<i64>,
+}
+
 /// One stage's versions.
 #[derive(Debug, Clone, Default)]
 pub struct StageVersions {
     pub versions: BTreeMap<String, Version>,
     /// The published version and its cuts.
-    pub published: Option<(String, Cuts)>,
+    pub published: Option<Published>,
 }
 
 impl Registry {
@@ -154,13 +165,18 @@ impl Registry {
                 version,
                 cuts,
                 at_ms,
+                redeliver_from_ms,
                 ..
             } => {
                 let s = self.stages.entry(stage).or_default();
                 if let Some(v) = s.versions.get_mut(&version) {
                     v.published_ms = Some(at_ms);
                 }
-                s.published = Some((version, cuts));
+                s.published = Some(Published {
+                    version,
+                    cuts,
+                    redeliver_from_ms,
+                });
             }
         }
     }

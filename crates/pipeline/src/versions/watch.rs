@@ -218,7 +218,7 @@ pub async fn run(
         }
         if let Some((stage, version)) = publish {
             info!(%stage, %version, "backfill done and audits passed: publishing");
-            if let Err(e) = live.request(&stage, &version, "auto") {
+            if let Err(e) = live.request(&stage, &version, "auto", None) {
                 error!(%stage, %version, "cannot publish: {e}");
             }
             return; // the nodes stop for the publish
