@@ -205,6 +205,17 @@ impl RateLimit {
         }
     }
 
+    /// Its rate (tokens per second).
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Changes the rate (at least 1 per second); the tokens held stay within a second's.
+    pub fn set_rate(&mut self, rate_per_s: f64) {
+        self.rate = rate_per_s.max(1.0);
+        self.tokens = self.tokens.min(self.rate);
+    }
+
     /// Takes `n` tokens if there are enough; otherwise how long until there will be.
     pub fn take(&mut self, n: u64, now: Instant) -> Result<(), Duration> {
         self.tokens =

@@ -418,12 +418,12 @@ impl Pipeline {
                 rate: s
                     .candidate_of
                     .as_ref()
-                    .and_then(|_| s.versions.as_ref()?.backfill_max_rate)
+                    .and_then(|_| crate::versions::watch::first_rate(s.versions.as_ref()?))
                     .map(|r| {
-                        std::sync::Mutex::new(crate::delivery::RateLimit::new(
+                        Arc::new(std::sync::Mutex::new(crate::delivery::RateLimit::new(
                             r,
                             tokio::time::Instant::now(),
-                        ))
+                        )))
                     }),
                 #[cfg(feature = "test-hooks")]
                 test_drop_ids: match &s.test_drop_ids_matching {
@@ -561,10 +561,15 @@ impl Pipeline {
                 let _ = fp.published.set(p.clone());
             }
         }
+        let paced = stages
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.rate.clone()?)))
+            .collect();
         tasks.spawn(crate::versions::watch::run(
             versions.clone(),
             log.clone(),
             fingerprints.clone(),
+            (ledger.clone(), paced),
             shutdown.clone(),
         ));
         Ok(Pipeline {

@@ -83,8 +83,8 @@ pub struct Stage {
     /// [`crate::versions`]).
     pub skip: Option<Arc<crate::versions::Cut>>,
     /// Most input events per second (a candidate version's backfill:
-    /// `versions.backfill_max_rate`).
-    pub rate: Option<std::sync::Mutex<crate::delivery::RateLimit>>,
+    /// `versions.backfill_max_rate`, `versions.live_e2e_p95_max`).
+    pub rate: Option<Arc<std::sync::Mutex<crate::delivery::RateLimit>>>,
     /// Test builds only: ids dropped without an outcome (simulated bug).
     #[cfg(feature = "test-hooks")]
     pub test_drop_ids: Option<regex::Regex>,

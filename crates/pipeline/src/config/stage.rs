@@ -187,6 +187,11 @@ pub struct VersionsConfig {
     /// Most input events per second a new version reads (in this process), so that its
     /// backfill leaves room for the live path. Default: none (as fast as it can).
     pub backfill_max_rate: Option<u64>,
+    /// The live path's E2E lag to keep while a new version backfills, e.g. `"50ms"`:
+    /// each 10-second window whose sinks' lag-out p95 is above it halves the backfill's
+    /// rate; each one within it raises the rate by a quarter (up to
+    /// `backfill_max_rate`). Default: none (the rate stays at `backfill_max_rate`).
+    pub live_e2e_p95_max: Option<crate::units::Dur>,
 }
 
 /// When a new version is published.

@@ -280,6 +280,11 @@ pub struct Plan {
     pub candidate_topic: Option<String>,
     pub candidate_group: Option<String>,
     pub publish: PublishMode,
+    /// The stage's `versions` and batch size (for the candidate's pacing).
+    #[serde(skip)]
+    pub versions: Option<crate::config::VersionsConfig>,
+    #[serde(skip)]
+    pub batch: usize,
 }
 
 /// What the running pipeline knows of its versions (`/v1/versions`, publishing).
@@ -516,6 +521,8 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             candidate_group: candidate.as_ref().map(|h| sv.versions[h].group.clone()),
             candidate,
             publish: versions.publish,
+            versions: Some(versions.clone()),
+            batch: file.batch_max_events,
         });
         cfg.stages.insert(name.clone(), published);
     }

@@ -17,6 +17,34 @@ use crate::consumer::sleep_or_cancel;
 use crate::fingerprint::Fingerprinter;
 
 const EVERY: Duration = Duration::from_secs(1);
+/// A backfill paced by the live path's lag starts here (events/s) when it has no
+/// `backfill_max_rate`; never below this.
+const PACED_START: u64 = 20_000;
+const PACED_MIN: f64 = 1_000.0;
+/// Its ceiling when it has no `backfill_max_rate`.
+const PACED_MAX: f64 = 10_000_000.0;
+
+/// The rate a candidate starts at: `backfill_max_rate`, or a start for a backfill paced
+/// by the live path's lag; `None` for no pacing.
+pub fn first_rate(v: &crate::config::VersionsConfig) -> Option<u64> {
+    match (v.backfill_max_rate, &v.live_e2e_p95_max) {
+        (Some(r), _) => Some(r),
+        (None, Some(_)) => Some(PACED_START),
+        (None, None) => None,
+    }
+}
+
+/// The next rate of a backfill paced by the live path: half on a window whose E2E p95
+/// was above `max_ms`, a quarter more on one within it, between [`PACED_MIN`] (or the
+/// batch) and `ceiling`.
+pub fn next_rate(rate: f64, p95_ms: f64, max_ms: f64, floor: f64, ceiling: f64) -> f64 {
+    let next = if p95_ms > max_ms {
+        rate / 2.0
+    } else {
+        rate * 1.25
+    };
+    next.clamp(floor, ceiling)
+}
 
 /// A candidate's state (`/v1/versions`, `hifi versions`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -60,8 +88,10 @@ pub async fn run(
     live: Arc<Live>,
     log: Arc<dyn Log>,
     fingerprints: Vec<Arc<Fingerprinter>>,
+    (ledger, paced): (Arc<hifi_ledger::Ledger>, Vec<(String, Pace)>),
     stop: CancellationToken,
 ) {
+    let mut last_window = String::new();
     let mut followed = Vec::new();
     for plan in &live.plans {
         let Some(version) = &plan.candidate else {
@@ -124,6 +154,7 @@ pub async fn run(
         });
     }
     while !followed.is_empty() && sleep_or_cancel(&stop, EVERY).await {
+        pace_by_lag(&live, &ledger, &paced, &mut last_window);
         let mut publish = None;
         for f in &mut followed {
             let mut status = CandidateStatus::default();
@@ -226,5 +257,79 @@ pub async fn run(
     }
 }
 
+/// A candidate stage's rate limit.
+pub type Pace = Arc<std::sync::Mutex<crate::delivery::RateLimit>>;
+
+/// At each closed 10-second window of the ledger's lag history, moves the rate of every
+/// backfill paced by the live path's E2E p95 (`live_e2e_p95_max`).
+fn pace_by_lag(
+    live: &Live,
+    ledger: &hifi_ledger::Ledger,
+    paced: &[(String, Pace)],
+    last: &mut String,
+) {
+    let targets: Vec<(&Pace, f64, f64, f64)> = live
+        .plans
+        .iter()
+        .filter_map(|plan| {
+            let name = candidate_name(&plan.stage, plan.candidate.as_ref()?);
+            let (_, pace) = paced.iter().find(|(n, _)| *n == name)?;
+            let v = plan.versions.as_ref()?;
+            let max_ms = v.live_e2e_p95_max.as_ref()?.0.as_secs_f64() * 1000.0;
+            let ceiling = v.backfill_max_rate.map_or(PACED_MAX, |r| r as f64);
+            Some((pace, max_ms, plan.batch as f64, ceiling))
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let report = ledger.lag();
+    let Some(window) = report.history.last() else {
+        return;
+    };
+    if window.t == *last {
+        return;
+    }
+    last.clone_from(&window.t);
+    for (pace, max_ms, batch, ceiling) in targets {
+        let mut p = pace.lock().unwrap_or_else(|e| e.into_inner());
+        let next = next_rate(
+            p.rate(),
+            window.e2e_p95_ms,
+            max_ms,
+            PACED_MIN.max(batch),
+            ceiling,
+        );
+        info!(
+            p95_ms = window.e2e_p95_ms,
+            max_ms,
+            rate = next,
+            "backfill paced by the live path's lag"
+        );
+        p.set_rate(next);
+    }
+}
+
 /// Per stage, its candidate's status.
 pub type Statuses = BTreeMap<String, CandidateStatus>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_backfill_halves_over_the_lag_and_grows_a_quarter_within_it() {
+        assert_eq!(next_rate(20_000.0, 80.0, 50.0, 1_000.0, 1e7), 10_000.0);
+        assert_eq!(next_rate(20_000.0, 20.0, 50.0, 1_000.0, 1e7), 25_000.0);
+        assert_eq!(
+            next_rate(1_500.0, 80.0, 50.0, 1_000.0, 1e7),
+            1_000.0,
+            "floor"
+        );
+        assert_eq!(
+            next_rate(45_000.0, 1.0, 50.0, 1_000.0, 50_000.0),
+            50_000.0,
+            "ceiling"
+        );
+    }
+}
