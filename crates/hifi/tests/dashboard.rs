@@ -239,7 +239,7 @@ async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
              [topics.orders]\nschema = {{ id = \"string\", amount = \"float64\", email = \"string\" }}\n\
              [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\npii = [\"email\"]\n\
              fingerprint = {{ entropy = [\"email\"], checkpoint_every = \"1s\" }}\n\
-             [stages.big]\ninput = \"orders\"\noutput = \"big\"\n\
+             [stages.big]\ninput = \"orders\"\noutput = \"big\"\nversions = {{}}\n\
              sql = \"SELECT id, amount * 0.2 AS vat, email AS contact FROM input WHERE amount >= 10\"\n\
              [sinks.partner]\ntype = \"http\"\ninput = \"big\"\nurl = \"http://{}/in\"\nallow_pii = [\"contact\"]\n",
             free_addr()
@@ -276,6 +276,18 @@ async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
     let dom = off_workers(|| dashboard_dom(&admin));
     let has = |needle: &str| dom.contains(needle);
     assert!(!has(r#"id="fingerprint-card" hidden"#), "{dom}");
+    let published = get_json(&format!("http://{admin}/v1/versions")).await["stages"][0]
+        ["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!has(r#"id="versions-card" hidden"#), "{dom}");
+    assert!(
+        has(&format!(
+            r#"data-stat="version_published" data-node="big" data-value="{published}""#
+        )),
+        "the versions card names the published version {published}: {dom}"
+    );
     assert_eq!(stat(&dom, "fp_events", "sources.api").1, Some(3.0), "{dom}");
     assert!(has("email 1.58 bits"), "the entropy: {dom}");
     assert!(

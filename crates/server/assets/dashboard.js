@@ -440,6 +440,50 @@
     $("#fingerprint-table").tBodies[0].replaceChildren(...rows);
   }
 
+  // ---- versions -------------------------------------------------------------------------
+
+  // Each versioned stage: its published version and a candidate beside it, their events
+  // counted by their fingerprints compared, the candidate's backfill and audits.
+  function renderVersions(v) {
+    const stages = v.stages || [];
+    $("#versions-card").hidden = stages.length === 0;
+    const rows = stages.map((s) => {
+      const tr = el("tr");
+      const byState = (state) => (s.versions || []).find((x) => x.state === state);
+      const pub = byState("published");
+      const cand = byState("candidate");
+      const count = (x) => (x && x.fingerprint ? x.fingerprint.count : null);
+      const name = el("td");
+      name.append(swatch(s.stage), `${s.stage} → ${s.output}`);
+      const published = el("td", pub ? `v${pub.version} (${pub.topic})` : "–",
+                           { "data-stat": "version_published", "data-node": s.stage, "data-value": pub ? pub.version : "" });
+      const pc = count(pub);
+      const cc = count(cand);
+      let compare = "–";
+      if (pc != null && cc != null) {
+        compare = `${fmtInt(pc)} → ${fmtInt(cc)} events` +
+          (pc > 0 ? ` (${cc >= pc ? "+" : ""}${fmtPct((100 * (cc - pc)) / pc)})` : "");
+      } else if (pc != null) {
+        compare = `${fmtInt(pc)} events`;
+      }
+      const st = cand && cand.status;
+      let state = cand ? (st ? st.state : "starting") : "none";
+      if (st && st.state === "backfilling") {
+        state += ` ${fmtInt(st.done)} done, ${fmtInt(st.left)} left` +
+          (st.eta_seconds != null ? `, ETA ${Math.round(st.eta_seconds)} s` : "");
+      }
+      if (st && st.blocked_by && st.blocked_by.length) {
+        state += `: ${st.blocked_by.map((b) => `${b.audit} failed in ${b.bucket_start}`).join("; ")}`;
+      }
+      const candidate = el("td", cand ? `v${cand.version} — ${state}` : "none",
+                           { "data-stat": "version_candidate", "data-node": s.stage, "data-value": cand ? cand.version : "" });
+      if (st && st.state === "blocked") candidate.className = "bad";
+      tr.append(name, published, candidate, el("td", compare), el("td", s.publish));
+      return tr;
+    });
+    $("#versions-table").tBodies[0].replaceChildren(...rows);
+  }
+
   // ---- header summary -----------------------------------------------------------------
 
   function renderSummary(lag, loss, stats) {
@@ -496,8 +540,8 @@
 
   async function refresh() {
     const errors = [];
-    const [lag, loss, stats, scale, shadow, fingerprints] = (await Promise.allSettled(
-      ["v1/lag", "v1/loss", "v1/stats", "v1/scale", "v1/shadow", "v1/fingerprints"].map(getJSON),
+    const [lag, loss, stats, scale, shadow, fingerprints, versions] = (await Promise.allSettled(
+      ["v1/lag", "v1/loss", "v1/stats", "v1/scale", "v1/shadow", "v1/fingerprints", "v1/versions"].map(getJSON),
     )).map((r) => {
       if (r.status === "fulfilled") return r.value;
       errors.push(r.reason.message);
@@ -521,6 +565,7 @@
     if (scale) draw("scaling", () => renderScale(scale));
     if (shadow) draw("shadow sinks", () => renderShadow(shadow));
     if (fingerprints) draw("fingerprints", () => renderFingerprints(fingerprints));
+    if (versions) draw("versions", () => renderVersions(versions));
     draw("summary", () => renderSummary(lag, loss, stats));
 
     const banner = $("#error");
