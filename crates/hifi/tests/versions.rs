@@ -552,3 +552,113 @@ async fn a_stage_gaining_versions_keeps_its_readers_backlog() {
     all_arrive(&record, &every).await;
     proc.sigterm(Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_reading_a_republished_output_recomputes_itself() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
+    let rx = receiver.addr("receiver").to_string();
+    let write = |stage: &str| {
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "{EMBEDDED}[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\
+                 [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\nversions = {{}}\n\
+                 [[stages.big.transforms]]\ntype = \"set\"\nfield = \"/stage\"\nvalue = \"{stage}\"\n\
+                 [stages.tagged]\ninput = \"big-orders\"\noutput = \"tagged\"\nversions = {{ publish = \"auto\" }}\n\
+                 [[stages.tagged.transforms]]\ntype = \"set\"\nfield = \"/tagged\"\nvalue = true\n\
+                 [sinks.out]\ntype = \"http\"\ninput = \"tagged\"\nurl = \"http://{rx}/ingest\"\n"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let versions_of = |admin: std::net::SocketAddr, stage: &'static str| async move {
+        get_json(&format!("http://{admin}/v1/versions?stage={stage}")).await["stages"][0].clone()
+    };
+    let file = write("one");
+    let proc = run_pipeline(dir.path(), &file);
+    let producers = Producers::named(
+        "a",
+        1,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(300), 0, 30, Duration::from_secs(20))
+            .await
+    );
+    let (a, _) = producers.stop().await;
+    all_arrive(&record, &a).await;
+    let tagged_v1 = versions_of(proc.addr("admin"), "tagged").await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proc.sigterm(Duration::from_secs(20));
+
+    // A new version of `big`, published by hand: `tagged` then reads a corrected input,
+    // so it starts a version of its own, which backfills and is published by itself.
+    let file = write("two");
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = wait_for(
+        admin,
+        Duration::from_secs(30),
+        "big's candidate catches up",
+        |v| candidate_state(v) == "live",
+    )
+    .await;
+    let big_v2 = v["candidate"].as_str().unwrap().to_owned();
+    let out = publish_cli(admin, &big_v2, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let tagged = loop {
+        let v = match reqwest::get(format!("http://{admin}/v1/versions?stage=tagged")).await {
+            Ok(r) => r.json::<Value>().await.unwrap_or_default()["stages"][0].clone(),
+            Err(_) => Value::Null,
+        };
+        if v["published"].as_str().is_some_and(|p| p != tagged_v1) && v["candidate"].is_null() {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tagged never re-versioned itself: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let newest = &tagged["versions"][0];
+    assert_eq!(newest["input_version"], big_v2.as_str(), "{tagged:#}");
+    assert_eq!(
+        newest["diff_against_published"], "",
+        "same definition, new input: {tagged:#}"
+    );
+
+    let producers = Producers::named(
+        "b",
+        1,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(300), 0, 30, Duration::from_secs(20))
+            .await
+    );
+    let (b, _) = producers.stop().await;
+    let every: HashSet<String> = a.iter().chain(&b).cloned().collect();
+    all_arrive(&record, &every).await;
+    for r in received_records(&record) {
+        if b.contains(r["id"].as_str().unwrap()) {
+            assert_eq!(r["data"]["stage"], "two", "{r}");
+            assert_eq!(r["data"]["tagged"], true, "{r}");
+            assert_eq!(r["hifiversion"], newest["version"], "{r}");
+        }
+    }
+    proc.sigterm(Duration::from_secs(20));
+}

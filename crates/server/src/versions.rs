@@ -98,6 +98,7 @@ pub fn describe(
                     "backfill_from": v.backfill_from_ms.map(hifi_pipeline::event::rfc3339_ms),
                     "definition": v.definition,
                     "input_schema": v.input_schema,
+                    "input_version": v.input_version,
                     "diff_against_published": diff,
                     "fingerprint": fingerprint,
                     "status": (state == "candidate").then(|| status.get(&plan.stage).cloned()).flatten(),

@@ -135,8 +135,14 @@ fn canonical(v: &toml::Value) -> toml::Value {
     }
 }
 
-/// The definition of stage `name` in the file.
-pub fn definition(loaded: &LoadedConfig, name: &str) -> Result<Definition, String> {
+/// The definition of stage `name` in the file; `input_version` is the published version
+/// of the versioned stage whose output it reads, if it reads one (a new one there makes
+/// a new version here: the stage recomputes itself on the corrected input).
+pub fn definition(
+    loaded: &LoadedConfig,
+    name: &str,
+    input_version: Option<&str>,
+) -> Result<Definition, String> {
     let doc: toml::Table = toml::from_str(&loaded.text).map_err(|e| e.to_string())?;
     let table = doc
         .get("stages")
@@ -164,6 +170,10 @@ pub fn definition(loaded: &LoadedConfig, name: &str) -> Result<Definition, Strin
     if let Some(s) = &input_schema {
         hashed.push_str("\n# input schema\n");
         hashed.push_str(s);
+    }
+    if let Some(v) = input_version {
+        hashed.push_str("\n# input version\n");
+        hashed.push_str(v);
     }
     let h = xxhash_rust::xxh3::xxh3_64(hashed.as_bytes());
     Ok(Definition {
@@ -266,12 +276,42 @@ fn reads_versioned(cfg: &crate::config::PipelineConfig, topic: &str) -> bool {
         .any(|s| s.versions.is_some() && s.output.get_ref() == topic)
 }
 
+/// The versioned stages (not candidates), each after the versioned stage whose output it
+/// reads, if any.
+fn upstream_first(cfg: &crate::config::PipelineConfig) -> Vec<String> {
+    let versioned: Vec<(&String, &StageConfig)> = cfg
+        .stages
+        .iter()
+        .filter(|(_, s)| s.versions.is_some() && s.candidate_of.is_none())
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < versioned.len() {
+        let before = order.len();
+        for (name, s) in &versioned {
+            if order.contains(name) {
+                continue;
+            }
+            let waits = versioned.iter().any(|(other, o)| {
+                other != name && o.output.get_ref() == s.input.get_ref() && !order.contains(other)
+            });
+            if !waits {
+                order.push((*name).clone());
+            }
+        }
+        if order.len() == before {
+            break; // a cycle: the topology refuses those
+        }
+    }
+    order
+}
+
 /// One versioned stage as started.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Plan {
     pub stage: String,
     /// The topic readers name (`output` in the file).
     pub output: String,
+    /// The topic it reads (a versioned input's published topic).
     pub input: String,
     pub published: String,
     /// The file's version when it is not the published one.
@@ -383,13 +423,7 @@ impl Live {
 /// beside them, readers of `OUTPUT` on the published topic with their cuts. Without
 /// versioned stages, the configuration as it is (the registry is not touched).
 pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConfig, Live), String> {
-    let versioned: Vec<String> = loaded
-        .config
-        .stages
-        .iter()
-        .filter(|(_, s)| s.versions.is_some() && s.candidate_of.is_none())
-        .map(|(n, _)| n.clone())
-        .collect();
+    let versioned = upstream_first(&loaded.config);
     if versioned.is_empty() {
         return Ok((loaded.clone(), Live::default()));
     }
@@ -403,7 +437,24 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     let mut renamed: BTreeMap<String, (String, String)> = BTreeMap::new(); // output → (topic, stage)
     for name in &versioned {
         let file = cfg.stages[name].clone();
-        let def = definition(loaded, name)?;
+        // Its input, when a versioned stage's output: that stage's published topic
+        // (resolved already: upstream first).
+        let upstream = renamed.get(file.input.get_ref()).cloned();
+        let input_topic = upstream
+            .as_ref()
+            .map_or_else(|| file.input.get_ref().clone(), |(t, _)| t.clone());
+        let input_version = upstream.as_ref().and_then(|(_, stage)| {
+            Some(
+                registry
+                    .stages
+                    .get(stage)?
+                    .published
+                    .as_ref()?
+                    .version
+                    .clone(),
+            )
+        });
+        let def = definition(loaded, name, input_version.as_deref())?;
         let h = def.version.clone();
         let first = registry
             .stages
@@ -431,13 +482,14 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 version_topic(file.output.get_ref(), &h)
             };
             if !first {
-                start_backfill(log, &group, file.input.get_ref(), from).await?;
+                start_backfill(log, &group, &input_topic, from).await?;
             }
             let change = Change::Created {
                 stage: name.clone(),
                 version: h.clone(),
                 definition: def.text.clone(),
                 input_schema: def.input_schema.clone(),
+                input_version: input_version.clone(),
                 group,
                 topic,
                 backfill_from_ms: from,
@@ -515,7 +567,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         plans.push(Plan {
             stage: name.clone(),
             output,
-            input: file.input.get_ref().clone(),
+            input: input_topic.clone(),
             published: p.clone(),
             candidate_topic: candidate.as_ref().map(|h| sv.versions[h].topic.clone()),
             candidate_group: candidate.as_ref().map(|h| sv.versions[h].group.clone()),

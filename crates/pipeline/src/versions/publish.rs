@@ -76,7 +76,22 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
     }
     let old_group = sv.versions[&old].group.clone();
     let output = file.output.get_ref();
-    let input = file.input.get_ref();
+    // A versioned input is read in its published version's topic.
+    let input_topic = cfg
+        .stages
+        .iter()
+        .find(|(_, s)| s.versions.is_some() && s.output.get_ref() == file.input.get_ref())
+        .and_then(|(upstream, _)| {
+            let u = registry.stages.get(upstream)?;
+            Some(
+                u.versions
+                    .get(&u.published.as_ref()?.version)?
+                    .topic
+                    .clone(),
+            )
+        })
+        .unwrap_or_else(|| file.input.get_ref().clone());
+    let input = input_topic.as_str();
     let (old_topic, new_topic) = (sv.versions[&old].topic.clone(), new.topic.clone());
     let fail = |e: LogError| format!("cannot publish {} of stages.{stage}: {e}", new.version);
 

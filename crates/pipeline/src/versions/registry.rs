@@ -26,6 +26,10 @@ pub enum Change {
         definition: String,
         /// The input topic's declared schema, if any (part of the hash).
         input_schema: Option<String>,
+        /// The published version of the versioned stage it reads, if any (part of the
+        /// hash).
+        #[serde(default)]
+        input_version: Option<String>,
         group: String,
         /// The topic it writes (`OUTPUT.v<hash>`; for a stage's first version, the
         /// unversioned `OUTPUT` when that already held records, so that its readers
@@ -56,6 +60,7 @@ pub struct Version {
     pub version: String,
     pub definition: String,
     pub input_schema: Option<String>,
+    pub input_version: Option<String>,
     pub group: String,
     pub topic: String,
     pub backfill_from_ms: Option<i64>,
@@ -143,6 +148,7 @@ impl Registry {
                 version,
                 definition,
                 input_schema,
+                input_version,
                 group,
                 topic,
                 backfill_from_ms,
@@ -153,6 +159,7 @@ impl Registry {
                     version,
                     definition,
                     input_schema,
+                    input_version,
                     group,
                     topic,
                     backfill_from_ms,
