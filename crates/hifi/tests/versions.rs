@@ -113,7 +113,12 @@ fn candidate_state(v: &Value) -> String {
 
 /// Ids in every partition of a topic of the (stopped) pipeline's data directory.
 fn topic_ids(dir: &Path, topic: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
+    topic_records(dir, topic).0
+}
+
+/// The ids in a topic and how many records it holds.
+fn topic_records(dir: &Path, topic: &str) -> (HashSet<String>, usize) {
+    let (mut ids, mut records) = (HashSet::new(), 0);
     for p in 0..2 {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
             .args([
@@ -134,12 +139,13 @@ fn topic_ids(dir: &Path, topic: &str) -> HashSet<String> {
             String::from_utf8_lossy(&out.stderr)
         );
         for line in String::from_utf8_lossy(&out.stdout).lines() {
+            records += 1;
             let r: Value = serde_json::from_str(line).unwrap();
             let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
             ids.insert(v["id"].as_str().unwrap().to_owned());
         }
     }
-    ids
+    (ids, records)
 }
 
 fn publish_cli(admin: std::net::SocketAddr, version: &str, extra: &[&str]) -> std::process::Output {
@@ -661,4 +667,90 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
         }
     }
     proc.sigterm(Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_a_backfill_resumes_it_and_its_fingerprint_stays_exact() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = start_receiver(dir.path(), &record, &[]);
+    let rx = receiver.addr("receiver").to_string();
+    let file = write_file(dir.path(), &rx, "one", "versions = {}", false);
+    let proc = run_pipeline(dir.path(), &file);
+    let producers = Producers::named(
+        "a",
+        2,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
+    assert!(
+        producers
+            .run_past(Duration::from_millis(500), 0, 1500, Duration::from_secs(20))
+            .await
+    );
+    let (a, _) = producers.stop().await;
+    proc.sigterm(Duration::from_secs(20));
+
+    // A backfill of 400 events/s, killed halfway, then resumed.
+    let slow = "versions = { backfill_max_rate = 400 }\nbatch_max_events = 100\n\
+                fingerprint = { checkpoint_every = \"1s\" }";
+    let file = write_file(dir.path(), &rx, "two", slow, false);
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = wait_for(
+        admin,
+        Duration::from_secs(30),
+        "the backfill is under way",
+        |v| {
+            v["versions"][0]["status"]["done"]
+                .as_u64()
+                .is_some_and(|d| d >= 300)
+        },
+    )
+    .await;
+    let v2 = v["candidate"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // a fingerprint checkpoint
+    proc.sigkill();
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    wait_for(
+        admin,
+        Duration::from_secs(60),
+        "the backfill resumes and ends",
+        |v| candidate_state(v) == "live",
+    )
+    .await;
+    // Its fingerprint has counted all it wrote (a checkpoint after the last record).
+    let node = format!("stages.big-v{v2}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counted = loop {
+        let f = get_json(&format!("http://{admin}/v1/fingerprints?node={node}")).await;
+        let n: u64 = f["nodes"][0]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        if n as usize >= a.len() || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await; // its checkpoint is written
+    proc.sigterm(Duration::from_secs(20));
+    let (ids, records) = topic_records(dir.path(), &format!("big-orders.v{v2}"));
+    assert!(
+        a.is_subset(&ids),
+        "{} acknowledged events not in the new version",
+        a.difference(&ids).count()
+    );
+    assert_eq!(
+        counted as usize,
+        records,
+        "the fingerprint counted every record of the version's topic once ({} distinct ids)",
+        ids.len()
+    );
+    println!(
+        "{} events; the new version's topic holds {records} records after a SIGKILL mid-backfill",
+        a.len()
+    );
 }
