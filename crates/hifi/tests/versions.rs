@@ -75,7 +75,7 @@ async fn big(admin: std::net::SocketAddr) -> Value {
 }
 
 /// Polls `/v1/versions` until `cond`; the admin API may be away for a moment (the nodes
-/// restart for a publish).
+/// restart for a publish): `cond` then sees `null`, which it must not take for an answer.
 async fn wait_for(
     admin: std::net::SocketAddr,
     within: Duration,
@@ -475,7 +475,7 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         admin,
         Duration::from_secs(60),
         "the good version is published",
-        |v| v["candidate"].is_null() && v["published"] != v1.as_str(),
+        |v| v["published"].is_string() && v["candidate"].is_null() && v["published"] != v1.as_str(),
     )
     .await;
     let good = v["published"].as_str().unwrap().to_owned();
