@@ -239,7 +239,7 @@ async fn publish_without_loss(engine: &str) {
     let producers = Producers::named("b", 2, ingest.clone());
     let v = wait_for(
         admin,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "the candidate catches up",
         |v| candidate_state(v) == "live",
     )

@@ -211,9 +211,16 @@ impl Topology {
                 ));
             }
         }
+        // A candidate version's topic is read once it is published.
+        let candidate_topics: Vec<&String> = cfg
+            .stages
+            .values()
+            .filter(|s| s.candidate_of.is_some())
+            .map(|s| s.output.get_ref())
+            .collect();
         let warnings = writers
             .keys()
-            .filter(|t| !readers.contains_key(*t))
+            .filter(|t| !readers.contains_key(*t) && !candidate_topics.contains(t))
             .map(|t| {
                 format!(
                     "topic {t:?} is written by {} but no stage or sink reads it",
