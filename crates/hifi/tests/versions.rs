@@ -753,4 +753,17 @@ async fn a_sigkill_during_a_backfill_resumes_it_and_its_fingerprint_stays_exact(
         "{} events; the new version's topic holds {records} records after a SIGKILL mid-backfill",
         a.len()
     );
+
+    // Taking `versions` off the stage is refused: its readers follow the published topic.
+    let file = write_file(dir.path(), &rx, "two", "", false);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("has no `versions` any more"),
+        "{said}"
+    );
 }

@@ -424,6 +424,25 @@ impl Live {
 /// versioned stages, the configuration as it is (the registry is not touched).
 pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConfig, Live), String> {
     let versioned = upstream_first(&loaded.config);
+    if log.partitions(VERSIONS_TOPIC).await.is_ok() {
+        // A stage that had versions and has none now would send its readers back to the
+        // unversioned topic, past their backlog in the published version's.
+        let registry = Registry::read(log).await?;
+        for (name, sv) in &registry.stages {
+            let Some(p) = &sv.published else { continue };
+            let topic = sv.versions.get(&p.version).map(|v| v.topic.as_str());
+            let unversioned = loaded.config.stages.get(name).is_some_and(|s| {
+                s.versions.is_none() && Some(s.output.get_ref().as_str()) != topic
+            });
+            if unversioned {
+                return Err(format!(
+                    "stages.{name} has no `versions` any more, but its published version {} writes {:?}, which its readers follow: without `versions` they would go back to the unversioned topic and skip what they had not read there; put `versions = {{ … }}` back on the stage",
+                    p.version,
+                    topic.unwrap_or("")
+                ));
+            }
+        }
+    }
     if versioned.is_empty() {
         return Ok((loaded.clone(), Live::default()));
     }
