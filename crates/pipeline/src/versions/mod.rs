@@ -424,10 +424,13 @@ impl Live {
 /// versioned stages, the configuration as it is (the registry is not touched).
 pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConfig, Live), String> {
     let versioned = upstream_first(&loaded.config);
-    if log.partitions(VERSIONS_TOPIC).await.is_ok() {
+    let existing = match log.partitions(VERSIONS_TOPIC).await {
+        Ok(_) => Some(Registry::read(log).await?),
+        Err(_) => None,
+    };
+    if let Some(registry) = &existing {
         // A stage that had versions and has none now would send its readers back to the
         // unversioned topic, past their backlog in the published version's.
-        let registry = Registry::read(log).await?;
         for (name, sv) in &registry.stages {
             let Some(p) = &sv.published else { continue };
             let topic = sv.versions.get(&p.version).map(|v| v.topic.as_str());
@@ -446,10 +449,15 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     if versioned.is_empty() {
         return Ok((loaded.clone(), Live::default()));
     }
-    Registry::prepare(log)
-        .await
-        .map_err(|e| format!("cannot create {VERSIONS_TOPIC}: {e}"))?;
-    let mut registry = Registry::read(log).await?;
+    let mut registry = match existing {
+        Some(r) => r,
+        None => {
+            Registry::prepare(log)
+                .await
+                .map_err(|e| format!("cannot create {VERSIONS_TOPIC}: {e}"))?;
+            Registry::default()
+        }
+    };
     let now = chrono::Utc::now().timestamp_millis();
     let mut cfg = loaded.config.clone();
     let mut plans = Vec::new();
@@ -639,6 +647,26 @@ async fn holds_records(log: &dyn Log, topic: &str) -> bool {
     false
 }
 
+/// Where a backfill from event time `from_ms` begins in partition `p` of `input` (whose
+/// offsets are `offsets`): its first record at or after that time, the oldest retained
+/// for `None`.
+pub(crate) async fn backfill_position(
+    log: &dyn Log,
+    input: &str,
+    p: u32,
+    from_ms: Option<i64>,
+    offsets: hifi_log::PartitionOffsets,
+) -> Result<u64, hifi_log::LogError> {
+    Ok(match from_ms {
+        None => offsets.start,
+        Some(t) => log
+            .offset_for_time(input, p, t)
+            .await?
+            .unwrap_or(offsets.end)
+            .max(offsets.start),
+    })
+}
+
 /// Commits a candidate's start positions on its input: the first record at or after
 /// `from_ms` in each partition (the oldest retained with `None`). A group that has
 /// positions already (a crash after this, before the version was recorded) keeps them.
@@ -662,15 +690,9 @@ async fn start_backfill(
             continue;
         }
         let offsets = log.offsets(input, p).await.map_err(fail)?;
-        let at = match from_ms {
-            None => offsets.start,
-            Some(t) => log
-                .offset_for_time(input, p, t)
-                .await
-                .map_err(fail)?
-                .unwrap_or(offsets.end)
-                .max(offsets.start),
-        };
+        let at = backfill_position(log, input, p, from_ms, offsets)
+            .await
+            .map_err(fail)?;
         positions.push((p, at));
     }
     if !positions.is_empty() {

@@ -135,19 +135,18 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
             readers.push((format!("stages.{name}"), group));
         }
     }
-    let new_partitions = log.partitions(&new_topic).await.map_err(fail)?;
+    // Readers start on the new topic's oldest record (a version published before may
+    // have left positions further on).
+    let mut starts = Vec::new();
+    for p in 0..log.partitions(&new_topic).await.map_err(fail)? {
+        starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
+    }
     for (reader, group) in &readers {
         let mut cut = base.clone();
         fold_unread(log, group, &old_topic, &mut cut)
             .await
             .map_err(fail)?;
         cuts.insert(reader.clone(), cut);
-        // From the new topic's oldest record (a version published before may have
-        // left positions further on).
-        let mut starts = Vec::new();
-        for p in 0..new_partitions {
-            starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
-        }
         log.commit_many(group, &new_topic, &starts)
             .await
             .map_err(fail)?;

@@ -115,21 +115,19 @@ pub async fn run(
             continue;
         };
         for p in 0..n {
+            let at = log.committed(&group, &plan.input, p).await.ok().flatten();
             let Ok(offsets) = log.offsets(&plan.input, p).await else {
+                // Unknown end: never taken for caught up in this run (one entry per
+                // partition all the same: they are indexed by partition).
+                from.push(at.unwrap_or(0));
+                until.push(u64::MAX);
                 continue;
             };
-            // Where the backfill began: the first record of its time (the oldest
-            // retained for "retention"), or where the candidate is if that is before.
-            let began = match backfill_from {
-                Some(t) => log
-                    .offset_for_time(&plan.input, p, t)
+            // Where the backfill began, or where the candidate is if that is before.
+            let began =
+                super::backfill_position(log.as_ref(), &plan.input, p, backfill_from, offsets)
                     .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(offsets.end),
-                None => offsets.start,
-            };
-            let at = log.committed(&group, &plan.input, p).await.ok().flatten();
+                    .unwrap_or(offsets.start);
             from.push(at.map_or(began, |a| a.min(began)).max(offsets.start));
             until.push(offsets.end);
         }
