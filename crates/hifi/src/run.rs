@@ -189,7 +189,7 @@ async fn start_nodes(
     topology: Topology,
     opts: &RunOptions,
 ) -> Result<Started> {
-    if let Engine::Kafka(k) = &engine {
+    if let Engine::Kafka(k, _) = &engine {
         let topics: Vec<String> = topology.topics.keys().cloned().collect();
         k.check_cluster(&topics).await.with_context(|| {
             format!(
@@ -213,7 +213,7 @@ async fn start_nodes(
     let pipeline = Pipeline::start(
         loaded,
         topology,
-        log,
+        engine,
         opts.drain,
         &opts.only,
         opts.instance.as_deref(),

@@ -14,9 +14,14 @@ const SOURCE: &str =
     "[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\n";
 
 fn check(name: &str, body: &str, expect: &[&str]) {
+    check_file(name, &format!("{HEAD}{body}"), expect);
+}
+
+/// [`check`] of a whole file (its own `[engine]`).
+fn check_file(name: &str, text: &str, expect: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");
-    std::fs::write(&file, format!("{HEAD}{body}")).unwrap();
+    std::fs::write(&file, text).unwrap();
     for cmd in ["validate", "run"] {
         let out = Command::new(HIFI)
             .args([cmd, file.to_str().unwrap()])
@@ -178,6 +183,41 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         "http sink without a url",
         &format!("{SOURCE}[sinks.h]\ntype = \"http\"\ninput = \"events\"\n"),
         &["sinks.h.url", "needs the destination"],
+    );
+    check(
+        "standby on the embedded engine",
+        &format!("[engine.standby]\nkind = \"embedded\"\n{SOURCE}"),
+        &["engine.standby", "for the Kafka engine"],
+    );
+    let kafka = "[engine]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n";
+    check_file(
+        "standby failover_after of zero",
+        &format!("{kafka}[engine.standby]\nkind = \"embedded\"\nfailover_after = \"0s\"\n{SOURCE}"),
+        &["engine.standby.failover_after", "more than zero"],
+    );
+    check_file(
+        "standby on the same cluster",
+        &format!(
+            "{kafka}[engine.standby]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n{SOURCE}"
+        ),
+        &["engine.standby.brokers", "is the primary cluster"],
+    );
+    check_file(
+        "kafka standby without brokers",
+        &format!("{kafka}[engine.standby]\nkind = \"kafka\"\n{SOURCE}"),
+        &["engine.standby.brokers", "bootstrap brokers"],
+    );
+    check_file(
+        "spool with brokers",
+        &format!(
+            "{kafka}[engine.standby]\nkind = \"embedded\"\nbrokers = \"127.0.0.1:9093\"\n{SOURCE}"
+        ),
+        &["engine.standby", "data_dir"],
+    );
+    check_file(
+        "standby unknown key",
+        &format!("{kafka}[engine.standby]\nkind = \"embedded\"\nfailover = \"1s\"\n{SOURCE}"),
+        &["failover", "unknown field"],
     );
     check(
         "zero ack timeout",

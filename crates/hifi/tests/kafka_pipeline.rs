@@ -65,23 +65,6 @@ fn run_only(dir: &Path, file: &Path, only: &str) -> Proc {
     )
 }
 
-/// Waits for every acknowledged id at the receiver; returns (missing sample, duplicates).
-fn check_delivered(record: &Path, acked: &HashSet<String>) -> (Vec<String>, u32) {
-    wait_until(Duration::from_secs(120), || {
-        let got = received_ids(record);
-        acked.iter().all(|id| got.contains_key(id))
-    });
-    let got = received_ids(record);
-    let missing: Vec<String> = acked
-        .iter()
-        .filter(|id| !got.contains_key(*id))
-        .take(10)
-        .cloned()
-        .collect();
-    let duplicates = got.values().map(|n| n - 1).sum();
-    (missing, duplicates)
-}
-
 async fn sink_delivered(admin: SocketAddr) -> u64 {
     let v = get_json(&format!("http://{admin}/v1/stats")).await;
     v["nodes"]
@@ -415,60 +398,6 @@ async fn two_processes_ingest_one_source_and_one_is_killed_and_restarted() {
     a2.sigterm(Duration::from_secs(30));
     b.sigterm(Duration::from_secs(30));
 }
-
-/// A 3-node Kafka cluster of this test's own (`scripts/test-broker` on a directory of
-/// the test's), which it can SIGKILL and restart on the same storage and ports.
-struct Cluster {
-    script: String,
-    dir: std::path::PathBuf,
-    brokers: String,
-}
-
-impl Cluster {
-    fn start(script: &str, dir: &Path) -> Cluster {
-        let mut c = Cluster {
-            script: script.to_owned(),
-            dir: dir.to_owned(),
-            brokers: String::new(),
-        };
-        let exports = c.run("start");
-        c.brokers = exports
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("KAFKA_BROKERS="))
-            .unwrap_or_else(|| panic!("no KAFKA_BROKERS in {exports:?}"))
-            .to_owned();
-        c
-    }
-
-    /// Runs a command of the script on this cluster (`kill 2`); returns what it printed.
-    fn run(&self, command: &str) -> String {
-        let out = Command::new(&self.script)
-            .args(command.split_whitespace())
-            .env("HIFI_BROKER_DIR", &self.dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/test-broker {command} failed (logs: {})",
-            self.dir.display()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.script)
-            .arg("stop")
-            .env("HIFI_BROKER_DIR", &self.dir)
-            .status();
-    }
-}
-
-/// Tests that start a cluster of their own run one at a time (3 more JVMs each, on a
-/// machine that already runs the shared cluster).
-static OWN_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A cluster of the test's own, and the pipeline on it with its receiver.
 struct OwnCluster {

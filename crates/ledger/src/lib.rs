@@ -213,6 +213,9 @@ pub struct Ledger {
     quarantined: Mutex<Quarantined>,
     /// The gated nodes' positions as of the last tick.
     backlogs: Mutex<Vec<Backlog>>,
+    /// Holders of events no gated node can see yet (a standby's records not yet moved
+    /// into the engine): while any is set, nothing settles.
+    holds: Mutex<BTreeSet<String>>,
 }
 
 /// Quarantined offset ranges per origin (topic, partition).
@@ -302,6 +305,7 @@ impl Ledger {
             lag_read: tokio::sync::Mutex::new(0),
             quarantined: Mutex::new(BTreeMap::new()),
             backlogs: Mutex::new(Vec::new()),
+            holds: Mutex::new(Default::default()),
         });
         if ledger.cfg.follow_journal {
             let lag_topic = TopicSpec {

@@ -68,6 +68,11 @@ pub struct LossTable {
     pub settled: bool,
     /// Distinct events the sources stored in this bucket.
     pub events: u64,
+    /// Of those, per origin topic: the path each took in (a source's topic;
+    /// `standby:TOPIC` for events ingest appended to the standby while the engine was
+    /// unavailable; `kafka:TOPIC` for a Kafka source's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub origin_topics: BTreeMap<String, u64>,
     pub nodes: Vec<NodeLoss>,
     /// Events with no terminal outcome on some source → sink path.
     pub e2e_lost: u64,

@@ -45,6 +45,9 @@ impl Ledger {
         // Read before the gate: it may wait on the engine (Kafka). A bucket that changes
         // after this read is snapshotted again at the next tick (`inputs_end_at_ms` is
         // the time of the read, not of the snapshot), so no snapshot misses its events.
+        // Read before the positions: a hold released after this read was released
+        // after its events were appended, so the ends read below include them.
+        let held = self.held();
         let progress_at = self.clock.now_ms();
         let progress = self.progress().await?;
         self.keep_backlogs(&progress, progress_at);
@@ -72,6 +75,13 @@ impl Ledger {
             // (bucket, settled with events still in a backlog)
             let mut due = Vec::new();
             for (k, b) in st.open.iter_mut() {
+                if let Some(holder) = &held {
+                    // Events of any open bucket may still be held outside the inputs;
+                    // the ends are read again once they are released.
+                    tracing::debug!(%holder, "settling waits for events held outside the inputs");
+                    b.inputs_end = None;
+                    continue;
+                }
                 if b.inputs_end.is_none() || b.last_change_ms >= b.inputs_end_at_ms {
                     b.inputs_end = Some(progress.ends.clone());
                     b.inputs_end_at_ms = progress_at;
@@ -224,6 +234,25 @@ impl Ledger {
         *self.backlogs.lock().unwrap_or_else(|p| p.into_inner()) = backlogs;
     }
 
+    /// Marks events that no gated node can read yet as held by `holder` (a source's
+    /// standby with records not yet moved into the engine), or releases them. While
+    /// any hold is set, no bucket settles: those events are on their way, not lost.
+    /// Release only after the held events are appended to their input topic.
+    pub fn hold(&self, holder: &str, held: bool) {
+        let mut h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            h.insert(holder.to_owned());
+        } else {
+            h.remove(holder);
+        }
+    }
+
+    /// The first holder of events outside the inputs, if any.
+    fn held(&self) -> Option<String> {
+        let h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        h.first().cloned()
+    }
+
     /// Input ends and committed positions of the gated nodes (nodes with a group).
     pub(crate) async fn progress(&self) -> Result<Progress, LogError> {
         let mut pr = Progress::default();
@@ -328,6 +357,10 @@ impl Ledger {
             }
             union_into(&mut e2e_lost, &difference(&stored, &terminal));
         }
+        let mut origin_topics = BTreeMap::new();
+        for ((topic, _), set) in &events {
+            *origin_topics.entry(topic.clone()).or_insert(0) += set.len();
+        }
         let (events, lost) = (count(&events), count(&e2e_lost));
         let shadow = self
             .cfg
@@ -358,6 +391,7 @@ impl Ledger {
             start_ms,
             settled,
             events,
+            origin_topics,
             nodes: rows,
             e2e_lost: lost,
             e2e_loss_percent: if events == 0 {

@@ -40,6 +40,7 @@ pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod stage;
+pub mod standby;
 pub mod topology;
 pub mod transform;
 pub mod units;

@@ -87,9 +87,9 @@ pub const NO_KAFKA: &str =
 pub enum Engine {
     /// The embedded log (one process).
     Embedded(EmbeddedLog),
-    /// A Kafka-protocol cluster.
+    /// A Kafka-protocol cluster, and the standby ingest appends to while it is away.
     #[cfg(feature = "kafka")]
-    Kafka(Arc<KafkaLog>),
+    Kafka(Arc<KafkaLog>, Option<crate::standby::StandbyEngine>),
 }
 
 impl Engine {
@@ -98,7 +98,7 @@ impl Engine {
         match self {
             Engine::Embedded(e) => Arc::new(e.clone()),
             #[cfg(feature = "kafka")]
-            Engine::Kafka(k) => k.clone(),
+            Engine::Kafka(k, _) => k.clone(),
         }
     }
 
@@ -107,7 +107,16 @@ impl Engine {
         match self {
             Engine::Embedded(e) => Some(e.clone()),
             #[cfg(feature = "kafka")]
-            Engine::Kafka(_) => None,
+            Engine::Kafka(..) => None,
+        }
+    }
+
+    /// The standby (`[engine.standby]`), if any.
+    pub fn standby(&self) -> Option<&crate::standby::StandbyEngine> {
+        match self {
+            Engine::Embedded(_) => None,
+            #[cfg(feature = "kafka")]
+            Engine::Kafka(_, s) => s.as_ref(),
         }
     }
 
@@ -117,10 +126,14 @@ impl Engine {
         match self {
             Engine::Embedded(e) => format!("data in {}", e.root().display()),
             #[cfg(feature = "kafka")]
-            Engine::Kafka(_) => format!(
-                "data in Kafka at {}, topics prefixed {:?}",
+            Engine::Kafka(_, standby) => format!(
+                "data in Kafka at {}, topics prefixed {:?}{}",
                 loaded.config.engine.brokers.as_deref().unwrap_or_default(),
-                loaded.config.engine.topic_prefix
+                loaded.config.engine.topic_prefix,
+                standby
+                    .as_ref()
+                    .map(|s| format!("; standby for ingest: {}", s.describe()))
+                    .unwrap_or_default()
             ),
         }
     }
@@ -130,7 +143,11 @@ impl Engine {
         match self {
             Engine::Embedded(e) => e.close().await,
             #[cfg(feature = "kafka")]
-            Engine::Kafka(_) => {}
+            Engine::Kafka(_, standby) => {
+                if let Some(s) = standby {
+                    s.close().await;
+                }
+            }
         }
     }
 }
@@ -173,7 +190,11 @@ pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
                 replication_factor: e.replication_factor,
                 client: e.client.clone(),
             };
-            Ok(Engine::Kafka(Arc::new(KafkaLog::connect(cfg)?)))
+            let kafka = Arc::new(KafkaLog::connect(cfg)?);
+            Ok(Engine::Kafka(
+                kafka,
+                crate::standby::StandbyEngine::open(loaded)?,
+            ))
         }
     }
 }
@@ -265,16 +286,27 @@ impl Pipeline {
     pub async fn start(
         loaded: &LoadedConfig,
         topology: Topology,
-        log: Arc<dyn Log>,
+        engine: &Engine,
         drain: Duration,
         only: &NodeFilter,
         instance: Option<&str>,
         versions: crate::versions::Live,
     ) -> Result<Pipeline, StartError> {
         let versions = Arc::new(versions);
+        let (log, standby) = (engine.log(), engine.standby());
         for spec in topology.topics.values() {
             let partitions = log.ensure_topic(spec).await?;
             info!(topic = %spec.name, partitions, "topic ready");
+        }
+        if let Some(sb) = standby {
+            // The topics of the sources running here, as in the engine (retention there
+            // keeps a record until the mover has committed past it).
+            let running = loaded.config.sources.iter();
+            for (_, s) in running.filter(|(n, _)| only.runs("sources", n)) {
+                if let Some(spec) = topology.topics.get(s.topic.get_ref()) {
+                    sb.log.ensure_topic(spec).await?;
+                }
+            }
         }
         for w in &topology.warnings {
             warn!("{w}");
@@ -294,6 +326,7 @@ impl Pipeline {
                 ledger.node(name),
                 &cfg.engine,
                 instance,
+                standby,
             )
             .await?;
             let mut source = source;
@@ -312,6 +345,15 @@ impl Pipeline {
                     .map_err(|e| StartError::Config(format!("sources.{name}: {e}")))?;
                 let (src, token) = (source.clone(), shutdown.clone());
                 tasks.spawn(crate::kafka_source::run(src, consumer, token));
+            }
+            if source.standby.is_some() {
+                let token = shutdown.clone();
+                tasks.spawn(crate::standby::probe(source.clone(), token.clone()));
+                tasks.spawn(crate::standby::move_records(
+                    source.clone(),
+                    ledger.clone(),
+                    token,
+                ));
             }
             sources.push((source, s.clone()));
             if ledger_enabled(loaded) {

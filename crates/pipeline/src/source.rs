@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hifi_log::{Bytes, Log, LogError, Record};
-use tracing::info;
+use tracing::{info, warn};
 
 use hifi_ledger::NodeLedger;
 
@@ -112,10 +112,10 @@ pub struct HttpSource {
     pub name: String,
     /// The topic appended to.
     pub topic: String,
-    /// Its partition count.
-    partitions: u32,
-    /// The engine.
-    log: Arc<dyn Log>,
+    /// The topic in the engine.
+    pub(crate) primary: Lane,
+    /// The topic in the standby (`[engine.standby]`), and when to use it.
+    pub standby: Option<crate::standby::Standby>,
     /// How bodies are read.
     pub parse: ParseOptions,
     /// Event times accepted around the ingest time.
@@ -124,18 +124,14 @@ pub struct HttpSource {
     dedup: Mutex<Dedup>,
     /// The secret key of the de-duplication hashes (new at every start).
     keyer: DedupKeyer,
-    /// Round-robin partition choice.
-    next_partition: AtomicU32,
     /// Counters.
     pub stats: SourceStats,
     /// Outcomes (`passed`) and lag.
     ledger: NodeLedger,
-    /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
-    tallied: Vec<Mutex<TallyTracker>>,
     /// The consumer group whose positions say up to where this process's `passed`
     /// outcomes are durable: `ledger.<source>`, or `ledger.<source>.<instance>` when
     /// several processes ingest the source.
-    tally_group: String,
+    pub(crate) tally_group: String,
     /// The topic's schema (`[topics.X] schema`): events that do not fit are refused.
     pub schema: Option<Arc<hifi_sql::Schema>>,
     /// Samples accepted events for values that look like PII (`[pii]`).
@@ -144,9 +140,78 @@ pub struct HttpSource {
     record_bytes_max: usize,
     /// Longest wait for the engine's acknowledgement before answering 503.
     ack_timeout: Option<std::time::Duration>,
-    /// This process's claim on `tally_group`: no other live process ingests the source
-    /// under the same instance name.
+}
+
+/// A topic a source appends to, in one engine: the engine's, or the standby's.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    /// The engine holding it.
+    pub(crate) log: Arc<dyn Log>,
+    /// Its partitions' name in the ledger's origins: the topic, or `standby:TOPIC`.
+    pub(crate) origin_topic: String,
+    /// Its partition count.
+    pub(crate) partitions: u32,
+    /// Round-robin partition choice.
+    next_partition: AtomicU32,
+    /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
+    tallied: Vec<Mutex<TallyTracker>>,
+    /// This process's claim on the source's tally group in this engine: no other live
+    /// process ingests the source under the same instance name.
     _claim: hifi_log::Claim,
+}
+
+/// Which lane an append goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// The engine.
+    Primary,
+    /// The standby.
+    Standby,
+}
+
+/// One request's new records, with what is recorded once they are durable.
+#[derive(Debug, Clone)]
+struct Batch {
+    records: Vec<Record>,
+    keys: Vec<u128>,
+    event_times: Vec<i64>,
+    origins: Vec<Option<hifi_ledger::Origin>>,
+}
+
+impl Lane {
+    /// The source's topic in `log`; claims the tally group there.
+    async fn open(
+        log: Arc<dyn Log>,
+        topic: &str,
+        origin_topic: String,
+        tally_group: &str,
+        source: &str,
+        instance: Option<&str>,
+    ) -> Result<Lane, LogError> {
+        let partitions = log.partitions(topic).await?;
+        let claim = match log.claim(tally_group, topic).await {
+            Err(LogError::InUse { holder, .. }) => {
+                return Err(LogError::InUse {
+                    name: match instance {
+                        Some(i) => format!("source {source} as --instance {i}"),
+                        None => format!("source {source} (without --instance)"),
+                    },
+                    holder: format!("{holder}; every process ingesting the same source needs its own --instance NAME"),
+                })
+            }
+            other => other?,
+        };
+        Ok(Lane {
+            log,
+            origin_topic,
+            partitions,
+            next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
+            tallied: (0..partitions)
+                .map(|_| Mutex::new(TallyTracker::default()))
+                .collect(),
+            _claim: claim,
+        })
+    }
 }
 
 /// Room kept under the engine's record limit at ingest, so that what later hops add to a
@@ -156,7 +221,19 @@ pub const RECORD_HEADROOM_BYTES: usize = 4096;
 impl HttpSource {
     /// The engine the source appends to.
     pub fn log(&self) -> &Arc<dyn Log> {
-        &self.log
+        &self.primary.log
+    }
+
+    fn lane(&self, which: Which) -> &Lane {
+        match (which, &self.standby) {
+            (Which::Standby, Some(s)) => &s.lane,
+            _ => &self.primary,
+        }
+    }
+
+    /// The engine's lane, then the standby's if there is one.
+    fn lanes(&self) -> impl Iterator<Item = &Lane> {
+        std::iter::once(&self.primary).chain(self.standby.as_ref().map(|s| &s.lane))
     }
 
     /// Counts records dead-lettered by a Kafka source.
@@ -180,7 +257,8 @@ impl HttpSource {
     }
 
     /// Creates the source and rebuilds its de-duplication window from the topic's tail.
-    /// `instance` names this process among several ingesting the same source.
+    /// `instance` names this process among several ingesting the same source; with a
+    /// `standby`, the topic (created there beforehand) is its second lane.
     pub async fn start(
         name: &str,
         cfg: &SourceConfig,
@@ -188,31 +266,29 @@ impl HttpSource {
         ledger: NodeLedger,
         engine: &crate::config::EngineConfig,
         instance: Option<&str>,
+        standby: Option<&crate::standby::StandbyEngine>,
     ) -> Result<Self, LogError> {
         let engine_record_bytes_max = engine.record_bytes_max.0 as usize;
         let topic = cfg.topic.get_ref().clone();
-        let partitions = log.partitions(&topic).await?;
         let tally_group = match instance {
             Some(i) => format!("ledger.{name}.{i}"),
             None => format!("ledger.{name}"),
         };
-        let claim = match log.claim(&tally_group, &topic).await {
-            Err(LogError::InUse { holder, .. }) => {
-                return Err(LogError::InUse {
-                    name: match instance {
-                        Some(i) => format!("source {name} as --instance {i}"),
-                        None => format!("source {name} (without --instance)"),
-                    },
-                    holder: format!("{holder}; every process ingesting the same source needs its own --instance NAME"),
-                })
+        let primary = Lane::open(log, &topic, topic.clone(), &tally_group, name, instance).await?;
+        let standby = match standby {
+            None => None,
+            Some(sb) => {
+                let origin = crate::standby::origin_topic(&topic);
+                let lane = Lane::open(sb.log.clone(), &topic, origin, &tally_group, name, instance)
+                    .await?;
+                Some(crate::standby::Standby::new(lane, &sb.cfg))
             }
-            other => other?,
         };
         let source = HttpSource {
             name: name.to_owned(),
             topic,
-            partitions,
-            log,
+            primary,
+            standby,
             parse: ParseOptions {
                 event_time: cfg.event_time.clone(),
                 id_field: cfg.id_field.clone(),
@@ -226,7 +302,6 @@ impl HttpSource {
                 cfg.dedup_max_ids,
             )),
             keyer: DedupKeyer::random(),
-            next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
             stats: SourceStats::default(),
             ledger,
             schema: None,
@@ -235,11 +310,7 @@ impl HttpSource {
                 .saturating_sub(RECORD_HEADROOM_BYTES)
                 .max(1024),
             ack_timeout: engine.ack_timeout(),
-            tallied: (0..partitions)
-                .map(|_| Mutex::new(TallyTracker::default()))
-                .collect(),
             tally_group,
-            _claim: claim,
         };
         source.rebuild_dedup().await?;
         source.catch_up_tallies().await?;
@@ -251,23 +322,28 @@ impl HttpSource {
     async fn catch_up_tallies(&self) -> Result<(), LogError> {
         let group = &self.tally_group;
         let mut caught_up = 0u64;
-        for p in 0..self.partitions {
-            let offsets = self.log.offsets(&self.topic, p).await?;
-            let pos =
-                crate::consumer::start_position(self.log.as_ref(), group, &self.topic, p).await?;
-            if self.ledger.enabled() {
-                hifi_log::read_to_end(self.log.as_ref(), &self.topic, p, pos, |r| {
-                    let meta = crate::event::EventMeta::of(&self.topic, p, &r);
-                    self.ledger
-                        .outcome(hifi_ledger::Outcome::Passed, &meta.origin, meta.time_ms);
-                    caught_up += 1;
-                })
-                .await?;
+        for lane in self.lanes() {
+            let log = lane.log.as_ref();
+            for p in 0..lane.partitions {
+                let offsets = log.offsets(&self.topic, p).await?;
+                let pos = crate::consumer::start_position(log, group, &self.topic, p).await?;
+                if self.ledger.enabled() {
+                    hifi_log::read_to_end(log, &self.topic, p, pos, |r| {
+                        let meta = crate::event::EventMeta::of(&lane.origin_topic, p, &r);
+                        self.ledger.outcome(
+                            hifi_ledger::Outcome::Passed,
+                            &meta.origin,
+                            meta.time_ms,
+                        );
+                        caught_up += 1;
+                    })
+                    .await?;
+                }
+                lane.tallied[p as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contiguous = offsets.end;
             }
-            self.tallied[p as usize]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contiguous = offsets.end;
         }
         self.flush_tallies().await?;
         if caught_up > 0 {
@@ -277,21 +353,36 @@ impl HttpSource {
     }
 
     /// Makes recorded `passed` outcomes durable and moves the tally positions past them.
+    /// With a standby, each engine's positions are moved on their own: one that is
+    /// away (the reason for the standby) does not hold back the other's.
     pub async fn flush_tallies(&self) -> Result<(), LogError> {
-        let positions: Vec<u64> = self
-            .tallied
-            .iter()
-            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).position())
+        let positions: Vec<Vec<u64>> = self
+            .lanes()
+            .map(|lane| {
+                lane.tallied
+                    .iter()
+                    .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).position())
+                    .collect()
+            })
             .collect();
         self.ledger.flush().await?;
         let group = &self.tally_group;
-        let mut moved = Vec::new();
-        for (p, pos) in positions.into_iter().enumerate() {
-            if self.log.committed(group, &self.topic, p as u32).await? != Some(pos) {
-                moved.push((p as u32, pos));
+        let mut first_error = None;
+        for (lane, positions) in self.lanes().zip(positions) {
+            let moved = async {
+                let mut moved = Vec::new();
+                for (p, pos) in positions.into_iter().enumerate() {
+                    if lane.log.committed(group, &self.topic, p as u32).await? != Some(pos) {
+                        moved.push((p as u32, pos));
+                    }
+                }
+                lane.log.commit_many(group, &self.topic, &moved).await
+            };
+            if let Err(e) = moved.await {
+                first_error.get_or_insert(e);
             }
         }
-        self.log.commit_many(group, &self.topic, &moved).await
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Reads the ids stored within the window back into memory. Each partition is read
@@ -306,11 +397,14 @@ impl HttpSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .bounds();
-        let per_partition =
-            (max.div_ceil(self.partitions.max(1) as usize) + self.parse.max_events) as u64;
         let mut readers = tokio::task::JoinSet::new();
-        for p in 0..self.partitions {
-            let (log, topic, keyer) = (self.log.clone(), self.topic.clone(), self.keyer.clone());
+        for (lane, p) in self
+            .lanes()
+            .flat_map(|l| (0..l.partitions).map(move |p| (l, p)))
+        {
+            let per_partition =
+                (max.div_ceil(lane.partitions.max(1) as usize) + self.parse.max_events) as u64;
+            let (log, topic, keyer) = (lane.log.clone(), self.topic.clone(), self.keyer.clone());
             readers.spawn(async move {
                 let end = log.offsets(&topic, p).await?.end;
                 let Some(from) = log.offset_for_time(&topic, p, now - window).await? else {
@@ -485,37 +579,19 @@ impl HttpSource {
         }
         let stored = records.len() as u64;
         if !records.is_empty() {
-            // In its own task: if the request is dropped (client gone) after the append
-            // became durable, the bookkeeping below still happens.
-            let me = self.clone();
-            let span = tracing::info_span!(target: crate::otel::TARGET, "append",
-                topic = %self.topic, events = records.len());
-            let work = tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    me.append_and_record(records, keys, event_times, origins, arrival_us, now)
-                        .await
-                },
-                span,
-            ));
-            let done = match ack_timeout {
-                None => work.await,
-                Some(limit) => match tokio::time::timeout(limit, work).await {
-                    Ok(done) => done,
-                    Err(_) => {
-                        self.stats
-                            .engine_errors_total
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(LogError::Io {
-                            context: format!("appending to {}", self.topic),
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                format!("the engine did not acknowledge within ack_timeout ({limit:?}); the events may still be stored"),
-                            ),
-                        });
-                    }
-                },
+            let batch = Batch {
+                records,
+                keys,
+                event_times,
+                origins,
             };
-            done.map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))??;
+            match &self.standby {
+                None => {
+                    self.append_within(Which::Primary, batch, arrival_us, ack_timeout)
+                        .await?
+                }
+                Some(sb) => self.append_failing_over(sb, batch, arrival_us).await?,
+            }
         }
         self.stats
             .accepted_events_total
@@ -532,21 +608,100 @@ impl HttpSource {
 }
 
 impl HttpSource {
-    /// Appends one request's new records durably, then records their outcomes, lag and
-    /// ids (runs to completion even if the request that started it is dropped).
+    /// Appends a batch to one lane, waiting at most `limit` for it (the append goes on
+    /// in the background past it, and its bookkeeping with it).
+    async fn append_within(
+        self: &Arc<Self>,
+        which: Which,
+        batch: Batch,
+        arrival_us: i64,
+        limit: Option<std::time::Duration>,
+    ) -> Result<(), LogError> {
+        // In its own task: if the request is dropped (client gone) after the append
+        // became durable, the bookkeeping below still happens.
+        let me = self.clone();
+        let span = tracing::info_span!(target: crate::otel::TARGET, "append",
+            topic = %self.topic, events = batch.records.len());
+        let work = tokio::spawn(tracing::Instrument::instrument(
+            async move { me.append_and_record(which, batch, arrival_us).await },
+            span,
+        ));
+        let done = match limit {
+            None => work.await,
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(done) => done,
+                Err(_) => {
+                    self.stats
+                        .engine_errors_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(LogError::Io {
+                        context: format!("appending to {}", self.topic),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the engine did not acknowledge within {limit:?}; the events may still be stored"),
+                        ),
+                    });
+                }
+            },
+        };
+        done.map_err(|e| LogError::Invalid(format!("ingest task failed: {e}")))?
+    }
+
+    /// Appends to the engine while it takes appends within `failover_after`, to the
+    /// standby otherwise. An append to the engine that timed out may still land: its
+    /// events are then stored twice (two origins, both delivered and counted).
+    async fn append_failing_over(
+        self: &Arc<Self>,
+        sb: &crate::standby::Standby,
+        batch: Batch,
+        arrival_us: i64,
+    ) -> Result<(), LogError> {
+        if sb.failover.primary_up() {
+            let tried = self
+                .append_within(
+                    Which::Primary,
+                    batch.clone(),
+                    arrival_us,
+                    Some(sb.failover.after),
+                )
+                .await;
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(e) => sb.failover.primary_failed(&self.name, &e),
+            }
+        }
+        let events = batch.records.len() as u64;
+        self.append_within(Which::Standby, batch, arrival_us, sb.ack_timeout)
+            .await
+            .inspect_err(|e| {
+                warn!(source = %self.name, %e, "the standby failed too; answering 503");
+            })?;
+        sb.failover
+            .standby_events_total
+            .fetch_add(events, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends one request's new records durably to a lane, then records their outcomes,
+    /// lag and ids (runs to completion even if the request that started it is dropped).
     async fn append_and_record(
         &self,
-        records: Vec<Record>,
-        keys: Vec<u128>,
-        event_times: Vec<i64>,
-        origins: Vec<Option<hifi_ledger::Origin>>,
+        which: Which,
+        batch: Batch,
         arrival_us: i64,
-        now: i64,
     ) -> Result<(), LogError> {
-        let partition = self.next_partition.fetch_add(1, Ordering::Relaxed) % self.partitions;
-        let tally = &self.tallied[partition as usize];
+        let Batch {
+            records,
+            keys,
+            event_times,
+            origins,
+        } = batch;
+        let now = arrival_us / 1000;
+        let lane = self.lane(which);
+        let partition = lane.next_partition.fetch_add(1, Ordering::Relaxed) % lane.partitions;
+        let tally = &lane.tallied[partition as usize];
         tally.lock().unwrap_or_else(|e| e.into_inner()).in_flight += 1;
-        let offsets = match self.log.append(&self.topic, partition, records).await {
+        let offsets = match lane.log.append(&self.topic, partition, records).await {
             Ok(o) => o,
             Err(e) => {
                 let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
@@ -567,7 +722,7 @@ impl HttpSource {
                     let origin = match first_held {
                         Some(o) => o.as_ref(),
                         None => hifi_ledger::OriginRef {
-                            topic: &self.topic,
+                            topic: &lane.origin_topic,
                             partition,
                             offset,
                         },

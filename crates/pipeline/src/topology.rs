@@ -617,6 +617,15 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             "must be more than zero (it bounds how long ingest waits for the engine), e.g. \"2s\"",
         ));
     }
+    if e.standby.is_some() && e.kind != crate::config::EngineKind::Kafka {
+        return Err(loaded.error(
+            "engine.standby",
+            "a standby is for the Kafka engine (kind = \"kafka\"): the embedded log has no cluster to lose; remove [engine.standby]",
+        ));
+    }
+    if let Some(sb) = &e.standby {
+        check_standby(loaded, e, sb)?;
+    }
     if e.kind != crate::config::EngineKind::Kafka {
         // The embedded log's bounds, named by their keys (the log checks them again).
         use hifi_log::config::{PREALLOCATE_BYTES, RECORD_BYTES, SEGMENT_BYTES};
@@ -663,6 +672,53 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         return Err(loaded.error(
             "engine.topic_prefix",
             "use at most 40 letters, digits, '.', '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_standby(
+    loaded: &LoadedConfig,
+    e: &crate::config::EngineConfig,
+    sb: &crate::config::StandbyConfig,
+) -> Result<(), ConfigError> {
+    if sb.failover_after.0.is_zero() {
+        return Err(loaded.error(
+            "engine.standby.failover_after",
+            "must be more than zero (how long an append to the cluster may take before ingest uses the standby), e.g. \"2s\"",
+        ));
+    }
+    if sb.probe_every.0.is_zero() {
+        return Err(loaded.error(
+            "engine.standby.probe_every",
+            "must be more than zero, e.g. \"1s\"",
+        ));
+    }
+    if sb.kind == crate::config::EngineKind::Embedded {
+        if sb.brokers.is_some() || sb.topic_prefix.is_some() || !sb.client.is_empty() {
+            return Err(loaded.error(
+                "engine.standby",
+                "brokers, topic_prefix and client are for kind = \"kafka\"; an embedded standby takes data_dir",
+            ));
+        }
+        return Ok(());
+    }
+    check_brokers(
+        loaded,
+        "engine.standby.brokers",
+        sb.brokers.as_deref(),
+        "a Kafka standby needs its own cluster's bootstrap brokers",
+    )?;
+    if sb.brokers == e.brokers {
+        return Err(loaded.error(
+            "engine.standby.brokers",
+            "is the primary cluster; a standby must be another cluster (or kind = \"embedded\", a spool on this machine)",
+        ));
+    }
+    if sb.replication_factor == 0 {
+        return Err(loaded.error(
+            "engine.standby.replication_factor",
+            "must be at least 1 (3 for zero loss)",
         ));
     }
     Ok(())

@@ -382,10 +382,11 @@ async fn trace_origin(State(s): S, Path(rest): Path<String>) -> Response {
         Ok(o) => o,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e, json!({})),
     };
-    if !origin.topic.starts_with("kafka:") {
+    if !origin.topic.starts_with("kafka:") && !origin.topic.starts_with("standby:") {
         return trace(&s, origin).await;
     }
-    // A Kafka source's record: found by its origin among the last hour's events.
+    // A Kafka source's record, or one moved from the standby: found by its origin
+    // (its `hifi-origin` header) among the last hour's events.
     let from_ms = s.ledger.clock().now_ms() - 3_600_000;
     let wanted = origin.to_string();
     match find_in_sources(&s, from_ms, hdr::ORIGIN, &wanted).await {

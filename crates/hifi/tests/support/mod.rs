@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod producers;
+#[allow(unused_imports)] // only the tests that kill a whole cluster
+pub use cluster::{Cluster, OWN_CLUSTER};
 #[allow(unused_imports)] // not every test binary posts with producers
 pub use producers::Producers;
 
@@ -434,4 +437,24 @@ pub fn unique_prefix(test: &str) -> String {
         .unwrap()
         .as_nanos();
     format!("t{}-{nanos}-{test}.", std::process::id())
+}
+
+/// Waits for every acknowledged id at the receiver; returns (missing sample, duplicates).
+pub fn check_delivered(
+    record: &Path,
+    acked: &std::collections::HashSet<String>,
+) -> (Vec<String>, u32) {
+    wait_until(Duration::from_secs(120), || {
+        let got = received_ids(record);
+        acked.iter().all(|id| got.contains_key(id))
+    });
+    let got = received_ids(record);
+    let missing: Vec<String> = acked
+        .iter()
+        .filter(|id| !got.contains_key(*id))
+        .take(10)
+        .cloned()
+        .collect();
+    let duplicates = got.values().map(|n| n - 1).sum();
+    (missing, duplicates)
 }

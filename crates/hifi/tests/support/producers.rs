@@ -77,6 +77,11 @@ impl Producers {
         }
     }
 
+    /// Requests that were not acknowledged (each retried until it was).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
     pub fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }

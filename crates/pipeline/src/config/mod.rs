@@ -379,6 +379,56 @@ pub struct EngineConfig {
     /// with `kind = "embedded"` (an append waits for its fsync, however slow the disk).
     #[serde(default)]
     pub ack_timeout: Option<Dur>,
+    /// Kafka: where ingest appends while the cluster cannot take its appends
+    /// (`[engine.standby]`); none by default.
+    #[serde(default)]
+    pub standby: Option<StandbyConfig>,
+}
+
+/// `[engine.standby]`: a second place for ingest's appends while the Kafka cluster is
+/// unavailable — a local embedded log (a spool) or a second Kafka cluster. Its records
+/// are moved into the cluster once it is back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbyConfig {
+    /// `"embedded"` (a spool on this machine's disk) or `"kafka"` (a second cluster).
+    pub kind: EngineKind,
+    /// Embedded: the spool's directory (relative to the pipeline file's folder).
+    /// Default `"./standby"`.
+    #[serde(default = "default_standby_dir")]
+    pub data_dir: PathBuf,
+    /// Kafka: the standby cluster's bootstrap brokers.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Kafka: prefix of its topic and group names. Default: `engine.topic_prefix`.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// Kafka: replication factor of its topics. Default 3.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u16,
+    /// Kafka: librdkafka settings of the standby cluster's clients.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// How long an append to the cluster may take before ingest appends to the standby
+    /// instead. Default `"2s"`.
+    #[serde(default = "default_failover_after")]
+    pub failover_after: Dur,
+    /// While ingest uses the standby: how often it checks whether the cluster is back.
+    /// Default `"1s"`.
+    #[serde(default = "default_probe_every")]
+    pub probe_every: Dur,
+}
+
+fn default_standby_dir() -> PathBuf {
+    PathBuf::from("./standby")
+}
+
+fn default_failover_after() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+fn default_probe_every() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 impl EngineConfig {

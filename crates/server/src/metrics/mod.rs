@@ -176,6 +176,46 @@ pub fn families(
             c,
             per_source(&|st| &st.dedup_evicted_total),
         );
+        let per_standby =
+            |f: &dyn Fn(&hifi_pipeline::standby::Failover) -> f64| -> Vec<(Labels, f64)> {
+                s.sources
+                    .iter()
+                    .filter_map(|x| {
+                        let sb = x.standby.as_ref()?;
+                        Some((vec![("source", x.name.clone())], f(&sb.failover)))
+                    })
+                    .collect()
+            };
+        out.add(
+            "hifi_source_on_standby",
+            "1 while the source appends to the standby ([engine.standby]) because the engine did not take its appends",
+            g,
+            per_standby(&|f| if f.primary_up() { 0.0 } else { 1.0 }),
+        );
+        out.add(
+            "hifi_source_failovers",
+            "Times the source turned to the standby",
+            c,
+            per_standby(&|f| v(&f.failovers_total) as f64),
+        );
+        out.add(
+            "hifi_source_standby_events",
+            "Events the source appended to the standby",
+            c,
+            per_standby(&|f| v(&f.standby_events_total) as f64),
+        );
+        out.add(
+            "hifi_source_standby_moved_events",
+            "Records moved from the standby into the engine",
+            c,
+            per_standby(&|f| v(&f.moved_events_total) as f64),
+        );
+        out.add(
+            "hifi_source_standby_waiting_events",
+            "Records in the standby not yet moved into the engine",
+            g,
+            per_standby(&|f| v(&f.waiting) as f64),
+        );
 
         let mut stage_rows = Vec::new();
         for st in &s.stages {
