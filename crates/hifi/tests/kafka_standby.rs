@@ -16,14 +16,20 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// source api → events (4 partitions) → sink out, on Kafka, with a spool as the
-/// standby; buckets settle 5 s after their last change.
-fn standby_pipeline(dir: &Path, brokers: &str, prefix: &str, sink_url: &str) -> std::path::PathBuf {
+/// source api → events (4 partitions) → sink out, on Kafka, with `standby` (the
+/// `[engine.standby]` table); buckets settle 5 s after their last change.
+fn standby_pipeline(
+    dir: &Path,
+    brokers: &str,
+    prefix: &str,
+    sink_url: &str,
+    standby: &str,
+) -> std::path::PathBuf {
     let text = format!(
         "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\n\
          replication_factor = 3\npartitions = 4\n\n\
          [engine.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\n\
-         [engine.standby]\nkind = \"embedded\"\ndata_dir = \"standby\"\n\n\
+         {standby}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [ledger]\nsettle_after = \"5s\"\n\n\
          [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\n\
@@ -36,13 +42,35 @@ fn standby_pipeline(dir: &Path, brokers: &str, prefix: &str, sink_url: &str) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_acknowledges_through_a_whole_cluster_outage_and_loses_nothing() {
+async fn ingest_acknowledges_into_a_spool_through_a_whole_cluster_outage_and_loses_nothing() {
     let Some(script) = required("HIFI_TEST_BROKER") else {
         return;
     };
+    let spool = "[engine.standby]\nkind = \"embedded\"\ndata_dir = \"standby\"\n";
+    outage(&script, spool, Duration::from_secs(60)).await;
+}
+
+/// The same with a second cluster as the standby (the shared test cluster,
+/// `KAFKA_BROKERS`), and a shorter outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_acknowledges_into_a_second_cluster_through_an_outage_and_loses_nothing() {
+    let (Some(script), Some(second)) = (required("HIFI_TEST_BROKER"), required("KAFKA_BROKERS"))
+    else {
+        return;
+    };
+    let standby = format!(
+        "[engine.standby]\nkind = \"kafka\"\nbrokers = \"{second}\"\ntopic_prefix = \"{}\"\n",
+        unique_prefix("second")
+    );
+    outage(&script, &standby, Duration::from_secs(20)).await;
+}
+
+/// Producers under load; the whole cluster SIGKILLed for `down`; back; hifi SIGKILLed
+/// at once and restarted; checks that nothing acknowledged is missing.
+async fn outage(script: &str, standby: &str, down: Duration) {
     let _one = OWN_CLUSTER.lock().await;
     let dir = test_dir();
-    let cluster = Cluster::start(&script, &dir.path().join("kafka"));
+    let cluster = Cluster::start(script, &dir.path().join("kafka"));
     let record = dir.path().join("received.jsonl");
     let _receiver = run_receiver(dir.path(), "127.0.0.1:0", &record);
     let sink_url = format!("http://{}/ingest", _receiver.addr("receiver"));
@@ -51,6 +79,7 @@ async fn ingest_acknowledges_through_a_whole_cluster_outage_and_loses_nothing() 
         &cluster.brokers,
         &unique_prefix("standby"),
         &sink_url,
+        standby,
     );
     let hifi = run_pipeline(dir.path(), &file);
     let target = format!("http://{}/v1/events", hifi.addr("source api"));
@@ -84,16 +113,24 @@ async fn ingest_acknowledges_through_a_whole_cluster_outage_and_loses_nothing() 
         answered_in < Duration::from_secs(1),
         "ingest on the standby took {answered_in:?}"
     );
+    // The metrics say so, and answer while the cluster is away (a scrape times out
+    // after 10 s by default).
+    let scraped = Instant::now();
     let on_standby = metric(admin, "hifi_source_on_standby").await;
+    let scrape_took = scraped.elapsed();
     assert_eq!(on_standby, 1.0, "the source says it is on the standby");
-    // The rest of a minute down, under load.
-    while killed_at.elapsed() < Duration::from_secs(60) {
+    assert!(
+        scrape_took < Duration::from_secs(5),
+        "/metrics took {scrape_took:?} while the cluster was away"
+    );
+    // The rest of the outage, under load.
+    while killed_at.elapsed() < down {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let acked_while_down = producers.acked() - acked_at_kill;
     assert!(
-        acked_while_down > 1000,
-        "only {acked_while_down} events acknowledged in a minute on the standby"
+        acked_while_down as u64 > 10 * down.as_secs(),
+        "only {acked_while_down} events acknowledged in {down:?} on the standby"
     );
     let (mut acked, failed) = producers.stop().await;
     acked.insert("while-down".to_owned());
@@ -122,7 +159,7 @@ async fn ingest_acknowledges_through_a_whole_cluster_outage_and_loses_nothing() 
 
     let (missing, duplicates) = check_delivered(&record, &acked);
     eprintln!(
-        "cluster down {down_for:?}; {acked_before} acked before, {acked_while_down} while down \
+        "cluster down {down_for:?} (/metrics answered in {scrape_took:?} meanwhile); {acked_before} acked before, {acked_while_down} while down \
          ({standby_events} on the standby, {moved_before_kill} moved before hifi was killed), \
          {} in all; {duplicates} duplicate deliveries; {failed_after} requests failed after the restart",
         acked.len()

@@ -663,16 +663,16 @@ fn check_engine(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             "must be at least 1 (3 for zero loss)",
         ));
     }
-    if e.topic_prefix.len() > 40
-        || !e
-            .topic_prefix
+    check_topic_prefix(loaded, "engine.topic_prefix", &e.topic_prefix)
+}
+
+fn check_topic_prefix(loaded: &LoadedConfig, key: &str, prefix: &str) -> Result<(), ConfigError> {
+    if prefix.len() > 40
+        || !prefix
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        return Err(loaded.error(
-            "engine.topic_prefix",
-            "use at most 40 letters, digits, '.', '_' or '-'",
-        ));
+        return Err(loaded.error(key, "use at most 40 letters, digits, '.', '_' or '-'"));
     }
     Ok(())
 }
@@ -721,7 +721,10 @@ fn check_standby(
             "must be at least 1 (3 for zero loss)",
         ));
     }
-    Ok(())
+    match &sb.topic_prefix {
+        Some(p) => check_topic_prefix(loaded, "engine.standby.topic_prefix", p),
+        None => Ok(()),
+    }
 }
 
 /// A size as written in the configuration: `"4KiB"`, `"64MiB"`, `"100B"`, `"0"`.

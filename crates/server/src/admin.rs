@@ -160,8 +160,10 @@ async fn metrics(State(s): S, headers: axum::http::HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = Format::for_accept(accept);
-    let backlogs = crate::backlog::measure(&s).await;
-    let dead_letters = crate::backlog::dead_letters(&s).await;
+    let (backlogs, dead_letters) = tokio::join!(
+        crate::backlog::measure(&s),
+        crate::backlog::dead_letters(&s)
+    );
     let text = encode(
         &crate::metrics::families(&s, &backlogs, &dead_letters),
         format,

@@ -25,9 +25,16 @@ pub struct NodeBacklog {
     pub age_ms: i64,
 }
 
+/// Longest time `/metrics` and `/v1/stats` wait for the engine in all: while a Kafka
+/// cluster is away each request would otherwise wait its own timeout (10 s), and a
+/// scrape would fail exactly when it matters. Past it, what needs the engine is left
+/// out (ages from the records read so far; dead-letter counts of the nodes not reached).
+const ENGINE_WAIT: Duration = Duration::from_secs(2);
+
 /// Every reading node's backlog now.
 pub async fn measure(s: &AdminState) -> Vec<NodeBacklog> {
     let now_ms = hifi_pipeline::now_ms();
+    let until = tokio::time::Instant::now() + ENGINE_WAIT;
     let mut out = Vec::new();
     for b in s.ledger.backlogs() {
         let mut oldest: Option<i64> = None;
@@ -40,7 +47,8 @@ pub async fn measure(s: &AdminState) -> Vec<NodeBacklog> {
                 max_bytes: 1,
                 wait: Duration::ZERO,
             };
-            if let Ok(records) = s.log.read(&b.input, p as u32, *at, limits).await {
+            let read = s.log.read(&b.input, p as u32, *at, limits);
+            if let Ok(Ok(records)) = tokio::time::timeout_at(until, read).await {
                 if let Some(r) = records.first() {
                     let t = EventMeta::of(&b.input, p as u32, r).time_ms;
                     oldest = Some(oldest.map_or(t, |o| o.min(t)));
@@ -65,18 +73,22 @@ pub async fn dead_letters(s: &AdminState) -> Vec<(String, u64)> {
         .map(|k| k.name.clone())
         .chain(s.stages.iter().map(|k| k.name.clone()))
         .chain(s.sources_with_dead_letters.iter().cloned());
+    let until = tokio::time::Instant::now() + ENGINE_WAIT;
     let mut out = Vec::new();
     for node in nodes {
         let topic = hifi_pipeline::retry::dlq_topic(&node);
-        let Ok(parts) = s.log.partitions(&topic).await else {
-            continue;
-        };
-        let mut n = 0;
-        for p in 0..parts {
-            if let Ok(o) = s.log.offsets(&topic, p).await {
+        let count = async {
+            let parts = s.log.partitions(&topic).await?;
+            let mut n = 0;
+            for p in 0..parts {
+                let o = s.log.offsets(&topic, p).await?;
                 n += o.end.saturating_sub(o.start);
             }
-        }
+            Ok::<_, hifi_log::LogError>(n)
+        };
+        let Ok(Ok(n)) = tokio::time::timeout_at(until, count).await else {
+            continue;
+        };
         out.push((node, n));
     }
     out
