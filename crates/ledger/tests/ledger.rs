@@ -510,3 +510,47 @@ async fn a_slow_settle_does_not_stop_flushes_and_misses_nothing() {
     assert_eq!(again[0].e2e_lost, 7, "{:?}", again[0]);
     assert!(again[0].settled);
 }
+
+#[tokio::test]
+async fn nothing_settles_while_events_are_held_outside_the_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 10_000);
+    let (_log, ledger) = open(dir.path(), &clock).await;
+    // 10 events stored through the standby (their own origins); a standby holds them.
+    let api = ledger.node("api");
+    let standby = |offset| Origin {
+        topic: "standby:events".into(),
+        partition: 0,
+        offset,
+    };
+    for i in 0..10 {
+        api.outcome(Outcome::Passed, &o(i), T0 + 5_000);
+        api.outcome(Outcome::Passed, &standby(i), T0 + 5_000);
+    }
+    api.flush().await.unwrap();
+    ledger.hold("sources.api.standby", true);
+    clock.advance_ms(600_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(!t.settled, "settled while events were held: {t:?}");
+
+    // Released: the events arrive and are delivered; the bucket settles exact, with
+    // the events of each path counted.
+    ledger.hold("sources.api.standby", false);
+    let (clean, partner) = (ledger.node("clean"), ledger.node("partner"));
+    for i in 0..10 {
+        for origin in [o(i), standby(i)] {
+            clean.outcome(Outcome::Passed, &origin, T0 + 5_000);
+            partner.outcome(Outcome::Delivered, &origin, T0 + 5_000);
+        }
+    }
+    clean.flush().await.unwrap();
+    partner.flush().await.unwrap();
+    clock.advance_ms(180_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(t.settled);
+    assert_eq!((t.events, t.e2e_lost), (20, 0));
+    assert_eq!(t.origin_topics.get("events"), Some(&10));
+    assert_eq!(t.origin_topics.get("standby:events"), Some(&10));
+}

@@ -293,8 +293,12 @@
       if (b.settled && b.e2e_lost > 0) tr.classList.add("lossy");
       if (!b.settled) tr.classList.add("open");
       const state = b.settled ? (b.backlog > 0 ? `yes (${fmtInt(b.backlog)} in backlog)` : "yes") : "open";
+      // Events that came in through the standby while the Kafka cluster was away.
+      const viaStandby = Object.entries(b.origin_topics || {})
+        .filter(([t]) => t.startsWith("standby:")).reduce((s, [, n]) => s + n, 0);
+      const events = fmtInt(b.events) + (viaStandby > 0 ? ` (${fmtInt(viaStandby)} via standby)` : "");
       tr.append(el("td", fmtTime(b.start), { title: b.start }),
-                el("td", state), el("td", fmtInt(b.events)));
+                el("td", state), el("td", events));
       for (const n of nodes) {
         const c = byNode.get(n);
         const lost = el("td", !c ? "–" : b.settled ? fmtInt(c.lost) : "pending");

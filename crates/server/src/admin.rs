@@ -271,7 +271,13 @@ async fn stats(State(s): S) -> Response {
         nodes.push(json!({"node": src.name, "kind": "source", "events_in_total": r(&st.accepted_events_total) + r(&st.duplicate_events_total),
             "events_out_total": r(&st.accepted_events_total), "duplicates_total": r(&st.duplicate_events_total),
             "rejected_requests_total": r(&st.rejected_requests_total), "backpressure_rejections_total": r(&st.backpressure_rejections_total),
-            "filtered_total": 0, "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0}));
+            "filtered_total": 0, "delivered_total": 0, "retrying": 0, "dead_lettered_total": 0,
+            "standby": src.standby.as_ref().map(|sb| {
+                let f = &sb.failover;
+                json!({"on_standby": !f.primary_up(), "failovers_total": r(&f.failovers_total),
+                    "events_total": r(&f.standby_events_total), "moved_total": r(&f.moved_events_total),
+                    "waiting": r(&f.waiting)})
+            })}));
     }
     for st in &s.stages {
         let c = &st.stats;
