@@ -143,7 +143,8 @@ pub async fn start(
 ) -> Result<Running> {
     let engine = {
         let loaded = loaded.clone();
-        tokio::task::spawn_blocking(move || open_engine(&loaded)).await??
+        let only = opts.only.clone();
+        tokio::task::spawn_blocking(move || open_engine(&loaded, &only)).await??
     };
     match start_on(engine, loaded, topology, opts).await {
         Ok(running) => Ok(running),

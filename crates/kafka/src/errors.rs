@@ -24,6 +24,29 @@ pub(crate) fn is_connection_error(e: &KafkaError) -> bool {
     )
 }
 
+/// An append's error: a record the cluster refuses (too large, invalid, not allowed)
+/// is not transient — no retry, and no other engine (a standby) can mend it.
+pub(crate) fn append_err(context: String, e: KafkaError) -> LogError {
+    use RDKafkaErrorCode as C;
+    let refused = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidTopic
+        )
+    );
+    if refused {
+        LogError::Invalid(format!("{context}: the cluster refused the records: {e}"))
+    } else {
+        kafka_err(context, e)
+    }
+}
+
 pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {
     LogError::Io {
         context: context.into(),

@@ -30,7 +30,9 @@ mod groups;
 mod produce;
 pub use config::KafkaConfig;
 pub use consume::{InRecord, TopicConsumer};
-use errors::{is_connection_error, kafka_err, refresh_metadata, retrying, retrying_with};
+use errors::{
+    append_err, is_connection_error, kafka_err, refresh_metadata, retrying, retrying_with,
+};
 use groups::Member;
 pub use produce::{OutRecord, SendFailure, TopicProducer};
 
@@ -527,7 +529,7 @@ impl Log for KafkaLog {
             }
             match enqueue(&producer, rec, None).await {
                 Ok(f) => waiting.push(f),
-                Err(e) => return Err(kafka_err(format!("appending to {name}/{partition}"), e)),
+                Err(e) => return Err(append_err(format!("appending to {name}/{partition}"), e)),
             }
         }
         let mut offsets = Vec::with_capacity(waiting.len());
@@ -544,7 +546,7 @@ impl Log for KafkaLog {
             }
         }
         if let Some(e) = first_error {
-            return Err(kafka_err(format!("appending to {name}/{partition}"), e));
+            return Err(append_err(format!("appending to {name}/{partition}"), e));
         }
         Ok(offsets)
     }

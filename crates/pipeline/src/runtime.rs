@@ -168,8 +168,10 @@ const HEADER_NAMES: &[&str] = &[
     crate::retry::retry_header::DLQ_REASON,
 ];
 
-/// Opens the engine named in `[engine]` (blocking: recovery reads the disk).
-pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
+/// Opens the engine named in `[engine]` (blocking: recovery reads the disk), with its
+/// standby when this process runs a source (`only`): a spool is one process's.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
+pub fn open_engine(loaded: &LoadedConfig, only: &NodeFilter) -> Result<Engine, StartError> {
     hifi_log::register_header_names(HEADER_NAMES);
     let e = &loaded.config.engine;
     match e.kind {
@@ -191,10 +193,16 @@ pub fn open_engine(loaded: &LoadedConfig) -> Result<Engine, StartError> {
                 client: e.client.clone(),
             };
             let kafka = Arc::new(KafkaLog::connect(cfg)?);
-            Ok(Engine::Kafka(
-                kafka,
-                crate::standby::StandbyEngine::open(loaded)?,
-            ))
+            let ingests = loaded
+                .config
+                .sources
+                .keys()
+                .any(|n| only.runs("sources", n));
+            let standby = match ingests {
+                true => crate::standby::StandbyEngine::open(loaded)?,
+                false => None,
+            };
+            Ok(Engine::Kafka(kafka, standby))
         }
     }
 }

@@ -667,6 +667,9 @@ impl HttpSource {
                 .await;
             match tried {
                 Ok(()) => return Ok(()),
+                // Refused records (too large for the cluster, not allowed): the standby
+                // would take them, and its mover could never put them in the cluster.
+                Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => sb.failover.primary_failed(&self.name, &e),
             }
         }
