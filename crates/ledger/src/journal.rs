@@ -94,19 +94,37 @@ impl Ledger {
                 records.push(Record::new(v.to_string(), now));
             }
         }
+        // Holds (a standby's records not yet in the inputs) are said every tick while
+        // they last, and their release once, so that no process settles past them.
+        let holds = self.local_holds();
+        let was_shared = *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner());
+        if !holds.is_empty() || was_shared {
+            let v = serde_json::json!({"process": self.process_id, "holds": holds});
+            records.push(Record::new(v.to_string(), now));
+        }
         if !records.is_empty() {
             // A sample lost to an error here only leaves other processes' lag views short.
             self.log.append(LAG_TOPIC, 0, records).await?;
+            *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner()) = !holds.is_empty();
         }
         let mut read = self.lag_read.lock().await;
         let mut remote = Vec::new();
+        let mut remote_holds = BTreeMap::new();
         let mut next = *read;
         hifi_log::read_to_end(self.log.as_ref(), LAG_TOPIC, 0, *read, |r| {
             next = r.offset + 1;
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.record.value) else {
                 return;
             };
-            if v["process"].as_u64() == Some(self.process_id) {
+            let Some(process) = v["process"].as_u64() else {
+                return;
+            };
+            if process == self.process_id {
+                return;
+            }
+            if let Some(holds) = v["holds"].as_array() {
+                let holders = holds.iter().filter_map(|h| h.as_str().map(str::to_owned));
+                remote_holds.insert(process, (holders.collect(), now));
                 return;
             }
             if let (Some(node), Some(set)) = (v["node"].as_str(), lag::LagSet::decode(&v["lag"])) {
@@ -115,6 +133,10 @@ impl Ledger {
         })
         .await?;
         *read = next;
+        self.remote_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(remote_holds);
         for (node, set) in remote {
             if let Some(rec) = self.lag.get(&node) {
                 rec.lock()

@@ -216,7 +216,17 @@ pub struct Ledger {
     /// Holders of events no gated node can see yet (a standby's records not yet moved
     /// into the engine): while any is set, nothing settles.
     holds: Mutex<BTreeSet<String>>,
+    /// Other processes' holds (shared through [`LAG_TOPIC`]): process → (holders, when
+    /// last said, ms). A process re-says its holds every tick; silent for
+    /// [`REMOTE_HOLD_TTL_MS`] (it died), its holds lapse.
+    remote_holds: Mutex<BTreeMap<u64, (BTreeSet<String>, i64)>>,
+    /// Whether this process's last shared holds were non-empty (so that a release is
+    /// shared once).
+    holds_shared: Mutex<bool>,
 }
+
+/// How long another process's hold counts without being said again.
+pub(crate) const REMOTE_HOLD_TTL_MS: i64 = 10_000;
 
 /// Quarantined offset ranges per origin (topic, partition).
 type Quarantined = BTreeMap<(String, u32), Vec<std::ops::Range<u64>>>;
@@ -306,6 +316,8 @@ impl Ledger {
             quarantined: Mutex::new(BTreeMap::new()),
             backlogs: Mutex::new(Vec::new()),
             holds: Mutex::new(Default::default()),
+            remote_holds: Mutex::new(BTreeMap::new()),
+            holds_shared: Mutex::new(false),
         });
         if ledger.cfg.follow_journal {
             let lag_topic = TopicSpec {

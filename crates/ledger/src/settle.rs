@@ -247,10 +247,24 @@ impl Ledger {
         }
     }
 
-    /// The first holder of events outside the inputs, if any.
-    fn held(&self) -> Option<String> {
+    /// This process's holders.
+    pub(crate) fn local_holds(&self) -> Vec<String> {
         let h = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-        h.first().cloned()
+        h.iter().cloned().collect()
+    }
+
+    /// The first holder of events outside the inputs, if any: of this process, or of
+    /// another that said so within [`REMOTE_HOLD_TTL_MS`].
+    fn held(&self) -> Option<String> {
+        if let Some(h) = self.local_holds().into_iter().next() {
+            return Some(h);
+        }
+        let now = self.clock.now_ms();
+        let remote = self.remote_holds.lock().unwrap_or_else(|p| p.into_inner());
+        remote
+            .values()
+            .filter(|(_, at)| at + REMOTE_HOLD_TTL_MS > now)
+            .find_map(|(holders, _)| holders.first().cloned())
     }
 
     /// Input ends and committed positions of the gated nodes (nodes with a group).

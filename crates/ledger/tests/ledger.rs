@@ -554,3 +554,67 @@ async fn nothing_settles_while_events_are_held_outside_the_inputs() {
     assert_eq!(t.origin_topics.get("events"), Some(&10));
     assert_eq!(t.origin_topics.get("standby:events"), Some(&10));
 }
+
+#[tokio::test]
+async fn another_processs_hold_keeps_buckets_open_until_released_or_lapsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(T0 + 70_000);
+    let log = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
+    let cfg = LedgerConfig {
+        follow_journal: true,
+        ..LedgerConfig::default()
+    };
+    let open = || {
+        Ledger::open(
+            cfg.clone(),
+            nodes(),
+            Arc::new(log.clone()) as Arc<dyn Log>,
+            Arc::new(clock.clone()),
+        )
+    };
+    // Two processes on one engine: one ingests (and has a standby), one delivers.
+    let (ingest, other) = (open().await.unwrap(), open().await.unwrap());
+    let delivered = |at: i64| {
+        let (api, clean, partner) = (
+            ingest.node("api"),
+            other.node("clean"),
+            other.node("partner"),
+        );
+        async move {
+            for i in 0..10 {
+                api.outcome(Outcome::Passed, &o(i), at);
+                clean.outcome(Outcome::Passed, &o(i), at);
+                partner.outcome(Outcome::Delivered, &o(i), at);
+            }
+            for n in [&api, &clean, &partner] {
+                n.flush().await.unwrap();
+            }
+        }
+    };
+    let settled = |bucket_ms: i64| other.loss(bucket_ms, bucket_ms + 60_000)[0].settled;
+
+    // Released: the bucket settles at the next tick.
+    delivered(T0 + 5_000).await;
+    other.tick().await.unwrap(); // merges the outcomes
+    ingest.hold("sources.api.standby", true);
+    ingest.tick().await.unwrap(); // says it
+    clock.advance_ms(600_000);
+    other.tick().await.unwrap();
+    assert!(!settled(T0), "settled past another process's hold");
+    ingest.hold("sources.api.standby", false);
+    ingest.tick().await.unwrap();
+    other.tick().await.unwrap();
+    assert!(settled(T0), "released, the bucket settles");
+
+    // A process that stops saying its hold (it died): the hold lapses.
+    delivered(T0 + 65_000).await;
+    other.tick().await.unwrap();
+    ingest.hold("sources.api.standby", true);
+    ingest.tick().await.unwrap();
+    clock.advance_ms(600_000);
+    other.tick().await.unwrap();
+    assert!(!settled(T0 + 60_000), "settled past another process's hold");
+    clock.advance_ms(11_000);
+    other.tick().await.unwrap();
+    assert!(settled(T0 + 60_000), "a hold not said again lapses");
+}
