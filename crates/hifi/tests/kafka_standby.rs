@@ -195,7 +195,7 @@ async fn outage(script: &str, standby: &str, down: Duration) {
         .sum();
     let through_standby: u64 = buckets
         .iter()
-        .filter_map(|b| b["origin_topics"]["standby:events"].as_u64())
+        .filter_map(|b| b["origin_topics"]["standby:ingest.api"].as_u64())
         .sum();
     let events: u64 = buckets.iter().map(|b| b["events"].as_u64().unwrap()).sum();
     assert_eq!(lost, 0, "the ledger reports loss: {buckets:?}");

@@ -94,18 +94,9 @@ impl Ledger {
                 records.push(Record::new(v.to_string(), now));
             }
         }
-        // Holds (a standby's records not yet in the inputs) are said every tick while
-        // they last, and their release once, so that no process settles past them.
-        let holds = self.local_holds();
-        let was_shared = *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner());
-        if !holds.is_empty() || was_shared {
-            let v = serde_json::json!({"process": self.process_id, "holds": holds});
-            records.push(Record::new(v.to_string(), now));
-        }
         if !records.is_empty() {
             // A sample lost to an error here only leaves other processes' lag views short.
             self.log.append(LAG_TOPIC, 0, records).await?;
-            *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner()) = !holds.is_empty();
         }
         let mut read = self.lag_read.lock().await;
         let mut remote = Vec::new();
@@ -133,10 +124,13 @@ impl Ledger {
         })
         .await?;
         *read = next;
-        self.remote_holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(remote_holds);
+        self.lag_read_ok_ms.store(now, Ordering::Relaxed);
+        let mut held = self.remote_holds.lock().unwrap_or_else(|p| p.into_inner());
+        held.extend(remote_holds);
+        // A process silent for settle_max_wait is gone: its lapsed holds are forgotten.
+        let forget = self.cfg.settle_max_wait.as_millis() as i64;
+        held.retain(|_, (holders, at)| !holders.is_empty() && now - *at < forget);
+        drop(held);
         for (node, set) in remote {
             if let Some(rec) = self.lag.get(&node) {
                 rec.lock()
@@ -149,6 +143,26 @@ impl Ledger {
 }
 
 impl Ledger {
+    /// Says this process's holds to the other processes (every second while any is set,
+    /// and a release once), through [`LAG_TOPIC`]. Call it every second from a task of its
+    /// own: a hold said from the settling tick alone could lapse while a slow tick waits
+    /// for the engine.
+    pub async fn say_holds(&self) -> Result<(), LogError> {
+        if !self.cfg.follow_journal {
+            return Ok(());
+        }
+        let holds = self.local_holds();
+        let was_said = *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner());
+        if holds.is_empty() && !was_said {
+            return Ok(());
+        }
+        let v = serde_json::json!({"process": self.process_id, "holds": holds});
+        let record = Record::new(v.to_string(), self.clock.now_ms());
+        self.log.append(LAG_TOPIC, 0, vec![record]).await?;
+        *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner()) = !holds.is_empty();
+        Ok(())
+    }
+
     /// Reads back, for every bucket re-opened by outcomes that came after it settled, the
     /// sets it settled with (the journal from the table's `journal_from` to its
     /// `journal_end`), so that its next table counts every event — also events it never

@@ -217,9 +217,12 @@ pub struct Ledger {
     /// into the engine): while any is set, nothing settles.
     holds: Mutex<BTreeSet<String>>,
     /// Other processes' holds (shared through [`LAG_TOPIC`]): process → (holders, when
-    /// last said, ms). A process re-says its holds every tick; silent for
-    /// [`REMOTE_HOLD_TTL_MS`] (it died), its holds lapse.
+    /// this process read them, ms). A process says its holds every second
+    /// ([`Ledger::say_holds`]); unsaid for [`REMOTE_HOLD_TTL_MS`] of this process's own
+    /// successful reads (it died), its holds lapse.
     remote_holds: Mutex<BTreeMap<u64, (BTreeSet<String>, i64)>>,
+    /// When this process last read [`LAG_TOPIC`] successfully, ms.
+    lag_read_ok_ms: std::sync::atomic::AtomicI64,
     /// Whether this process's last shared holds were non-empty (so that a release is
     /// shared once).
     holds_shared: Mutex<bool>,
@@ -317,6 +320,7 @@ impl Ledger {
             backlogs: Mutex::new(Vec::new()),
             holds: Mutex::new(Default::default()),
             remote_holds: Mutex::new(BTreeMap::new()),
+            lag_read_ok_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             holds_shared: Mutex::new(false),
         });
         if ledger.cfg.follow_journal {

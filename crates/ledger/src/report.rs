@@ -69,7 +69,7 @@ pub struct LossTable {
     /// Distinct events the sources stored in this bucket.
     pub events: u64,
     /// Of those, per origin topic: the path each took in (a source's topic;
-    /// `standby:TOPIC` for events ingest appended to the standby while the engine was
+    /// `standby:ingest.SOURCE` for events ingest appended to the standby while the engine was
     /// unavailable; `kafka:TOPIC` for a Kafka source's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub origin_topics: BTreeMap<String, u64>,

@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// Events held outside the inputs (see [`Ledger::hold`]).
+#[derive(Debug)]
+enum Hold {
+    None,
+    /// Held by this process, or by another that still says so.
+    Held(String),
+    /// Held by another process that went silent without releasing.
+    Lapsed(String),
+}
+
 /// Where the gated nodes are: input ends and committed positions, read once per tick.
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
@@ -75,11 +85,16 @@ impl Ledger {
             // (bucket, settled with events still in a backlog)
             let mut due = Vec::new();
             for (k, b) in st.open.iter_mut() {
-                if let Some(holder) = &held {
+                if let Hold::Held(holder) = &held {
                     // Events of any open bucket may still be held outside the inputs;
-                    // the ends are read again once they are released.
-                    tracing::debug!(%holder, "settling waits for events held outside the inputs");
+                    // the ends are read again once they are released. Up to
+                    // settle_max_wait: then what is missing settles as a backlog.
                     b.inputs_end = None;
+                    if b.last_change_ms.saturating_add(max_wait) <= now {
+                        due.push((*k, true));
+                    } else {
+                        tracing::debug!(%holder, "settling waits for events held outside the inputs");
+                    }
                     continue;
                 }
                 if b.inputs_end.is_none() || b.last_change_ms >= b.inputs_end_at_ms {
@@ -90,6 +105,14 @@ impl Ledger {
                     continue;
                 }
                 let ends = b.inputs_end.as_ref().expect("set above");
+                if let Hold::Lapsed(holder) = &held {
+                    // A process that held events went silent without releasing them:
+                    // they may still come (it restarts and moves them), so what is
+                    // missing is a backlog, not loss.
+                    tracing::debug!(%holder, "settling past a lapsed hold: missing events count as backlog");
+                    due.push((*k, true));
+                    continue;
+                }
                 match progress.behind(&self.nodes, ends) {
                     None => due.push((*k, false)),
                     Some(_) if b.last_change_ms.saturating_add(max_wait) <= now => {
@@ -253,18 +276,24 @@ impl Ledger {
         h.iter().cloned().collect()
     }
 
-    /// The first holder of events outside the inputs, if any: of this process, or of
-    /// another that said so within [`REMOTE_HOLD_TTL_MS`].
-    fn held(&self) -> Option<String> {
+    /// Whether events are held outside the inputs: by this process, or by another that
+    /// said so within [`REMOTE_HOLD_TTL_MS`] of this process's own reads (held), or
+    /// that went silent without releasing its hold (lapsed).
+    fn held(&self) -> Hold {
         if let Some(h) = self.local_holds().into_iter().next() {
-            return Some(h);
+            return Hold::Held(h);
         }
-        let now = self.clock.now_ms();
+        let read_ok = self.lag_read_ok_ms.load(Ordering::Relaxed);
         let remote = self.remote_holds.lock().unwrap_or_else(|p| p.into_inner());
-        remote
-            .values()
-            .filter(|(_, at)| at + REMOTE_HOLD_TTL_MS > now)
-            .find_map(|(holders, _)| holders.first().cloned())
+        let mut lapsed = None;
+        for (holders, at) in remote.values() {
+            let Some(h) = holders.first() else { continue };
+            if read_ok.saturating_sub(*at) < REMOTE_HOLD_TTL_MS {
+                return Hold::Held(h.clone());
+            }
+            lapsed.get_or_insert_with(|| h.clone());
+        }
+        lapsed.map_or(Hold::None, Hold::Lapsed)
     }
 
     /// Input ends and committed positions of the gated nodes (nodes with a group).
@@ -353,10 +382,11 @@ impl Ledger {
             let stored = get(&source.name, Outcome::Passed);
             union_into(&mut events, &stored);
             let mut terminal = OriginSet::new();
-            for &i in &path[1..path.len() - 1] {
+            for &i in &path[..path.len() - 1] {
                 // A stage ends an event's path on purpose (filtered, or aggregated into a
                 // window's result) or into its dead letters (listed, re-drivable): none
-                // is loss.
+                // is loss. So does a source that dead-letters an event it stored (a
+                // record of its standby that the engine refuses).
                 for o in [
                     Outcome::Filtered,
                     Outcome::DeadLettered,

@@ -553,6 +553,20 @@ async fn nothing_settles_while_events_are_held_outside_the_inputs() {
     assert_eq!((t.events, t.e2e_lost), (20, 0));
     assert_eq!(t.origin_topics.get("events"), Some(&10));
     assert_eq!(t.origin_topics.get("standby:events"), Some(&10));
+
+    // A hold that lasts past settle_max_wait (a mover that cannot move): the bucket
+    // settles, what is missing counted as a backlog, not as lost.
+    api.outcome(Outcome::Passed, &standby(10), T0 + 65_000);
+    api.flush().await.unwrap();
+    ledger.hold("sources.api.standby", true);
+    clock.advance_ms(1_800_000);
+    ledger.tick().await.unwrap();
+    assert!(!ledger.loss(T0 + 60_000, T0 + 120_000)[0].settled);
+    clock.advance_ms(1_800_000);
+    ledger.tick().await.unwrap();
+    let t = &ledger.loss(T0 + 60_000, T0 + 120_000)[0];
+    assert!(t.settled, "held past settle_max_wait");
+    assert_eq!((t.e2e_lost, t.backlog), (0, 1));
 }
 
 #[tokio::test]
@@ -597,12 +611,12 @@ async fn another_processs_hold_keeps_buckets_open_until_released_or_lapsed() {
     delivered(T0 + 5_000).await;
     other.tick().await.unwrap(); // merges the outcomes
     ingest.hold("sources.api.standby", true);
-    ingest.tick().await.unwrap(); // says it
+    ingest.say_holds().await.unwrap();
     clock.advance_ms(600_000);
     other.tick().await.unwrap();
     assert!(!settled(T0), "settled past another process's hold");
     ingest.hold("sources.api.standby", false);
-    ingest.tick().await.unwrap();
+    ingest.say_holds().await.unwrap(); // the release, once
     other.tick().await.unwrap();
     assert!(settled(T0), "released, the bucket settles");
 
@@ -610,7 +624,7 @@ async fn another_processs_hold_keeps_buckets_open_until_released_or_lapsed() {
     delivered(T0 + 65_000).await;
     other.tick().await.unwrap();
     ingest.hold("sources.api.standby", true);
-    ingest.tick().await.unwrap();
+    ingest.say_holds().await.unwrap();
     clock.advance_ms(600_000);
     other.tick().await.unwrap();
     assert!(!settled(T0 + 60_000), "settled past another process's hold");

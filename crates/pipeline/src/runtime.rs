@@ -307,12 +307,14 @@ impl Pipeline {
             info!(topic = %spec.name, partitions, "topic ready");
         }
         if let Some(sb) = standby {
-            // The topics of the sources running here, as in the engine (retention there
-            // keeps a record until the mover has committed past it).
+            // A spool topic per source running here (and instance), partitioned as its
+            // topic in the engine.
             let running = loaded.config.sources.iter();
-            for (_, s) in running.filter(|(n, _)| only.runs("sources", n)) {
+            for (name, s) in running.filter(|(n, _)| only.runs("sources", n)) {
                 if let Some(spec) = topology.topics.get(s.topic.get_ref()) {
-                    sb.log.ensure_topic(spec).await?;
+                    let spool = crate::standby::spool_topic(name, instance);
+                    let spec = crate::standby::spool_spec(spool, spec, sb.cfg.kind);
+                    sb.log.ensure_topic(&spec).await?;
                 }
             }
         }
@@ -356,7 +358,6 @@ impl Pipeline {
             }
             if source.standby.is_some() {
                 let token = shutdown.clone();
-                tasks.spawn(crate::standby::probe(source.clone(), token.clone()));
                 tasks.spawn(crate::standby::move_records(
                     source.clone(),
                     ledger.clone(),
@@ -378,6 +379,17 @@ impl Pipeline {
                     }
                 });
             }
+        }
+        if sources.iter().any(|(s, _)| s.standby.is_some()) {
+            // The standby's holds on settling, said to the other processes every second.
+            let (l, token) = (ledger.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while sleep_or_cancel(&token, Duration::from_secs(1)).await {
+                    if let Err(e) = l.say_holds().await {
+                        tracing::debug!(%e, "cannot say the standby's holds to the other processes yet");
+                    }
+                }
+            });
         }
         if cfg.pii.sample_every > 0 && !sources.is_empty() {
             let policy = Arc::new(topology.pii.clone());

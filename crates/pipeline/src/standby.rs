@@ -3,40 +3,74 @@
 //! cluster once it is back.
 //!
 //! The standby is a local embedded log (a spool on this machine's disk) or a second
-//! Kafka cluster. It holds each source's topic under the same name. An append to the
-//! cluster that fails, or takes longer than `failover_after`, is made to the standby
-//! instead, and the request is acknowledged once that is durable; from then on appends
-//! go to the standby until a probe (every `probe_every`) finds every partition of the
-//! topic answering again.
+//! Kafka cluster. Each source (and instance) has its own topic there, `ingest.SOURCE`. An
+//! append to the cluster that fails, or takes longer than `failover_after`, is made to
+//! the standby instead, and the request is acknowledged once that is durable; from then
+//! on appends go to the standby until the mover finds the cluster answering and taking
+//! an append again (checked every `probe_every`).
 //!
-//! Records in the standby have their own origins, `standby:TOPIC/partition/offset`, so
-//! the ledger counts each event once and shows the path it took. The mover appends them
-//! to the cluster's topic with that origin in their `hifi-origin` header (a record that
-//! already has one, from a Kafka source, keeps it), then commits its position in the
-//! standby: a crash between the two moves them again (duplicates, counted, never loss).
-//! While the standby holds records not yet moved, the ledger settles nothing: those
-//! events are on their way, not lost.
+//! Records in the standby have their own origins, `standby:ingest.SOURCE/partition/
+//! offset`, so the ledger counts each event once and shows the path it took. The mover
+//! appends them to the cluster's topic with that origin in their `hifi-origin` header (a
+//! record that already has one keeps it), marks their offsets there as tallied (the
+//! spool's lane recorded them), then commits its position in the standby: a crash
+//! between the two moves them again (duplicates, counted, never loss). While the standby
+//! holds records not yet moved, the ledger settles nothing (up to `settle_max_wait`):
+//! those events are on their way, not lost.
 //!
 //! Stages and sinks read only the cluster: while it is away they cannot commit or write
 //! anyway, so what went through the standby is delivered once the cluster is back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hifi_ledger::Ledger;
+use hifi_ledger::{Ledger, Origin};
 use hifi_log::{EmbeddedLog, Log, LogError, ReadLimits, Record};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{EngineKind, LoadedConfig, StandbyConfig};
 use crate::event::header;
 use crate::runtime::StartError;
 use crate::source::{HttpSource, Lane};
 
-/// How the ledger names the partitions of `topic` in the standby.
-pub fn origin_topic(topic: &str) -> String {
-    format!("standby:{topic}")
+/// A source's topic in the standby: one per source and instance, so that each spool is
+/// moved by exactly one mover (`ingest.api`, `ingest.api.a1`).
+pub fn spool_topic(source: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("ingest.{source}.{i}"),
+        None => format!("ingest.{source}"),
+    }
+}
+
+/// How the ledger names a spool topic's partitions (`standby:ingest.api`).
+pub fn origin_topic(spool: &str) -> String {
+    format!("standby:{spool}")
+}
+
+/// How the spool topic of a source whose engine topic is `topic` is created. An embedded
+/// spool keeps moved records an hour (unmoved ones are kept however old: its retention
+/// never deletes what the mover has not committed past); a Kafka standby keeps them as
+/// long as the topic would (Kafka's retention does not wait for consumers).
+pub fn spool_spec(
+    name: String,
+    topic: &hifi_log::TopicSpec,
+    kind: EngineKind,
+) -> hifi_log::TopicSpec {
+    let retention = match kind {
+        EngineKind::Embedded => Some(hifi_log::Retention {
+            age: Some(Duration::from_secs(3600)),
+            bytes: None,
+            ignore_consumers: false,
+        }),
+        EngineKind::Kafka => topic.retention,
+    };
+    hifi_log::TopicSpec {
+        name,
+        partitions: topic.partitions,
+        retention,
+    }
 }
 
 /// The standby engine, open for the process's life (like the engine itself).
@@ -63,7 +97,13 @@ impl StandbyEngine {
             EngineKind::Embedded => {
                 let dir = loaded.resolve(&cfg.data_dir);
                 let place = format!("a spool in {}", dir.display());
-                let log = EmbeddedLog::open(dir, crate::runtime::log_config(loaded))?;
+                // An acknowledgement from the spool is durable whatever `[engine] fsync`
+                // says (a setting that does not apply to the Kafka engine).
+                let config = hifi_log::LogConfig {
+                    fsync: hifi_log::FsyncPolicy::Always,
+                    ..crate::runtime::log_config(loaded)
+                };
+                let log = EmbeddedLog::open(dir, config)?;
                 Ok(Some(StandbyEngine {
                     log: Arc::new(log.clone()),
                     embedded: Some(log),
@@ -132,6 +172,7 @@ impl Standby {
                 up: AtomicBool::new(true),
                 after: cfg.failover_after.0,
                 probe_every: cfg.probe_every.0,
+                last_warned_ms: AtomicI64::new(i64::MIN),
                 failovers_total: AtomicU64::new(0),
                 standby_events_total: AtomicU64::new(0),
                 moved_events_total: AtomicU64::new(0),
@@ -162,6 +203,8 @@ pub struct Failover {
     pub moved_events_total: AtomicU64,
     /// Records in the standby not moved yet (as of the mover's last look).
     pub waiting: AtomicU64,
+    /// When "the standby failed too" was last logged (once a minute at most).
+    last_warned_ms: AtomicI64,
 }
 
 impl Failover {
@@ -178,6 +221,17 @@ impl Failover {
         }
     }
 
+    /// Whether to log a failure of the standby now (once a minute at most).
+    pub(crate) fn warn_now(&self) -> bool {
+        let now = crate::now_ms();
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 60_000
+            && self
+                .last_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn primary_back(&self, source: &str) {
         if !self.up.swap(true, Ordering::Relaxed) {
             info!(
@@ -188,49 +242,53 @@ impl Failover {
     }
 }
 
-/// While ingest appends to the standby: checks every `probe_every` whether every
-/// partition of the source's topic answers in the cluster within `failover_after`.
-pub async fn probe(source: Arc<HttpSource>, token: CancellationToken) {
-    let Some(sb) = &source.standby else { return };
-    let f = &sb.failover;
-    while crate::consumer::sleep_or_cancel(&token, f.probe_every).await {
-        if f.primary_up() {
-            continue;
-        }
-        let log = &source.primary.log;
-        let answers = async {
-            for p in 0..source.primary.partitions {
-                log.offsets(&source.topic, p).await?;
-            }
-            Ok::<_, LogError>(())
-        };
-        if let Ok(Ok(())) = tokio::time::timeout(f.after, answers).await {
-            f.primary_back(&source.name);
-        }
-    }
-}
-
 /// Records moved per append.
 const MOVE_BATCH: usize = 1000;
 
-/// Moves the standby's records into the cluster while it takes appends, and holds the
-/// ledger's settling while any wait in the standby.
+/// Moves the standby's records into the cluster while it takes appends; while ingest is
+/// on the standby, checks every `probe_every` whether the cluster is back — every
+/// partition of the topic answering within `failover_after`, and then an append of the
+/// spool's records (or, with none waiting, the answers alone) — so that a cluster that
+/// answers but refuses appends does not draw ingest back to it. Holds the ledger's
+/// settling while records wait.
 pub async fn move_records(source: Arc<HttpSource>, ledger: Arc<Ledger>, token: CancellationToken) {
     let Some(sb) = &source.standby else { return };
     let holder = format!("sources.{}.standby", source.name);
     let group = source.tally_group.replacen("ledger.", "standby.", 1);
     let mut positions: Option<Vec<u64>> = None;
     let mut warned_at: Option<tokio::time::Instant> = None;
+    let mut next_probe = tokio::time::Instant::now();
+    // Unknown until the first look: held.
+    ledger.hold(&holder, true);
     loop {
         let pass = async {
             let pos = match &mut positions {
                 Some(p) => p,
-                None => positions.insert(start_positions(sb, &source.topic, &group).await?),
+                None => positions.insert(start_positions(sb, &group).await?),
             };
-            let waiting = waiting(sb, &source.topic, pos).await?;
+            let waiting = look(&source, sb, pos).await?;
             sb.failover.waiting.store(waiting, Ordering::Relaxed);
             ledger.hold(&holder, waiting > 0);
-            if waiting == 0 || !sb.failover.primary_up() {
+            if !sb.failover.primary_up() {
+                let now = tokio::time::Instant::now();
+                if now < next_probe {
+                    return Ok(0);
+                }
+                next_probe = now + sb.failover.probe_every;
+                if !primary_answers(&source, sb.failover.after).await {
+                    return Ok(0);
+                }
+                if waiting > 0 {
+                    let tried = move_once(&source, sb, &group, pos);
+                    match tokio::time::timeout(sb.failover.after, tried).await {
+                        Ok(Ok(moved)) if moved > 0 => {}
+                        _ => return Ok(0), // still refusing appends
+                    }
+                }
+                sb.failover.primary_back(&source.name);
+                return Ok(1);
+            }
+            if waiting == 0 {
                 return Ok(0);
             }
             move_once(&source, sb, &group, pos).await
@@ -239,8 +297,7 @@ pub async fn move_records(source: Arc<HttpSource>, ledger: Arc<Ledger>, token: C
             Ok(0) => Duration::from_millis(200),
             Ok(_) => Duration::ZERO,
             Err(e) => {
-                // Still held: the records are where they were.
-                ledger.hold(&holder, true);
+                // The hold stays as it was: the records are where they were.
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     warn!(source = %source.name, %e, "cannot move the standby's records into the engine yet; retrying");
                     warned_at = Some(tokio::time::Instant::now());
@@ -254,20 +311,58 @@ pub async fn move_records(source: Arc<HttpSource>, ledger: Arc<Ledger>, token: C
     }
 }
 
-async fn start_positions(sb: &Standby, topic: &str, group: &str) -> Result<Vec<u64>, LogError> {
-    let mut out = Vec::with_capacity(sb.lane.partitions as usize);
-    for p in 0..sb.lane.partitions {
-        out.push(crate::consumer::start_position(sb.lane.log.as_ref(), group, topic, p).await?);
+/// Whether every partition of the source's topic answers in the cluster within `within`.
+async fn primary_answers(source: &HttpSource, within: Duration) -> bool {
+    let lane = &source.primary;
+    let answers = async {
+        for p in 0..lane.partitions {
+            lane.log.offsets(&lane.topic, p).await?;
+        }
+        Ok::<_, LogError>(())
+    };
+    matches!(tokio::time::timeout(within, answers).await, Ok(Ok(())))
+}
+
+/// The mover's positions, committed at once so that the spool's retention keeps every
+/// record it has not moved.
+async fn start_positions(sb: &Standby, group: &str) -> Result<Vec<u64>, LogError> {
+    let lane = &sb.lane;
+    let mut out = Vec::with_capacity(lane.partitions as usize);
+    for p in 0..lane.partitions {
+        out.push(crate::consumer::start_position(lane.log.as_ref(), group, &lane.topic, p).await?);
     }
+    let all: Vec<(u32, u64)> = out
+        .iter()
+        .enumerate()
+        .map(|(p, o)| (p as u32, *o))
+        .collect();
+    lane.log.commit_many(group, &lane.topic, &all).await?;
     Ok(out)
 }
 
-/// Records in the standby past the mover's positions.
-async fn waiting(sb: &Standby, topic: &str, positions: &[u64]) -> Result<u64, LogError> {
+/// Records in the standby past the mover's positions. Positions below what the spool
+/// still holds (retention deleted records before they were moved: lost, and said so) or
+/// inside a quarantined range move past them.
+async fn look(source: &HttpSource, sb: &Standby, positions: &mut [u64]) -> Result<u64, LogError> {
+    let lane = &sb.lane;
     let mut n = 0;
-    for (p, at) in positions.iter().enumerate() {
-        let end = sb.lane.log.offsets(topic, p as u32).await?.end;
-        n += end.saturating_sub(*at);
+    for (p, at) in positions.iter_mut().enumerate() {
+        let p = p as u32;
+        let offsets = lane.log.offsets(&lane.topic, p).await?;
+        if *at < offsets.start {
+            error!(source = %source.name, topic = %lane.topic, partition = p, from = *at, to = offsets.start,
+                "records of the standby were deleted before they were moved into the engine (those events are lost; the ledger reports them)");
+            *at = offsets.start;
+        }
+        let holes = lane
+            .log
+            .quarantined(&lane.topic, p)
+            .await
+            .unwrap_or_default();
+        if let Some(h) = holes.iter().find(|h| h.contains(at)) {
+            *at = h.end;
+        }
+        n += offsets.end.saturating_sub(*at);
     }
     Ok(n)
 }
@@ -279,7 +374,7 @@ async fn move_once(
     group: &str,
     positions: &mut [u64],
 ) -> Result<u64, LogError> {
-    let topic = &source.topic;
+    let from = &sb.lane;
     let to_partitions = source.primary.partitions.max(1);
     let mut moved = 0;
     for (p, at) in positions.iter_mut().enumerate() {
@@ -288,28 +383,24 @@ async fn move_once(
             max_records: MOVE_BATCH,
             ..ReadLimits::default()
         };
-        let batch = sb.lane.log.read(topic, p, *at, limits).await?;
+        let batch = from.log.read(&from.topic, p, *at, limits).await?;
         let Some(last) = batch.last().map(|r| r.offset) else {
             continue;
         };
-        let records: Vec<Record> = batch
+        let records: Vec<(Record, Origin, i64)> = batch
             .into_iter()
             .map(|r| {
+                let meta = crate::event::EventMeta::of(&from.origin_topic, p, &r);
                 let mut record = r.record;
                 if record.header(header::ORIGIN).is_none() {
-                    let origin = format!("{}/{p}/{}", sb.lane.origin_topic, r.offset);
-                    record = record.with_header(header::ORIGIN, origin);
+                    record = record.with_header(header::ORIGIN, meta.origin.to_string());
                 }
-                record
+                (record, meta.origin, meta.time_ms)
             })
             .collect();
         let n = records.len() as u64;
-        source
-            .primary
-            .log
-            .append(topic, p % to_partitions, records)
-            .await?;
-        sb.lane.log.commit(group, topic, p, last + 1).await?;
+        append_moved(source, p % to_partitions, records).await?;
+        from.log.commit(group, &from.topic, p, last + 1).await?;
         *at = last + 1;
         moved += n;
         sb.failover
@@ -317,4 +408,37 @@ async fn move_once(
             .fetch_add(n, Ordering::Relaxed);
     }
     Ok(moved)
+}
+
+/// Appends moved records to partition `q` of the cluster's topic. Records the cluster
+/// refuses (too large for it, not allowed: no retry can mend that) are dead-lettered —
+/// counted and in the ledger as such, and left in the spool — one by one, so that the
+/// others still move.
+async fn append_moved(
+    source: &HttpSource,
+    q: u32,
+    records: Vec<(Record, Origin, i64)>,
+) -> Result<(), LogError> {
+    let to = &source.primary;
+    let all: Vec<Record> = records.iter().map(|(r, _, _)| r.clone()).collect();
+    match to.log.append(&to.topic, q, all).await {
+        Ok(offsets) => {
+            to.mark_recorded(q, &offsets);
+            return Ok(());
+        }
+        Err(e) if e.is_transient() => return Err(e),
+        Err(_) => {}
+    }
+    for (record, origin, time_ms) in records {
+        match to.log.append(&to.topic, q, vec![record]).await {
+            Ok(offsets) => to.mark_recorded(q, &offsets),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                error!(source = %source.name, %origin, %e,
+                    "the engine refuses a record of the standby; dead-lettered (it stays in the standby's topic until its retention)");
+                source.dead_lettered(&[(origin, time_ms)]);
+            }
+        }
+    }
+    Ok(())
 }

@@ -12,8 +12,10 @@
 //! each, see [`crate::dedup`]); past it the oldest are forgotten early (counted in
 //! [`SourceStats::dedup_evicted_total`]).
 
+mod lane;
+
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hifi_log::{Bytes, Log, LogError, Record};
@@ -27,6 +29,7 @@ use crate::event::header;
 use crate::event::{EventFormat, Text, Trace};
 use crate::now_ms;
 use crate::parse::{ParseOptions, ParsedEvent};
+pub(crate) use lane::Lane;
 
 /// Counters of one source.
 #[derive(Debug, Default)]
@@ -60,49 +63,6 @@ pub struct IngestOutcome {
     pub duplicates: usize,
     /// Every event's id, in request order.
     pub ids: Vec<Text>,
-}
-
-/// Which of this process's records in one partition have their `passed` outcome
-/// recorded: all of them below `contiguous`, plus ranges above it recorded out of order
-/// (concurrent requests).
-///
-/// Other processes ingesting the same source (Kafka) write between our records. Their
-/// records are theirs to tally, so a gap may be skipped once it cannot hold one of ours:
-/// when none of our appends to the partition is in flight (each is marked, or counted
-/// as failed, when it returns) and none failed (a failed append may have left records
-/// that nobody tallies; after one the gaps stay until a restart counts them).
-#[derive(Debug, Default)]
-struct TallyTracker {
-    contiguous: u64,
-    ahead: std::collections::BTreeMap<u64, u64>,
-    /// Our appends to the partition that have not returned yet.
-    in_flight: u32,
-    /// An append failed since the start.
-    failed: bool,
-}
-
-impl TallyTracker {
-    fn mark(&mut self, range: std::ops::Range<u64>) {
-        self.ahead.insert(range.start, range.end);
-        while let Some((&start, &end)) = self.ahead.first_key_value() {
-            if start > self.contiguous {
-                break;
-            }
-            self.contiguous = self.contiguous.max(end);
-            self.ahead.remove(&start);
-        }
-    }
-
-    /// The position below which every record of ours has its outcome recorded.
-    fn position(&mut self) -> u64 {
-        if self.in_flight == 0 && !self.failed {
-            if let Some((_, &end)) = self.ahead.last_key_value() {
-                self.contiguous = self.contiguous.max(end);
-            }
-            self.ahead.clear();
-        }
-        self.contiguous
-    }
 }
 
 /// An HTTP source node (the HTTP side lives in the server crate).
@@ -142,24 +102,6 @@ pub struct HttpSource {
     ack_timeout: Option<std::time::Duration>,
 }
 
-/// A topic a source appends to, in one engine: the engine's, or the standby's.
-#[derive(Debug)]
-pub(crate) struct Lane {
-    /// The engine holding it.
-    pub(crate) log: Arc<dyn Log>,
-    /// Its partitions' name in the ledger's origins: the topic, or `standby:TOPIC`.
-    pub(crate) origin_topic: String,
-    /// Its partition count.
-    pub(crate) partitions: u32,
-    /// Round-robin partition choice.
-    next_partition: AtomicU32,
-    /// Per partition: which offsets have their outcome recorded (for crash-exact tallies).
-    tallied: Vec<Mutex<TallyTracker>>,
-    /// This process's claim on the source's tally group in this engine: no other live
-    /// process ingests the source under the same instance name.
-    _claim: hifi_log::Claim,
-}
-
 /// Which lane an append goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Which {
@@ -176,42 +118,6 @@ struct Batch {
     keys: Vec<u128>,
     event_times: Vec<i64>,
     origins: Vec<Option<hifi_ledger::Origin>>,
-}
-
-impl Lane {
-    /// The source's topic in `log`; claims the tally group there.
-    async fn open(
-        log: Arc<dyn Log>,
-        topic: &str,
-        origin_topic: String,
-        tally_group: &str,
-        source: &str,
-        instance: Option<&str>,
-    ) -> Result<Lane, LogError> {
-        let partitions = log.partitions(topic).await?;
-        let claim = match log.claim(tally_group, topic).await {
-            Err(LogError::InUse { holder, .. }) => {
-                return Err(LogError::InUse {
-                    name: match instance {
-                        Some(i) => format!("source {source} as --instance {i}"),
-                        None => format!("source {source} (without --instance)"),
-                    },
-                    holder: format!("{holder}; every process ingesting the same source needs its own --instance NAME"),
-                })
-            }
-            other => other?,
-        };
-        Ok(Lane {
-            log,
-            origin_topic,
-            partitions,
-            next_partition: AtomicU32::new(rand::random::<u32>() % partitions.max(1)),
-            tallied: (0..partitions)
-                .map(|_| Mutex::new(TallyTracker::default()))
-                .collect(),
-            _claim: claim,
-        })
-    }
 }
 
 /// Room kept under the engine's record limit at ingest, so that what later hops add to a
@@ -278,8 +184,9 @@ impl HttpSource {
         let standby = match standby {
             None => None,
             Some(sb) => {
-                let origin = crate::standby::origin_topic(&topic);
-                let lane = Lane::open(sb.log.clone(), &topic, origin, &tally_group, name, instance)
+                let spool = crate::standby::spool_topic(name, instance);
+                let origin = crate::standby::origin_topic(&spool);
+                let lane = Lane::open(sb.log.clone(), &spool, origin, &tally_group, name, instance)
                     .await?;
                 Some(crate::standby::Standby::new(lane, &sb.cfg))
             }
@@ -320,30 +227,9 @@ impl HttpSource {
     /// Records `passed` for records stored before a crash whose tallies were not yet
     /// durable (from the tally position to the end), so the ledger is exact.
     async fn catch_up_tallies(&self) -> Result<(), LogError> {
-        let group = &self.tally_group;
         let mut caught_up = 0u64;
         for lane in self.lanes() {
-            let log = lane.log.as_ref();
-            for p in 0..lane.partitions {
-                let offsets = log.offsets(&self.topic, p).await?;
-                let pos = crate::consumer::start_position(log, group, &self.topic, p).await?;
-                if self.ledger.enabled() {
-                    hifi_log::read_to_end(log, &self.topic, p, pos, |r| {
-                        let meta = crate::event::EventMeta::of(&lane.origin_topic, p, &r);
-                        self.ledger.outcome(
-                            hifi_ledger::Outcome::Passed,
-                            &meta.origin,
-                            meta.time_ms,
-                        );
-                        caught_up += 1;
-                    })
-                    .await?;
-                }
-                lane.tallied[p as usize]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contiguous = offsets.end;
-            }
+            caught_up += lane.catch_up(&self.ledger, &self.tally_group).await?;
         }
         self.flush_tallies().await?;
         if caught_up > 0 {
@@ -353,32 +239,20 @@ impl HttpSource {
     }
 
     /// Makes recorded `passed` outcomes durable and moves the tally positions past them.
-    /// With a standby, each engine's positions are moved on their own: one that is
-    /// away (the reason for the standby) does not hold back the other's.
+    /// With a standby, each engine's positions are committed on their own: one that is
+    /// away does not hold back the other's (once the ledger itself can be written).
     pub async fn flush_tallies(&self) -> Result<(), LogError> {
-        let positions: Vec<Vec<u64>> = self
-            .lanes()
-            .map(|lane| {
-                lane.tallied
-                    .iter()
-                    .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).position())
-                    .collect()
-            })
-            .collect();
-        self.ledger.flush().await?;
-        let group = &self.tally_group;
         let mut first_error = None;
+        let mut positions = Vec::new();
+        for lane in self.lanes() {
+            if let Err(e) = lane.recover(&self.ledger).await {
+                first_error.get_or_insert(e);
+            }
+            positions.push(lane.positions());
+        }
+        self.ledger.flush().await?;
         for (lane, positions) in self.lanes().zip(positions) {
-            let moved = async {
-                let mut moved = Vec::new();
-                for (p, pos) in positions.into_iter().enumerate() {
-                    if lane.log.committed(group, &self.topic, p as u32).await? != Some(pos) {
-                        moved.push((p as u32, pos));
-                    }
-                }
-                lane.log.commit_many(group, &self.topic, &moved).await
-            };
-            if let Err(e) = moved.await {
+            if let Err(e) = lane.commit(&self.tally_group, &positions).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -404,7 +278,7 @@ impl HttpSource {
         {
             let per_partition =
                 (max.div_ceil(lane.partitions.max(1) as usize) + self.parse.max_events) as u64;
-            let (log, topic, keyer) = (lane.log.clone(), self.topic.clone(), self.keyer.clone());
+            let (log, topic, keyer) = (lane.log.clone(), lane.topic.clone(), self.keyer.clone());
             readers.spawn(async move {
                 let end = log.offsets(&topic, p).await?.end;
                 let Some(from) = log.offset_for_time(&topic, p, now - window).await? else {
@@ -585,12 +459,13 @@ impl HttpSource {
                 event_times,
                 origins,
             };
-            match &self.standby {
-                None => {
+            match (&self.standby, ack_timeout) {
+                // A Kafka source (no timeout) waits for the engine: its input is durable.
+                (Some(sb), Some(_)) => self.append_failing_over(sb, batch, arrival_us).await?,
+                _ => {
                     self.append_within(Which::Primary, batch, arrival_us, ack_timeout)
                         .await?
                 }
-                Some(sb) => self.append_failing_over(sb, batch, arrival_us).await?,
             }
         }
         self.stats
@@ -677,7 +552,9 @@ impl HttpSource {
         self.append_within(Which::Standby, batch, arrival_us, sb.ack_timeout)
             .await
             .inspect_err(|e| {
-                warn!(source = %self.name, %e, "the standby failed too; answering 503");
+                if sb.failover.warn_now() {
+                    warn!(source = %self.name, %e, "the standby failed too; answering 503 (logged once a minute)");
+                }
             })?;
         sb.failover
             .standby_events_total
@@ -702,14 +579,11 @@ impl HttpSource {
         let now = arrival_us / 1000;
         let lane = self.lane(which);
         let partition = lane.next_partition.fetch_add(1, Ordering::Relaxed) % lane.partitions;
-        let tally = &lane.tallied[partition as usize];
-        tally.lock().unwrap_or_else(|e| e.into_inner()).in_flight += 1;
-        let offsets = match lane.log.append(&self.topic, partition, records).await {
+        lane.begin(partition);
+        let offsets = match lane.log.append(&lane.topic, partition, records).await {
             Ok(o) => o,
             Err(e) => {
-                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-                t.in_flight -= 1;
-                t.failed = true;
+                lane.end(partition, None);
                 self.stats
                     .engine_errors_total
                     .fetch_add(1, Ordering::Relaxed);
@@ -733,11 +607,7 @@ impl HttpSource {
                     (hifi_ledger::Outcome::Passed, origin, t)
                 },
             ));
-        {
-            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-            t.mark(offsets[0]..offsets[offsets.len() - 1] + 1);
-            t.in_flight -= 1;
-        }
+        lane.end(partition, Some(&offsets));
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         let evicted = keys.into_iter().filter(|&key| d.insert(key, now)).count();
         drop(d);
@@ -773,38 +643,5 @@ fn hdr(name: &'static str, value: Bytes) -> hifi_log::Header {
     hifi_log::Header {
         name: name.into(),
         value,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_left_by_other_writers_are_skipped_only_when_none_of_ours_can_be_in_them() {
-        let mut t = TallyTracker {
-            in_flight: 2,
-            ..Default::default()
-        };
-        t.mark(0..10);
-        t.in_flight -= 1;
-        // 10..15 is another process's, or our append still in flight.
-        t.mark(15..20);
-        assert_eq!(t.position(), 10, "an append of ours is in flight");
-        t.in_flight -= 1;
-        assert_eq!(
-            t.position(),
-            20,
-            "nothing of ours in flight: the gap is theirs"
-        );
-        assert!(t.ahead.is_empty());
-
-        t.failed = true; // may have left records of ours in 20..30
-        t.mark(30..40);
-        assert_eq!(
-            t.position(),
-            20,
-            "after a failed append, gaps stay (a restart counts them)"
-        );
     }
 }
