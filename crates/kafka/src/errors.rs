@@ -27,8 +27,18 @@ pub(crate) fn is_connection_error(e: &KafkaError) -> bool {
 /// An append's error: a record the cluster refuses (too large, invalid, not allowed)
 /// is not transient — no retry, and no other engine (a standby) can mend it.
 pub(crate) fn append_err(context: String, e: KafkaError) -> LogError {
+    if refused(&e) {
+        LogError::Invalid(format!("{context}: the cluster refused the records: {e}"))
+    } else {
+        kafka_err(context, e)
+    }
+}
+
+/// Whether the cluster refused a produce outright: a record too large or invalid, a
+/// topic not allowed. No retry can mend it.
+pub(crate) fn refused(e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
-    let refused = matches!(
+    matches!(
         e.rdkafka_error_code(),
         Some(
             C::MessageSizeTooLarge
@@ -39,12 +49,7 @@ pub(crate) fn append_err(context: String, e: KafkaError) -> LogError {
                 | C::ClusterAuthorizationFailed
                 | C::InvalidTopic
         )
-    );
-    if refused {
-        LogError::Invalid(format!("{context}: the cluster refused the records: {e}"))
-    } else {
-        kafka_err(context, e)
-    }
+    )
 }
 
 pub(crate) fn kafka_err(context: impl Into<String>, e: KafkaError) -> LogError {

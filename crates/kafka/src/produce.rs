@@ -246,19 +246,7 @@ fn no_broker_up(producer: &FutureProducer, topic: &str) -> bool {
 fn classify(e: &KafkaError) -> SendFailure {
     use RDKafkaErrorCode as C;
     let code = e.rdkafka_error_code();
-    let refused = matches!(
-        code,
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-                | C::InvalidTopic
-        )
-    );
-    if refused {
+    if crate::errors::refused(e) {
         SendFailure::Refused {
             reason: format!("Kafka refused the record: {e}"),
         }
