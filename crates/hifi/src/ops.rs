@@ -166,6 +166,26 @@ pub async fn lag(admin: Admin) -> Result<ExitCode> {
     if !sinks.is_empty() {
         outln!("requests in flight allowed: {}", sinks.join(", "));
     }
+    // Sources with a standby ([engine.standby]): where ingest appends now.
+    for n in stats["nodes"].as_array().into_iter().flatten() {
+        let sb = &n["standby"];
+        if !sb.is_object() {
+            continue;
+        }
+        let u = |k: &str| sb[k].as_u64().unwrap_or(0);
+        outln!(
+            "standby: {} {}; {} events waiting to move into the cluster ({} through the standby, {} moved, {} failovers since start)",
+            n["node"].as_str().unwrap_or(""),
+            match sb["on_standby"].as_bool() {
+                Some(true) => "appends to the standby (the cluster did not take its appends)",
+                _ => "appends to the cluster",
+            },
+            u("waiting"),
+            u("events_total"),
+            u("moved_total"),
+            u("failovers_total"),
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -123,6 +123,18 @@ async fn outage(script: &str, standby: &str, down: Duration) {
         scrape_took < Duration::from_secs(5),
         "/metrics took {scrape_took:?} while the cluster was away"
     );
+    let lag = off_workers(|| {
+        std::process::Command::new(HIFI)
+            .args(["lag", "--admin", &admin.to_string()])
+            .output()
+            .unwrap()
+    });
+    let lag_text = String::from_utf8_lossy(&lag.stdout);
+    assert!(
+        lag.status.success() && lag_text.contains("standby: api appends to the standby"),
+        "hifi lag says where ingest appends: {lag_text} {}",
+        String::from_utf8_lossy(&lag.stderr)
+    );
     // The rest of the outage, under load.
     while killed_at.elapsed() < down {
         tokio::time::sleep(Duration::from_millis(500)).await;

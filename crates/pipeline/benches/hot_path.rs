@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the pipeline's per-event work: parsing an ingest request
 //! (a CloudEvents batch of 100 events of ~200 B, as `hifi loadtest` sends, and a plain
 //! JSON batch whose id and time are read by JSON pointer) and reading
-//! a stored event's metadata back for delivery.
+//! a stored event's metadata back for delivery (and adding the `hifiversion` extension
+//! a versioned stage's readers deliver).
 //!
 //! `cargo bench -p hifi-pipeline` (see BENCHMARKS.md).
 
@@ -10,7 +11,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hifi_log::{Record, StoredRecord};
-use hifi_pipeline::event::{cloudevent_body, header, EventMeta};
+use hifi_pipeline::event::{cloudevent_body, header, with_extension, EventMeta};
 use hifi_pipeline::parse::{parse_body, BodyFormat, ParseOptions};
 
 fn batch(events: usize) -> Bytes {
@@ -86,6 +87,19 @@ fn sink(c: &mut Criterion) {
             (meta, body)
         })
     });
+    // What a sink of a versioned stage's output adds: the `hifiversion` extension, one
+    // copy of the event.
+    g.bench_function(
+        "... and the hifiversion extension added (versioned output)",
+        |b| {
+            b.iter(|| {
+                let meta = EventMeta::of("events", 2, &stored);
+                let body = cloudevent_body(&meta, &stored.record.value);
+                let body = with_extension(&body, "hifiversion", "3f9a2c1e");
+                (meta, body)
+            })
+        },
+    );
     g.finish();
 }
 

@@ -151,7 +151,10 @@ impl Lane {
         range: Range<u64>,
         skip: &BTreeMap<u64, u64>,
     ) -> Result<u64, LogError> {
-        let mut at = range.start;
+        // Records below the partition's start are gone (retention): nothing to read.
+        let mut at = range
+            .start
+            .max(self.log.offsets(&self.topic, p).await?.start);
         let mut n = 0;
         while at < range.end {
             if let Some((_, &end)) = skip.range(..=at).next_back().filter(|(_, &e)| e > at) {
