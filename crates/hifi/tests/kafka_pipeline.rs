@@ -564,19 +564,8 @@ async fn the_whole_cluster_killed_under_load_loses_nothing_acknowledged() {
     // While the cluster is away, ingest refuses (503) instead of acknowledging, and
     // says so within `ack_timeout` (2 s by default), not after librdkafka's
     // `message.timeout.ms` (10 s).
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let asked = Instant::now();
-    let r = client
-        .post(&target)
-        .json(&serde_json::json!([{"id": "while-down"}]))
-        .send()
-        .await
-        .unwrap();
-    let answered_in = asked.elapsed();
-    assert_eq!(r.status().as_u16(), 503, "ingest while the cluster is down");
+    let (status, answered_in) = post_one(&target, "while-down").await;
+    assert_eq!(status, 503, "ingest while the cluster is down");
     assert!(
         answered_in < Duration::from_millis(3500),
         "the 503 took {answered_in:?}; ack_timeout is 2 s"

@@ -96,19 +96,8 @@ async fn outage(script: &str, standby: &str, down: Duration) {
     let acked_at_kill = producers.acked();
     tokio::time::sleep(Duration::from_secs(5)).await;
     // Ingest has turned to the standby: a request is acknowledged, and at once.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let asked = Instant::now();
-    let r = client
-        .post(&target)
-        .json(&serde_json::json!([{"id": "while-down"}]))
-        .send()
-        .await
-        .unwrap();
-    let answered_in = asked.elapsed();
-    assert_eq!(r.status().as_u16(), 200, "ingest while the cluster is down");
+    let (status, answered_in) = post_one(&target, "while-down").await;
+    assert_eq!(status, 200, "ingest while the cluster is down");
     assert!(
         answered_in < Duration::from_secs(1),
         "ingest on the standby took {answered_in:?}"

@@ -152,14 +152,15 @@ impl Ledger {
             return Ok(());
         }
         let holds = self.local_holds();
-        let was_said = *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner());
+        let was_said = self.holds_shared.load(Ordering::Relaxed);
         if holds.is_empty() && !was_said {
             return Ok(());
         }
         let v = serde_json::json!({"process": self.process_id, "holds": holds});
         let record = Record::new(v.to_string(), self.clock.now_ms());
         self.log.append(LAG_TOPIC, 0, vec![record]).await?;
-        *self.holds_shared.lock().unwrap_or_else(|p| p.into_inner()) = !holds.is_empty();
+        self.holds_shared
+            .store(!holds.is_empty(), Ordering::Relaxed);
         Ok(())
     }
 

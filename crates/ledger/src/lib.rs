@@ -225,7 +225,7 @@ pub struct Ledger {
     lag_read_ok_ms: std::sync::atomic::AtomicI64,
     /// Whether this process's last shared holds were non-empty (so that a release is
     /// shared once).
-    holds_shared: Mutex<bool>,
+    holds_shared: std::sync::atomic::AtomicBool,
 }
 
 /// How long another process's hold counts without being said again.
@@ -321,7 +321,7 @@ impl Ledger {
             holds: Mutex::new(Default::default()),
             remote_holds: Mutex::new(BTreeMap::new()),
             lag_read_ok_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
-            holds_shared: Mutex::new(false),
+            holds_shared: std::sync::atomic::AtomicBool::new(false),
         });
         if ledger.cfg.follow_journal {
             let lag_topic = TopicSpec {

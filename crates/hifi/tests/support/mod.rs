@@ -458,3 +458,20 @@ pub fn check_delivered(
     let duplicates = got.values().map(|n| n - 1).sum();
     (missing, duplicates)
 }
+
+/// Posts one event with id `id` to `target` (waiting up to 30 s); its status and how
+/// long the answer took.
+pub async fn post_one(target: &str, id: &str) -> (u16, Duration) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    let r = client
+        .post(target)
+        .json(&serde_json::json!([{ "id": id }]))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), asked.elapsed())
+}
