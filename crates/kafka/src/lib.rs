@@ -766,6 +766,95 @@ impl Log for KafkaLog {
         }
     }
 
+    async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        validate_name(topic)?;
+        let name = self.name(topic);
+        let opts = AdminOptions::new()
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = self
+            .admin
+            .delete_topics(&[name.as_str()], &opts)
+            .await
+            .map_err(|e| kafka_err(format!("deleting topic {name}"), e))?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                    return Err(LogError::TopicNotFound {
+                        topic: topic.to_owned(),
+                    })
+                }
+                Err((_, code)) => {
+                    return Err(LogError::Io {
+                        context: format!("deleting topic {name}"),
+                        source: std::io::Error::other(code.to_string()),
+                    })
+                }
+            }
+        }
+        self.partition_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _), _| t != topic);
+        // The controller deletes asynchronously: wait until metadata no longer shows it.
+        let deadline = Instant::now() + TRANSIENT_RETRY;
+        loop {
+            let (meta, n) = (self.meta.clone(), name.clone());
+            let listed = blocking(move || {
+                let md = meta
+                    .fetch_metadata(Some(&n), REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_err(format!("reading metadata of {n}"), e))?;
+                Ok(md
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty()))
+            })
+            .await?;
+            if !listed {
+                info!(topic = %name, "Kafka topic deleted");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LogError::Io {
+                    context: format!("deleting topic {name}"),
+                    source: std::io::Error::other("still listed in the cluster's metadata"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<(), LogError> {
+        validate_name(group)?;
+        self.committers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+        let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+        let results = self
+            .admin
+            .delete_groups(&[group], &opts)
+            .await
+            .map_err(|e| kafka_err(format!("deleting group {group}"), e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((_, code)) => {
+                    return Err(LogError::Io {
+                        context: format!("deleting group {group}"),
+                        source: std::io::Error::other(code.to_string()),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
         self.join_as(group, topic, None).await
     }

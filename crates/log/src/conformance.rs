@@ -31,6 +31,7 @@ pub async fn run_all(engine: &dyn Engine) {
     offset_for_time(engine).await;
     errors_name_what_is_wrong(engine).await;
     one_member_owns_every_partition(engine).await;
+    deleted_topics_and_groups_are_gone(engine).await;
 }
 
 fn record(i: u64) -> Record {
@@ -312,5 +313,68 @@ pub async fn one_member_owns_every_partition(engine: &dyn Engine) {
     }
     assert_eq!(m.owned(), BTreeSet::from([0, 1, 2]));
     drop(m);
+    engine.close(log).await;
+}
+
+/// A deleted topic is gone with its records (and a topic created again under its name
+/// is new and empty, its old positions gone too); a deleted group has no positions.
+/// Both survive a restart.
+pub async fn deleted_topics_and_groups_are_gone(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("del", 2)).await.unwrap();
+    log.ensure_topic(&TopicSpec::new("kept", 1)).await.unwrap();
+    for p in 0..2 {
+        log.append("del", p, (0..50).map(record).collect())
+            .await
+            .unwrap();
+    }
+    // Read once, so that an engine caching open files or readers has them.
+    assert_eq!(read_all(log.as_ref(), "del", 0).await.len(), 50);
+    log.append("kept", 0, vec![record(1)]).await.unwrap();
+    log.commit_many("gdel", "del", &[(0, 10), (1, 20)])
+        .await
+        .unwrap();
+    log.commit("gdel", "kept", 0, 1).await.unwrap();
+    log.commit("gone", "kept", 0, 1).await.unwrap();
+
+    log.delete_topic("del").await.unwrap();
+    assert!(matches!(
+        log.partitions("del").await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        log.read("del", 0, 0, ReadLimits::default()).await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert!(matches!(
+        log.delete_topic("del").await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    log.delete_group("gone").await.unwrap();
+    log.delete_group("never-was").await.unwrap();
+    assert_eq!(log.committed("gone", "kept", 0).await.unwrap(), None);
+    assert_eq!(
+        log.committed("gdel", "kept", 0).await.unwrap(),
+        Some(1),
+        "a group keeps its positions on other topics"
+    );
+    assert_eq!(read_all(log.as_ref(), "kept", 0).await.len(), 1);
+    engine.close(log).await;
+
+    let log = engine.open().await;
+    assert!(matches!(
+        log.partitions("del").await,
+        Err(LogError::TopicNotFound { .. })
+    ));
+    assert_eq!(log.committed("gone", "kept", 0).await.unwrap(), None);
+    log.ensure_topic(&TopicSpec::new("del", 1)).await.unwrap();
+    let o = log.offsets("del", 0).await.unwrap();
+    assert_eq!(o.start, o.end, "a topic created again starts empty");
+    assert!(read_all(log.as_ref(), "del", 0).await.is_empty());
+    let at = log.append("del", 0, vec![record(7)]).await.unwrap();
+    let back = read_all(log.as_ref(), "del", 0).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].offset, at[0]);
+    assert_eq!(back[0].record.value, record(7).value);
     engine.close(log).await;
 }

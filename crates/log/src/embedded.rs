@@ -4,7 +4,9 @@
 //! (see [`crate::partition`]) and starts one writer thread per partition plus one
 //! maintenance thread (interval fsync, retention). Topic creation is serialised and
 //! atomic: partition folders first, then `topic.json` written with rename + directory
-//! fsync — a topic without `topic.json` was never acknowledged as created.
+//! fsync — a topic without `topic.json` was never acknowledged as created. Deletion
+//! stops the topic's writers, drops every group's positions on it and renames its
+//! folder into `trash/` (emptied then, and at every open).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -139,6 +141,7 @@ impl EmbeddedLog {
                 _lock: lock,
             }),
         };
+        log.empty_trash();
         log.open_existing_topics()?;
         log.start_maintenance();
         Ok(log)
@@ -399,6 +402,56 @@ impl EmbeddedLog {
         Ok(spec.partitions)
     }
 
+    /// Moves the topic's folder out of `topics/` in one rename (a crash leaves it whole
+    /// or gone), forgets it, then removes its files. What a crash leaves in `trash/` is
+    /// removed at the next open.
+    fn delete_topic_blocking(&self, topic: &str) -> Result<(), LogError> {
+        let _guard = self
+            .inner
+            .create_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let io = |e| LogError::io(format!("deleting topic {topic:?}"), e);
+        let trash = self.inner.root.join("trash");
+        self.inner.storage.create_dir_all(&trash).map_err(io)?;
+        // Positions first: a crash after leaves a topic being deleted without them
+        // (deleted again by whoever asked); one before the rename would leave them to
+        // a topic created again under this name.
+        self.inner.groups.forget_topic(topic)?;
+        let dir = self.topic_dir(topic);
+        let gone = trash.join(format!("{topic}.{}", now_ms()));
+        self.inner.storage.rename(&dir, &gone).map_err(io)?;
+        self.inner
+            .storage
+            .sync_dir(&self.inner.root.join("topics"))
+            .map_err(io)?;
+        self.inner.storage.sync_dir(&trash).map_err(io)?;
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+        self.inner.files.forget_under(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&gone) {
+            warn!(dir = %gone.display(), %e, "a deleted topic's files could not be removed; they are removed at the next start");
+        }
+        Ok(())
+    }
+
+    /// Removes what deletions left in `trash/` (a crash between the rename and the
+    /// removal).
+    fn empty_trash(&self) {
+        let trash = self.inner.root.join("trash");
+        let Ok(entries) = std::fs::read_dir(&trash) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                warn!(dir = %e.path().display(), %err, "cannot remove a deleted topic's files");
+            }
+        }
+    }
+
     fn topic_handle(&self, topic: &str) -> Result<Arc<TopicHandle>, LogError> {
         self.inner
             .topics
@@ -648,6 +701,24 @@ impl Log for EmbeddedLog {
         let (log, group, topic) = (self.clone(), group.to_owned(), topic.to_owned());
         let positions = positions.to_vec();
         blocking(move || log.inner.groups.commit(&group, &topic, &positions)).await
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        validate_name(topic)?;
+        // Writers stop first (appends fail with `Closed` from here on), while the topic
+        // is still known: a creation of the same name meanwhile finds it, not its files.
+        let handle = self.topic_handle(topic)?;
+        for p in &handle.partitions {
+            p.shutdown(Duration::from_secs(30)).await;
+        }
+        let (log, topic) = (self.clone(), topic.to_owned());
+        blocking(move || log.delete_topic_blocking(&topic)).await
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<(), LogError> {
+        validate_name(group)?;
+        let (log, group) = (self.clone(), group.to_owned());
+        blocking(move || log.inner.groups.delete(&group)).await
     }
 
     async fn quarantined(

@@ -85,6 +85,16 @@ impl FileCache {
             .remove(path);
     }
 
+    /// Forgets every file under `dir` (its topic was deleted: a topic created again
+    /// under that name has files of the same names).
+    pub(crate) fn forget_under(&self, dir: &Path) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .files
+            .retain(|path, _| !path.starts_with(dir));
+    }
+
     /// Files open now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -172,6 +172,32 @@ impl GroupStore {
         Ok(())
     }
 
+    /// Drops every group's positions on `topic` (it was deleted): each group file that
+    /// had some is rewritten without them (blocking I/O).
+    pub(crate) fn forget_topic(&self, topic: &str) -> Result<(), LogError> {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, g) in groups.iter_mut() {
+            let before = g.positions.len();
+            g.positions.retain(|(t, _), _| t != topic);
+            if g.positions.len() != before {
+                self.compact(name, g)
+                    .map_err(|e| LogError::io(format!("rewriting group {name:?}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a group and its file (blocking I/O). A group that has none: nothing to do.
+    pub(crate) fn delete(&self, group: &str) -> Result<(), LogError> {
+        let io = |e| LogError::io(format!("deleting group {group:?}"), e);
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if groups.remove(group).is_none() {
+            return Ok(());
+        }
+        self.storage.remove_file(&self.path(group)).map_err(io)?;
+        self.storage.sync_dir(&self.dir).map_err(io)
+    }
+
     fn path(&self, group: &str) -> PathBuf {
         self.dir.join(format!("{group}.offsets"))
     }

@@ -424,6 +424,24 @@ pub trait Log: Send + Sync + std::fmt::Debug {
         Ok(Claim::default())
     }
 
+    /// Deletes a topic and every record in it; on the embedded engine also every
+    /// group's positions on it (Kafka's coordinator drops those itself). Returns once
+    /// the topic is gone from the engine's metadata; a topic of the same name created
+    /// after is a new, empty topic. [`LogError::TopicNotFound`] when there is none.
+    async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
+        Err(LogError::Invalid(format!(
+            "cannot delete topic {topic:?}: this engine does not delete topics"
+        )))
+    }
+
+    /// Deletes a consumer group's committed positions (every topic). A group that has
+    /// none is not an error.
+    async fn delete_group(&self, group: &str) -> Result<(), LogError> {
+        Err(LogError::Invalid(format!(
+            "cannot delete group {group:?}: this engine does not delete groups"
+        )))
+    }
+
     /// Offset ranges of a partition that were quarantined as damaged (see
     /// [`quarantine`]): readers skip them. Empty for an engine without quarantine.
     async fn quarantined(
