@@ -239,6 +239,9 @@ async fn node_of(admin: &str, node: &str) -> Result<String> {
     match found["state"].as_str() {
         Some("published") => Ok(format!("stages.{stage}")),
         Some("candidate") => Ok(format!("stages.{stage}-v{version}")),
+        Some("collected") => anyhow::bail!(
+            "version {version} of stages.{stage} was collected (hifi versions gc): its fingerprint went with its topics"
+        ),
         _ => anyhow::bail!(
             "version {version} of stages.{stage} is retired: its fingerprint is not running"
         ),

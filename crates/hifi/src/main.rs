@@ -156,7 +156,11 @@ enum Command {
     },
     /// Versions of a running instance's versioned stages: hash, topic, state, diff
     /// against the published one, a candidate's backfill progress and audits.
+    /// `hifi versions gc` deletes retired versions' topics.
+    #[command(args_conflicts_with_subcommands = true)]
     Versions {
+        #[command(subcommand)]
+        action: Option<versions_cmd::Action>,
         #[command(flatten)]
         admin: ops::Admin,
         /// Only this stage.
@@ -239,7 +243,20 @@ fn main() -> std::process::ExitCode {
             Command::Dlq(cmd) => ops::dlq(cmd).await,
             Command::Loss { admin, from, to } => ops::loss(admin, from, to).await,
             Command::Trace { admin, origin, id } => ops::trace(admin, origin, id).await,
-            Command::Versions { admin, stage } => versions_cmd::versions(admin, stage).await,
+            Command::Versions {
+                action:
+                    Some(versions_cmd::Action::Gc {
+                        admin,
+                        stage,
+                        dry_run,
+                    }),
+                ..
+            } => versions_cmd::gc(admin, stage, dry_run).await,
+            Command::Versions {
+                action: None,
+                admin,
+                stage,
+            } => versions_cmd::versions(admin, stage).await,
             Command::Publish {
                 admin,
                 stage,

@@ -1,5 +1,6 @@
-//! `hifi versions [STAGE]` and `hifi publish STAGE VERSION`: a running instance's stage
-//! versions (admin API `/v1/versions`) and publishing a candidate.
+//! `hifi versions [STAGE]`, `hifi versions gc` and `hifi publish STAGE VERSION`: a
+//! running instance's stage versions (admin API `/v1/versions`), removing retired ones'
+//! topics, and publishing a candidate.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -8,6 +9,23 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::ops::{self, Admin};
+
+/// `hifi versions` actions.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Delete the topics and consumer groups of retired versions (neither published
+    /// nor the file's candidate): nothing reads them. A collected version that the
+    /// file names again backfills anew. Its fingerprints go with its topics.
+    Gc {
+        #[command(flatten)]
+        admin: Admin,
+        /// Only this stage's versions.
+        stage: Option<String>,
+        /// Say what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
 
 /// How long `hifi publish` waits for the nodes to come back on the new version.
 const PUBLISH_WAIT: Duration = Duration::from_secs(120);
@@ -125,4 +143,51 @@ pub async fn publish(
         "v{version} of stages.{stage} was not published within {} s; see the instance's log",
         PUBLISH_WAIT.as_secs()
     )
+}
+
+/// `hifi versions gc [STAGE] [--dry-run]`.
+pub async fn gc(admin: Admin, stage: Option<String>, dry_run: bool) -> Result<ExitCode> {
+    let body = serde_json::json!({ "stage": stage, "dry_run": dry_run });
+    let v = ops::post(&admin, "/v1/versions/gc", &body).await?;
+    if admin.json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let collected = v["collected"].as_array().cloned().unwrap_or_default();
+    if collected.is_empty() {
+        outln!("no retired versions to collect");
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for c in collected {
+        let topics: Vec<&str> = c["topics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        outln!(
+            "stages.{}@{}: {verb} {} ({} records) and group {}{}{}",
+            c["stage"].as_str().unwrap_or(""),
+            c["version"].as_str().unwrap_or(""),
+            if topics.is_empty() {
+                "no topics".to_owned()
+            } else {
+                topics.join(", ")
+            },
+            c["records"]
+                .as_u64()
+                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+            c["group"].as_str().unwrap_or(""),
+            match c["dead_letters"].as_u64() {
+                Some(n) if n > 0 => format!(", with {n} dead letters of its life as a candidate"),
+                _ => String::new(),
+            },
+            if c["resumed"] == true {
+                " (finishing an earlier collection)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,16 @@ pub(crate) fn transient(e: &KafkaError) -> bool {
     )
 }
 
+/// Errors of a commit from outside a group that still has members (or a member whose
+/// generation moved on): they pass once the group's members left or rejoined.
+pub(crate) fn membership(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::UnknownMemberId | C::IllegalGeneration | C::RebalanceInProgress)
+    )
+}
+
 /// Runs a blocking cluster request until it succeeds, fails otherwise than
 /// [`transient`]ly, or [`TRANSIENT_RETRY`] has passed.
 pub(crate) fn retrying<T>(request: impl FnMut() -> Result<T, KafkaError>) -> Result<T, KafkaError> {

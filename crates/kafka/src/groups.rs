@@ -68,10 +68,19 @@ impl ConsumerContext for MemberContext {
 pub(crate) struct Member {
     pub(crate) consumer: Arc<BaseConsumer<MemberContext>>,
     stop: Arc<AtomicBool>,
+    /// Counted here as leaving from its drop until its thread closed the consumer.
+    leaving: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    group: String,
 }
 
 impl Drop for Member {
     fn drop(&mut self) {
+        *self
+            .leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.group.clone())
+            .or_default() += 1;
         self.consumer
             .context()
             .closing
@@ -105,13 +114,7 @@ impl KafkaLog {
             }
         });
         let held = AbortOnDrop(holder);
-        let session_ms: u64 = self
-            .cfg
-            .client
-            .get("session.timeout.ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
-        let deadline = Instant::now() + Duration::from_millis(session_ms) + Duration::from_secs(5);
+        let deadline = Instant::now() + self.session_timeout() + Duration::from_secs(5);
         let g = self.name(&group);
         loop {
             let (meta, g2) = (self.meta.clone(), g.clone());
@@ -172,6 +175,18 @@ impl KafkaLog {
     }
 }
 
+impl KafkaLog {
+    /// This process's members of group `g` (prefixed) that stopped and are leaving.
+    fn leaving_members(&self, g: &str) -> usize {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(g)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// Aborts a task when dropped (the claim's holder).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -192,6 +207,13 @@ impl KafkaLog {
         validate_name(group)?;
         self.partitions(topic).await?;
         let g = self.name(group);
+        // A member of this process that stopped (a node restarted: a publish, a reload)
+        // leaves first: joining beside it starts a rebalance in which it revokes
+        // partitions nobody will release, and commits wait behind it.
+        let deadline = Instant::now() + self.session_timeout();
+        while self.leaving_members(&g) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (membership, control) = Membership::dynamic();
         let ctx = MemberContext {
             control,
@@ -211,6 +233,7 @@ impl KafkaLog {
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (consumer, stop, g) = (consumer.clone(), stop.clone(), g.clone());
+            let leaving = self.leaving.clone();
             std::thread::Builder::new()
                 .name(format!("kafka-member-{group}"))
                 .spawn(move || {
@@ -221,13 +244,27 @@ impl KafkaLog {
                         }
                     }
                     consumer.unsubscribe();
+                    // The last reference (the member is gone): closing leaves the group.
+                    drop(consumer);
+                    let mut l = leaving.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(n) = l.get_mut(&g) {
+                        *n -= 1;
+                        if *n == 0 {
+                            l.remove(&g);
+                        }
+                    }
                 })
                 .map_err(|e| LogError::Io {
                     context: "starting a group member thread".into(),
                     source: e,
                 })?;
         }
-        let member = Arc::new(Member { consumer, stop });
+        let member = Arc::new(Member {
+            consumer,
+            stop,
+            leaving: self.leaving.clone(),
+            group: g.clone(),
+        });
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())

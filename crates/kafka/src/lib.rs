@@ -73,11 +73,13 @@ pub struct KafkaLog {
     cfg: KafkaConfig,
     /// Replaced when librdkafka declares it fatally failed (see [`KafkaLog::producer`]).
     producer: Mutex<Arc<FutureProducer>>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
     /// For metadata, watermarks and offsets for times.
     meta: Arc<BaseConsumer>,
     readers: Mutex<HashMap<(String, u32), SharedReader>>,
     members: Mutex<HashMap<String, Weak<Member>>>,
+    /// Per group, this process's members that stopped and have not left yet.
+    leaving: Arc<Mutex<HashMap<String, usize>>>,
     committers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     partition_counts: Mutex<HashMap<String, u32>>,
 }
@@ -152,10 +154,11 @@ impl KafkaLog {
         Ok(KafkaLog {
             cfg,
             producer: Mutex::new(Arc::new(producer)),
-            admin,
+            admin: Arc::new(admin),
             meta: Arc::new(meta),
             readers: Mutex::default(),
             members: Mutex::default(),
+            leaving: Arc::default(),
             committers: Mutex::default(),
             partition_counts: Mutex::default(),
         })
@@ -200,6 +203,17 @@ impl KafkaLog {
         tpl.add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(offset))
             .map_err(|e| kafka_err(what, e))?;
         Ok(tpl)
+    }
+
+    /// The group members' session timeout (`session.timeout.ms`, default 10 s).
+    pub(crate) fn session_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.cfg
+                .client
+                .get("session.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000),
+        )
     }
 
     fn name(&self, topic: &str) -> String {
@@ -692,9 +706,22 @@ impl Log for KafkaLog {
             })
             .await;
         }
+        // Not a member here: the coordinator takes the commit only from outside the
+        // group's generation, so while members are still in it (a node of this process
+        // that just stopped is leaving, one that was killed is timing out) it answers
+        // "unknown member": asked again until its session would have ended.
         let c = self.committer(&g)?;
+        let session = self.session_timeout() + Duration::from_secs(5);
         blocking(move || {
-            retrying(|| c.commit(&tpl, CommitMode::Sync)).map_err(|e| kafka_err(what, e))
+            let deadline = Instant::now() + session;
+            loop {
+                match retrying(|| c.commit(&tpl, CommitMode::Sync)) {
+                    Err(e) if errors::membership(&e) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    r => return r.map_err(|e| kafka_err(what, e)),
+                }
+            }
         })
         .await
     }
@@ -804,9 +831,12 @@ impl Log for KafkaLog {
         // The controller deletes asynchronously: wait until metadata no longer shows it.
         let deadline = Instant::now() + TRANSIENT_RETRY;
         loop {
-            let (meta, n) = (self.meta.clone(), name.clone());
+            // Asked through the admin client: a consumer asked for a topic's metadata
+            // keeps asking for it, and its close waited on the deleted topic.
+            let (admin, n) = (self.admin.clone(), name.clone());
             let listed = blocking(move || {
-                let md = meta
+                let md = admin
+                    .inner()
                     .fetch_metadata(Some(&n), REQUEST_TIMEOUT)
                     .map_err(|e| kafka_err(format!("reading metadata of {n}"), e))?;
                 Ok(md
@@ -831,14 +861,15 @@ impl Log for KafkaLog {
 
     async fn delete_group(&self, group: &str) -> Result<(), LogError> {
         validate_name(group)?;
+        let group = self.name(group); // groups carry the prefix too
         self.committers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(group);
+            .remove(&group);
         let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
         let results = self
             .admin
-            .delete_groups(&[group], &opts)
+            .delete_groups(&[group.as_str()], &opts)
             .await
             .map_err(|e| kafka_err(format!("deleting group {group}"), e))?;
         for r in results {

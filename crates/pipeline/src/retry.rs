@@ -54,7 +54,8 @@ pub fn dlq_topic(sink: &str) -> String {
     format!("__dlq.{sink}")
 }
 
-fn redriven_topic(sink: &str) -> String {
+/// Topic of the dead letters a sink (or stage) re-drove.
+pub fn redriven_topic(sink: &str) -> String {
     format!("__dlq.{sink}.redriven")
 }
 

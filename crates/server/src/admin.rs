@@ -12,6 +12,7 @@
 //! | `GET /v1/signals?type=&limit=` | the newest bucket signals (`hifi.bucket.complete`, `hifi.bucket.updated`) as CloudEvents — see [`crate::fingerprints`] |
 //! | `GET /v1/versions?stage=` | versioned stages: each version's hash, topic, state, definition and diff, a candidate's backfill progress and ETA and failed blocking audits — see [`crate::versions`] |
 //! | `POST /v1/versions/{stage}/{version}/publish` | publishes a candidate version (202; the nodes stop, it is recorded, they start on it) |
+//! | `POST /v1/versions/gc` | deletes retired versions' topics and groups (`{"stage"?, "dry_run"?}`); answers what it collected |
 //! | `POST /v1/sinks/{sink}/replay` | delivers again the events of a range of event time the sink read — see [`crate::replay`] |
 //! | `GET /v1/scale` | autoscaling signals per stage and sink: rates, busy ratio, backlog, sustainable rate per replica, recommended replicas and why — see [`crate::scale`] |
 //! | `GET /v1/events/{origin}/trace` | where one event went (`origin` = `topic/partition/offset`, URL-encoded) |
@@ -121,6 +122,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/fingerprints", get(crate::fingerprints::fingerprints))
         .route("/v1/signals", get(crate::fingerprints::signals))
         .route("/v1/versions", get(crate::versions::versions))
+        .route("/v1/versions/gc", axum::routing::post(crate::versions::gc))
         .route(
             "/v1/versions/{stage}/{version}/publish",
             axum::routing::post(crate::versions::publish),

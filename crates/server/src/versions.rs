@@ -7,6 +7,11 @@
 //! stage's candidate: it stops the nodes (draining), records the publish and starts
 //! them again on it; answers 202 at once (the admin API goes away for that moment).
 //! It changes state: it needs a token of `[admin.auth]` when configured.
+//!
+//! `POST /v1/versions/gc` (body optional: `{"stage"?: S, "dry_run"?: true}`) — deletes
+//! retired versions' topics and consumer groups (see
+//! [`hifi_pipeline::versions::gc`]); answers what it collected. A dry run changes
+//! nothing (and needs no token).
 
 use std::sync::Arc;
 
@@ -62,19 +67,13 @@ pub fn describe(
         let versions: Vec<Value> = versions
             .into_iter()
             .map(|v| {
-                let state = if v.version == plan.published {
-                    "published"
-                } else if plan.candidate.as_deref() == Some(v.version.as_str()) {
-                    "candidate"
-                } else {
-                    "retired"
-                };
+                let state = hifi_pipeline::versions::state_of(plan, v);
                 let node = if state == "candidate" {
                     format!("stages.{}", hifi_pipeline::versions::candidate_name(&plan.stage, &v.version))
                 } else {
                     format!("stages.{}", plan.stage)
                 };
-                let fingerprint = (state != "retired")
+                let fingerprint = matches!(state, "published" | "candidate")
                     .then(|| fingerprints.iter().find(|f| f.node == node))
                     .flatten()
                     .map(|f| {
@@ -95,6 +94,7 @@ pub fn describe(
                     "topic": v.topic,
                     "created": hifi_pipeline::event::rfc3339_ms(v.created_ms),
                     "published_at": v.published_ms.map(hifi_pipeline::event::rfc3339_ms),
+                    "collected_at": v.collected_ms.map(hifi_pipeline::event::rfc3339_ms),
                     "backfill_from": v.backfill_from_ms.map(hifi_pipeline::event::rfc3339_ms),
                     "definition": v.definition,
                     "input_schema": v.input_schema,
@@ -198,5 +198,63 @@ pub async fn publish(
             };
             error(code, &e, json!({}))
         }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcBody {
+    stage: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Answers `POST /v1/versions/gc`.
+pub async fn gc(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let b: GcBody =
+        if body.iter().all(u8::is_ascii_whitespace) {
+            GcBody::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the body must be {{\"stage\"?: S, \"dry_run\"?: bool}} (or empty): {e}"
+                    ),
+                    json!({}),
+                ),
+            }
+        };
+    if !b.dry_run {
+        if let Err(r) = crate::admin::may_change_state(&s, &headers) {
+            return *r;
+        }
+    }
+    if let Some(stage) = &b.stage {
+        if !s.versions.plans.iter().any(|p| &p.stage == stage) {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("stages.{stage} has no versions here (`versions = {{ … }}` on the stage)"),
+                json!({}),
+            );
+        }
+    }
+    match hifi_pipeline::versions::gc::collect(
+        s.log.as_ref(),
+        &s.versions,
+        b.stage.as_deref(),
+        b.dry_run,
+    )
+    .await
+    {
+        Ok(collected) => {
+            Json(json!({"dry_run": b.dry_run, "collected": collected})).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e, json!({})),
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 mod producers;
+pub mod versions;
 #[allow(unused_imports)] // only the tests that kill a whole cluster
 pub use cluster::{Cluster, OWN_CLUSTER};
 #[allow(unused_imports)] // not every test binary posts with producers

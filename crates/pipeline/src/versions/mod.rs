@@ -30,6 +30,7 @@
 //! where it was ahead, so that the ledger, which counts the published version under
 //! the stage's name, sees every event (events between are written twice, same ids).
 
+pub mod gc;
 pub mod publish;
 pub mod registry;
 pub mod watch;
@@ -210,6 +211,33 @@ pub fn version_topic(output: &str, version: &str) -> String {
     format!("{output}.v{version}")
 }
 
+/// What a version's topic and group names end with in its life after `collections`
+/// collections (`hifi versions gc`): nothing at first, then `.r1`, `.r2`… — a version
+/// run again after its topics were removed starts anew, never in a topic of the same
+/// name (Kafka deletes asynchronously) nor from its old group's positions.
+pub fn generation_suffix(collections: u32) -> String {
+    if collections == 0 {
+        String::new()
+    } else {
+        format!(".r{collections}")
+    }
+}
+
+/// A version's state as `hifi versions` shows it: `published`, `candidate` (the file's
+/// version, running beside the published one), `collected` (retired, its topics
+/// removed) or `retired`.
+pub fn state_of(plan: &Plan, v: &registry::Version) -> &'static str {
+    if v.version == plan.published {
+        "published"
+    } else if plan.candidate.as_deref() == Some(v.version.as_str()) {
+        "candidate"
+    } else if v.collected_ms.is_some() {
+        "collected"
+    } else {
+        "retired"
+    }
+}
+
 /// Checks `versions` keys and what they need (`hifi validate`).
 pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
@@ -334,6 +362,11 @@ pub struct Live {
     pub registry: Mutex<Registry>,
     /// Per stage, its candidate's state ([`watch`]).
     pub status: Mutex<watch::Statuses>,
+    /// Every topic a node of the running pipeline reads or writes ([`gc`] never removes
+    /// one of them).
+    pub topics_in_use: std::collections::BTreeSet<String>,
+    /// One collection at a time.
+    pub(crate) collecting: tokio::sync::Mutex<()>,
     /// Publish requests for `hifi run`, which stops the nodes, publishes, and starts
     /// them again.
     requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Request>>>,
@@ -353,12 +386,18 @@ pub struct Request {
 
 impl Live {
     /// For the plans started.
-    pub fn new(plans: Vec<Plan>, registry: Registry) -> Live {
+    pub fn new(
+        plans: Vec<Plan>,
+        registry: Registry,
+        topics_in_use: std::collections::BTreeSet<String>,
+    ) -> Live {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Live {
             plans,
             registry: Mutex::new(registry),
             status: Mutex::default(),
+            topics_in_use,
+            collecting: tokio::sync::Mutex::default(),
             requests: Mutex::new(Some(tx)),
             receiver: Mutex::new(Some(rx)),
         }
@@ -487,16 +526,16 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             .stages
             .get(name)
             .is_none_or(|s| s.published.is_none());
-        let known = registry
-            .stages
-            .get(name)
-            .is_some_and(|s| s.versions.contains_key(&h));
+        let before = registry.stages.get(name).and_then(|s| s.versions.get(&h));
+        let known = before.is_some_and(|v| v.collected_ms.is_none());
+        // A collected version run again: new names (see `generation_suffix`).
+        let suffix = generation_suffix(before.map_or(0, |v| v.collections + 1));
         let versions = file.versions.clone().expect("versioned");
         if !known {
             let group = if first {
                 format!("stage.{name}")
             } else {
-                format!("stage.{}", candidate_name(name, &h))
+                format!("stage.{}{suffix}", candidate_name(name, &h))
             };
             let from = if first {
                 None
@@ -506,7 +545,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             let topic = if first && holds_records(log, file.output.get_ref()).await {
                 file.output.get_ref().clone()
             } else {
-                version_topic(file.output.get_ref(), &h)
+                version_topic(file.output.get_ref(), &h) + &suffix
             };
             if !first {
                 start_backfill(log, &group, &input_topic, from).await?;
@@ -630,7 +669,27 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         config: cfg,
         ..loaded.clone()
     };
-    Ok((loaded, Live::new(plans, registry)))
+    let topics_in_use = loaded
+        .config
+        .sources
+        .values()
+        .map(|s| s.topic.get_ref().clone())
+        .chain(
+            loaded
+                .config
+                .stages
+                .values()
+                .flat_map(|s| [s.input.get_ref().clone(), s.output.get_ref().clone()]),
+        )
+        .chain(
+            loaded
+                .config
+                .sinks
+                .values()
+                .map(|s| s.input.get_ref().clone()),
+        )
+        .collect();
+    Ok((loaded, Live::new(plans, registry, topics_in_use)))
 }
 
 /// Whether `topic` exists and holds records (a stage gaining `versions` keeps writing

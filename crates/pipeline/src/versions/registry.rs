@@ -52,6 +52,17 @@ pub enum Change {
         #[serde(default)]
         redeliver_from_ms: Option<i64>,
     },
+    /// A retired version's topics and consumer group are being removed (`hifi versions
+    /// gc`), recorded before they are: a version run again after this starts anew in
+    /// a topic and group of new names.
+    Collected {
+        stage: String,
+        version: String,
+        /// What is deleted: its topic and its fingerprint's checkpoint topic.
+        topics: Vec<String>,
+        group: String,
+        at_ms: i64,
+    },
 }
 
 /// One version as the registry knows it.
@@ -67,6 +78,11 @@ pub struct Version {
     pub created_ms: i64,
     /// When it was published (the latest time), if ever.
     pub published_ms: Option<i64>,
+    /// When its topics were collected (`hifi versions gc`), if they were.
+    pub collected_ms: Option<i64>,
+    /// How many times it was collected before (its topic and group of this life are
+    /// named after it: [`super::generation_suffix`]).
+    pub collections: u32,
 }
 
 /// Every versioned stage's versions, and which one is published.
@@ -155,17 +171,29 @@ impl Registry {
                 at_ms,
             } => {
                 let s = self.stages.entry(stage).or_default();
-                s.versions.entry(version.clone()).or_insert(Version {
-                    version,
-                    definition,
-                    input_schema,
-                    input_version,
-                    group,
-                    topic,
-                    backfill_from_ms,
-                    created_ms: at_ms,
-                    published_ms: None,
-                });
+                // A collected version created again starts a new life; any other
+                // repeat (a crash before the first was applied) changes nothing.
+                let collections = match s.versions.get(&version) {
+                    Some(v) if v.collected_ms.is_some() => v.collections + 1,
+                    Some(_) => return,
+                    None => 0,
+                };
+                s.versions.insert(
+                    version.clone(),
+                    Version {
+                        version,
+                        definition,
+                        input_schema,
+                        input_version,
+                        group,
+                        topic,
+                        backfill_from_ms,
+                        created_ms: at_ms,
+                        published_ms: None,
+                        collected_ms: None,
+                        collections,
+                    },
+                );
             }
             Change::Published {
                 stage,
@@ -185,16 +213,33 @@ impl Registry {
                     redeliver_from_ms,
                 });
             }
+            Change::Collected {
+                stage,
+                version,
+                at_ms,
+                ..
+            } => {
+                let s = self.stages.entry(stage).or_default();
+                if let Some(v) = s.versions.get_mut(&version) {
+                    v.collected_ms = Some(at_ms);
+                }
+            }
         }
     }
 
     /// Appends a change durably, then applies it.
     pub async fn record(&mut self, log: &dyn Log, change: Change) -> Result<(), LogError> {
-        let value = serde_json::to_vec(&change).expect("a version record serializes");
-        let now = chrono::Utc::now().timestamp_millis();
-        log.append(VERSIONS_TOPIC, 0, vec![Record::new(value, now)])
-            .await?;
+        Self::append(log, &change).await?;
         self.apply(change);
         Ok(())
+    }
+
+    /// Appends a change durably (apply it after to the registries that should know).
+    pub async fn append(log: &dyn Log, change: &Change) -> Result<(), LogError> {
+        let value = serde_json::to_vec(change).expect("a version record serializes");
+        let now = chrono::Utc::now().timestamp_millis();
+        log.append(VERSIONS_TOPIC, 0, vec![Record::new(value, now)])
+            .await
+            .map(|_| ())
     }
 }
