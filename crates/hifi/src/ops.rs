@@ -227,14 +227,18 @@ pub async fn loss(admin: Admin, from: Option<String>, to: Option<String>) -> Res
         for n in b["nodes"].as_array().into_iter().flatten() {
             let g = |k: &str| n[k].as_u64().unwrap_or(0);
             outln!(
-                "    {:<16} seen {:>8}  lost {:>6}  filtered {:>6}  dead-lettered {:>6}  delivered {:>8}  retrying {:>6}",
+                "    {:<16} seen {:>8}  lost {:>6}  filtered {:>6}  dead-lettered {:>6}  delivered {:>8}  retrying {:>6}{}",
                 n["node"].as_str().unwrap_or(""),
                 g("seen"),
                 g("lost"),
                 g("filtered"),
                 g("dead_lettered"),
                 g("delivered"),
-                g("retrying")
+                g("retrying"),
+                match g("redelivered") {
+                    0 => String::new(),
+                    r => format!("  (of them {r} re-delivered by a publish)"),
+                }
             );
         }
         for l in b["lost"].as_array().into_iter().flatten().take(5) {

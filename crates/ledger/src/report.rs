@@ -21,6 +21,10 @@ pub struct NodeLoss {
     /// Taken into a window's result (window stages).
     #[serde(default)]
     pub aggregated: u64,
+    /// Delivered again by a version's re-delivery (`hifi publish --redeliver-from`;
+    /// sinks): also in `delivered`, never a duplicate or loss.
+    #[serde(default)]
+    pub redelivered: u64,
 }
 
 /// A lost origin and the node it was lost at.

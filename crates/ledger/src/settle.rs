@@ -373,6 +373,7 @@ impl Ledger {
                 dead_lettered: count(&get(&n.name, Outcome::DeadLettered)),
                 retrying: count(&difference(&get(&n.name, Outcome::Retrying), &terminal)),
                 aggregated: count(&get(&n.name, Outcome::Aggregated)),
+                redelivered: count(&get(&n.name, Outcome::Redelivered)),
             });
         }
         let mut events = OriginSet::new();

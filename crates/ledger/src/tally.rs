@@ -31,17 +31,21 @@ pub enum Outcome {
     /// Taken into an event-time window's result (a window stage): the window's output
     /// events carry it on as new origins.
     Aggregated,
+    /// Delivered again after a publish with `--redeliver-from` (a sink; together with
+    /// `Delivered`): counted apart, neither a duplicate nor loss.
+    Redelivered,
 }
 
 impl Outcome {
     /// All outcomes, in code order.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Passed,
         Outcome::Delivered,
         Outcome::Filtered,
         Outcome::DeadLettered,
         Outcome::Retrying,
         Outcome::Aggregated,
+        Outcome::Redelivered,
     ];
 
     fn code(self) -> u8 {

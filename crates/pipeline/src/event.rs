@@ -117,6 +117,10 @@ pub mod header {
     /// On a stage's output re-driven from its dead letters: a reader's publish cut
     /// ([`crate::versions::Cut`]) never passes over it, whatever its origin.
     pub const REDRIVEN: &str = "hifi-redriven";
+    /// On a record a sink delivers again after a publish with `--redeliver-from` (one it
+    /// had delivered from the version before): its ledger outcome is `redelivered` too.
+    /// Set when the sink reads it; kept through its retry topics.
+    pub const REDELIVERY: &str = "hifi-redelivery";
 }
 
 /// How the value is shaped.

@@ -215,21 +215,22 @@ pub async fn gc(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let b: GcBody =
-        if body.iter().all(u8::is_ascii_whitespace) {
-            GcBody::default()
-        } else {
-            match serde_json::from_slice(&body) {
-                Ok(b) => b,
-                Err(e) => return error(
+    let b: GcBody = if body.iter().all(u8::is_ascii_whitespace) {
+        GcBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
                     StatusCode::BAD_REQUEST,
                     &format!(
                         "the body must be {{\"stage\"?: S, \"dry_run\"?: bool}} (or empty): {e}"
                     ),
                     json!({}),
-                ),
+                )
             }
-        };
+        }
+    };
     if !b.dry_run {
         if let Err(r) = crate::admin::may_change_state(&s, &headers) {
             return *r;

@@ -341,6 +341,15 @@ impl Sink {
                 .iter()
                 .map(|i| (Outcome::Delivered, i.origin.as_ref(), i.event_time_ms)),
         );
+        let again = |i: &&Item| i.record.header(crate::event::header::REDELIVERY).is_some();
+        if batch.iter().any(|i| again(&i)) {
+            self.ledger.outcomes(
+                batch
+                    .iter()
+                    .filter(again)
+                    .map(|i| (Outcome::Redelivered, i.origin.as_ref(), i.event_time_ms)),
+            );
+        }
         self.ledger.lags(
             batch.iter().map(|i| (i.event_time_ms, i.arrival_us)),
             departure_us,

@@ -96,6 +96,15 @@ impl Sink {
             if let Some(cut) = &self.cfg.skip {
                 // Delivered from the version published before (crate::versions).
                 items.retain(|i| !cut.passes_over(&i.origin, i.event_time_ms, &i.record));
+                // What it delivers all the same is a re-delivery (`--redeliver-from`).
+                for i in &mut items {
+                    if cut.redelivers(&i.origin, &i.record) {
+                        i.record.headers.push(hifi_log::Header {
+                            name: crate::event::header::REDELIVERY.into(),
+                            value: Vec::new().into(),
+                        });
+                    }
+                }
                 if items.is_empty() {
                     trackers[p as usize]
                         .lock()

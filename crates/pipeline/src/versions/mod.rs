@@ -100,6 +100,14 @@ impl Cut {
             && self.redeliver_from_ms.is_none_or(|t| event_time_ms < t)
     }
 
+    /// Whether a record that is not passed over is delivered a second time: below the
+    /// cut, not re-driven (so kept for `--redeliver-from`).
+    pub fn redelivers(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
+        self.redeliver_from_ms.is_some()
+            && self.skips(origin)
+            && record.header(crate::event::header::REDRIVEN).is_none()
+    }
+
     /// Whether a record with this origin is below the cut.
     pub fn skips(&self, origin: &Origin) -> bool {
         self.below
