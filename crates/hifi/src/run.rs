@@ -400,15 +400,38 @@ async fn publish_version(
             s.listen = *addr;
         }
     }
+    let mut failures = running
+        .pipeline
+        .versions
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let engine = running.stop_nodes().await;
     let log = engine.log();
     match hifi_pipeline::versions::publish(log.as_ref(), &loaded, req).await {
-        Ok(()) => tracing::info!(stage = %req.stage, version = %req.version, "published"),
-        Err(e) => tracing::error!(stage = %req.stage, version = %req.version,
-            "not published, the previous version goes on: {e}"),
+        Ok(()) => {
+            tracing::info!(stage = %req.stage, version = %req.version, "published");
+            failures.remove(&req.stage);
+        }
+        Err(e) => {
+            tracing::error!(stage = %req.stage, version = %req.version,
+                "not published, the previous version goes on: {e}");
+            failures.insert(
+                req.stage.clone(),
+                hifi_pipeline::versions::PublishFailure {
+                    version: req.version.clone(),
+                    error: e,
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                },
+            );
+        }
     }
     match start_on(engine, &loaded, current.1.clone(), &opts).await {
         Ok(r) => {
+            for (stage, f) in failures {
+                r.pipeline.versions.publish_failed(&stage, f);
+            }
             r.print_addresses(&loaded);
             Ok(r)
         }

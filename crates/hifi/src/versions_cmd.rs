@@ -120,6 +120,7 @@ pub async fn publish(
         Some(t) => serde_json::json!({ "redeliver_from": t }),
         None => serde_json::json!({}),
     };
+    let asked_ms = chrono::Utc::now().timestamp_millis();
     ops::post(&admin, &path, &body).await?;
     outln!(
         "publishing v{version} of stages.{stage}: the nodes stop (draining) and start again on it"
@@ -131,6 +132,17 @@ pub async fn publish(
         let Ok(v) = ops::get(&admin, &query).await else {
             continue; // the admin API is away while the nodes restart
         };
+        let failed = &v["stages"][0]["last_publish_failure"];
+        if failed["version"].as_str() == Some(version.as_str())
+            && failed["at_ms"]
+                .as_i64()
+                .is_some_and(|t| t >= asked_ms - 1_000)
+        {
+            bail!(
+                "v{version} of stages.{stage} was not published (the previous version goes on): {}",
+                failed["error"].as_str().unwrap_or("")
+            );
+        }
         if v["stages"][0]["published"].as_str() == Some(version.as_str()) {
             outln!(
                 "published: readers of {} now follow v{version}",

@@ -105,7 +105,17 @@ pub fn describe(
                 })
             })
             .collect();
+        let failure = live
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&plan.stage)
+            .cloned();
         out.push(json!({
+            "last_publish_failure": failure.map(|f| json!({
+                "version": f.version, "error": f.error,
+                "at": hifi_pipeline::event::rfc3339_ms(f.at_ms), "at_ms": f.at_ms,
+            })),
             "stage": plan.stage,
             "output": plan.output,
             "published": plan.published,

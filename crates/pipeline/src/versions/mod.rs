@@ -375,11 +375,25 @@ pub struct Live {
     pub topics_in_use: std::collections::BTreeSet<String>,
     /// One collection at a time.
     pub(crate) collecting: tokio::sync::Mutex<()>,
+    /// Per stage, the last publish that failed (carried over the nodes' restart).
+    pub failures: Mutex<BTreeMap<String, PublishFailure>>,
     /// Publish requests for `hifi run`, which stops the nodes, publishes, and starts
     /// them again.
     requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Request>>>,
     receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Request>>>,
 }
+
+/// A publish that failed: the previous version goes on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublishFailure {
+    pub version: String,
+    pub error: String,
+    pub at_ms: i64,
+}
+
+/// How long an automatic publish that failed waits before it is asked again (each try
+/// stops and starts the nodes).
+pub const AUTO_PUBLISH_RETRY_MS: i64 = 60_000;
 
 /// A request to publish.
 #[derive(Debug, Clone)]
@@ -406,9 +420,18 @@ impl Live {
             status: Mutex::default(),
             topics_in_use,
             collecting: tokio::sync::Mutex::default(),
+            failures: Mutex::default(),
             requests: Mutex::new(Some(tx)),
             receiver: Mutex::new(Some(rx)),
         }
+    }
+
+    /// Records a publish that failed (`hifi run`, once the nodes run again).
+    pub fn publish_failed(&self, stage: &str, failure: PublishFailure) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stage.to_owned(), failure);
     }
 
     /// The publish requests (taken once, by `hifi run`).

@@ -14,12 +14,16 @@ use crate::event::EventMeta;
 
 /// Least origin offset per `topic/partition` among the records of `topic` from `group`'s
 /// committed positions (the oldest record without one) to the end, folded into `cut`.
+/// Returns how many of those records are older (record time) than `covered_from`: the
+/// new version does not hold them (its backfill began after them).
 async fn fold_unread(
     log: &dyn Log,
     group: &str,
     topic: &str,
     cut: &mut BTreeMap<String, u64>,
-) -> Result<(), LogError> {
+    covered_from: Option<i64>,
+) -> Result<u64, LogError> {
+    let mut older = 0;
     for p in 0..log.partitions(topic).await? {
         let offsets = log.offsets(topic, p).await?;
         let mut pos = log
@@ -37,6 +41,9 @@ async fn fold_unread(
             let Some(last) = records.last() else { break };
             pos = last.offset + 1;
             for r in &records {
+                if covered_from.is_some_and(|t| r.record.timestamp_ms < t) {
+                    older += 1;
+                }
                 let o = EventMeta::of(topic, p, r).origin;
                 let key = format!("{}/{}", o.topic, o.partition);
                 let e = cut.entry(key).or_insert(o.offset);
@@ -44,7 +51,7 @@ async fn fold_unread(
             }
         }
     }
-    Ok(())
+    Ok(older)
 }
 
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
@@ -107,10 +114,22 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
             base.insert(format!("{t}/{p}"), end);
         }
     }
-    // The old version's unread input: its origins are not delivered yet.
-    fold_unread(log, &old_group, input, &mut base)
+    // The old version's unread input: its origins are not delivered yet. What the new
+    // version's backfill began after is in neither version: publishing would lose it.
+    let covered_from = new.backfill_from_ms;
+    let behind = |who: &str, n: u64| {
+        format!(
+            "cannot publish {} of stages.{stage}: {who} has {n} records still to handle that are older than its backfill start ({}), so not in its topic: wait until {who} catches up, or backfill the version from further back (`backfill_from`)",
+            new.version,
+            covered_from.map(crate::event::rfc3339_ms).unwrap_or_default()
+        )
+    };
+    let older = fold_unread(log, &old_group, input, &mut base, covered_from)
         .await
         .map_err(fail)?;
+    if older > 0 {
+        return Err(behind(&format!("the published version {old}"), older));
+    }
     let mut cuts = BTreeMap::new();
     let mut readers: Vec<(String, String)> = Vec::new();
     for (name, s) in &cfg.sinks {
@@ -143,10 +162,15 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
     }
     for (reader, group) in &readers {
         let mut cut = base.clone();
-        fold_unread(log, group, &old_topic, &mut cut)
+        let older = fold_unread(log, group, &old_topic, &mut cut, covered_from)
             .await
             .map_err(fail)?;
+        if older > 0 {
+            return Err(behind(reader, older));
+        }
         cuts.insert(reader.clone(), cut);
+    }
+    for (_, group) in &readers {
         log.commit_many(group, &new_topic, &starts)
             .await
             .map_err(fail)?;

@@ -236,7 +236,12 @@ pub async fn run(
                     error!(stage = %f.stage, version = %f.version, failed = %serde_json::Value::from(status.blocked_by.clone()),
                         "a blocking audit failed: the candidate version stays unpublished (the published one keeps serving)");
                 }
-            } else if f.auto && at_end && !waiting && publish.is_none() {
+            } else if f.auto
+                && at_end
+                && !waiting
+                && publish.is_none()
+                && !recently_failed(&live, &f.stage, &f.version)
+            {
                 status.state = "publishing".into();
                 publish = Some((f.stage.clone(), f.version.clone()));
             }
@@ -253,6 +258,18 @@ pub async fn run(
             return; // the nodes stop for the publish
         }
     }
+}
+
+/// Whether an automatic publish of this version failed less than
+/// [`super::AUTO_PUBLISH_RETRY_MS`] ago (a reader too far behind: trying again at once
+/// would only stop and start the nodes again).
+fn recently_failed(live: &Live, stage: &str, version: &str) -> bool {
+    let now = chrono::Utc::now().timestamp_millis();
+    live.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(stage)
+        .is_some_and(|f| f.version == version && now - f.at_ms < super::AUTO_PUBLISH_RETRY_MS)
 }
 
 /// A candidate stage's rate limit.
