@@ -434,7 +434,7 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
             format!(
                 "{EMBEDDED}[admin]\nlisten = \"127.0.0.1:0\"\n\
                  [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\
-                 [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\nversions = {{}}\n\
+                 [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\nversions = {{ backfill_from = \"1h\" }}\n\
                  [[stages.big.transforms]]\ntype = \"set\"\nfield = \"/stage\"\nvalue = \"{stage}\"\n\
                  [stages.tagged]\ninput = \"big-orders\"\noutput = \"tagged\"\nversions = {{ publish = \"auto\" }}\n\
                  [[stages.tagged.transforms]]\ntype = \"set\"\nfield = \"/tagged\"\nvalue = true\n\
@@ -507,6 +507,18 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
         newest["diff_against_published"], "",
         "same definition, new input: {tagged:#}"
     );
+    // Only its input changed: it recomputes from where big's new version began (an
+    // hour back), not from its own `backfill_from` (all retained input).
+    let big = versions_of(admin, "big").await;
+    let big_from = big["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == big_v2.as_str())
+        .unwrap()["backfill_from"]
+        .clone();
+    assert!(big_from.is_string(), "{big:#}");
+    assert_eq!(newest["backfill_from"], big_from, "{tagged:#}");
 
     let producers = Producers::named(
         "b",

@@ -571,7 +571,18 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             let from = if first {
                 None
             } else {
-                backfill_from_ms(&versions.backfill_from, now)?
+                let own = backfill_from_ms(&versions.backfill_from, now)?;
+                match recomputed_from(
+                    &registry,
+                    name,
+                    &def,
+                    upstream.as_ref().map(|u| u.1.as_str()),
+                ) {
+                    // Only its input changed: nothing before the upstream's new
+                    // version began recomputing can differ.
+                    Some(t) => Some(own.map_or(t, |o| o.max(t))),
+                    None => own,
+                }
             };
             let topic = if first && holds_records(log, file.output.get_ref()).await {
                 file.output.get_ref().clone()
@@ -721,6 +732,28 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         )
         .collect();
     Ok((loaded, Live::new(plans, registry, topics_in_use)))
+}
+
+/// For a stage whose new version differs from its published one only by the version of
+/// the versioned stage it reads (`upstream`): where that upstream's published version
+/// began its backfill (record time, ms) — the earliest bucket its corrections can touch.
+/// `None` when the stage's own definition changed too, or the upstream recomputed from
+/// the oldest retained input (then its own `backfill_from` rules).
+fn recomputed_from(
+    registry: &Registry,
+    stage: &str,
+    def: &Definition,
+    upstream: Option<&str>,
+) -> Option<i64> {
+    let sv = registry.stages.get(stage)?;
+    let published = sv.versions.get(&sv.published.as_ref()?.version)?;
+    if published.definition != def.text || published.input_schema != def.input_schema {
+        return None;
+    }
+    let up = registry.stages.get(upstream?)?;
+    up.versions
+        .get(&up.published.as_ref()?.version)?
+        .backfill_from_ms
 }
 
 /// Whether `topic` exists and holds records (a stage gaining `versions` keeps writing
