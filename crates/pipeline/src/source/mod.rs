@@ -15,7 +15,7 @@
 mod lane;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hifi_log::{Bytes, Log, LogError, Record};
@@ -497,8 +497,14 @@ impl HttpSource {
         let me = self.clone();
         let span = tracing::info_span!(target: crate::otel::TARGET, "append",
             topic = %self.topic, events = batch.records.len());
+        // One engine error per append: a timeout here, or the append's own failure.
+        let counted = Arc::new(AtomicBool::new(false));
+        let counted_by_task = counted.clone();
         let work = tokio::spawn(tracing::Instrument::instrument(
-            async move { me.append_and_record(which, batch, arrival_us).await },
+            async move {
+                me.append_and_record(which, batch, arrival_us, &counted_by_task)
+                    .await
+            },
             span,
         ));
         let done = match limit {
@@ -506,9 +512,11 @@ impl HttpSource {
             Some(limit) => match tokio::time::timeout(limit, work).await {
                 Ok(done) => done,
                 Err(_) => {
-                    self.stats
-                        .engine_errors_total
-                        .fetch_add(1, Ordering::Relaxed);
+                    if !counted.swap(true, Ordering::Relaxed) {
+                        self.stats
+                            .engine_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(LogError::Io {
                         context: format!("appending to {}", self.topic),
                         source: std::io::Error::new(
@@ -569,6 +577,7 @@ impl HttpSource {
         which: Which,
         batch: Batch,
         arrival_us: i64,
+        counted: &AtomicBool,
     ) -> Result<(), LogError> {
         let Batch {
             records,
@@ -584,9 +593,11 @@ impl HttpSource {
             Ok(o) => o,
             Err(e) => {
                 lane.end(partition, None);
-                self.stats
-                    .engine_errors_total
-                    .fetch_add(1, Ordering::Relaxed);
+                if !counted.swap(true, Ordering::Relaxed) {
+                    self.stats
+                        .engine_errors_total
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 return Err(e);
             }
         };
