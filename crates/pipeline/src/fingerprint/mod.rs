@@ -86,6 +86,10 @@ struct State {
     too_old: u64,
     /// The largest event time read.
     max_time_ms: i64,
+    /// Per partition, the largest event time read since start (not kept in
+    /// checkpoints: a partition read again after a restart holds completeness back until
+    /// it is read to its end or past the bucket).
+    partition_max_ms: Vec<i64>,
     /// Complete buckets, with their figures as last signalled.
     completed: BTreeMap<i64, Summary>,
     /// Audit verdicts of complete buckets.
@@ -279,9 +283,13 @@ impl Fingerprinter {
     /// Counts a batch read from partition `p`.
     fn count(&self, p: u32, batch: &[StoredRecord]) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.partition_max_ms.len() <= p as usize {
+            st.partition_max_ms.resize(p as usize + 1, i64::MIN);
+        }
         for r in batch {
             let meta = EventMeta::of(&self.topic, p, r);
             st.max_time_ms = st.max_time_ms.max(meta.time_ms);
+            st.partition_max_ms[p as usize] = st.partition_max_ms[p as usize].max(meta.time_ms);
             let bucket = meta.time_ms.div_euclid(self.bucket_ms) * self.bucket_ms;
             let newest = st.buckets.last_key_value().map_or(bucket, |(b, _)| *b);
             if bucket < newest - self.keep_ms {
@@ -311,19 +319,40 @@ impl Fingerprinter {
         }
     }
 
-    /// Signals the buckets that became complete (the largest event time read is past
-    /// their end by `lateness`, and the ledger settled their events) and the complete
-    /// ones that late events changed since their last signal; remembered with the next
-    /// checkpoint (a crash in between sends them again, with the same ids).
+    /// Signals the buckets that became complete (the watermark is past their end by
+    /// `lateness`, and the ledger settled their events) and the complete ones that late
+    /// events changed since their last signal; remembered with the next checkpoint (a
+    /// crash in between sends them again, with the same ids).
+    ///
+    /// The watermark is per partition: the largest event time read, except that a
+    /// partition not read to its end yet holds it at the largest event time read *there*
+    /// (its reader being behind must not complete a bucket with its events uncounted).
     async fn signal(&self) -> Result<(), LogError> {
         let Some((signals, ledger)) = &self.signals else {
             return Ok(());
         };
+        let (read_to, partitions) = {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (st.read_to.clone(), st.partition_max_ms.clone())
+        };
+        let mut behind = Vec::new();
+        for (p, &at) in read_to.iter().enumerate() {
+            let end = match self.log.offsets(&self.topic, p as u32).await {
+                Ok(o) => o.end,
+                Err(_) => u64::MAX, // unknown: taken as behind
+            };
+            if at < end {
+                behind.push(partitions.get(p).copied().unwrap_or(i64::MIN));
+            }
+        }
         let mut out = Vec::new();
         let mut marks = Vec::new();
         {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let watermark = st.max_time_ms - self.lateness_ms;
+            let watermark = behind
+                .into_iter()
+                .fold(st.max_time_ms, i64::min)
+                .saturating_sub(self.lateness_ms);
             for (start, b) in &st.buckets {
                 let end = start + self.bucket_ms;
                 let before = st.completed.get(start);
@@ -730,138 +759,4 @@ pub fn check(loaded: &crate::config::LoadedConfig) -> Result<(), crate::config::
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)] // tests fail loudly by design
-    use super::*;
-
-    async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
-        fingerprinter_within(log, 1 << 20).await
-    }
-
-    async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fingerprinter {
-        let cfg: FingerprintConfig = toml::from_str("").unwrap();
-        let fp = Fingerprinter::new(
-            "sources.api".into(),
-            "events".into(),
-            &cfg,
-            record_bytes_max,
-            log.clone(),
-            None,
-            Vec::new(),
-        );
-        fp.prepare().await.unwrap();
-        fp
-    }
-
-    fn counted(fp: &Fingerprinter) -> u64 {
-        fp.report(0, i64::MAX)
-            .buckets
-            .iter()
-            .map(|b| b.1.count)
-            .sum()
-    }
-
-    /// A checkpoint larger than a record is written as a group of records, and read
-    /// back whole.
-    #[tokio::test]
-    async fn a_checkpoint_larger_than_a_record_is_split_and_comes_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn Log> = Arc::new(
-            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
-        );
-        log.ensure_topic(&TopicSpec::new("events", 1))
-            .await
-            .unwrap();
-        // 2 000 events over 20 hourly buckets, ten fields of many values each.
-        let records = (0..2_000i64)
-            .map(|i| {
-                let fields: Vec<String> = (0..10)
-                    .map(|f| format!("\"f{f}\":\"v{}\"", i * 7 + f))
-                    .collect();
-                Record::new(
-                    format!("{{{}}}", fields.join(",")),
-                    3_600_000 * (1 + i % 20),
-                )
-            })
-            .collect();
-        log.append("events", 0, records).await.unwrap();
-        let stored = log
-            .read(
-                "events",
-                0,
-                0,
-                ReadLimits {
-                    max_records: 5_000,
-                    ..ReadLimits::default()
-                },
-            )
-            .await
-            .unwrap();
-        let a = fingerprinter_within(&log, 16 << 10).await;
-        a.load(1).await.unwrap();
-        a.count(0, &stored);
-        a.checkpoint().await.unwrap();
-        let parts = log
-            .offsets(&checkpoint_topic("events"), 0)
-            .await
-            .unwrap()
-            .end;
-        assert!(
-            parts > 1,
-            "one record of at most 8 KiB cannot hold it: {parts}"
-        );
-        let b = fingerprinter_within(&log, 16 << 10).await;
-        assert_eq!(b.load(1).await.unwrap(), vec![2_000]);
-        assert_eq!(counted(&b), 2_000);
-        assert_eq!(b.report(0, i64::MAX).buckets.len(), 20);
-    }
-
-    /// Figures come back with their positions; a checkpoint that cannot be read makes
-    /// the fingerprint count the topic again instead of trusting a part of it.
-    #[tokio::test]
-    async fn checkpoints_come_back_whole_or_the_topic_is_counted_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn Log> = Arc::new(
-            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
-        );
-        log.ensure_topic(&TopicSpec::new("events", 1))
-            .await
-            .unwrap();
-        let records = (0..3)
-            .map(|i| Record::new(format!("{{\"n\":{i}}}"), 3_600_000 + i))
-            .collect();
-        log.append("events", 0, records).await.unwrap();
-        let stored = log
-            .read("events", 0, 0, ReadLimits::default())
-            .await
-            .unwrap();
-
-        let a = fingerprinter(&log).await;
-        assert_eq!(a.load(1).await.unwrap(), vec![0]);
-        a.count(0, &stored);
-        a.checkpoint().await.unwrap();
-
-        let b = fingerprinter(&log).await;
-        assert_eq!(
-            b.load(1).await.unwrap(),
-            vec![3],
-            "read on after the counted"
-        );
-        assert_eq!(counted(&b), 3);
-
-        log.append(
-            &checkpoint_topic("events"),
-            0,
-            vec![Record::new("garbage", 0)],
-        )
-        .await
-        .unwrap();
-        let c = fingerprinter(&log).await;
-        assert_eq!(
-            c.load(1).await.unwrap(),
-            vec![0],
-            "counted again from the start"
-        );
-        assert_eq!(counted(&c), 0);
-    }
-}
+mod tests;

@@ -1,0 +1,191 @@
+//! Tests of the fingerprint reader: checkpoints, replay, completeness.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use super::*;
+
+async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
+    fingerprinter_within(log, 1 << 20).await
+}
+
+async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fingerprinter {
+    let cfg: FingerprintConfig = toml::from_str("").unwrap();
+    let fp = Fingerprinter::new(
+        "sources.api".into(),
+        "events".into(),
+        &cfg,
+        record_bytes_max,
+        log.clone(),
+        None,
+        Vec::new(),
+    );
+    fp.prepare().await.unwrap();
+    fp
+}
+
+fn counted(fp: &Fingerprinter) -> u64 {
+    fp.report(0, i64::MAX)
+        .buckets
+        .iter()
+        .map(|b| b.1.count)
+        .sum()
+}
+
+/// A checkpoint larger than a record is written as a group of records, and read
+/// back whole.
+#[tokio::test]
+async fn a_checkpoint_larger_than_a_record_is_split_and_comes_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> =
+        Arc::new(hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap());
+    log.ensure_topic(&TopicSpec::new("events", 1))
+        .await
+        .unwrap();
+    // 2 000 events over 20 hourly buckets, ten fields of many values each.
+    let records = (0..2_000i64)
+        .map(|i| {
+            let fields: Vec<String> = (0..10)
+                .map(|f| format!("\"f{f}\":\"v{}\"", i * 7 + f))
+                .collect();
+            Record::new(
+                format!("{{{}}}", fields.join(",")),
+                3_600_000 * (1 + i % 20),
+            )
+        })
+        .collect();
+    log.append("events", 0, records).await.unwrap();
+    let stored = log
+        .read(
+            "events",
+            0,
+            0,
+            ReadLimits {
+                max_records: 5_000,
+                ..ReadLimits::default()
+            },
+        )
+        .await
+        .unwrap();
+    let a = fingerprinter_within(&log, 16 << 10).await;
+    a.load(1).await.unwrap();
+    a.count(0, &stored);
+    a.checkpoint().await.unwrap();
+    let parts = log
+        .offsets(&checkpoint_topic("events"), 0)
+        .await
+        .unwrap()
+        .end;
+    assert!(
+        parts > 1,
+        "one record of at most 8 KiB cannot hold it: {parts}"
+    );
+    let b = fingerprinter_within(&log, 16 << 10).await;
+    assert_eq!(b.load(1).await.unwrap(), vec![2_000]);
+    assert_eq!(counted(&b), 2_000);
+    assert_eq!(b.report(0, i64::MAX).buckets.len(), 20);
+}
+
+/// Figures come back with their positions; a checkpoint that cannot be read makes
+/// the fingerprint count the topic again instead of trusting a part of it.
+#[tokio::test]
+async fn checkpoints_come_back_whole_or_the_topic_is_counted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> =
+        Arc::new(hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap());
+    log.ensure_topic(&TopicSpec::new("events", 1))
+        .await
+        .unwrap();
+    let records = (0..3)
+        .map(|i| Record::new(format!("{{\"n\":{i}}}"), 3_600_000 + i))
+        .collect();
+    log.append("events", 0, records).await.unwrap();
+    let stored = log
+        .read("events", 0, 0, ReadLimits::default())
+        .await
+        .unwrap();
+
+    let a = fingerprinter(&log).await;
+    assert_eq!(a.load(1).await.unwrap(), vec![0]);
+    a.count(0, &stored);
+    a.checkpoint().await.unwrap();
+
+    let b = fingerprinter(&log).await;
+    assert_eq!(
+        b.load(1).await.unwrap(),
+        vec![3],
+        "read on after the counted"
+    );
+    assert_eq!(counted(&b), 3);
+
+    log.append(
+        &checkpoint_topic("events"),
+        0,
+        vec![Record::new("garbage", 0)],
+    )
+    .await
+    .unwrap();
+    let c = fingerprinter(&log).await;
+    assert_eq!(
+        c.load(1).await.unwrap(),
+        vec![0],
+        "counted again from the start"
+    );
+    assert_eq!(counted(&c), 0);
+}
+
+/// A bucket is not complete while a partition holding its events is read behind,
+/// however far past it the other partitions are.
+#[tokio::test]
+async fn a_partition_read_behind_holds_its_buckets_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> =
+        Arc::new(hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap());
+    log.ensure_topic(&TopicSpec::new("events", 2))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
+    signals.prepare().await.unwrap();
+    let cfg: FingerprintConfig = toml::from_str("bucket = \"1m\"\nlateness = \"0s\"").unwrap();
+    let fp = Fingerprinter::new(
+        "sources.api".into(),
+        "events".into(),
+        &cfg,
+        1 << 20,
+        log.clone(),
+        Some((signals, None)),
+        Vec::new(),
+    );
+    fp.prepare().await.unwrap();
+    fp.load(2).await.unwrap();
+    // Partition 0: the minute at 60 s and one three minutes on; partition 1: the
+    // minute at 60 s, not read yet.
+    log.append(
+        "events",
+        0,
+        vec![Record::new("{}", 60_000), Record::new("{}", 240_000)],
+    )
+    .await
+    .unwrap();
+    log.append("events", 1, vec![Record::new("{}", 60_500)])
+        .await
+        .unwrap();
+    let read = |p: u32| {
+        let log = log.clone();
+        async move {
+            log.read("events", p, 0, ReadLimits::default())
+                .await
+                .unwrap()
+        }
+    };
+    fp.count(0, &read(0).await);
+    fp.signal().await.unwrap();
+    assert!(
+        fp.completed(60_000).is_none(),
+        "complete with partition 1 unread"
+    );
+    fp.count(1, &read(1).await);
+    fp.signal().await.unwrap();
+    assert_eq!(fp.completed(60_000).map(|s| s.count), Some(2));
+    stop.cancel();
+}
