@@ -249,9 +249,10 @@ fn main() -> std::process::ExitCode {
                         admin,
                         stage,
                         dry_run,
+                        with_dead_letters,
                     }),
                 ..
-            } => versions_cmd::gc(admin, stage, dry_run).await,
+            } => versions_cmd::gc(admin, stage, dry_run, with_dead_letters).await,
             Command::Versions {
                 action: None,
                 admin,

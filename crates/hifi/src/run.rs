@@ -400,6 +400,23 @@ async fn publish_version(
             s.listen = *addr;
         }
     }
+    let failed = |e: String| hifi_pipeline::versions::PublishFailure {
+        version: req.version.clone(),
+        error: e,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    // A refusal found with the nodes running spares stopping them.
+    if let Err(e) =
+        hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), &loaded, req).await
+    {
+        tracing::error!(stage = %req.stage, version = %req.version,
+            "not published, the previous version goes on: {e}");
+        running
+            .pipeline
+            .versions
+            .publish_failed(&req.stage, failed(e));
+        return Ok(running);
+    }
     let mut failures = running
         .pipeline
         .versions
@@ -417,14 +434,7 @@ async fn publish_version(
         Err(e) => {
             tracing::error!(stage = %req.stage, version = %req.version,
                 "not published, the previous version goes on: {e}");
-            failures.insert(
-                req.stage.clone(),
-                hifi_pipeline::versions::PublishFailure {
-                    version: req.version.clone(),
-                    error: e,
-                    at_ms: chrono::Utc::now().timestamp_millis(),
-                },
-            );
+            failures.insert(req.stage.clone(), failed(e));
         }
     }
     match start_on(engine, &loaded, current.1.clone(), &opts).await {
@@ -546,7 +556,11 @@ pub async fn run(
                         return Ok(ExitCode::from(2));
                     }
                 };
-                requests = running.pipeline.versions.take_requests();
+                // Nodes started again have new requests; a publish refused before
+                // stopping them keeps the ones it had.
+                if let Some(r) = running.pipeline.versions.take_requests() {
+                    requests = Some(r);
+                }
             }
             sig = stops.recv() => {
                 println!(

@@ -24,6 +24,10 @@ pub enum Action {
         /// Say what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also collect versions whose dead letters (of their life as a candidate) were
+        /// not all re-driven: those dead letters are deleted with them.
+        #[arg(long)]
+        with_dead_letters: bool,
     },
 }
 
@@ -120,13 +124,15 @@ pub async fn publish(
         Some(t) => serde_json::json!({ "redeliver_from": t }),
         None => serde_json::json!({}),
     };
-    let asked_ms = chrono::Utc::now().timestamp_millis();
+    // A failure is told by its time changing (the instance's clock, not this one's).
+    let query = format!("/v1/versions?stage={}", ops::url_escape(&stage));
+    let failed_before =
+        ops::get(&admin, &query).await?["stages"][0]["last_publish_failure"]["at_ms"].as_i64();
     ops::post(&admin, &path, &body).await?;
     outln!(
         "publishing v{version} of stages.{stage}: the nodes stop (draining) and start again on it"
     );
     let deadline = Instant::now() + PUBLISH_WAIT;
-    let query = format!("/v1/versions?stage={}", ops::url_escape(&stage));
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Ok(v) = ops::get(&admin, &query).await else {
@@ -134,9 +140,7 @@ pub async fn publish(
         };
         let failed = &v["stages"][0]["last_publish_failure"];
         if failed["version"].as_str() == Some(version.as_str())
-            && failed["at_ms"]
-                .as_i64()
-                .is_some_and(|t| t >= asked_ms - 1_000)
+            && failed["at_ms"].as_i64() != failed_before
         {
             bail!(
                 "v{version} of stages.{stage} was not published (the previous version goes on): {}",
@@ -157,17 +161,42 @@ pub async fn publish(
     )
 }
 
-/// `hifi versions gc [STAGE] [--dry-run]`.
-pub async fn gc(admin: Admin, stage: Option<String>, dry_run: bool) -> Result<ExitCode> {
-    let body = serde_json::json!({ "stage": stage, "dry_run": dry_run });
+/// `hifi versions gc [STAGE] [--dry-run] [--with-dead-letters]`.
+pub async fn gc(
+    admin: Admin,
+    stage: Option<String>,
+    dry_run: bool,
+    with_dead_letters: bool,
+) -> Result<ExitCode> {
+    // `hifi versions gc` listed a stage named gc before this command existed.
+    let listed = ops::get(&admin, "/v1/versions").await?;
+    if !dry_run
+        && listed["stages"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["stage"] == "gc"))
+    {
+        bail!("a versioned stage is named gc: to list its versions, `hifi versions -- gc`; to collect, `hifi versions gc --dry-run` first, then POST /v1/versions/gc");
+    }
+    let body = serde_json::json!({
+        "stage": stage, "dry_run": dry_run, "with_dead_letters": with_dead_letters,
+    });
     let v = ops::post(&admin, "/v1/versions/gc", &body).await?;
     if admin.json {
         outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let collected = v["collected"].as_array().cloned().unwrap_or_default();
-    if collected.is_empty() {
+    let kept = v["kept"].as_array().cloned().unwrap_or_default();
+    if collected.is_empty() && kept.is_empty() {
         outln!("no retired versions to collect");
+    }
+    for k in &kept {
+        outln!(
+            "stages.{}@{}: kept: {}",
+            k["stage"].as_str().unwrap_or(""),
+            k["version"].as_str().unwrap_or(""),
+            k["reason"].as_str().unwrap_or("")
+        );
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
     for c in collected {

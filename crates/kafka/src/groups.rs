@@ -244,7 +244,13 @@ impl KafkaLog {
                         }
                     }
                     consumer.unsubscribe();
-                    // The last reference (the member is gone): closing leaves the group.
+                    // The member's own reference goes just after its `drop` set `stop`:
+                    // closing (leaving the group, blocking) must happen here, with the
+                    // last one, not on the task that dropped the member.
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while Arc::strong_count(&consumer) > 1 && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     drop(consumer);
                     let mut l = leaving.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(n) = l.get_mut(&g) {

@@ -143,8 +143,10 @@ impl KafkaLog {
             .producer_config()
             .create()
             .map_err(|e| cfg_err("producer", e))?;
+        // Its metadata requests name topics that may be gone (a deletion waiting for
+        // them to go): a producer-type client would let the broker create them again.
         let admin: AdminClient<DefaultClientContext> = cfg
-            .client_config(&[])
+            .client_config(&[("allow.auto.create.topics", "false")])
             .create()
             .map_err(|e| cfg_err("admin client", e))?;
         let meta: BaseConsumer = cfg
@@ -804,13 +806,24 @@ impl Log for KafkaLog {
             .delete_topics(&[name.as_str()], &opts)
             .await
             .map_err(|e| kafka_err(format!("deleting topic {name}"), e))?;
+        let forget = || {
+            self.partition_counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(topic);
+            self.readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(t, _), _| t != topic);
+        };
         for r in results {
             match r {
                 Ok(_) => {}
                 Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                    forget();
                     return Err(LogError::TopicNotFound {
                         topic: topic.to_owned(),
-                    })
+                    });
                 }
                 Err((_, code)) => {
                     return Err(LogError::Io {
@@ -820,14 +833,7 @@ impl Log for KafkaLog {
                 }
             }
         }
-        self.partition_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(t, _), _| t != topic);
+        forget();
         // The controller deletes asynchronously: wait until metadata no longer shows it.
         let deadline = Instant::now() + TRANSIENT_RETRY;
         loop {

@@ -8,10 +8,10 @@
 //! them again on it; answers 202 at once (the admin API goes away for that moment).
 //! It changes state: it needs a token of `[admin.auth]` when configured.
 //!
-//! `POST /v1/versions/gc` (body optional: `{"stage"?: S, "dry_run"?: true}`) — deletes
-//! retired versions' topics and consumer groups (see
-//! [`hifi_pipeline::versions::gc`]); answers what it collected. A dry run changes
-//! nothing (and needs no token).
+//! `POST /v1/versions/gc` (body optional: `{"stage"?: S, "dry_run"?: true,
+//! "with_dead_letters"?: true}`) — deletes retired versions' topics and consumer groups
+//! (see [`hifi_pipeline::versions::gc`]); answers what it collected and what it kept. A
+//! dry run changes nothing (and needs no token).
 
 use std::sync::Arc;
 
@@ -217,6 +217,8 @@ pub struct GcBody {
     stage: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    with_dead_letters: bool,
 }
 
 /// Answers `POST /v1/versions/gc`.
@@ -234,7 +236,7 @@ pub async fn gc(
                 return error(
                     StatusCode::BAD_REQUEST,
                     &format!(
-                        "the body must be {{\"stage\"?: S, \"dry_run\"?: bool}} (or empty): {e}"
+                        "the body must be {{\"stage\"?: S, \"dry_run\"?: bool, \"with_dead_letters\"?: bool}} (or empty): {e}"
                     ),
                     json!({}),
                 )
@@ -260,12 +262,15 @@ pub async fn gc(
         &s.versions,
         b.stage.as_deref(),
         b.dry_run,
+        b.with_dead_letters,
     )
     .await
     {
-        Ok(collected) => {
-            Json(json!({"dry_run": b.dry_run, "collected": collected})).into_response()
+        Ok(c) => Json(json!({"dry_run": b.dry_run, "collected": c.collected, "kept": c.kept}))
+            .into_response(),
+        Err(e) => {
+            tracing::error!("hifi versions gc: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, &e, json!({}))
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e, json!({})),
     }
 }

@@ -8,11 +8,16 @@
 //! otherwise find them) and its consumer group (whose positions on the stage's input
 //! would otherwise hold that input's retention back on the embedded engine) can go.
 //!
-//! The registry records the collection **before** anything is deleted: a crash between
-//! leaves a version marked collected whose topics are still there, finished by the next
-//! collection. A collected version that the file names again starts anew, backfilling
-//! into a topic and group of new names ([`super::generation_suffix`]); its fingerprints
-//! and `hifi fingerprint diff` against it are gone with its topics.
+//! Left alone: a version whose candidate-life dead letters were not all re-driven
+//! (unless asked: they may be the only copy of events it never delivered), and a
+//! version this process did not know as it is now when it started (created or run
+//! again since, by another process: it may be running there).
+//!
+//! The registry records the collection **before** anything is deleted. Every
+//! collection's names stay in the registry ([`super::registry::Garbage`]): each `gc`
+//! deletes what is left of them (a collection stopped half-way), even for a version
+//! run again since under new names ([`super::generation_suffix`]). A collected version's
+//! fingerprints and `hifi fingerprint diff` against it are gone with its topics.
 
 use hifi_log::{Log, LogError};
 use serde::Serialize;
@@ -33,25 +38,47 @@ pub struct Collected {
     pub group: String,
     /// Records in its topic when collected (what was freed), when it could be read.
     pub records: Option<u64>,
-    /// Dead letters of its life as a candidate, deleted with it.
+    /// Dead letters of its life as a candidate (all re-driven, or deleted as asked).
     pub dead_letters: Option<u64>,
-    /// `true` when it had been marked collected before and is only finished now.
+    /// `true` when it had been collected before and what was left is deleted now.
     pub resumed: bool,
 }
 
+/// A retired version left alone, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    pub stage: String,
+    pub version: String,
+    pub reason: String,
+}
+
+/// What a collection did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Collection {
+    pub collected: Vec<Collected>,
+    pub kept: Vec<Kept>,
+}
+
 /// Collects every retired version of the stages running here (`stage`: only that one);
-/// with `dry_run`, says what it would collect and changes nothing.
+/// with `dry_run`, says what it would collect and changes nothing. Dead letters not
+/// re-driven keep a version unless `with_dead_letters`.
 pub async fn collect(
     log: &dyn Log,
     live: &Live,
     stage: Option<&str>,
     dry_run: bool,
-) -> Result<Vec<Collected>, String> {
+    with_dead_letters: bool,
+) -> Result<Collection, String> {
     let _one_at_a_time = live.collecting.lock().await;
     // The registry as stored (another process may have published since this one read
-    // it): a version published or running as a candidate there is never touched.
+    // it): a version published there is never touched.
     let stored = Registry::read(log).await?;
-    let mut out = Vec::new();
+    let known = live
+        .registry
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut out = Collection::default();
     for plan in live
         .plans
         .iter()
@@ -62,8 +89,23 @@ pub async fn collect(
         };
         let published = sv.published.as_ref().map(|p| p.version.as_str());
         for v in sv.versions.values() {
-            let state = state_of(plan, v);
-            if !matches!(state, "retired" | "collected") || published == Some(&v.version) {
+            if state_of(plan, v) != "retired" || published == Some(&v.version) {
+                continue;
+            }
+            let kept = |reason: String| Kept {
+                stage: plan.stage.clone(),
+                version: v.version.clone(),
+                reason,
+            };
+            let as_started = known
+                .stages
+                .get(&plan.stage)
+                .and_then(|s| s.versions.get(&v.version))
+                .is_some_and(|k| k.created_ms == v.created_ms);
+            if !as_started {
+                out.kept.push(kept(
+                    "created or run again since this process started (it may be running in another process): ask the process that runs it, or restart this one".into(),
+                ));
                 continue;
             }
             let candidate = candidate_name(&plan.stage, &v.version);
@@ -74,36 +116,81 @@ pub async fn collect(
                 redriven_topic(&candidate),
                 redrive_topic(&candidate),
             ];
-            if topics.iter().any(|t| live.topics_in_use.contains(t)) {
-                continue; // read or written here under that name: not garbage
+            if let Some(t) = topics.iter().find(|t| live.topics_in_use.contains(*t)) {
+                out.kept.push(kept(format!(
+                    "its topic {t:?} is read or written by a node of this pipeline"
+                )));
+                continue;
             }
-            let resumed = state == "collected";
+            let dead_letters = records_in(log, &dlq_topic(&candidate)).await;
+            let redriven = records_in(log, &redriven_topic(&candidate)).await;
+            let pending = dead_letters
+                .unwrap_or(0)
+                .saturating_sub(redriven.unwrap_or(0));
+            if pending > 0 && !with_dead_letters {
+                out.kept.push(kept(format!(
+                    "{pending} dead letters of its life as a candidate were not re-driven (re-drive or inspect them, or collect with dead letters)"
+                )));
+                continue;
+            }
             let mut present = Vec::new();
             for t in topics {
                 if log.partitions(&t).await.is_ok() {
                     present.push(t);
                 }
             }
-            if resumed && present.is_empty() {
-                continue; // collected whole before
-            }
-            let records = records_in(log, &v.topic).await;
-            let dead_letters = records_in(log, &dlq_topic(&candidate)).await;
-            out.push(Collected {
+            out.collected.push(Collected {
                 stage: plan.stage.clone(),
                 version: v.version.clone(),
                 topics: present,
                 group: v.group.clone(),
-                records,
+                records: records_in(log, &v.topic).await,
                 dead_letters,
-                resumed,
+                resumed: false,
+            });
+        }
+    }
+    // What earlier collections left (stopped half-way): deleted again.
+    for g in stored
+        .garbage
+        .iter()
+        .filter(|g| stage.is_none_or(|s| s == g.stage))
+    {
+        if out
+            .collected
+            .iter()
+            .any(|c| c.stage == g.stage && c.version == g.version && c.group == g.group)
+        {
+            continue;
+        }
+        let mut present = Vec::new();
+        for t in &g.topics {
+            if !live.topics_in_use.contains(t) && log.partitions(t).await.is_ok() {
+                present.push(t.clone());
+            }
+        }
+        if !dry_run {
+            // Quietly: a group deleted before is not an error.
+            if let Err(e) = log.delete_group(&g.group).await {
+                tracing::warn!(group = %g.group, %e, "cannot delete a collected version's group; the next gc tries again");
+            }
+        }
+        if !present.is_empty() {
+            out.collected.push(Collected {
+                stage: g.stage.clone(),
+                version: g.version.clone(),
+                records: None,
+                dead_letters: None,
+                topics: present,
+                group: g.group.clone(),
+                resumed: true,
             });
         }
     }
     if dry_run {
         return Ok(out);
     }
-    for c in &out {
+    for c in &out.collected {
         if !c.resumed {
             let change = Change::Collected {
                 stage: c.stage.clone(),
@@ -128,7 +215,7 @@ pub async fn collect(
                 Ok(()) | Err(LogError::TopicNotFound { .. }) => {}
                 Err(e) => {
                     return Err(format!(
-                        "cannot delete topic {t:?} of {}@{} (marked collected: `hifi versions gc` finishes it): {e}",
+                        "cannot delete topic {t:?} of {}@{} (recorded as collected: the next `hifi versions gc` deletes what is left): {e}",
                         c.stage, c.version
                     ))
                 }
@@ -136,7 +223,7 @@ pub async fn collect(
         }
         log.delete_group(&c.group).await.map_err(|e| {
             format!(
-                "cannot delete consumer group {:?} of {}@{} (its topics are gone; `hifi versions gc` tries again): {e}",
+                "cannot delete consumer group {:?} of {}@{} (its topics are gone; the next `hifi versions gc` tries again): {e}",
                 c.group, c.stage, c.version
             )
         })?;

@@ -54,9 +54,60 @@ async fn fold_unread(
     Ok(older)
 }
 
+/// From which record time the new version's topic holds what it computed: its backfill
+/// start, or later where its topic begins later (its input began later — a versioned
+/// input recomputed from a time — or retention removed its oldest records). The latest
+/// of its partitions' oldest records counts, which is conservative: a publish may be
+/// refused until readers catch up, never let through with a gap. An empty topic
+/// reaches back to nothing (now).
+async fn covered_from(
+    log: &dyn Log,
+    topic: &str,
+    backfill_from_ms: Option<i64>,
+) -> Result<Option<i64>, LogError> {
+    let mut from = backfill_from_ms;
+    let mut any = false;
+    for p in 0..log.partitions(topic).await? {
+        let offsets = log.offsets(topic, p).await?;
+        if offsets.start >= offsets.end {
+            continue;
+        }
+        let limits = ReadLimits {
+            max_records: 1,
+            max_bytes: 16 << 20,
+            wait: std::time::Duration::ZERO,
+        };
+        if let Some(first) = log.read(topic, p, offsets.start, limits).await?.first() {
+            any = true;
+            let t = first.record.timestamp_ms;
+            from = Some(from.map_or(t, |f| f.max(t)));
+        }
+    }
+    if !any {
+        from = Some(chrono::Utc::now().timestamp_millis());
+    }
+    Ok(from)
+}
+
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
 /// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
 pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
+    publish_or_check(log, loaded, req, false).await
+}
+
+/// What [`publish`] would refuse, found with the nodes running (read only): a reader
+/// behind what the new version holds. Positions move while nodes run, so the publish
+/// checks again once they stopped; this spares stopping them for a refusal.
+pub async fn check(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
+    publish_or_check(log, loaded, req, true).await
+}
+
+async fn publish_or_check(
+    log: &dyn Log,
+    loaded: &LoadedConfig,
+    req: &Request,
+    check_only: bool,
+) -> Result<(), String> {
     let cfg = &loaded.config;
     let stage = &req.stage;
     let file = cfg
@@ -115,8 +166,11 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
         }
     }
     // The old version's unread input: its origins are not delivered yet. What the new
-    // version's backfill began after is in neither version: publishing would lose it.
-    let covered_from = new.backfill_from_ms;
+    // version's topic does not reach back to is in neither version: publishing would
+    // lose it.
+    let covered_from = covered_from(log, &new_topic, new.backfill_from_ms)
+        .await
+        .map_err(fail)?;
     let behind = |who: &str, n: u64| {
         format!(
             "cannot publish {} of stages.{stage}: {who} has {n} records still to handle that are older than its backfill start ({}), so not in its topic: wait until {who} catches up, or backfill the version from further back (`backfill_from`)",
@@ -169,6 +223,9 @@ pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Res
             return Err(behind(reader, older));
         }
         cuts.insert(reader.clone(), cut);
+    }
+    if check_only {
+        return Ok(());
     }
     for (_, group) in &readers {
         log.commit_many(group, &new_topic, &starts)

@@ -89,6 +89,19 @@ pub struct Version {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub stages: BTreeMap<String, StageVersions>,
+    /// What every collection recorded (`Change::Collected`), in order: names that may
+    /// still exist if a collection stopped half-way (a version collected and then run
+    /// again has new names; these stay the old ones').
+    pub garbage: Vec<Garbage>,
+}
+
+/// The topics and group of one collected version.
+#[derive(Debug, Clone)]
+pub struct Garbage {
+    pub stage: String,
+    pub version: String,
+    pub topics: Vec<String>,
+    pub group: String,
 }
 
 /// A stage's published version.
@@ -216,13 +229,20 @@ impl Registry {
             Change::Collected {
                 stage,
                 version,
+                topics,
+                group,
                 at_ms,
-                ..
             } => {
-                let s = self.stages.entry(stage).or_default();
+                let s = self.stages.entry(stage.clone()).or_default();
                 if let Some(v) = s.versions.get_mut(&version) {
                     v.collected_ms = Some(at_ms);
                 }
+                self.garbage.push(Garbage {
+                    stage,
+                    version,
+                    topics,
+                    group,
+                });
             }
         }
     }

@@ -255,7 +255,12 @@ pub async fn run(
             if let Err(e) = live.request(&stage, &version, "auto", None) {
                 error!(%stage, %version, "cannot publish: {e}");
             }
-            return; // the nodes stop for the publish
+            // The nodes stop for the publish (and this with them); a publish refused
+            // before that leaves them running: asked again once the refusal is old
+            // enough (`recently_failed`), not before it had time to be answered.
+            if !sleep_or_cancel(&stop, std::time::Duration::from_secs(10)).await {
+                return;
+            }
         }
     }
 }
