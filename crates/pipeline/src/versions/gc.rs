@@ -242,3 +242,129 @@ async fn records_in(log: &dyn Log, topic: &str) -> Option<u64> {
     }
     Some(sum)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests fail loudly by design
+    use std::sync::Arc;
+
+    use hifi_log::{Record, TopicSpec};
+
+    use super::*;
+    use crate::config::PublishMode;
+    use crate::versions::Plan;
+
+    fn created(version: &str, topic: &str, group: &str, at_ms: i64) -> Change {
+        Change::Created {
+            stage: "s".into(),
+            version: version.into(),
+            definition: String::new(),
+            input_schema: None,
+            input_version: None,
+            group: group.into(),
+            topic: topic.into(),
+            backfill_from_ms: None,
+            at_ms,
+        }
+    }
+
+    fn published(version: &str) -> Change {
+        Change::Published {
+            stage: "s".into(),
+            version: version.into(),
+            cuts: Default::default(),
+            at_ms: 0,
+            by: "test".into(),
+            redeliver_from_ms: None,
+        }
+    }
+
+    async fn exists(log: &dyn Log, topic: &str) -> bool {
+        log.partitions(topic).await.is_ok()
+    }
+
+    /// Dead letters not re-driven keep a retired version unless asked; a version created
+    /// after the process started is kept; what a collection left half-way is deleted by
+    /// the next one.
+    #[tokio::test]
+    async fn gc_keeps_what_may_still_matter_and_finishes_what_was_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        let log = log.as_ref();
+        Registry::prepare(log).await.unwrap();
+        let mut registry = Registry::default();
+        for c in [
+            created("v1", "out.v1", "stage.s", 1),
+            published("v1"),
+            created("v2", "out.v2", "stage.s-vv2", 2),
+            published("v2"),
+            created("v3", "out.v3", "stage.s-vv3", 3),
+        ] {
+            registry.record(log, c).await.unwrap();
+        }
+        for t in ["out.v1", "out.v2", "out.v3", "__dlq.s-vv3", "out.gone"] {
+            log.ensure_topic(&TopicSpec::new(t, 1)).await.unwrap();
+        }
+        // v3 dead-lettered an event as a candidate, never re-driven.
+        log.append("__dlq.s-vv3", 0, vec![Record::new("{}", 1)])
+            .await
+            .unwrap();
+        let plan = Plan {
+            stage: "s".into(),
+            output: "out".into(),
+            input: "events".into(),
+            published: "v2".into(),
+            candidate: None,
+            candidate_topic: None,
+            candidate_group: None,
+            publish: PublishMode::Manual,
+            versions: None,
+            batch: 100,
+        };
+        let live = Live::new(
+            vec![plan],
+            registry.clone(),
+            ["events".to_owned(), "out.v2".to_owned()].into(),
+        );
+        // After this process started: another one creates v4, and a collection of an
+        // older version stopped after its record, before deleting `out.gone`.
+        Registry::append(log, &created("v4", "out.v4", "stage.s-vv4", 4))
+            .await
+            .unwrap();
+        let left = Change::Collected {
+            stage: "s".into(),
+            version: "v0".into(),
+            topics: vec!["out.gone".into()],
+            group: "stage.s-vv0".into(),
+            at_ms: 5,
+        };
+        Registry::append(log, &left).await.unwrap();
+
+        let c = collect(log, &live, None, false, false).await.unwrap();
+        let names = |c: &Collection| -> Vec<(String, bool)> {
+            c.collected
+                .iter()
+                .map(|c| (c.version.clone(), c.resumed))
+                .collect()
+        };
+        assert_eq!(
+            names(&c),
+            [("v1".to_owned(), false), ("v0".to_owned(), true)],
+            "{c:?}"
+        );
+        let kept: Vec<&str> = c.kept.iter().map(|k| k.version.as_str()).collect();
+        assert_eq!(kept, ["v3", "v4"], "{c:?}");
+        assert!(c.kept[0].reason.contains("1 dead letters"), "{c:?}");
+        assert!(!exists(log, "out.v1").await && !exists(log, "out.gone").await);
+        assert!(exists(log, "out.v2").await && exists(log, "out.v3").await);
+
+        let c = collect(log, &live, None, false, true).await.unwrap();
+        assert_eq!(names(&c), [("v3".to_owned(), false)], "{c:?}");
+        assert!(!exists(log, "out.v3").await && !exists(log, "__dlq.s-vv3").await);
+        let stored = Registry::read(log).await.unwrap();
+        let state = |v: &str| stored.stages["s"].versions[v].collected_ms.is_some();
+        assert!(state("v1") && state("v3") && !state("v2") && !state("v4"));
+    }
+}
