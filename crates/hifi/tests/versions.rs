@@ -75,13 +75,7 @@ async fn publish_without_loss(engine: &str) {
     let admin = proc.addr("admin");
     let ingest = format!("http://{}/v1/events", proc.addr("source api"));
     let producers = Producers::named("b", 2, ingest.clone());
-    let v = wait_for(
-        admin,
-        Duration::from_secs(60),
-        "the candidate catches up",
-        |v| candidate_state(v) == "live",
-    )
-    .await;
+    let v = candidate_live(admin, "the candidate catches up").await;
     assert_eq!(v["published"], v1.as_str(), "{v:#}");
     let v2 = v["candidate"].as_str().unwrap().to_owned();
     assert_ne!(v1, v2);
@@ -472,13 +466,7 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
     let file = write("two");
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin");
-    let v = wait_for(
-        admin,
-        Duration::from_secs(30),
-        "big's candidate catches up",
-        |v| candidate_state(v) == "live",
-    )
-    .await;
+    let v = candidate_live(admin, "big's candidate catches up").await;
     let big_v2 = v["candidate"].as_str().unwrap().to_owned();
     let out = publish_cli(admin, &big_v2, &[]);
     assert!(
@@ -586,13 +574,7 @@ async fn a_sigkill_during_a_backfill_resumes_it_and_its_fingerprint_stays_exact(
     proc.sigkill();
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin");
-    wait_for(
-        admin,
-        Duration::from_secs(60),
-        "the backfill resumes and ends",
-        |v| candidate_state(v) == "live",
-    )
-    .await;
+    candidate_live(admin, "the backfill resumes and ends").await;
     // Its fingerprint has counted all it wrote (a checkpoint after the last record).
     let node = format!("stages.big-v{v2}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -687,13 +669,7 @@ async fn a_publish_that_would_skip_a_lagging_readers_events_is_refused() {
     let file = write_file(dir.path(), &rx, "two", late, false);
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin");
-    let v = wait_for(
-        admin,
-        Duration::from_secs(60),
-        "the candidate is live",
-        |v| candidate_state(v) == "live",
-    )
-    .await;
+    let v = candidate_live(admin, "the candidate is live").await;
     let v2 = v["candidate"].as_str().unwrap().to_owned();
     let out = publish_cli(admin, &v2, &[]);
     let said = String::from_utf8_lossy(&out.stderr).to_string();

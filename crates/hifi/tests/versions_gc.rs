@@ -58,13 +58,7 @@ fn state_of(v: &Value, version: &str) -> Value {
 
 /// Publishes the candidate once it is live; returns its version.
 async fn publish_candidate(dir: &Path, admin: SocketAddr) -> String {
-    let v = wait_for(
-        admin,
-        Duration::from_secs(60),
-        "the candidate catches up",
-        |v| candidate_state(v) == "live",
-    )
-    .await;
+    let v = candidate_live(admin, "the candidate catches up").await;
     let cand = v["candidate"].as_str().unwrap().to_owned();
     let (ok, said) = hifi(dir, &["publish", "big", &cand], admin);
     assert!(ok, "{said}");
@@ -126,6 +120,16 @@ async fn collect_and_revive(engine: &str) {
         assert!(data.join("topics").join(&v1_topic).is_dir());
         assert!(data.join("groups/stage.big.offsets").is_file());
     }
+
+    // A body it does not know is refused, naming what it takes.
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/versions/gc"))
+        .body(r#"{"dry": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("dry_run"));
 
     // A dry run says what would go and deletes nothing.
     let (ok, said) = hifi(dir.path(), &["versions", "gc", "--dry-run"], admin);

@@ -145,6 +145,23 @@ pub async fn versions(
         .into_response()
 }
 
+/// A JSON body that may be empty (then the default); 400 naming `shape` otherwise.
+fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body must be {shape} (or empty): {e}"),
+            json!({}),
+        ))
+    })
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBody {
@@ -162,19 +179,9 @@ pub async fn publish(
     if let Err(r) = crate::admin::may_change_state(&s, &headers) {
         return *r;
     }
-    let b: PublishBody = if body.iter().all(u8::is_ascii_whitespace) {
-        PublishBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the body must be {{\"redeliver_from\"?: T}} (or empty): {e}"),
-                    json!({}),
-                )
-            }
-        }
+    let b: PublishBody = match optional_body(&body, r#"{"redeliver_from"?: T}"#) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let redeliver_from = match b.redeliver_from.as_deref().map(crate::admin::parse_time) {
         None => None,
@@ -227,21 +234,12 @@ pub async fn gc(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let b: GcBody = if body.iter().all(u8::is_ascii_whitespace) {
-        GcBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "the body must be {{\"stage\"?: S, \"dry_run\"?: bool, \"with_dead_letters\"?: bool}} (or empty): {e}"
-                    ),
-                    json!({}),
-                )
-            }
-        }
+    let b: GcBody = match optional_body(
+        &body,
+        r#"{"stage"?: S, "dry_run"?: bool, "with_dead_letters"?: bool}"#,
+    ) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     if !b.dry_run {
         if let Err(r) = crate::admin::may_change_state(&s, &headers) {

@@ -175,3 +175,12 @@ pub async fn all_arrive(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits (up to a minute) until the candidate of `big` has caught up (`live`); returns
+/// `big`'s versions then.
+pub async fn candidate_live(admin: std::net::SocketAddr, what: &str) -> Value {
+    wait_for(admin, Duration::from_secs(60), what, |v| {
+        candidate_state(v) == "live"
+    })
+    .await
+}
