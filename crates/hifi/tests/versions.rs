@@ -22,14 +22,9 @@ async fn a_new_version_backfills_beside_the_published_one_and_publishing_loses_n
 /// The same on Apache Kafka (3 brokers): registry, positions and cuts in Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_a_new_version_backfills_and_publishing_loses_nothing() {
-    let Some(brokers) = required("KAFKA_BROKERS") else {
-        return;
-    };
-    let prefix = unique_prefix("versions");
-    publish_without_loss(&format!(
-        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n"
-    ))
-    .await;
+    if let Some(engine) = kafka_engine("versions") {
+        publish_without_loss(&engine).await;
+    }
 }
 
 async fn publish_without_loss(engine: &str) {

@@ -78,14 +78,9 @@ async fn retired_versions_are_collected_and_come_back_anew() {
 /// second `gc` finds nothing left: every topic it would delete is gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_retired_versions_are_collected_and_come_back_anew() {
-    let Some(brokers) = required("KAFKA_BROKERS") else {
-        return;
-    };
-    let prefix = unique_prefix("versions-gc");
-    collect_and_revive(&format!(
-        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n"
-    ))
-    .await;
+    if let Some(engine) = kafka_engine("versions-gc") {
+        collect_and_revive(&engine).await;
+    }
 }
 
 async fn collect_and_revive(engine: &str) {

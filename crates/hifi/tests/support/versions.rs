@@ -184,3 +184,14 @@ pub async fn candidate_live(admin: std::net::SocketAddr, what: &str) -> Value {
     })
     .await
 }
+
+/// The `[engine]` section of the shared test Kafka cluster (`KAFKA_BROKERS`), 2
+/// partitions, topics under a prefix of their own; `None` (the test is skipped) without
+/// a cluster, unless `HIFI_REQUIRE_KAFKA=1`.
+pub fn kafka_engine(name: &str) -> Option<String> {
+    let brokers = super::required("KAFKA_BROKERS")?;
+    let prefix = super::unique_prefix(name);
+    Some(format!(
+        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n"
+    ))
+}
