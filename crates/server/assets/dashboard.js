@@ -303,7 +303,9 @@
         const c = byNode.get(n);
         const lost = el("td", !c ? "–" : b.settled ? fmtInt(c.lost) : "pending");
         if (b.settled && c && c.lost > 0) lost.className = "bad";
-        tr.append(el("td", c ? fmtInt(c.seen) : "–"), lost);
+        // Events a publish with --redeliver-from sent again (neither duplicates nor loss).
+        const again = c && c.redelivered > 0 ? ` (${fmtInt(c.redelivered)} re-delivered)` : "";
+        tr.append(el("td", c ? fmtInt(c.seen) + again : "–"), lost);
       }
       tr.append(el("td", fmtInt(sum("filtered"))), el("td", fmtInt(sum("dead_lettered"))),
                 el("td", b.settled ? fmtInt(b.e2e_lost) : "pending"),
