@@ -584,7 +584,10 @@ pub async fn run(
                         return Ok(ExitCode::from(2));
                     }
                 };
-                requests = running.pipeline.versions.take_requests();
+                // A reload refused keeps the nodes, and their requests.
+                if let Some(r) = running.pipeline.versions.take_requests() {
+                    requests = Some(r);
+                }
             }
         }
     }

@@ -74,6 +74,9 @@ impl KafkaConfig {
             // the ingest answers 503) instead of hanging while the cluster is away.
             ("message.timeout.ms", "10000"),
             ("linger.ms", "1"),
+            // hifi creates its topics itself; a producer's metadata refresh for a topic
+            // deleted since (`hifi versions gc`) must not bring it back.
+            ("allow.auto.create.topics", "false"),
         ];
         client_config(&self.brokers, &defaults, &self.client, PRODUCER_FIXED)
     }

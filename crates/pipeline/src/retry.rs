@@ -187,7 +187,7 @@ pub struct DeadLetter {
     pub redriven: bool,
 }
 
-async fn redriven(log: &dyn Log, sink: &str) -> Result<BTreeSet<u64>, LogError> {
+pub(crate) async fn redriven(log: &dyn Log, sink: &str) -> Result<BTreeSet<u64>, LogError> {
     let mut set = BTreeSet::new();
     hifi_log::read_to_end(log, &redriven_topic(sink), 0, 0, |r| {
         if let Ok(s) = std::str::from_utf8(&r.record.value) {

@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::audit::{Audit, Verdict};
 use crate::config::FingerprintConfig;
-use crate::consumer::{retry_until_ok, Cursor};
+use crate::consumer::{retry_until_ok, Cursor, Read};
 use crate::event::{EventFormat, EventMeta};
 use crate::signals::{bucket_signal, Signals};
 
@@ -232,17 +232,28 @@ impl Fingerprinter {
             max_bytes: 4 << 20,
             wait: Duration::from_millis(500),
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>)>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>, Option<u64>)>(2);
         let readers =
             futures_util::future::join_all(starts.into_iter().enumerate().map(|(p, at)| {
                 let (tx, shutdown) = (tx.clone(), &shutdown);
                 async move {
                     let mut cursor = Cursor::at(log, node, topic, p as u32, at, limits)
                         .retention_hint(" (their fingerprints miss them)");
-                    while let Some(batch) = cursor.next(shutdown).await {
+                    while let Some(read) = cursor.next_or_skip(shutdown).await {
+                        let batch = match read {
+                            Read::Batch(batch) => batch,
+                            // Retention moved past records never counted: read from
+                            // there (its end is reached without them).
+                            Read::Skipped { to } => {
+                                if tx.send((p as u32, Vec::new(), Some(to))).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        };
                         let last = batch.last().map_or(cursor.position(), |r| r.offset);
                         cursor.seek(last + 1);
-                        if tx.send((p as u32, batch)).await.is_err() {
+                        if tx.send((p as u32, batch, None)).await.is_err() {
                             return;
                         }
                     }
@@ -256,7 +267,8 @@ impl Fingerprinter {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     got = rx.recv() => match got {
-                        Some((p, batch)) => self.count(p, &batch),
+                        Some((p, batch, None)) => self.count(p, &batch),
+                        Some((p, _, Some(to))) => self.skipped_to(p, to),
                         None => break,
                     },
                     _ = tick.tick() => {
@@ -278,6 +290,14 @@ impl Fingerprinter {
             }
         };
         tokio::join!(readers, counting);
+    }
+
+    /// Partition `p` is read on from `to` (retention deleted what was before).
+    fn skipped_to(&self, p: u32, to: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = st.read_to.get_mut(p as usize) {
+            *at = (*at).max(to);
+        }
     }
 
     /// Counts a batch read from partition `p`.
@@ -331,9 +351,15 @@ impl Fingerprinter {
         let Some((signals, ledger)) = &self.signals else {
             return Ok(());
         };
-        let (read_to, partitions) = {
+        // Taken together: a partition judged read to its end is judged with the figures
+        // of that moment.
+        let (read_to, partitions, max_time_ms) = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (st.read_to.clone(), st.partition_max_ms.clone())
+            (
+                st.read_to.clone(),
+                st.partition_max_ms.clone(),
+                st.max_time_ms,
+            )
         };
         let mut behind = Vec::new();
         for (p, &at) in read_to.iter().enumerate() {
@@ -341,7 +367,14 @@ impl Fingerprinter {
                 Ok(o) => o.end,
                 Err(_) => u64::MAX, // unknown: taken as behind
             };
-            if at < end {
+            // What is left to read may be a damaged range no reader gets past.
+            let quarantined_tail = at < end
+                && self
+                    .log
+                    .quarantined(&self.topic, p as u32)
+                    .await
+                    .is_ok_and(|q| q.iter().any(|r| r.start <= at && r.end >= end));
+            if at < end && !quarantined_tail {
                 behind.push(partitions.get(p).copied().unwrap_or(i64::MIN));
             }
         }
@@ -351,7 +384,7 @@ impl Fingerprinter {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let watermark = behind
                 .into_iter()
-                .fold(st.max_time_ms, i64::min)
+                .fold(max_time_ms, i64::min)
                 .saturating_sub(self.lateness_ms);
             for (start, b) in &st.buckets {
                 let end = start + self.bucket_ms;

@@ -123,10 +123,7 @@ pub async fn collect(
                 continue;
             }
             let dead_letters = records_in(log, &dlq_topic(&candidate)).await;
-            let redriven = records_in(log, &redriven_topic(&candidate)).await;
-            let pending = dead_letters
-                .unwrap_or(0)
-                .saturating_sub(redriven.unwrap_or(0));
+            let pending = not_redriven(log, &candidate).await;
             if pending > 0 && !with_dead_letters {
                 out.kept.push(kept(format!(
                     "{pending} dead letters of its life as a candidate were not re-driven (re-drive or inspect them, or collect with dead letters)"
@@ -163,13 +160,35 @@ pub async fn collect(
         {
             continue;
         }
+        // A version run again since has names of its own again (its candidate's
+        // dead-letter topics are named after the version, not its life): never those.
+        let current = stored
+            .stages
+            .get(&g.stage)
+            .and_then(|s| s.versions.get(&g.version))
+            .filter(|v| v.collected_ms.is_none())
+            .map(|v| {
+                let c = candidate_name(&g.stage, &v.version);
+                vec![
+                    v.topic.clone(),
+                    checkpoint_topic(&v.topic),
+                    dlq_topic(&c),
+                    redriven_topic(&c),
+                    redrive_topic(&c),
+                    v.group.clone(),
+                ]
+            })
+            .unwrap_or_default();
         let mut present = Vec::new();
         for t in &g.topics {
-            if !live.topics_in_use.contains(t) && log.partitions(t).await.is_ok() {
+            if !live.topics_in_use.contains(t)
+                && !current.contains(t)
+                && log.partitions(t).await.is_ok()
+            {
                 present.push(t.clone());
             }
         }
-        if !dry_run {
+        if !dry_run && !current.contains(&g.group) {
             // Quietly: a group deleted before is not an error.
             if let Err(e) = log.delete_group(&g.group).await {
                 tracing::warn!(group = %g.group, %e, "cannot delete a collected version's group; the next gc tries again");
@@ -230,6 +249,16 @@ pub async fn collect(
         tracing::info!(stage = %c.stage, version = %c.version, topics = ?c.topics, group = %c.group, "retired version collected");
     }
     Ok(out)
+}
+
+/// Dead letters of a node (one partition) not re-driven: its `.redriven` topic lists
+/// re-driven offsets. None when there is no DLQ.
+async fn not_redriven(log: &dyn Log, node: &str) -> u64 {
+    let Ok(o) = log.offsets(&dlq_topic(node), 0).await else {
+        return 0;
+    };
+    let done = crate::retry::redriven(log, node).await.unwrap_or_default();
+    (o.end - o.start).saturating_sub(done.range(o.start..o.end).count() as u64)
 }
 
 /// Records held by a topic's partitions, if its offsets answer.

@@ -572,14 +572,9 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 None
             } else {
                 let own = backfill_from_ms(&versions.backfill_from, now)?;
-                match recomputed_from(
-                    &registry,
-                    name,
-                    &def,
-                    upstream.as_ref().map(|u| u.1.as_str()),
-                ) {
-                    // Only its input changed: nothing before the upstream's new
-                    // version began recomputing can differ.
+                match input_begins(&registry, upstream.as_ref().map(|u| u.1.as_str())) {
+                    // Its input (the upstream's published version) begins there: nothing
+                    // older can be read, nor differ when only the input changed.
                     Some(t) => Some(own.map_or(t, |o| o.max(t))),
                     None => own,
                 }
@@ -734,22 +729,12 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     Ok((loaded, Live::new(plans, registry, topics_in_use)))
 }
 
-/// For a stage whose new version differs from its published one only by the version of
-/// the versioned stage it reads (`upstream`): where that upstream's published version
-/// began its backfill (record time, ms) — the earliest bucket its corrections can touch.
-/// `None` when the stage's own definition changed too, or the upstream recomputed from
-/// the oldest retained input (then its own `backfill_from` rules).
-fn recomputed_from(
-    registry: &Registry,
-    stage: &str,
-    def: &Definition,
-    upstream: Option<&str>,
-) -> Option<i64> {
-    let sv = registry.stages.get(stage)?;
-    let published = sv.versions.get(&sv.published.as_ref()?.version)?;
-    if published.definition != def.text || published.input_schema != def.input_schema {
-        return None;
-    }
+/// Where the published version of the versioned stage `upstream` (whose output a stage
+/// reads) began its backfill (record time, ms): its topic begins there, so a version of
+/// the reading stage computes nothing older — and, when only its input changed, nothing
+/// older can differ. `None` when it covers all retained input (a first version, or a
+/// backfill from `"retention"`).
+fn input_begins(registry: &Registry, upstream: Option<&str>) -> Option<i64> {
     let up = registry.stages.get(upstream?)?;
     up.versions
         .get(&up.published.as_ref()?.version)?

@@ -15,13 +15,16 @@ use crate::event::EventMeta;
 /// Least origin offset per `topic/partition` among the records of `topic` from `group`'s
 /// committed positions (the oldest record without one) to the end, folded into `cut`.
 /// Returns how many of those records are older (record time) than `covered_from`: the
-/// new version does not hold them (its backfill began after them).
+/// new version does not hold them (its backfill began after them). With `first_only`,
+/// stops at the first of them (a check: the count does not matter, and a reader far
+/// behind has many records to read).
 async fn fold_unread(
     log: &dyn Log,
     group: &str,
     topic: &str,
     cut: &mut BTreeMap<String, u64>,
     covered_from: Option<i64>,
+    first_only: bool,
 ) -> Result<u64, LogError> {
     let mut older = 0;
     for p in 0..log.partitions(topic).await? {
@@ -43,6 +46,9 @@ async fn fold_unread(
             for r in &records {
                 if covered_from.is_some_and(|t| r.record.timestamp_ms < t) {
                     older += 1;
+                    if first_only {
+                        return Ok(older);
+                    }
                 }
                 let o = EventMeta::of(topic, p, r).origin;
                 let key = format!("{}/{}", o.topic, o.partition);
@@ -55,21 +61,21 @@ async fn fold_unread(
 }
 
 /// From which record time the new version's topic holds what it computed: its backfill
-/// start, or later where its topic begins later (its input began later — a versioned
-/// input recomputed from a time — or retention removed its oldest records). The latest
-/// of its partitions' oldest records counts, which is conservative: a publish may be
-/// refused until readers catch up, never let through with a gap. An empty topic
-/// reaches back to nothing (now).
+/// start (for a stage reading a versioned output, no earlier than where that output's
+/// published version begins: see `resolve`), or later where retention removed its
+/// oldest records — the latest oldest record of a trimmed partition counts, which is
+/// conservative: a publish may be refused until readers catch up, never let through
+/// with a gap. A partition never trimmed holds everything written to it, whatever its
+/// first record's time.
 async fn covered_from(
     log: &dyn Log,
     topic: &str,
     backfill_from_ms: Option<i64>,
 ) -> Result<Option<i64>, LogError> {
     let mut from = backfill_from_ms;
-    let mut any = false;
     for p in 0..log.partitions(topic).await? {
         let offsets = log.offsets(topic, p).await?;
-        if offsets.start >= offsets.end {
+        if offsets.start == 0 || offsets.start >= offsets.end {
             continue;
         }
         let limits = ReadLimits {
@@ -78,13 +84,9 @@ async fn covered_from(
             wait: std::time::Duration::ZERO,
         };
         if let Some(first) = log.read(topic, p, offsets.start, limits).await?.first() {
-            any = true;
             let t = first.record.timestamp_ms;
             from = Some(from.map_or(t, |f| f.max(t)));
         }
-    }
-    if !any {
-        from = Some(chrono::Utc::now().timestamp_millis());
     }
     Ok(from)
 }
@@ -173,12 +175,13 @@ async fn publish_or_check(
         .map_err(fail)?;
     let behind = |who: &str, n: u64| {
         format!(
-            "cannot publish {} of stages.{stage}: {who} has {n} records still to handle that are older than its backfill start ({}), so not in its topic: wait until {who} catches up, or backfill the version from further back (`backfill_from`)",
+            "cannot publish {} of stages.{stage}: {who} has {}{n} records still to handle that are older than what its topic holds (from {}): wait until {who} catches up, or backfill the version from further back (`backfill_from`)",
             new.version,
+            if check_only { "at least " } else { "" },
             covered_from.map(crate::event::rfc3339_ms).unwrap_or_default()
         )
     };
-    let older = fold_unread(log, &old_group, input, &mut base, covered_from)
+    let older = fold_unread(log, &old_group, input, &mut base, covered_from, check_only)
         .await
         .map_err(fail)?;
     if older > 0 {
@@ -216,7 +219,7 @@ async fn publish_or_check(
     }
     for (reader, group) in &readers {
         let mut cut = base.clone();
-        let older = fold_unread(log, group, &old_topic, &mut cut, covered_from)
+        let older = fold_unread(log, group, &old_topic, &mut cut, covered_from, check_only)
             .await
             .map_err(fail)?;
         if older > 0 {
