@@ -56,6 +56,15 @@ pub async fn versions(admin: Admin, stage: Option<String>) -> Result<ExitCode> {
             s["output"].as_str().unwrap_or(""),
             s["publish"].as_str().unwrap_or("")
         );
+        let failed = &s["last_publish_failure"];
+        if failed.is_object() {
+            outln!(
+                "  last publish failed: v{} at {}: {}",
+                failed["version"].as_str().unwrap_or(""),
+                failed["at"].as_str().unwrap_or(""),
+                failed["error"].as_str().unwrap_or("")
+            );
+        }
         for v in s["versions"].as_array().cloned().unwrap_or_default() {
             outln!("  {}", version_line(&v));
             if v["state"] == "candidate" {

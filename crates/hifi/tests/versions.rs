@@ -679,6 +679,15 @@ async fn a_publish_that_would_skip_a_lagging_readers_events_is_refused() {
     let v = big(admin).await;
     assert_eq!(v["published"], v1.as_str(), "{v:#}");
     assert_eq!(v["last_publish_failure"]["version"], v2.as_str(), "{v:#}");
+    let out = std::process::Command::new(HIFI)
+        .args(["versions", "big", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains(&format!("last publish failed: v{v2}")),
+        "{listed}"
+    );
 
     // Caught up, it publishes; nothing is lost.
     all_arrive(&record, &a).await;

@@ -153,7 +153,20 @@ async fn publish_or_check(
         .unwrap_or_else(|| file.input.get_ref().clone());
     let input = input_topic.as_str();
     let (old_topic, new_topic) = (sv.versions[&old].topic.clone(), new.topic.clone());
-    let fail = |e: LogError| format!("cannot publish {} of stages.{stage}: {e}", new.version);
+    let fail = |e: LogError| {
+        let e = e.to_string();
+        // Kafka refuses a commit from outside a group that has members: a node of this
+        // pipeline running in another process (`--only`).
+        let hint = if e.contains("UnknownMemberId") || e.contains("Unknown member") {
+            " — a process other than this one has a member in that consumer group (a node of this pipeline run elsewhere with --only): a publish stops only this process's nodes; stop the other processes' nodes of this stage and of its output's readers, or publish from a process running them all"
+        } else {
+            ""
+        };
+        format!(
+            "cannot publish {} of stages.{stage}: {e}{hint}",
+            new.version
+        )
+    };
 
     // Every source partition's end: what arrives later is above the cut.
     let mut base: BTreeMap<String, u64> = BTreeMap::new();
