@@ -18,6 +18,7 @@
 //!   when this process has one (commits must carry its generation), else through a
 //!   consumer that only commits.
 //! - `offset_for_time` = `offsets_for_times`.
+//! - `delete_topic`/`delete_group` = the admin API's deletions (`delete.rs`).
 //!
 //! No transactions: the pipeline is at-least-once (committed positions that only ever
 //! cover finished work) and removes duplicates by event id.
@@ -25,6 +26,7 @@
 
 mod config;
 mod consume;
+mod delete;
 mod errors;
 mod groups;
 mod produce;
@@ -796,100 +798,11 @@ impl Log for KafkaLog {
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<(), LogError> {
-        validate_name(topic)?;
-        let name = self.name(topic);
-        let opts = AdminOptions::new()
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .operation_timeout(Some(REQUEST_TIMEOUT));
-        let results = self
-            .admin
-            .delete_topics(&[name.as_str()], &opts)
-            .await
-            .map_err(|e| kafka_err(format!("deleting topic {name}"), e))?;
-        let forget = || {
-            self.partition_counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(topic);
-            self.readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(t, _), _| t != topic);
-        };
-        for r in results {
-            match r {
-                Ok(_) => {}
-                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
-                    forget();
-                    return Err(LogError::TopicNotFound {
-                        topic: topic.to_owned(),
-                    });
-                }
-                Err((_, code)) => {
-                    return Err(LogError::Io {
-                        context: format!("deleting topic {name}"),
-                        source: std::io::Error::other(code.to_string()),
-                    })
-                }
-            }
-        }
-        forget();
-        // The controller deletes asynchronously: wait until metadata no longer shows it.
-        let deadline = Instant::now() + TRANSIENT_RETRY;
-        loop {
-            // Asked through the admin client: a consumer asked for a topic's metadata
-            // keeps asking for it, and its close waited on the deleted topic.
-            let (admin, n) = (self.admin.clone(), name.clone());
-            let listed = blocking(move || {
-                let md = admin
-                    .inner()
-                    .fetch_metadata(Some(&n), REQUEST_TIMEOUT)
-                    .map_err(|e| kafka_err(format!("reading metadata of {n}"), e))?;
-                Ok(md
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty()))
-            })
-            .await?;
-            if !listed {
-                info!(topic = %name, "Kafka topic deleted");
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(LogError::Io {
-                    context: format!("deleting topic {name}"),
-                    source: std::io::Error::other("still listed in the cluster's metadata"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.delete_topic_now(topic).await
     }
 
     async fn delete_group(&self, group: &str) -> Result<(), LogError> {
-        validate_name(group)?;
-        let group = self.name(group); // groups carry the prefix too
-        self.committers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&group);
-        let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-        let results = self
-            .admin
-            .delete_groups(&[group.as_str()], &opts)
-            .await
-            .map_err(|e| kafka_err(format!("deleting group {group}"), e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
-                Err((_, code)) => {
-                    return Err(LogError::Io {
-                        context: format!("deleting group {group}"),
-                        source: std::io::Error::other(code.to_string()),
-                    })
-                }
-            }
-        }
-        Ok(())
+        self.delete_group_now(group).await
     }
 
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
