@@ -274,7 +274,7 @@ impl KafkaLog {
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(g, Arc::downgrade(&member));
+            .insert((g, self.name(topic)), Arc::downgrade(&member));
         Ok(membership.holding(Box::new(member)))
     }
 }

@@ -79,7 +79,9 @@ pub struct KafkaLog {
     /// For metadata, watermarks and offsets for times.
     meta: Arc<BaseConsumer>,
     readers: Mutex<HashMap<(String, u32), SharedReader>>,
-    members: Mutex<HashMap<String, Weak<Member>>>,
+    /// This process's group members, by group and topic: a process can have several
+    /// members of one group (a stage reads its input and its re-drive topic in one).
+    members: Mutex<HashMap<(String, String), Weak<Member>>>,
     /// Per group, this process's members that stopped and have not left yet.
     leaving: Arc<Mutex<HashMap<String, usize>>>,
     committers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
@@ -295,10 +297,19 @@ impl KafkaLog {
         Ok(r)
     }
 
-    /// The group's member in this process, if it has one.
-    fn member(&self, group: &str) -> Option<Arc<Member>> {
+    /// This process's member of `group` (prefixed) subscribed to `topic` (prefixed), or
+    /// else any of its members of the group.
+    fn member(&self, group: &str, topic: &str) -> Option<Arc<Member>> {
         let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members.get(group).and_then(Weak::upgrade)
+        members
+            .get(&(group.to_owned(), topic.to_owned()))
+            .and_then(Weak::upgrade)
+            .or_else(|| {
+                members
+                    .iter()
+                    .filter(|((g, _), _)| g == group)
+                    .find_map(|(_, m)| m.upgrade())
+            })
     }
 
     fn committer(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
@@ -703,7 +714,11 @@ impl Log for KafkaLog {
                 .map_err(|e| kafka_err("committing", e))?;
         }
         let what = format!("committing {group} at {topic} {positions:?}");
-        if let Some(m) = self.member(&g) {
+        // Through the member reading this topic: another member of the group in this
+        // process may be joining, and the coordinator answers nothing else it is sent on
+        // that member's connection until the join completes — which waits for this
+        // partition's release, which waits for this commit.
+        if let Some(m) = self.member(&g, &name) {
             return blocking(move || {
                 retrying(|| m.consumer.commit(&tpl, CommitMode::Sync))
                     .map_err(|e| kafka_err(what, e))

@@ -105,3 +105,50 @@ async fn members_share_partitions_and_hand_them_over_only_when_released() {
         a.release_all_but(&now);
     }
 }
+
+/// A process with two members of one group (a stage reads its input and its re-drive
+/// topic in one group): while the first is asked to give its partitions up, the final
+/// commit of its work is taken at once, before it releases them. It went through the
+/// second member, whose own join the coordinator holds until the first has rejoined:
+/// the commit waited for the release, the release for the commit, until the release
+/// timed out (20 s), and then failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partitions_last_commit_is_taken_while_another_member_of_the_group_joins() {
+    let Some(brokers) = support::brokers() else {
+        return;
+    };
+    let prefix = support::unique_prefix("twomembers");
+    let log = support::connect(&brokers, &prefix);
+    for topic in ["input", "redrive"] {
+        log.ensure_topic(&TopicSpec::new(topic, 2)).await.unwrap();
+    }
+    log.append("input", 0, vec![hifi_log::Record::new(b"x".to_vec(), 1)])
+        .await
+        .unwrap();
+    let mut input = log.join("stage", "input").await.unwrap();
+    wait_for(&mut input, "the input member to own both partitions", |o| {
+        o.len() == 2
+    })
+    .await;
+
+    let _redrive = log.join("stage", "redrive").await.unwrap();
+    wait_for(
+        &mut input,
+        "the input member to be asked to give partitions up",
+        |o| o.len() < 2,
+    )
+    .await;
+    let kept = input.owned();
+    let committed = tokio::time::timeout(
+        Duration::from_secs(60),
+        log.commit_many("stage", "input", &[(0, 1)]),
+    )
+    .await
+    .expect("the commit never returned");
+    assert!(
+        committed.is_ok(),
+        "the last commit of a revoked partition failed: {committed:?}"
+    );
+    input.release_all_but(&kept);
+    assert_eq!(log.committed("stage", "input", 0).await.unwrap(), Some(1));
+}
