@@ -476,6 +476,7 @@ impl Pipeline {
                     None => ledger.node(name),
                 },
                 group: s.group.clone().unwrap_or_else(|| format!("stage.{name}")),
+                candidate_of: s.candidate_of.clone(),
                 skip: s.skip.clone(),
                 rate: s
                     .candidate_of

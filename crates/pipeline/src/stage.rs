@@ -79,6 +79,9 @@ pub struct Stage {
     pub ledger: NodeLedger,
     /// The consumer group holding its input positions (`stage.NAME`, or a version's).
     pub group: String,
+    /// The stage this runs a candidate version of (`candidate_of`): a window stage's
+    /// results carry that name in their ids, the same in every version.
+    pub candidate_of: Option<String>,
     /// Input records to pass over (after a publish of the stage's input; see
     /// [`crate::versions`]).
     pub skip: Option<Arc<crate::versions::Cut>>,

@@ -4,8 +4,8 @@
 //! one: readers follow the published version, and a publish moves them past everything
 //! the previous one had (its cuts are origin offsets, not positions in its topic). Its
 //! topic, its fingerprint's checkpoint topic, the dead-letter topics of its life as a
-//! candidate (`__dlq.X-vH`, `.redriven`, `__redrive.X-vH`: a version run again would
-//! otherwise find them) and its consumer group (whose positions on the stage's input
+//! candidate (`__dlq.X-vH`, `.redriven`, `__redrive.X-vH`, and a window stage's
+//! `__window.X-vH`: a version run again would otherwise find them) and its consumer group (whose positions on the stage's input
 //! would otherwise hold that input's retention back on the embedded engine) can go.
 //!
 //! Left alone: a version whose candidate-life dead letters were not all re-driven
@@ -115,6 +115,7 @@ pub async fn collect(
                 dlq_topic(&candidate),
                 redriven_topic(&candidate),
                 redrive_topic(&candidate),
+                crate::window::checkpoint_topic(&candidate),
             ];
             if let Some(t) = topics.iter().find(|t| live.topics_in_use.contains(*t)) {
                 out.kept.push(kept(format!(
@@ -175,6 +176,7 @@ pub async fn collect(
                     dlq_topic(&c),
                     redriven_topic(&c),
                     redrive_topic(&c),
+                    crate::window::checkpoint_topic(&c),
                     v.group.clone(),
                 ]
             })
@@ -305,6 +307,7 @@ mod tests {
             at_ms: 0,
             by: "test".into(),
             redeliver_from_ms: None,
+            redeliver_to_ms: None,
         }
     }
 

@@ -91,6 +91,59 @@ async fn covered_from(
     Ok(from)
 }
 
+/// A window stage's new version takes over from the previous one's state: it runs under
+/// the stage's name from then on, so it reads the previous version's checkpoint (every
+/// window up to `emitted_below` emitted) and goes back to its input positions where it
+/// was ahead (as every version does): it emits again each later window, with the same
+/// ids. Its readers pass over everything it wrote before the publish — so nothing is
+/// delivered twice — which needs the new version to have emitted at least every window
+/// the previous one had. Returns up to where that one emitted (the end of the range a
+/// `--redeliver-from` re-delivers: later windows are emitted again anyway).
+///
+/// The new version's first window must begin where the previous one's last emitted
+/// window ended (a new window size that does not divide the old one lines up only at
+/// some boundaries): a window across that boundary would be computed from the events
+/// the new version reads again only — part of it.
+async fn window_takeover(
+    log: &dyn Log,
+    stage: &str,
+    old: &str,
+    new: &str,
+    size_ms: i64,
+) -> Result<i64, String> {
+    let had = crate::window::emitted_below(log, stage)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(i64::MIN);
+    if had != i64::MIN && size_ms > 0 && had.rem_euclid(size_ms) != 0 {
+        return Err(format!(
+            "its windows ({} ms) do not begin where the published version {old}'s last emitted window ended ({}): publish when they do (its windows begin at every multiple of its size)",
+            size_ms,
+            crate::event::rfc3339_ms(had)
+        ));
+    }
+    let candidate = super::candidate_name(stage, new);
+    let has = crate::window::emitted_below(log, &candidate)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(i64::MIN);
+    if has < had {
+        let at = |t: i64| {
+            if t == i64::MIN {
+                "none yet".to_owned()
+            } else {
+                crate::event::rfc3339_ms(t)
+            }
+        };
+        return Err(format!(
+            "it has emitted its windows up to {} and the published version {old} up to {}: publish once it has caught up",
+            at(has),
+            at(had)
+        ));
+    }
+    Ok(had)
+}
+
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
 /// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
 pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
@@ -194,9 +247,28 @@ async fn publish_or_check(
             covered_from.map(crate::event::rfc3339_ms).unwrap_or_default()
         )
     };
-    let older = fold_unread(log, &old_group, input, &mut base, covered_from, check_only)
-        .await
-        .map_err(fail)?;
+    // A window stage's new version goes on from the previous one's state (see
+    // `window_takeover`): it reads again what that one had not, whatever its backfill.
+    let windows = match &file.window {
+        Some(w) => Some(
+            window_takeover(
+                log,
+                stage,
+                &old,
+                &new.version,
+                w.get_ref().size.0.as_millis() as i64,
+            )
+            .await
+            .map_err(|e| format!("cannot publish {} of stages.{stage}: {e}", new.version))?,
+        ),
+        None => None,
+    };
+    let older = match windows {
+        Some(_) => 0,
+        None => fold_unread(log, &old_group, input, &mut base, covered_from, check_only)
+            .await
+            .map_err(fail)?,
+    };
     if older > 0 {
         return Err(behind(&format!("the published version {old}"), older));
     }
@@ -231,6 +303,37 @@ async fn publish_or_check(
         starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
     }
     for (reader, group) in &readers {
+        if windows.is_some() {
+            if check_only {
+                continue; // a running reader's committed position trails its deliveries
+            }
+            // Every result of the previous version read: the reader passes over what
+            // the new one wrote before now (the windows it had, and those the new one
+            // emits again from the previous one's state).
+            let unread = fold_unread(
+                log,
+                group,
+                &old_topic,
+                &mut BTreeMap::new(),
+                Some(i64::MAX),
+                false,
+            )
+            .await
+            .map_err(fail)?;
+            if unread > 0 {
+                return Err(format!(
+                    "cannot publish {} of stages.{stage}: {reader} has {unread} window results of version {old} still to read; they cannot be replaced by the new version's (the ledger would count them lost): publish once it has read them",
+                    new.version,
+                ));
+            }
+            let mut cut = BTreeMap::new();
+            for &(p, _) in &starts {
+                let end = log.offsets(&new_topic, p).await.map_err(fail)?.end;
+                cut.insert(format!("{new_topic}/{p}"), end);
+            }
+            cuts.insert(reader.clone(), cut);
+            continue;
+        }
         let mut cut = base.clone();
         let older = fold_unread(log, group, &old_topic, &mut cut, covered_from, check_only)
             .await
@@ -276,6 +379,7 @@ async fn publish_or_check(
         at_ms: chrono::Utc::now().timestamp_millis(),
         by: req.by.clone(),
         redeliver_from_ms: req.redeliver_from_ms,
+        redeliver_to_ms: req.redeliver_from_ms.and(windows),
     };
     registry.record(log, change).await.map_err(fail)?;
     Ok(())

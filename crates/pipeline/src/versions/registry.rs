@@ -51,6 +51,10 @@ pub enum Change {
         /// Readers deliver again this version's events from this event time (ms).
         #[serde(default)]
         redeliver_from_ms: Option<i64>,
+        /// … and up to this one (a window stage's: what its previous version emitted;
+        /// the new one emits the later windows again).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redeliver_to_ms: Option<i64>,
     },
     /// A retired version's topics and consumer group are being removed (`hifi versions
     /// gc`), recorded before they are: a version run again after this starts anew in
@@ -110,6 +114,7 @@ pub struct Published {
     pub version: String,
     pub cuts: Cuts,
     pub redeliver_from_ms: Option<i64>,
+    pub redeliver_to_ms: Option<i64>,
 }
 
 /// One stage's versions.
@@ -214,6 +219,7 @@ impl Registry {
                 cuts,
                 at_ms,
                 redeliver_from_ms,
+                redeliver_to_ms,
                 ..
             } => {
                 let s = self.stages.entry(stage).or_default();
@@ -224,6 +230,7 @@ impl Registry {
                     version,
                     cuts,
                     redeliver_from_ms,
+                    redeliver_to_ms,
                 });
             }
             Change::Collected {

@@ -134,6 +134,12 @@ pub(crate) async fn run(
             };
             let mut cursor = cursor.measured(&stage.stats.busy);
             while let Some(batch) = cursor.next(shutdown).await {
+                // A candidate version's backfill is paced (`versions.backfill_max_rate`).
+                if let Some(rate) = &stage.rate {
+                    if !crate::delivery::pace(rate, batch.len() as u64, shutdown).await {
+                        return;
+                    }
+                }
                 let last = batch.last().map_or(cursor.position(), |r| r.offset);
                 cursor.seek(last + 1);
                 if tx.send((p, batch)).await.is_err() {
@@ -254,6 +260,9 @@ async fn emit(
     let now_ms = crate::now_ms();
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     let rows = result.rows.len() as u64;
+    // Every version of the stage gives a window's row the same id (a destination
+    // upserts a corrected result over the one before).
+    let named = stage.candidate_of.as_deref().unwrap_or(&stage.name);
     for row in result.rows {
         let mut value = row.value;
         value.insert(
@@ -261,9 +270,8 @@ async fn emit(
             rfc3339_ms(start).into(),
         );
         value.insert(hifi_sql::output::WINDOW_END.into(), rfc3339_ms(end).into());
-        let stem =
-            xxhash_rust::xxh3::xxh3_64(format!("{}\n{start}\n{}", stage.name, row.key).as_bytes());
-        let id = format!("{}-{start}-{stem:016x}-r{}", stage.name, d.revision);
+        let stem = xxhash_rust::xxh3::xxh3_64(format!("{named}\n{start}\n{}", row.key).as_bytes());
+        let id = format!("{named}-{start}-{stem:016x}-r{}", d.revision);
         let value = serde_json::to_vec(&serde_json::Value::Object(value)).unwrap_or_default();
         let h = |name: &'static str, value: String| Header {
             name: name.into(),
@@ -490,21 +498,7 @@ async fn read_checkpoint(
     stage: &Stage,
     shutdown: &CancellationToken,
 ) -> Option<Option<Checkpoint>> {
-    let topic = checkpoint_topic(&stage.name);
-    let (log, topic) = (stage.log.as_ref(), topic.as_str());
-    let read = || async move {
-        let end = log.offsets(topic, 0).await?.end;
-        if end == 0 {
-            return Ok(None);
-        }
-        let limits = ReadLimits {
-            max_records: 1,
-            max_bytes: 1 << 20,
-            wait: Duration::ZERO,
-        };
-        let recs = log.read(topic, 0, end - 1, limits).await?;
-        Ok::<_, LogError>(recs.last().map(|r| r.record.value.clone()))
-    };
+    let read = || last_checkpoint(stage.log.as_ref(), &stage.name);
     let value = retry_until_ok(shutdown, &stage.name, "read its checkpoint", read).await?;
     Some(value.and_then(|v| match serde_json::from_slice(&v) {
         Ok(ck) => Some(ck),
@@ -513,6 +507,44 @@ async fn read_checkpoint(
             None
         }
     }))
+}
+
+/// The last checkpoint the window stage running as `stage` wrote, as stored.
+async fn last_checkpoint(
+    log: &dyn hifi_log::Log,
+    stage: &str,
+) -> Result<Option<bytes::Bytes>, LogError> {
+    let topic = checkpoint_topic(stage);
+    let end = log.offsets(&topic, 0).await?.end;
+    if end == 0 {
+        return Ok(None);
+    }
+    let limits = ReadLimits {
+        max_records: 1,
+        max_bytes: 1 << 20,
+        wait: Duration::ZERO,
+    };
+    let recs = log.read(&topic, 0, end - 1, limits).await?;
+    Ok(recs.last().map(|r| r.record.value.clone()))
+}
+
+/// Up to where the window stage running as `stage` has emitted: every window ending at
+/// or before this time (epoch ms) was, by its last checkpoint; `None` before its first
+/// (or when its checkpoints topic does not exist).
+pub async fn emitted_below(log: &dyn hifi_log::Log, stage: &str) -> Result<Option<i64>, LogError> {
+    if log.partitions(&checkpoint_topic(stage)).await.is_err() {
+        return Ok(None);
+    }
+    let Some(value) = last_checkpoint(log, stage).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice::<Checkpoint>(&value)
+        .map(|ck| Some(ck.closed_below))
+        .map_err(|e| {
+            LogError::Invalid(format!(
+                "the last checkpoint of {stage} cannot be read: {e}"
+            ))
+        })
 }
 
 async fn save_checkpoint(stage: &Stage, ck: &Checkpoint, shutdown: &CancellationToken) -> bool {

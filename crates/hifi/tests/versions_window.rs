@@ -1,0 +1,240 @@
+//! Versions of a window stage with real processes: a new version backfills its windows
+//! beside the published one, and a publish hands the readers over at the previous
+//! version's last emitted window — every window's result delivered once (the earlier
+//! ones by the previous version, the later ones by the new one, with the same ids), the
+//! ledger counting nothing lost.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::versions::{big, candidate_live, publish_cli, start_receiver, wait_for};
+use support::*;
+
+const WINDOW: i64 = 2_000;
+
+/// Source `api` → window stage `big` (2-s windows, one row per country, `stage`
+/// saying which version computed it) → sink `out`.
+fn write_file(dir: &Path, receiver: &str, stage: &str) -> std::path::PathBuf {
+    let file = dir.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 2\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[ledger]\nsettle_after = \"1s\"\n\
+             [topics.events]\nschema = {{ id = \"string\", ts = \"timestamp\", country = \"string\" }}\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\n\
+             versions = {{ publish = \"manual\", backfill_from = \"retention\" }}\n\
+             window = {{ size = \"2s\", allowed_lateness = \"500ms\", idle_timeout = \"500ms\" }}\n\
+             sql = \"SELECT country, count(*) AS orders, '{stage}' AS stage FROM input GROUP BY country\"\n\
+             [sinks.out]\ntype = \"http\"\ninput = \"big-orders\"\nurl = \"http://{receiver}/ingest\"\n\
+             [sinks.out.retry.local]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Posts two events per country (DE, FR) stamped now, `windows` times a window apart;
+/// returns the (window start, country) pairs they fall in.
+async fn post_windows(ingest: SocketAddr, tag: &str, windows: usize) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    for w in 0..windows {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ts = rfc3339(now);
+        let events: Vec<Value> = ["DE", "DE", "FR", "FR"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"id": format!("{tag}{w}-{i}"), "ts": ts, "country": c}))
+            .collect();
+        let r = reqwest::Client::new()
+            .post(format!("http://{ingest}/v1/events"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        for c in ["DE", "FR"] {
+            pairs.insert((rfc3339(now.div_euclid(WINDOW) * WINDOW), c.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(WINDOW as u64)).await;
+    }
+    pairs
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The window results received, by id: (window start, country, the `stage` of each
+/// delivery in order).
+fn results(record: &Path) -> BTreeMap<String, (String, String, Vec<String>)> {
+    let mut out: BTreeMap<String, (String, String, Vec<String>)> = BTreeMap::new();
+    for r in received_records(record) {
+        let d = &r["data"];
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        out.entry(s(&r["id"]))
+            .or_insert_with(|| (s(&d["window_start"]), s(&d["country"]), Vec::new()))
+            .2
+            .push(s(&d["stage"]));
+    }
+    out
+}
+
+async fn wait_results(record: &Path, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while results(record).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} window results: {:#?}",
+            results(record).len(),
+            results(record)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_stage_version_takes_over_at_the_last_window_of_the_one_before() {
+    take_over(false).await;
+}
+
+/// With `--redeliver-from` (the first window computed while both ran): those windows
+/// come again, from the new version, under the same ids; the earlier ones do not, nor
+/// do the later ones twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_stage_version_redelivers_the_windows_asked_for_under_the_same_ids() {
+    take_over(true).await;
+}
+
+async fn take_over(redeliver: bool) {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
+    let rx = receiver.addr("receiver").to_string();
+    let mut expected = BTreeSet::new();
+
+    // Version one computes three windows.
+    let file = write_file(dir.path(), &rx, "one");
+    let proc = run_pipeline(dir.path(), &file);
+    expected.extend(post_windows(proc.addr("source api"), "a", 3).await);
+    wait_results(&record, expected.len(), "version one's results").await;
+    proc.sigterm(Duration::from_secs(30));
+
+    // Version two backfills beside it; three more windows while both run.
+    let file = write_file(dir.path(), &rx, "two");
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = candidate_live(admin, "the candidate catches up").await;
+    let v2 = v["candidate"].as_str().unwrap().to_owned();
+    let both = post_windows(proc.addr("source api"), "b", 3).await;
+    expected.extend(both.iter().cloned());
+    wait_results(&record, expected.len(), "version one's later results").await;
+    // A window's result has the window's end as its event time: from just after the
+    // start of the first of them, the windows before it are not re-delivered.
+    let first = chrono::DateTime::parse_from_rfc3339(&both.first().unwrap().0).unwrap();
+    let from = rfc3339(first.timestamp_millis() + 1);
+    let extra: Vec<&str> = match redeliver {
+        true => vec!["--redeliver-from", &from],
+        false => vec![],
+    };
+
+    // Published once it has emitted every window version one has (asked again until).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = publish_cli(admin, &v2, &extra);
+        if out.status.success() {
+            break;
+        }
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            (said.contains("caught up") || said.contains("still to read"))
+                && Instant::now() < deadline,
+            "publish: {said}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_for(admin, Duration::from_secs(60), "the publish", |v| {
+        v["published"] == v2.as_str() && v["candidate"].is_null()
+    })
+    .await;
+
+    // Three windows after the publish: computed by version two.
+    let after = post_windows(proc.addr("source api"), "c", 3).await;
+    expected.extend(after.iter().cloned());
+    wait_results(&record, expected.len(), "version two's results").await;
+    let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
+    let lost: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, 0, "the ledger counts loss: {buckets:#?}");
+    // Every event the source passed is aggregated once (by version one before the
+    // publish, by version two after), and every window result passed is delivered;
+    // the re-deliveries are counted as such.
+    let passed = node_sum(&buckets, "api", "passed");
+    assert!(passed > 0, "{buckets:#?}");
+    assert_eq!(
+        node_sum(&buckets, "big", "aggregated"),
+        passed,
+        "every input event aggregated once by the published version: {buckets:#?}"
+    );
+    let redelivered = node_sum(&buckets, "out", "redelivered");
+    assert_eq!(
+        node_sum(&buckets, "out", "delivered"),
+        node_sum(&buckets, "big", "passed") + redelivered,
+        "{buckets:#?}"
+    );
+    // (The buckets holding the re-deliveries may settle later than the others: at most.)
+    let asked = if redeliver { both.len() as u64 } else { 0 };
+    assert!(redelivered <= asked, "re-deliveries counted: {buckets:#?}");
+    assert_eq!(big(admin).await["published"], v2.as_str());
+    proc.sigterm(Duration::from_secs(30));
+
+    // Every window's result under one id: version one's up to where version two took
+    // over, version two's after (those of the windows after the publish among them);
+    // once, but for the windows re-delivered: version one's, then version two's.
+    let got = results(&record);
+    let windows: BTreeSet<(String, String)> = got
+        .values()
+        .map(|(s, c, _)| (s.clone(), c.clone()))
+        .collect();
+    assert_eq!(
+        windows.len(),
+        got.len(),
+        "a window under several ids: {got:#?}"
+    );
+    assert_eq!(windows, expected, "{got:#?}");
+    let mut took_over = false;
+    for (start, country, stages) in got.values() {
+        let window = (start.clone(), country.clone());
+        if redeliver && both.contains(&window) {
+            assert_eq!(stages, &["one", "two"], "window {window:?}: {got:#?}");
+            continue;
+        }
+        assert_eq!(
+            stages.len(),
+            1,
+            "window {window:?} delivered again: {got:#?}"
+        );
+        took_over |= stages[0] == "two";
+        let want = if took_over { "two" } else { "one" };
+        assert_eq!(stages[0], want, "window {window:?}: {got:#?}");
+        if after.contains(&window) {
+            assert_eq!(
+                stages[0], "two",
+                "window {window:?} after the publish: {got:#?}"
+            );
+        }
+    }
+    drop(receiver);
+}
