@@ -29,6 +29,11 @@
 //! never loss). The new version's group goes back to the previous version's positions
 //! where it was ahead, so that the ledger, which counts the published version under
 //! the stage's name, sees every event (events between are written twice, same ids).
+//!
+//! A **window stage**'s results are new origins (their own place in its topic), so a cut
+//! by origins says nothing about them: its new version takes over at the published
+//! one's last emitted window instead (see `publish::window_takeover`), and its readers
+//! pass over everything it wrote before the publish.
 
 pub mod gc;
 pub mod publish;

@@ -7,7 +7,8 @@
 //! `allowed_lateness`; when every partition is idle it is the wall clock minus
 //! `allowed_lateness`. A window `[start, end)` closes when the watermark reaches `end`:
 //! its query runs, and each output row becomes an event with the window's end as its
-//! event time, `window_start`/`window_end` columns, and an id made of the stage, the
+//! event time, `window_start`/`window_end` columns, and an id made of the stage (its
+//! name, the same for a candidate version of it), the
 //! window's start, the row's key (its group) and the revision — the same each time the
 //! same window is computed, so a destination can drop a re-sent row or upsert a revision.
 //!
