@@ -14,19 +14,21 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::versions::{big, candidate_live, publish_cli, start_receiver, wait_for};
+use support::versions::{
+    big, candidate_live, kafka_engine, publish_cli, start_receiver, wait_for, EMBEDDED,
+};
 use support::*;
 
 const WINDOW: i64 = 2_000;
 
 /// Source `api` → window stage `big` (2-s windows, one row per country, `stage`
 /// saying which version computed it) → sink `out`.
-fn write_file(dir: &Path, receiver: &str, stage: &str) -> std::path::PathBuf {
+fn write_file(engine: &str, dir: &Path, receiver: &str, stage: &str) -> std::path::PathBuf {
     let file = dir.join("pipeline.toml");
     std::fs::write(
         &file,
         format!(
-            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 2\n\
+            "{engine}\
              [admin]\nlisten = \"127.0.0.1:0\"\n[ledger]\nsettle_after = \"1s\"\n\
              [topics.events]\nschema = {{ id = \"string\", ts = \"timestamp\", country = \"string\" }}\n\
              [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
@@ -105,7 +107,15 @@ async fn wait_results(record: &Path, n: usize, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_stage_version_takes_over_at_the_last_window_of_the_one_before() {
-    take_over(false).await;
+    take_over(EMBEDDED, false).await;
+}
+
+/// The same on Apache Kafka (3 brokers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_window_stage_version_takes_over_at_the_last_window_of_the_one_before() {
+    if let Some(engine) = kafka_engine("vwin") {
+        take_over(&engine, false).await;
+    }
 }
 
 /// With `--redeliver-from` (the first window computed while both ran): those windows
@@ -113,10 +123,10 @@ async fn a_window_stage_version_takes_over_at_the_last_window_of_the_one_before(
 /// do the later ones twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_stage_version_redelivers_the_windows_asked_for_under_the_same_ids() {
-    take_over(true).await;
+    take_over(EMBEDDED, true).await;
 }
 
-async fn take_over(redeliver: bool) {
+async fn take_over(engine: &str, redeliver: bool) {
     let dir = test_dir();
     let record = dir.path().join("received.jsonl");
     let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
@@ -124,14 +134,14 @@ async fn take_over(redeliver: bool) {
     let mut expected = BTreeSet::new();
 
     // Version one computes three windows.
-    let file = write_file(dir.path(), &rx, "one");
+    let file = write_file(engine, dir.path(), &rx, "one");
     let proc = run_pipeline(dir.path(), &file);
     expected.extend(post_windows(proc.addr("source api"), "a", 3).await);
     wait_results(&record, expected.len(), "version one's results").await;
     proc.sigterm(Duration::from_secs(30));
 
     // Version two backfills beside it; three more windows while both run.
-    let file = write_file(dir.path(), &rx, "two");
+    let file = write_file(engine, dir.path(), &rx, "two");
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin");
     let v = candidate_live(admin, "the candidate catches up").await;
