@@ -35,19 +35,25 @@
 //! one's last emitted window instead (see `publish::window_takeover`), and its readers
 //! pass over everything it wrote before the publish.
 
+mod backfill;
+mod cut;
 pub mod gc;
 pub mod publish;
 pub mod registry;
 pub mod watch;
+mod windows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use hifi_ledger::Origin;
 use hifi_log::Log;
 use toml::Spanned;
 
 use crate::config::{ConfigError, LoadedConfig, PublishMode, StageConfig};
+pub use backfill::backfill_from_ms;
+pub(crate) use backfill::backfill_position;
+use backfill::{backfill_start, start_backfill};
+pub use cut::Cut;
 pub use publish::publish;
 pub use registry::{Change, Registry, VERSIONS_TOPIC};
 
@@ -59,77 +65,6 @@ const NOT_DEFINITION: &[&str] = &[
     "batch_max_events",
     "test_publish_pause_ms",
 ];
-
-/// Per origin partition, the least origin offset a reader had not handled from the
-/// previous version: its records of the published version from below are passed over.
-#[derive(Debug, Default, Clone)]
-pub struct Cut {
-    below: HashMap<String, Vec<Option<u64>>>,
-    /// Events from this event time (ms) are delivered again (`--redeliver-from`)…
-    redeliver_from_ms: Option<i64>,
-    /// … up to this one, when bounded (a window stage's: see [`publish`]).
-    redeliver_to_ms: Option<i64>,
-}
-
-impl Cut {
-    /// From `topic/partition` → offset, and the range of event times delivered again.
-    pub fn from_map(
-        m: &BTreeMap<String, u64>,
-        redeliver_from_ms: Option<i64>,
-        redeliver_to_ms: Option<i64>,
-    ) -> Cut {
-        let mut cut = Cut {
-            below: HashMap::new(),
-            redeliver_from_ms,
-            redeliver_to_ms,
-        };
-        for (k, &o) in m {
-            let Some((topic, p)) = k.rsplit_once('/') else {
-                continue;
-            };
-            let Ok(p) = p.parse::<usize>() else { continue };
-            let v = cut.below.entry(topic.to_owned()).or_default();
-            if v.len() <= p {
-                v.resize(p + 1, None);
-            }
-            v[p] = Some(o);
-        }
-        cut
-    }
-
-    /// Whether a reader passes over this record of the published version: its origin
-    /// is below the cut, and it is not re-driven from dead letters (those were not
-    /// delivered from the version before).
-    /// With `--redeliver-from`, events from that event time (up to the bound, if any)
-    /// are never passed over.
-    pub fn passes_over(
-        &self,
-        origin: &Origin,
-        event_time_ms: i64,
-        record: &hifi_log::Record,
-    ) -> bool {
-        self.skips(origin)
-            && record.header(crate::event::header::REDRIVEN).is_none()
-            && (self.redeliver_from_ms.is_none_or(|t| event_time_ms < t)
-                || self.redeliver_to_ms.is_some_and(|t| event_time_ms > t))
-    }
-
-    /// Whether a record that is not passed over is delivered a second time: below the
-    /// cut, not re-driven (so kept for `--redeliver-from`).
-    pub fn redelivers(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
-        self.redeliver_from_ms.is_some()
-            && self.skips(origin)
-            && record.header(crate::event::header::REDRIVEN).is_none()
-    }
-
-    /// Whether a record with this origin is below the cut.
-    pub fn skips(&self, origin: &Origin) -> bool {
-        self.below
-            .get(origin.topic.as_str())
-            .and_then(|v| v.get(origin.partition as usize).copied().flatten())
-            .is_some_and(|o| origin.offset < o)
-    }
-}
 
 /// A stage's definition as hashed and stored.
 #[derive(Debug, Clone)]
@@ -204,23 +139,6 @@ pub fn definition(
         input_schema,
         version: format!("{:08x}", (h >> 32) as u32),
     })
-}
-
-/// Where a candidate's backfill starts (`backfill_from`): `None` for the oldest retained
-/// input, else an event time in ms.
-pub fn backfill_from_ms(text: &str, now_ms: i64) -> Result<Option<i64>, String> {
-    if text == "retention" {
-        return Ok(None);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(t.timestamp_millis()));
-    }
-    if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(Some(now_ms - d.as_millis() as i64));
-    }
-    Err(format!(
-        "{text:?} is not \"retention\", an RFC 3339 time (\"2026-12-06T10:00:00Z\") or a duration before the version starts (\"1h\")"
-    ))
 }
 
 /// The name a candidate version of `stage` runs under.
@@ -576,26 +494,11 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             } else {
                 format!("stage.{}{suffix}", candidate_name(name, &h))
             };
+            let upstream_stage = upstream.as_ref().map(|u| u.1.as_str());
             let from = if first {
                 None
             } else {
-                let own = backfill_from_ms(&versions.backfill_from, now)?;
-                let from = match input_begins(&registry, upstream.as_ref().map(|u| u.1.as_str())) {
-                    // Its input (the upstream's published version) begins there: nothing
-                    // older can be read, nor differ when only the input changed.
-                    Some(t) => Some(own.map_or(t, |o| o.max(t))),
-                    None => own,
-                };
-                // A window stage's first window is whole: from the start of the window
-                // the time falls in.
-                let size = file
-                    .window
-                    .as_ref()
-                    .map(|w| w.get_ref().size.0.as_millis() as i64);
-                match (from, size) {
-                    (Some(t), Some(size)) if size > 0 => Some(t.div_euclid(size) * size),
-                    _ => from,
-                }
+                backfill_start(&registry, upstream_stage, &file, now)?
             };
             let topic = if first && holds_records(log, file.output.get_ref()).await {
                 file.output.get_ref().clone()
@@ -603,7 +506,11 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 version_topic(file.output.get_ref(), &h) + &suffix
             };
             if !first {
-                start_backfill(log, &group, &input_topic, from).await?;
+                if file.window.is_some() {
+                    // Not the window state of a life collected half-way.
+                    windows::reset_checkpoint(log, &candidate_name(name, &h)).await?;
+                }
+                start_backfill(log, &group, &input_topic, from, false).await?;
             }
             let change = Change::Created {
                 stage: name.clone(),
@@ -673,6 +580,21 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             // A version run before (the file went back to it) goes on from where it
             // stopped, in its own topic and group.
             let hv = &sv.versions[h];
+            let returns = file.window.is_some()
+                && windows::returns_from_publication(log, name, h, hv.published_ms).await?;
+            if returns {
+                // A window stage's version published before: its group's positions are
+                // where it stopped as the published stage, its candidate window state
+                // older. It backfills again.
+                let from = backfill_start(
+                    &registry,
+                    upstream.as_ref().map(|u| u.1.as_str()),
+                    &file,
+                    now,
+                )?;
+                start_backfill(log, &hv.group, &input_topic, from, true).await?;
+                windows::reset_checkpoint(log, &candidate_name(name, h)).await?;
+            }
             let mut c = file.clone();
             c.output = Spanned::new(0..0, hv.topic.clone());
             c.group = Some(hv.group.clone());
@@ -752,18 +674,6 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     Ok((loaded, Live::new(plans, registry, topics_in_use)))
 }
 
-/// Where the published version of the versioned stage `upstream` (whose output a stage
-/// reads) began its backfill (record time, ms): its topic begins there, so a version of
-/// the reading stage computes nothing older — and, when only its input changed, nothing
-/// older can differ. `None` when it covers all retained input (a first version, or a
-/// backfill from `"retention"`).
-fn input_begins(registry: &Registry, upstream: Option<&str>) -> Option<i64> {
-    let up = registry.stages.get(upstream?)?;
-    up.versions
-        .get(&up.published.as_ref()?.version)?
-        .backfill_from_ms
-}
-
 /// Whether `topic` exists and holds records (a stage gaining `versions` keeps writing
 /// its unversioned topic in its first version: its readers' backlog is there).
 async fn holds_records(log: &dyn Log, topic: &str) -> bool {
@@ -776,108 +686,4 @@ async fn holds_records(log: &dyn Log, topic: &str) -> bool {
         }
     }
     false
-}
-
-/// Where a backfill from event time `from_ms` begins in partition `p` of `input` (whose
-/// offsets are `offsets`): its first record at or after that time, the oldest retained
-/// for `None`.
-pub(crate) async fn backfill_position(
-    log: &dyn Log,
-    input: &str,
-    p: u32,
-    from_ms: Option<i64>,
-    offsets: hifi_log::PartitionOffsets,
-) -> Result<u64, hifi_log::LogError> {
-    Ok(match from_ms {
-        None => offsets.start,
-        Some(t) => log
-            .offset_for_time(input, p, t)
-            .await?
-            .unwrap_or(offsets.end)
-            .max(offsets.start),
-    })
-}
-
-/// Commits a candidate's start positions on its input: the first record at or after
-/// `from_ms` in each partition (the oldest retained with `None`). A group that has
-/// positions already (a crash after this, before the version was recorded) keeps them.
-async fn start_backfill(
-    log: &dyn Log,
-    group: &str,
-    input: &str,
-    from_ms: Option<i64>,
-) -> Result<(), String> {
-    let fail =
-        |e: hifi_log::LogError| format!("cannot set the backfill start of {group} on {input}: {e}");
-    let partitions = log.partitions(input).await.map_err(fail)?;
-    let mut positions = Vec::new();
-    for p in 0..partitions {
-        if log
-            .committed(group, input, p)
-            .await
-            .map_err(fail)?
-            .is_some()
-        {
-            continue;
-        }
-        let offsets = log.offsets(input, p).await.map_err(fail)?;
-        let at = backfill_position(log, input, p, from_ms, offsets)
-            .await
-            .map_err(fail)?;
-        positions.push((p, at));
-    }
-    if !positions.is_empty() {
-        log.commit_many(group, input, &positions)
-            .await
-            .map_err(fail)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cuts_pass_over_only_what_is_below_them() {
-        let cut = Cut::from_map(&BTreeMap::from([("events/1".to_owned(), 10)]), None, None);
-        let o = |t: &str, p: u32, offset: u64| Origin {
-            topic: t.into(),
-            partition: p,
-            offset,
-        };
-        assert!(cut.skips(&o("events", 1, 9)));
-        assert!(!cut.skips(&o("events", 1, 10)));
-        assert!(!cut.skips(&o("events", 0, 0)), "a partition without a cut");
-        assert!(!cut.skips(&o("other", 1, 0)), "a topic without a cut");
-    }
-
-    #[test]
-    fn a_bounded_redelivery_passes_over_what_is_outside_it() {
-        let m = BTreeMap::from([("out.v2/0".to_owned(), 10)]);
-        let cut = Cut::from_map(&m, Some(100), Some(200));
-        let o = Origin {
-            topic: "out.v2".into(),
-            partition: 0,
-            offset: 5,
-        };
-        let r = hifi_log::Record::new("{}", 0);
-        assert!(cut.passes_over(&o, 99, &r), "before the range");
-        assert!(!cut.passes_over(&o, 100, &r) && cut.redelivers(&o, &r));
-        assert!(!cut.passes_over(&o, 200, &r), "the range's end is in it");
-        assert!(cut.passes_over(&o, 201, &r), "after the range");
-        let above = Origin { offset: 10, ..o };
-        assert!(!cut.passes_over(&above, 500, &r), "above the cut");
-    }
-
-    #[test]
-    fn backfill_from_takes_retention_times_and_durations() {
-        assert_eq!(backfill_from_ms("retention", 0), Ok(None));
-        assert_eq!(
-            backfill_from_ms("2026-12-06T10:00:00Z", 0),
-            Ok(Some(1_796_551_200_000))
-        );
-        assert_eq!(backfill_from_ms("1h", 7_200_000), Ok(Some(3_600_000)));
-        assert!(backfill_from_ms("yesterday", 0).is_err());
-    }
 }

@@ -91,59 +91,6 @@ async fn covered_from(
     Ok(from)
 }
 
-/// A window stage's new version takes over from the previous one's state: it runs under
-/// the stage's name from then on, so it reads the previous version's checkpoint (every
-/// window up to `emitted_below` emitted) and goes back to its input positions where it
-/// was ahead (as every version does): it emits again each later window, with the same
-/// ids. Its readers pass over everything it wrote before the publish — so nothing is
-/// delivered twice — which needs the new version to have emitted at least every window
-/// the previous one had. Returns up to where that one emitted (the end of the range a
-/// `--redeliver-from` re-delivers: later windows are emitted again anyway).
-///
-/// The new version's first window must begin where the previous one's last emitted
-/// window ended (a new window size that does not divide the old one lines up only at
-/// some boundaries): a window across that boundary would be computed from the events
-/// the new version reads again only — part of it.
-async fn window_takeover(
-    log: &dyn Log,
-    stage: &str,
-    old: &str,
-    new: &str,
-    size_ms: i64,
-) -> Result<i64, String> {
-    let had = crate::window::emitted_below(log, stage)
-        .await
-        .map_err(|e| e.to_string())?
-        .unwrap_or(i64::MIN);
-    if had != i64::MIN && size_ms > 0 && had.rem_euclid(size_ms) != 0 {
-        return Err(format!(
-            "its windows ({} ms) do not begin where the published version {old}'s last emitted window ended ({}): publish when they do (its windows begin at every multiple of its size)",
-            size_ms,
-            crate::event::rfc3339_ms(had)
-        ));
-    }
-    let candidate = super::candidate_name(stage, new);
-    let has = crate::window::emitted_below(log, &candidate)
-        .await
-        .map_err(|e| e.to_string())?
-        .unwrap_or(i64::MIN);
-    if has < had {
-        let at = |t: i64| {
-            if t == i64::MIN {
-                "none yet".to_owned()
-            } else {
-                crate::event::rfc3339_ms(t)
-            }
-        };
-        return Err(format!(
-            "it has emitted its windows up to {} and the published version {old} up to {}: publish once it has caught up",
-            at(has),
-            at(had)
-        ));
-    }
-    Ok(had)
-}
-
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
 /// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
 pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
@@ -248,10 +195,10 @@ async fn publish_or_check(
         )
     };
     // A window stage's new version goes on from the previous one's state (see
-    // `window_takeover`): it reads again what that one had not, whatever its backfill.
+    // `super::windows::takeover`): it reads again what that one had not, whatever its backfill.
     let windows = match &file.window {
         Some(w) => Some(
-            window_takeover(
+            super::windows::takeover(
                 log,
                 stage,
                 &old,
@@ -351,15 +298,18 @@ async fn publish_or_check(
             .await
             .map_err(fail)?;
     }
-    // The new version goes back to the old one's positions where it was ahead.
+    // The new version goes back to the old one's positions where it was ahead — where
+    // the old one would start: a partition it has no position in (it never committed
+    // there: a window stage commits only once a window is emitted) from the oldest
+    // record.
     let mut back = Vec::new();
     for p in 0..log.partitions(input).await.map_err(fail)? {
+        let start = log.offsets(input, p).await.map_err(fail)?.start;
         let old_at = log.committed(&old_group, input, p).await.map_err(fail)?;
+        let old_at = old_at.unwrap_or(start).max(start);
         let new_at = log.committed(&new.group, input, p).await.map_err(fail)?;
-        if let (Some(o), Some(n)) = (old_at, new_at) {
-            if o < n {
-                back.push((p, o));
-            }
+        if new_at.is_some_and(|n| old_at < n) {
+            back.push((p, old_at));
         }
     }
     if !back.is_empty() {
@@ -378,7 +328,13 @@ async fn publish_or_check(
         cuts,
         at_ms: chrono::Utc::now().timestamp_millis(),
         by: req.by.clone(),
-        redeliver_from_ms: req.redeliver_from_ms,
+        redeliver_from_ms: match (&file.window, new.backfill_from_ms) {
+            // Only windows that begin at or after the backfill's start are whole.
+            (Some(w), Some(from)) => req
+                .redeliver_from_ms
+                .map(|t| t.max(from + w.get_ref().size.0.as_millis() as i64)),
+            _ => req.redeliver_from_ms,
+        },
         redeliver_to_ms: req.redeliver_from_ms.and(windows),
     };
     registry.record(log, change).await.map_err(fail)?;

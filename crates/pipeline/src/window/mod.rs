@@ -515,8 +515,23 @@ async fn last_checkpoint(
     log: &dyn hifi_log::Log,
     stage: &str,
 ) -> Result<Option<bytes::Bytes>, LogError> {
+    Ok(last_checkpoint_record(log, stage)
+        .await?
+        .map(|r| r.record.value))
+}
+
+/// The last checkpoint record of the window stage running as `stage`; `None` before its
+/// first (or when its checkpoints topic does not exist).
+async fn last_checkpoint_record(
+    log: &dyn hifi_log::Log,
+    stage: &str,
+) -> Result<Option<StoredRecord>, LogError> {
     let topic = checkpoint_topic(stage);
-    let end = log.offsets(&topic, 0).await?.end;
+    let end = match log.offsets(&topic, 0).await {
+        Ok(o) => o.end,
+        Err(LogError::TopicNotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if end == 0 {
         return Ok(None);
     }
@@ -526,16 +541,12 @@ async fn last_checkpoint(
         wait: Duration::ZERO,
     };
     let recs = log.read(&topic, 0, end - 1, limits).await?;
-    Ok(recs.last().map(|r| r.record.value.clone()))
+    Ok(recs.into_iter().last())
 }
 
 /// Up to where the window stage running as `stage` has emitted: every window ending at
-/// or before this time (epoch ms) was, by its last checkpoint; `None` before its first
-/// (or when its checkpoints topic does not exist).
+/// or before this time (epoch ms) was, by its last checkpoint; `None` before its first.
 pub async fn emitted_below(log: &dyn hifi_log::Log, stage: &str) -> Result<Option<i64>, LogError> {
-    if log.partitions(&checkpoint_topic(stage)).await.is_err() {
-        return Ok(None);
-    }
     let Some(value) = last_checkpoint(log, stage).await? else {
         return Ok(None);
     };
@@ -546,6 +557,28 @@ pub async fn emitted_below(log: &dyn hifi_log::Log, stage: &str) -> Result<Optio
                 "the last checkpoint of {stage} cannot be read: {e}"
             ))
         })
+}
+
+/// When the window stage running as `stage` wrote its last checkpoint (record time, ms).
+pub async fn last_checkpoint_ms(
+    log: &dyn hifi_log::Log,
+    stage: &str,
+) -> Result<Option<i64>, LogError> {
+    Ok(last_checkpoint_record(log, stage)
+        .await?
+        .map(|r| r.record.timestamp_ms))
+}
+
+/// Makes the window stage running as `stage` start without window state: an empty
+/// checkpoint (the last one counts).
+pub async fn reset_checkpoint(log: &dyn hifi_log::Log, stage: &str) -> Result<(), LogError> {
+    let topic = checkpoint_topic(stage);
+    log.ensure_topic(&hifi_log::TopicSpec::new(topic.clone(), 1))
+        .await?;
+    let value = serde_json::to_vec(&Checkpoint::default()).unwrap_or_default();
+    log.append(&topic, 0, vec![Record::new(value, crate::now_ms())])
+        .await?;
+    Ok(())
 }
 
 async fn save_checkpoint(stage: &Stage, ck: &Checkpoint, shutdown: &CancellationToken) -> bool {
