@@ -101,22 +101,10 @@ async fn publish_without_loss(engine: &str) {
 
     // A publish killed after its cuts and positions are written, before it is recorded
     // (the test hook holds it there 2 s): version one stays published.
-    let r = reqwest::Client::new()
-        .post(format!("http://{admin}/v1/versions/big/{v2}/publish"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    proc.sigkill();
-    let proc = run_pipeline(dir.path(), &file);
+    let proc = kill_during_publish(proc, &v2, dir.path(), &file).await;
     let admin = proc.addr("admin");
     let v = big(admin).await;
-    assert_eq!(
-        v["published"],
-        v1.as_str(),
-        "not recorded, not published: {v:#}"
-    );
+    assert_eq!(v["published"], v1.as_str(), "{v:#}");
     assert_eq!(v["candidate"], v2.as_str(), "{v:#}");
     // Published by `hifi publish`, then killed at once: it starts on version two.
     // With --redeliver-from before every event: all of them come again from version
@@ -231,19 +219,10 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         })
         .chain([json!({"id": "now", "ts": now, "country": "de"})])
         .collect();
-    let post = |ingest: String, body: Value| async move {
-        let r = reqwest::Client::new()
-            .post(format!("http://{ingest}/v1/events"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    };
 
     let file = write_file(dir.path(), &rx, "one", audited, true);
     let proc = run_pipeline(dir.path(), &file);
-    post(proc.addr("source api").to_string(), json!(events)).await;
+    post_events(proc.addr("source api"), &events).await;
     let ids: HashSet<String> = events
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
@@ -301,9 +280,9 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    post(
-        proc.addr("source api").to_string(),
-        json!([{"id": "during-bad", "ts": now, "country": "fr"}]),
+    post_events(
+        proc.addr("source api"),
+        &[json!({"id": "during-bad", "ts": now, "country": "fr"})],
     )
     .await;
     let got = all_arrive(&record, &HashSet::from(["during-bad".to_owned()])).await;
@@ -330,9 +309,9 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
     )
     .await;
     let good = v["published"].as_str().unwrap().to_owned();
-    post(
-        proc.addr("source api").to_string(),
-        json!([{"id": "after-good", "ts": now, "country": "us"}]),
+    post_events(
+        proc.addr("source api"),
+        &[json!({"id": "after-good", "ts": now, "country": "us"})],
     )
     .await;
     all_arrive(&record, &HashSet::from(["after-good".to_owned()])).await;
@@ -636,13 +615,7 @@ async fn a_publish_that_would_skip_a_lagging_readers_events_is_refused() {
                 .map(|i| json!({ "id": format!("{prefix}{k}-{i}") }))
                 .collect();
             ids.extend(body.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
-            let r = reqwest::Client::new()
-                .post(format!("http://{ingest}/v1/events"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            post_events(ingest, &body).await;
         }
         ids
     };

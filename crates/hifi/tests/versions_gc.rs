@@ -33,13 +33,7 @@ fn hifi(dir: &Path, args: &[&str], admin: SocketAddr) -> (bool, String) {
 
 async fn post(ingest: SocketAddr, ids: &[String]) {
     let body: Vec<Value> = ids.iter().map(|id| json!({ "id": id })).collect();
-    let r = reqwest::Client::new()
-        .post(format!("http://{ingest}/v1/events"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    post_events(ingest, &body).await;
 }
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {

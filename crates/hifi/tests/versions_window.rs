@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::versions::{
-    big, candidate_live, kafka_engine, publish_cli, start_receiver, wait_for, EMBEDDED,
+    big, candidate_live, kafka_engine, kill_during_publish, post_events, publish_cli,
+    start_receiver, wait_for, EMBEDDED,
 };
 use support::*;
 
@@ -62,13 +63,7 @@ async fn post_windows(ingest: SocketAddr, tag: &str, windows: usize) -> BTreeSet
             .enumerate()
             .map(|(i, c)| json!({"id": format!("{tag}{w}-{i}"), "ts": ts, "country": c}))
             .collect();
-        let r = reqwest::Client::new()
-            .post(format!("http://{ingest}/v1/events"))
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        post_events(ingest, &events).await;
         for c in ["DE", "FR"] {
             pairs.insert((rfc3339(now.div_euclid(WINDOW) * WINDOW), c.to_owned()));
         }
@@ -186,19 +181,8 @@ async fn take_over(engine: &str, mode: Mode) {
     };
 
     let (proc, admin) = if mode == Mode::Killed {
-        // Killed while the test hook holds the publish before its record.
-        let r = reqwest::Client::new()
-            .post(format!("http://{admin}/v1/versions/big/{v2}/publish"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        proc.sigkill();
-        let proc = run_pipeline(dir.path(), &file);
+        let proc = kill_during_publish(proc, &v2, dir.path(), &file).await;
         let admin = proc.addr("admin");
-        let v = big(admin).await;
-        assert_ne!(v["published"], v2.as_str(), "not recorded: {v:#}");
         (proc, admin)
     } else {
         (proc, admin)

@@ -195,3 +195,36 @@ pub fn kafka_engine(name: &str) -> Option<String> {
         "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n"
     ))
 }
+
+/// POSTs `events` (a JSON array) to the source at `ingest` (`host:port`); asserts 200.
+pub async fn post_events(ingest: impl std::fmt::Display, events: &[Value]) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{ingest}/v1/events"))
+        .json(events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Asks for `version` of `big` to be published, SIGKILLs the pipeline while the test
+/// hook (`test_publish_pause_ms`, 2 s) holds the publish before its record, and starts
+/// it again from `file`: the publish was not recorded.
+pub async fn kill_during_publish(proc: Proc, version: &str, dir: &Path, file: &Path) -> Proc {
+    let admin = proc.addr("admin");
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/versions/big/{version}/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proc.sigkill();
+    let proc = super::run_pipeline(dir, file);
+    let v = big(proc.addr("admin")).await;
+    assert_ne!(
+        v["published"], version,
+        "not recorded, not published: {v:#}"
+    );
+    proc
+}
