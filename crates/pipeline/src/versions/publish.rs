@@ -91,6 +91,10 @@ async fn covered_from(
     Ok(from)
 }
 
+/// How long a publish of a window stage's version waits, with the nodes running, for its
+/// readers to have read the published version's results.
+const UNREAD_RESULTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
 /// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
 pub async fn publish(log: &dyn Log, loaded: &LoadedConfig, req: &Request) -> Result<(), String> {
@@ -251,26 +255,33 @@ async fn publish_or_check(
     }
     for (reader, group) in &readers {
         if windows.is_some() {
-            if check_only {
-                continue; // a running reader's committed position trails its deliveries
-            }
             // Every result of the previous version read: the reader passes over what
             // the new one wrote before now (the windows it had, and those the new one
-            // emits again from the previous one's state).
-            let unread = fold_unread(
-                log,
-                group,
-                &old_topic,
-                &mut BTreeMap::new(),
-                Some(i64::MAX),
-                false,
-            )
-            .await
-            .map_err(fail)?;
+            // emits again from the previous one's state). A running reader's committed
+            // position trails what it delivered: with the nodes running, it is given
+            // a few seconds (sparing a stop and start of every node for a refusal).
+            let until = std::time::Instant::now() + UNREAD_RESULTS_WAIT;
+            let unread = loop {
+                let unread = fold_unread(
+                    log,
+                    group,
+                    &old_topic,
+                    &mut BTreeMap::new(),
+                    Some(i64::MAX),
+                    check_only,
+                )
+                .await
+                .map_err(fail)?;
+                if unread == 0 || !check_only || std::time::Instant::now() >= until {
+                    break unread;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            };
             if unread > 0 {
                 return Err(format!(
-                    "cannot publish {} of stages.{stage}: {reader} has {unread} window results of version {old} still to read; they cannot be replaced by the new version's (the ledger would count them lost): publish once it has read them",
+                    "cannot publish {} of stages.{stage}: {reader} has {}{unread} window results of version {old} still to read; they cannot be replaced by the new version's (the ledger would count them lost): publish once it has read them",
                     new.version,
+                    if check_only { "at least " } else { "" },
                 ));
             }
             let mut cut = BTreeMap::new();
