@@ -268,9 +268,9 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["unknown variant `now`", "auto"],
     );
     check(
-        "a versioned window stage",
-        &format!("{SOURCE}[topics.events]\nschema = {{ id = \"string\" }}\n[stages.s]\ninput = \"events\"\noutput = \"o\"\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\nversions = {{}}\n"),
-        &["stages.s.versions", "window stage"],
+        "a window stage reading a versioned stage's output",
+        &format!("{SOURCE}[topics.o]\nschema = {{ id = \"string\" }}\n[stages.r]\ninput = \"events\"\noutput = \"o\"\nversions = {{}}\n[[stages.r.transforms]]\ntype = \"set\"\nfield = \"/x\"\nvalue = \"1\"\n[stages.w]\ninput = \"o\"\noutput = \"per-minute\"\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\n"),
+        &["stages.w.input", "window stage reading a versioned"],
     );
     check(
         "an audit of a source naming input",

@@ -130,9 +130,8 @@ impl Stage {
             .ensure_topic(&hifi_log::TopicSpec::new(redrive_topic(&self.name), 1))
             .await?;
         if self.window.is_some() {
-            let checkpoints = crate::window::checkpoint_topic(&self.name);
             self.log
-                .ensure_topic(&hifi_log::TopicSpec::new(checkpoints, 1))
+                .ensure_topic(&crate::window::checkpoint_spec(&self.name))
                 .await?;
         }
         Ok(())

@@ -74,8 +74,8 @@ pub(super) async fn takeover(
         .unwrap_or(i64::MIN);
     if has < had {
         let at = |t: i64| {
-            if t == i64::MIN {
-                "none yet".to_owned()
+            if t <= 0 {
+                "none yet".to_owned() // no checkpoint, or an empty one
             } else {
                 crate::event::rfc3339_ms(t)
             }

@@ -73,6 +73,20 @@ pub fn checkpoint_topic(stage: &str) -> String {
     format!("__window.{stage}")
 }
 
+/// The checkpoints topic of the window stage running as `stage`: kept (its last record
+/// is the stage's state, however long its input is idle; Kafka's default retention
+/// would delete it after a week).
+pub fn checkpoint_spec(stage: &str) -> hifi_log::TopicSpec {
+    hifi_log::TopicSpec {
+        retention: Some(hifi_log::Retention {
+            age: Some(Duration::from_secs(100 * 365 * 86_400)),
+            bytes: None,
+            ignore_consumers: false,
+        }),
+        ..hifi_log::TopicSpec::new(checkpoint_topic(stage), 1)
+    }
+}
+
 /// What a restart needs to tell emitted events from late ones.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Checkpoint {
@@ -527,13 +541,13 @@ async fn last_checkpoint_record(
     stage: &str,
 ) -> Result<Option<StoredRecord>, LogError> {
     let topic = checkpoint_topic(stage);
-    let end = match log.offsets(&topic, 0).await {
-        Ok(o) => o.end,
+    let (start, end) = match log.offsets(&topic, 0).await {
+        Ok(o) => (o.start, o.end),
         Err(LogError::TopicNotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if end == 0 {
-        return Ok(None);
+    if start >= end {
+        return Ok(None); // none yet, or removed by retention
     }
     let limits = ReadLimits {
         max_records: 1,
@@ -573,8 +587,7 @@ pub async fn last_checkpoint_ms(
 /// checkpoint (the last one counts).
 pub async fn reset_checkpoint(log: &dyn hifi_log::Log, stage: &str) -> Result<(), LogError> {
     let topic = checkpoint_topic(stage);
-    log.ensure_topic(&hifi_log::TopicSpec::new(topic.clone(), 1))
-        .await?;
+    log.ensure_topic(&checkpoint_spec(stage)).await?;
     let value = serde_json::to_vec(&Checkpoint::default()).unwrap_or_default();
     log.append(&topic, 0, vec![Record::new(value, crate::now_ms())])
         .await?;
