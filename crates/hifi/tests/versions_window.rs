@@ -189,20 +189,7 @@ async fn take_over(engine: &str, mode: Mode) {
     };
 
     // Published once it has emitted every window version one has (asked again until).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = publish_cli(admin, &v2, &extra);
-        if out.status.success() {
-            break;
-        }
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            (said.contains("caught up") || said.contains("still to read"))
-                && Instant::now() < deadline,
-            "publish: {said}"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    publish_cli_until_accepted(admin, &v2, &extra).await;
     let (proc, admin) = if mode == Mode::Killed {
         proc.sigkill();
         let proc = run_pipeline(dir.path(), &file);
@@ -292,5 +279,151 @@ async fn take_over(engine: &str, mode: Mode) {
             );
         }
     }
+    drop(receiver);
+}
+
+/// `hifi publish big VERSION EXTRA…`, asked again while the refusal says to wait (the
+/// candidate catching up, a reader finishing the last results).
+async fn publish_cli_until_accepted(admin: SocketAddr, version: &str, extra: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = publish_cli(admin, version, extra);
+        if out.status.success() {
+            return;
+        }
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            (said.contains("caught up") || said.contains("still to read"))
+                && Instant::now() < deadline,
+            "publish: {said}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// [`publish_cli_until_accepted`], then waits until `/v1/versions` says it is published.
+async fn publish_when_ready(admin: SocketAddr, version: &str) {
+    publish_cli_until_accepted(admin, version, &[]).await;
+    wait_for(admin, Duration::from_secs(60), "the publish", |v| {
+        v["published"] == version && v["candidate"].is_null()
+    })
+    .await;
+}
+
+/// A version published before, retired, then named by the file again: it runs as a
+/// candidate from a clean window state, recomputing every retained window (its topic
+/// then holds each earlier window twice: its first life's result and the recomputed
+/// one, same id), and is published again — every window delivered once, by the version
+/// published when it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_stage_version_that_returns_recomputes_its_windows() {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
+    let rx = receiver.addr("receiver").to_string();
+    let mut want: BTreeMap<(String, String), &str> = BTreeMap::new();
+    let mut expect = |pairs: BTreeSet<(String, String)>, stage: &'static str| {
+        for p in pairs {
+            want.insert(p, stage);
+        }
+    };
+
+    let one = write_file(EMBEDDED, dir.path(), &rx, "one", "");
+    let proc = run_pipeline(dir.path(), &one);
+    let v1 = big(proc.addr("admin")).await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect(post_windows(proc.addr("source api"), "a", 2).await, "one");
+    wait_results(&record, 4, "version one's results").await;
+    proc.sigterm(Duration::from_secs(30));
+
+    let two = write_file(EMBEDDED, dir.path(), &rx, "two", "");
+    let proc = run_pipeline(dir.path(), &two);
+    let admin = proc.addr("admin");
+    let v2 = candidate_live(admin, "version two catches up").await["candidate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    publish_when_ready(admin, &v2).await;
+    expect(post_windows(proc.addr("source api"), "b", 2).await, "two");
+    wait_results(&record, 8, "version two's results").await;
+    proc.sigterm(Duration::from_secs(30));
+
+    // Back to version one: a candidate again, from a clean window state.
+    let one = write_file(EMBEDDED, dir.path(), &rx, "one", "");
+    let proc = run_pipeline(dir.path(), &one);
+    let admin = proc.addr("admin");
+    let v = candidate_live(admin, "version one catches up again").await;
+    assert_eq!(v["candidate"], v1.as_str(), "{v:#}");
+    publish_when_ready(admin, &v1).await;
+    expect(post_windows(proc.addr("source api"), "c", 2).await, "one");
+    wait_results(&record, 12, "version one's results again").await;
+    let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
+    let lost: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, 0, "the ledger counts loss: {buckets:#?}");
+    proc.sigterm(Duration::from_secs(30));
+
+    let got = results(&record);
+    let by_window: BTreeMap<(String, String), Vec<String>> = got
+        .values()
+        .map(|(s, c, stages)| ((s.clone(), c.clone()), stages.clone()))
+        .collect();
+    assert_eq!(
+        by_window.len(),
+        got.len(),
+        "a window under several ids: {got:#?}"
+    );
+    let delivered: BTreeMap<(String, String), Vec<String>> = want
+        .iter()
+        .map(|(w, s)| (w.clone(), vec![s.to_string()]))
+        .collect();
+    assert_eq!(by_window, delivered, "{got:#?}");
+
+    // Version one's topic: its first life's two windows ×2 countries, recomputed once
+    // more by its return, then the windows after it was published again.
+    let topic = format!("big-orders.v{v1}");
+    let mut ids: BTreeMap<String, u32> = BTreeMap::new();
+    for p in 0..2 {
+        let out = std::process::Command::new(HIFI)
+            .args(["log", "dump", "data", "--topic", &topic, "--partition"])
+            .arg(p.to_string())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            let id = r["headers"]["hifi-id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            *ids.entry(id).or_default() += 1;
+        }
+    }
+    let first_life: Vec<&String> = got
+        .iter()
+        .filter(|(_, (_, _, stages))| stages == &["one"])
+        .map(|(id, _)| id)
+        .take(4)
+        .collect();
+    for id in first_life {
+        assert!(
+            ids.get(id).copied().unwrap_or(0) >= 1,
+            "{id} missing from {topic}: {ids:#?}"
+        );
+    }
+    let twice = ids.values().filter(|n| **n >= 2).count();
+    assert!(
+        twice >= 4,
+        "the returning version recomputed its first life's windows: {ids:#?}"
+    );
     drop(receiver);
 }
