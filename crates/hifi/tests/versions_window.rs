@@ -387,26 +387,8 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
     // more by its return, then the windows after it was published again.
     let topic = format!("big-orders.v{v1}");
     let mut ids: BTreeMap<String, u32> = BTreeMap::new();
-    for p in 0..2 {
-        let out = std::process::Command::new(HIFI)
-            .args(["log", "dump", "data", "--topic", &topic, "--partition"])
-            .arg(p.to_string())
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            let id = r["headers"]["hifi-id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            *ids.entry(id).or_default() += 1;
-        }
+    for (id, _) in dump_topic(dir.path(), &topic, 2) {
+        *ids.entry(id).or_default() += 1;
     }
     let first_life: Vec<&String> = got
         .iter()

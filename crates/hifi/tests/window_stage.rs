@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -48,30 +47,6 @@ fn pipeline_with(
     )
     .unwrap();
     file
-}
-
-/// Every record of a topic, read back from the stopped pipeline's log: (id, value).
-fn dump(dir: &Path, topic: &str, partitions: u32) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        let o = Command::new(HIFI)
-            .args(["log", "dump", "data", "--topic", topic, "--partition"])
-            .arg(p.to_string())
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        for line in String::from_utf8(o.stdout).unwrap().lines() {
-            let r: Value = serde_json::from_str(line).unwrap();
-            let value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-            let id = r["headers"]["hifi-id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            out.push((id, value));
-        }
-    }
-    out
 }
 
 /// Polls an admin endpoint until `ok` holds (or time is up); returns the last answer.
@@ -174,7 +149,7 @@ async fn a_window_stage_emits_one_row_per_group_per_window_across_partitions() {
     assert!(status.success());
     receiver.sigterm(Duration::from_secs(10));
 
-    let rows = dump(dir.path(), "per-minute", 2);
+    let rows = dump_topic(dir.path(), "per-minute", 2);
     assert_eq!(rows.len(), 3, "{rows:?}");
     let mut by_window: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
     for (id, v) in &rows {
@@ -268,7 +243,7 @@ async fn a_failing_event_is_dead_lettered_whole_and_a_late_one_revises_its_windo
     let (status, _) = proc.sigterm(Duration::from_secs(20));
     assert!(status.success());
     receiver.sigterm(Duration::from_secs(10));
-    let mut rows = dump(dir.path(), "per-minute", 2);
+    let mut rows = dump_topic(dir.path(), "per-minute", 2);
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let got: Vec<(String, u64, i64)> = rows
         .iter()
@@ -376,7 +351,7 @@ async fn window_results_stay_exact_through_sigkills_under_load() {
     receiver.sigterm(Duration::from_secs(10));
 
     // What was stored at ingest (acknowledged or not), by window and country.
-    let stored = dump(dir.path(), "orders", 2);
+    let stored = dump_topic(dir.path(), "orders", 2);
     let mut expected: BTreeMap<(i64, String), u64> = BTreeMap::new();
     // An event's 2-second window and country.
     let window_of = |v: &Value| {
@@ -394,7 +369,7 @@ async fn window_results_stay_exact_through_sigkills_under_load() {
     // Late events (none expected with 1 s of lateness, but allowed) are in the dead
     // letters (once or, re-read after a crash, more) and subtracted from their windows.
     let mut late = HashSet::new();
-    for (_, v) in dump(dir.path(), "__dlq.per_minute", 1) {
+    for (_, v) in dump_topic(dir.path(), "__dlq.per_minute", 1) {
         if !late.insert(v["id"].as_str().unwrap().to_owned()) {
             continue;
         }
@@ -403,7 +378,7 @@ async fn window_results_stay_exact_through_sigkills_under_load() {
     expected.retain(|_, n| *n > 0);
     // What the stage wrote: each id with one content; one row per window and country.
     let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-    for (id, v) in dump(dir.path(), "per-minute", 2) {
+    for (id, v) in dump_topic(dir.path(), "per-minute", 2) {
         if let Some(before) = by_id.get(&id) {
             assert_eq!(before, &v, "row {id} written twice with different contents");
         }

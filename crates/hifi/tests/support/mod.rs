@@ -476,3 +476,27 @@ pub async fn post_one(target: &str, id: &str) -> (u16, Duration) {
         .unwrap();
     (r.status().as_u16(), asked.elapsed())
 }
+
+/// Every record of a topic, read back from the stopped pipeline's log: (id, value).
+pub fn dump_topic(dir: &Path, topic: &str, partitions: u32) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let o = Command::new(HIFI)
+            .args(["log", "dump", "data", "--topic", topic, "--partition"])
+            .arg(p.to_string())
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for line in String::from_utf8(o.stdout).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            let value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            let id = r["headers"]["hifi-id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            out.push((id, value));
+        }
+    }
+    out
+}
