@@ -109,14 +109,7 @@ pub async fn collect(
                 continue;
             }
             let candidate = candidate_name(&plan.stage, &v.version);
-            let topics = [
-                v.topic.clone(),
-                checkpoint_topic(&v.topic),
-                dlq_topic(&candidate),
-                redriven_topic(&candidate),
-                redrive_topic(&candidate),
-                crate::window::checkpoint_topic(&candidate),
-            ];
+            let topics = version_topics(&plan.stage, v);
             if let Some(t) = topics.iter().find(|t| live.topics_in_use.contains(*t)) {
                 out.kept.push(kept(format!(
                     "its topic {t:?} is read or written by a node of this pipeline"
@@ -169,16 +162,9 @@ pub async fn collect(
             .and_then(|s| s.versions.get(&g.version))
             .filter(|v| v.collected_ms.is_none())
             .map(|v| {
-                let c = candidate_name(&g.stage, &v.version);
-                vec![
-                    v.topic.clone(),
-                    checkpoint_topic(&v.topic),
-                    dlq_topic(&c),
-                    redriven_topic(&c),
-                    redrive_topic(&c),
-                    crate::window::checkpoint_topic(&c),
-                    v.group.clone(),
-                ]
+                let mut names = version_topics(&g.stage, v);
+                names.push(v.group.clone());
+                names
             })
             .unwrap_or_default();
         let mut present = Vec::new();
@@ -251,6 +237,21 @@ pub async fn collect(
         tracing::info!(stage = %c.stage, version = %c.version, topics = ?c.topics, group = %c.group, "retired version collected");
     }
     Ok(out)
+}
+
+/// The topics of version `v` of `stage` that a collection deletes: its own, its
+/// fingerprint's checkpoints, and those of its life as a candidate (dead letters,
+/// re-drives, window checkpoints), named after the version.
+fn version_topics(stage: &str, v: &super::registry::Version) -> Vec<String> {
+    let candidate = candidate_name(stage, &v.version);
+    vec![
+        v.topic.clone(),
+        checkpoint_topic(&v.topic),
+        dlq_topic(&candidate),
+        redriven_topic(&candidate),
+        redrive_topic(&candidate),
+        crate::window::checkpoint_topic(&candidate),
+    ]
 }
 
 /// Dead letters of a node (one partition) not re-driven: its `.redriven` topic lists
