@@ -356,6 +356,11 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
     let admin = proc.addr("admin");
     let v = candidate_live(admin, "version one catches up again").await;
     assert_eq!(v["candidate"], v1.as_str(), "{v:#}");
+    // A restart does not make it backfill once more (the registry says it has).
+    proc.sigterm(Duration::from_secs(30));
+    let proc = run_pipeline(dir.path(), &one);
+    let admin = proc.addr("admin");
+    candidate_live(admin, "version one after a restart").await;
     publish_when_ready(admin, &v1).await;
     expect(post_windows(proc.addr("source api"), "c", 2).await, "one");
     wait_results(&record, 12, "version one's results again").await;
@@ -402,6 +407,10 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
             "{id} missing from {topic}: {ids:#?}"
         );
     }
+    assert!(
+        ids.values().all(|n| *n <= 2),
+        "recomputed more than once (a restart backfilled again): {ids:#?}"
+    );
     let twice = ids.values().filter(|n| **n >= 2).count();
     assert!(
         twice >= 4,

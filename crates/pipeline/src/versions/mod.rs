@@ -575,26 +575,38 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         published.output = Spanned::new(0..0, pv.topic.clone());
         published.group = Some(pv.group.clone());
         let candidate = (p != h).then(|| h.clone());
+        if let Some(h) = candidate
+            .as_ref()
+            .filter(|h| file.window.is_some() && sv.versions[*h].backfill_due)
+        {
+            // A window stage's version published since it last backfilled: its
+            // group's positions are where it stopped as the published stage, its
+            // candidate window state older. It backfills again.
+            let from = backfill_start(
+                &registry,
+                upstream.as_ref().map(|u| u.1.as_str()),
+                &file,
+                now,
+            )?;
+            let group = sv.versions[h].group.clone();
+            start_backfill(log, &group, &input_topic, from, true).await?;
+            windows::reset_checkpoint(log, &candidate_name(name, h)).await?;
+            let change = Change::Backfilled {
+                stage: name.clone(),
+                version: h.clone(),
+                backfill_from_ms: from,
+                at_ms: now,
+            };
+            registry.record(log, change).await.map_err(|e| {
+                format!("cannot record the new backfill of version {h} of stages.{name}: {e}")
+            })?;
+        }
+        let sv = &registry.stages[name];
         let declared = cfg.topics.remove(&output);
         if let Some(h) = &candidate {
             // A version run before (the file went back to it) goes on from where it
             // stopped, in its own topic and group.
             let hv = &sv.versions[h];
-            let returns = file.window.is_some()
-                && windows::returns_from_publication(log, name, h, hv.published_ms).await?;
-            if returns {
-                // A window stage's version published before: its group's positions are
-                // where it stopped as the published stage, its candidate window state
-                // older. It backfills again.
-                let from = backfill_start(
-                    &registry,
-                    upstream.as_ref().map(|u| u.1.as_str()),
-                    &file,
-                    now,
-                )?;
-                start_backfill(log, &hv.group, &input_topic, from, true).await?;
-                windows::reset_checkpoint(log, &candidate_name(name, h)).await?;
-            }
             let mut c = file.clone();
             c.output = Spanned::new(0..0, hv.topic.clone());
             c.group = Some(hv.group.clone());

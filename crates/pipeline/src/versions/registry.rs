@@ -1,5 +1,5 @@
 //! The topic `__versions`: one JSON record per change of a versioned stage (a version
-//! created, a version published), read whole at start. Kept (a century): it is small
+//! created, published, backfilled again, collected), read whole at start. Kept (a century): it is small
 //! (one record per edit of a stage) and it is what says which topic readers follow.
 
 use std::collections::BTreeMap;
@@ -56,6 +56,16 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         redeliver_to_ms: Option<i64>,
     },
+    /// A window stage's version published before runs as a candidate again: its window
+    /// state and group's positions were reset to backfill anew from this event time
+    /// (ms; `None`: the oldest retained input). Recorded after the reset, so a crash
+    /// before it resets again.
+    Backfilled {
+        stage: String,
+        version: String,
+        backfill_from_ms: Option<i64>,
+        at_ms: i64,
+    },
     /// A retired version's topics and consumer group are being removed (`hifi versions
     /// gc`), recorded before they are: a version run again after this starts anew in
     /// a topic and group of new names.
@@ -82,6 +92,11 @@ pub struct Version {
     pub created_ms: i64,
     /// When it was published (the latest time), if ever.
     pub published_ms: Option<i64>,
+    /// Published since it last backfilled: a window stage's version that runs as a
+    /// candidate again must backfill anew (its candidate window state is older than
+    /// its group's positions, which are where it stopped as the published stage).
+    /// Decided by the order of the registry's records, not by clocks.
+    pub backfill_due: bool,
     /// When its topics were collected (`hifi versions gc`), if they were.
     pub collected_ms: Option<i64>,
     /// How many times it was collected before (its topic and group of this life are
@@ -208,6 +223,7 @@ impl Registry {
                         backfill_from_ms,
                         created_ms: at_ms,
                         published_ms: None,
+                        backfill_due: false,
                         collected_ms: None,
                         collections,
                     },
@@ -225,6 +241,7 @@ impl Registry {
                 let s = self.stages.entry(stage).or_default();
                 if let Some(v) = s.versions.get_mut(&version) {
                     v.published_ms = Some(at_ms);
+                    v.backfill_due = true;
                 }
                 s.published = Some(Published {
                     version,
@@ -232,6 +249,18 @@ impl Registry {
                     redeliver_from_ms,
                     redeliver_to_ms,
                 });
+            }
+            Change::Backfilled {
+                stage,
+                version,
+                backfill_from_ms,
+                ..
+            } => {
+                let s = self.stages.entry(stage).or_default();
+                if let Some(v) = s.versions.get_mut(&version) {
+                    v.backfill_from_ms = backfill_from_ms;
+                    v.backfill_due = false;
+                }
             }
             Change::Collected {
                 stage,
@@ -268,5 +297,83 @@ impl Registry {
         log.append(VERSIONS_TOPIC, 0, vec![Record::new(value, now)])
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(version: &str, from: Option<i64>) -> Change {
+        Change::Created {
+            stage: "s".into(),
+            version: version.into(),
+            definition: String::new(),
+            input_schema: None,
+            input_version: None,
+            group: format!("stage.s-v{version}"),
+            topic: format!("out.v{version}"),
+            backfill_from_ms: from,
+            at_ms: 0,
+        }
+    }
+
+    fn published(version: &str, at_ms: i64) -> Change {
+        Change::Published {
+            stage: "s".into(),
+            version: version.into(),
+            cuts: Cuts::new(),
+            at_ms,
+            by: "test".into(),
+            redeliver_from_ms: None,
+            redeliver_to_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_version_must_backfill_again_once_published_until_it_has() {
+        let mut r = Registry::default();
+        r.apply(created("1", None));
+        r.apply(published("1", 10));
+        r.apply(created("2", Some(5)));
+        let v = |r: &Registry, h: &str| r.stages["s"].versions[h].clone();
+        assert!(
+            !v(&r, "2").backfill_due,
+            "a new version backfills from its creation"
+        );
+        assert!(v(&r, "1").backfill_due);
+        r.apply(published("2", 20));
+        // Version one returns (the file went back to it): it backfills anew, once.
+        r.apply(Change::Backfilled {
+            stage: "s".into(),
+            version: "1".into(),
+            backfill_from_ms: Some(7),
+            at_ms: 30,
+        });
+        assert!(!v(&r, "1").backfill_due);
+        assert_eq!(
+            v(&r, "1").backfill_from_ms,
+            Some(7),
+            "where its topic begins now"
+        );
+        // Published again: a later return backfills again — whatever the clocks said.
+        r.apply(published("1", 0));
+        assert!(v(&r, "1").backfill_due);
+    }
+
+    #[test]
+    fn a_backfill_record_round_trips() {
+        let c = Change::Backfilled {
+            stage: "s".into(),
+            version: "1".into(),
+            backfill_from_ms: None,
+            at_ms: 1,
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains(r#""kind":"backfilled""#), "{text}");
+        let mut r = Registry::default();
+        r.apply(created("1", Some(3)));
+        r.apply(serde_json::from_str(&text).unwrap());
+        assert_eq!(r.stages["s"].versions["1"].backfill_from_ms, None);
     }
 }

@@ -3,9 +3,10 @@
 //! partition was read) is in its checkpoints (`__window.<running name>`), so a new
 //! version cannot take over by origins like a row stage's: it takes over at the
 //! published version's last emitted window ([`takeover`]). A candidate's window state
-//! must match its group's positions ([`returns_from_publication`]).
+//! must match its group's positions: a version that returns from publication backfills
+//! anew from a reset state (`Change::Backfilled`).
 
-use hifi_log::{Log, LogError};
+use hifi_log::Log;
 
 /// Makes the candidate `X-vH` start without window state (an empty checkpoint): a new
 /// version (its name may hold the state of a life collected half-way), or one that
@@ -14,26 +15,6 @@ pub(super) async fn reset_checkpoint(log: &dyn Log, candidate: &str) -> Result<(
     crate::window::reset_checkpoint(log, candidate)
         .await
         .map_err(|e| format!("cannot reset the window state of {candidate}: {e}"))
-}
-
-/// Whether version `version` of window stage `stage`, running as a candidate, was
-/// published since its candidate window state was written (`published_ms`): its group's
-/// positions are then where it stopped as the published stage, and its checkpoint from
-/// before — they do not match, and it must backfill again.
-pub(super) async fn returns_from_publication(
-    log: &dyn Log,
-    stage: &str,
-    version: &str,
-    published_ms: Option<i64>,
-) -> Result<bool, String> {
-    let Some(published) = published_ms else {
-        return Ok(false);
-    };
-    let candidate = super::candidate_name(stage, version);
-    let written = crate::window::last_checkpoint_ms(log, &candidate)
-        .await
-        .map_err(|e: LogError| format!("cannot read the window state of {candidate}: {e}"))?;
-    Ok(written.is_none_or(|t| t <= published))
 }
 
 /// A window stage's new version takes over from the previous one's state: it runs under

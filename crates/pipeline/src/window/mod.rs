@@ -524,22 +524,12 @@ async fn read_checkpoint(
     }))
 }
 
-/// The last checkpoint the window stage running as `stage` wrote, as stored.
+/// The last checkpoint the window stage running as `stage` wrote, as stored; `None`
+/// before its first (or when its checkpoints topic does not exist).
 async fn last_checkpoint(
     log: &dyn hifi_log::Log,
     stage: &str,
 ) -> Result<Option<bytes::Bytes>, LogError> {
-    Ok(last_checkpoint_record(log, stage)
-        .await?
-        .map(|r| r.record.value))
-}
-
-/// The last checkpoint record of the window stage running as `stage`; `None` before its
-/// first (or when its checkpoints topic does not exist).
-async fn last_checkpoint_record(
-    log: &dyn hifi_log::Log,
-    stage: &str,
-) -> Result<Option<StoredRecord>, LogError> {
     let topic = checkpoint_topic(stage);
     let (start, end) = match log.offsets(&topic, 0).await {
         Ok(o) => (o.start, o.end),
@@ -555,7 +545,7 @@ async fn last_checkpoint_record(
         wait: Duration::ZERO,
     };
     let recs = log.read(&topic, 0, end - 1, limits).await?;
-    Ok(recs.into_iter().last())
+    Ok(recs.into_iter().last().map(|r| r.record.value))
 }
 
 /// Up to where the window stage running as `stage` has emitted: every window ending at
@@ -571,16 +561,6 @@ pub async fn emitted_below(log: &dyn hifi_log::Log, stage: &str) -> Result<Optio
                 "the last checkpoint of {stage} cannot be read: {e}"
             ))
         })
-}
-
-/// When the window stage running as `stage` wrote its last checkpoint (record time, ms).
-pub async fn last_checkpoint_ms(
-    log: &dyn hifi_log::Log,
-    stage: &str,
-) -> Result<Option<i64>, LogError> {
-    Ok(last_checkpoint_record(log, stage)
-        .await?
-        .map(|r| r.record.timestamp_ms))
 }
 
 /// Makes the window stage running as `stage` start without window state: an empty
