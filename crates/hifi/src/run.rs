@@ -382,13 +382,16 @@ async fn reload(
 /// Publishes a version of a stage: stops every node (sinks drain, positions commit),
 /// records the publish with its readers' cuts ([`hifi_pipeline::versions::publish`]),
 /// and starts the nodes again, now on the published version. If the publish cannot be
-/// recorded, the nodes start again as they were.
+/// recorded, the nodes start again as they were. A SIGTERM or SIGINT during the check
+/// made with the nodes running (it may wait for readers) abandons the publish: the
+/// signal's name is returned with the nodes as they were.
 async fn publish_version(
     running: Running,
     current: &(LoadedConfig, Topology),
     req: &hifi_pipeline::versions::Request,
     opts: &RunOptions,
-) -> Result<Running> {
+    stops: &mut StopSignals,
+) -> Result<(Running, Option<&'static str>)> {
     tracing::info!(stage = %req.stage, version = %req.version, by = %req.by,
         "publishing: stopping the nodes (draining)");
     // The nodes start again on the addresses bound now (port 0 included).
@@ -406,16 +409,24 @@ async fn publish_version(
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
     // A refusal found with the nodes running spares stopping them.
-    if let Err(e) =
-        hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), &loaded, req).await
-    {
+    let check =
+        hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), &loaded, req);
+    let checked = tokio::select! {
+        checked = check => checked,
+        sig = stops.recv() => {
+            tracing::warn!(stage = %req.stage, version = %req.version,
+                "{sig} received while checking a publish: not published");
+            return Ok((running, Some(sig)));
+        }
+    };
+    if let Err(e) = checked {
         tracing::error!(stage = %req.stage, version = %req.version,
             "not published, the previous version goes on: {e}");
         running
             .pipeline
             .versions
             .publish_failed(&req.stage, failed(e));
-        return Ok(running);
+        return Ok((running, None));
     }
     let mut failures = running
         .pipeline
@@ -443,7 +454,7 @@ async fn publish_version(
                 r.pipeline.versions.publish_failed(&stage, f);
             }
             r.print_addresses(&loaded);
-            Ok(r)
+            Ok((r, None))
         }
         Err((e, engine)) => {
             engine.close().await;
@@ -539,6 +550,12 @@ pub async fn run(
     running.print_addresses(&loaded);
     let mut current = (loaded, topology);
     let mut requests = running.pipeline.versions.take_requests();
+    let draining = |sig: &str| {
+        println!(
+            "{sig} received: draining (at most {} s)...",
+            drain.as_secs()
+        )
+    };
     loop {
         let health = running.pipeline.health.clone();
         let publish = async {
@@ -549,13 +566,18 @@ pub async fn run(
         };
         tokio::select! {
             Some(req) = publish => {
-                running = match publish_version(running, &current, &req, &opts).await {
+                let stopped;
+                (running, stopped) = match publish_version(running, &current, &req, &opts, &mut stops).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         return Ok(ExitCode::from(2));
                     }
                 };
+                if let Some(sig) = stopped {
+                    draining(sig);
+                    break;
+                }
                 // Nodes started again have new requests; a publish refused before
                 // stopping them keeps the ones it had.
                 if let Some(r) = running.pipeline.versions.take_requests() {
@@ -563,10 +585,7 @@ pub async fn run(
                 }
             }
             sig = stops.recv() => {
-                println!(
-                    "{sig} received: draining (at most {} s)...",
-                    drain.as_secs()
-                );
+                draining(sig);
                 break;
             }
             () = health.failed() => {

@@ -418,3 +418,48 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
     );
     drop(receiver);
 }
+
+/// A stop signal while a publish waits, with the nodes running, for a reader to read the
+/// published version's results (its destination is down: it never does) abandons the
+/// publish and stops the process — it does not wait out the check first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_while_a_publish_waits_for_a_reader_abandons_it() {
+    let dir = test_dir();
+    let down = free_addr().to_string(); // nothing listens there
+    let one = write_file(EMBEDDED, dir.path(), &down, "one", "");
+    let proc = run_pipeline(dir.path(), &one);
+    let v1 = big(proc.addr("admin")).await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post_windows(proc.addr("source api"), "a", 2).await; // a window emitted, unread
+    proc.sigterm(Duration::from_secs(30));
+
+    let two = write_file(EMBEDDED, dir.path(), &down, "two", "");
+    let proc = run_pipeline(dir.path(), &two);
+    let admin = proc.addr("admin");
+    let v2 = candidate_live(admin, "version two catches up").await["candidate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/versions/big/{v2}/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // in the check's wait
+    let log = proc.log.clone();
+    let (status, _) = proc.sigterm(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("received while checking a publish"),
+        "the check was waited out: {said}"
+    );
+
+    let proc = run_pipeline(dir.path(), &two);
+    let v = big(proc.addr("admin")).await;
+    assert_eq!(v["published"], v1.as_str(), "not published: {v:#}");
+    proc.sigterm(Duration::from_secs(30));
+}
