@@ -469,11 +469,12 @@ impl Log for KafkaLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&spec.name);
-        // A topic just created may take a moment to show in metadata.
+        // A topic just created may take a moment to show in metadata (or to have its
+        // leaders).
         let mut tries = 0;
         let existing = loop {
             match self.partitions(&spec.name).await {
-                Err(LogError::TopicNotFound { .. }) if tries < 50 => {
+                Err(LogError::TopicNotFound { .. } | LogError::Io { .. }) if tries < 50 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -504,12 +505,19 @@ impl Log for KafkaLog {
             let md = meta
                 .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
                 .map_err(|e| kafka_err(format!("reading metadata of {name}"), e))?;
-            let t = md.topics().iter().find(|t| t.name() == name);
-            match t {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    Ok(t.partitions().len() as u32)
-                }
-                _ => Ok(0),
+            let Some(t) = md.topics().iter().find(|t| t.name() == name) else {
+                return Ok(0);
+            };
+            // Only a topic the cluster does not know is absent; another error (a leader
+            // being elected, authorization) is not an answer: a caller taking it for
+            // "absent" would start a window stage without its checkpoint.
+            match t.error().map(RDKafkaErrorCode::from) {
+                None => Ok(t.partitions().len() as u32),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(0),
+                Some(code) => Err(LogError::Io {
+                    context: format!("reading metadata of {name}"),
+                    source: std::io::Error::other(code.to_string()),
+                }),
             }
         })
         .await?;
