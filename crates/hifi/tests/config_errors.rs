@@ -268,9 +268,9 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["unknown variant `now`", "auto"],
     );
     check(
-        "a window stage reading a versioned stage's output",
-        &format!("{SOURCE}[topics.o]\nschema = {{ id = \"string\" }}\n[stages.r]\ninput = \"events\"\noutput = \"o\"\nversions = {{}}\n[[stages.r.transforms]]\ntype = \"set\"\nfield = \"/x\"\nvalue = \"1\"\n[stages.w]\ninput = \"o\"\noutput = \"per-minute\"\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\n"),
-        &["stages.w.input", "window stage reading a versioned"],
+        "a window stage reading a versioned window stage's output",
+        &format!("{SOURCE}[topics.events]\nschema = {{ id = \"string\" }}\n[topics.o]\nschema = {{ n = \"int\" }}\n[stages.r]\ninput = \"events\"\noutput = \"o\"\nversions = {{}}\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\n[stages.w]\ninput = \"o\"\noutput = \"per-hour\"\nsql = \"SELECT sum(n) AS n FROM input\"\nwindow = {{ size = \"1h\" }}\n"),
+        &["stages.w.input", "window stage reading a versioned window stage"],
     );
     check(
         "an audit of a source naming input",

@@ -13,6 +13,8 @@ pub struct Cut {
     redeliver_from_ms: Option<i64>,
     /// … up to this one, when bounded (a window stage's: see [`publish`]).
     redeliver_to_ms: Option<i64>,
+    /// A window stage's: the previous version's topic, read to its ends first.
+    pub drain: Option<super::registry::Drain>,
 }
 
 impl Cut {
@@ -26,6 +28,7 @@ impl Cut {
             below: HashMap::new(),
             redeliver_from_ms,
             redeliver_to_ms,
+            drain: None,
         };
         for (k, &o) in m {
             let Some((topic, p)) = k.rsplit_once('/') else {

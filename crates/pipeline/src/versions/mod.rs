@@ -183,10 +183,10 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
     for (name, s) in &cfg.stages {
         let key = format!("stages.{name}");
-        if s.window.is_some() && reads_versioned(cfg, s.input.get_ref()) {
+        if s.window.is_some() && reads_versioned_windows(cfg, s.input.get_ref()) {
             return Err(loaded.error(
                 format!("{key}.input"),
-                "a window stage reading a versioned stage's output is not supported yet (after a publish of its input it would have to rebuild its open windows from the new version's topic)",
+                "a window stage reading a versioned window stage's output is not supported yet (a publish of its input would re-send window results it holds in open windows)",
             ));
         }
         let Some(v) = &s.versions else {
@@ -232,10 +232,11 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn reads_versioned(cfg: &crate::config::PipelineConfig, topic: &str) -> bool {
+/// Whether `topic` is the output of a versioned window stage.
+fn reads_versioned_windows(cfg: &crate::config::PipelineConfig, topic: &str) -> bool {
     cfg.stages
         .values()
-        .any(|s| s.versions.is_some() && s.output.get_ref() == topic)
+        .any(|s| s.versions.is_some() && s.window.is_some() && s.output.get_ref() == topic)
 }
 
 /// The versioned stages (not candidates), each after the versioned stage whose output it
@@ -537,6 +538,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 by: "first version".into(),
                 redeliver_from_ms: None,
                 redeliver_to_ms: None,
+                drains: BTreeMap::new(),
             };
             registry
                 .record(log, change)
@@ -637,11 +639,9 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     let cut_of = |reader: &str, stage: &str| -> Option<Arc<Cut>> {
         let published = registry.stages.get(stage)?.published.as_ref()?;
         let m = published.cuts.get(reader)?;
-        Some(Arc::new(Cut::from_map(
-            m,
-            published.redeliver_from_ms,
-            published.redeliver_to_ms,
-        )))
+        let mut cut = Cut::from_map(m, published.redeliver_from_ms, published.redeliver_to_ms);
+        cut.drain = published.drains.get(reader).cloned();
+        Some(Arc::new(cut))
     };
     for (name, s) in cfg.sinks.iter_mut() {
         if let Some((topic, stage)) = renamed.get(s.input.get_ref()) {
@@ -682,6 +682,12 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 .values()
                 .map(|s| s.input.get_ref().clone()),
         )
+        // A previous version's topic a window stage reads to its end (kept until the
+        // next publish of its input).
+        .chain(loaded.config.stages.values().filter_map(|s| {
+            let drain = s.skip.as_ref()?.drain.as_ref()?;
+            Some(drain.topic.clone())
+        }))
         .collect();
     Ok((loaded, Live::new(plans, registry, topics_in_use)))
 }

@@ -91,6 +91,31 @@ async fn covered_from(
     Ok(from)
 }
 
+/// How many records window-stage reader `reader` (consumer group `group`) still has to
+/// read of the topic a publish of `sv` left it to finish ([`super::registry::Drain`]);
+/// `None` when it has none.
+pub(super) async fn draining(
+    log: &dyn Log,
+    sv: &super::registry::StageVersions,
+    reader: &str,
+    group: &str,
+) -> Result<Option<u64>, LogError> {
+    let Some(drain) = sv.published.as_ref().and_then(|p| p.drains.get(reader)) else {
+        return Ok(None);
+    };
+    let mut left = 0;
+    for (p, &end) in drain.ends.iter().enumerate() {
+        let at = match log.committed(group, &drain.topic, p as u32).await {
+            Ok(at) => at,
+            Err(LogError::TopicNotFound { .. }) => return Ok(None), // collected
+            Err(e) => return Err(e),
+        };
+        // A partition it never committed in holds nothing it read (see `window::run`).
+        left += at.map_or(0, |at| end.saturating_sub(at));
+    }
+    Ok((left > 0).then_some(left))
+}
+
 /// How long a publish of a window stage's version waits, with the nodes running, for its
 /// readers to have read the published version's results.
 const UNREAD_RESULTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -214,6 +239,24 @@ async fn publish_or_check(
         ),
         None => None,
     };
+    // A window stage reading a versioned output may still read the topic of its input's
+    // version published before (`Drain`): the new version takes that over too, once the
+    // published one has read it to its end (it would not hold those events otherwise).
+    let reader = format!("stages.{stage}");
+    let upstream = cfg
+        .stages
+        .iter()
+        .find(|(_, s)| s.versions.is_some() && s.output.get_ref() == file.input.get_ref())
+        .and_then(|(u, _)| registry.stages.get(u));
+    let drain = upstream.and_then(|u| u.published.as_ref()?.drains.get(&reader).cloned());
+    if let (Some(_), Some(u), Some(d)) = (&windows, upstream, &drain) {
+        if let Some(left) = draining(log, u, &reader, &old_group).await.map_err(fail)? {
+            return Err(format!(
+                "cannot publish {} of stages.{stage}: the published version {old} has {left} records still to read of {} (the version of its input published before; its open windows hold events of it): publish once it has",
+                new.version, d.topic
+            ));
+        }
+    }
     let older = match windows {
         Some(_) => 0,
         None => fold_unread(log, &old_group, input, &mut base, covered_from, check_only)
@@ -224,7 +267,9 @@ async fn publish_or_check(
         return Err(behind(&format!("the published version {old}"), older));
     }
     let mut cuts = BTreeMap::new();
+    let mut drains = BTreeMap::new();
     let mut readers: Vec<(String, String)> = Vec::new();
+    let mut window_readers: Vec<String> = Vec::new();
     for (name, s) in &cfg.sinks {
         if s.input.get_ref() == output {
             readers.push((format!("sinks.{name}"), format!("sink.{name}")));
@@ -245,6 +290,9 @@ async fn publish_or_check(
                 })
                 .unwrap_or_else(|| format!("stage.{name}"));
             readers.push((format!("stages.{name}"), group));
+            if s.window.is_some() {
+                window_readers.push(format!("stages.{name}"));
+            }
         }
     }
     // Readers start on the new topic's oldest record (a version published before may
@@ -292,6 +340,30 @@ async fn publish_or_check(
             cuts.insert(reader.clone(), cut);
             continue;
         }
+        if window_readers.contains(reader) {
+            // A window stage's open windows hold events of the previous version (its
+            // committed positions trail them): it reads that version's topic to its
+            // end first, then the new one from above the cut — every origin the
+            // previous version had, from it; the others from the new one.
+            let sv = &registry.stages[stage];
+            if let Some(left) = draining(log, sv, reader, group).await.map_err(fail)? {
+                return Err(format!(
+                    "cannot publish {} of stages.{stage}: {reader} has {left} records still to read of the version published before {old} (its open windows hold events of it): publish once it has",
+                    new.version
+                ));
+            }
+            let mut ends = Vec::new();
+            for p in 0..log.partitions(&old_topic).await.map_err(fail)? {
+                ends.push(log.offsets(&old_topic, p).await.map_err(fail)?.end);
+            }
+            let drain = super::registry::Drain {
+                topic: old_topic.clone(),
+                ends,
+            };
+            drains.insert(reader.clone(), drain);
+            cuts.insert(reader.clone(), base.clone());
+            continue;
+        }
         let mut cut = base.clone();
         let older = fold_unread(log, group, &old_topic, &mut cut, covered_from, check_only)
             .await
@@ -328,6 +400,22 @@ async fn publish_or_check(
             .await
             .map_err(fail)?;
     }
+    if let (Some(_), Some(d)) = (&windows, &drain) {
+        // Read to its end by the published version (checked above): so by the new one.
+        let mut done = Vec::new();
+        for p in 0..d.ends.len() as u32 {
+            match log.committed(&old_group, &d.topic, p).await {
+                Ok(Some(at)) => done.push((p, at)),
+                Ok(None) | Err(LogError::TopicNotFound { .. }) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        if !done.is_empty() {
+            log.commit_many(&new.group, &d.topic, &done)
+                .await
+                .map_err(fail)?;
+        }
+    }
     #[cfg(feature = "test-hooks")]
     if let Some(ms) = file.test_publish_pause_ms {
         tracing::warn!(ms, "test hook: waiting before the publish is recorded");
@@ -347,6 +435,7 @@ async fn publish_or_check(
             _ => req.redeliver_from_ms,
         },
         redeliver_to_ms: req.redeliver_from_ms.and(windows),
+        drains,
     };
     registry.record(log, change).await.map_err(fail)?;
     Ok(())

@@ -14,6 +14,17 @@ pub const VERSIONS_TOPIC: &str = "__versions";
 /// least origin offset it had not handled from the version published before.
 pub type Cuts = BTreeMap<String, BTreeMap<String, u64>>;
 
+/// What a window stage reading a versioned stage's output still reads of the version
+/// published before (see [`super::publish`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// The previous version's topic.
+    pub topic: String,
+    /// Its partitions' ends when the new version was published (it is not written
+    /// after, but a version returning as a candidate would write it again).
+    pub ends: Vec<u64>,
+}
+
 /// One change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -55,6 +66,10 @@ pub enum Change {
         /// the new one emits the later windows again).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         redeliver_to_ms: Option<i64>,
+        /// Per window-stage reader: the previous version's topic, which it reads to
+        /// these ends before it is done with it (its open windows hold events of it).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        drains: BTreeMap<String, Drain>,
     },
     /// A window stage's version published before runs as a candidate again: its window
     /// state and group's positions were reset to backfill anew from this event time
@@ -130,6 +145,7 @@ pub struct Published {
     pub cuts: Cuts,
     pub redeliver_from_ms: Option<i64>,
     pub redeliver_to_ms: Option<i64>,
+    pub drains: BTreeMap<String, Drain>,
 }
 
 /// One stage's versions.
@@ -236,6 +252,7 @@ impl Registry {
                 at_ms,
                 redeliver_from_ms,
                 redeliver_to_ms,
+                drains,
                 ..
             } => {
                 let s = self.stages.entry(stage).or_default();
@@ -248,6 +265,7 @@ impl Registry {
                     cuts,
                     redeliver_from_ms,
                     redeliver_to_ms,
+                    drains,
                 });
             }
             Change::Backfilled {
@@ -327,6 +345,7 @@ mod tests {
             by: "test".into(),
             redeliver_from_ms: None,
             redeliver_to_ms: None,
+            drains: BTreeMap::new(),
         }
     }
 

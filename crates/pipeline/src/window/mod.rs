@@ -92,8 +92,115 @@ pub fn checkpoint_spec(stage: &str) -> hifi_log::TopicSpec {
 struct Checkpoint {
     /// Every window ending at or before this (epoch ms) was emitted.
     closed_below: i64,
-    /// Per input partition: the offset read up to when the checkpoint was written.
+    /// Per input partition: the offset read up to when the checkpoint was written (as
+    /// stored: of the input topic; in [`Windows`], of each [`Place`]).
     read_to: Vec<u64>,
+    /// The same per topic read (the input, and the topic of a previous version of it
+    /// being read to its end). Absent in a checkpoint of an older hifi: `read_to` is
+    /// then of the input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    read_to_by_topic: BTreeMap<String, Vec<u64>>,
+}
+
+impl Checkpoint {
+    /// As stored → per place: where each was read up to (0 for one not in it). A
+    /// checkpoint of an older hifi is of the topic read before any publish of the
+    /// input (an older hifi did not run a window stage reading a versioned output):
+    /// the first place's.
+    fn replay(mut self, places: &[Place]) -> Checkpoint {
+        if self.read_to_by_topic.is_empty() {
+            if let Some(first) = places.first() {
+                let read_to = std::mem::take(&mut self.read_to);
+                self.read_to_by_topic.insert(first.topic.clone(), read_to);
+            }
+        }
+        let by = std::mem::take(&mut self.read_to_by_topic);
+        self.read_to = places
+            .iter()
+            .map(|pl| {
+                by.get(&pl.topic)
+                    .and_then(|v| v.get(pl.partition as usize).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
+        self
+    }
+
+    /// Per place → as stored.
+    fn by_topic(mut self, input: &str, places: &[Place]) -> Checkpoint {
+        let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (pl, at) in places.iter().zip(&self.read_to) {
+            let v = by.entry(pl.topic.clone()).or_default();
+            let p = pl.partition as usize;
+            if v.len() <= p {
+                v.resize(p + 1, 0);
+            }
+            v[p] = *at;
+        }
+        self.read_to = by.get(input).cloned().unwrap_or_default();
+        self.read_to_by_topic = by;
+        self
+    }
+}
+
+/// One topic partition a window stage reads, its place in the stage's windows: each of
+/// its input's, after those of the topic of the version of its input published before
+/// (when a publish left it some to read: its open windows held events of it).
+#[derive(Debug, Clone)]
+struct Place {
+    topic: String,
+    partition: u32,
+    /// Where reading starts (the committed position, else the oldest record).
+    start: u64,
+    /// Read up to here (a previous version's topic: where that version ended).
+    end: Option<u64>,
+}
+
+/// The stage's [`Place`]s; `None` if shut down first.
+async fn places(
+    stage: &Stage,
+    group: &str,
+    partitions: u32,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Place>> {
+    let log = stage.log.as_ref();
+    let mut places = Vec::new();
+    if let Some(drain) = stage.skip.as_ref().and_then(|c| c.drain.as_ref()) {
+        for (p, &end) in drain.ends.iter().enumerate() {
+            let p = p as u32;
+            let start = || async move {
+                match crate::consumer::start_position(log, group, &drain.topic, p).await {
+                    Err(LogError::TopicNotFound { .. }) => Ok(None),
+                    other => other.map(Some),
+                }
+            };
+            let what = "read where it is in the previous version of its input";
+            match retry_until_ok(shutdown, &stage.name, what, start).await? {
+                Some(start) => places.push(Place {
+                    topic: drain.topic.clone(),
+                    partition: p,
+                    start,
+                    end: Some(end),
+                }),
+                None => {
+                    error!(stage = %stage.name, topic = %drain.topic,
+                        "the previous version of its input was deleted before this stage had read it to its end (hifi versions gc?): the events its open windows held of it are not counted");
+                    break;
+                }
+            }
+        }
+    }
+    for p in 0..partitions {
+        let start = || crate::consumer::start_position(log, group, &stage.input, p);
+        let start = retry_until_ok(shutdown, &stage.name, "read the start position", start).await?;
+        places.push(Place {
+            topic: stage.input.clone(),
+            partition: p,
+            start,
+            end: None,
+        });
+    }
+    Some(places)
 }
 
 /// Runs a window stage until `shutdown`.
@@ -124,31 +231,26 @@ pub(crate) async fn run(
         return Ok(());
     };
     let group = stage.group();
-    let mut starts = Vec::with_capacity(partitions as usize);
-    for p in 0..partitions {
-        let start = || crate::consumer::start_position(log, &group, input, p);
-        let Some(at) = retry_until_ok(&shutdown, name, "read the start position", start).await
-        else {
-            return Ok(());
-        };
-        starts.push(at);
-    }
+    let Some(places) = places(stage, &group, partitions, &shutdown).await else {
+        return Ok(());
+    };
+    let places = &places[..];
+    let starts: Vec<u64> = places.iter().map(|pl| pl.start).collect();
     let limits = ReadLimits {
         max_records: stage.batch_max_events,
         max_bytes: 4 << 20,
         wait: Duration::from_millis(500),
     };
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>)>(2 * partitions as usize);
-    let readers = futures_util::future::join_all((0..partitions).map(|p| {
-        let (tx, group, shutdown) = (tx.clone(), &group, &shutdown);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>)>(2 * places.len());
+    let readers = futures_util::future::join_all(places.iter().enumerate().map(|(i, pl)| {
+        let (tx, shutdown) = (tx.clone(), &shutdown);
         async move {
-            let Some(cursor) = Cursor::open(log, name, group, input, p, limits, shutdown).await
-            else {
-                return;
-            };
+            if pl.end.is_some_and(|end| pl.start >= end) {
+                return; // a previous version's partition read to its end before
+            }
+            let cursor = Cursor::at(log, name, &pl.topic, pl.partition, pl.start, limits);
             let mut cursor = cursor.measured(&stage.stats.busy);
-            while let Some(batch) = cursor.next(shutdown).await {
+            while let Some(mut batch) = cursor.next(shutdown).await {
                 // A candidate version's backfill is paced (`versions.backfill_max_rate`).
                 if let Some(rate) = &stage.rate {
                     if !crate::delivery::pace(rate, batch.len() as u64, shutdown).await {
@@ -157,7 +259,20 @@ pub(crate) async fn run(
                 }
                 let last = batch.last().map_or(cursor.position(), |r| r.offset);
                 cursor.seek(last + 1);
-                if tx.send((p, batch)).await.is_err() {
+                if let Some(end) = pl.end {
+                    batch.retain(|r| r.offset < end);
+                } else if let Some(cut) = &stage.skip {
+                    // After a publish of its input: what the previous version had comes
+                    // from it (above), the rest from the new one.
+                    batch.retain(|r| {
+                        let meta = EventMeta::of(&pl.topic, pl.partition, r);
+                        !cut.passes_over(&meta.origin, meta.time_ms, &r.record)
+                    });
+                }
+                if !batch.is_empty() && tx.send((i as u32, batch)).await.is_err() {
+                    return;
+                }
+                if pl.end.is_some_and(|end| last + 1 >= end) {
                     return;
                 }
             }
@@ -171,6 +286,7 @@ pub(crate) async fn run(
         update: w.late == LateMode::Update,
         max_held: w.max_held,
     };
+    let ck = ck.map(|ck| ck.replay(places));
     let mut st = Windows::new(timing, starts.clone(), ck, Instant::now());
     let new = || w.query.events();
     let mut committed = starts;
@@ -182,7 +298,7 @@ pub(crate) async fn run(
                     _ = shutdown.cancelled() => return,
                     got = rx.recv() => {
                         let Some((p, batch)) = got else { return };
-                        let arriving = arriving(stage, p, batch);
+                        let arriving = arriving(stage, &places[p as usize], p, batch);
                         let refused = st.add(p, arriving, Instant::now(), &new);
                         if !refused.is_empty() && !dead_letter_refused(stage, refused, &shutdown).await {
                             return;
@@ -195,7 +311,7 @@ pub(crate) async fn run(
                     let Some(mut window) = st.take(*d) else {
                         continue;
                     };
-                    if !emit(stage, w, out_partitions, *d, &mut window, &shutdown).await {
+                    if !emit(stage, w, places, out_partitions, *d, &mut window, &shutdown).await {
                         return; // shut down before the output was durable: nothing committed
                     }
                     st.emitted(*d, window);
@@ -204,14 +320,16 @@ pub(crate) async fn run(
                 if due.is_empty() && pos == committed {
                     continue;
                 }
-                if !save_checkpoint(stage, &st.checkpoint(), &shutdown).await {
+                let ck = st.checkpoint().by_topic(stage.input.as_str(), places);
+                if !save_checkpoint(stage, &ck, &shutdown).await {
                     return;
                 }
                 for (p, at) in pos.iter().enumerate() {
                     if committed[p] == *at {
                         continue;
                     }
-                    let commit = || log.commit(&group, input, p as u32, *at);
+                    let pl = &places[p];
+                    let commit = || log.commit(&group, &pl.topic, pl.partition, *at);
                     if retry_until_ok(&shutdown, name, "commit the position", commit)
                         .await
                         .is_none()
@@ -230,8 +348,9 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// A batch's events as read (counted as read), before they are held.
-fn arriving(stage: &Stage, p: u32, batch: Vec<StoredRecord>) -> Vec<Arriving> {
+/// A batch's events as read (counted as read), before they are held; `at` is where they
+/// were read, its place `i` among the stage's [`Place`]s.
+fn arriving(stage: &Stage, at: &Place, i: u32, batch: Vec<StoredRecord>) -> Vec<Arriving> {
     stage
         .stats
         .read_events_total
@@ -240,13 +359,16 @@ fn arriving(stage: &Stage, p: u32, batch: Vec<StoredRecord>) -> Vec<Arriving> {
     batch
         .into_iter()
         .map(|r| {
-            let meta = EventMeta::of(&stage.input, p, &r);
-            let own = meta.origin.partition == p
+            let meta = EventMeta::of(&at.topic, at.partition, &r);
+            // Its own origin is told by the place (see `Meta::origin`).
+            let own = meta.origin.partition == at.partition
                 && meta.origin.offset == r.offset
-                && meta.origin.topic == stage.input;
+                && meta.origin.topic == stage.input
+                && at.topic == stage.input
+                && at.partition == i;
             Arriving {
                 meta: Meta {
-                    partition: p,
+                    partition: i,
                     offset: r.offset,
                     time_ms: meta.time_ms,
                     arrival_us,
@@ -263,6 +385,7 @@ fn arriving(stage: &Stage, p: u32, batch: Vec<StoredRecord>) -> Vec<Arriving> {
 async fn emit(
     stage: &Stage,
     w: &WindowRun,
+    places: &[Place],
     out_partitions: u32,
     d: Due,
     window: &mut Window<WindowEvents>,
@@ -327,7 +450,8 @@ async fn emit(
         let origin = e.origin(input).to_string();
         warn!(stage = %stage.name, %origin, reason = %why,
             "event dead-lettered at this window stage");
-        let Some(record) = read_back(stage, e, shutdown).await else {
+        let Some(record) = read_back(stage, &places[e.partition as usize], e, shutdown).await
+        else {
             return false;
         };
         dead.push(crate::stage::dead_letter(
@@ -432,16 +556,21 @@ async fn dead_letter_refused(
 /// holds only its values; the input is not committed past it, so it is still there). If
 /// it cannot be read, the dead letter says so in place of the event. `None` if shut down
 /// first.
-async fn read_back(stage: &Stage, e: &Meta, shutdown: &CancellationToken) -> Option<Record> {
+async fn read_back(
+    stage: &Stage,
+    at: &Place,
+    e: &Meta,
+    shutdown: &CancellationToken,
+) -> Option<Record> {
     let limits = ReadLimits {
         max_records: 1,
         max_bytes: 64 << 20,
         wait: Duration::ZERO,
     };
-    let (log, input) = (stage.log.as_ref(), stage.input.as_str());
+    let (log, input) = (stage.log.as_ref(), at.topic.as_str());
     // Deleted by retention: not there (any other error is retried).
     let read = || async move {
-        match log.read(input, e.partition, e.offset, limits).await {
+        match log.read(input, at.partition, e.offset, limits).await {
             Err(LogError::OffsetOutOfRange { .. }) => Ok(Vec::new()),
             other => other,
         }
@@ -450,12 +579,12 @@ async fn read_back(stage: &Stage, e: &Meta, shutdown: &CancellationToken) -> Opt
     Some(match got.into_iter().find(|r| r.offset == e.offset) {
         Some(r) => r.record,
         None => {
-            error!(stage = %stage.name, partition = e.partition, offset = e.offset,
+            error!(stage = %stage.name, topic = input, partition = at.partition, offset = e.offset,
                 "a refused window event is no longer in the input (removed by retention?); its dead letter holds no event");
             Record::new(
                 format!(
                     "(the event at {}/{}/{} was no longer in the input when it was dead-lettered)",
-                    input, e.partition, e.offset
+                    input, at.partition, e.offset
                 ),
                 e.time_ms,
             )

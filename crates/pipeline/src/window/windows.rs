@@ -340,6 +340,7 @@ impl<H: Hold> Windows<H> {
         Checkpoint {
             closed_below: self.closed_below,
             read_to: self.read_to.clone(),
+            ..Checkpoint::default()
         }
     }
 
@@ -460,6 +461,7 @@ mod tests {
         let ck = Checkpoint {
             closed_below: MIN,
             read_to: vec![5, 0],
+            ..Checkpoint::default()
         };
         let mut w = windows(0, false, 100, Some(ck));
         let events = vec![ev(0, 3, 1_000), ev(0, 6, 2_000), ev(0, 7, MIN + 1)];

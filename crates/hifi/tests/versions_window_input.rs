@@ -1,0 +1,207 @@
+//! A window stage reading a versioned stage's output, with real processes: when a new
+//! version of its input is published while its open windows hold events of the
+//! previous one, it reads the previous version's topic to its end, then the new one
+//! from the cut — every window's result computed once, from every event once.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::versions::{
+    big, candidate_live, kafka_engine, post_events, publish_cli, start_receiver, wait_for, EMBEDDED,
+};
+use support::*;
+
+const WINDOW: i64 = 2_000;
+
+/// Source `api` → row stage `big` (versioned, setting `/via`) → window stage `per`
+/// (2-s windows, orders per country) → sink `out`.
+fn write_file(engine: &str, dir: &Path, receiver: &str, via: &str) -> std::path::PathBuf {
+    let file = dir.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{engine}\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[ledger]\nsettle_after = \"1s\"\n\
+             [topics.big-orders]\nschema = {{ id = \"string\", ts = \"timestamp\", country = \"string\", via = \"string\" }}\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\n\
+             versions = {{ publish = \"manual\", backfill_from = \"retention\" }}\n\
+             [[stages.big.transforms]]\ntype = \"set\"\nfield = \"/via\"\nvalue = \"{via}\"\n\
+             [stages.per]\ninput = \"big-orders\"\noutput = \"per-country\"\n\
+             window = {{ size = \"2s\", allowed_lateness = \"500ms\", idle_timeout = \"500ms\" }}\n\
+             sql = \"SELECT country, count(*) AS orders FROM input GROUP BY country\"\n\
+             [sinks.out]\ntype = \"http\"\ninput = \"per-country\"\nurl = \"http://{receiver}/ingest\"\n\
+             [sinks.out.retry.local]\nbackoff_min = \"20ms\"\nbackoff_max = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Posts two events per country (DE, FR) stamped `at_ms`, ids `TAG-0…3`; counts them
+/// into `want` by (window start, country).
+async fn post_window(
+    ingest: SocketAddr,
+    tag: &str,
+    at_ms: i64,
+    want: &mut BTreeMap<(String, String), u64>,
+) {
+    let events: Vec<Value> = ["DE", "DE", "FR", "FR"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"id": format!("{tag}-{i}"), "ts": rfc3339(at_ms), "country": c}))
+        .collect();
+    post_events(ingest, &events).await;
+    let start = rfc3339(at_ms.div_euclid(WINDOW) * WINDOW);
+    for c in ["DE", "FR"] {
+        *want.entry((start.clone(), c.to_owned())).or_default() += 2;
+    }
+}
+
+/// The window results received: (window start, country) → the `orders` of each
+/// delivery, and the ids they came under.
+fn results(record: &Path) -> BTreeMap<(String, String), (Vec<u64>, Vec<String>)> {
+    let mut out: BTreeMap<(String, String), (Vec<u64>, Vec<String>)> = BTreeMap::new();
+    for r in received_records(record) {
+        let d = &r["data"];
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let e = out
+            .entry((s(&d["window_start"]), s(&d["country"])))
+            .or_default();
+        e.0.push(d["orders"].as_u64().unwrap());
+        e.1.push(s(&r["id"]));
+    }
+    out
+}
+
+async fn wait_results(record: &Path, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while results(record).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} window results: {:#?}",
+            results(record).len(),
+            results(record)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The ledger's buckets up to `to_ms` (events stamped ahead are in buckets after now),
+/// once every one is settled.
+async fn settled_until(admin: SocketAddr, to_ms: i64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&format!("http://{admin}/v1/loss?lost=true&to={to_ms}")).await;
+        let buckets = v["buckets"].as_array().cloned().unwrap_or_default();
+        if !buckets.is_empty() && buckets.iter().all(|b| b["settled"] == true) {
+            return buckets;
+        }
+        assert!(Instant::now() < deadline, "settled buckets: {v:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_stage_follows_a_publish_of_its_input_with_every_event_once() {
+    follows_a_publish(EMBEDDED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_window_stage_follows_a_publish_of_its_input_with_every_event_once() {
+    let Some(engine) = kafka_engine("vwi") else {
+        return;
+    };
+    follows_a_publish(&engine).await;
+}
+
+async fn follows_a_publish(engine: &str) {
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let receiver = start_receiver(dir.path(), &record, &["--record-data"]);
+    let rx = receiver.addr("receiver").to_string();
+    let mut want = BTreeMap::new();
+
+    // Version one of `big`; two windows counted from it.
+    let file = write_file(engine, dir.path(), &rx, "one");
+    let proc = run_pipeline(dir.path(), &file);
+    let now = chrono::Utc::now().timestamp_millis();
+    post_window(proc.addr("source api"), "a0", now, &mut want).await;
+    post_window(proc.addr("source api"), "a1", now + WINDOW, &mut want).await;
+    wait_results(&record, want.len(), "the windows of version one").await;
+    proc.sigterm(Duration::from_secs(30));
+
+    // Version two backfills beside it.
+    let file = write_file(engine, dir.path(), &rx, "two");
+    let proc = run_pipeline(dir.path(), &file);
+    let (admin, ingest) = (proc.addr("admin"), proc.addr("source api"));
+    let v2 = candidate_live(admin, "version two catches up").await["candidate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A window open across the publish (stamped ahead, it closes by the wall clock):
+    // half its events come through version one, half through version two.
+    let open = chrono::Utc::now().timestamp_millis() + 8_000;
+    post_window(ingest, "b0", open, &mut want).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // read into the open window
+    let out = publish_cli(admin, &v2, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(admin, Duration::from_secs(60), "the publish", |v| {
+        v["published"] == v2.as_str() && v["candidate"].is_null()
+    })
+    .await;
+    post_window(ingest, "b1", open, &mut want).await;
+    post_window(ingest, "c0", open + WINDOW, &mut want).await;
+    wait_results(&record, want.len(), "every window").await;
+    let buckets = settled_until(admin, open + 60_000).await;
+    let lost: u64 = buckets
+        .iter()
+        .map(|b| b["e2e_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, 0, "the ledger counts loss: {buckets:#?}");
+    let passed = node_sum(&buckets, "api", "passed");
+    assert_eq!(passed, 20, "{buckets:#?}");
+    assert_eq!(
+        node_sum(&buckets, "per", "aggregated"),
+        passed,
+        "every event aggregated once: {buckets:#?}"
+    );
+    assert_eq!(
+        node_sum(&buckets, "per", "dead_lettered"),
+        0,
+        "{buckets:#?}"
+    );
+    assert_eq!(big(admin).await["published"], v2.as_str());
+    proc.sigterm(Duration::from_secs(30));
+
+    // Every window once, counting every event once — the one open across the publish
+    // from both versions' topics.
+    let got = results(&record);
+    let counted: BTreeMap<(String, String), u64> = got
+        .iter()
+        .map(|(w, (orders, ids))| {
+            assert_eq!(orders.len(), 1, "window {w:?} delivered again: {got:#?}");
+            assert_eq!(ids.len(), 1, "{got:#?}");
+            (w.clone(), orders[0])
+        })
+        .collect();
+    assert_eq!(counted, want, "{got:#?}");
+    drop(receiver);
+}
