@@ -309,7 +309,7 @@ mod tests {
             by: "test".into(),
             redeliver_from_ms: None,
             redeliver_to_ms: None,
-            drains: BTreeMap::new(),
+            drains: Default::default(),
         }
     }
 
