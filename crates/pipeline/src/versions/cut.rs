@@ -61,6 +61,12 @@ impl Cut {
                 || self.redeliver_to_ms.is_some_and(|t| event_time_ms > t))
     }
 
+    /// [`Cut::passes_over`] for a reader that takes each event once whatever
+    /// `--redeliver-from` says (a window stage: an event counted twice would be wrong).
+    pub fn passes_over_once(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
+        self.skips(origin) && record.header(crate::event::header::REDRIVEN).is_none()
+    }
+
     /// Whether a record that is not passed over is delivered a second time: below the
     /// cut, not re-driven (so kept for `--redeliver-from`).
     pub fn redelivers(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
@@ -107,6 +113,10 @@ mod tests {
         };
         let r = hifi_log::Record::new("{}", 0);
         assert!(cut.passes_over(&o, 99, &r), "before the range");
+        assert!(
+            cut.passes_over_once(&o, &r),
+            "once: the range does not apply"
+        );
         assert!(!cut.passes_over(&o, 100, &r) && cut.redelivers(&o, &r));
         assert!(!cut.passes_over(&o, 200, &r), "the range's end is in it");
         assert!(cut.passes_over(&o, 201, &r), "after the range");

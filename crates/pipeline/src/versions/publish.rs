@@ -105,13 +105,19 @@ pub(super) async fn draining(
     };
     let mut left = 0;
     for (p, &end) in drain.ends.iter().enumerate() {
-        let at = match log.committed(group, &drain.topic, p as u32).await {
-            Ok(at) => at,
+        let p = p as u32;
+        // From its committed position, else (like `window::run`) the oldest record.
+        let at = async {
+            Ok(match log.committed(group, &drain.topic, p).await? {
+                Some(at) => at,
+                None => log.offsets(&drain.topic, p).await?.start,
+            })
+        };
+        match at.await {
+            Ok(at) => left += end.saturating_sub(at),
             Err(LogError::TopicNotFound { .. }) => return Ok(None), // collected
             Err(e) => return Err(e),
-        };
-        // A partition it never committed in holds nothing it read (see `window::run`).
-        left += at.map_or(0, |at| end.saturating_sub(at));
+        }
     }
     Ok((left > 0).then_some(left))
 }

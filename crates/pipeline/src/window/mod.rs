@@ -241,7 +241,10 @@ pub(crate) async fn run(
         max_bytes: 4 << 20,
         wait: Duration::from_millis(500),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>)>(2 * places.len());
+    // (place, its records to hold, the position after them: records passed over count
+    // as read, so the committed position passes them)
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>, u64)>(2 * places.len());
     let readers = futures_util::future::join_all(places.iter().enumerate().map(|(i, pl)| {
         let (tx, shutdown) = (tx.clone(), &shutdown);
         async move {
@@ -263,13 +266,15 @@ pub(crate) async fn run(
                     batch.retain(|r| r.offset < end);
                 } else if let Some(cut) = &stage.skip {
                     // After a publish of its input: what the previous version had comes
-                    // from it (above), the rest from the new one.
+                    // from it (above), the rest from the new one — once (a re-delivery
+                    // asked for is for sinks).
                     batch.retain(|r| {
                         let meta = EventMeta::of(&pl.topic, pl.partition, r);
-                        !cut.passes_over(&meta.origin, meta.time_ms, &r.record)
+                        !cut.passes_over_once(&meta.origin, &r.record)
                     });
                 }
-                if !batch.is_empty() && tx.send((i as u32, batch)).await.is_err() {
+                let read_to = pl.end.map_or(last + 1, |end| end.min(last + 1));
+                if tx.send((i as u32, batch, read_to)).await.is_err() {
                     return;
                 }
                 if pl.end.is_some_and(|end| last + 1 >= end) {
@@ -297,9 +302,14 @@ pub(crate) async fn run(
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     got = rx.recv() => {
-                        let Some((p, batch)) = got else { return };
-                        let arriving = arriving(stage, &places[p as usize], p, batch);
-                        let refused = st.add(p, arriving, Instant::now(), &new);
+                        let Some((p, batch, read_to)) = got else { return };
+                        let refused = if batch.is_empty() {
+                            Vec::new()
+                        } else {
+                            let arriving = arriving(stage, &places[p as usize], p, batch);
+                            st.add(p, arriving, Instant::now(), &new)
+                        };
+                        st.read_past(p, read_to);
                         if !refused.is_empty() && !dead_letter_refused(stage, refused, &shutdown).await {
                             return;
                         }

@@ -229,6 +229,13 @@ impl<H: Hold> Windows<H> {
         refused
     }
 
+    /// Partition `p` was read up to `to` (records passed over included: nothing before
+    /// `to` holds its committed position back but the open windows).
+    pub fn read_past(&mut self, p: u32, to: u64) {
+        let r = &mut self.read_to[p as usize];
+        *r = (*r).max(to);
+    }
+
     /// The stage's watermark: `None` while a partition that is not idle has given
     /// nothing yet.
     fn watermark(&self, now: Instant, now_ms: i64) -> Option<i64> {
