@@ -294,7 +294,7 @@ pub(crate) async fn run(
     let ck = ck.map(|ck| ck.replay(places));
     let mut st = Windows::new(timing, starts.clone(), ck, Instant::now());
     let new = || w.query.events();
-    let mut committed = starts;
+    let mut committed = starts.clone();
     let windows = async {
         let run = async {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -326,7 +326,8 @@ pub(crate) async fn run(
                     }
                     st.emitted(*d, window);
                 }
-                let pos = st.commit_positions();
+                let mut pos = st.commit_positions();
+                hold_input_while_draining(places, &starts, &mut pos);
                 if due.is_empty() && pos == committed {
                     continue;
                 }
@@ -356,6 +357,25 @@ pub(crate) async fn run(
     };
     tokio::join!(readers, windows);
     Ok(())
+}
+
+/// While the stage has events of the previous version of its input still to read or
+/// in open windows (a place with an end not reached), its input's positions stay where
+/// they were at start: the ledger tells that a node still has events to handle by its
+/// input's committed positions, and the previous version's topic is not its input.
+fn hold_input_while_draining(places: &[Place], starts: &[u64], pos: &mut [u64]) {
+    let draining = places
+        .iter()
+        .zip(pos.iter())
+        .any(|(pl, at)| pl.end.is_some_and(|end| *at < end));
+    if !draining {
+        return;
+    }
+    for ((pl, start), at) in places.iter().zip(starts).zip(pos.iter_mut()) {
+        if pl.end.is_none() {
+            *at = (*at).min(*start);
+        }
+    }
 }
 
 /// A batch's events as read (counted as read), before they are held; `at` is where they
