@@ -273,6 +273,11 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["stages.w.input", "window stage reading a versioned window stage"],
     );
     check(
+        "a window stage reading a versioned stage that does not read an HTTP source",
+        &format!("{SOURCE}[topics.o]\nschema = {{ id = \"string\" }}\n[stages.pre]\ninput = \"events\"\noutput = \"clean\"\n[stages.r]\ninput = \"clean\"\noutput = \"o\"\nversions = {{}}\n[[stages.r.transforms]]\ntype = \"set\"\nfield = \"/x\"\nvalue = \"1\"\n[stages.w]\ninput = \"o\"\noutput = \"per-minute\"\nsql = \"SELECT count(*) AS n FROM input\"\nwindow = {{ size = \"1m\" }}\n"),
+        &["stages.w.input", "only when that stage reads an HTTP source's topic", "\"clean\""],
+    );
+    check(
         "an audit of a source naming input",
         &format!("{SOURCE}fingerprint = {{}}\n[[sources.api.audits]]\ncheck = \"v.count == input.count\"\n"),
         &["sources.api.audits[0].check", "`input` is for stages"],

@@ -176,10 +176,10 @@ async fn follows_a_publish(engine: &str, killed: bool) {
         .to_owned();
     // A window open across the publish (stamped ahead, it closes by the wall clock):
     // half its events come through version one, half through version two.
-    let ahead = if killed { 20_000 } else { 8_000 };
+    let ahead = if killed { 30_000 } else { 15_000 };
     let open = chrono::Utc::now().timestamp_millis() + ahead;
     post_window(ingest, "b0", open, &mut want).await;
-    tokio::time::sleep(Duration::from_millis(700)).await; // read into the open window
+    read_by_per(admin, 4).await; // through version one, into the open window
     let out = publish_cli(admin, &v2, &[]);
     assert!(
         out.status.success(),
@@ -205,7 +205,7 @@ async fn follows_a_publish(engine: &str, killed: bool) {
         let out = publish_cli(admin, &v3, &[]);
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && said.contains("still to read of the version published before"),
+            !out.status.success() && said.contains("still to read or in open windows"),
             "{said}"
         );
         post_window(ingest, "b1", open, &mut want).await;
@@ -289,6 +289,27 @@ fn no_loss_alarm(proc: Proc) {
     assert!(!said.contains("LOSS ALARM"), "{said}");
 }
 
+/// Waits until the window stage `per` has read `n` events since its process started
+/// (they came through the version of `big` published then).
+async fn read_by_per(admin: SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = get_json(&format!("http://{admin}/v1/stats")).await;
+        let read = stats["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["node"] == "per")
+            .and_then(|x| x["events_in_total"].as_u64())
+            .unwrap_or(0);
+        if read >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "per read {read} of {n}: {stats:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `/v1/versions` of stage `per`.
 async fn per(admin: SocketAddr) -> Value {
     let url = format!("http://{admin}/v1/versions?stage=per");
@@ -338,7 +359,7 @@ async fn a_versioned_window_stage_recomputes_itself_after_a_publish_of_its_input
     // Stamped ahead: it closes by the wall clock, after the events posted below.
     let open = chrono::Utc::now().timestamp_millis() + 10_000;
     post_window(ingest, "b0", open, &mut want).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    read_by_per(admin, 4).await;
     let out = publish_cli(admin, &v2, &[]);
     assert!(
         out.status.success(),

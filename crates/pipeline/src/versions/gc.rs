@@ -126,7 +126,12 @@ pub async fn collect(
             }
             let mut present = Vec::new();
             for t in topics {
-                if log.partitions(&t).await.is_ok() {
+                // Deleted when not known for absent (a deletion of a missing topic is
+                // quietly nothing).
+                if !matches!(
+                    log.partitions(&t).await,
+                    Err(hifi_log::LogError::TopicNotFound { .. })
+                ) {
                     present.push(t);
                 }
             }
@@ -171,7 +176,10 @@ pub async fn collect(
         for t in &g.topics {
             if !live.topics_in_use.contains(t)
                 && !current.contains(t)
-                && log.partitions(t).await.is_ok()
+                && !matches!(
+                    log.partitions(t).await,
+                    Err(hifi_log::LogError::TopicNotFound { .. })
+                )
             {
                 present.push(t.clone());
             }

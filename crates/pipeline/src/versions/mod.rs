@@ -189,6 +189,22 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "a window stage reading a versioned window stage's output is not supported yet (a publish of its input would re-send window results it holds in open windows)",
             ));
         }
+        let upstream = cfg
+            .stages
+            .values()
+            .find(|u| u.versions.is_some() && u.output.get_ref() == s.input.get_ref());
+        if let (Some(_), Some(u)) = (&s.window, upstream) {
+            let from_http = cfg.sources.values().any(|src| {
+                src.kind == crate::config::SourceType::Http
+                    && src.topic.get_ref() == u.input.get_ref()
+            });
+            if !from_http {
+                return Err(loaded.error(
+                    format!("{key}.input"),
+                    format!("a window stage can read a versioned stage's output only when that stage reads an HTTP source's topic (here {:?}): after a publish it takes each event from exactly one of the two versions, told apart by where their origins are, which is exact only for an HTTP source's events read directly", u.input.get_ref()),
+                ));
+            }
+        }
         let Some(v) = &s.versions else {
             continue;
         };
@@ -421,9 +437,12 @@ impl Live {
 /// versioned stages, the configuration as it is (the registry is not touched).
 pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConfig, Live), String> {
     let versioned = upstream_first(&loaded.config);
+    // Only a registry that does not exist is none: on any other error (an engine
+    // away for a moment) every versioned stage would be taken for new.
     let existing = match log.partitions(VERSIONS_TOPIC).await {
         Ok(_) => Some(Registry::read(log).await?),
-        Err(_) => None,
+        Err(hifi_log::LogError::TopicNotFound { .. }) => None,
+        Err(e) => return Err(format!("cannot read {VERSIONS_TOPIC}: {e}")),
     };
     if let Some(registry) = &existing {
         // A stage that had versions and has none now would send its readers back to the
@@ -501,7 +520,7 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
             } else {
                 backfill_start(&registry, upstream_stage, &file, now)?
             };
-            let topic = if first && holds_records(log, file.output.get_ref()).await {
+            let topic = if first && holds_records(log, file.output.get_ref()).await? {
                 file.output.get_ref().clone()
             } else {
                 version_topic(file.output.get_ref(), &h) + &suffix
@@ -694,14 +713,17 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
 
 /// Whether `topic` exists and holds records (a stage gaining `versions` keeps writing
 /// its unversioned topic in its first version: its readers' backlog is there).
-async fn holds_records(log: &dyn Log, topic: &str) -> bool {
-    let Ok(n) = log.partitions(topic).await else {
-        return false;
+async fn holds_records(log: &dyn Log, topic: &str) -> Result<bool, String> {
+    let fail = |e: hifi_log::LogError| format!("cannot read topic {topic}: {e}");
+    let n = match log.partitions(topic).await {
+        Ok(n) => n,
+        Err(hifi_log::LogError::TopicNotFound { .. }) => return Ok(false),
+        Err(e) => return Err(fail(e)),
     };
     for p in 0..n {
-        if log.offsets(topic, p).await.is_ok_and(|o| o.end > 0) {
-            return true;
+        if log.offsets(topic, p).await.map_err(fail)?.end > 0 {
+            return Ok(true);
         }
     }
-    false
+    Ok(false)
 }

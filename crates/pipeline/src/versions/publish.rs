@@ -107,11 +107,11 @@ pub(super) async fn draining(
     for (p, &end) in drain.ends.iter().enumerate() {
         let p = p as u32;
         // From its committed position, else (like `window::run`) the oldest record.
+        // What retention deleted is not to read any more.
         let at = async {
-            Ok(match log.committed(group, &drain.topic, p).await? {
-                Some(at) => at,
-                None => log.offsets(&drain.topic, p).await?.start,
-            })
+            let start = log.offsets(&drain.topic, p).await?.start;
+            let at = log.committed(group, &drain.topic, p).await?;
+            Ok(at.unwrap_or(start).max(start))
         };
         match at.await {
             Ok(at) => left += end.saturating_sub(at),
@@ -258,7 +258,7 @@ async fn publish_or_check(
     if let (Some(_), Some(u), Some(d)) = (&windows, upstream, &drain) {
         if let Some(left) = draining(log, u, &reader, &old_group).await.map_err(fail)? {
             return Err(format!(
-                "cannot publish {} of stages.{stage}: the published version {old} has {left} records still to read of {} (the version of its input published before; its open windows hold events of it): publish once it has",
+                "cannot publish {} of stages.{stage}: the published version {old} has {left} records of {:?} (the version of its input published before) still to read or in open windows: publish once it is done with them",
                 new.version, d.topic
             ));
         }
@@ -353,8 +353,13 @@ async fn publish_or_check(
             // previous version had, from it; the others from the new one.
             let sv = &registry.stages[stage];
             if let Some(left) = draining(log, sv, reader, group).await.map_err(fail)? {
+                let topic = sv
+                    .published
+                    .as_ref()
+                    .and_then(|p| Some(p.drains.get(reader)?.topic.clone()))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "cannot publish {} of stages.{stage}: {reader} has {left} records still to read of the version published before {old} (its open windows hold events of it): publish once it has",
+                    "cannot publish {} of stages.{stage}: {reader} has {left} records of {topic:?} (the version published before {old}) still to read or in open windows: publish once it is done with them",
                     new.version
                 ));
             }

@@ -253,7 +253,20 @@ pub(crate) async fn run(
             }
             let cursor = Cursor::at(log, name, &pl.topic, pl.partition, pl.start, limits);
             let mut cursor = cursor.measured(&stage.stats.busy);
-            while let Some(mut batch) = cursor.next(shutdown).await {
+            while let Some(read) = cursor.next_or_skip(shutdown).await {
+                let mut batch = match read {
+                    crate::consumer::Read::Batch(batch) => batch,
+                    // Deleted by retention under it (said where): read past them.
+                    crate::consumer::Read::Skipped { to } => {
+                        let to = pl.end.map_or(to, |end| end.min(to));
+                        if tx.send((i as u32, Vec::new(), to)).await.is_err()
+                            || pl.end.is_some_and(|end| to >= end)
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 // A candidate version's backfill is paced (`versions.backfill_max_rate`).
                 if let Some(rate) = &stage.rate {
                     if !crate::delivery::pace(rate, batch.len() as u64, shutdown).await {
@@ -309,7 +322,7 @@ pub(crate) async fn run(
                             let arriving = arriving(stage, &places[p as usize], p, batch);
                             st.add(p, arriving, Instant::now(), &new)
                         };
-                        st.read_past(p, read_to);
+                        st.read_past(p, read_to, Instant::now());
                         if !refused.is_empty() && !dead_letter_refused(stage, refused, &shutdown).await {
                             return;
                         }

@@ -231,9 +231,13 @@ impl<H: Hold> Windows<H> {
 
     /// Partition `p` was read up to `to` (records passed over included: nothing before
     /// `to` holds its committed position back but the open windows).
-    pub fn read_past(&mut self, p: u32, to: u64) {
+    /// A place being read is not idle, even with nothing held: while its time is not
+    /// known it holds the watermark (what comes after the records passed over may be
+    /// in windows still open).
+    pub fn read_past(&mut self, p: u32, to: u64, now: Instant) {
         let r = &mut self.read_to[p as usize];
         *r = (*r).max(to);
+        self.last_data[p as usize] = now;
     }
 
     /// The stage's watermark: `None` while a partition that is not idle has given
@@ -344,9 +348,18 @@ impl<H: Hold> Windows<H> {
     }
 
     pub fn checkpoint(&self) -> Checkpoint {
+        // Not below what the last checkpoint said (a restart reads again from the
+        // committed positions: until it is back there, events of emitted windows are
+        // still known by the previous read).
+        let read_to = self
+            .read_to
+            .iter()
+            .zip(&self.replay_to)
+            .map(|(r, p)| (*r).max(*p))
+            .collect();
         Checkpoint {
             closed_below: self.closed_below,
-            read_to: self.read_to.clone(),
+            read_to,
             ..Checkpoint::default()
         }
     }
@@ -479,6 +492,40 @@ mod tests {
         assert_eq!(late[0].class, "late");
         assert!(late[0].why.contains("late"), "{}", late[0].why);
         assert_eq!(w.open_starts(), vec![MIN]);
+    }
+
+    #[test]
+    fn a_checkpoint_after_a_restart_does_not_forget_what_was_read_before_it() {
+        let t0 = Instant::now();
+        let ck = Checkpoint {
+            closed_below: MIN,
+            read_to: vec![5, 0],
+            ..Checkpoint::default()
+        };
+        let mut w = windows(0, false, 100, Some(ck));
+        add(&mut w, 0, vec![ev(0, 2, MIN + 1)], t0);
+        // Read again up to 3 only: a checkpoint written now still says 5 (a crash
+        // after it must not take offsets 3 and 4, in emitted windows, for late).
+        assert_eq!(w.checkpoint().read_to, vec![5, 0]);
+        add(&mut w, 0, vec![ev(0, 7, MIN + 2)], t0);
+        assert_eq!(w.checkpoint().read_to, vec![8, 0]);
+    }
+
+    #[test]
+    fn a_partition_read_past_records_passed_over_holds_the_watermark() {
+        let t0 = Instant::now();
+        let mut w = windows(0, false, 100, None);
+        add(&mut w, 0, vec![ev(0, 0, 1_000)], t0);
+        // Partition 1 is being read (records passed over: no time yet), long after
+        // the idle timeout: windows wait for what comes after them.
+        let later = t0 + Duration::from_secs(30);
+        add(&mut w, 0, vec![ev(0, 1, 3 * MIN)], later);
+        w.read_past(1, 500, later);
+        assert_eq!(starts(&w.due(later, 10 * MIN)), Vec::<i64>::new());
+        assert_eq!(w.commit_positions(), vec![0, 500], "passed over: read");
+        // Silent since: idle, it holds nothing.
+        let idle = later + Duration::from_secs(11);
+        assert_eq!(starts(&w.due(idle, 3 * MIN + 30_000)), vec![0]);
     }
 
     #[test]
