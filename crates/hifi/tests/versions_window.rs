@@ -436,7 +436,8 @@ async fn a_stop_signal_while_a_publish_waits_for_a_reader_abandons_it() {
     proc.sigterm(Duration::from_secs(30));
 
     let two = write_file(EMBEDDED, dir.path(), &down, "two", "");
-    let proc = run_pipeline(dir.path(), &two);
+    let args = ["run", two.to_str().unwrap(), "--drain", "5s"];
+    let proc = Proc::start_logging(&args, "hifi is running", dir.path(), "info");
     let admin = proc.addr("admin");
     let v2 = candidate_live(admin, "version two catches up").await["candidate"]
         .as_str()
@@ -448,8 +449,14 @@ async fn a_stop_signal_while_a_publish_waits_for_a_reader_abandons_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // in the check's wait
     let log = proc.log.clone();
+    // In the check (it waits up to 10 s for the reader): the publish has begun and
+    // has not stopped the nodes.
+    let began = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("publishing: stopping the nodes"))
+    });
+    assert!(began, "the publish did not begin");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = proc.sigterm(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     let said = std::fs::read_to_string(&log).unwrap();

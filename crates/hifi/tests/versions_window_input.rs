@@ -305,7 +305,10 @@ async fn read_by_per(admin: SocketAddr, n: u64) {
         if read >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "per read {read} of {n}: {stats:#}");
+        assert!(
+            Instant::now() < deadline,
+            "per read {read} of {n}: {stats:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
