@@ -34,6 +34,11 @@
 //! by origins says nothing about them: its new version takes over at the published
 //! one's last emitted window instead (see `publish::window_takeover`), and its readers
 //! pass over everything it wrote before the publish.
+//!
+//! A window stage **reading** a versioned stage's output holds events of the published
+//! version in open windows: a publish of its input records for it a drain (the
+//! previous version's topic, read to its end first) beside its cut (see
+//! `crate::window`).
 
 mod backfill;
 mod cut;

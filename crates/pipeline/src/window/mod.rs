@@ -26,6 +26,13 @@
 //! one window length past their end (and not across a restart: a late event for a window
 //! no longer kept is dead-lettered, saying so).
 //!
+//! **Reading a versioned stage's output.** After a publish of its input, the stage reads
+//! the previous version's topic to where it ended (a drain: its open windows held events
+//! of it), then the new version's from its oldest record, passing over what the previous
+//! one had (the cut). Each topic partition read is a [`Place`] of its windows; the
+//! checkpoint keeps how far each topic was read, and the input's positions stay put
+//! until the drain is done (the ledger judges progress by them).
+//!
 //! **Ledger.** Input events get the outcome `aggregated` when their window is emitted (or
 //! `dead_lettered`); output events are new origins (their own place in the output topic),
 //! recorded `passed` by the stage, so lag and loss are followed from there to the sinks.
