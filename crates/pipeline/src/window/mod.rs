@@ -29,7 +29,7 @@
 //! **Reading a versioned stage's output.** After a publish of its input, the stage reads
 //! the previous version's topic to where it ended (a drain: its open windows held events
 //! of it), then the new version's from its oldest record, passing over what the previous
-//! one had (the cut). Each topic partition read is a [`Place`] of its windows; the
+//! one had (the cut). Each topic partition read is a `Place` of its windows; the
 //! checkpoint keeps how far each topic was read, and the input's positions stay put
 //! until the drain is done (the ledger judges progress by them).
 //!
