@@ -61,10 +61,24 @@ impl Cut {
                 || self.redeliver_to_ms.is_some_and(|t| event_time_ms > t))
     }
 
-    /// [`Cut::passes_over`] for a reader that takes each event once whatever
-    /// `--redeliver-from` says (a window stage: an event counted twice would be wrong).
-    pub fn passes_over_once(&self, origin: &Origin, record: &hifi_log::Record) -> bool {
-        self.skips(origin) && record.header(crate::event::header::REDRIVEN).is_none()
+    /// [`Cut::passes_over`] for a window stage, which takes each event once whatever
+    /// `--redeliver-from` says (an event counted twice would be a wrong result): also a
+    /// re-driven record at `offset` of partition `p` written before the publish (the
+    /// previous version had the event, or dead-lettered it).
+    pub fn passes_over_once(
+        &self,
+        origin: &Origin,
+        record: &hifi_log::Record,
+        p: u32,
+        offset: u64,
+    ) -> bool {
+        let before = || {
+            self.drain
+                .as_ref()
+                .and_then(|d| d.input_ends.get(p as usize))
+                .is_some_and(|end| offset < *end)
+        };
+        self.skips(origin) && (record.header(crate::event::header::REDRIVEN).is_none() || before())
     }
 
     /// Whether a record that is not passed over is delivered a second time: below the
@@ -114,7 +128,7 @@ mod tests {
         let r = hifi_log::Record::new("{}", 0);
         assert!(cut.passes_over(&o, 99, &r), "before the range");
         assert!(
-            cut.passes_over_once(&o, &r),
+            cut.passes_over_once(&o, &r, 0, 5),
             "once: the range does not apply"
         );
         assert!(!cut.passes_over(&o, 100, &r) && cut.redelivers(&o, &r));
@@ -122,5 +136,39 @@ mod tests {
         assert!(cut.passes_over(&o, 201, &r), "after the range");
         let above = Origin { offset: 10, ..o };
         assert!(!cut.passes_over(&above, 500, &r), "above the cut");
+    }
+
+    #[test]
+    fn a_window_stage_passes_over_what_was_re_driven_before_the_publish_only() {
+        let m = BTreeMap::from([("events/0".to_owned(), 10)]);
+        let mut cut = Cut::from_map(&m, Some(0), None);
+        cut.drain = Some(crate::versions::registry::Drain {
+            topic: "out.v1".into(),
+            ends: vec![3],
+            input_ends: vec![50],
+        });
+        let o = Origin {
+            topic: "events".into(),
+            partition: 0,
+            offset: 4,
+        };
+        let mut redriven = hifi_log::Record::new("{}", 0);
+        redriven.headers.push(hifi_log::Header {
+            name: crate::event::header::REDRIVEN.into(),
+            value: "1".into(),
+        });
+        let plain = hifi_log::Record::new("{}", 0);
+        assert!(cut.passes_over_once(&o, &plain, 0, 60), "below the cut");
+        assert!(!cut.passes_over(&o, 5, &plain), "a sink re-delivers it");
+        assert!(
+            cut.passes_over_once(&o, &redriven, 0, 49),
+            "re-driven before"
+        );
+        assert!(
+            !cut.passes_over_once(&o, &redriven, 0, 50),
+            "re-driven after"
+        );
+        let above = Origin { offset: 10, ..o };
+        assert!(!cut.passes_over_once(&above, &plain, 0, 60));
     }
 }

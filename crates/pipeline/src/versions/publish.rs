@@ -367,9 +367,14 @@ async fn publish_or_check(
             for p in 0..log.partitions(&old_topic).await.map_err(fail)? {
                 ends.push(log.offsets(&old_topic, p).await.map_err(fail)?.end);
             }
+            let mut input_ends = Vec::new();
+            for p in 0..log.partitions(&new_topic).await.map_err(fail)? {
+                input_ends.push(log.offsets(&new_topic, p).await.map_err(fail)?.end);
+            }
             let drain = super::registry::Drain {
                 topic: old_topic.clone(),
                 ends,
+                input_ends,
             };
             drains.insert(reader.clone(), drain);
             cuts.insert(reader.clone(), base.clone());

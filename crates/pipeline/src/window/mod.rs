@@ -290,7 +290,7 @@ pub(crate) async fn run(
                     // asked for is for sinks).
                     batch.retain(|r| {
                         let meta = EventMeta::of(&pl.topic, pl.partition, r);
-                        !cut.passes_over_once(&meta.origin, &r.record)
+                        !cut.passes_over_once(&meta.origin, &r.record, pl.partition, r.offset)
                     });
                 }
                 let read_to = pl.end.map_or(last + 1, |end| end.min(last + 1));
