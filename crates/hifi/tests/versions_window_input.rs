@@ -120,8 +120,13 @@ async fn settled_with(admin: SocketAddr, to_ms: i64, passed: u64) -> Vec<Value> 
     loop {
         let v = get_json(&format!("http://{admin}/v1/loss?lost=true&to={to_ms}")).await;
         let buckets = v["buckets"].as_array().cloned().unwrap_or_default();
+        // (`per`'s outcomes too: a table shown as settled may be re-opening — a wrong
+        // count fails the checks after, a bucket settled early the loss alarm check.)
+        let per =
+            node_sum(&buckets, "per", "aggregated") + node_sum(&buckets, "per", "dead_lettered");
         if buckets.iter().all(|b| b["settled"] == true)
             && node_sum(&buckets, "api", "passed") == passed
+            && per >= passed
         {
             return buckets;
         }

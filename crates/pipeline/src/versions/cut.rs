@@ -62,9 +62,12 @@ impl Cut {
     }
 
     /// [`Cut::passes_over`] for a window stage, which takes each event once whatever
-    /// `--redeliver-from` says (an event counted twice would be a wrong result): also a
-    /// re-driven record at `offset` of partition `p` written before the publish (the
-    /// previous version had the event, or dead-lettered it).
+    /// `--redeliver-from` says (an event counted twice would be a wrong result): every
+    /// record at `offset` of partition `p` the new version wrote before the publish —
+    /// its event is below the cut (the previous version had it, or dead-lettered it:
+    /// re-drives of the candidate's dead letters included), or written again after
+    /// the publish (where the new version was ahead it went back to the previous
+    /// one's positions) — and, after, what is below the cut but re-drives.
     pub fn passes_over_once(
         &self,
         origin: &Origin,
@@ -72,13 +75,12 @@ impl Cut {
         p: u32,
         offset: u64,
     ) -> bool {
-        let before = || {
-            self.drain
-                .as_ref()
-                .and_then(|d| d.input_ends.get(p as usize))
-                .is_some_and(|end| offset < *end)
-        };
-        self.skips(origin) && (record.header(crate::event::header::REDRIVEN).is_none() || before())
+        let before = self
+            .drain
+            .as_ref()
+            .and_then(|d| d.input_ends.get(p as usize))
+            .is_some_and(|end| offset < *end);
+        before || (self.skips(origin) && record.header(crate::event::header::REDRIVEN).is_none())
     }
 
     /// Whether a record that is not passed over is delivered a second time: below the
@@ -170,5 +172,8 @@ mod tests {
         );
         let above = Origin { offset: 10, ..o };
         assert!(!cut.passes_over_once(&above, &plain, 0, 60));
+        // Written before the publish above the cut: the new version was ahead, and
+        // wrote it again after.
+        assert!(cut.passes_over_once(&above, &plain, 0, 49));
     }
 }

@@ -444,10 +444,20 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
     let versioned = upstream_first(&loaded.config);
     // Only a registry that does not exist is none: on any other error (an engine
     // away for a moment) every versioned stage would be taken for new.
-    let existing = match log.partitions(VERSIONS_TOPIC).await {
-        Ok(_) => Some(Registry::read(log).await?),
-        Err(hifi_log::LogError::TopicNotFound { .. }) => None,
-        Err(e) => return Err(format!("cannot read {VERSIONS_TOPIC}: {e}")),
+    // (Asked again for a few seconds: a start, a reload or a publish's restart fails on
+    // an error.)
+    let mut tries = 0;
+    let existing = loop {
+        match log.partitions(VERSIONS_TOPIC).await {
+            Ok(_) => break Some(Registry::read(log).await?),
+            Err(hifi_log::LogError::TopicNotFound { .. }) => break None,
+            Err(e) if tries < 10 => {
+                tries += 1;
+                tracing::warn!(%e, "cannot read {VERSIONS_TOPIC}; asking again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("cannot read {VERSIONS_TOPIC}: {e}")),
+        }
     };
     if let Some(registry) = &existing {
         // A stage that had versions and has none now would send its readers back to the

@@ -23,9 +23,8 @@ pub struct Drain {
     /// Its partitions' ends when the new version was published (it is not written
     /// after, but a version returning as a candidate would write it again).
     pub ends: Vec<u64>,
-    /// The new version's topic's ends then: its re-driven records below them (re-drives
-    /// of its dead letters as a candidate) are passed over by origin like any other;
-    /// later ones (re-drives of the published stage's dead letters) are not.
+    /// The new version's topic's ends then: the window stage passes over everything
+    /// below them (see `Cut::passes_over_once`).
     #[serde(default)]
     pub input_ends: Vec<u64>,
 }

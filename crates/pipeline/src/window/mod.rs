@@ -107,13 +107,53 @@ struct Checkpoint {
     /// then of the input.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     read_to_by_topic: BTreeMap<String, Vec<u64>>,
+    /// Earlier runs' checkpoints whose reads a restart has not read back yet: an event
+    /// read again below one of them, of a window emitted by then, is in that window's
+    /// result already (a restart reads from the committed positions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replays: Vec<Replay>,
+}
+
+/// What an earlier run had read and emitted (see [`Checkpoint::replays`]).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Replay {
+    closed_below: i64,
+    /// Per place in [`Windows`]; stored per topic.
+    #[serde(skip)]
+    read_to: Vec<u64>,
+    read_to_by_topic: BTreeMap<String, Vec<u64>>,
+}
+
+/// Per topic (as stored) → per place: where each was read up to (0 for one not in it).
+fn per_place(by: &BTreeMap<String, Vec<u64>>, places: &[Place]) -> Vec<u64> {
+    places
+        .iter()
+        .map(|pl| {
+            by.get(&pl.topic)
+                .and_then(|v| v.get(pl.partition as usize).copied())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Per place → per topic (as stored).
+fn per_topic(read_to: &[u64], places: &[Place]) -> BTreeMap<String, Vec<u64>> {
+    let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (pl, at) in places.iter().zip(read_to) {
+        let v = by.entry(pl.topic.clone()).or_default();
+        let p = pl.partition as usize;
+        if v.len() <= p {
+            v.resize(p + 1, 0);
+        }
+        v[p] = *at;
+    }
+    by
 }
 
 impl Checkpoint {
-    /// As stored → per place: where each was read up to (0 for one not in it). A
-    /// checkpoint of an older hifi is of the topic read before any publish of the
-    /// input (an older hifi did not run a window stage reading a versioned output):
-    /// the first place's.
+    /// As stored → per place. A checkpoint of an older hifi is of the topic read
+    /// before any publish of the input (an older hifi did not run a window stage
+    /// reading a versioned output): the first place's.
     fn replay(mut self, places: &[Place]) -> Checkpoint {
         if self.read_to_by_topic.is_empty() {
             if let Some(first) = places.first() {
@@ -121,31 +161,21 @@ impl Checkpoint {
                 self.read_to_by_topic.insert(first.topic.clone(), read_to);
             }
         }
-        let by = std::mem::take(&mut self.read_to_by_topic);
-        self.read_to = places
-            .iter()
-            .map(|pl| {
-                by.get(&pl.topic)
-                    .and_then(|v| v.get(pl.partition as usize).copied())
-                    .unwrap_or(0)
-            })
-            .collect();
+        self.read_to = per_place(&self.read_to_by_topic, places);
+        for r in &mut self.replays {
+            r.read_to = per_place(&r.read_to_by_topic, places);
+        }
         self
     }
 
     /// Per place → as stored.
     fn by_topic(mut self, input: &str, places: &[Place]) -> Checkpoint {
-        let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for (pl, at) in places.iter().zip(&self.read_to) {
-            let v = by.entry(pl.topic.clone()).or_default();
-            let p = pl.partition as usize;
-            if v.len() <= p {
-                v.resize(p + 1, 0);
-            }
-            v[p] = *at;
-        }
+        let by = per_topic(&self.read_to, places);
         self.read_to = by.get(input).cloned().unwrap_or_default();
         self.read_to_by_topic = by;
+        for r in &mut self.replays {
+            r.read_to_by_topic = per_topic(&r.read_to, places);
+        }
         self
     }
 }

@@ -111,8 +111,10 @@ pub(super) struct Windows<H> {
     max_time: Vec<Option<i64>>,
     last_data: Vec<Instant>,
     read_to: Vec<u64>,
-    /// From the checkpoint: events below these offsets were handled before a restart.
-    replay_to: Vec<u64>,
+    /// From the checkpoint, per earlier run not read back yet: up to where it read (per
+    /// place) and the boundary below which it had emitted every window — an event read
+    /// again below the first, of a window below the second, was handled by it.
+    replays: Vec<(i64, Vec<u64>)>,
     update: bool,
     /// Most events held in open windows, and how many are.
     max_held: usize,
@@ -142,8 +144,18 @@ impl<H: Hold> Windows<H> {
     pub fn new(t: Timing, starts: Vec<u64>, ck: Option<Checkpoint>, now: Instant) -> Windows<H> {
         let n = starts.len();
         let ck = ck.unwrap_or_default();
-        let mut replay_to = ck.read_to;
-        replay_to.resize(n, 0);
+        let mut replays: Vec<(i64, Vec<u64>)> = ck
+            .replays
+            .into_iter()
+            .map(|r| (r.closed_below, r.read_to))
+            .chain([(ck.closed_below, ck.read_to)])
+            .map(|(c, mut r)| {
+                r.resize(n, 0);
+                (c, r)
+            })
+            .collect();
+        // Nothing to read back past where it starts: no rule.
+        replays.retain(|(_, r)| r.iter().zip(&starts).any(|(r, s)| r > s));
         Windows {
             size: t.size,
             lateness: t.lateness,
@@ -158,7 +170,7 @@ impl<H: Hold> Windows<H> {
             max_time: vec![None; n],
             last_data: vec![now; n],
             read_to: starts,
-            replay_to,
+            replays,
         }
     }
 
@@ -198,7 +210,12 @@ impl<H: Hold> Windows<H> {
                 }
                 continue;
             }
-            if offset < self.replay_to[i] {
+            let end = start + self.size;
+            if self
+                .replays
+                .iter()
+                .any(|(closed, read)| end <= *closed && offset < read[i])
+            {
                 continue; // in that window's result already (read before a restart)
             }
             if let Some(w) = self.kept.get_mut(&start) {
@@ -348,18 +365,22 @@ impl<H: Hold> Windows<H> {
     }
 
     pub fn checkpoint(&self) -> Checkpoint {
-        // Not below what the last checkpoint said (a restart reads again from the
-        // committed positions: until it is back there, events of emitted windows are
-        // still known by the previous read).
-        let read_to = self
-            .read_to
+        // Earlier runs' reads not read back yet stay known (a crash before they are
+        // must not take their emitted windows' events for late).
+        let replays = self
+            .replays
             .iter()
-            .zip(&self.replay_to)
-            .map(|(r, p)| (*r).max(*p))
+            .filter(|(_, read)| read.iter().zip(&self.read_to).any(|(r, now)| r > now))
+            .map(|(closed, read)| super::Replay {
+                closed_below: *closed,
+                read_to: read.clone(),
+                ..super::Replay::default()
+            })
             .collect();
         Checkpoint {
             closed_below: self.closed_below,
-            read_to,
+            read_to: self.read_to.clone(),
+            replays,
             ..Checkpoint::default()
         }
     }
@@ -504,11 +525,44 @@ mod tests {
         };
         let mut w = windows(0, false, 100, Some(ck));
         add(&mut w, 0, vec![ev(0, 2, MIN + 1)], t0);
-        // Read again up to 3 only: a checkpoint written now still says 5 (a crash
-        // after it must not take offsets 3 and 4, in emitted windows, for late).
-        assert_eq!(w.checkpoint().read_to, vec![5, 0]);
+        // Read again up to 3 only: a checkpoint written now still knows 5, with the
+        // boundary then (a crash after it must not take offsets 3 and 4, in windows
+        // emitted before, for late).
+        let ck = w.checkpoint();
+        assert_eq!(ck.read_to, vec![3, 0]);
+        assert_eq!(ck.replays.len(), 1);
+        assert_eq!(
+            (ck.replays[0].closed_below, &ck.replays[0].read_to),
+            (MIN, &vec![5, 0])
+        );
+        let mut again = windows(0, false, 100, Some(ck));
+        let late = add(&mut again, 0, vec![ev(0, 4, 1_000)], t0);
+        assert!(late.is_empty(), "in the first minute's result: {late:?}");
         add(&mut w, 0, vec![ev(0, 7, MIN + 2)], t0);
-        assert_eq!(w.checkpoint().read_to, vec![8, 0]);
+        assert!(w.checkpoint().replays.is_empty(), "read back past it");
+    }
+
+    #[test]
+    fn an_event_read_before_a_restart_whose_window_closes_after_it_is_late_not_dropped() {
+        let t0 = Instant::now();
+        // Read up to 10 before the restart; only the first minute was emitted.
+        let ck = Checkpoint {
+            closed_below: MIN,
+            read_to: vec![10, 0],
+            ..Checkpoint::default()
+        };
+        let mut w = windows(0, false, 100, Some(ck));
+        // After the restart the second minute closes before offset 5 is read again.
+        add(&mut w, 0, vec![ev(0, 2, 3 * MIN)], t0);
+        add(&mut w, 1, vec![ev(1, 0, 3 * MIN)], t0);
+        w.due(t0, 0);
+        assert!(w.closed_below >= 2 * MIN);
+        let late = add(&mut w, 0, vec![ev(0, 5, MIN + 1)], t0);
+        assert_eq!(
+            late.len(),
+            1,
+            "its window was not emitted with it: late, counted"
+        );
     }
 
     #[test]
