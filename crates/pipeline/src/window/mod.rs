@@ -18,7 +18,9 @@
 //! `__window.<stage>` — the boundary below which every window was emitted, and how far
 //! each partition was read — so that, after a restart, an event of an emitted window read
 //! again is known to be in that window's result already (skipped), while one read for the
-//! first time is late.
+//! first time is late. A checkpoint keeps what earlier runs had read (with their
+//! boundary) until the stage has read back past it: an event is skipped only if the run
+//! that read it had emitted its window.
 //!
 //! **Late events** (for a window already emitted): `late = "dead-letter"` sends them to
 //! `__dlq.<stage>`; `late = "update"` computes the window again with them and emits its
