@@ -4,7 +4,9 @@ use super::*;
 
 impl Ledger {
     /// Loss tables of buckets starting in `[from_ms, to_ms)`, newest first: settled ones
-    /// as stored, open ones computed now (`settled: false`).
+    /// as stored, open ones computed now (`settled: false`). A bucket re-opened by
+    /// outcomes that came after it settled shows the figures it settled with, not final
+    /// (`settled: false`) until it settles again.
     pub fn loss(&self, from_ms: i64, to_ms: i64) -> Vec<LossTable> {
         let (from, to) = (from_ms.div_euclid(60_000), to_ms.div_euclid(60_000));
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -14,8 +16,11 @@ impl Ledger {
             .map(|(k, t)| (*k, t.clone()))
             .collect();
         for (k, b) in st.open.range(from..to) {
-            if !out.contains_key(k) {
-                out.insert(*k, self.table(*k, b, false));
+            match out.get_mut(k) {
+                Some(settled) => settled.settled = false,
+                None => {
+                    out.insert(*k, self.table(*k, b, false));
+                }
             }
         }
         out.into_values().rev().collect()

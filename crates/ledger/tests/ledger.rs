@@ -225,6 +225,11 @@ async fn late_outcomes_reopen_a_settled_bucket_and_clear_its_losses() {
         partner.outcome(Outcome::Delivered, &o(i), T0 + 5_000);
     }
     partner.flush().await.unwrap();
+    let reopened = &ledger.loss(T0, T0 + 60_000)[0];
+    assert!(
+        !reopened.settled && reopened.e2e_lost == 10,
+        "re-opened: the figures it settled with, not final: {reopened:?}"
+    );
     clock.advance_ms(180_000);
     ledger.tick().await.unwrap();
     let t = &ledger.loss(T0, T0 + 60_000)[0];
