@@ -171,12 +171,16 @@ async fn publish_or_check(
     }
     let old_group = sv.versions[&old].group.clone();
     let output = file.output.get_ref();
-    // A versioned input is read in its published version's topic.
-    let input_topic = cfg
+    // The versioned stage whose output it reads, if any.
+    let upstream = cfg
         .stages
         .iter()
         .find(|(_, s)| s.versions.is_some() && s.output.get_ref() == file.input.get_ref())
-        .and_then(|(upstream, _)| {
+        .map(|(u, _)| u.clone());
+    // A versioned input is read in its published version's topic.
+    let input_topic = upstream
+        .as_ref()
+        .and_then(|upstream| {
             let u = registry.stages.get(upstream)?;
             Some(
                 u.versions
@@ -249,11 +253,7 @@ async fn publish_or_check(
     // version published before (`Drain`): the new version takes that over too, once the
     // published one has read it to its end (it would not hold those events otherwise).
     let reader = format!("stages.{stage}");
-    let upstream = cfg
-        .stages
-        .iter()
-        .find(|(_, s)| s.versions.is_some() && s.output.get_ref() == file.input.get_ref())
-        .and_then(|(u, _)| registry.stages.get(u));
+    let upstream = upstream.and_then(|u| registry.stages.get(&u));
     let drain = upstream.and_then(|u| u.published.as_ref()?.drains.get(&reader).cloned());
     if let (Some(_), Some(u), Some(d)) = (&windows, upstream, &drain) {
         if let Some(left) = draining(log, u, &reader, &old_group).await.map_err(fail)? {
