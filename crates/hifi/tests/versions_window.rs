@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::versions::{
     big, candidate_live, kafka_engine, kill_during_publish, post_events, publish_cli,
-    start_receiver, wait_for, EMBEDDED,
+    start_receiver, wait_for, wait_results, EMBEDDED,
 };
 use support::*;
 
@@ -93,19 +93,6 @@ fn results(record: &Path) -> BTreeMap<String, (String, String, Vec<String>)> {
     out
 }
 
-async fn wait_results(record: &Path, n: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while results(record).len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} of {n} window results: {:#?}",
-            results(record).len(),
-            results(record)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_stage_version_takes_over_at_the_last_window_of_the_one_before() {
     take_over(EMBEDDED, Mode::Plain).await;
@@ -155,7 +142,7 @@ async fn take_over(engine: &str, mode: Mode) {
     let file = write_file(engine, dir.path(), &rx, "one", "");
     let proc = run_pipeline(dir.path(), &file);
     expected.extend(post_windows(proc.addr("source api"), "a", 3).await);
-    wait_results(&record, expected.len(), "version one's results").await;
+    wait_results(|| results(&record), expected.len(), "version one's results").await;
     proc.sigterm(Duration::from_secs(30));
 
     // Version two backfills beside it; three more windows while both run.
@@ -170,7 +157,12 @@ async fn take_over(engine: &str, mode: Mode) {
     let v2 = v["candidate"].as_str().unwrap().to_owned();
     let both = post_windows(proc.addr("source api"), "b", 3).await;
     expected.extend(both.iter().cloned());
-    wait_results(&record, expected.len(), "version one's later results").await;
+    wait_results(
+        || results(&record),
+        expected.len(),
+        "version one's later results",
+    )
+    .await;
     // A window's result has the window's end as its event time: from just after the
     // start of the first of them, the windows before it are not re-delivered.
     let first = chrono::DateTime::parse_from_rfc3339(&both.first().unwrap().0).unwrap();
@@ -206,7 +198,7 @@ async fn take_over(engine: &str, mode: Mode) {
     // Three windows after the publish: computed by version two.
     let after = post_windows(proc.addr("source api"), "c", 3).await;
     expected.extend(after.iter().cloned());
-    wait_results(&record, expected.len(), "version two's results").await;
+    wait_results(|| results(&record), expected.len(), "version two's results").await;
     let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
     let lost: u64 = buckets
         .iter()
@@ -335,7 +327,7 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
         .unwrap()
         .to_owned();
     expect(post_windows(proc.addr("source api"), "a", 2).await, "one");
-    wait_results(&record, 4, "version one's results").await;
+    wait_results(|| results(&record), 4, "version one's results").await;
     proc.sigterm(Duration::from_secs(30));
 
     let two = write_file(EMBEDDED, dir.path(), &rx, "two", "");
@@ -347,7 +339,7 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
         .to_owned();
     publish_when_ready(admin, &v2).await;
     expect(post_windows(proc.addr("source api"), "b", 2).await, "two");
-    wait_results(&record, 8, "version two's results").await;
+    wait_results(|| results(&record), 8, "version two's results").await;
     proc.sigterm(Duration::from_secs(30));
 
     // Back to version one: a candidate again, from a clean window state.
@@ -363,7 +355,7 @@ async fn a_window_stage_version_that_returns_recomputes_its_windows() {
     candidate_live(admin, "version one after a restart").await;
     publish_when_ready(admin, &v1).await;
     expect(post_windows(proc.addr("source api"), "c", 2).await, "one");
-    wait_results(&record, 12, "version one's results again").await;
+    wait_results(|| results(&record), 12, "version one's results again").await;
     let buckets = settled_buckets(admin, Duration::from_secs(60)).await;
     let lost: u64 = buckets
         .iter()

@@ -97,6 +97,28 @@ pub async fn wait_for(
     }
 }
 
+/// Waits up to 60 s until `results()` (what a receiver recorded, by some key) holds `n`
+/// entries; fails with what it holds.
+pub async fn wait_results<K: std::fmt::Debug, V: std::fmt::Debug>(
+    results: impl Fn() -> std::collections::BTreeMap<K, V>,
+    n: usize,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = results();
+        if got.len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} window results: {got:#?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub fn candidate_state(v: &Value) -> String {
     v["versions"]
         .as_array()

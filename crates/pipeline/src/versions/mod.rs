@@ -188,17 +188,17 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
     for (name, s) in &cfg.stages {
         let key = format!("stages.{name}");
-        if s.window.is_some() && reads_versioned_windows(cfg, s.input.get_ref()) {
-            return Err(loaded.error(
-                format!("{key}.input"),
-                "a window stage reading a versioned window stage's output is not supported yet (a publish of its input would re-send window results it holds in open windows)",
-            ));
-        }
         let upstream = cfg
             .stages
             .values()
             .find(|u| u.versions.is_some() && u.output.get_ref() == s.input.get_ref());
         if let (Some(_), Some(u)) = (&s.window, upstream) {
+            if u.window.is_some() {
+                return Err(loaded.error(
+                    format!("{key}.input"),
+                    "a window stage reading a versioned window stage's output is not supported yet (a publish of its input would re-send window results it holds in open windows)",
+                ));
+            }
             let from_http = cfg.sources.values().any(|src| {
                 src.kind == crate::config::SourceType::Http
                     && src.topic.get_ref() == u.input.get_ref()
@@ -251,13 +251,6 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// Whether `topic` is the output of a versioned window stage.
-fn reads_versioned_windows(cfg: &crate::config::PipelineConfig, topic: &str) -> bool {
-    cfg.stages
-        .values()
-        .any(|s| s.versions.is_some() && s.window.is_some() && s.output.get_ref() == topic)
 }
 
 /// The versioned stages (not candidates), each after the versioned stage whose output it

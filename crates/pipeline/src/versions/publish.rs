@@ -92,14 +92,14 @@ async fn covered_from(
 }
 
 /// How many records window-stage reader `reader` (consumer group `group`) still has to
-/// read of the topic a publish of `sv` left it to finish ([`super::registry::Drain`]);
-/// `None` when it has none.
-pub(super) async fn draining(
+/// read of the topic a publish of `sv` left it to finish ([`super::registry::Drain`]),
+/// with that topic; `None` when it has none.
+pub(super) async fn draining<'a>(
     log: &dyn Log,
-    sv: &super::registry::StageVersions,
+    sv: &'a super::registry::StageVersions,
     reader: &str,
     group: &str,
-) -> Result<Option<u64>, LogError> {
+) -> Result<Option<(u64, &'a str)>, LogError> {
     let Some(drain) = sv.published.as_ref().and_then(|p| p.drains.get(reader)) else {
         return Ok(None);
     };
@@ -119,7 +119,23 @@ pub(super) async fn draining(
             Err(e) => return Err(e),
         }
     }
-    Ok((left > 0).then_some(left))
+    Ok((left > 0).then_some((left, drain.topic.as_str())))
+}
+
+/// The end of every partition of `topic`, by partition.
+async fn ends(log: &dyn Log, topic: &str) -> Result<Vec<u64>, LogError> {
+    let mut ends = Vec::new();
+    for p in 0..log.partitions(topic).await? {
+        ends.push(log.offsets(topic, p).await?.end);
+    }
+    Ok(ends)
+}
+
+/// `ends` of `topic` as a cut: positions by `topic/partition`.
+fn cut_at<'a>(topic: &'a str, ends: &'a [u64]) -> impl Iterator<Item = (String, u64)> + 'a {
+    ends.iter()
+        .enumerate()
+        .map(move |(p, &end)| (format!("{topic}/{p}"), end))
 }
 
 /// How long a publish of a window stage's version waits, with the nodes running, for its
@@ -214,10 +230,7 @@ async fn publish_or_check(
             continue;
         }
         let t = s.topic.get_ref();
-        for p in 0..log.partitions(t).await.map_err(fail)? {
-            let end = log.offsets(t, p).await.map_err(fail)?.end;
-            base.insert(format!("{t}/{p}"), end);
-        }
+        base.extend(cut_at(t, &ends(log, t).await.map_err(fail)?));
     }
     // The old version's unread input: its origins are not delivered yet. What the new
     // version's topic does not reach back to is in neither version: publishing would
@@ -255,11 +268,11 @@ async fn publish_or_check(
     let reader = format!("stages.{stage}");
     let upstream = upstream.and_then(|u| registry.stages.get(&u));
     let drain = upstream.and_then(|u| u.published.as_ref()?.drains.get(&reader).cloned());
-    if let (Some(_), Some(u), Some(d)) = (&windows, upstream, &drain) {
-        if let Some(left) = draining(log, u, &reader, &old_group).await.map_err(fail)? {
+    if let (Some(_), Some(u)) = (&windows, upstream) {
+        if let Some((left, topic)) = draining(log, u, &reader, &old_group).await.map_err(fail)? {
             return Err(format!(
-                "cannot publish {} of stages.{stage}: the published version {old} has {left} records of {:?} (the version of its input published before) still to read or in open windows: publish once it is done with them",
-                new.version, d.topic
+                "cannot publish {} of stages.{stage}: the published version {old} has {left} records of {topic:?} (the version of its input published before) still to read or in open windows: publish once it is done with them",
+                new.version
             ));
         }
     }
@@ -274,11 +287,11 @@ async fn publish_or_check(
     }
     let mut cuts = BTreeMap::new();
     let mut drains = BTreeMap::new();
-    let mut readers: Vec<(String, String)> = Vec::new();
-    let mut window_readers: Vec<String> = Vec::new();
+    // (reader, its consumer group, whether it is a window stage)
+    let mut readers: Vec<(String, String, bool)> = Vec::new();
     for (name, s) in &cfg.sinks {
         if s.input.get_ref() == output {
-            readers.push((format!("sinks.{name}"), format!("sink.{name}")));
+            readers.push((format!("sinks.{name}"), format!("sink.{name}"), false));
         }
     }
     for (name, s) in &cfg.stages {
@@ -295,10 +308,7 @@ async fn publish_or_check(
                     )
                 })
                 .unwrap_or_else(|| format!("stage.{name}"));
-            readers.push((format!("stages.{name}"), group));
-            if s.window.is_some() {
-                window_readers.push(format!("stages.{name}"));
-            }
+            readers.push((format!("stages.{name}"), group, s.window.is_some()));
         }
     }
     // Readers start on the new topic's oldest record (a version published before may
@@ -307,7 +317,8 @@ async fn publish_or_check(
     for p in 0..log.partitions(&new_topic).await.map_err(fail)? {
         starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
     }
-    for (reader, group) in &readers {
+    let new_ends = ends(log, &new_topic).await.map_err(fail)?;
+    for (reader, group, window_reader) in &readers {
         if windows.is_some() {
             // Every result of the previous version read: the reader passes over what
             // the new one wrote before now (the windows it had, and those the new one
@@ -338,43 +349,25 @@ async fn publish_or_check(
                     if check_only { "at least " } else { "" },
                 ));
             }
-            let mut cut = BTreeMap::new();
-            for &(p, _) in &starts {
-                let end = log.offsets(&new_topic, p).await.map_err(fail)?.end;
-                cut.insert(format!("{new_topic}/{p}"), end);
-            }
-            cuts.insert(reader.clone(), cut);
+            cuts.insert(reader.clone(), cut_at(&new_topic, &new_ends).collect());
             continue;
         }
-        if window_readers.contains(reader) {
+        if *window_reader {
             // A window stage's open windows hold events of the previous version (its
             // committed positions trail them): it reads that version's topic to its
             // end first, then the new one from above the cut — every origin the
             // previous version had, from it; the others from the new one.
             let sv = &registry.stages[stage];
-            if let Some(left) = draining(log, sv, reader, group).await.map_err(fail)? {
-                let topic = sv
-                    .published
-                    .as_ref()
-                    .and_then(|p| Some(p.drains.get(reader)?.topic.clone()))
-                    .unwrap_or_default();
+            if let Some((left, topic)) = draining(log, sv, reader, group).await.map_err(fail)? {
                 return Err(format!(
                     "cannot publish {} of stages.{stage}: {reader} has {left} records of {topic:?} (the version published before {old}) still to read or in open windows: publish once it is done with them",
                     new.version
                 ));
             }
-            let mut ends = Vec::new();
-            for p in 0..log.partitions(&old_topic).await.map_err(fail)? {
-                ends.push(log.offsets(&old_topic, p).await.map_err(fail)?.end);
-            }
-            let mut input_ends = Vec::new();
-            for p in 0..log.partitions(&new_topic).await.map_err(fail)? {
-                input_ends.push(log.offsets(&new_topic, p).await.map_err(fail)?.end);
-            }
             let drain = super::registry::Drain {
                 topic: old_topic.clone(),
-                ends,
-                input_ends,
+                ends: ends(log, &old_topic).await.map_err(fail)?,
+                input_ends: new_ends.clone(),
             };
             drains.insert(reader.clone(), drain);
             cuts.insert(reader.clone(), base.clone());
@@ -392,7 +385,7 @@ async fn publish_or_check(
     if check_only {
         return Ok(());
     }
-    for (_, group) in &readers {
+    for (_, group, _) in &readers {
         log.commit_many(group, &new_topic, &starts)
             .await
             .map_err(fail)?;
