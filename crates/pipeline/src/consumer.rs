@@ -126,6 +126,21 @@ impl<'a> Cursor<'a> {
     /// that keeps its own record of where it is).
     pub async fn next_or_skip(&mut self, stop: &CancellationToken) -> Option<Read> {
         loop {
+            if let Polled::Read(read) = self.poll(stop, false).await? {
+                return Some(read);
+            }
+        }
+    }
+
+    /// [`Cursor::next_or_skip`], also returning [`Polled::AtEnd`] each time a read found
+    /// nothing and the partition's end, as the engine gives it, is the position (a node
+    /// that must tell a partition with nothing to read from one whose reader is behind).
+    pub async fn next_or_at_end(&mut self, stop: &CancellationToken) -> Option<Polled> {
+        self.poll(stop, true).await
+    }
+
+    async fn poll(&mut self, stop: &CancellationToken, at_end: bool) -> Option<Polled> {
+        loop {
             if stop.is_cancelled() {
                 return None;
             }
@@ -139,7 +154,18 @@ impl<'a> Cursor<'a> {
                     .read(began.elapsed(), read.as_ref().map_or(0, Vec::len));
             }
             match read {
-                Ok(batch) if !batch.is_empty() => return Some(Read::Batch(batch)),
+                Ok(batch) if !batch.is_empty() => return Some(Polled::Read(Read::Batch(batch))),
+                // A read can come back empty before records there were fetched (Kafka):
+                // only the engine's end says there is nothing.
+                Ok(_) if at_end => {
+                    let end = tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        o = self.log.offsets(&self.topic, self.partition) => o.map(|o| o.end),
+                    };
+                    if end.is_ok_and(|end| end <= self.pos) {
+                        return Some(Polled::AtEnd);
+                    }
+                }
                 Ok(_) => {}
                 Err(LogError::OffsetOutOfRange { start, .. }) if self.pos < start => {
                     error!(node = self.node, topic = %self.topic, partition = self.partition,
@@ -147,7 +173,7 @@ impl<'a> Cursor<'a> {
                         "records were deleted by retention before this node handled them; skipping ahead (events lost to retention){}",
                         self.retention_hint);
                     self.pos = start;
-                    return Some(Read::Skipped { to: start });
+                    return Some(Polled::Read(Read::Skipped { to: start }));
                 }
                 Err(e) => {
                     error!(node = self.node, topic = %self.topic, partition = self.partition,
@@ -187,6 +213,14 @@ pub enum Read {
     Batch(Vec<StoredRecord>),
     /// Retention deleted records under the reader; it moved to `to`.
     Skipped { to: u64 },
+}
+
+/// What [`Cursor::next_or_at_end`] found.
+#[derive(Debug)]
+pub enum Polled {
+    Read(Read),
+    /// Nothing to read: the position is the partition's end.
+    AtEnd,
 }
 
 /// Where a consumer starts: its committed position, or the oldest stored record.

@@ -3,7 +3,9 @@
 //!
 //! **Watermark.** Each input partition's watermark is the largest event time read from
 //! it; the stage's is the smallest over the partitions that are not idle (a partition
-//! that got nothing for `idle_timeout` does not hold windows open), minus
+//! that got nothing for `idle_timeout` and whose reader found nothing more to read — the
+//! engine's end reached — does not hold windows open; one whose reader is behind or
+//! failing does, however long it gives nothing), minus
 //! `allowed_lateness`; when every partition is idle it is the wall clock minus
 //! `allowed_lateness`. A window `[start, end)` closes when the watermark reaches `end`:
 //! its query runs, and each output row becomes an event with the window's end as its
@@ -53,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::config::LateMode;
-use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor};
+use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor, Polled, Read};
 use crate::event::{header, rfc3339_ms, EventFormat, EventMeta};
 use crate::sql::WindowEvents;
 use crate::sql::WindowQuery;
@@ -280,27 +282,43 @@ pub(crate) async fn run(
         max_bytes: 4 << 20,
         wait: Duration::from_millis(500),
     };
-    // (place, its records to hold, the position after them: records passed over count
-    // as read, so the committed position passes them)
-    let (tx, mut rx) =
-        tokio::sync::mpsc::channel::<(u32, Vec<StoredRecord>, u64)>(2 * places.len());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u32, Got)>(2 * places.len());
     let readers = futures_util::future::join_all(places.iter().enumerate().map(|(i, pl)| {
         let (tx, shutdown) = (tx.clone(), &shutdown);
+        let i = i as u32;
         async move {
+            // A previous version's partition read to its end has nothing more, ever.
+            let done = || async { tx.send((i, Got::AtEnd)).await.is_ok() };
             if pl.end.is_some_and(|end| pl.start >= end) {
-                return; // a previous version's partition read to its end before
+                done().await;
+                return; // read to its end before
             }
             let cursor = Cursor::at(log, name, &pl.topic, pl.partition, pl.start, limits);
             let mut cursor = cursor.measured(&stage.stats.busy);
-            while let Some(read) = cursor.next_or_skip(shutdown).await {
+            let mut said_at_end = false;
+            while let Some(polled) = cursor.next_or_at_end(shutdown).await {
+                let read = match polled {
+                    Polled::Read(read) => read,
+                    Polled::AtEnd if said_at_end => continue,
+                    Polled::AtEnd => {
+                        said_at_end = true;
+                        if !done().await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                said_at_end = false;
                 let mut batch = match read {
-                    crate::consumer::Read::Batch(batch) => batch,
+                    Read::Batch(batch) => batch,
                     // Deleted by retention under it (said where): read past them.
-                    crate::consumer::Read::Skipped { to } => {
+                    Read::Skipped { to } => {
                         let to = pl.end.map_or(to, |end| end.min(to));
-                        if tx.send((i as u32, Vec::new(), to)).await.is_err()
-                            || pl.end.is_some_and(|end| to >= end)
-                        {
+                        if tx.send((i, Got::Read(Vec::new(), to))).await.is_err() {
+                            return;
+                        }
+                        if pl.end.is_some_and(|end| to >= end) {
+                            done().await;
                             return;
                         }
                         continue;
@@ -326,10 +344,11 @@ pub(crate) async fn run(
                     });
                 }
                 let read_to = pl.end.map_or(last + 1, |end| end.min(last + 1));
-                if tx.send((i as u32, batch, read_to)).await.is_err() {
+                if tx.send((i, Got::Read(batch, read_to))).await.is_err() {
                     return;
                 }
                 if pl.end.is_some_and(|end| last + 1 >= end) {
+                    done().await;
                     return;
                 }
             }
@@ -354,7 +373,14 @@ pub(crate) async fn run(
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     got = rx.recv() => {
-                        let Some((p, batch, read_to)) = got else { return };
+                        let Some((p, got)) = got else { return };
+                        let (batch, read_to) = match got {
+                            Got::Read(batch, read_to) => (batch, read_to),
+                            Got::AtEnd => {
+                                st.at_end(p);
+                                continue;
+                            }
+                        };
                         let refused = if batch.is_empty() {
                             Vec::new()
                         } else {
@@ -409,6 +435,15 @@ pub(crate) async fn run(
     };
     tokio::join!(readers, windows);
     Ok(())
+}
+
+/// What a place's reader hands the stage.
+enum Got {
+    /// Records to hold, and the position after them (records passed over count as
+    /// read: the committed position passes them).
+    Read(Vec<StoredRecord>, u64),
+    /// Nothing more to read there for now: the place may become idle.
+    AtEnd,
 }
 
 /// While the stage has events of the previous version of its input still to read or

@@ -110,6 +110,10 @@ pub(super) struct Windows<H> {
     pub closed_below: i64,
     max_time: Vec<Option<i64>>,
     last_data: Vec<Instant>,
+    /// Per place: its reader found nothing more to read since its last records (only
+    /// such a place can be idle — one whose reader is behind or failing holds windows
+    /// open, however long it gives nothing).
+    at_end: Vec<bool>,
     read_to: Vec<u64>,
     /// From the checkpoint, per earlier run not read back yet: up to where it read (per
     /// place) and the boundary below which it had emitted every window — an event read
@@ -169,6 +173,7 @@ impl<H: Hold> Windows<H> {
             closed_below: ck.closed_below,
             max_time: vec![None; n],
             last_data: vec![now; n],
+            at_end: vec![false; n],
             read_to: starts,
             replays,
         }
@@ -192,6 +197,7 @@ impl<H: Hold> Windows<H> {
         let parts = self.read_to.len();
         let mut refused = Vec::new();
         self.last_data[i] = now;
+        self.at_end[i] = false;
         for e in events {
             let (offset, time) = (e.meta.offset, e.meta.time_ms);
             self.read_to[i] = self.read_to[i].max(offset + 1);
@@ -255,6 +261,13 @@ impl<H: Hold> Windows<H> {
         let r = &mut self.read_to[p as usize];
         *r = (*r).max(to);
         self.last_data[p as usize] = now;
+        self.at_end[p as usize] = false;
+    }
+
+    /// Place `p`'s reader found nothing more to read: from `idle` after its last
+    /// records, until it gets more, it does not hold windows open.
+    pub fn at_end(&mut self, p: u32) {
+        self.at_end[p as usize] = true;
     }
 
     /// The stage's watermark: `None` while a partition that is not idle has given
@@ -262,8 +275,8 @@ impl<H: Hold> Windows<H> {
     fn watermark(&self, now: Instant, now_ms: i64) -> Option<i64> {
         let mut low: Option<i64> = None;
         let mut active = false;
-        for (t, seen) in self.max_time.iter().zip(&self.last_data) {
-            if now.duration_since(*seen) >= self.idle {
+        for ((t, seen), at_end) in self.max_time.iter().zip(&self.last_data).zip(&self.at_end) {
+            if *at_end && now.duration_since(*seen) >= self.idle {
                 continue;
             }
             active = true;
@@ -482,7 +495,8 @@ mod tests {
         let t0 = Instant::now();
         let mut w = windows(0, false, 100, None);
         add(&mut w, 0, vec![ev(0, 0, 10_000)], t0);
-        // Partition 1 never spoke; partition 0 is busy but in the first minute.
+        // Partition 1 has nothing to read; partition 0 is busy but in the first minute.
+        w.at_end(1);
         let later = t0 + Duration::from_secs(11);
         add(&mut w, 0, vec![ev(0, 1, MIN + 1)], later);
         assert_eq!(starts(&w.due(later, 0)), vec![0]);
@@ -490,7 +504,8 @@ mod tests {
             start: 0,
             revision: 0,
         });
-        // Both silent now: the wall clock (minus lateness) closes the next minute.
+        // Both at their end now: the wall clock (minus lateness) closes the next minute.
+        w.at_end(0);
         let idle = later + Duration::from_secs(11);
         assert_eq!(starts(&w.due(idle, MIN + 30_000)), Vec::<i64>::new());
         assert_eq!(starts(&w.due(idle, 2 * MIN)), vec![MIN]);
@@ -577,9 +592,37 @@ mod tests {
         w.read_past(1, 500, later);
         assert_eq!(starts(&w.due(later, 10 * MIN)), Vec::<i64>::new());
         assert_eq!(w.commit_positions(), vec![0, 500], "passed over: read");
-        // Silent since: idle, it holds nothing.
+        // At its end since: idle, it holds nothing.
+        w.at_end(1);
         let idle = later + Duration::from_secs(11);
         assert_eq!(starts(&w.due(idle, 3 * MIN + 30_000)), vec![0]);
+    }
+
+    #[test]
+    fn a_silent_partition_not_at_its_end_holds_windows_open() {
+        let t0 = Instant::now();
+        let mut w = windows(0, false, 100, None);
+        add(&mut w, 0, vec![ev(0, 0, 1_000)], t0);
+        add(&mut w, 1, vec![ev(1, 0, 2_000)], t0);
+        // Partition 0 moves on; partition 1's reader gives nothing for a minute (behind,
+        // or its reads failing): its records may be of the first minute still.
+        let later = t0 + Duration::from_secs(60);
+        add(&mut w, 0, vec![ev(0, 1, 3 * MIN)], later);
+        assert_eq!(starts(&w.due(later, 10 * MIN)), Vec::<i64>::new());
+        // Found at its end: idle (its last records were a minute ago).
+        w.at_end(1);
+        assert_eq!(starts(&w.due(later, 10 * MIN)), vec![0]);
+        w.take(Due {
+            start: 0,
+            revision: 0,
+        });
+        // Records again: it holds the watermark again until it is at its end.
+        assert!(add(&mut w, 1, vec![ev(1, 1, 3 * MIN + 1)], later).is_empty());
+        let much_later = later + Duration::from_secs(60);
+        add(&mut w, 0, vec![ev(0, 2, 5 * MIN)], much_later);
+        assert_eq!(starts(&w.due(much_later, 10 * MIN)), Vec::<i64>::new());
+        w.at_end(1);
+        assert_eq!(starts(&w.due(much_later, 10 * MIN)), vec![3 * MIN]);
     }
 
     #[test]
