@@ -113,7 +113,9 @@ pub struct ReadLimits {
     pub max_records: usize,
     /// At most about this many bytes (one record is returned even if larger).
     pub max_bytes: usize,
-    /// When no record is there yet, wait up to this long for one (long-poll).
+    /// When no record is there yet, wait up to this long for one (long-poll). With
+    /// none, a read still returns the records that are there (an engine that fetches
+    /// them waits for the fetch): an empty answer then means nothing to read.
     pub wait: Duration,
 }
 

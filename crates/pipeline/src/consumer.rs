@@ -37,6 +37,8 @@ pub struct Cursor<'a> {
     retention_hint: &'static str,
     /// Where the time spent waiting in reads is counted (the node's busy ratio).
     busy: Option<crate::scale::Reader<'a>>,
+    /// [`Polled::AtEnd`] was returned and no record came since.
+    said_at_end: bool,
 }
 
 impl std::fmt::Debug for Cursor<'_> {
@@ -69,6 +71,7 @@ impl<'a> Cursor<'a> {
             pos,
             retention_hint: "",
             busy: None,
+            said_at_end: false,
         }
     }
 
@@ -132,9 +135,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// [`Cursor::next_or_skip`], also returning [`Polled::AtEnd`] each time a read found
-    /// nothing and the partition's end, as the engine gives it, is the position (a node
-    /// that must tell a partition with nothing to read from one whose reader is behind).
+    /// [`Cursor::next_or_skip`], also returning [`Polled::AtEnd`] once a read found
+    /// nothing there (once until records come again): for a node that must tell a
+    /// partition with nothing to read from one whose reader is behind.
     pub async fn next_or_at_end(&mut self, stop: &CancellationToken) -> Option<Polled> {
         self.poll(stop, true).await
     }
@@ -154,16 +157,32 @@ impl<'a> Cursor<'a> {
                     .read(began.elapsed(), read.as_ref().map_or(0, Vec::len));
             }
             match read {
-                Ok(batch) if !batch.is_empty() => return Some(Polled::Read(Read::Batch(batch))),
-                // A read can come back empty before records there were fetched (Kafka):
-                // only the engine's end says there is nothing.
-                Ok(_) if at_end => {
-                    let end = tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        o = self.log.offsets(&self.topic, self.partition) => o.map(|o| o.end),
+                Ok(batch) if !batch.is_empty() => {
+                    self.said_at_end = false;
+                    return Some(Polled::Read(Read::Batch(batch)));
+                }
+                // A read that waited can come back empty before records there were
+                // fetched (Kafka); one that may not wait returns what is there (an engine
+                // waits for the fetch when records exist). Said once until records come.
+                Ok(_) if at_end && !self.said_at_end => {
+                    let now = ReadLimits {
+                        wait: Duration::ZERO,
+                        ..self.limits
                     };
-                    if end.is_ok_and(|end| end <= self.pos) {
-                        return Some(Polled::AtEnd);
+                    let read = tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        r = self.log.read(&self.topic, self.partition, self.pos, now) => r,
+                    };
+                    match read {
+                        Ok(batch) if batch.is_empty() => {
+                            self.said_at_end = true;
+                            return Some(Polled::AtEnd);
+                        }
+                        Ok(batch) => {
+                            self.said_at_end = false;
+                            return Some(Polled::Read(Read::Batch(batch)));
+                        }
+                        Err(_) => {} // read again: the read above says why if it fails
                     }
                 }
                 Ok(_) => {}
@@ -173,6 +192,7 @@ impl<'a> Cursor<'a> {
                         "records were deleted by retention before this node handled them; skipping ahead (events lost to retention){}",
                         self.retention_hint);
                     self.pos = start;
+                    self.said_at_end = false;
                     return Some(Polled::Read(Read::Skipped { to: start }));
                 }
                 Err(e) => {
@@ -291,5 +311,52 @@ pub async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) -> bool 
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hifi_log::{Record, TopicSpec};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cursor_says_once_that_it_is_at_the_end_until_records_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        log.ensure_topic(&TopicSpec::new("t", 1)).await.unwrap();
+        log.append("t", 0, vec![Record::new("a", 1)]).await.unwrap();
+        let limits = ReadLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            wait: Duration::from_millis(50),
+        };
+        let stop = CancellationToken::new();
+        let mut cursor = Cursor::at(log.as_ref(), "n", "t", 0, 0, limits);
+        let Some(Polled::Read(Read::Batch(b))) = cursor.next_or_at_end(&stop).await else {
+            panic!("the record first");
+        };
+        assert_eq!(b.len(), 1);
+        cursor.seek(1);
+        let at_end = tokio::time::timeout(Duration::from_secs(5), cursor.next_or_at_end(&stop));
+        assert!(matches!(at_end.await, Ok(Some(Polled::AtEnd))));
+        // Said once: it waits for records (here until stopped) rather than say it again.
+        let again = tokio::time::timeout(Duration::from_millis(300), cursor.next_or_at_end(&stop));
+        assert!(
+            again.await.is_err(),
+            "at its end again without records between"
+        );
+        log.append("t", 0, vec![Record::new("b", 2)]).await.unwrap();
+        let Some(Polled::Read(Read::Batch(b))) = cursor.next_or_at_end(&stop).await else {
+            panic!("the new record");
+        };
+        assert_eq!(b[0].offset, 1);
+        cursor.seek(2);
+        let at_end = tokio::time::timeout(Duration::from_secs(5), cursor.next_or_at_end(&stop));
+        assert!(matches!(at_end.await, Ok(Some(Polled::AtEnd))));
     }
 }

@@ -80,9 +80,10 @@ pub struct WindowConfig {
     /// revision).
     #[serde(default)]
     pub late: LateMode,
-    /// An input partition that gets nothing for this long stops holding windows open
-    /// (its watermark is not waited for); when every partition is idle, windows close
-    /// by the wall clock. Default `"10s"`.
+    /// An input partition read to its end that gets nothing for this long stops holding
+    /// windows open (its watermark is not waited for; one whose reader is behind or
+    /// failing holds them); when every partition is idle, windows close by the wall
+    /// clock. Default `"10s"`.
     #[serde(default = "default_idle")]
     pub idle_timeout: crate::units::Dur,
     /// Most events held in open windows (memory: each event's JSON and headers). Past

@@ -73,7 +73,7 @@ pub struct WindowRun {
     pub lateness_ms: i64,
     /// What late events become.
     pub late: LateMode,
-    /// When a silent partition stops holding windows open.
+    /// When a silent partition read to its end stops holding windows open.
     pub idle: Duration,
     /// Most events held in open windows; past it the oldest window closes early.
     pub max_held: usize,
@@ -287,7 +287,7 @@ pub(crate) async fn run(
         let (tx, shutdown) = (tx.clone(), &shutdown);
         let i = i as u32;
         async move {
-            // A previous version's partition read to its end has nothing more, ever.
+            // Nothing more to read there (for now; a drained place's end is for good).
             let done = || async { tx.send((i, Got::AtEnd)).await.is_ok() };
             if pl.end.is_some_and(|end| pl.start >= end) {
                 done().await;
@@ -295,20 +295,16 @@ pub(crate) async fn run(
             }
             let cursor = Cursor::at(log, name, &pl.topic, pl.partition, pl.start, limits);
             let mut cursor = cursor.measured(&stage.stats.busy);
-            let mut said_at_end = false;
             while let Some(polled) = cursor.next_or_at_end(shutdown).await {
                 let read = match polled {
                     Polled::Read(read) => read,
-                    Polled::AtEnd if said_at_end => continue,
                     Polled::AtEnd => {
-                        said_at_end = true;
                         if !done().await {
                             return;
                         }
                         continue;
                     }
                 };
-                said_at_end = false;
                 let mut batch = match read {
                     Read::Batch(batch) => batch,
                     // Deleted by retention under it (said where): read past them.
