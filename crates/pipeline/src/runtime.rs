@@ -632,7 +632,11 @@ impl Pipeline {
             versions.clone(),
             log.clone(),
             fingerprints.clone(),
-            (ledger.clone(), paced),
+            (
+                ledger.clone(),
+                paced,
+                crate::versions::watch::live_sinks(cfg),
+            ),
             shutdown.clone(),
         ));
         Ok(Pipeline {

@@ -88,7 +88,7 @@ pub async fn run(
     live: Arc<Live>,
     log: Arc<dyn Log>,
     fingerprints: Vec<Arc<Fingerprinter>>,
-    (ledger, paced): (Arc<hifi_ledger::Ledger>, Vec<(String, Pace)>),
+    (ledger, paced, live_sinks): (Arc<hifi_ledger::Ledger>, Vec<(String, Pace)>, Vec<String>),
     stop: CancellationToken,
 ) {
     let mut last_window = String::new();
@@ -152,7 +152,7 @@ pub async fn run(
         });
     }
     while !followed.is_empty() && sleep_or_cancel(&stop, EVERY).await {
-        pace_by_lag(&live, &ledger, &paced, &mut last_window);
+        pace_by_lag(&live, &ledger, (&paced, &live_sinks), &mut last_window);
         let mut publish = None;
         for f in &mut followed {
             let mut status = CandidateStatus::default();
@@ -280,12 +280,50 @@ fn recently_failed(live: &Live, stage: &str, version: &str) -> bool {
 /// A candidate stage's rate limit.
 pub type Pace = Arc<std::sync::Mutex<crate::delivery::RateLimit>>;
 
+/// The sinks whose E2E a paced backfill watches ([`pace_by_lag`]): those of events, not
+/// of a window stage's results, which wait for their window to close (their E2E is
+/// from the window's end: `allowed_lateness` and the emission, whatever the load) —
+/// directly or through row stages. Every sink when all of them take window results.
+pub fn live_sinks(cfg: &crate::config::PipelineConfig) -> Vec<String> {
+    let mut windowed: std::collections::BTreeSet<&str> = cfg
+        .stages
+        .values()
+        .filter(|s| s.window.is_some())
+        .map(|s| s.output.get_ref().as_str())
+        .collect();
+    loop {
+        let more: Vec<&str> = cfg
+            .stages
+            .values()
+            .filter(|s| windowed.contains(s.input.get_ref().as_str()))
+            .map(|s| s.output.get_ref().as_str())
+            .filter(|o| !windowed.contains(o))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        windowed.extend(more);
+    }
+    let of_events: Vec<String> = cfg
+        .sinks
+        .iter()
+        .filter(|(_, s)| !windowed.contains(s.input.get_ref().as_str()))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if of_events.is_empty() {
+        cfg.sinks.keys().cloned().collect()
+    } else {
+        of_events
+    }
+}
+
 /// At each closed 10-second window of the ledger's lag history, moves the rate of every
-/// backfill paced by the live path's E2E p95 (`live_e2e_p95_max`).
+/// backfill paced by the live path's E2E p95 (`live_e2e_p95_max`): the largest lag-out
+/// p95 of `live_sinks` ([`live_sinks`]) in that window.
 fn pace_by_lag(
     live: &Live,
     ledger: &hifi_ledger::Ledger,
-    paced: &[(String, Pace)],
+    (paced, live_sinks): (&[(String, Pace)], &[String]),
     last: &mut String,
 ) {
     let targets: Vec<(&Pace, f64, f64, f64)> = live
@@ -311,17 +349,16 @@ fn pace_by_lag(
         return;
     }
     last.clone_from(&window.t);
+    let p95_ms = live_sinks
+        .iter()
+        .filter_map(|sink| window.nodes.get(sink))
+        .map(|n| n.lag_out_p95_ms)
+        .fold(0.0, f64::max);
     for (pace, max_ms, batch, ceiling) in targets {
         let mut p = pace.lock().unwrap_or_else(|e| e.into_inner());
-        let next = next_rate(
-            p.rate(),
-            window.e2e_p95_ms,
-            max_ms,
-            PACED_MIN.max(batch),
-            ceiling,
-        );
+        let next = next_rate(p.rate(), p95_ms, max_ms, PACED_MIN.max(batch), ceiling);
         info!(
-            p95_ms = window.e2e_p95_ms,
+            p95_ms,
             max_ms,
             rate = next,
             "backfill paced by the live path's lag"
@@ -336,6 +373,55 @@ pub type Statuses = BTreeMap<String, CandidateStatus>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_backfill_watches_the_sinks_of_events_not_of_window_results() {
+        let toml = r#"
+[engine]
+kind = "embedded"
+data_dir = "d"
+[sources.api]
+type = "http"
+topic = "events"
+[stages.per]
+input = "events"
+output = "counts"
+window = { size = "1m" }
+sql = "SELECT count(*) AS n FROM input"
+[stages.shaped]
+input = "counts"
+output = "shaped"
+[[stages.shaped.transforms]]
+type = "set"
+field = "/x"
+value = "y"
+[sinks.raw]
+type = "http"
+input = "events"
+url = "http://127.0.0.1:9/"
+[sinks.direct]
+type = "http"
+input = "counts"
+url = "http://127.0.0.1:9/"
+[sinks.after]
+type = "http"
+input = "shaped"
+url = "http://127.0.0.1:9/"
+"#;
+        let loaded =
+            crate::config::LoadedConfig::parse("p.toml".as_ref(), toml.to_owned()).unwrap();
+        assert_eq!(live_sinks(&loaded.config), vec!["raw".to_owned()]);
+        let only_windows = toml.replace(
+            "[sinks.raw]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://127.0.0.1:9/\"\n",
+            "",
+        );
+        assert_ne!(only_windows, toml);
+        let loaded = crate::config::LoadedConfig::parse("p.toml".as_ref(), only_windows).unwrap();
+        assert_eq!(
+            live_sinks(&loaded.config),
+            vec!["after".to_owned(), "direct".to_owned()]
+        );
+    }
 
     #[test]
     fn a_paced_backfill_halves_over_the_lag_and_grows_a_quarter_within_it() {
