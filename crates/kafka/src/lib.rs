@@ -691,6 +691,17 @@ impl Log for KafkaLog {
                 // Still unreachable: the caller backs off; the next read seeks.
                 return Err(kafka_err(format!("reading {topic}/{partition}"), e));
             }
+            if limits.wait.is_zero() {
+                // Records are there (below the end) and none came: an empty answer
+                // would say there is nothing to read. The next read seeks.
+                return Err(LogError::Io {
+                    context: format!("reading {topic}/{partition} from {from}"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no record fetched within {wait:?} below the partition's end"),
+                    ),
+                });
+            }
         }
         r.next = Some(out.last().map_or(from, |last| last.offset + 1));
         Ok(out)

@@ -169,10 +169,15 @@ impl<'a> Cursor<'a> {
                         wait: Duration::ZERO,
                         ..self.limits
                     };
+                    let began = std::time::Instant::now();
                     let read = tokio::select! {
                         _ = stop.cancelled() => return None,
                         r = self.log.read(&self.topic, self.partition, self.pos, now) => r,
                     };
+                    if let Some(b) = &self.busy {
+                        b.busy()
+                            .read(began.elapsed(), read.as_ref().map_or(0, Vec::len));
+                    }
                     match read {
                         Ok(batch) if batch.is_empty() => {
                             self.said_at_end = true;

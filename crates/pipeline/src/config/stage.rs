@@ -81,9 +81,9 @@ pub struct WindowConfig {
     #[serde(default)]
     pub late: LateMode,
     /// An input partition read to its end that gets nothing for this long stops holding
-    /// windows open (its watermark is not waited for; one whose reader is behind or
-    /// failing holds them); when every partition is idle, windows close by the wall
-    /// clock. Default `"10s"`.
+    /// windows open (its watermark is not waited for; one whose reader is behind, or
+    /// fails before reaching its end, holds them); when every partition is idle, windows
+    /// close by the wall clock. Default `"10s"`.
     #[serde(default = "default_idle")]
     pub idle_timeout: crate::units::Dur,
     /// Most events held in open windows (memory: each event's JSON and headers). Past

@@ -4,8 +4,8 @@
 //! **Watermark.** Each input partition's watermark is the largest event time read from
 //! it; the stage's is the smallest over the partitions that are not idle (a partition
 //! that got nothing for `idle_timeout` and whose reader found nothing more to read — the
-//! engine's end reached — does not hold windows open; one whose reader is behind or
-//! failing does, however long it gives nothing), minus
+//! engine's end reached — does not hold windows open; one whose reader is behind, or
+//! fails before reaching its end, does, however long it gives nothing), minus
 //! `allowed_lateness`; when every partition is idle it is the wall clock minus
 //! `allowed_lateness`. A window `[start, end)` closes when the watermark reaches `end`:
 //! its query runs, and each output row becomes an event with the window's end as its
