@@ -143,14 +143,27 @@ impl<'a> Cursor<'a> {
     }
 
     async fn poll(&mut self, stop: &CancellationToken, at_end: bool) -> Option<Polled> {
+        // A read that waited can come back empty before records there were fetched
+        // (Kafka); one that may not wait returns what is there (an engine waits for the
+        // fetch when records exist): only it says the partition is at its end. Said once
+        // until records come.
+        let mut probe = false;
         loop {
             if stop.is_cancelled() {
                 return None;
             }
+            let limits = match probe {
+                true => ReadLimits {
+                    wait: Duration::ZERO,
+                    ..self.limits
+                },
+                false => self.limits,
+            };
+            let probed = std::mem::take(&mut probe);
             let began = std::time::Instant::now();
             let read = tokio::select! {
                 _ = stop.cancelled() => return None,
-                r = self.log.read(&self.topic, self.partition, self.pos, self.limits) => r,
+                r = self.log.read(&self.topic, self.partition, self.pos, limits) => r,
             };
             if let Some(b) = &self.busy {
                 b.busy()
@@ -161,36 +174,13 @@ impl<'a> Cursor<'a> {
                     self.said_at_end = false;
                     return Some(Polled::Read(Read::Batch(batch)));
                 }
-                // A read that waited can come back empty before records there were
-                // fetched (Kafka); one that may not wait returns what is there (an engine
-                // waits for the fetch when records exist). Said once until records come.
-                Ok(_) if at_end && !self.said_at_end => {
-                    let now = ReadLimits {
-                        wait: Duration::ZERO,
-                        ..self.limits
-                    };
-                    let began = std::time::Instant::now();
-                    let read = tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        r = self.log.read(&self.topic, self.partition, self.pos, now) => r,
-                    };
-                    if let Some(b) = &self.busy {
-                        b.busy()
-                            .read(began.elapsed(), read.as_ref().map_or(0, Vec::len));
-                    }
-                    match read {
-                        Ok(batch) if batch.is_empty() => {
-                            self.said_at_end = true;
-                            return Some(Polled::AtEnd);
-                        }
-                        Ok(batch) => {
-                            self.said_at_end = false;
-                            return Some(Polled::Read(Read::Batch(batch)));
-                        }
-                        Err(_) => {} // read again: the read above says why if it fails
-                    }
+                Ok(_) if probed => {
+                    self.said_at_end = true;
+                    return Some(Polled::AtEnd);
                 }
+                Ok(_) if at_end && !self.said_at_end => probe = true,
                 Ok(_) => {}
+                Err(_) if probed => {} // read again, waiting: that read says why if it fails
                 Err(LogError::OffsetOutOfRange { start, .. }) if self.pos < start => {
                     error!(node = self.node, topic = %self.topic, partition = self.partition,
                         from = self.pos, to = start,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hifi_log::{Log, LogError, ReadLimits};
+use hifi_log::{Log, LogError, PartitionOffsets, ReadLimits};
 
 use super::registry::{Change, Registry};
 use super::Request;
@@ -122,20 +122,25 @@ pub(super) async fn draining<'a>(
     Ok((left > 0).then_some((left, drain.topic.as_str())))
 }
 
-/// The end of every partition of `topic`, by partition.
-async fn ends(log: &dyn Log, topic: &str) -> Result<Vec<u64>, LogError> {
-    let mut ends = Vec::new();
+/// The offsets of every partition of `topic`, by partition.
+async fn offsets(log: &dyn Log, topic: &str) -> Result<Vec<PartitionOffsets>, LogError> {
+    let mut offsets = Vec::new();
     for p in 0..log.partitions(topic).await? {
-        ends.push(log.offsets(topic, p).await?.end);
+        offsets.push(log.offsets(topic, p).await?);
     }
-    Ok(ends)
+    Ok(offsets)
 }
 
-/// `ends` of `topic` as a cut: positions by `topic/partition`.
-fn cut_at<'a>(topic: &'a str, ends: &'a [u64]) -> impl Iterator<Item = (String, u64)> + 'a {
-    ends.iter()
+/// The ends of `offsets` (of `topic`'s partitions) as a cut: positions by
+/// `topic/partition`.
+fn cut_at<'a>(
+    topic: &'a str,
+    offsets: &'a [PartitionOffsets],
+) -> impl Iterator<Item = (String, u64)> + 'a {
+    offsets
+        .iter()
         .enumerate()
-        .map(move |(p, &end)| (format!("{topic}/{p}"), end))
+        .map(move |(p, o)| (format!("{topic}/{p}"), o.end))
 }
 
 /// How long a publish of a window stage's version waits, with the nodes running, for its
@@ -230,7 +235,7 @@ async fn publish_or_check(
             continue;
         }
         let t = s.topic.get_ref();
-        base.extend(cut_at(t, &ends(log, t).await.map_err(fail)?));
+        base.extend(cut_at(t, &offsets(log, t).await.map_err(fail)?));
     }
     // The old version's unread input: its origins are not delivered yet. What the new
     // version's topic does not reach back to is in neither version: publishing would
@@ -313,11 +318,11 @@ async fn publish_or_check(
     }
     // Readers start on the new topic's oldest record (a version published before may
     // have left positions further on).
-    let mut starts = Vec::new();
-    for p in 0..log.partitions(&new_topic).await.map_err(fail)? {
-        starts.push((p, log.offsets(&new_topic, p).await.map_err(fail)?.start));
-    }
-    let new_ends = ends(log, &new_topic).await.map_err(fail)?;
+    let new_offsets = offsets(log, &new_topic).await.map_err(fail)?;
+    let starts: Vec<(u32, u64)> = (0..)
+        .zip(&new_offsets)
+        .map(|(p, o): (u32, _)| (p, o.start))
+        .collect();
     for (reader, group, window_reader) in &readers {
         if windows.is_some() {
             // Every result of the previous version read: the reader passes over what
@@ -349,7 +354,7 @@ async fn publish_or_check(
                     if check_only { "at least " } else { "" },
                 ));
             }
-            cuts.insert(reader.clone(), cut_at(&new_topic, &new_ends).collect());
+            cuts.insert(reader.clone(), cut_at(&new_topic, &new_offsets).collect());
             continue;
         }
         if *window_reader {
@@ -366,8 +371,11 @@ async fn publish_or_check(
             }
             let drain = super::registry::Drain {
                 topic: old_topic.clone(),
-                ends: ends(log, &old_topic).await.map_err(fail)?,
-                input_ends: new_ends.clone(),
+                ends: (offsets(log, &old_topic).await.map_err(fail)?)
+                    .iter()
+                    .map(|o| o.end)
+                    .collect(),
+                input_ends: new_offsets.iter().map(|o| o.end).collect(),
             };
             drains.insert(reader.clone(), drain);
             cuts.insert(reader.clone(), base.clone());
