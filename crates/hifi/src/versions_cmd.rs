@@ -95,14 +95,16 @@ fn version_line(v: &Value) -> String {
     let st = &v["status"];
     if st.is_object() {
         line.push_str(&format!(
-            "  [{}: {} done, {} left{}]",
+            "  [{}: {} done, {} left{}; audited buckets: {} passed, {} waiting to complete]",
             st["state"].as_str().unwrap_or(""),
             st["done"],
             st["left"],
             st["eta_seconds"]
                 .as_f64()
                 .map(|s| format!(", ETA {s:.0} s"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            st["buckets_passed"],
+            st["buckets_waiting"]
         ));
         for b in st["blocked_by"].as_array().cloned().unwrap_or_default() {
             line.push_str(&format!(

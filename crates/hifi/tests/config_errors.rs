@@ -263,6 +263,11 @@ fn configuration_errors_name_the_file_the_key_and_the_fix() {
         &["stages.s.versions.backfill_from", "\"retention\""],
     );
     check(
+        "redeliver with a publish by hand",
+        &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\nversions = {{ redeliver = true }}\n"),
+        &["stages.s.versions.redeliver", "--redeliver-from"],
+    );
+    check(
         "an unknown publish mode",
         &format!("{SOURCE}[stages.s]\ninput = \"events\"\noutput = \"o\"\nversions = {{ publish = \"now\" }}\n"),
         &["unknown variant `now`", "auto"],

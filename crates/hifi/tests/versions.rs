@@ -297,10 +297,29 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
     );
     proc.sigterm(Duration::from_secs(20));
 
-    // A good version keeps the entropy: published automatically once its buckets pass.
-    let file = write_file(dir.path(), &rx, "good", audited, true);
+    // A good version keeps the entropy: published automatically once its buckets pass,
+    // and (`redeliver = true`) it delivers again every event it backfilled.
+    let redelivering = audited.replace(
+        "publish = \"auto\" }",
+        "publish = \"auto\", redeliver = true }",
+    );
+    assert_ne!(redelivering, audited);
+    let file = write_file(dir.path(), &rx, "good", &redelivering, true);
     let proc = run_pipeline(dir.path(), &file);
     let admin = proc.addr("admin");
+    // A bucket is complete once an event time past its end was read: when the minute
+    // turned between `now` and the candidate's start, `now`'s bucket ended before it
+    // started and waits for a later event.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tick = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    post_events(
+        proc.addr("source api"),
+        &[json!({"id": "tick", "ts": tick, "country": "fr"})],
+    )
+    .await;
     let v = wait_for(
         admin,
         Duration::from_secs(60),
@@ -320,6 +339,26 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         .filter(|r| r["id"] == "after-good")
         .collect();
     assert_eq!(served[0]["data"]["stage"], "good");
+    // Every event of version one comes again from the good version, same id.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut corrected = HashSet::new();
+        for r in received_records(&record) {
+            if r["data"]["stage"] == "good" {
+                assert_eq!(r["hifiversion"], good.as_str(), "{r}");
+                corrected.insert(r["id"].as_str().unwrap().to_owned());
+            }
+        }
+        let missing: Vec<_> = ids.difference(&corrected).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered again by the automatic publish: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let states: Vec<(String, String)> = v["versions"]
         .as_array()
         .unwrap()

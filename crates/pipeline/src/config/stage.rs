@@ -193,6 +193,12 @@ pub struct VersionsConfig {
     /// rate; each one within it raises the rate by a quarter (up to
     /// `backfill_max_rate`). Default: none (the rate stays at `backfill_max_rate`).
     pub live_e2e_p95_max: Option<crate::units::Dur>,
+    /// With `publish = "auto"`: the automatic publish also delivers again every event
+    /// the new version wrote before it (from its backfill's start), with their ids —
+    /// what `hifi publish --redeliver-from` does by hand — so destinations replace what
+    /// the previous version sent. Default: false (readers go on from the cut).
+    #[serde(default)]
+    pub redeliver: bool,
 }
 
 /// When a new version is published.

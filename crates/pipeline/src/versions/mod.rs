@@ -218,6 +218,12 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         }
         backfill_from_ms(&v.backfill_from, 0)
             .map_err(|e| loaded.error(format!("{key}.versions.backfill_from"), e))?;
+        if v.redeliver && v.publish != PublishMode::Auto {
+            return Err(loaded.error(
+                format!("{key}.versions.redeliver"),
+                "applies to automatic publishes (`publish = \"auto\"`); a publish by hand re-delivers with `hifi publish STAGE VERSION --redeliver-from T`",
+            ));
+        }
         if let Some(r) = v.backfill_max_rate {
             if r < s.batch_max_events as u64 {
                 return Err(loaded.error(

@@ -74,6 +74,8 @@ struct Followed {
     output: String,
     output_until: Option<Vec<u64>>,
     auto: bool,
+    /// `versions.redeliver`: the automatic publish delivers again all it wrote.
+    redeliver: bool,
     /// Per partition: where the backfill began and the end when this run started.
     from: Vec<u64>,
     until: Vec<u64>,
@@ -143,6 +145,7 @@ pub async fn run(
                 .unwrap_or_else(|| super::version_topic(&plan.output, version)),
             output_until: None,
             auto: plan.publish == PublishMode::Auto,
+            redeliver: plan.versions.as_ref().is_some_and(|v| v.redeliver),
             from,
             until,
             started_ms: crate::now_ms(),
@@ -243,16 +246,18 @@ pub async fn run(
                 && !recently_failed(&live, &f.stage, &f.version)
             {
                 status.state = "publishing".into();
-                publish = Some((f.stage.clone(), f.version.clone()));
+                // Every event its topic holds is of its backfill's start or later.
+                let redeliver = f.redeliver.then_some(i64::MIN);
+                publish = Some((f.stage.clone(), f.version.clone(), redeliver));
             }
             live.status
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(f.stage.clone(), status);
         }
-        if let Some((stage, version)) = publish {
-            info!(%stage, %version, "backfill done and audits passed: publishing");
-            if let Err(e) = live.request(&stage, &version, "auto", None) {
+        if let Some((stage, version, redeliver)) = publish {
+            info!(%stage, %version, redeliver = redeliver.is_some(), "backfill done and audits passed: publishing");
+            if let Err(e) = live.request(&stage, &version, "auto", redeliver) {
                 error!(%stage, %version, "cannot publish: {e}");
             }
             // The nodes stop for the publish (and this with them); a publish refused
