@@ -143,9 +143,31 @@ fn cut_at<'a>(
         .map(move |(p, o)| (format!("{topic}/{p}"), o.end))
 }
 
-/// How long a publish of a window stage's version waits, with the nodes running, for its
-/// readers to have read the published version's results.
-const UNREAD_RESULTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a publish checked with the nodes running waits for a reader to have read
+/// what it must have read before the publish: its committed position trails what it
+/// delivered (a sink commits every 100 ms; a window reader once it emitted). Found
+/// still behind after that, the publish is refused without stopping the nodes.
+const UNREAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`fold_unread`] into a fresh copy of `base`; with the nodes running (`check_only`),
+/// again every 250 ms until nothing is left or [`UNREAD_WAIT`] passed.
+async fn fold_unread_settled(
+    log: &dyn Log,
+    (group, topic): (&str, &str),
+    base: &BTreeMap<String, u64>,
+    covered_from: Option<i64>,
+    check_only: bool,
+) -> Result<(BTreeMap<String, u64>, u64), LogError> {
+    let until = std::time::Instant::now() + UNREAD_WAIT;
+    loop {
+        let mut cut = base.clone();
+        let left = fold_unread(log, group, topic, &mut cut, covered_from, check_only).await?;
+        if left == 0 || !check_only || std::time::Instant::now() >= until {
+            return Ok((cut, left));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
 
 /// Publishes `req.version` of `req.stage` (see the module's documentation of
 /// [`super`]). `loaded` is the file as loaded (before [`super::resolve`]).
@@ -327,26 +349,16 @@ async fn publish_or_check(
         if windows.is_some() {
             // Every result of the previous version read: the reader passes over what
             // the new one wrote before now (the windows it had, and those the new one
-            // emits again from the previous one's state). A running reader's committed
-            // position trails what it delivered: with the nodes running, it is given
-            // a few seconds (sparing a stop and start of every node for a refusal).
-            let until = std::time::Instant::now() + UNREAD_RESULTS_WAIT;
-            let unread = loop {
-                let unread = fold_unread(
-                    log,
-                    group,
-                    &old_topic,
-                    &mut BTreeMap::new(),
-                    Some(i64::MAX),
-                    check_only,
-                )
-                .await
-                .map_err(fail)?;
-                if unread == 0 || !check_only || std::time::Instant::now() >= until {
-                    break unread;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            };
+            // emits again from the previous one's state).
+            let (_, unread) = fold_unread_settled(
+                log,
+                (group, &old_topic),
+                &BTreeMap::new(),
+                Some(i64::MAX),
+                check_only,
+            )
+            .await
+            .map_err(fail)?;
             if unread > 0 {
                 return Err(format!(
                     "cannot publish {} of stages.{stage}: {reader} has {}{unread} window results of version {old} still to read; they cannot be replaced by the new version's (the ledger would count them lost): publish once it has read them",
@@ -381,10 +393,10 @@ async fn publish_or_check(
             cuts.insert(reader.clone(), base.clone());
             continue;
         }
-        let mut cut = base.clone();
-        let older = fold_unread(log, group, &old_topic, &mut cut, covered_from, check_only)
-            .await
-            .map_err(fail)?;
+        let (cut, older) =
+            fold_unread_settled(log, (group, &old_topic), &base, covered_from, check_only)
+                .await
+                .map_err(fail)?;
         if older > 0 {
             return Err(behind(reader, older));
         }
