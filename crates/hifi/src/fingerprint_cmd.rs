@@ -205,6 +205,21 @@ pub async fn signals(args: SignalsArgs) -> Result<ExitCode> {
                 "updated: {} late events, {} in all",
                 d["late_events"], d["count"]
             ),
+            Some("hifi.audit.failed") => format!(
+                "audit failed{}: {:?} ({}){}, {} events",
+                if d["blocking"] == true {
+                    " (blocking)"
+                } else {
+                    ""
+                },
+                d["audit"].as_str().unwrap_or(""),
+                d["check"].as_str().unwrap_or(""),
+                d["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+                d["count"]
+            ),
             _ => format!("complete: {} events", d["count"]),
         };
         outln!(

@@ -108,10 +108,15 @@ fn version_line(v: &Value) -> String {
         ));
         for b in st["blocked_by"].as_array().cloned().unwrap_or_default() {
             line.push_str(&format!(
-                "\n      blocked: bucket {} audit {} ({}) failed",
+                "\n      blocked: bucket {} ({} events) audit {:?} ({}) failed{}",
                 b["bucket_start"].as_str().unwrap_or(""),
+                b["count"],
                 b["audit"].as_str().unwrap_or(""),
-                b["check"].as_str().unwrap_or("")
+                b["check"].as_str().unwrap_or(""),
+                b["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             ));
         }
     }

@@ -491,6 +491,12 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
         text.contains("complete: 5 events") && text.contains("updated: 1 late events, 6 in all"),
         "{text}"
     );
+    // A failed audit says so (it was printed as a completion), with its error.
+    assert!(
+        text.contains("audit failed: \"more than in\" (v.count > input.count), 5 events")
+            && text.contains("audit failed: \"emails\" (v.null_rate.email < 0.5): No such key"),
+        "{text}"
+    );
     proc.sigterm(Duration::from_secs(20));
     webhook.sigterm(Duration::from_secs(10));
 }

@@ -263,6 +263,16 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
     );
     let bad_version = cand["version"].as_str().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
+        .args(["versions", "big", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("(40 events) audit \"country entropy\"")
+            && listed.contains("failed: No such key: country"),
+        "the alarm names the bucket, its count and the error: {listed}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hifi"))
         .args([
             "fingerprint",
             "diff",
