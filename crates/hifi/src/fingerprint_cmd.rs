@@ -143,11 +143,7 @@ pub async fn run(cmd: FingerprintCommand) -> Result<ExitCode> {
                     continue;
                 }
                 shown += 1;
-                let change = match r["change"].as_f64() {
-                    Some(c) => format!("{:+.1} %", c * 100.0),
-                    None if r["a"] == r["b"] => "=".to_owned(),
-                    None => "new".to_owned(),
-                };
+                let change = change_label(r);
                 outln!(
                     "{:<24} {:<34} {:>14} {:>14} {:>9}",
                     r["bucket"].as_str().unwrap_or(""),
@@ -284,6 +280,18 @@ fn buckets(f: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// A row's change as printed: relative, or why there is none.
+fn change_label(r: &Value) -> String {
+    match r["change"].as_f64() {
+        Some(c) => format!("{:+.1} %", c * 100.0),
+        None if r["a"] == r["b"] => "=".to_owned(),
+        None if r["b"].is_null() => "gone".to_owned(),
+        None if r["a"].is_null() => "new".to_owned(),
+        // From zero to something: no relative change.
+        None => "from 0".to_owned(),
+    }
+}
+
 /// Every metric of every bucket in either, as rows {bucket, metric, a, b, change}.
 fn diff(a: &Value, b: &Value) -> Vec<Value> {
     let (ba, bb) = (buckets(a), buckets(b));
@@ -364,5 +372,11 @@ mod tests {
         );
         assert_eq!(find("t2", "count")["a"], Value::Null);
         assert_eq!(rows.len(), 5 + 1);
+        assert_eq!(change_label(&find("t1", "country.entropy")), "-100.0 %");
+        assert_eq!(change_label(&find("t1", "country.nulls")), "from 0");
+        assert_eq!(change_label(&find("t2", "count")), "new");
+        let back = diff(&b, &a);
+        let t2 = back.iter().find(|r| r["bucket"] == "t2").unwrap();
+        assert_eq!(change_label(t2), "gone", "{t2}");
     }
 }
