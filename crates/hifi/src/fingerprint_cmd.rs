@@ -164,7 +164,7 @@ pub async fn run(cmd: FingerprintCommand) -> Result<ExitCode> {
 /// `hifi signals`: the newest bucket signals.
 #[derive(Debug, Args)]
 pub struct SignalsArgs {
-    /// Only `complete` or `updated` signals.
+    /// Only `complete`, `updated` or `hifi.audit.failed` signals.
     #[arg(long = "type")]
     kind: Option<String>,
     /// How many, newest last.

@@ -411,6 +411,7 @@ async fn publish_version(
     // A refusal found with the nodes running spares stopping them.
     let check =
         hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), &loaded, req);
+    let health = running.pipeline.health.clone();
     let checked = tokio::select! {
         checked = check => checked,
         sig = stops.recv() => {
@@ -418,6 +419,9 @@ async fn publish_version(
                 "{sig} received while checking a publish: not published");
             return Ok((running, Some(sig)));
         }
+        // A dead node stops the process (the caller sees it at once); the check can
+        // wait seconds for a reader.
+        () = health.failed() => return Ok((running, None)),
     };
     if let Err(e) = checked {
         tracing::error!(stage = %req.stage, version = %req.version,

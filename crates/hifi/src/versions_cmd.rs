@@ -94,8 +94,17 @@ fn version_line(v: &Value) -> String {
     }
     let st = &v["status"];
     if st.is_object() {
+        // Buckets are judged only with a fingerprint.
+        let buckets = if v["fingerprint"].is_object() {
+            format!(
+                "; audited buckets: {} passed, {} waiting to complete",
+                st["buckets_passed"], st["buckets_waiting"]
+            )
+        } else {
+            String::new()
+        };
         line.push_str(&format!(
-            "  [{}: {} done, {} left{}; audited buckets: {} passed, {} waiting to complete]",
+            "  [{}: {} done, {} left{}{buckets}]",
             st["state"].as_str().unwrap_or(""),
             st["done"],
             st["left"],
@@ -103,8 +112,6 @@ fn version_line(v: &Value) -> String {
                 .as_f64()
                 .map(|s| format!(", ETA {s:.0} s"))
                 .unwrap_or_default(),
-            st["buckets_passed"],
-            st["buckets_waiting"]
         ));
         for b in st["blocked_by"].as_array().cloned().unwrap_or_default() {
             line.push_str(&format!(

@@ -150,15 +150,15 @@ fn cut_at<'a>(
 const UNREAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// [`fold_unread`] into a fresh copy of `base`; with the nodes running (`check_only`),
-/// again every 250 ms until nothing is left or [`UNREAD_WAIT`] passed.
+/// again every 250 ms until nothing is left or `until` (one [`UNREAD_WAIT`] for all
+/// the readers of a publish) passed.
 async fn fold_unread_settled(
     log: &dyn Log,
     (group, topic): (&str, &str),
     base: &BTreeMap<String, u64>,
     covered_from: Option<i64>,
-    check_only: bool,
+    (check_only, until): (bool, std::time::Instant),
 ) -> Result<(BTreeMap<String, u64>, u64), LogError> {
-    let until = std::time::Instant::now() + UNREAD_WAIT;
     loop {
         let mut cut = base.clone();
         let left = fold_unread(log, group, topic, &mut cut, covered_from, check_only).await?;
@@ -345,6 +345,7 @@ async fn publish_or_check(
         .zip(&new_offsets)
         .map(|(p, o): (u32, _)| (p, o.start))
         .collect();
+    let until = std::time::Instant::now() + UNREAD_WAIT;
     for (reader, group, window_reader) in &readers {
         if windows.is_some() {
             // Every result of the previous version read: the reader passes over what
@@ -355,7 +356,7 @@ async fn publish_or_check(
                 (group, &old_topic),
                 &BTreeMap::new(),
                 Some(i64::MAX),
-                check_only,
+                (check_only, until),
             )
             .await
             .map_err(fail)?;
@@ -393,10 +394,15 @@ async fn publish_or_check(
             cuts.insert(reader.clone(), base.clone());
             continue;
         }
-        let (cut, older) =
-            fold_unread_settled(log, (group, &old_topic), &base, covered_from, check_only)
-                .await
-                .map_err(fail)?;
+        let (cut, older) = fold_unread_settled(
+            log,
+            (group, &old_topic),
+            &base,
+            covered_from,
+            (check_only, until),
+        )
+        .await
+        .map_err(fail)?;
         if older > 0 {
             return Err(behind(reader, older));
         }
@@ -450,19 +456,25 @@ async fn publish_or_check(
         tracing::warn!(ms, "test hook: waiting before the publish is recorded");
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+    let redeliver_from_ms = match (&file.window, req.redeliver_from_ms) {
+        // Only windows that begin at or after what the backfill read from are whole:
+        // its start, or the oldest input retention left (`backfill_from = "retention"`).
+        (Some(w), Some(t)) => {
+            let from = self::covered_from(log, input, new.backfill_from_ms)
+                .await
+                .map_err(fail)?;
+            let size = w.get_ref().size.0.as_millis() as i64;
+            Some(from.map_or(t, |f| t.max(f.saturating_add(size))))
+        }
+        (_, t) => t,
+    };
     let change = Change::Published {
         stage: stage.clone(),
         version: new.version.clone(),
         cuts,
         at_ms: chrono::Utc::now().timestamp_millis(),
         by: req.by.clone(),
-        redeliver_from_ms: match (&file.window, new.backfill_from_ms) {
-            // Only windows that begin at or after the backfill's start are whole.
-            (Some(w), Some(from)) => req
-                .redeliver_from_ms
-                .map(|t| t.max(from + w.get_ref().size.0.as_millis() as i64)),
-            _ => req.redeliver_from_ms,
-        },
+        redeliver_from_ms,
         redeliver_to_ms: req.redeliver_from_ms.and(windows),
         drains,
     };

@@ -74,8 +74,10 @@ struct Followed {
     output: String,
     output_until: Option<Vec<u64>>,
     auto: bool,
-    /// `versions.redeliver`: the automatic publish delivers again all it wrote.
+    /// `versions.redeliver`: the automatic publish delivers again what it wrote from
+    /// `backfill_from` (its recorded backfill start; `None`: the oldest retained).
     redeliver: bool,
+    backfill_from: Option<i64>,
     /// Per partition: where the backfill began and the end when this run started.
     from: Vec<u64>,
     until: Vec<u64>,
@@ -146,6 +148,7 @@ pub async fn run(
             output_until: None,
             auto: plan.publish == PublishMode::Auto,
             redeliver: plan.versions.as_ref().is_some_and(|v| v.redeliver),
+            backfill_from,
             from,
             until,
             started_ms: crate::now_ms(),
@@ -246,8 +249,9 @@ pub async fn run(
                 && !recently_failed(&live, &f.stage, &f.version)
             {
                 status.state = "publishing".into();
-                // Every event its topic holds is of its backfill's start or later.
-                let redeliver = f.redeliver.then_some(i64::MIN);
+                // From its backfill's start; with "retention", all its topic holds (a
+                // version returning to publication: also what it wrote before).
+                let redeliver = f.redeliver.then_some(f.backfill_from.unwrap_or(i64::MIN));
                 publish = Some((f.stage.clone(), f.version.clone(), redeliver));
             }
             live.status
