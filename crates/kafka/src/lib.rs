@@ -68,8 +68,14 @@ struct Reader {
     next: Option<u64>,
 }
 
-/// A reader shared by the reads of one partition (one read at a time).
+/// A reader, used by one read at a time.
 type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
+
+/// Most readers (consumers) kept per partition: one per node reading it at once in this
+/// process (a stage and a candidate version of it, two sinks of one topic), so that a
+/// read neither waits behind another node's read waiting at the end nor moves a
+/// consumer another node's reads were positioned on. Past it, reads share.
+const READERS_PER_PARTITION: usize = 8;
 /// The Kafka engine.
 pub struct KafkaLog {
     cfg: KafkaConfig,
@@ -78,7 +84,7 @@ pub struct KafkaLog {
     admin: Arc<AdminClient<DefaultClientContext>>,
     /// For metadata, watermarks and offsets for times.
     meta: Arc<BaseConsumer>,
-    readers: Mutex<HashMap<(String, u32), SharedReader>>,
+    readers: Mutex<HashMap<(String, u32), Vec<SharedReader>>>,
     /// This process's group members, by group and topic: a process can have several
     /// members of one group (a stage reads its input and its re-drive topic in one).
     members: Mutex<HashMap<(String, String), Weak<Member>>>,
@@ -279,22 +285,46 @@ impl KafkaLog {
         Ok(warnings)
     }
 
-    fn reader(&self, topic: &str, partition: u32) -> Result<SharedReader, LogError> {
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = readers.get(&(topic.to_owned(), partition)) {
-            return Ok(r.clone());
-        }
-        let consumer: StreamConsumer = self
-            .cfg
-            .consumer_config(None)
-            .create()
-            .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
-        let r = Arc::new(tokio::sync::Mutex::new(Reader {
-            consumer,
-            next: None,
-        }));
-        readers.insert((topic.to_owned(), partition), r.clone());
-        Ok(r)
+    /// A reader of the partition for a read from `from`, locked: a free one whose last
+    /// read ended there (no seek), else any free one, else a new one (up to
+    /// [`READERS_PER_PARTITION`]), else the first, once its read is done.
+    async fn reader(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Reader>, LogError> {
+        let busy = {
+            let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            let list = readers.entry((topic.to_owned(), partition)).or_default();
+            let mut free = None;
+            for r in list.iter() {
+                if let Ok(guard) = r.clone().try_lock_owned() {
+                    if guard.next == Some(from) {
+                        return Ok(guard);
+                    }
+                    free.get_or_insert(guard);
+                }
+            }
+            if let Some(guard) = free {
+                return Ok(guard);
+            }
+            if list.len() < READERS_PER_PARTITION {
+                let consumer: StreamConsumer = self
+                    .cfg
+                    .consumer_config(None)
+                    .create()
+                    .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
+                let r = Arc::new(tokio::sync::Mutex::new(Reader {
+                    consumer,
+                    next: None,
+                }));
+                list.push(r.clone());
+                return Ok(r.try_lock_owned().expect("a new reader is free"));
+            }
+            list[0].clone()
+        };
+        Ok(busy.lock_owned().await)
     }
 
     /// This process's member of `group` (prefixed) subscribed to `topic` (prefixed), or
@@ -596,8 +626,7 @@ impl Log for KafkaLog {
         limits: ReadLimits,
     ) -> Result<Vec<StoredRecord>, LogError> {
         self.check_partition(topic, partition).await?;
-        let reader = self.reader(topic, partition)?;
-        let mut r = reader.lock().await;
+        let mut r = self.reader(topic, partition, from).await?;
         let mut high = None;
         // Until this read returns, the consumer's position is unknown to the next one: a
         // read cancelled midway (its caller stopped waiting) may have taken records off

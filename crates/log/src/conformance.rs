@@ -26,6 +26,7 @@ pub trait Engine: Send + Sync {
 pub async fn run_all(engine: &dyn Engine) {
     durable_at_ack_and_read_your_writes(engine).await;
     long_poll_wakes_on_append(engine).await;
+    a_waiting_read_holds_back_no_other_read(engine).await;
     cancelled_reads_skip_nothing(engine).await;
     committed_positions_survive_restart(engine).await;
     offset_for_time(engine).await;
@@ -132,6 +133,53 @@ pub async fn long_poll_wakes_on_append(engine: &dyn Engine) {
     let started = Instant::now();
     assert!(log.read("poll", 0, 1, limits).await.unwrap().is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250), "waited");
+    engine.close(log).await;
+}
+
+/// Two readers of one partition in one process (a stage and its candidate version, two
+/// sinks of a topic): one waiting at the end holds back neither the other's reads from
+/// further back nor, in turn, its own wake-up on append.
+pub async fn a_waiting_read_holds_back_no_other_read(engine: &dyn Engine) {
+    let log = engine.open().await;
+    log.ensure_topic(&TopicSpec::new("two-readers", 1))
+        .await
+        .unwrap();
+    let recs: Vec<Record> = (0..100).map(record).collect();
+    log.append("two-readers", 0, recs).await.unwrap();
+    let long = ReadLimits {
+        wait: Duration::from_secs(30),
+        ..ReadLimits::default()
+    };
+    let at_end = {
+        let log = log.clone();
+        tokio::spawn(async move { log.read("two-readers", 0, 100, long).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let mut from = 0;
+    while from < 100 {
+        let limits = ReadLimits {
+            max_records: 10,
+            ..long
+        };
+        let got = log.read("two-readers", 0, from, limits).await.unwrap();
+        assert_eq!(got.first().map(|r| r.offset), Some(from), "from {from}");
+        from = got.last().unwrap().offset + 1;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "ten reads behind a read waiting at the end took {waited:?} (held back by it)"
+    );
+    assert!(!at_end.is_finished(), "the waiting read got nothing yet");
+    log.append("two-readers", 0, vec![record(100)])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), at_end)
+        .await
+        .expect("the waiting read woke on the append")
+        .unwrap();
+    assert_eq!(got[0].offset, 100);
     engine.close(log).await;
 }
 
