@@ -66,6 +66,8 @@ const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
 struct Reader {
     consumer: StreamConsumer,
     next: Option<u64>,
+    /// When its last read ended (an extra reader unused for [`READER_IDLE`] is closed).
+    used: std::time::Instant,
 }
 
 /// A reader, used by one read at a time.
@@ -76,6 +78,9 @@ type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
 /// read neither waits behind another node's read waiting at the end nor moves a
 /// consumer another node's reads were positioned on. Past it, reads share.
 const READERS_PER_PARTITION: usize = 8;
+/// How long a partition's extra reader (past its first) stays open unused: an assigned
+/// consumer keeps fetching the partition into its queue (memory) and holds its threads.
+const READER_IDLE: Duration = Duration::from_secs(60);
 /// The Kafka engine.
 pub struct KafkaLog {
     cfg: KafkaConfig,
@@ -297,6 +302,14 @@ impl KafkaLog {
         let busy = {
             let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
             let list = readers.entry((topic.to_owned(), partition)).or_default();
+            let mut first = true;
+            list.retain(|r| {
+                let keep = first
+                    || r.try_lock()
+                        .map_or(true, |r| r.used.elapsed() < READER_IDLE);
+                first = false;
+                keep
+            });
             let mut free = None;
             for r in list.iter() {
                 if let Ok(guard) = r.clone().try_lock_owned() {
@@ -318,6 +331,7 @@ impl KafkaLog {
                 let r = Arc::new(tokio::sync::Mutex::new(Reader {
                     consumer,
                     next: None,
+                    used: std::time::Instant::now(),
                 }));
                 list.push(r.clone());
                 return Ok(r.try_lock_owned().expect("a new reader is free"));
@@ -655,6 +669,7 @@ impl Log for KafkaLog {
             };
             if from >= end {
                 r.next = Some(from);
+                r.used = std::time::Instant::now();
                 return Ok(Vec::new());
             }
             wait = REQUEST_TIMEOUT;
@@ -733,6 +748,7 @@ impl Log for KafkaLog {
             }
         }
         r.next = Some(out.last().map_or(from, |last| last.offset + 1));
+        r.used = std::time::Instant::now();
         Ok(out)
     }
 
