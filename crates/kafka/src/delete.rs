@@ -28,10 +28,16 @@ impl KafkaLog {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(topic);
-            self.readers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(t, _), _| t != topic);
+            let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<_> = readers
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .cloned()
+                .collect();
+            let gone: Vec<_> = keys.iter().filter_map(|k| readers.remove(k)).collect();
+            drop(readers);
+            // Closing a consumer waits for librdkafka's threads: not on a worker.
+            tokio::task::spawn_blocking(move || drop(gone));
         };
         for r in results {
             match r {

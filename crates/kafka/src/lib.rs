@@ -6,10 +6,10 @@
 //!   `<topic_prefix>g`.
 //! - `append` = the idempotent producer with `acks=all`; it answers only after **every**
 //!   record's delivery report is a success, with the offsets the broker gave.
-//! - `read` = one consumer per partition being read, assigned (not subscribed) to that
-//!   partition, seeking when the caller reads from somewhere else than where the last read
-//!   ended. Only records up to the high watermark (replicated to all in-sync replicas) are
-//!   ever returned.
+//! - `read` = a pool of consumers per partition being read (one per concurrent reader,
+//!   up to 8), assigned (not subscribed) to that partition; a read takes the one whose
+//!   last read ended where it starts, else one it seeks. Only records up to the high
+//!   watermark (replicated to all in-sync replicas) are ever returned.
 //! - `join` = a consumer subscribed to the topic in the group, used only for membership:
 //!   its partitions are paused (it fetches nothing) and a thread of its own serves its
 //!   rebalances. Before it gives partitions away it waits for the owner to release them
@@ -66,7 +66,7 @@ const TRANSIENT_RETRY: Duration = Duration::from_secs(15);
 struct Reader {
     consumer: StreamConsumer,
     next: Option<u64>,
-    /// When its last read ended (an extra reader unused for [`READER_IDLE`] is closed).
+    /// When its last read ended (a reader unused for [`READER_IDLE`] is closed).
     used: std::time::Instant,
 }
 
@@ -78,9 +78,12 @@ type SharedReader = Arc<tokio::sync::Mutex<Reader>>;
 /// read neither waits behind another node's read waiting at the end nor moves a
 /// consumer another node's reads were positioned on. Past it, reads share.
 const READERS_PER_PARTITION: usize = 8;
-/// How long a partition's extra reader (past its first) stays open unused: an assigned
-/// consumer keeps fetching the partition into its queue (memory) and holds its threads.
+/// How long a reader stays open unused: an assigned consumer keeps fetching its
+/// partition into its queue (memory) and holds its threads.
 const READER_IDLE: Duration = Duration::from_secs(60);
+/// How long a free reader positioned by another read is left to it before a read from
+/// elsewhere moves it (seeks) instead of opening one more.
+const READER_MOVE_AFTER: Duration = Duration::from_secs(1);
 /// The Kafka engine.
 pub struct KafkaLog {
     cfg: KafkaConfig,
@@ -291,54 +294,97 @@ impl KafkaLog {
     }
 
     /// A reader of the partition for a read from `from`, locked: a free one whose last
-    /// read ended there (no seek), else any free one, else a new one (up to
-    /// [`READERS_PER_PARTITION`]), else the first, once its read is done.
+    /// read ended there (no seek); else a free one idle for [`READER_MOVE_AFTER`] (or
+    /// never positioned); else a new one, up to [`READERS_PER_PARTITION`]; else the
+    /// least recently used free one; else the first, once its read is done. Readers of
+    /// any partition unused for [`READER_IDLE`] are closed on the way.
     async fn reader(
         &self,
         topic: &str,
         partition: u32,
         from: u64,
     ) -> Result<tokio::sync::OwnedMutexGuard<Reader>, LogError> {
-        let busy = {
+        enum Pick {
+            Got(tokio::sync::OwnedMutexGuard<Reader>),
+            New,
+            Wait(SharedReader),
+        }
+        let key = (topic.to_owned(), partition);
+        let (pick, closed) = {
             let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-            let list = readers.entry((topic.to_owned(), partition)).or_default();
-            let mut first = true;
-            list.retain(|r| {
-                let keep = first
-                    || r.try_lock()
-                        .map_or(true, |r| r.used.elapsed() < READER_IDLE);
-                first = false;
-                keep
-            });
-            let mut free = None;
+            let mut closed = Vec::new();
+            for list in readers.values_mut() {
+                list.retain(|r| {
+                    let idle = r.try_lock().is_ok_and(|r| r.used.elapsed() >= READER_IDLE);
+                    if idle {
+                        closed.push(r.clone());
+                    }
+                    !idle
+                });
+            }
+            readers.retain(|_, list| !list.is_empty());
+            let list = readers.entry(key.clone()).or_default();
+            let mut oldest: Option<tokio::sync::OwnedMutexGuard<Reader>> = None;
+            let mut pick = None;
             for r in list.iter() {
                 if let Ok(guard) = r.clone().try_lock_owned() {
                     if guard.next == Some(from) {
-                        return Ok(guard);
+                        pick = Some(Pick::Got(guard));
+                        break;
                     }
-                    free.get_or_insert(guard);
+                    if oldest.as_ref().is_none_or(|o| guard.used < o.used) {
+                        oldest = Some(guard);
+                    }
                 }
             }
-            if let Some(guard) = free {
-                return Ok(guard);
-            }
-            if list.len() < READERS_PER_PARTITION {
-                let consumer: StreamConsumer = self
-                    .cfg
-                    .consumer_config(None)
-                    .create()
-                    .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
+            let room = list.len() < READERS_PER_PARTITION;
+            let pick = pick.unwrap_or_else(|| match oldest {
+                // Another node's reader between two of its reads is moved only when
+                // it has been idle a while or no reader may be added.
+                Some(g) if g.next.is_none() || g.used.elapsed() >= READER_MOVE_AFTER || !room => {
+                    Pick::Got(g)
+                }
+                _ if room => Pick::New,
+                Some(g) => Pick::Got(g),
+                None => Pick::Wait(list[0].clone()),
+            });
+            (pick, closed)
+        };
+        if !closed.is_empty() {
+            // Closing a consumer waits for librdkafka's threads: not under the lock, not
+            // on a worker thread.
+            tokio::task::spawn_blocking(move || drop(closed));
+        }
+        match pick {
+            Pick::Got(guard) => Ok(guard),
+            Pick::Wait(r) => Ok(r.lock_owned().await),
+            Pick::New => {
+                // Creating one starts librdkafka's threads (and TLS or Kerberos set-up):
+                // off the workers, not under the lock.
+                let config = self.cfg.consumer_config(None);
+                let consumer =
+                    tokio::task::spawn_blocking(move || config.create::<StreamConsumer>())
+                        .await
+                        .map_err(|e| LogError::Io {
+                            context: "creating a Kafka consumer".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?
+                        .map_err(|e| kafka_err("creating a Kafka consumer", e))?;
                 let r = Arc::new(tokio::sync::Mutex::new(Reader {
                     consumer,
                     next: None,
                     used: std::time::Instant::now(),
                 }));
-                list.push(r.clone());
-                return Ok(r.try_lock_owned().expect("a new reader is free"));
+                let guard = r.clone().try_lock_owned().expect("a new reader is free");
+                self.readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key)
+                    .or_default()
+                    .push(r);
+                Ok(guard)
             }
-            list[0].clone()
-        };
-        Ok(busy.lock_owned().await)
+        }
     }
 
     /// This process's member of `group` (prefixed) subscribed to `topic` (prefixed), or
