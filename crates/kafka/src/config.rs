@@ -86,10 +86,6 @@ impl KafkaConfig {
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
             ("fetch.wait.max.ms", "100"),
-            // What an assigned reader fetches ahead into its queue (default 64 MiB and
-            // 100 000 messages per partition; a partition may have several readers).
-            ("queued.max.messages.kbytes", "16384"),
-            ("queued.min.messages", "10000"),
             ("auto.offset.reset", "error"),
             ("partition.assignment.strategy", "range"),
         ];
