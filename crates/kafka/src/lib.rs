@@ -297,12 +297,16 @@ impl KafkaLog {
     /// read ended there (no seek); else a free one idle for [`READER_MOVE_AFTER`] (or
     /// never positioned); else a new one, up to [`READERS_PER_PARTITION`]; else the
     /// least recently used free one; else the first, once its read is done. Readers of
-    /// any partition unused for [`READER_IDLE`] are closed on the way.
+    /// any partition unused for [`READER_IDLE`] are closed on the way. A `peek` (a
+    /// one-record read: backlog gauges, a record's time) opens a reader only for a
+    /// partition that has none: a reader kept for it would prefetch the partition from
+    /// there into memory, for every scrape.
     async fn reader(
         &self,
         topic: &str,
         partition: u32,
         from: u64,
+        peek: bool,
     ) -> Result<tokio::sync::OwnedMutexGuard<Reader>, LogError> {
         enum Pick {
             Got(tokio::sync::OwnedMutexGuard<Reader>),
@@ -337,7 +341,7 @@ impl KafkaLog {
                     }
                 }
             }
-            let room = list.len() < READERS_PER_PARTITION;
+            let room = list.len() < READERS_PER_PARTITION && (list.is_empty() || !peek);
             let pick = pick.unwrap_or_else(|| match oldest {
                 // Another node's reader between two of its reads is moved only when
                 // it has been idle a while or no reader may be added.
@@ -686,7 +690,9 @@ impl Log for KafkaLog {
         limits: ReadLimits,
     ) -> Result<Vec<StoredRecord>, LogError> {
         self.check_partition(topic, partition).await?;
-        let mut r = self.reader(topic, partition, from).await?;
+        let mut r = self
+            .reader(topic, partition, from, limits.max_records <= 1)
+            .await?;
         let mut high = None;
         // Until this read returns, the consumer's position is unknown to the next one: a
         // read cancelled midway (its caller stopped waiting) may have taken records off
