@@ -74,10 +74,10 @@ struct Followed {
     output: String,
     output_until: Option<Vec<u64>>,
     auto: bool,
-    /// `versions.redeliver`: the automatic publish delivers again what it wrote from
-    /// `backfill_from` (its recorded backfill start; `None`: the oldest retained).
-    redeliver: bool,
-    backfill_from: Option<i64>,
+    /// With `versions.redeliver`, the event time the automatic publish delivers again
+    /// from: its recorded backfill start; with "retention", all its topic holds (a
+    /// version returning to publication: also what it wrote before).
+    redeliver_from: Option<i64>,
     /// Per partition: where the backfill began and the end when this run started.
     from: Vec<u64>,
     until: Vec<u64>,
@@ -147,8 +147,11 @@ pub async fn run(
                 .unwrap_or_else(|| super::version_topic(&plan.output, version)),
             output_until: None,
             auto: plan.publish == PublishMode::Auto,
-            redeliver: plan.versions.as_ref().is_some_and(|v| v.redeliver),
-            backfill_from,
+            redeliver_from: plan
+                .versions
+                .as_ref()
+                .is_some_and(|v| v.redeliver)
+                .then_some(backfill_from.unwrap_or(i64::MIN)),
             from,
             until,
             started_ms: crate::now_ms(),
@@ -249,10 +252,7 @@ pub async fn run(
                 && !recently_failed(&live, &f.stage, &f.version)
             {
                 status.state = "publishing".into();
-                // From its backfill's start; with "retention", all its topic holds (a
-                // version returning to publication: also what it wrote before).
-                let redeliver = f.redeliver.then_some(f.backfill_from.unwrap_or(i64::MIN));
-                publish = Some((f.stage.clone(), f.version.clone(), redeliver));
+                publish = Some((f.stage.clone(), f.version.clone(), f.redeliver_from));
             }
             live.status
                 .lock()
