@@ -73,10 +73,19 @@ async fn a_sink_that_cannot_keep_up_is_busy_and_gets_more_replicas_recommended()
     let scale = loop {
         let scale = get_json(&format!("http://{admin}/v1/scale")).await;
         let out = node(&scale, "out");
-        if out["recommended_replicas"] == 2 && out["busy_ratio"].as_f64().unwrap_or(0.0) > 0.8 {
+        // The stage keeps up, but the last batch posted may not be copied yet: wait for
+        // its backlog to drain too, so the snapshot shows both nodes settled.
+        let copied = node(&scale, "copy")["backlog_records"] == 0;
+        if out["recommended_replicas"] == 2
+            && out["busy_ratio"].as_f64().unwrap_or(0.0) > 0.8
+            && copied
+        {
             break scale;
         }
-        assert!(Instant::now() < deadline, "no scale-up in 30 s: {scale:#}");
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up with the stage caught up in 30 s: {scale:#}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let out = node(&scale, "out");
