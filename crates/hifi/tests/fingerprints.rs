@@ -500,3 +500,64 @@ async fn a_complete_bucket_is_signalled_and_a_late_event_updates_it() {
     proc.sigterm(Duration::from_secs(20));
     webhook.sigterm(Duration::from_secs(10));
 }
+
+/// A burst and then nothing: the quiet topics (read to their end, nothing new for
+/// `idle_timeout`, the source's events acknowledged, the stage's input committed)
+/// complete their last bucket by the wall clock, without waiting for a later event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_bucket_of_a_quiet_input_completes_without_a_later_event() {
+    let dir = test_dir();
+    let file = dir.path().join("pipeline.toml");
+    let fingerprint = "fingerprint = { bucket = \"1m\", lateness = \"0s\", idle_timeout = \"1s\", checkpoint_every = \"1s\" }";
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [ledger]\nsettle_after = \"1s\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             {fingerprint}\n\
+             [stages.copy]\ninput = \"orders\"\noutput = \"copied\"\n{fingerprint}\n"
+        ),
+    )
+    .unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let (ingest, admin) = (proc.addr("source api"), proc.addr("admin"));
+    let t0 = t0();
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("q{i}"), "ts": t0 + i}))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("http://{ingest}/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_json(&format!("http://{admin}/v1/signals?type=complete")).await;
+        let list = v["signals"].as_array().unwrap();
+        let of = |node: &str| {
+            list.iter()
+                .find(|c| c["source"] == format!("hifi/{node}"))
+                .map(|c| {
+                    (
+                        c["data"]["bucket_start_ms"].as_i64(),
+                        c["data"]["count"].as_u64(),
+                    )
+                })
+        };
+        if let (Some(source), Some(stage)) = (of("sources.api"), of("stages.copy")) {
+            assert_eq!(source, (Some(t0), Some(5)));
+            assert_eq!(stage, (Some(t0), Some(5)));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last bucket never completed: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proc.sigterm(Duration::from_secs(20));
+}

@@ -585,8 +585,24 @@ impl Pipeline {
                 signals = Some(s);
             }
             let ledger = ledger_enabled(loaded).then(|| ledger.clone());
+            let writer = match (w.kind, w.input) {
+                ("stages", Some(input)) => crate::fingerprint::Writer::Stage {
+                    group: cfg.stages[w.name]
+                        .group
+                        .clone()
+                        .unwrap_or_else(|| format!("stage.{}", w.name)),
+                    input: input.to_owned(),
+                },
+                _ if cfg.sources.get(w.name).is_some_and(|s| {
+                    w.kind == "sources" && s.kind == crate::config::SourceType::Http
+                }) =>
+                {
+                    crate::fingerprint::Writer::Ingest
+                }
+                _ => crate::fingerprint::Writer::Unknown,
+            };
             let fp = Arc::new(crate::fingerprint::Fingerprinter::new(
-                node.clone(),
+                (node.clone(), writer),
                 w.topic.to_owned(),
                 f,
                 cfg.engine.record_bytes_max.0 as usize,

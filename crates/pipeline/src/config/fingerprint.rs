@@ -21,8 +21,8 @@ pub struct AuditConfig {
     pub name: Option<String>,
     /// A CEL expression over `v`, `input` and `previous` that must be true.
     pub check: String,
-    /// Keep a candidate version unpublished while it fails: needs stage versions, which
-    /// hifi does not have yet, so `true` is refused. Default false.
+    /// Keep a candidate version unpublished while it fails (a stage with `versions`;
+    /// refused elsewhere). Default false.
     #[serde(default)]
     pub blocking: bool,
 }
@@ -51,6 +51,10 @@ pub struct FingerprintConfig {
     /// `"1m"`.
     #[serde(default = "default_lateness")]
     pub lateness: Dur,
+    /// A topic read to its end that got nothing for this long, its writer caught up, is
+    /// quiet: its watermark moves with the wall clock. Default `"10s"`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
     /// How often the figures are made durable (with the position they reflect); a
     /// crash re-reads at most this much of the topic. Default `"10s"`.
     #[serde(default = "default_checkpoint_every")]
@@ -63,6 +67,10 @@ fn default_bucket() -> Dur {
 
 fn default_lateness() -> Dur {
     Dur(Duration::from_secs(60))
+}
+
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_fields_max() -> usize {
@@ -115,6 +123,9 @@ impl FingerprintConfig {
         }
         if let Some(e) = self.entropy.iter().find(|e| e.is_empty()) {
             return Some(format!("fingerprint.entropy has an empty field name {e:?}"));
+        }
+        if self.idle_timeout.0 > Duration::from_secs(86_400) {
+            return Some("fingerprint.idle_timeout must be at most 1d".to_owned());
         }
         let every = self.checkpoint_every.0;
         if every < Duration::from_secs(1) || every > Duration::from_secs(3600) {

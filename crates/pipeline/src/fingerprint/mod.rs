@@ -37,7 +37,10 @@ use crate::audit::{Audit, Verdict};
 use crate::config::FingerprintConfig;
 use crate::consumer::{retry_until_ok, Cursor, Read};
 use crate::event::{EventFormat, EventMeta};
-use crate::signals::{bucket_signal, Signals};
+use crate::signals::Signals;
+
+mod complete;
+pub use complete::Writer;
 
 /// The topic of a fingerprinted topic's checkpoints.
 pub fn checkpoint_topic(topic: &str) -> String {
@@ -63,6 +66,9 @@ pub struct Fingerprinter {
     settings: Settings,
     keep_ms: i64,
     lateness_ms: i64,
+    /// How long nothing read makes the topic quiet (with its writer caught up).
+    idle: Duration,
+    writer: Writer,
     every: Duration,
     record_bytes_max: usize,
     log: Arc<dyn Log>,
@@ -101,6 +107,8 @@ struct State {
     snapshot_at: Option<Instant>,
     /// Positions as of the last checkpoint written.
     written_read_to: Vec<u64>,
+    /// When the reader last got records (or started).
+    last_read_at: Option<Instant>,
 }
 
 /// One record of a checkpoint: written with the buckets borrowed (`Part<&Bucket>`),
@@ -143,7 +151,7 @@ pub struct Report {
 
 impl Fingerprinter {
     pub fn new(
-        node: String,
+        (node, writer): (String, Writer),
         topic: String,
         cfg: &FingerprintConfig,
         record_bytes_max: usize,
@@ -162,6 +170,8 @@ impl Fingerprinter {
             },
             keep_ms: cfg.keep().as_millis() as i64,
             lateness_ms: cfg.lateness.0.as_millis() as i64,
+            idle: cfg.idle_timeout.0,
+            writer,
             every: cfg.checkpoint_every.0,
             record_bytes_max,
             log,
@@ -227,6 +237,10 @@ impl Fingerprinter {
         })
         .await;
         let Some(starts) = loaded else { return };
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_read_at = Some(Instant::now());
         let limits = ReadLimits {
             max_records: 1000,
             max_bytes: 4 << 20,
@@ -303,6 +317,9 @@ impl Fingerprinter {
     /// Counts a batch read from partition `p`.
     fn count(&self, p: u32, batch: &[StoredRecord]) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !batch.is_empty() {
+            st.last_read_at = Some(Instant::now());
+        }
         if st.partition_max_ms.len() <= p as usize {
             st.partition_max_ms.resize(p as usize + 1, i64::MIN);
         }
@@ -337,173 +354,6 @@ impl Fingerprinter {
         if let Some(last) = batch.last() {
             st.read_to[p as usize] = last.offset + 1;
         }
-    }
-
-    /// Signals the buckets that became complete (the watermark is past their end by
-    /// `lateness`, and the ledger settled their events) and the complete ones that late
-    /// events changed since their last signal; remembered with the next checkpoint (a
-    /// crash in between sends them again, with the same ids).
-    ///
-    /// The watermark is per partition: the largest event time read, except that a
-    /// partition not read to its end yet holds it at the largest event time read *there*
-    /// (its reader being behind must not complete a bucket with its events uncounted).
-    async fn signal(&self) -> Result<(), LogError> {
-        let Some((signals, ledger)) = &self.signals else {
-            return Ok(());
-        };
-        // Taken together: a partition judged read to its end is judged with the figures
-        // of that moment.
-        let (read_to, partitions, max_time_ms) = {
-            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                st.read_to.clone(),
-                st.partition_max_ms.clone(),
-                st.max_time_ms,
-            )
-        };
-        let mut behind = Vec::new();
-        for (p, &at) in read_to.iter().enumerate() {
-            let end = match self.log.offsets(&self.topic, p as u32).await {
-                Ok(o) => o.end,
-                Err(_) => u64::MAX, // unknown: taken as behind
-            };
-            // What is left to read may be a damaged range no reader gets past.
-            let quarantined_tail = at < end
-                && self
-                    .log
-                    .quarantined(&self.topic, p as u32)
-                    .await
-                    .is_ok_and(|q| q.iter().any(|r| r.start <= at && r.end >= end));
-            if at < end && !quarantined_tail {
-                behind.push(partitions.get(p).copied().unwrap_or(i64::MIN));
-            }
-        }
-        let mut out = Vec::new();
-        let mut marks = Vec::new();
-        {
-            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let watermark = behind
-                .into_iter()
-                .fold(max_time_ms, i64::min)
-                .saturating_sub(self.lateness_ms);
-            for (start, b) in &st.buckets {
-                let end = start + self.bucket_ms;
-                let before = st.completed.get(start);
-                if before.is_some_and(|before| before.count == b.count) {
-                    continue;
-                }
-                // A bucket shorter than the ledger's minute waits for the minute
-                // holding it.
-                let minute_end = (end + 59_999).div_euclid(60_000) * 60_000;
-                if before.is_none()
-                    && (end > watermark
-                        || ledger
-                            .as_ref()
-                            .is_some_and(|l| !l.settled_between(*start, minute_end)))
-                {
-                    continue;
-                }
-                let input = self.input.get().map(|i| i.completed(*start));
-                if self.audits.iter().any(|a| a.needs_input) && input == Some(None) {
-                    continue; // its input's bucket is not complete yet
-                }
-                // The published version's bucket, when it has one (else `{}`).
-                let published = self
-                    .published
-                    .get()
-                    .map(|f| (f.completed(*start), f.has_bucket(*start)));
-                if self.audits.iter().any(|a| a.needs_published)
-                    && matches!(published, Some((None, true)))
-                {
-                    continue; // the published version's bucket is not complete yet
-                }
-                let published = published
-                    .and_then(|(s, _)| s)
-                    .map(|s| crate::audit::variables(&s));
-                let after = b.summary();
-                let v = crate::audit::variables(&after);
-                let input = input.flatten().map(|s| crate::audit::variables(&s));
-                let previous = st
-                    .buckets
-                    .get(&(start - self.bucket_ms))
-                    .map(|p| crate::audit::variables(&p.summary()));
-                let verdicts = crate::audit::run(
-                    &self.audits,
-                    &v,
-                    input.as_ref(),
-                    previous.as_ref(),
-                    published.as_ref(),
-                );
-                let subject = format!("{}/{}", self.topic, crate::event::rfc3339_ms(*start));
-                let mut data = serde_json::json!({
-                    "node": self.node, "topic": self.topic,
-                    "bucket_start": crate::event::rfc3339_ms(*start),
-                    "bucket_start_ms": start, "bucket_end_ms": end, "count": after.count,
-                    "audits": verdicts,
-                });
-                for failed in verdicts.iter().filter(|v| !v.passed) {
-                    let mut d = data.clone();
-                    d["audit"] = failed.audit.clone().into();
-                    d["check"] = failed.check.clone().into();
-                    d["error"] = failed.error.clone().into();
-                    d["v"] = v.clone();
-                    d["input"] = input.clone().unwrap_or_default();
-                    d["previous"] = previous.clone().unwrap_or_default();
-                    d["published"] = published.clone().unwrap_or_default();
-                    d["blocking"] = failed.blocking.into();
-                    let id = format!(
-                        "{}/{start}/audit/{}/{}",
-                        self.topic, failed.audit, after.count
-                    );
-                    out.push(bucket_signal(
-                        &self.node,
-                        "hifi.audit.failed",
-                        id,
-                        subject.clone(),
-                        d,
-                    ));
-                }
-                if let Some(before) = before {
-                    data["late_events"] = (after.count - before.count.min(after.count)).into();
-                    data["before"] = serde_json::to_value(before).unwrap_or_default();
-                    data["after"] = serde_json::to_value(&after).unwrap_or_default();
-                    let id = format!("{}/{start}/updated/{}", self.topic, after.count);
-                    out.push(bucket_signal(
-                        &self.node,
-                        "hifi.bucket.updated",
-                        id,
-                        subject,
-                        data,
-                    ));
-                } else {
-                    data["fingerprint"] = serde_json::to_value(&after).unwrap_or_default();
-                    let id = format!("{}/{start}/complete", self.topic);
-                    out.push(bucket_signal(
-                        &self.node,
-                        "hifi.bucket.complete",
-                        id,
-                        subject,
-                        data,
-                    ));
-                }
-                marks.push((*start, after, verdicts));
-            }
-        }
-        if out.is_empty() {
-            return Ok(());
-        }
-        for s in out.iter().filter(|s| s["type"] == "hifi.audit.failed") {
-            warn!(node = %self.node, bucket = %s["data"]["bucket_start"], audit = %s["data"]["audit"],
-                check = %s["data"]["check"], error = %s["data"]["error"], "audit failed");
-        }
-        signals.emit(out).await?;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (start, after, verdicts) in marks {
-            st.completed.insert(start, after);
-            st.verdicts.insert(start, verdicts);
-            st.dirty.insert(start); // so the next checkpoint is written
-        }
-        Ok(())
     }
 
     /// A complete bucket's figures as last signalled.

@@ -10,7 +10,7 @@ async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
 async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fingerprinter {
     let cfg: FingerprintConfig = toml::from_str("").unwrap();
     let fp = Fingerprinter::new(
-        "sources.api".into(),
+        ("sources.api".into(), Writer::Ingest),
         "events".into(),
         &cfg,
         record_bytes_max,
@@ -148,7 +148,7 @@ async fn a_partition_read_behind_holds_its_buckets_open() {
     signals.prepare().await.unwrap();
     let cfg: FingerprintConfig = toml::from_str("bucket = \"1m\"\nlateness = \"0s\"").unwrap();
     let fp = Fingerprinter::new(
-        "sources.api".into(),
+        ("sources.api".into(), Writer::Ingest),
         "events".into(),
         &cfg,
         1 << 20,
@@ -187,5 +187,88 @@ async fn a_partition_read_behind_holds_its_buckets_open() {
     fp.count(1, &read(1).await);
     fp.signal().await.unwrap();
     assert_eq!(fp.completed(60_000).map(|s| s.count), Some(2));
+    stop.cancel();
+}
+
+/// On a quiet topic (read to its end, nothing new for `idle_timeout`, its writer caught
+/// up) the last bucket completes by the wall clock; a stage's topic only once the stage
+/// committed its input to the end; a topic whose writer cannot tell, never.
+#[tokio::test]
+async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> =
+        Arc::new(hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap());
+    for t in ["input", "events"] {
+        log.ensure_topic(&TopicSpec::new(t, 1)).await.unwrap();
+    }
+    log.append("input", 0, vec![Record::new("{}", 60_000)])
+        .await
+        .unwrap();
+    log.append("events", 0, vec![Record::new("{}", 60_000)])
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
+    signals.prepare().await.unwrap();
+    let cfg: FingerprintConfig =
+        toml::from_str("bucket = \"1m\"\nlateness = \"0s\"\nidle_timeout = \"0s\"").unwrap();
+    let stage = Writer::Stage {
+        group: "stage.copy".into(),
+        input: "input".into(),
+    };
+    let mut results = Vec::new();
+    for (writer, commit) in [
+        (Writer::Unknown, false),
+        (stage.clone(), false),
+        (stage, true),
+        (Writer::Ingest, false),
+    ] {
+        let fp = Fingerprinter::new(
+            ("stages.copy".into(), writer),
+            "events".into(),
+            &cfg,
+            1 << 20,
+            log.clone(),
+            Some((signals.clone(), None)),
+            Vec::new(),
+        );
+        fp.prepare().await.unwrap();
+        fp.load(1).await.unwrap();
+        let read = log
+            .read("events", 0, 0, ReadLimits::default())
+            .await
+            .unwrap();
+        fp.count(0, &read);
+        if commit {
+            log.commit_many("stage.copy", "input", &[(0, 1)])
+                .await
+                .unwrap();
+        }
+        fp.signal().await.unwrap();
+        results.push(fp.completed(60_000).map(|s| s.count));
+    }
+    assert_eq!(results, [None, None, Some(1), Some(1)]);
+    // Not idle long enough: the event time decides, as before.
+    let cfg: FingerprintConfig = toml::from_str("bucket = \"1m\"\nlateness = \"0s\"").unwrap();
+    let fp = Fingerprinter::new(
+        ("sources.api".into(), Writer::Ingest),
+        "events".into(),
+        &cfg,
+        1 << 20,
+        log.clone(),
+        Some((signals, None)),
+        Vec::new(),
+    );
+    fp.prepare().await.unwrap();
+    fp.load(1).await.unwrap();
+    fp.count(
+        0,
+        &log.read("events", 0, 0, ReadLimits::default())
+            .await
+            .unwrap(),
+    );
+    fp.signal().await.unwrap();
+    assert_eq!(fp.completed(60_000), None);
     stop.cancel();
 }
