@@ -2,7 +2,9 @@
 //! built by its `to_structured` and `to_binary` are posted to hifi, delivered by sinks in
 //! `structured` and `binary` format, and parsed back by its `from_http` with every
 //! attribute and the data equal; `raw` and `ndjson` sinks carry the same events. A plain
-//! JSON event's W3C `traceparent` travels with it. CI installs the SDK and sets
+//! JSON event's W3C `traceparent` travels with it. Events delivered again after a
+//! publish with `--redeliver-from` are read by the SDK too, with their ids and the
+//! extension `hifiversion`. CI installs the SDK and sets
 //! `HIFI_REQUIRE_TOOLS=1`, so the test cannot pass there by skipping.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
@@ -36,13 +38,8 @@ impl Drop for Killed {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_from_the_cloudevents_sdk_are_read_back_by_it_unchanged() {
-    if !have_sdk() {
-        return;
-    }
-    let dir = test_dir();
-    let record = dir.path().join("received.jsonl");
+/// The SDK as a destination (`serve`), recording to `record`; with its base URL.
+fn sdk_server(record: &std::path::Path) -> (Killed, String) {
     let mut server = Command::new("python3")
         .args([SCRIPT, "serve", record.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -52,12 +49,22 @@ async fn events_from_the_cloudevents_sdk_are_read_back_by_it_unchanged() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let server = Killed(server);
     let dest = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap()
         .to_owned();
+    (Killed(server), dest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_the_cloudevents_sdk_are_read_back_by_it_unchanged() {
+    if !have_sdk() {
+        return;
+    }
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let (server, dest) = sdk_server(&record);
     let mut sinks = String::new();
     for format in ["structured", "binary", "raw", "ndjson"] {
         sinks += &format!(
@@ -268,4 +275,117 @@ async fn a_bad_binary_mode_request_is_refused_with_its_reason() {
         1.0
     );
     proc.sigterm(Duration::from_secs(20));
+}
+
+/// A publish with `--redeliver-from` delivers the new version's events again in both
+/// CloudEvents modes: the SDK reads them, with the ids they had and `hifiversion` naming
+/// the version, so a destination can replace what the previous version sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_delivered_again_after_a_publish_carry_their_ids_and_version_to_the_sdk() {
+    if !have_sdk() {
+        return;
+    }
+    let dir = test_dir();
+    let record = dir.path().join("received.jsonl");
+    let (server, dest) = sdk_server(&record);
+    let file = dir.path().join("pipeline.toml");
+    let write = |stage: &str| {
+        let mut sinks = String::new();
+        for format in ["structured", "binary"] {
+            sinks += &format!(
+                "[sinks.{format}]\ntype = \"http\"\ninput = \"big-orders\"\nurl = \"{dest}/{format}\"\nformat = \"{format}\"\n\n"
+            );
+        }
+        std::fs::write(
+            &file,
+            format!(
+                "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"events\"\nid_field = \"/id\"\n\n\
+                 [stages.big]\ninput = \"events\"\noutput = \"big-orders\"\nversions = {{}}\n\
+                 [[stages.big.transforms]]\ntype = \"set\"\nfield = \"/stage\"\nvalue = \"{stage}\"\n\n{sinks}"
+            ),
+        )
+        .unwrap();
+    };
+    let from_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 60_000)
+        .to_string();
+    write("one");
+    let proc = run_pipeline(dir.path(), &file);
+    let ids: Vec<String> = (0..5).map(|i| format!("order-{i}")).collect();
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"id": id, "amount": 7}))
+        .collect();
+    support::versions::post_events(proc.addr("source api"), &events).await;
+    // Per mode, the ids the SDK read with `data.stage` equal to `stage`, with each one's
+    // `hifiversion` (the version that computed it).
+    let read = |path: &str, stage: &str| -> HashMap<String, Value> {
+        received_records(&record)
+            .iter()
+            .filter(|r| r["path"] == path)
+            .filter_map(|r| {
+                assert!(
+                    r.get("error").is_none(),
+                    "the SDK could not read {path}: {r}"
+                );
+                let e = &r["event"];
+                (e["data"]["stage"] == stage).then(|| {
+                    (
+                        e["attributes"]["id"].as_str().unwrap().to_owned(),
+                        e["attributes"]["hifiversion"].clone(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let all = |stage: &'static str| {
+        let read = &read;
+        let ids = &ids;
+        move || {
+            ["/structured", "/binary"]
+                .iter()
+                .all(|path| ids.iter().all(|id| read(path, stage).contains_key(id)))
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), all("one")),
+        "version one never delivered"
+    );
+    let v1 = support::versions::big(proc.addr("admin")).await["published"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    proc.sigterm(Duration::from_secs(20));
+
+    write("two");
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin");
+    let v = support::versions::candidate_live(admin, "the candidate catches up").await;
+    let v2 = v["candidate"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    let out = support::versions::publish_cli(admin, &v2, &["--redeliver-from", &from_ms]);
+    assert!(
+        out.status.success(),
+        "hifi publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), all("two")),
+        "not delivered again: {:#?}",
+        received_records(&record)
+    );
+    for path in ["/structured", "/binary"] {
+        for (id, version) in read(path, "two") {
+            assert_eq!(version, v2.as_str(), "{path} {id}: hifiversion");
+        }
+        for (id, version) in read(path, "one") {
+            assert_eq!(version, v1.as_str(), "{path} {id}: hifiversion");
+        }
+    }
+    proc.sigterm(Duration::from_secs(20));
+    drop(server);
 }
