@@ -320,3 +320,102 @@ async fn the_lineage_view_and_the_pii_card_show_where_pii_goes() {
     assert!(has("api.email → big.contact → partner.contact"), "{dom}");
     proc.sigterm(Duration::from_secs(20));
 }
+
+/// With a candidate version running beside the published one, the dashboard compares
+/// their fingerprints metric by metric (the newest bucket both have): the same events
+/// (count unchanged), a computed field 25 % higher, marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_compares_a_candidate_with_the_published_version() {
+    if !tool_present(
+        "chromium",
+        &["--version"],
+        "HIFI_REQUIRE_CHROMIUM",
+        "apt-get install chromium; the dashboard was not checked",
+    ) {
+        return;
+    }
+    let dir = test_dir();
+    let file = dir.path().join("p.toml");
+    let write = |factor: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\npartitions = 1\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [topics.orders]\nschema = {{ id = \"string\", amount = \"float64\" }}\n\
+                 [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\n\
+                 [stages.big]\ninput = \"orders\"\noutput = \"big\"\nversions = {{}}\n\
+                 fingerprint = {{ checkpoint_every = \"1s\" }}\n\
+                 sql = \"SELECT id, amount * {factor} AS vat FROM input\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("0.2");
+    let proc = run_pipeline(dir.path(), &file);
+    let body = serde_json::json!([
+        {"id": "o1", "amount": 10.0}, {"id": "o2", "amount": 20.0},
+        {"id": "o3", "amount": 30.0}, {"id": "o4", "amount": 40.0}
+    ]);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", proc.addr("source api")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    proc.sigterm(Duration::from_secs(20));
+
+    // A new definition: a candidate beside version one (published by hand, so it stays
+    // a candidate), both fingerprinted.
+    write("0.25");
+    let proc = run_pipeline(dir.path(), &file);
+    let admin = proc.addr("admin").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get_json(&format!("http://{admin}/v1/versions?stage=big")).await;
+        let counted = |state: &str| {
+            v["stages"][0]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["state"] == state && x["fingerprint"]["count"] == 4)
+        };
+        if counted("published") && counted("candidate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both versions' fingerprints never counted 4 events: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dom = off_workers(|| dashboard_dom(&admin));
+    let has = |needle: &str| dom.contains(needle);
+    assert!(!has(r#"id="version-compare-card" hidden"#), "{dom}");
+    let change = |metric: &str| {
+        regex::Regex::new(&format!(
+            r#"data-stat="vc_change" data-node="big" data-metric="{metric}" data-value="([^"]*)"( class="bad")?"#
+        ))
+        .unwrap()
+        .captures(&dom)
+        .map(|c| (c.get(2).is_some(), c[1].to_owned()))
+    };
+    assert_eq!(change("count"), Some((false, "0%".to_owned())), "{dom}");
+    assert_eq!(
+        change("vat.mean"),
+        Some((true, "+25.00%".to_owned())),
+        "{dom}"
+    );
+    assert_eq!(
+        change("vat.min"),
+        Some((true, "+25.00%".to_owned())),
+        "{dom}"
+    );
+    assert_eq!(
+        change("id.distinct"),
+        Some((false, "0%".to_owned())),
+        "{dom}"
+    );
+    proc.sigterm(Duration::from_secs(20));
+}

@@ -450,7 +450,7 @@
 
   // Each versioned stage: its published version and a candidate beside it, their events
   // counted by their fingerprints compared, the candidate's backfill and audits.
-  function renderVersions(v) {
+  function renderVersions(v, fp) {
     const stages = v.stages || [];
     $("#versions-card").hidden = stages.length === 0;
     const rows = stages.map((s) => {
@@ -488,6 +488,70 @@
       return tr;
     });
     $("#versions-table").tBodies[0].replaceChildren(...rows);
+    renderVersionCompare(stages, (fp && fp.nodes) || []);
+  }
+
+  // A bucket's metrics by name, as `hifi fingerprint diff` names them.
+  function bucketMetrics(b) {
+    const m = new Map([["count", b.count]]);
+    for (const [k, f] of Object.entries(b.fields || {})) {
+      for (const s of ["nulls", "null_rate", "distinct", "min", "max", "mean"]) {
+        if (typeof f[s] === "number") m.set(`${k}.${s}`, f[s]);
+      }
+      if (f.entropy && typeof f.entropy.bits === "number") m.set(`${k}.entropy`, f.entropy.bits);
+    }
+    return m;
+  }
+
+  // The change from a (published) to b (candidate), labelled as the CLI labels it; with
+  // whether it is worth a look (gone, new, from 0, or more than 10%).
+  function changeOf(a, b) {
+    if (a == null) return ["new", true];
+    if (b == null) return ["gone", true];
+    if (a === b) return ["0%", false];
+    if (a === 0) return ["from 0", true];
+    const rel = (b - a) / Math.abs(a);
+    return [`${rel >= 0 ? "+" : ""}${fmtPct(100 * rel)}`, Math.abs(rel) > 0.1];
+  }
+
+  function fmtMetric(x) {
+    if (x == null) return "–";
+    return Number.isInteger(x) ? fmtInt(x) : x.toPrecision(4);
+  }
+
+  // Per versioned stage with a candidate: the newest bucket both fingerprints have, metric
+  // by metric.
+  function renderVersionCompare(stages, nodes) {
+    const rows = [];
+    for (const s of stages) {
+      const byState = (state) => (s.versions || []).find((x) => x.state === state);
+      const pub = byState("published");
+      const cand = byState("candidate");
+      const nodeOf = (x) => x && x.fingerprint && nodes.find((n) => n.node === x.fingerprint.node);
+      const [pn, cn] = [nodeOf(pub), nodeOf(cand)];
+      if (!pn || !cn) continue;
+      const candBuckets = new Map((cn.buckets || []).map((b) => [b.start_ms, b]));
+      const common = (pn.buckets || []).filter((b) => candBuckets.has(b.start_ms)).at(-1);
+      if (!common) continue;
+      const [pm, cm] = [bucketMetrics(common), bucketMetrics(candBuckets.get(common.start_ms))];
+      const names = [...new Set([...pm.keys(), ...cm.keys()])]
+        .sort((a, b) => (a === "count" ? -1 : b === "count" ? 1 : a.localeCompare(b)));
+      for (const metric of names) {
+        const [label, notable] = changeOf(pm.get(metric), cm.get(metric));
+        const tr = el("tr");
+        const name = el("td");
+        name.append(swatch(s.stage), s.stage);
+        const change = el("td", label, {
+          "data-stat": "vc_change", "data-node": s.stage, "data-metric": metric, "data-value": label,
+        });
+        if (notable) change.className = "bad";
+        tr.append(name, el("td", new Date(common.start_ms).toLocaleString("en-GB")), el("td", metric),
+                  el("td", fmtMetric(pm.get(metric))), el("td", fmtMetric(cm.get(metric))), change);
+        rows.push(tr);
+      }
+    }
+    $("#version-compare-card").hidden = rows.length === 0;
+    $("#version-compare-table").tBodies[0].replaceChildren(...rows);
   }
 
   // ---- header summary -----------------------------------------------------------------
@@ -571,7 +635,7 @@
     if (scale) draw("scaling", () => renderScale(scale));
     if (shadow) draw("shadow sinks", () => renderShadow(shadow));
     if (fingerprints) draw("fingerprints", () => renderFingerprints(fingerprints));
-    if (versions) draw("versions", () => renderVersions(versions));
+    if (versions) draw("versions", () => renderVersions(versions, fingerprints));
     draw("summary", () => renderSummary(lag, loss, stats));
 
     const banner = $("#error");
