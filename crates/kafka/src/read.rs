@@ -47,7 +47,7 @@ impl KafkaLog {
     /// A reader of the partition for a read from `from`, locked: a free one whose last
     /// read ended there (no seek); else a free one idle for [`READER_MOVE_AFTER`] (or
     /// never positioned); else a new one, up to [`READERS_PER_PARTITION`]; else the
-    /// least recently used free one; else the first, once its read is done. Readers of
+    /// least recently used free one; else whichever is done first. Readers of
     /// any partition unused for [`READER_IDLE`] are closed on the way. A `peek` (a
     /// one-record read: backlog gauges, a record's time) opens a reader only for a
     /// partition that has none: a reader kept for it would prefetch the partition from
@@ -62,7 +62,7 @@ impl KafkaLog {
         enum Pick {
             Got(tokio::sync::OwnedMutexGuard<Reader>),
             New,
-            Wait(SharedReader),
+            Wait(Vec<SharedReader>),
         }
         let key = (topic.to_owned(), partition);
         let (pick, closed) = {
@@ -101,7 +101,7 @@ impl KafkaLog {
                 }
                 _ if room => Pick::New,
                 Some(g) => Pick::Got(g),
-                None => Pick::Wait(list[0].clone()),
+                None => Pick::Wait(list.clone()),
             });
             (pick, closed)
         };
@@ -112,7 +112,11 @@ impl KafkaLog {
         }
         match pick {
             Pick::Got(guard) => Ok(guard),
-            Pick::Wait(r) => Ok(r.lock_owned().await),
+            // Locking is cancel-safe: the waits not chosen are dropped.
+            Pick::Wait(list) => {
+                let waits = list.into_iter().map(|r| Box::pin(r.lock_owned()));
+                Ok(futures_util::future::select_all(waits).await.0)
+            }
             Pick::New => {
                 // Creating one starts librdkafka's threads (and TLS or Kerberos set-up):
                 // off the workers, not under the lock.
