@@ -86,6 +86,23 @@ pub(crate) async fn backfill_position(
 /// `from_ms` in each partition (the oldest retained with `None`). Unless `force`d, a
 /// group that has positions already (a crash after this, before the version was
 /// recorded) keeps them.
+/// Whether `group` has a position in any partition of `input` (its backfill started).
+pub(super) async fn started(log: &dyn Log, group: &str, input: &str) -> Result<bool, String> {
+    let fail =
+        |e: hifi_log::LogError| format!("cannot read the positions of {group} on {input}: {e}");
+    for p in 0..log.partitions(input).await.map_err(fail)? {
+        if log
+            .committed(group, input, p)
+            .await
+            .map_err(fail)?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 pub(super) async fn start_backfill(
     log: &dyn Log,
     group: &str,

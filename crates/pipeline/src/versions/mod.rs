@@ -540,7 +540,11 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
                 version_topic(file.output.get_ref(), &h) + &suffix
             };
             if !first {
-                if file.window.is_some() {
+                // A group with positions was started already — by this process before a
+                // crash (the state was reset then), or by another creating the same
+                // version at the same time, whose candidate may be running: its state
+                // stays, and so do its positions (`start_backfill` keeps them).
+                if file.window.is_some() && !backfill::started(log, &group, &input_topic).await? {
                     // Not the window state of a life collected half-way.
                     windows::reset_checkpoint(log, &candidate_name(name, &h)).await?;
                 }
