@@ -228,40 +228,19 @@ pub async fn signals(args: SignalsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A node name, or `STAGE@VERSION` (a version of a versioned stage, as `hifi versions`
-/// lists it): the node whose fingerprint that version has.
-async fn node_of(admin: &str, node: &str) -> Result<String> {
-    let Some((stage, version)) = node.split_once('@') else {
-        return Ok(node.to_owned());
-    };
-    let stage = stage.strip_prefix("stages.").unwrap_or(stage);
-    let version = version.trim_start_matches('v');
-    let url =
-        reqwest::Url::parse_with_params(&format!("http://{admin}/v1/versions"), [("stage", stage)])
-            .with_context(|| format!("{admin:?} is not an address"))?;
-    let v = crate::ops::get_url(url.as_str()).await?;
-    let versions = v["stages"][0]["versions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let Some(found) = versions.iter().find(|x| x["version"] == version) else {
-        anyhow::bail!("stages.{stage} has no version {version} (hifi versions {stage})");
-    };
-    match found["state"].as_str() {
-        Some("published") => Ok(format!("stages.{stage}")),
-        Some("candidate") => Ok(format!("stages.{stage}-v{version}")),
-        Some("collected") => anyhow::bail!(
-            "version {version} of stages.{stage} was collected (hifi versions gc): its fingerprint went with its topics"
-        ),
-        _ => anyhow::bail!(
-            "version {version} of stages.{stage} is retired: its fingerprint is not running"
-        ),
-    }
-}
-
+/// The fingerprint of a node, or of `STAGE@VERSION` (a version of a versioned stage, as
+/// `hifi versions` lists it: the server finds the node that version's fingerprint runs in).
 async fn fetch(admin: &str, node: &str, range: &Range) -> Result<Value> {
-    let node = node_of(admin, node).await?;
-    let mut params = vec![("node", node)];
+    let mut params = match node.split_once('@') {
+        Some((stage, version)) => vec![
+            (
+                "node",
+                format!("stages.{}", stage.strip_prefix("stages.").unwrap_or(stage)),
+            ),
+            ("version", version.to_owned()),
+        ],
+        None => vec![("node", node.to_owned())],
+    };
     params.extend(range.from.clone().map(|f| ("from", f)));
     params.extend(range.to.clone().map(|t| ("to", t)));
     let url = reqwest::Url::parse_with_params(&format!("http://{admin}/v1/fingerprints"), params)

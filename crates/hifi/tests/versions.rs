@@ -290,6 +290,36 @@ async fn a_blocking_audit_keeps_a_bad_version_out_and_a_good_one_is_published_au
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `/v1/fingerprints?version=`: each version's own fingerprint.
+    let fp = |q: String| async move {
+        let r = reqwest::get(format!("http://{admin}/v1/fingerprints?{q}"))
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or_default(),
+        )
+    };
+    let (status, body) = fp(format!("node=stages.big&version={bad_version}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["nodes"][0]["node"],
+        format!("stages.big-v{bad_version}")
+    );
+    let (status, body) = fp(format!("node=big&version=v{v1}")).await;
+    assert_eq!(
+        (status, &body["nodes"][0]["node"]),
+        (200, &json!("stages.big")),
+        "{body}"
+    );
+    let (status, body) = fp("node=stages.big&version=0000".into()).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no version 0000"),
+        "{body}"
+    );
+    let (status, _) = fp(format!("version={v1}")).await;
+    assert_eq!(status, 400);
     post_events(
         proc.addr("source api"),
         &[json!({"id": "during-bad", "ts": now, "country": "fr"})],

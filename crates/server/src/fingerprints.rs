@@ -1,9 +1,10 @@
-//! `GET /v1/fingerprints?node=&from=&to=`: the summary statistics of the topics that
+//! `GET /v1/fingerprints?node=&version=&from=&to=`: the summary statistics of the topics that
 //! nodes fingerprint (`[sources.X.fingerprint]`, `[stages.X.fingerprint]`), per
 //! event-time bucket: events, per field nulls, null rate, distinct values (estimated),
 //! numeric count, min, max and mean, and entropy for the fields asked (exact, or an
-//! estimate with bounds). Without `node`: every fingerprinted node. The default range
-//! is the last day.
+//! estimate with bounds). Without `node`: every fingerprinted node. With `version` (of
+//! the versioned stage `node`): that version's fingerprint — the stage's own while it
+//! is published, its candidate's beside it. The default range is the last day.
 //!
 //! `GET /v1/signals?type=&limit=`: the newest signals that buckets of fingerprinted
 //! topics are complete or were updated by late events (`hifi_pipeline::signals`).
@@ -19,10 +20,12 @@ use serde_json::json;
 
 use crate::admin::AdminState;
 
-/// `node` (`sources.X` or `stages.X`), `from` and `to` (RFC 3339 or epoch ms).
+/// `node` (`sources.X` or `stages.X`), `version` (of stage `node`), `from` and `to`
+/// (RFC 3339 or epoch ms).
 #[derive(Debug, Deserialize)]
 pub struct FingerprintQuery {
     node: Option<String>,
+    version: Option<String>,
     from: Option<String>,
     to: Option<String>,
 }
@@ -38,12 +41,27 @@ pub async fn fingerprints(
         Ok(r) => r,
         Err(why) => return crate::admin::bad_request(&why),
     };
+    let node = match (&q.node, &q.version) {
+        (None, Some(_)) => {
+            return crate::admin::bad_request(
+                "`version` needs `node`: the versioned stage (node=stages.big&version=3f2a9c1d)",
+            )
+        }
+        (Some(node), Some(version)) => {
+            let stage = node.strip_prefix("stages.").unwrap_or(node);
+            match crate::versions::fingerprint_node(&s.versions, stage, version) {
+                Ok(n) => Some(n),
+                Err(why) => return crate::ingest::error(StatusCode::NOT_FOUND, &why, json!({})),
+            }
+        }
+        (node, None) => node.clone(),
+    };
     let chosen: Vec<_> = s
         .fingerprints
         .iter()
-        .filter(|f| q.node.as_deref().is_none_or(|n| n == f.node))
+        .filter(|f| node.as_deref().is_none_or(|n| n == f.node))
         .collect();
-    if let (Some(node), true) = (&q.node, chosen.is_empty()) {
+    if let (Some(node), true) = (&node, chosen.is_empty()) {
         let known: Vec<&str> = s.fingerprints.iter().map(|f| f.node.as_str()).collect();
         return crate::ingest::error(
             StatusCode::NOT_FOUND,

@@ -31,6 +31,40 @@ pub struct VersionsQuery {
     stage: Option<String>,
 }
 
+/// The fingerprinted node of `version` of versioned stage `stage` running here: the
+/// stage's own while published, its candidate's beside it; why not otherwise.
+pub fn fingerprint_node(live: &Live, stage: &str, version: &str) -> Result<String, String> {
+    let version = version.trim_start_matches('v');
+    let plan = live
+        .plans
+        .iter()
+        .find(|p| p.stage == stage)
+        .ok_or_else(|| {
+            format!("stages.{stage} has no versions here (`versions = {{ … }}` on the stage)")
+        })?;
+    let registry = live.registry.lock().unwrap_or_else(|e| e.into_inner());
+    let v = registry
+        .stages
+        .get(stage)
+        .and_then(|sv| sv.versions.get(version))
+        .ok_or_else(|| {
+            format!("stages.{stage} has no version {version} (hifi versions {stage})")
+        })?;
+    match hifi_pipeline::versions::state_of(plan, v) {
+        "published" => Ok(format!("stages.{stage}")),
+        "candidate" => Ok(format!(
+            "stages.{}",
+            hifi_pipeline::versions::candidate_name(stage, version)
+        )),
+        "collected" => Err(format!(
+            "version {version} of stages.{stage} was collected (hifi versions gc): its fingerprint went with its topics"
+        )),
+        state => Err(format!(
+            "version {version} of stages.{stage} is {state}: its fingerprint is not running"
+        )),
+    }
+}
+
 /// The versions of every versioned stage (or of `stage`).
 pub fn describe(
     live: &Live,
