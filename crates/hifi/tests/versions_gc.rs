@@ -119,6 +119,14 @@ async fn collect_and_revive(engine: &str) {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("dry_run"));
+    // So is a query string: a dry run asked there would otherwise delete.
+    let r = reqwest::Client::new()
+        .post(format!("http://{admin}/v1/versions/gc?dry_run=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("JSON body"));
 
     // A dry run says what would go and deletes nothing.
     let (ok, said) = hifi(dir.path(), &["versions", "gc", "--dry-run"], admin);

@@ -146,7 +146,23 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/sinks/{sink}/dlq/{id}", get(dlq_show))
         .merge(crate::dashboard::router())
+        .layer(axum::middleware::from_fn(body_not_query))
         .with_state(Arc::new(state))
+}
+
+/// Every admin `POST` (publish, gc, replay, re-drive, outcomes) takes its parameters in
+/// its JSON body: one with a query string is refused, not run with the query ignored —
+/// `POST /v1/versions/gc?dry_run=true` would otherwise delete.
+async fn body_not_query(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::POST && req.uri().query().is_some_and(|q| !q.is_empty())
+    {
+        return bad_request(&format!(
+            "POST {} takes its parameters in a JSON body (docs/api.md), not in the query string ({:?})",
+            req.uri().path(),
+            req.uri().query().unwrap_or_default()
+        ));
+    }
+    next.run(req).await
 }
 
 type S = State<Arc<AdminState>>;
