@@ -561,3 +561,91 @@ async fn the_last_bucket_of_a_quiet_input_completes_without_a_later_event() {
     }
     proc.sigterm(Duration::from_secs(20));
 }
+
+/// The webhook is fed from `__signals` at a committed position: signals emitted while
+/// it is down — longer than a few attempts, and across a SIGKILL of hifi — reach it once
+/// it is back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_reach_a_webhook_that_was_down_across_a_sigkill() {
+    let dir = test_dir();
+    let record = dir.path().join("webhook.jsonl");
+    let webhook = free_addr();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [ledger]\nsettle_after = \"1s\"\n\
+             [signals]\nwebhook = \"http://{webhook}/signals\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             fingerprint = {{ bucket = \"1m\", lateness = \"0s\", idle_timeout = \"1s\", checkpoint_every = \"1s\" }}\n"
+        ),
+    )
+    .unwrap();
+    let proc = run_pipeline(dir.path(), &file);
+    let t0 = t0();
+    let post = |ingest: std::net::SocketAddr, events: Value| async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://{ingest}/v1/events"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    post(
+        proc.addr("source api"),
+        json!((0..5)
+            .map(|i| json!({"id": format!("a{i}"), "ts": t0 + i}))
+            .collect::<Vec<_>>()),
+    )
+    .await;
+    let signalled = |admin: std::net::SocketAddr, id: String| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = get_json(&format!("http://{admin}/v1/signals")).await;
+            if v["signals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["id"] == id)
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no signal {id}: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let complete = format!("orders/{t0}/complete");
+    signalled(proc.addr("admin"), complete.clone()).await;
+    // Longer than the few attempts the webhook used to get, then a crash.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proc.sigkill();
+    let proc = run_pipeline(dir.path(), &file);
+    post(
+        proc.addr("source api"),
+        json!([{"id": "late", "ts": t0 + 30_000}]),
+    )
+    .await;
+    let updated = format!("orders/{t0}/updated/6");
+    signalled(proc.addr("admin"), updated.clone()).await;
+    assert!(received_records(&record).is_empty());
+
+    let receiver = run_receiver(dir.path(), &webhook.to_string(), &record);
+    let got = off_workers(|| {
+        wait_until(Duration::from_secs(60), || {
+            let ids = received_ids(&record);
+            ids.contains_key(&complete) && ids.contains_key(&updated)
+        })
+    });
+    assert!(got, "the webhook got {:?}", received_ids(&record));
+    let order: Vec<String> = received_records(&record)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let at = |id: &str| order.iter().position(|x| x == id).unwrap();
+    assert!(at(&complete) < at(&updated), "in order: {order:?}");
+    proc.sigterm(Duration::from_secs(20));
+    receiver.sigterm(Duration::from_secs(10));
+}

@@ -5,34 +5,38 @@
 //!
 //! Every signal is appended to the topic `__signals` (kept 7 days; `GET /v1/signals`,
 //! `hifi signals`) and, with `[signals] webhook`, POSTed there as a structured
-//! CloudEvent (`application/cloudevents+json`; tried 5 times with backoff, then logged
-//! and left in the topic). A signal's id names its bucket and what it says
-//! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash a signal may
-//! be sent again, with the same id.
+//! CloudEvent (`application/cloudevents+json`). The webhook is fed from the topic, in
+//! order, from a committed position (group `signals.webhook`; a first start begins at
+//! the topic's end): an outage of the webhook or a crash of hifi delays signals, loses
+//! none — each is tried again with backoff (up to 30 s apart) until the webhook takes
+//! it, except one it refuses (a 4xx other than 408 and 429: logged and passed over). A
+//! signal's id names its bucket and what it says (`<topic>/<bucket start>/complete`,
+//! `…/updated/<count>`): after a crash a signal may be sent again, with the same id.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hifi_log::{Log, LogError, ReadLimits, Record, Retention, TopicSpec};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, info, warn};
 
-use crate::consumer::sleep_or_cancel;
+use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor};
 
 /// The topic of signals.
 pub const SIGNALS_TOPIC: &str = "__signals";
-/// Signals waiting for the webhook (past it, the webhook misses them: they stay in the
-/// topic).
-const WEBHOOK_QUEUE: usize = 1024;
-const WEBHOOK_ATTEMPTS: u32 = 5;
+/// The consumer group whose position in [`SIGNALS_TOPIC`] is up to where the webhook
+/// took the signals.
+pub const WEBHOOK_GROUP: &str = "signals.webhook";
+/// Longest wait between two attempts at a signal.
+const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where signals go.
 #[derive(Debug)]
 pub struct Signals {
     log: Arc<dyn Log>,
-    webhook: Option<mpsc::Sender<Value>>,
+    /// With a webhook: where its sender starts, given by [`Signals::prepare`].
+    webhook_from: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
 }
 
 impl Signals {
@@ -43,15 +47,19 @@ impl Signals {
         stop: CancellationToken,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Arc<Signals> {
-        let webhook = webhook.map(|url| {
-            let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-            tasks.spawn(send_to_webhook(url, rx, stop));
+        let webhook_from = webhook.map(|url| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tasks.spawn(send_to_webhook(log.clone(), url, rx, stop));
             tx
         });
-        Arc::new(Signals { log, webhook })
+        Arc::new(Signals {
+            log,
+            webhook_from: std::sync::Mutex::new(webhook_from),
+        })
     }
 
-    /// Creates the signals topic.
+    /// Creates the signals topic, and a first position for the webhook (the topic's
+    /// end: it is not sent what was signalled before it was configured).
     pub async fn prepare(&self) -> Result<(), LogError> {
         let spec = TopicSpec {
             retention: Some(Retention {
@@ -61,10 +69,36 @@ impl Signals {
             }),
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
         };
-        self.log.ensure_topic(&spec).await.map(|_| ())
+        self.log.ensure_topic(&spec).await?;
+        let has_webhook = self
+            .webhook_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if has_webhook {
+            let from = match self.log.committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0).await? {
+                Some(at) => at,
+                None => {
+                    let end = self.log.offsets(SIGNALS_TOPIC, 0).await?.end;
+                    self.log
+                        .commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &[(0, end)])
+                        .await?;
+                    end
+                }
+            };
+            let tx = self
+                .webhook_from
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(tx) = tx {
+                let _ = tx.send(from);
+            }
+        }
+        Ok(())
     }
 
-    /// Makes signals durable, then hands them to the webhook.
+    /// Makes signals durable (the webhook reads them from there).
     pub async fn emit(&self, signals: Vec<Value>) -> Result<(), LogError> {
         if signals.is_empty() {
             return Ok(());
@@ -73,15 +107,7 @@ impl Signals {
             .iter()
             .map(|s| Record::new(serde_json::to_vec(s).unwrap_or_default(), crate::now_ms()))
             .collect();
-        self.log.append(SIGNALS_TOPIC, 0, records).await?;
-        if let Some(tx) = &self.webhook {
-            for s in signals {
-                if tx.try_send(s).is_err() {
-                    warn!("the signals webhook is behind; a signal was not sent to it (it is in {SIGNALS_TOPIC})");
-                }
-            }
-        }
-        Ok(())
+        self.log.append(SIGNALS_TOPIC, 0, records).await.map(|_| ())
     }
 }
 
@@ -130,35 +156,96 @@ pub async fn recent(
     Ok(found.split_off(skip))
 }
 
-async fn send_to_webhook(url: String, mut rx: mpsc::Receiver<Value>, stop: CancellationToken) {
+/// Sends the webhook every signal from its group's position on, in order, committing
+/// past each one it took (or refused for good); until `stop`.
+async fn send_to_webhook(
+    log: Arc<dyn Log>,
+    url: String,
+    from: tokio::sync::oneshot::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let log = log.as_ref();
+    let node = "signals.webhook";
+    // Given by `Signals::prepare`, before any signal is emitted.
+    let start = tokio::select! {
+        _ = stop.cancelled() => return,
+        from = from => match from { Ok(at) => at, Err(_) => return },
+    };
+    let limits = ReadLimits {
+        max_records: 100,
+        max_bytes: 16 << 20,
+        wait: Duration::from_millis(500),
+    };
     let client = reqwest::Client::new();
-    loop {
-        let signal = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = rx.recv() => match s { Some(s) => s, None => return },
-        };
-        let mut wait = Duration::from_millis(200);
-        for attempt in 1..=WEBHOOK_ATTEMPTS {
-            let sent = client
-                .post(&url)
-                .header("content-type", "application/cloudevents+json")
-                .json(&signal)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            let why = match sent {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => format!("answered {}", r.status()),
-                Err(e) => e.to_string(),
+    let mut cursor = Cursor::at(log, node, SIGNALS_TOPIC, 0, start, limits)
+        .retention_hint(" (signals the webhook was never sent)");
+    while let Some(batch) = cursor.next(&stop).await {
+        for r in batch {
+            let Ok(signal) = serde_json::from_slice::<Value>(&r.record.value) else {
+                warn!(
+                    offset = r.offset,
+                    "a record of {SIGNALS_TOPIC} is not a signal; passed over"
+                );
+                continue;
             };
-            if attempt == WEBHOOK_ATTEMPTS {
-                warn!(%url, id = %signal["id"], %why, "the signals webhook did not take a signal; it stays in {SIGNALS_TOPIC}");
-            } else if !sleep_or_cancel(&stop, wait).await {
+            if !deliver(&client, &url, &signal, &stop).await {
                 return;
             }
-            wait *= 2;
+            cursor.seek(r.offset + 1);
+            let at = [(0, r.offset + 1)];
+            if retry_until_ok(&stop, node, "commit its position in the signals", || {
+                log.commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &at)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
         }
     }
+}
+
+/// POSTs `signal` until the webhook takes it (true) or refuses it for good (true,
+/// logged); false once `stop` is cancelled.
+async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    signal: &Value,
+    stop: &CancellationToken,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1u32.. {
+        let sent = client
+            .post(url)
+            .header("content-type", "application/cloudevents+json")
+            .json(signal)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let why = match sent {
+            Ok(r) if r.status().is_success() => {
+                if attempt > 1 {
+                    info!(%url, id = %signal["id"], attempt, "the signals webhook took the signal");
+                }
+                return true;
+            }
+            Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
+                error!(%url, id = %signal["id"], status = %r.status(),
+                    "the signals webhook refused a signal; passed over (it stays in {SIGNALS_TOPIC})");
+                return true;
+            }
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if attempt == 1 || attempt % 10 == 0 {
+            warn!(%url, id = %signal["id"], %why, attempt, "the signals webhook did not take a signal; trying again");
+        }
+        if !sleep_or_cancel(stop, wait).await {
+            return false;
+        }
+        wait = (wait * 2).min(WEBHOOK_BACKOFF_MAX);
+    }
+    unreachable!("attempts are counted without end")
 }
 
 /// A signal about a bucket, as a CloudEvent of type `kind` (`hifi.bucket.complete`, …).
