@@ -567,6 +567,23 @@ async fn the_last_bucket_of_a_quiet_input_completes_without_a_later_event() {
 /// it is back, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_reach_a_webhook_that_was_down_across_a_sigkill() {
+    webhook_outage("[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n").await;
+}
+
+/// The same on Apache Kafka: the webhook's position is a Kafka group's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_signals_reach_a_webhook_that_was_down_across_a_sigkill() {
+    let Some(brokers) = required("KAFKA_BROKERS") else {
+        return;
+    };
+    let prefix = unique_prefix("signals");
+    webhook_outage(&format!(
+        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\n"
+    ))
+    .await;
+}
+
+async fn webhook_outage(engine: &str) {
     let dir = test_dir();
     let record = dir.path().join("webhook.jsonl");
     let webhook = free_addr();
@@ -574,7 +591,7 @@ async fn signals_reach_a_webhook_that_was_down_across_a_sigkill() {
     std::fs::write(
         &file,
         format!(
-            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\
+            "{engine}\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [ledger]\nsettle_after = \"1s\"\n\
              [signals]\nwebhook = \"http://{webhook}/signals\"\n\
