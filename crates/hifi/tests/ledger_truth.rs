@@ -22,6 +22,13 @@ async fn injected_loss_is_found_exactly_at_the_node_that_lost_it() {
         "",
         Some("test_drop_ids_matching = \"^drop-\""),
     );
+    // The loss alarm webhook is down when the alarms come: started later, below.
+    let hook = free_addr();
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "[ledger]\n",
+        &format!("[ledger]\nalarm_webhook = \"http://{hook}/alarms\"\n"),
+    );
+    std::fs::write(&file, text).unwrap();
     let proc = run_pipeline(dir.path(), &file);
     let url = format!("http://{}/v1/events", proc.addr("source api"));
     let admin = proc.addr("admin");
@@ -106,6 +113,27 @@ async fn injected_loss_is_found_exactly_at_the_node_that_lost_it() {
     assert!(std::fs::read_to_string(&proc.log)
         .unwrap()
         .contains("LOSS ALARM"));
+    // Down for longer than one attempt, the webhook still gets the alarms, tables that
+    // name the 7 lost events.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tables = alarm_webhook(hook).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let lost: std::collections::BTreeMap<String, u64> = tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (t["start"].to_string(), t["e2e_lost"].as_u64().unwrap()))
+            .collect();
+        if lost.values().sum::<u64>() == 7 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alarm webhook got {lost:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
@@ -383,4 +411,25 @@ async fn a_sink_down_past_retention_loses_nothing() {
     );
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
+}
+
+/// A webhook at `addr` keeping every JSON body POSTed to `/alarms`.
+async fn alarm_webhook(
+    addr: std::net::SocketAddr,
+) -> std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/alarms",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
 }

@@ -425,16 +425,11 @@ impl Pipeline {
                             Err(RecvError::Closed) => return,
                         },
                     };
-                    let sent = client
-                        .post(&url)
-                        .json(&table)
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => {}
-                        Ok(r) => warn!(%url, status = %r.status(), "loss alarm webhook refused"),
-                        Err(e) => warn!(%url, %e, "loss alarm webhook failed"),
+                    // Tried until taken: alarms meanwhile wait in the channel (those past
+                    // its capacity are logged as skipped above).
+                    let table = serde_json::to_value(&table).unwrap_or_default();
+                    if !crate::signals::post_until_taken(&client, (&url, "loss alarm"), &table, &token).await {
+                        return;
                     }
                 }
             });

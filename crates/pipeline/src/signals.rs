@@ -188,7 +188,7 @@ async fn send_to_webhook(
                 );
                 continue;
             };
-            if !deliver(&client, &url, &signal, &stop).await {
+            if !post_until_taken(&client, (&url, "signals"), &signal, &stop).await {
                 return;
             }
             cursor.seek(r.offset + 1);
@@ -205,40 +205,50 @@ async fn send_to_webhook(
     }
 }
 
-/// POSTs `signal` until the webhook takes it (true) or refuses it for good (true,
-/// logged); false once `stop` is cancelled.
-async fn deliver(
+/// POSTs `body` (a signal as a structured CloudEvent, or a loss table) to the `what`
+/// webhook at `url` until it takes it (true) or refuses it for good (a 4xx other than
+/// 408 and 429: true, logged); false once `stop` is cancelled. Waits between attempts
+/// from 200 ms, doubling, up to 30 s.
+pub(crate) async fn post_until_taken(
     client: &reqwest::Client,
-    url: &str,
-    signal: &Value,
+    (url, what): (&str, &str),
+    body: &Value,
     stop: &CancellationToken,
 ) -> bool {
+    let content_type = match body.get("specversion") {
+        Some(_) => "application/cloudevents+json",
+        None => "application/json",
+    };
+    let id = body
+        .get("id")
+        .or_else(|| body.get("start"))
+        .cloned()
+        .unwrap_or_default();
     let mut wait = Duration::from_millis(200);
     for attempt in 1u32.. {
         let sent = client
             .post(url)
-            .header("content-type", "application/cloudevents+json")
-            .json(signal)
+            .header("content-type", content_type)
+            .json(body)
             .timeout(Duration::from_secs(10))
             .send()
             .await;
         let why = match sent {
             Ok(r) if r.status().is_success() => {
                 if attempt > 1 {
-                    info!(%url, id = %signal["id"], attempt, "the signals webhook took the signal");
+                    info!(%url, %id, attempt, "the {what} webhook took it");
                 }
                 return true;
             }
             Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
-                error!(%url, id = %signal["id"], status = %r.status(),
-                    "the signals webhook refused a signal; passed over (it stays in {SIGNALS_TOPIC})");
+                error!(%url, %id, status = %r.status(), "the {what} webhook refused it; passed over");
                 return true;
             }
             Ok(r) => format!("answered {}", r.status()),
             Err(e) => e.to_string(),
         };
         if attempt == 1 || attempt % 10 == 0 {
-            warn!(%url, id = %signal["id"], %why, attempt, "the signals webhook did not take a signal; trying again");
+            warn!(%url, %id, %why, attempt, "the {what} webhook did not take it; trying again");
         }
         if !sleep_or_cancel(stop, wait).await {
             return false;
