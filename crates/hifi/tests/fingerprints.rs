@@ -527,13 +527,7 @@ async fn the_last_bucket_of_a_quiet_input_completes_without_a_later_event() {
     let events: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("q{i}"), "ts": t0 + i}))
         .collect();
-    let r = reqwest::Client::new()
-        .post(format!("http://{ingest}/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    support::versions::post_events(ingest, &events).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let v = get_json(&format!("http://{admin}/v1/signals?type=complete")).await;
@@ -573,14 +567,9 @@ async fn signals_reach_a_webhook_that_was_down_across_a_sigkill() {
 /// The same on Apache Kafka: the webhook's position is a Kafka group's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_signals_reach_a_webhook_that_was_down_across_a_sigkill() {
-    let Some(brokers) = required("KAFKA_BROKERS") else {
-        return;
-    };
-    let prefix = unique_prefix("signals");
-    webhook_outage(&format!(
-        "[engine]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\n"
-    ))
-    .await;
+    if let Some(engine) = support::versions::kafka_engine("signals") {
+        webhook_outage(&engine).await;
+    }
 }
 
 async fn webhook_outage(engine: &str) {
@@ -602,22 +591,11 @@ async fn webhook_outage(engine: &str) {
     .unwrap();
     let proc = run_pipeline(dir.path(), &file);
     let t0 = t0();
-    let post = |ingest: std::net::SocketAddr, events: Value| async move {
-        let r = reqwest::Client::new()
-            .post(format!("http://{ingest}/v1/events"))
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    };
-    post(
-        proc.addr("source api"),
-        json!((0..5)
-            .map(|i| json!({"id": format!("a{i}"), "ts": t0 + i}))
-            .collect::<Vec<_>>()),
-    )
-    .await;
+    let post = support::versions::post_events;
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("a{i}"), "ts": t0 + i}))
+        .collect();
+    post(proc.addr("source api"), &events).await;
     let signalled = |admin: std::net::SocketAddr, id: String| async move {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -642,7 +620,7 @@ async fn webhook_outage(engine: &str) {
     let proc = run_pipeline(dir.path(), &file);
     post(
         proc.addr("source api"),
-        json!([{"id": "late", "ts": t0 + 30_000}]),
+        &[json!({"id": "late", "ts": t0 + 30_000})],
     )
     .await;
     let updated = format!("orders/{t0}/updated/6");

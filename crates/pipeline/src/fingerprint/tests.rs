@@ -22,6 +22,29 @@ async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fi
     fp
 }
 
+/// A fingerprinter of topic `events` (`partitions` of them) that signals, written by
+/// `writer`, with the settings `cfg` (TOML), its checkpoints loaded.
+async fn signalling(
+    log: &Arc<dyn Log>,
+    signals: &Arc<Signals>,
+    (cfg, writer): (&str, Writer),
+    partitions: u32,
+) -> Fingerprinter {
+    let cfg: FingerprintConfig = toml::from_str(cfg).unwrap();
+    let fp = Fingerprinter::new(
+        ("stages.copy".into(), writer),
+        "events".into(),
+        &cfg,
+        1 << 20,
+        log.clone(),
+        Some((signals.clone(), None)),
+        Vec::new(),
+    );
+    fp.prepare().await.unwrap();
+    fp.load(partitions).await.unwrap();
+    fp
+}
+
 fn counted(fp: &Fingerprinter) -> u64 {
     fp.report(0, i64::MAX)
         .buckets
@@ -146,18 +169,8 @@ async fn a_partition_read_behind_holds_its_buckets_open() {
     let mut tasks = tokio::task::JoinSet::new();
     let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
     signals.prepare().await.unwrap();
-    let cfg: FingerprintConfig = toml::from_str("bucket = \"1m\"\nlateness = \"0s\"").unwrap();
-    let fp = Fingerprinter::new(
-        ("sources.api".into(), Writer::Ingest),
-        "events".into(),
-        &cfg,
-        1 << 20,
-        log.clone(),
-        Some((signals, None)),
-        Vec::new(),
-    );
-    fp.prepare().await.unwrap();
-    fp.load(2).await.unwrap();
+    let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
+    let fp = signalling(&log, &signals, (cfg, Writer::Ingest), 2).await;
     // Partition 0: the minute at 60 s and one three minutes on; partition 1: the
     // minute at 60 s, not read yet.
     log.append(
@@ -211,8 +224,7 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
     let mut tasks = tokio::task::JoinSet::new();
     let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
     signals.prepare().await.unwrap();
-    let cfg: FingerprintConfig =
-        toml::from_str("bucket = \"1m\"\nlateness = \"0s\"\nidle_timeout = \"0s\"").unwrap();
+    let cfg = "bucket = \"1m\"\nlateness = \"0s\"\nidle_timeout = \"0s\"";
     let stage = Writer::Stage {
         group: "stage.copy".into(),
         input: "input".into(),
@@ -224,17 +236,7 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
         (stage, true),
         (Writer::Ingest, false),
     ] {
-        let fp = Fingerprinter::new(
-            ("stages.copy".into(), writer),
-            "events".into(),
-            &cfg,
-            1 << 20,
-            log.clone(),
-            Some((signals.clone(), None)),
-            Vec::new(),
-        );
-        fp.prepare().await.unwrap();
-        fp.load(1).await.unwrap();
+        let fp = signalling(&log, &signals, (cfg, writer), 1).await;
         let read = log
             .read("events", 0, 0, ReadLimits::default())
             .await
@@ -250,18 +252,8 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
     }
     assert_eq!(results, [None, None, Some(1), Some(1)]);
     // Not idle long enough: the event time decides, as before.
-    let cfg: FingerprintConfig = toml::from_str("bucket = \"1m\"\nlateness = \"0s\"").unwrap();
-    let fp = Fingerprinter::new(
-        ("sources.api".into(), Writer::Ingest),
-        "events".into(),
-        &cfg,
-        1 << 20,
-        log.clone(),
-        Some((signals, None)),
-        Vec::new(),
-    );
-    fp.prepare().await.unwrap();
-    fp.load(1).await.unwrap();
+    let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
+    let fp = signalling(&log, &signals, (cfg, Writer::Ingest), 1).await;
     fp.count(
         0,
         &log.read("events", 0, 0, ReadLimits::default())
