@@ -580,22 +580,7 @@ impl Pipeline {
                 signals = Some(s);
             }
             let ledger = ledger_enabled(loaded).then(|| ledger.clone());
-            let writer = match (w.kind, w.input) {
-                ("stages", Some(input)) => crate::fingerprint::Writer::Stage {
-                    group: cfg.stages[w.name]
-                        .group
-                        .clone()
-                        .unwrap_or_else(|| format!("stage.{}", w.name)),
-                    input: input.to_owned(),
-                },
-                _ if cfg.sources.get(w.name).is_some_and(|s| {
-                    w.kind == "sources" && s.kind == crate::config::SourceType::Http
-                }) =>
-                {
-                    crate::fingerprint::Writer::Ingest
-                }
-                _ => crate::fingerprint::Writer::Unknown,
-            };
+            let writer = crate::fingerprint::Writer::of(cfg, w.topic);
             let fp = Arc::new(crate::fingerprint::Fingerprinter::new(
                 (node.clone(), writer),
                 w.topic.to_owned(),

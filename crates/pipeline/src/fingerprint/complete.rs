@@ -7,7 +7,9 @@
 //! topic — read to its end, nothing new for `idle_timeout`, and its writer caught up
 //! (an HTTP source: what it acknowledged is in the topic; a stage: its consumer group
 //! committed its input to the end, and commits follow the writes) — it moves with the
-//! wall clock, as a window stage's does when all its input is idle. Otherwise the last
+//! wall clock, as a window stage's does when all its input is idle. Every writer up the
+//! chain must be caught up, upstream first: a stage caught up on the output of one
+//! still behind has not seen all its events yet. Otherwise the last
 //! bucket of a burst would wait for the next event, however long. An event that comes
 //! later into a complete bucket updates it (`hifi.bucket.updated`).
 
@@ -19,16 +21,63 @@ use tracing::warn;
 use super::Fingerprinter;
 use crate::signals::bucket_signal;
 
-/// What tells that the node writing a fingerprinted topic has written all it has.
-#[derive(Debug, Clone)]
+/// What tells that the nodes writing a fingerprinted topic (and those before them) have
+/// written all they have.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Writer {
-    /// An HTTP source: what it acknowledged is in the topic.
-    Ingest,
-    /// A stage: what its consumer `group` committed of its `input` was written first.
-    Stage { group: String, input: String },
-    /// Nothing tells (a Kafka source: its backlog is in another cluster): the watermark
-    /// moves with event times only.
+    /// Written by HTTP sources (what one acknowledged is in its topic) and stages: each
+    /// stage on the way, as its consumer group and input, upstream first (what a stage
+    /// committed of its input was written first).
+    Known(Vec<(String, String)>),
+    /// Nothing tells (a Kafka source on the way: its backlog is in another cluster; a
+    /// topic no node of the file writes): the watermark moves with event times only.
     Unknown,
+}
+
+impl Writer {
+    /// The writers of `topic` in `cfg` and before them, up to the sources.
+    pub fn of(cfg: &crate::config::PipelineConfig, topic: &str) -> Writer {
+        let mut stages = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        match chain(cfg, topic, &mut seen, &mut stages) {
+            true => Writer::Known(stages),
+            false => Writer::Unknown,
+        }
+    }
+}
+
+/// Appends to `out` the stages writing `topic`, each after those before it; false when
+/// a writer on the way cannot tell (a Kafka source) or a topic has none.
+fn chain(
+    cfg: &crate::config::PipelineConfig,
+    topic: &str,
+    seen: &mut std::collections::BTreeSet<String>,
+    out: &mut Vec<(String, String)>,
+) -> bool {
+    let mut written = false;
+    for s in cfg.sources.values().filter(|s| s.topic.get_ref() == topic) {
+        if s.kind != crate::config::SourceType::Http {
+            return false;
+        }
+        written = true;
+    }
+    for (name, s) in cfg
+        .stages
+        .iter()
+        .filter(|(_, s)| s.output.get_ref() == topic)
+    {
+        written = true;
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let input = s.input.get_ref();
+        if !chain(cfg, input, seen, out) {
+            return false;
+        }
+        let group = s.group.clone().unwrap_or_else(|| format!("stage.{name}"));
+        out.push((group, input.clone()));
+    }
+    written
 }
 
 /// Whether `group` has committed every partition of `input` to its end (a partition
@@ -60,11 +109,18 @@ impl Fingerprinter {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             st.last_read_at.is_some_and(|t| t.elapsed() >= self.idle)
         };
-        idle && match &self.writer {
-            Writer::Ingest => true,
-            Writer::Stage { group, input } => caught_up(self.log.as_ref(), group, input).await,
-            Writer::Unknown => false,
+        if !idle {
+            return false;
         }
+        let Writer::Known(stages) = &self.writer else {
+            return false;
+        };
+        for (group, input) in stages {
+            if !caught_up(self.log.as_ref(), group, input).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Signals the buckets that became complete (the watermark is past their end by

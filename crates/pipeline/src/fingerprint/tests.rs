@@ -10,7 +10,7 @@ async fn fingerprinter(log: &Arc<dyn Log>) -> Fingerprinter {
 async fn fingerprinter_within(log: &Arc<dyn Log>, record_bytes_max: usize) -> Fingerprinter {
     let cfg: FingerprintConfig = toml::from_str("").unwrap();
     let fp = Fingerprinter::new(
-        ("sources.api".into(), Writer::Ingest),
+        ("sources.api".into(), Writer::Known(Vec::new())),
         "events".into(),
         &cfg,
         record_bytes_max,
@@ -170,7 +170,7 @@ async fn a_partition_read_behind_holds_its_buckets_open() {
     let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
     signals.prepare().await.unwrap();
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
-    let fp = signalling(&log, &signals, (cfg, Writer::Ingest), 2).await;
+    let fp = signalling(&log, &signals, (cfg, Writer::Known(Vec::new())), 2).await;
     // Partition 0: the minute at 60 s and one three minutes on; partition 1: the
     // minute at 60 s, not read yet.
     log.append(
@@ -225,16 +225,13 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
     let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
     signals.prepare().await.unwrap();
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"\nidle_timeout = \"0s\"";
-    let stage = Writer::Stage {
-        group: "stage.copy".into(),
-        input: "input".into(),
-    };
+    let stage = Writer::Known(vec![("stage.copy".into(), "input".into())]);
     let mut results = Vec::new();
     for (writer, commit) in [
         (Writer::Unknown, false),
         (stage.clone(), false),
         (stage, true),
-        (Writer::Ingest, false),
+        (Writer::Known(Vec::new()), false),
     ] {
         let fp = signalling(&log, &signals, (cfg, writer), 1).await;
         let read = log
@@ -253,7 +250,7 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
     assert_eq!(results, [None, None, Some(1), Some(1)]);
     // Not idle long enough: the event time decides, as before.
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
-    let fp = signalling(&log, &signals, (cfg, Writer::Ingest), 1).await;
+    let fp = signalling(&log, &signals, (cfg, Writer::Known(Vec::new())), 1).await;
     fp.count(
         0,
         &log.read("events", 0, 0, ReadLimits::default())
@@ -263,4 +260,34 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
     fp.signal().await.unwrap();
     assert_eq!(fp.completed(60_000), None);
     stop.cancel();
+}
+
+/// The quiet rule asks every writer up the chain, upstream first; a Kafka source on the
+/// way, or a topic no node writes, makes it unknown.
+#[test]
+fn a_topics_writers_are_the_stages_up_to_the_sources() {
+    let cfg = |text: &str| {
+        let text = format!("[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n{text}");
+        crate::config::LoadedConfig::parse("p.toml".as_ref(), text)
+            .unwrap()
+            .config
+    };
+    let http = cfg(
+        "[sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\n\
+         [stages.a]\ninput = \"orders\"\noutput = \"mid\"\n\
+         [stages.b]\ninput = \"mid\"\noutput = \"out\"\n\
+         [stages.c]\ninput = \"elsewhere\"\noutput = \"lonely\"\n",
+    );
+    assert_eq!(Writer::of(&http, "orders"), Writer::Known(Vec::new()));
+    assert_eq!(
+        Writer::of(&http, "out"),
+        Writer::Known(vec![
+            ("stage.a".to_owned(), "orders".to_owned()),
+            ("stage.b".to_owned(), "mid".to_owned())
+        ])
+    );
+    assert_eq!(Writer::of(&http, "lonely"), Writer::Unknown);
+    let kafka = cfg("[sources.k]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"in\"]\ntopic = \"orders\"\n\
+         [stages.a]\ninput = \"orders\"\noutput = \"mid\"\n");
+    assert_eq!(Writer::of(&kafka, "mid"), Writer::Unknown);
 }
