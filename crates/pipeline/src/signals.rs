@@ -7,8 +7,8 @@
 //! `hifi signals`) and, with `[signals] webhook`, POSTed there as a structured
 //! CloudEvent (`application/cloudevents+json`). The webhook is fed from the topic, in
 //! order, from a committed position (group `signals.webhook`; a first start begins at
-//! the topic's end): an outage of the webhook or a crash of hifi delays signals, loses
-//! none — each is tried again with backoff (up to 30 s apart) until the webhook takes
+//! the topic's end): an outage of the webhook (shorter than the topic's 7 days) or a
+//! crash of hifi delays signals, loses none — each is tried again with backoff (up to 30 s apart) until the webhook takes
 //! it, except one it refuses (a 4xx other than 408 and 429: logged and passed over). A
 //! signal's id names its bucket and what it says (`<topic>/<bucket start>/complete`,
 //! `…/updated/<count>`): after a crash a signal may be sent again, with the same id.
@@ -65,7 +65,9 @@ impl Signals {
             retention: Some(Retention {
                 age: Some(Duration::from_secs(7 * 86_400)),
                 bytes: None,
-                ignore_consumers: false,
+                // The webhook's position holds nothing back: a webhook down (or
+                // removed from the file) for 7 days misses what retention removed.
+                ignore_consumers: true,
             }),
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
         };
@@ -181,15 +183,16 @@ async fn send_to_webhook(
         .retention_hint(" (signals the webhook was never sent)");
     while let Some(batch) = cursor.next(&stop).await {
         for r in batch {
-            let Ok(signal) = serde_json::from_slice::<Value>(&r.record.value) else {
-                warn!(
-                    offset = r.offset,
+            match serde_json::from_slice::<Value>(&r.record.value) {
+                Ok(signal) => {
+                    if !post_until_taken(&client, (&url, "signals"), &signal, &stop).await {
+                        return;
+                    }
+                }
+                Err(e) => warn!(
+                    offset = r.offset, %e,
                     "a record of {SIGNALS_TOPIC} is not a signal; passed over"
-                );
-                continue;
-            };
-            if !post_until_taken(&client, (&url, "signals"), &signal, &stop).await {
-                return;
+                ),
             }
             cursor.seek(r.offset + 1);
             let at = [(0, r.offset + 1)];
@@ -226,13 +229,16 @@ pub(crate) async fn post_until_taken(
         .unwrap_or_default();
     let mut wait = Duration::from_millis(200);
     for attempt in 1u32.. {
-        let sent = client
+        let send = client
             .post(url)
             .header("content-type", content_type)
             .json(body)
             .timeout(Duration::from_secs(10))
-            .send()
-            .await;
+            .send();
+        let sent = tokio::select! {
+            _ = stop.cancelled() => return false,
+            sent = send => sent,
+        };
         let why = match sent {
             Ok(r) if r.status().is_success() => {
                 if attempt > 1 {
