@@ -401,20 +401,20 @@ async fn the_dashboard_compares_a_candidate_with_the_published_version() {
         .captures(&dom)
         .map(|c| (c.get(2).is_some(), c[1].to_owned()))
     };
-    assert_eq!(change("count"), Some((false, "0%".to_owned())), "{dom}");
+    assert_eq!(change("count"), Some((false, "+0.0 %".to_owned())), "{dom}");
     assert_eq!(
         change("vat.mean"),
-        Some((true, "+25.00%".to_owned())),
+        Some((true, "+25.0 %".to_owned())),
         "{dom}"
     );
     assert_eq!(
         change("vat.min"),
-        Some((true, "+25.00%".to_owned())),
+        Some((true, "+25.0 %".to_owned())),
         "{dom}"
     );
     assert_eq!(
         change("id.distinct"),
-        Some((false, "0%".to_owned())),
+        Some((false, "+0.0 %".to_owned())),
         "{dom}"
     );
     proc.sigterm(Duration::from_secs(20));

@@ -503,15 +503,16 @@
     return m;
   }
 
-  // The change from a (published) to b (candidate), labelled as the CLI labels it; with
-  // whether it is worth a look (gone, new, from 0, or more than 10%).
+  // The change from a (published) to b (candidate), labelled as `hifi fingerprint diff`
+  // labels it ("+25.0 %", "gone", "new", "from 0"); with whether it is worth a look
+  // (gone, new, from 0, or more than 10%).
   function changeOf(a, b) {
     if (a == null) return ["new", true];
     if (b == null) return ["gone", true];
-    if (a === b) return ["0%", false];
+    if (a === b) return ["+0.0 %", false];
     if (a === 0) return ["from 0", true];
     const rel = (b - a) / Math.abs(a);
-    return [`${rel >= 0 ? "+" : ""}${fmtPct(100 * rel)}`, Math.abs(rel) > 0.1];
+    return [`${rel < 0 ? "-" : "+"}${Math.abs(100 * rel).toFixed(1)} %`, Math.abs(rel) > 0.1];
   }
 
   function fmtMetric(x) {
@@ -519,7 +520,8 @@
     return Number.isInteger(x) ? fmtInt(x) : x.toPrecision(4);
   }
 
-  // Per versioned stage with a candidate: the newest bucket both fingerprints have, metric
+  // Per versioned stage with a candidate: the newest bucket both fingerprints have
+  // complete (else the newest both have: still filling, the candidate may trail), metric
   // by metric.
   function renderVersionCompare(stages, nodes) {
     const rows = [];
@@ -531,7 +533,8 @@
       const [pn, cn] = [nodeOf(pub), nodeOf(cand)];
       if (!pn || !cn) continue;
       const candBuckets = new Map((cn.buckets || []).map((b) => [b.start_ms, b]));
-      const common = (pn.buckets || []).filter((b) => candBuckets.has(b.start_ms)).at(-1);
+      const both = (pn.buckets || []).filter((b) => candBuckets.has(b.start_ms));
+      const common = both.filter((b) => b.complete && candBuckets.get(b.start_ms).complete).at(-1) || both.at(-1);
       if (!common) continue;
       const [pm, cm] = [bucketMetrics(common), bucketMetrics(candBuckets.get(common.start_ms))];
       const names = [...new Set([...pm.keys(), ...cm.keys()])]

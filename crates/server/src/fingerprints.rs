@@ -47,6 +47,11 @@ pub async fn fingerprints(
                 "`version` needs `node`: the versioned stage (node=stages.big&version=3f2a9c1d)",
             )
         }
+        (Some(node), Some(_)) if node.starts_with("sources.") => {
+            return crate::admin::bad_request(&format!(
+                "`version` is for a versioned stage (node=stages.X), not {node}"
+            ))
+        }
         (Some(node), Some(version)) => {
             let stage = node.strip_prefix("stages.").unwrap_or(node);
             match crate::versions::fingerprint_node(&s.versions, stage, version) {

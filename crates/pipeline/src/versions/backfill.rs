@@ -82,10 +82,6 @@ pub(crate) async fn backfill_position(
     })
 }
 
-/// Commits a candidate's start positions on its input: the first record at or after
-/// `from_ms` in each partition (the oldest retained with `None`). Unless `force`d, a
-/// group that has positions already (a crash after this, before the version was
-/// recorded) keeps them.
 /// Whether `group` has a position in any partition of `input` (its backfill started).
 pub(super) async fn started(log: &dyn Log, group: &str, input: &str) -> Result<bool, String> {
     let fail =
@@ -103,6 +99,10 @@ pub(super) async fn started(log: &dyn Log, group: &str, input: &str) -> Result<b
     Ok(false)
 }
 
+/// Commits a candidate's start positions on its input: the first record at or after
+/// `from_ms` in each partition (the oldest retained with `None`). Unless `force`d, a
+/// group that has positions already (a crash after this, before the version was
+/// recorded) keeps them.
 pub(super) async fn start_backfill(
     log: &dyn Log,
     group: &str,
