@@ -644,3 +644,69 @@ async fn webhook_outage(engine: &str) {
     proc.sigterm(Duration::from_secs(20));
     receiver.sigterm(Duration::from_secs(10));
 }
+
+/// Two processes (`--only`) each fingerprint a node and signal its buckets; one of them
+/// feeds the webhook (the owner of `__signals` in its group): each signal reaches it
+/// once, not once per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_two_processes_send_each_signal_to_the_webhook_once() {
+    let Some(engine) = support::versions::kafka_engine("signals-two") else {
+        return;
+    };
+    let dir = test_dir();
+    let record = dir.path().join("webhook.jsonl");
+    let webhook = run_receiver(dir.path(), "127.0.0.1:0", &record);
+    let file = dir.path().join("pipeline.toml");
+    let fingerprint =
+        "fingerprint = { bucket = \"1m\", lateness = \"0s\", checkpoint_every = \"1s\" }";
+    std::fs::write(
+        &file,
+        format!(
+            "{engine}[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [ledger]\nsettle_after = \"1s\"\n\
+             [signals]\nwebhook = \"http://{}/signals\"\n\
+             [sources.api]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\ntopic = \"orders\"\nid_field = \"/id\"\nevent_time = \"/ts\"\n\
+             {fingerprint}\n\
+             [stages.copy]\ninput = \"orders\"\noutput = \"copied\"\n{fingerprint}\n",
+            webhook.addr("receiver")
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let run = |only: &str| {
+        Proc::start(
+            &["run", f, "--only", only, "--admin", "127.0.0.1:0"],
+            "hifi is running",
+            dir.path(),
+        )
+    };
+    let (ingest, copier) = (
+        run("sources.api,fingerprints.sources.api"),
+        run("stages.copy,fingerprints.stages.copy"),
+    );
+    let t0 = t0();
+    let mut events: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("a{i}"), "ts": t0 + i}))
+        .collect();
+    events.push(json!({"id": "now", "ts": t0 + 600_000}));
+    support::versions::post_events(ingest.addr("source api"), &events).await;
+    let ids = [
+        format!("orders/{t0}/complete"),
+        format!("copied/{t0}/complete"),
+    ];
+    let got = off_workers(|| {
+        wait_until(Duration::from_secs(60), || {
+            let got = received_ids(&record);
+            ids.iter().all(|id| got.contains_key(id))
+        })
+    });
+    assert!(got, "the webhook got {:?}", received_ids(&record));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = received_ids(&record);
+    for id in &ids {
+        assert_eq!(got[id], 1, "{id} sent more than once: {got:?}");
+    }
+    ingest.sigterm(Duration::from_secs(20));
+    copier.sigterm(Duration::from_secs(20));
+    webhook.sigterm(Duration::from_secs(10));
+}

@@ -7,11 +7,13 @@
 //! `hifi signals`) and, with `[signals] webhook`, POSTed there as a structured
 //! CloudEvent (`application/cloudevents+json`). The webhook is fed from the topic, in
 //! order, from a committed position (group `signals.webhook`; a first start begins at
-//! the topic's end): an outage of the webhook (shorter than the topic's 7 days) or a
-//! crash of hifi delays signals, loses none — each is tried again with backoff (up to 30 s apart) until the webhook takes
-//! it, except one it refuses (a 4xx other than 408 and 429: logged and passed over). A
-//! signal's id names its bucket and what it says (`<topic>/<bucket start>/complete`,
-//! `…/updated/<count>`): after a crash a signal may be sent again, with the same id.
+//! the topic's end), by one process: the one owning the topic in that group. An outage
+//! of the webhook (shorter than the topic's 7 days) or a crash of hifi delays signals,
+//! loses none: each is tried again with backoff (up to 30 s apart) until the webhook
+//! takes it, except one it refuses (a 4xx other than 408 and 429: logged and passed
+//! over). A signal's id names its bucket and what it says
+//! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash a signal may
+//! be sent again, with the same id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,33 +161,69 @@ pub async fn recent(
 }
 
 /// Sends the webhook every signal from its group's position on, in order, committing
-/// past each one it took (or refused for good); until `stop`.
+/// past each one it took (or refused for good); until `stop`. One process sends: the one
+/// that owns the topic's partition in the group (others with fingerprints wait their
+/// turn, as a stage's replicas do).
 async fn send_to_webhook(
     log: Arc<dyn Log>,
     url: String,
     from: tokio::sync::oneshot::Receiver<u64>,
     stop: CancellationToken,
 ) {
-    let log = log.as_ref();
     let node = "signals.webhook";
-    // Given by `Signals::prepare`, before any signal is emitted.
-    let start = tokio::select! {
+    // Set by `Signals::prepare` before any signal is emitted.
+    tokio::select! {
         _ = stop.cancelled() => return,
-        from = from => match from { Ok(at) => at, Err(_) => return },
+        from = from => if from.is_err() { return },
+    }
+    let client = reqwest::Client::new();
+    let membership = crate::owned::run_owned(
+        log.as_ref(),
+        node,
+        WEBHOOK_GROUP,
+        SIGNALS_TOPIC,
+        &stop,
+        |p, owned| {
+            let (log, url, client) = (log.clone(), url.clone(), client.clone());
+            async move { send_owned(log.as_ref(), (&url, &client), p, &owned).await }
+        },
+    )
+    .await;
+    drop(membership); // every signal taken was committed
+}
+
+/// [`send_to_webhook`] for partition `p`, owned until `stop`.
+async fn send_owned(
+    log: &dyn Log,
+    (url, client): (&str, &reqwest::Client),
+    p: u32,
+    stop: &CancellationToken,
+) {
+    let node = "signals.webhook";
+    let Some(start) = retry_until_ok(stop, node, "read its position in the signals", || async {
+        Ok::<_, LogError>(
+            match log.committed(WEBHOOK_GROUP, SIGNALS_TOPIC, p).await? {
+                Some(at) => at,
+                None => log.offsets(SIGNALS_TOPIC, p).await?.end,
+            },
+        )
+    })
+    .await
+    else {
+        return;
     };
     let limits = ReadLimits {
         max_records: 100,
         max_bytes: 16 << 20,
         wait: Duration::from_millis(500),
     };
-    let client = reqwest::Client::new();
-    let mut cursor = Cursor::at(log, node, SIGNALS_TOPIC, 0, start, limits)
+    let mut cursor = Cursor::at(log, node, SIGNALS_TOPIC, p, start, limits)
         .retention_hint(" (signals the webhook was never sent)");
-    while let Some(batch) = cursor.next(&stop).await {
+    while let Some(batch) = cursor.next(stop).await {
         for r in batch {
             match serde_json::from_slice::<Value>(&r.record.value) {
                 Ok(signal) => {
-                    if !post_until_taken(&client, (&url, "signals"), &signal, &stop).await {
+                    if !post_until_taken(client, (url, "signals"), &signal, stop).await {
                         return;
                     }
                 }
@@ -195,8 +233,8 @@ async fn send_to_webhook(
                 ),
             }
             cursor.seek(r.offset + 1);
-            let at = [(0, r.offset + 1)];
-            if retry_until_ok(&stop, node, "commit its position in the signals", || {
+            let at = [(p, r.offset + 1)];
+            if retry_until_ok(stop, node, "commit its position in the signals", || {
                 log.commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &at)
             })
             .await
