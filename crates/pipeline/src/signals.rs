@@ -12,8 +12,9 @@
 //! loses none: each is tried again with backoff (up to 30 s apart) until the webhook
 //! takes it, except one it refuses (a 4xx other than 408 and 429: logged and passed
 //! over). A signal's id names its bucket and what it says
-//! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash a signal may
-//! be sent again, with the same id.
+//! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash, and when
+//! the group rebalances (a process joining or leaving, a reload), a signal may be sent
+//! again, with the same id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,8 @@ const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Signals {
     log: Arc<dyn Log>,
-    /// With a webhook: where its sender starts, given by [`Signals::prepare`].
-    webhook_from: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
+    /// With a webhook: told by [`Signals::prepare`] that its group has a position.
+    webhook_from: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Signals {
@@ -68,7 +69,9 @@ impl Signals {
                 age: Some(Duration::from_secs(7 * 86_400)),
                 bytes: None,
                 // The webhook's position holds nothing back: a webhook down (or
-                // removed from the file) for 7 days misses what retention removed.
+                // removed from the file) for 7 days misses what retention removed. (A
+                // topic created by an earlier hifi keeps its rule: the embedded engine
+                // does not change an existing topic's retention.)
                 ignore_consumers: true,
             }),
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
@@ -79,25 +82,38 @@ impl Signals {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some();
-        if has_webhook {
-            let from = match self.log.committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0).await? {
-                Some(at) => at,
-                None => {
-                    let end = self.log.offsets(SIGNALS_TOPIC, 0).await?.end;
-                    self.log
-                        .commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &[(0, end)])
-                        .await?;
-                    end
+        if has_webhook
+            && self
+                .log
+                .committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0)
+                .await?
+                .is_none()
+        {
+            let end = self.log.offsets(SIGNALS_TOPIC, 0).await?.end;
+            let committed = self
+                .log
+                .commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &[(0, end)])
+                .await;
+            // Refused when another process starting at the same time committed and
+            // joined the group first: its position stands.
+            if let Err(e) = committed {
+                if self
+                    .log
+                    .committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0)
+                    .await?
+                    .is_none()
+                {
+                    return Err(e);
                 }
-            };
-            let tx = self
-                .webhook_from
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(tx) = tx {
-                let _ = tx.send(from);
             }
+        }
+        let tx = self
+            .webhook_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(());
         }
         Ok(())
     }
@@ -167,7 +183,7 @@ pub async fn recent(
 async fn send_to_webhook(
     log: Arc<dyn Log>,
     url: String,
-    from: tokio::sync::oneshot::Receiver<u64>,
+    from: tokio::sync::oneshot::Receiver<()>,
     stop: CancellationToken,
 ) {
     let node = "signals.webhook";

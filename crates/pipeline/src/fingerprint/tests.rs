@@ -248,6 +248,32 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
         results.push(fp.completed(60_000).map(|s| s.count));
     }
     assert_eq!(results, [None, None, Some(1), Some(1)]);
+    // Two stages: the downstream one caught up is not enough while the one before it is
+    // behind (its input holds a record it has not committed past).
+    log.ensure_topic(&TopicSpec::new("source", 1))
+        .await
+        .unwrap();
+    log.append("source", 0, vec![Record::new("{}", 60_000)])
+        .await
+        .unwrap();
+    let chain = Writer::Known(vec![
+        ("stage.first".into(), "source".into()),
+        ("stage.copy".into(), "input".into()),
+    ]);
+    let fp = signalling(&log, &signals, (cfg, chain.clone()), 1).await;
+    fp.count(
+        0,
+        &log.read("events", 0, 0, ReadLimits::default())
+            .await
+            .unwrap(),
+    );
+    fp.signal().await.unwrap();
+    assert_eq!(fp.completed(60_000), None, "the first stage is behind");
+    log.commit_many("stage.first", "source", &[(0, 1)])
+        .await
+        .unwrap();
+    fp.signal().await.unwrap();
+    assert_eq!(fp.completed(60_000).map(|s| s.count), Some(1));
     // Not idle long enough: the event time decides, as before.
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
     let fp = signalling(&log, &signals, (cfg, Writer::Known(Vec::new())), 1).await;
