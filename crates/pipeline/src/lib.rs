@@ -45,6 +45,7 @@ pub mod topology;
 pub mod transform;
 pub mod units;
 pub mod versions;
+pub mod webhook;
 pub mod window;
 
 /// Milliseconds since the Unix epoch, now.

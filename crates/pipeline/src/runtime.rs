@@ -428,7 +428,7 @@ impl Pipeline {
                     // Tried until taken: alarms meanwhile wait in the channel (those past
                     // its capacity are logged as skipped above).
                     let table = serde_json::to_value(&table).unwrap_or_default();
-                    if !crate::signals::post_until_taken(&client, (&url, "loss alarm"), &table, &token).await {
+                    if !crate::webhook::post_until_taken(&client, (&url, "loss alarm"), &table, &token).await {
                         return;
                     }
                 }

@@ -9,7 +9,7 @@
 //! order, from a committed position (group `signals.webhook`; a first start begins at
 //! the topic's end), by one process: the one owning the topic in that group. An outage
 //! of the webhook (shorter than the topic's 7 days) or a crash of hifi delays signals,
-//! loses none: each is tried again with backoff (up to 30 s apart) until the webhook
+//! loses none: each is tried again with backoff ([`crate::webhook`]) until the webhook
 //! takes it, except one it refuses (a 4xx other than 408 and 429: logged and passed
 //! over). A signal's id names its bucket and what it says
 //! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash, and when
@@ -22,17 +22,15 @@ use std::time::Duration;
 use hifi_log::{Log, LogError, ReadLimits, Record, Retention, TopicSpec};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::warn;
 
-use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor};
+use crate::consumer::{retry_until_ok, Cursor};
 
 /// The topic of signals.
 pub const SIGNALS_TOPIC: &str = "__signals";
 /// The consumer group whose position in [`SIGNALS_TOPIC`] is up to where the webhook
 /// took the signals.
 pub const WEBHOOK_GROUP: &str = "signals.webhook";
-/// Longest wait between two attempts at a signal.
-const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Where signals go.
 #[derive(Debug)]
@@ -239,7 +237,9 @@ async fn send_owned(
         for r in batch {
             match serde_json::from_slice::<Value>(&r.record.value) {
                 Ok(signal) => {
-                    if !post_until_taken(client, (url, "signals"), &signal, stop).await {
+                    if !crate::webhook::post_until_taken(client, (url, "signals"), &signal, stop)
+                        .await
+                    {
                         return;
                     }
                 }
@@ -260,62 +260,6 @@ async fn send_owned(
             }
         }
     }
-}
-
-/// POSTs `body` (a signal as a structured CloudEvent, or a loss table) to the `what`
-/// webhook at `url` until it takes it (true) or refuses it for good (a 4xx other than
-/// 408 and 429: true, logged); false once `stop` is cancelled. Waits between attempts
-/// from 200 ms, doubling, up to 30 s.
-pub(crate) async fn post_until_taken(
-    client: &reqwest::Client,
-    (url, what): (&str, &str),
-    body: &Value,
-    stop: &CancellationToken,
-) -> bool {
-    let content_type = match body.get("specversion") {
-        Some(_) => "application/cloudevents+json",
-        None => "application/json",
-    };
-    let id = body
-        .get("id")
-        .or_else(|| body.get("start"))
-        .cloned()
-        .unwrap_or_default();
-    let mut wait = Duration::from_millis(200);
-    for attempt in 1u32.. {
-        let send = client
-            .post(url)
-            .header("content-type", content_type)
-            .json(body)
-            .timeout(Duration::from_secs(10))
-            .send();
-        let sent = tokio::select! {
-            _ = stop.cancelled() => return false,
-            sent = send => sent,
-        };
-        let why = match sent {
-            Ok(r) if r.status().is_success() => {
-                if attempt > 1 {
-                    info!(%url, %id, attempt, "the {what} webhook took it");
-                }
-                return true;
-            }
-            Ok(r) if r.status().is_client_error() && !matches!(r.status().as_u16(), 408 | 429) => {
-                error!(%url, %id, status = %r.status(), "the {what} webhook refused it; passed over");
-                return true;
-            }
-            Ok(r) => format!("answered {}", r.status()),
-            Err(e) => e.to_string(),
-        };
-        if attempt == 1 || attempt % 10 == 0 {
-            warn!(%url, %id, %why, attempt, "the {what} webhook did not take it; trying again");
-        }
-        if !sleep_or_cancel(stop, wait).await {
-            return false;
-        }
-        wait = (wait * 2).min(WEBHOOK_BACKOFF_MAX);
-    }
-    unreachable!("attempts are counted without end")
 }
 
 /// A signal about a bucket, as a CloudEvent of type `kind` (`hifi.bucket.complete`, …).

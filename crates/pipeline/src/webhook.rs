@@ -1,0 +1,200 @@
+//! Webhooks that lose nothing they were given: the signals webhook and the loss alarm
+//! webhook POST each body until the receiver takes it, with the sinks' rules of
+//! delivery ([`crate::delivery`]): an answer is classified as a sink's would be (a 4xx
+//! other than 408 and 429 is a refusal for good), and attempts back off with full
+//! jitter, never sooner than a 429's or 503's `Retry-After`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::consumer::sleep_or_cancel;
+use crate::delivery::{backoff, parse_retry_after, Class, Classifier};
+
+/// Shortest and longest wait between two attempts (before jitter).
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// POSTs `body` (a signal as a structured CloudEvent, or a loss table) to the `what`
+/// webhook at `url` until it takes it (true) or refuses it for good (true, logged);
+/// false once `stop` is cancelled, a POST in flight included.
+pub(crate) async fn post_until_taken(
+    client: &reqwest::Client,
+    (url, what): (&str, &str),
+    body: &Value,
+    stop: &CancellationToken,
+) -> bool {
+    let content_type = match body.get("specversion") {
+        Some(_) => "application/cloudevents+json",
+        None => "application/json",
+    };
+    let id = body
+        .get("id")
+        .or_else(|| body.get("start"))
+        .cloned()
+        .unwrap_or_default();
+    let rules = Classifier::default();
+    for attempt in 1u32.. {
+        let send = client
+            .post(url)
+            .header("content-type", content_type)
+            .json(body)
+            .timeout(ATTEMPT_TIMEOUT)
+            .send();
+        let sent = tokio::select! {
+            _ = stop.cancelled() => return false,
+            sent = send => sent,
+        };
+        let class = match sent {
+            Ok(r) => {
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                rules.status(r.status().as_u16(), "", retry_after)
+            }
+            Err(e) => rules.transport(&e.to_string()),
+        };
+        let (why, retry_after) = match class {
+            Class::Success => {
+                if attempt > 1 {
+                    info!(%url, %id, attempt, "the {what} webhook took it");
+                }
+                return true;
+            }
+            Class::NonRecoverable { reason, .. } => {
+                error!(%url, %id, %reason, "the {what} webhook refused it; passed over");
+                return true;
+            }
+            Class::Recoverable {
+                reason,
+                retry_after,
+                ..
+            } => (reason, retry_after),
+        };
+        if attempt == 1 || attempt % 10 == 0 {
+            warn!(%url, %id, %why, attempt, "the {what} webhook did not take it; trying again");
+        }
+        let wait = backoff(BACKOFF.0, BACKOFF.1, attempt - 1, retry_after);
+        if !sleep_or_cancel(stop, wait).await {
+            return false;
+        }
+    }
+    unreachable!("attempts are counted without end")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A webhook on loopback answering its n-th request (from 0) with `answer(n)` (a
+    /// status line and headers); returns its URL and the count of requests.
+    async fn webhook(answer: fn(u32) -> &'static str) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU32::new(0));
+        let n = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The whole request: headers, then `content-length` bytes of body.
+                loop {
+                    let read = conn.read(&mut buf).await.unwrap_or(0);
+                    got.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&got).to_lowercase();
+                    let Some(head) = text.find("\r\n\r\n") else {
+                        if read == 0 {
+                            break;
+                        }
+                        continue;
+                    };
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if read == 0 || got.len() >= head + 4 + length {
+                        break;
+                    }
+                }
+                let i = n.fetch_add(1, Ordering::SeqCst);
+                let reply = format!(
+                    "{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    answer(i)
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_429_is_tried_again_no_sooner_than_its_retry_after() {
+        let (url, count) = webhook(|n| match n {
+            0 => "HTTP/1.1 429 Too Many Requests\r\nretry-after: 2",
+            _ => "HTTP/1.1 200 OK",
+        })
+        .await;
+        let started = Instant::now();
+        let body = serde_json::json!({"specversion": "1.0", "id": "a"});
+        let taken = post_until_taken(
+            &reqwest::Client::new(),
+            (&url, "test"),
+            &body,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(taken);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        // Without the header the second attempt would come within 200 ms.
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_for_good_is_passed_over_and_a_5xx_is_not() {
+        let (url, count) = webhook(|_| "HTTP/1.1 400 Bad Request").await;
+        let body = serde_json::json!({"start": 0});
+        let client = reqwest::Client::new();
+        let stop = CancellationToken::new();
+        assert!(post_until_taken(&client, (&url, "test"), &body, &stop).await);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a 400 is not tried again");
+
+        let (url, count) = webhook(|n| match n {
+            0..=2 => "HTTP/1.1 503 Service Unavailable",
+            _ => "HTTP/1.1 204 No Content",
+        })
+        .await;
+        assert!(post_until_taken(&client, (&url, "test"), &body, &stop).await);
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_attempts_unsent() {
+        let (url, count) = webhook(|_| "HTTP/1.1 500 Internal Server Error").await;
+        let stop = CancellationToken::new();
+        let cancel = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel.cancel();
+        });
+        let body = serde_json::json!({"id": "x"});
+        let client = reqwest::Client::new();
+        assert!(!post_until_taken(&client, (&url, "test"), &body, &stop).await);
+        assert!(count.load(Ordering::SeqCst) >= 1);
+    }
+}
