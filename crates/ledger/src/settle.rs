@@ -313,14 +313,8 @@ impl Ledger {
             }
             let mut pos = Vec::with_capacity(partitions as usize);
             for p in 0..partitions {
-                let mut at = self.log.committed(group, input, p).await?.unwrap_or(0);
-                // A consumer cannot commit past a quarantined region at the end of its
-                // input (there is no record after it to read yet): it is past it.
-                let holes = self.log.quarantined(input, p).await.unwrap_or_default();
-                if let Some(h) = holes.iter().find(|h| h.contains(&at)) {
-                    at = h.end;
-                }
-                pos.push(at);
+                let at = hifi_log::read_through(self.log.as_ref(), group, input, p).await?;
+                pos.push(at.unwrap_or(0));
             }
             pr.committed.insert(n.name.clone(), pos);
         }

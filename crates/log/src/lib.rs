@@ -478,6 +478,26 @@ pub fn validate_name(name: &str) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Up to where `group` has read `topic`'s `partition`: its committed position, or none;
+/// a position inside a quarantined region counts as past it (a consumer cannot commit
+/// past a damaged region at the end of its input: there is no record after it to read
+/// yet). The one rule for "has this group read up to there" (the ledger's gate, the
+/// fingerprints' quiet input).
+pub async fn read_through(
+    log: &dyn Log,
+    group: &str,
+    topic: &str,
+    partition: u32,
+) -> Result<Option<u64>, LogError> {
+    let Some(at) = log.committed(group, topic, partition).await? else {
+        return Ok(None);
+    };
+    let holes = log.quarantined(topic, partition).await.unwrap_or_default();
+    Ok(Some(
+        holes.iter().find(|h| h.contains(&at)).map_or(at, |h| h.end),
+    ))
+}
+
 /// Reads one partition from `from` (or its start, if later) to the end it has when the
 /// call begins, calling `visit` for each record in order. For small internal topics and
 /// tools; streaming consumers use [`Log::read`] with long-poll.

@@ -236,6 +236,20 @@ async fn a_flipped_bit_in_the_last_acknowledged_record_is_quarantined_never_cut_
         "the damaged record is never returned"
     );
     assert!(got.iter().all(|r| r.record == recs[r.offset as usize]));
+    // A group that read everything before it cannot commit past it (there is no record
+    // after it yet); it has read through it all the same.
+    log.commit_many("g", "t", &[(0, RECORDS - 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        hifi_log::read_through(&log, "g", "t", 0).await.unwrap(),
+        Some(RECORDS),
+        "a position inside a quarantined region at the end is past it"
+    );
+    assert_eq!(
+        hifi_log::read_through(&log, "other", "t", 0).await.unwrap(),
+        None
+    );
     assert_eq!(
         log.append("t", 0, vec![record(500)]).await.unwrap()[0],
         RECORDS,

@@ -50,18 +50,30 @@ pub fn fingerprint_node(live: &Live, stage: &str, version: &str) -> Result<Strin
         .ok_or_else(|| {
             format!("stages.{stage} has no version {version} (hifi versions {stage})")
         })?;
-    match hifi_pipeline::versions::state_of(plan, v) {
-        "published" => Ok(format!("stages.{stage}")),
-        "candidate" => Ok(format!(
-            "stages.{}",
-            hifi_pipeline::versions::candidate_name(stage, version)
-        )),
+    let state = hifi_pipeline::versions::state_of(plan, v);
+    if let Some(node) = running_node(stage, version, state) {
+        return Ok(node);
+    }
+    match state {
         "collected" => Err(format!(
             "version {version} of stages.{stage} was collected (hifi versions gc): its fingerprint went with its topics"
         )),
         state => Err(format!(
             "version {version} of stages.{stage} is {state}: its fingerprint is not running"
         )),
+    }
+}
+
+/// The node that runs `version` of `stage` in `state`: the stage's own while published,
+/// its candidate's beside it; none in any other state.
+fn running_node(stage: &str, version: &str, state: &str) -> Option<String> {
+    match state {
+        "published" => Some(format!("stages.{stage}")),
+        "candidate" => Some(format!(
+            "stages.{}",
+            hifi_pipeline::versions::candidate_name(stage, version)
+        )),
+        _ => None,
     }
 }
 
@@ -102,18 +114,12 @@ pub fn describe(
             .into_iter()
             .map(|v| {
                 let state = hifi_pipeline::versions::state_of(plan, v);
-                let node = if state == "candidate" {
-                    format!("stages.{}", hifi_pipeline::versions::candidate_name(&plan.stage, &v.version))
-                } else {
-                    format!("stages.{}", plan.stage)
-                };
-                let fingerprint = matches!(state, "published" | "candidate")
-                    .then(|| fingerprints.iter().find(|f| f.node == node))
-                    .flatten()
+                let fingerprint = running_node(&plan.stage, &v.version, state)
+                    .and_then(|node| fingerprints.iter().find(|f| f.node == node))
                     .map(|f| {
                         let r = f.report(i64::MIN, i64::MAX);
                         json!({
-                            "node": node,
+                            "node": f.node,
                             "buckets": r.buckets.len(),
                             "count": r.buckets.iter().map(|(_, s, _)| s.count).sum::<u64>(),
                         })

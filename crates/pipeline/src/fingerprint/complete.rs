@@ -80,8 +80,9 @@ fn chain(
     written
 }
 
-/// Whether `group` has committed every partition of `input` to its end (a partition
-/// holding nothing it had to read counts as done); any error counts as not.
+/// Whether `group` has read every partition of `input` to its end
+/// ([`hifi_log::read_through`]; a partition holding nothing it had to read counts as
+/// done); any error counts as not.
 async fn caught_up(log: &dyn Log, group: &str, input: &str) -> bool {
     let Ok(partitions) = log.partitions(input).await else {
         return false;
@@ -89,7 +90,7 @@ async fn caught_up(log: &dyn Log, group: &str, input: &str) -> bool {
     for p in 0..partitions {
         let (Ok(offsets), Ok(at)) = (
             log.offsets(input, p).await,
-            log.committed(group, input, p).await,
+            hifi_log::read_through(log, group, input, p).await,
         ) else {
             return false;
         };
