@@ -50,7 +50,6 @@ use std::time::Duration;
 
 use hifi_log::{Log, LogError, Record, Retention, TopicSpec};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -67,6 +66,11 @@ pub use tally::{Origin, OriginRef, Outcome};
 pub const JOURNAL_TOPIC: &str = "__ledger";
 /// Internal topic keeping settled loss tables.
 pub const SETTLED_TOPIC: &str = "__ledger_settled";
+/// Whether `table` is over a loss alarm threshold of `percent` ([`Ledger::alarming`]).
+pub fn alarming(table: &LossTable, percent: f64) -> bool {
+    table.e2e_lost > 0 && table.e2e_loss_percent > percent
+}
+
 /// Internal topic carrying lag histograms between processes sharing the engine.
 pub const LAG_TOPIC: &str = "__ledger_lag";
 /// Lost origins kept per settled bucket (beyond it only counts are kept).
@@ -198,7 +202,6 @@ pub struct Ledger {
     lag: BTreeMap<String, Mutex<LagRecorder>>,
     /// Counters.
     pub stats: LedgerStats,
-    alarms: broadcast::Sender<LossTable>,
     /// Flushes hold it shared from journal append to merge; `tick` holds it exclusively,
     /// so a settled table never misses a delta that is appended but not yet merged.
     journal_gate: tokio::sync::RwLock<()>,
@@ -288,7 +291,9 @@ impl Ledger {
             retention: Some(Retention {
                 age: Some(cfg.history),
                 bytes: None,
-                ignore_consumers: false,
+                // The alarm webhook's position holds nothing back (a topic created by
+                // an earlier hifi keeps its rule).
+                ignore_consumers: true,
             }),
             ..TopicSpec::new(SETTLED_TOPIC, 1)
         };
@@ -308,7 +313,6 @@ impl Ledger {
             state: Mutex::new(State::default()),
             lag,
             stats: LedgerStats::default(),
-            alarms: broadcast::channel(64).0,
             journal_gate: tokio::sync::RwLock::new(()),
             journal_read: tokio::sync::Mutex::new(0),
             process_id: std::time::SystemTime::now()
@@ -367,9 +371,11 @@ impl Ledger {
         &self.clock
     }
 
-    /// Alarms (settled buckets over the threshold) as they happen.
-    pub fn subscribe_alarms(&self) -> broadcast::Receiver<LossTable> {
-        self.alarms.subscribe()
+    /// Whether a settled table is over the loss alarm threshold. A bucket raises the
+    /// alarm when it settles over it with more events lost than it had before (its
+    /// tables are kept in [`SETTLED_TOPIC`], which feeds `[ledger] alarm_webhook`).
+    pub fn alarming(&self, table: &LossTable) -> bool {
+        alarming(table, self.cfg.loss_alarm_percent)
     }
 
     fn merge(&self, node: &str, delta: &Delta, first_offset: u64) {

@@ -185,8 +185,7 @@ impl Ledger {
                     .lost_events_total
                     .fetch_add(table.e2e_lost - old_lost, Ordering::Relaxed);
             }
-            let over = table.e2e_lost > 0 && table.e2e_loss_percent > self.cfg.loss_alarm_percent;
-            if over && table.e2e_lost > old_lost {
+            if self.alarming(&table) && table.e2e_lost > old_lost {
                 self.stats.loss_alarms_total.fetch_add(1, Ordering::Relaxed);
                 let at: Vec<_> = table
                     .nodes
@@ -196,7 +195,6 @@ impl Ledger {
                     .collect();
                 error!(bucket = %table.start, e2e_lost = table.e2e_lost, e2e_loss_percent = table.e2e_loss_percent,
                     where_lost = %at.join(", "), first = ?table.lost.first(), "LOSS ALARM: events lost in a settled bucket");
-                let _ = self.alarms.send(table.clone());
             }
         }
         let keep_after = (now - self.cfg.history.as_millis() as i64) / 60_000;

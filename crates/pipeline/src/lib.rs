@@ -24,6 +24,7 @@ mod kafka_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka_source;
 pub mod lineage;
+pub mod loss_alarms;
 pub mod openlineage;
 pub mod otel;
 pub mod owned;

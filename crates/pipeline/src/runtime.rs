@@ -10,7 +10,6 @@ use std::time::Duration;
 use hifi_kafka::{KafkaConfig, KafkaLog};
 use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
 use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -398,38 +397,18 @@ impl Pipeline {
             let token = shutdown.clone();
             tasks.spawn(crate::pii::report::watch(policy, graph, running, token));
         }
+        if let Some(url) = cfg.ledger.alarm_webhook.clone() {
+            // Its first position is made before the ledger settles anything.
+            let percent = cfg.ledger.loss_alarm_percent;
+            crate::loss_alarms::start(log.clone(), url, percent, shutdown.clone(), &mut tasks)
+                .await?;
+        }
         {
             let (l, token) = (ledger.clone(), shutdown.clone());
             tasks.spawn(async move {
                 while sleep_or_cancel(&token, Duration::from_secs(1)).await {
                     if let Err(e) = l.tick().await {
                         error!(%e, "ledger could not settle buckets; retrying");
-                    }
-                }
-            });
-        }
-        if let Some(url) = cfg.ledger.alarm_webhook.clone() {
-            let mut alarms = ledger.subscribe_alarms();
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                let client = reqwest::Client::new();
-                loop {
-                    let table = tokio::select! {
-                        _ = token.cancelled() => return,
-                        t = alarms.recv() => match t {
-                            Ok(t) => t,
-                            Err(RecvError::Lagged(n)) => {
-                                warn!(%url, skipped = n, "loss alarms came faster than the webhook took them; some were not sent");
-                                continue;
-                            }
-                            Err(RecvError::Closed) => return,
-                        },
-                    };
-                    // Tried until taken: alarms meanwhile wait in the channel (those past
-                    // its capacity are logged as skipped above).
-                    let table = serde_json::to_value(&table).unwrap_or_default();
-                    if !crate::webhook::post_until_taken(&client, (&url, "loss alarm"), &table, &token).await {
-                        return;
                     }
                 }
             });

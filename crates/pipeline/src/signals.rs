@@ -5,13 +5,9 @@
 //!
 //! Every signal is appended to the topic `__signals` (kept 7 days; `GET /v1/signals`,
 //! `hifi signals`) and, with `[signals] webhook`, POSTed there as a structured
-//! CloudEvent (`application/cloudevents+json`). The webhook is fed from the topic, in
-//! order, from a committed position (group `signals.webhook`; a first start begins at
-//! the topic's end), by one process: the one owning the topic in that group. An outage
-//! of the webhook (shorter than the topic's 7 days) or a crash of hifi delays signals,
-//! loses none: each is tried again with backoff ([`crate::webhook`]) until the webhook
-//! takes it, except one it refuses (a 4xx other than 408 and 429: logged and passed
-//! over). A signal's id names its bucket and what it says
+//! CloudEvent (`application/cloudevents+json`), fed from the topic ([`crate::webhook`]:
+//! in order, from the position of group `signals.webhook`, by one process, until
+//! taken). A signal's id names its bucket and what it says
 //! (`<topic>/<bucket start>/complete`, `…/updated/<count>`): after a crash, and when
 //! the group rebalances (a process joining or leaving, a reload), a signal may be sent
 //! again, with the same id.
@@ -24,7 +20,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::consumer::{retry_until_ok, Cursor};
+use crate::webhook::{self, Feed, Pick};
 
 /// The topic of signals.
 pub const SIGNALS_TOPIC: &str = "__signals";
@@ -75,47 +71,17 @@ impl Signals {
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
         };
         self.log.ensure_topic(&spec).await?;
-        let has_webhook = self
-            .webhook_from
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if has_webhook
-            && self
-                .log
-                .committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0)
-                .await?
-                .is_none()
-        {
-            let end = self.log.offsets(SIGNALS_TOPIC, 0).await?.end;
-            let committed = self
-                .log
-                .commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &[(0, end)])
-                .await;
-            // Refused when another process starting at the same time committed and
-            // joined the group first: its position stands.
-            if let Err(e) = committed {
-                if self
-                    .log
-                    .committed(WEBHOOK_GROUP, SIGNALS_TOPIC, 0)
-                    .await?
-                    .is_none()
-                {
-                    return Err(e);
-                }
-            }
-        }
         let tx = self
             .webhook_from
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(tx) = tx {
+            webhook::first_position(self.log.as_ref(), &FEED).await?;
             let _ = tx.send(());
         }
         Ok(())
     }
-
     /// Makes signals durable (the webhook reads them from there).
     pub async fn emit(&self, signals: Vec<Value>) -> Result<(), LogError> {
         if signals.is_empty() {
@@ -174,92 +140,42 @@ pub async fn recent(
     Ok(found.split_off(skip))
 }
 
-/// Sends the webhook every signal from its group's position on, in order, committing
-/// past each one it took (or refused for good); until `stop`. One process sends: the one
-/// that owns the topic's partition in the group (others with fingerprints wait their
-/// turn, as a stage's replicas do).
-async fn send_to_webhook(
-    log: Arc<dyn Log>,
-    url: String,
-    from: tokio::sync::oneshot::Receiver<()>,
-    stop: CancellationToken,
-) {
-    let node = "signals.webhook";
-    // Set by `Signals::prepare` before any signal is emitted.
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        from = from => if from.is_err() { return },
-    }
-    let client = reqwest::Client::new();
-    let membership = crate::owned::run_owned(
-        log.as_ref(),
-        node,
-        WEBHOOK_GROUP,
-        SIGNALS_TOPIC,
-        &stop,
-        |p, owned| {
-            let (log, url, client) = (log.clone(), url.clone(), client.clone());
-            async move { send_owned(log.as_ref(), (&url, &client), p, &owned).await }
-        },
-    )
-    .await;
-    drop(membership); // every signal taken was committed
-}
+/// The signals webhook's feed.
+const FEED: Feed = Feed {
+    node: "signals.webhook",
+    group: WEBHOOK_GROUP,
+    topic: SIGNALS_TOPIC,
+    what: "signals",
+};
 
-/// [`send_to_webhook`] for partition `p`, owned until `stop`.
-async fn send_owned(
-    log: &dyn Log,
-    (url, client): (&str, &reqwest::Client),
-    p: u32,
-    stop: &CancellationToken,
-) {
-    let node = "signals.webhook";
-    let Some(start) = retry_until_ok(stop, node, "read its position in the signals", || async {
-        Ok::<_, LogError>(
-            match log.committed(WEBHOOK_GROUP, SIGNALS_TOPIC, p).await? {
-                Some(at) => at,
-                None => log.offsets(SIGNALS_TOPIC, p).await?.end,
-            },
-        )
-    })
-    .await
-    else {
-        return;
-    };
-    let limits = ReadLimits {
-        max_records: 100,
-        max_bytes: 16 << 20,
-        wait: Duration::from_millis(500),
-    };
-    let mut cursor = Cursor::at(log, node, SIGNALS_TOPIC, p, start, limits)
-        .retention_hint(" (signals the webhook was never sent)");
-    while let Some(batch) = cursor.next(stop).await {
-        for r in batch {
-            match serde_json::from_slice::<Value>(&r.record.value) {
-                Ok(signal) => {
-                    if !crate::webhook::post_until_taken(client, (url, "signals"), &signal, stop)
-                        .await
-                    {
-                        return;
-                    }
-                }
-                Err(e) => warn!(
-                    offset = r.offset, %e,
-                    "a record of {SIGNALS_TOPIC} is not a signal; passed over"
-                ),
-            }
-            cursor.seek(r.offset + 1);
-            let at = [(p, r.offset + 1)];
-            if retry_until_ok(stop, node, "commit its position in the signals", || {
-                log.commit_many(WEBHOOK_GROUP, SIGNALS_TOPIC, &at)
-            })
-            .await
-            .is_none()
-            {
-                return;
+/// Every record of [`SIGNALS_TOPIC`] is sent as it is, a structured CloudEvent.
+struct AsIs;
+
+impl Pick for AsIs {
+    fn pick(&mut self, offset: u64, value: &[u8]) -> Option<Value> {
+        match serde_json::from_slice::<Value>(value) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                warn!(offset, %e, "a record of {SIGNALS_TOPIC} is not a signal; passed over");
+                None
             }
         }
     }
+}
+
+/// Sends the webhook every signal from its group's position on ([`webhook::follow`]),
+/// once [`Signals::prepare`] made that position.
+async fn send_to_webhook(
+    log: Arc<dyn Log>,
+    url: String,
+    prepared: tokio::sync::oneshot::Receiver<()>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        prepared = prepared => if prepared.is_err() { return },
+    }
+    webhook::follow(log, FEED, url, || AsIs, stop).await;
 }
 
 /// A signal about a bucket, as a CloudEvent of type `kind` (`hifi.bucket.complete`, …).

@@ -1,22 +1,177 @@
 //! Webhooks that lose nothing they were given: the signals webhook and the loss alarm
-//! webhook POST each body until the receiver takes it, with the sinks' rules of
-//! delivery ([`crate::delivery`]): an answer is classified as a sink's would be (a 4xx
-//! other than 408 and 429 is a refusal for good), and attempts back off with full
-//! jitter, never sooner than a 429's or 503's `Retry-After`.
+//! webhook.
+//!
+//! Each is a [`Feed`]: it reads a one-partition topic in order from the committed
+//! position of its consumer group (a first start begins at the topic's end:
+//! [`first_position`]), POSTs what it picks of each record, and commits past it once
+//! the webhook took it. One process sends, the one owning the topic in that group
+//! (others wait their turn, as a stage's replicas do); a crash or a rebalance may send
+//! a record again. A webhook down, or hifi killed, delays what it is sent and loses
+//! none of it while the topic keeps it.
+//!
+//! Each POST is tried until the receiver takes it ([`post_until_taken`]), with the
+//! sinks' rules of delivery ([`crate::delivery`]): an answer is classified as a sink's
+//! would be (a 4xx other than 408 and 429 is a refusal for good, logged and passed
+//! over), and attempts back off with full jitter, never sooner than a 429's or 503's
+//! `Retry-After`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use hifi_log::{Log, LogError, ReadLimits};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::consumer::sleep_or_cancel;
+use crate::consumer::{retry_until_ok, sleep_or_cancel, Cursor};
 use crate::delivery::{backoff, parse_retry_after, Class, Classifier};
 
 /// Shortest and longest wait between two attempts (before jitter).
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
 /// How long one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A webhook fed from a topic of one partition.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Feed {
+    /// Its name in logs (`signals.webhook`).
+    pub node: &'static str,
+    /// The consumer group whose position is up to where the webhook took the records.
+    pub group: &'static str,
+    pub topic: &'static str,
+    /// What it sends, for logs (`signals`, `loss alarm`).
+    pub what: &'static str,
+}
+
+/// What a [`Feed`] sends of its topic's records. A new one is made each time this
+/// process comes to own the topic.
+pub(crate) trait Pick: Send + 'static {
+    /// Whether [`Pick::seen`] is shown the topic's records before the position first.
+    const HISTORY: bool = false;
+    /// A record before the position: sent already (or before the webhook was
+    /// configured). It may be shown the same record twice (a read failed midway).
+    fn seen(&mut self, _value: &[u8]) {}
+    /// What to POST for a record at or after the position; none passes over it.
+    fn pick(&mut self, offset: u64, value: &[u8]) -> Option<Value>;
+}
+
+/// Commits the topic's end as the first position of the feed's group when it has none,
+/// so that the webhook is not sent what came before it was configured. Call it before
+/// [`follow`], and before anything is appended that the webhook must get.
+pub(crate) async fn first_position(log: &dyn Log, feed: &Feed) -> Result<(), LogError> {
+    if log.committed(feed.group, feed.topic, 0).await?.is_some() {
+        return Ok(());
+    }
+    let end = log.offsets(feed.topic, 0).await?.end;
+    let committed = log.commit_many(feed.group, feed.topic, &[(0, end)]).await;
+    // Refused when another process starting at the same time committed and joined the
+    // group first: its position stands.
+    match committed {
+        Err(e) if log.committed(feed.group, feed.topic, 0).await?.is_none() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sends `url` what `pick` picks of every record from the group's position on, in
+/// order, committing past each one taken (or refused for good); until `stop`.
+pub(crate) async fn follow<P: Pick>(
+    log: Arc<dyn Log>,
+    feed: Feed,
+    url: String,
+    pick: impl Fn() -> P,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::new();
+    let membership = crate::owned::run_owned(
+        log.as_ref(),
+        feed.node,
+        feed.group,
+        feed.topic,
+        &stop,
+        |p, owned| {
+            let (log, url, client, pick) = (log.clone(), url.clone(), client.clone(), pick());
+            async move { send_owned(log.as_ref(), feed, (&url, &client), (p, pick), &owned).await }
+        },
+    )
+    .await;
+    drop(membership); // every record taken was committed
+}
+
+/// [`follow`] for partition `p`, owned until `stop`.
+async fn send_owned<P: Pick>(
+    log: &dyn Log,
+    feed: Feed,
+    (url, client): (&str, &reqwest::Client),
+    (p, mut pick): (u32, P),
+    stop: &CancellationToken,
+) {
+    let node = feed.node;
+    let Some(start) = retry_until_ok(stop, node, "read its position", || async {
+        Ok::<_, LogError>(match log.committed(feed.group, feed.topic, p).await? {
+            Some(at) => at,
+            None => log.offsets(feed.topic, p).await?.end,
+        })
+    })
+    .await
+    else {
+        return;
+    };
+    if P::HISTORY {
+        // Shown again from the start after a failed read: `seen` takes a record twice.
+        while let Err(e) = show_history(log, feed.topic, p, start, &mut pick).await {
+            error!(node, %e, "cannot read what it was sent before; retrying");
+            if !sleep_or_cancel(stop, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
+    let limits = ReadLimits {
+        max_records: 100,
+        max_bytes: 16 << 20,
+        wait: Duration::from_millis(500),
+    };
+    let mut cursor = Cursor::at(log, node, feed.topic, p, start, limits)
+        .retention_hint(" (what the webhook was never sent)");
+    while let Some(batch) = cursor.next(stop).await {
+        for r in batch {
+            if let Some(body) = pick.pick(r.offset, &r.record.value) {
+                if !post_until_taken(client, (url, feed.what), &body, stop).await {
+                    return;
+                }
+            }
+            cursor.seek(r.offset + 1);
+            let at = [(p, r.offset + 1)];
+            if retry_until_ok(stop, node, "commit its position", || {
+                log.commit_many(feed.group, feed.topic, &at)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Shows `pick` the records of partition `p` before `start`.
+async fn show_history(
+    log: &dyn Log,
+    topic: &str,
+    p: u32,
+    start: u64,
+    pick: &mut impl Pick,
+) -> Result<(), LogError> {
+    let mut chunks = hifi_log::ChunksToEnd::start(log, topic, p, 0).await?;
+    while let Some(chunk) = chunks.next().await? {
+        for r in chunk {
+            if r.offset >= start {
+                return Ok(());
+            }
+            pick.seen(&r.record.value);
+        }
+    }
+    Ok(())
+}
 
 /// POSTs `body` (a signal as a structured CloudEvent, or a loss table) to the `what`
 /// webhook at `url` until it takes it (true) or refuses it for good (true, logged);
