@@ -291,8 +291,7 @@ impl Ledger {
             retention: Some(Retention {
                 age: Some(cfg.history),
                 bytes: None,
-                // The alarm webhook's position holds nothing back (a topic created by
-                // an earlier hifi keeps its rule).
+                // The alarm webhook's position holds nothing back.
                 ignore_consumers: true,
             }),
             ..TopicSpec::new(SETTLED_TOPIC, 1)

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::{FsyncPolicy, LogConfig, Retention};
 use crate::groups::GroupStore;
@@ -48,10 +48,17 @@ pub(crate) struct TopicMeta {
 
 #[derive(Debug)]
 struct TopicHandle {
-    /// Retention applied by the maintenance thread.
-    retention: Retention,
+    /// Retention applied by the maintenance thread (an `ensure_topic` with another rule
+    /// changes it).
+    retention: Mutex<Retention>,
     /// One per partition, in partition order.
     partitions: Vec<PartitionHandle>,
+}
+
+impl TopicHandle {
+    fn retention(&self) -> Retention {
+        *self.retention.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The embedded, on-disk engine. Cheap to clone (shared inside).
@@ -196,7 +203,7 @@ impl EmbeddedLog {
             for p in &t.partitions {
                 let (reply, done) = oneshot::channel();
                 let msg = WriterMsg::Retention {
-                    retention: t.retention,
+                    retention: t.retention(),
                     now_ms,
                     keep_from: self
                         .inner
@@ -347,7 +354,7 @@ impl EmbeddedLog {
             handles.push(PartitionHandle::start(shared, writer)?);
         }
         Ok(TopicHandle {
-            retention,
+            retention: Mutex::new(retention),
             partitions: handles,
         })
     }
@@ -452,6 +459,36 @@ impl EmbeddedLog {
         }
     }
 
+    /// Gives an existing topic the retention rule `retention` (in its `topic.json`, then
+    /// in force), if it has another.
+    fn set_retention_blocking(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
+        let _guard = self
+            .inner
+            .create_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let t = self.topic_handle(topic)?;
+        let before = t.retention();
+        if before == retention {
+            return Ok(());
+        }
+        let meta = TopicMeta {
+            format_version: crate::segment::FORMAT_VERSION,
+            name: topic.to_owned(),
+            partitions: t.partitions.len() as u32,
+            retention_ms: retention.age.map(|d| d.as_millis() as u64),
+            retention_bytes: retention.bytes,
+            retention_ignore_consumers: retention.ignore_consumers,
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
+        let dir = self.topic_dir(topic);
+        write_file_atomic(self.inner.storage.as_ref(), &dir.join("topic.json"), &json)
+            .map_err(|e| LogError::io(format!("changing the retention of topic {topic:?}"), e))?;
+        *t.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
+        info!(topic, ?before, after = ?retention, "topic retention changed");
+        Ok(())
+    }
+
     fn topic_handle(&self, topic: &str) -> Result<Arc<TopicHandle>, LogError> {
         self.inner
             .topics
@@ -515,7 +552,7 @@ impl EmbeddedLog {
                             }
                             if retention_due {
                                 let msg = WriterMsg::Retention {
-                                    retention: t.retention,
+                                    retention: t.retention(),
                                     now_ms: now_ms(),
                                     keep_from: inner
                                         .groups
@@ -581,7 +618,14 @@ impl Log for EmbeddedLog {
             )));
         }
         if let Ok(t) = self.topic_handle(&spec.name) {
-            return check_partitions(&spec.name, t.partitions.len() as u32, spec.partitions);
+            let n = check_partitions(&spec.name, t.partitions.len() as u32, spec.partitions)?;
+            // A rule asked for (not the default of a spec without one) is the topic's from
+            // now on: a pipeline file's edited retention takes effect at its next start.
+            if let Some(r) = spec.retention.filter(|r| *r != t.retention()) {
+                let (log, topic) = (self.clone(), spec.name.clone());
+                blocking(move || log.set_retention_blocking(&topic, r)).await?;
+            }
+            return Ok(n);
         }
         let (log, spec) = (self.clone(), spec.clone());
         blocking(move || log.create_topic_blocking(&spec)).await
@@ -774,6 +818,37 @@ impl Log for EmbeddedLog {
 mod tests {
     use super::*;
     use crate::{Record, TopicSpec};
+
+    #[tokio::test]
+    async fn a_topic_takes_the_retention_asked_of_it_again_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |days: u64, ignore_consumers| Retention {
+            age: Some(Duration::from_secs(days * 86_400)),
+            bytes: None,
+            ignore_consumers,
+        };
+        let spec = |r| TopicSpec {
+            retention: Some(r),
+            ..TopicSpec::new("t", 2)
+        };
+        let log = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
+        log.ensure_topic(&spec(rule(7, false))).await.unwrap();
+        let held = |log: &EmbeddedLog| log.topic_handle("t").unwrap().retention();
+        log.ensure_topic(&spec(rule(2, true))).await.unwrap();
+        assert_eq!(held(&log), rule(2, true));
+        // A spec without a rule (a tool's) leaves it.
+        log.ensure_topic(&TopicSpec::new("t", 2)).await.unwrap();
+        assert_eq!(held(&log), rule(2, true));
+        log.close().await;
+        drop(log);
+        let log = EmbeddedLog::open(dir.path(), LogConfig::default()).unwrap();
+        assert_eq!(held(&log), rule(2, true), "kept across a restart");
+        assert!(matches!(
+            log.ensure_topic(&spec(rule(1, false))).await,
+            Ok(2)
+        ));
+        assert_eq!(held(&log), rule(1, false));
+    }
 
     #[tokio::test]
     async fn a_cached_frame_failing_verification_is_read_from_the_file_instead() {
