@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hifi_ledger::{LossTable, SETTLED_TOPIC};
 use hifi_log::{Log, LogError};
@@ -27,38 +28,43 @@ const FEED: Feed = Feed {
     what: "loss alarm",
 };
 
-/// Makes the webhook's first position (the end of the settled tables: it is not sent
-/// alarms raised before it was configured), then sends it every alarm until `stop`.
-/// Call it after the ledger is open, before it settles anything.
+/// With a webhook: makes its first position (the end of the settled tables: it is not
+/// sent alarms raised before it was configured), then sends it every alarm until
+/// `stop`. Without: forgets its position. Call it after the ledger is open, before it
+/// settles anything; `percent` and `history` are the ledger's.
 pub async fn start(
     log: Arc<dyn Log>,
-    url: String,
-    percent: f64,
+    url: Option<String>,
+    (percent, history): (f64, Duration),
     stop: CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), LogError> {
+    let Some(url) = url else {
+        webhook::forget(log.as_ref(), &FEED).await;
+        return Ok(());
+    };
     webhook::first_position(log.as_ref(), &FEED).await?;
-    tasks.spawn(webhook::follow(
-        log,
-        FEED,
-        url,
-        move || Alarms::new(percent),
-        stop,
-    ));
+    let history_ms = history.as_millis() as i64;
+    let alarms = move || Alarms::new(percent, history_ms);
+    tasks.spawn(webhook::follow(log, FEED, url, alarms, stop));
     Ok(())
 }
 
 /// Picks the tables that raise an alarm.
 struct Alarms {
     percent: f64,
+    /// How far before the newest bucket seen buckets are remembered (the ledger keeps
+    /// its tables that long).
+    history_ms: i64,
     /// Per bucket start: the most events lost in a table of it over the threshold.
     sent: BTreeMap<i64, u64>,
 }
 
 impl Alarms {
-    fn new(percent: f64) -> Alarms {
+    fn new(percent: f64, history_ms: i64) -> Alarms {
         Alarms {
             percent,
+            history_ms,
             sent: BTreeMap::new(),
         }
     }
@@ -74,6 +80,9 @@ impl Alarms {
             return None;
         }
         *sent = table.e2e_lost;
+        if let Some(&newest) = self.sent.keys().next_back() {
+            self.sent = self.sent.split_off(&(newest - self.history_ms));
+        }
         Some(table)
     }
 }
@@ -109,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_bucket_alarms_when_its_loss_rises_above_what_was_sent() {
-        let mut a = Alarms::new(1.0);
+        let mut a = Alarms::new(1.0, 3_600_000);
         assert!(a.pick(0, &table(0, 1000, 5)).is_none(), "0.5 %: under 1 %");
         assert!(a.pick(1, &table(0, 1000, 20)).is_some());
         assert!(
@@ -124,10 +133,113 @@ mod tests {
         assert!(a.pick(5, b"not a table").is_none());
 
         // After a restart, what was before the position counts as sent.
-        let mut b = Alarms::new(1.0);
+        let mut b = Alarms::new(1.0, 3_600_000);
         b.seen(&table(0, 1000, 20));
         b.seen(&table(0, 1000, 20)); // shown twice after a failed read
         assert!(b.pick(6, &table(0, 1000, 20)).is_none());
         assert!(b.pick(7, &table(0, 1000, 21)).is_some());
+
+        // Buckets older than the history before the newest are forgotten.
+        assert!(b.pick(8, &table(7_200_000, 100, 2)).is_some());
+        assert_eq!(b.sent.keys().collect::<Vec<_>>(), [&7_200_000]);
+    }
+
+    /// The webhook's feed over a real log and a webhook on loopback: what it is sent,
+    /// across a restart, with tables before it was configured and tables repeated.
+    #[tokio::test]
+    async fn the_webhook_gets_each_alarm_once_from_its_position_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(
+            hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
+        );
+        log.ensure_topic(&hifi_log::TopicSpec::new(SETTLED_TOPIC, 1))
+            .await
+            .unwrap();
+        let append = |t: Vec<u8>| {
+            let log = log.clone();
+            async move {
+                let r = hifi_log::Record::new(t, 0);
+                log.append(SETTLED_TOPIC, 0, vec![r]).await.unwrap();
+            }
+        };
+        let (url, bodies) = crate::webhook::tests::webhook(|_| "HTTP/1.1 200 OK").await;
+        let sent = || -> Vec<(i64, u64)> {
+            let bodies = bodies.lock().unwrap();
+            let tables = bodies
+                .iter()
+                .map(|b| serde_json::from_slice::<LossTable>(b));
+            tables
+                .map(|t| t.map(|t| (t.start_ms, t.e2e_lost)).unwrap())
+                .collect()
+        };
+        let rule = (0.0, Duration::from_secs(86_400));
+        // Raised before the webhook was configured: never sent.
+        append(table(0, 100, 20)).await;
+        let run = |stop: CancellationToken| {
+            let (log, url) = (log.clone(), url.clone());
+            async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                start(log, Some(url), rule, stop, &mut tasks).await.unwrap();
+                tasks
+            }
+        };
+        let stop = CancellationToken::new();
+        let mut tasks = run(stop.clone()).await;
+        append(table(60_000, 100, 3)).await;
+        let at = |n: u64| {
+            let log = log.clone();
+            async move {
+                for _ in 0..100 {
+                    let c = log.committed(FEED.group, SETTLED_TOPIC, 0).await.unwrap();
+                    if c == Some(n) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("the webhook's position never reached {n}");
+            }
+        };
+        at(2).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(sent(), [(60_000, 3)]);
+
+        // Stopped: the same table again (another process settled it), more loss in that
+        // bucket, the first bucket as before and then with more loss.
+        append(table(60_000, 100, 3)).await;
+        append(table(60_000, 100, 5)).await;
+        append(table(0, 100, 20)).await;
+        append(table(0, 100, 21)).await;
+        let stop = CancellationToken::new();
+        let mut tasks = run(stop.clone()).await;
+        at(6).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(sent(), [(60_000, 3), (60_000, 5), (0, 21)]);
+
+        // Not configured any more: its position is forgotten; configured again, it
+        // starts at the end.
+        let mut tasks = tokio::task::JoinSet::new();
+        start(
+            log.clone(),
+            None,
+            rule,
+            CancellationToken::new(),
+            &mut tasks,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            log.committed(FEED.group, SETTLED_TOPIC, 0).await.unwrap(),
+            None
+        );
+        let stop = CancellationToken::new();
+        let mut tasks = run(stop.clone()).await;
+        append(table(120_000, 100, 1)).await;
+        at(7).await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(sent().last(), Some(&(120_000, 1)));
+        assert_eq!(sent().len(), 4);
     }
 }

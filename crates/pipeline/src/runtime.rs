@@ -397,12 +397,10 @@ impl Pipeline {
             let token = shutdown.clone();
             tasks.spawn(crate::pii::report::watch(policy, graph, running, token));
         }
-        if let Some(url) = cfg.ledger.alarm_webhook.clone() {
-            // Its first position is made before the ledger settles anything.
-            let percent = cfg.ledger.loss_alarm_percent;
-            crate::loss_alarms::start(log.clone(), url, percent, shutdown.clone(), &mut tasks)
-                .await?;
-        }
+        // The alarm webhook's first position is made before the ledger settles anything.
+        let url = cfg.ledger.alarm_webhook.clone();
+        let rule = (cfg.ledger.loss_alarm_percent, cfg.ledger.history.0);
+        crate::loss_alarms::start(log.clone(), url, rule, shutdown.clone(), &mut tasks).await?;
         {
             let (l, token) = (ledger.clone(), shutdown.clone());
             tasks.spawn(async move {

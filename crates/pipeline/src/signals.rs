@@ -34,6 +34,7 @@ pub struct Signals {
     log: Arc<dyn Log>,
     /// With a webhook: told by [`Signals::prepare`] that its group has a position.
     webhook_from: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    has_webhook: bool,
 }
 
 impl Signals {
@@ -51,6 +52,7 @@ impl Signals {
         });
         Arc::new(Signals {
             log,
+            has_webhook: webhook_from.is_some(),
             webhook_from: std::sync::Mutex::new(webhook_from),
         })
     }
@@ -62,10 +64,8 @@ impl Signals {
             retention: Some(Retention {
                 age: Some(Duration::from_secs(7 * 86_400)),
                 bytes: None,
-                // The webhook's position holds nothing back: a webhook down (or
-                // removed from the file) for 7 days misses what retention removed. (A
-                // topic created by an earlier hifi keeps its rule: the embedded engine
-                // does not change an existing topic's retention.)
+                // The webhook's position holds nothing back: a webhook down for 7 days
+                // misses what retention removed.
                 ignore_consumers: true,
             }),
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
@@ -76,9 +76,13 @@ impl Signals {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(tx) = tx {
-            webhook::first_position(self.log.as_ref(), &FEED).await?;
-            let _ = tx.send(());
+        match (tx, self.has_webhook) {
+            (Some(tx), _) => {
+                webhook::first_position(self.log.as_ref(), &FEED).await?;
+                let _ = tx.send(());
+            }
+            (None, false) => webhook::forget(self.log.as_ref(), &FEED).await,
+            (None, true) => {} // prepared before
         }
         Ok(())
     }

@@ -72,6 +72,23 @@ pub(crate) async fn first_position(log: &dyn Log, feed: &Feed) -> Result<(), Log
     }
 }
 
+/// A feed not configured (any more): forgets its group's position, so that configuring
+/// it again starts at the topic's end, not with everything since it was removed. Best
+/// effort (Kafka refuses while another process is in the group: its webhook goes on).
+pub(crate) async fn forget(log: &dyn Log, feed: &Feed) {
+    if let Ok(Some(_)) = log.committed(feed.group, feed.topic, 0).await {
+        match log.delete_group(feed.group).await {
+            Ok(()) => info!(
+                group = feed.group,
+                "{} webhook not configured: its position is forgotten", feed.what
+            ),
+            Err(e) => {
+                tracing::debug!(group = feed.group, %e, "cannot forget the webhook's position")
+            }
+        }
+    }
+}
+
 /// Sends `url` what `pick` picks of every record from the group's position on, in
 /// order, committing past each one taken (or refused for good); until `stop`.
 pub(crate) async fn follow<P: Pick>(
@@ -118,11 +135,14 @@ async fn send_owned<P: Pick>(
     };
     if P::HISTORY {
         // Shown again from the start after a failed read: `seen` takes a record twice.
-        while let Err(e) = show_history(log, feed.topic, p, start, &mut pick).await {
+        while let Err(e) = show_history(log, (feed.topic, p), start, &mut pick, stop).await {
             error!(node, %e, "cannot read what it was sent before; retrying");
             if !sleep_or_cancel(stop, Duration::from_secs(1)).await {
                 return;
             }
+        }
+        if stop.is_cancelled() {
+            return;
         }
     }
     let limits = ReadLimits {
@@ -153,16 +173,19 @@ async fn send_owned<P: Pick>(
     }
 }
 
-/// Shows `pick` the records of partition `p` before `start`.
+/// Shows `pick` the records of partition `p` before `start` (until `stop`).
 async fn show_history(
     log: &dyn Log,
-    topic: &str,
-    p: u32,
+    (topic, p): (&str, u32),
     start: u64,
     pick: &mut impl Pick,
+    stop: &CancellationToken,
 ) -> Result<(), LogError> {
     let mut chunks = hifi_log::ChunksToEnd::start(log, topic, p, 0).await?;
     while let Some(chunk) = chunks.next().await? {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         for r in chunk {
             if r.offset >= start {
                 return Ok(());
@@ -243,34 +266,36 @@ pub(crate) async fn post_until_taken(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
+    /// What a test webhook was POSTed: each request's body, in order.
+    pub(crate) type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
+
     /// A webhook on loopback answering its n-th request (from 0) with `answer(n)` (a
-    /// status line and headers); returns its URL and the count of requests.
-    async fn webhook(answer: fn(u32) -> &'static str) -> (String, Arc<AtomicU32>) {
+    /// status line and headers); returns its URL and the bodies it got.
+    pub(crate) async fn webhook(answer: fn(usize) -> &'static str) -> (String, Bodies) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let count = Arc::new(AtomicU32::new(0));
-        let n = count.clone();
+        let bodies = Bodies::default();
+        let keep = bodies.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
                 // The whole request: headers, then `content-length` bytes of body.
-                loop {
+                let body = loop {
                     let read = conn.read(&mut buf).await.unwrap_or(0);
                     got.extend_from_slice(&buf[..read]);
                     let text = String::from_utf8_lossy(&got).to_lowercase();
                     let Some(head) = text.find("\r\n\r\n") else {
                         if read == 0 {
-                            break;
+                            break Vec::new();
                         }
                         continue;
                     };
@@ -280,10 +305,14 @@ mod tests {
                         .and_then(|v| v.trim().parse::<usize>().ok())
                         .unwrap_or(0);
                     if read == 0 || got.len() >= head + 4 + length {
-                        break;
+                        break got[head + 4..].to_vec();
                     }
-                }
-                let i = n.fetch_add(1, Ordering::SeqCst);
+                };
+                let i = {
+                    let mut bodies = keep.lock().unwrap();
+                    bodies.push(body);
+                    bodies.len() - 1
+                };
                 let reply = format!(
                     "{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     answer(i)
@@ -291,7 +320,7 @@ mod tests {
                 let _ = conn.write_all(reply.as_bytes()).await;
             }
         });
-        (url, count)
+        (url, bodies)
     }
 
     #[tokio::test]
@@ -311,7 +340,7 @@ mod tests {
         )
         .await;
         assert!(taken);
-        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert_eq!(count.lock().unwrap().len(), 2);
         // Without the header the second attempt would come within 200 ms.
         assert!(
             started.elapsed() >= Duration::from_secs(2),
@@ -327,7 +356,7 @@ mod tests {
         let client = reqwest::Client::new();
         let stop = CancellationToken::new();
         assert!(post_until_taken(&client, (&url, "test"), &body, &stop).await);
-        assert_eq!(count.load(Ordering::SeqCst), 1, "a 400 is not tried again");
+        assert_eq!(count.lock().unwrap().len(), 1, "a 400 is not tried again");
 
         let (url, count) = webhook(|n| match n {
             0..=2 => "HTTP/1.1 503 Service Unavailable",
@@ -335,7 +364,7 @@ mod tests {
         })
         .await;
         assert!(post_until_taken(&client, (&url, "test"), &body, &stop).await);
-        assert_eq!(count.load(Ordering::SeqCst), 4);
+        assert_eq!(count.lock().unwrap().len(), 4);
     }
 
     #[tokio::test]
@@ -350,6 +379,6 @@ mod tests {
         let body = serde_json::json!({"id": "x"});
         let client = reqwest::Client::new();
         assert!(!post_until_taken(&client, (&url, "test"), &body, &stop).await);
-        assert!(count.load(Ordering::SeqCst) >= 1);
+        assert!(!count.lock().unwrap().is_empty());
     }
 }
