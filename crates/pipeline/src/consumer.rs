@@ -193,6 +193,12 @@ impl<'a> Cursor<'a> {
                 Err(e) => {
                     error!(node = self.node, topic = %self.topic, partition = self.partition,
                         offset = self.pos, %e, "cannot read; retrying in {READ_BACKOFF:?}");
+                    if at_end && self.said_at_end {
+                        // What it said no longer holds: records may be arriving there
+                        // unread. Said at once; the next call retries.
+                        self.said_at_end = false;
+                        return Some(Polled::Failing);
+                    }
                     if !sleep_or_cancel(stop, READ_BACKOFF).await {
                         return None;
                     }
@@ -236,6 +242,9 @@ pub enum Polled {
     Read(Read),
     /// Nothing to read: the position is the partition's end.
     AtEnd,
+    /// A read failed after the cursor said it was at the end: whether it still is is not
+    /// known (the next call retries). Said once, until it is at its end again.
+    Failing,
 }
 
 /// Where a consumer starts: its committed position, or the oldest stored record.
@@ -353,5 +362,13 @@ mod tests {
         cursor.seek(2);
         let at_end = tokio::time::timeout(Duration::from_secs(5), cursor.next_or_at_end(&stop));
         assert!(matches!(at_end.await, Ok(Some(Polled::AtEnd))));
+        // Reads failing (here the topic is gone): it no longer says it is at its end.
+        log.delete_topic("t").await.unwrap();
+        let failing = tokio::time::timeout(Duration::from_secs(5), cursor.next_or_at_end(&stop));
+        assert!(matches!(failing.await, Ok(Some(Polled::Failing))));
+        // Said once: then it retries until stopped.
+        let again = cursor.next_or_at_end(&stop);
+        let again = tokio::time::timeout(Duration::from_millis(300), again);
+        assert!(again.await.is_err(), "failing said again");
     }
 }

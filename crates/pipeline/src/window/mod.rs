@@ -5,7 +5,8 @@
 //! it; the stage's is the smallest over the partitions that are not idle (a partition
 //! that got nothing for `idle_timeout` and whose reader found nothing more to read — the
 //! engine's end reached — does not hold windows open; one whose reader is behind, or
-//! fails before reaching its end, does, however long it gives nothing), minus
+//! whose reads fail, before or after reaching its end, does, however long it gives
+//! nothing, until it is read to its end again), minus
 //! `allowed_lateness`; when every partition is idle it is the wall clock minus
 //! `allowed_lateness`. A window `[start, end)` closes when the watermark reaches `end`:
 //! its query runs, and each output row becomes an event with the window's end as its
@@ -304,6 +305,12 @@ pub(crate) async fn run(
                         }
                         continue;
                     }
+                    Polled::Failing => {
+                        if tx.send((i, Got::Failing)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 let mut batch = match read {
                     Read::Batch(batch) => batch,
@@ -376,6 +383,10 @@ pub(crate) async fn run(
                                 st.at_end(p);
                                 continue;
                             }
+                            Got::Failing => {
+                                st.not_at_end(p);
+                                continue;
+                            }
                         };
                         let refused = if batch.is_empty() {
                             Vec::new()
@@ -440,6 +451,9 @@ enum Got {
     Read(Vec<StoredRecord>, u64),
     /// Nothing more to read there for now: the place may become idle.
     AtEnd,
+    /// Its reads fail since it was at its end: it holds windows again (what it has may
+    /// belong in them).
+    Failing,
 }
 
 /// While the stage has events of the previous version of its input still to read or

@@ -270,6 +270,13 @@ impl<H: Hold> Windows<H> {
         self.at_end[p as usize] = true;
     }
 
+    /// Place `p`'s reads fail since it was at its end: records may be arriving there
+    /// unread, so it holds windows open again (at the time of its last records) until
+    /// its reader is at its end again.
+    pub fn not_at_end(&mut self, p: u32) {
+        self.at_end[p as usize] = false;
+    }
+
     /// The stage's watermark: `None` while a partition that is not idle has given
     /// nothing yet.
     fn watermark(&self, now: Instant, now_ms: i64) -> Option<i64> {
@@ -621,6 +628,31 @@ mod tests {
         let much_later = later + Duration::from_secs(60);
         add(&mut w, 0, vec![ev(0, 2, 5 * MIN)], much_later);
         assert_eq!(starts(&w.due(much_later, 10 * MIN)), Vec::<i64>::new());
+        w.at_end(1);
+        assert_eq!(starts(&w.due(much_later, 10 * MIN)), vec![3 * MIN]);
+    }
+
+    #[test]
+    fn a_partition_whose_reads_fail_after_its_end_holds_windows_again() {
+        let t0 = Instant::now();
+        let mut w = windows(0, false, 100, None);
+        add(&mut w, 0, vec![ev(0, 0, 1_000)], t0);
+        add(&mut w, 1, vec![ev(1, 0, 2_000)], t0);
+        w.at_end(1);
+        let later = t0 + Duration::from_secs(60);
+        add(&mut w, 0, vec![ev(0, 1, 3 * MIN)], later);
+        assert_eq!(starts(&w.due(later, 10 * MIN)), vec![0], "1 is idle");
+        w.take(Due {
+            start: 0,
+            revision: 0,
+        });
+        // Partition 1's reads fail: what it has unread may be of any time after its
+        // last records, so partition 0's later windows wait for it.
+        w.not_at_end(1);
+        let much_later = later + Duration::from_secs(60);
+        add(&mut w, 0, vec![ev(0, 2, 5 * MIN)], much_later);
+        assert_eq!(starts(&w.due(much_later, 10 * MIN)), Vec::<i64>::new());
+        // Read again and found at its end: idle again.
         w.at_end(1);
         assert_eq!(starts(&w.due(much_later, 10 * MIN)), vec![3 * MIN]);
     }
