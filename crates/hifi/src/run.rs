@@ -439,6 +439,7 @@ async fn publish_version(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let stopped_at = std::time::Instant::now();
     let engine = running.stop_nodes().await;
     let log = engine.log();
     match hifi_pipeline::versions::publish(log.as_ref(), &loaded, req).await {
@@ -454,6 +455,10 @@ async fn publish_version(
     }
     match start_on(engine, &loaded, current.1.clone(), &opts).await {
         Ok(r) => {
+            // How long ingest did not answer and nothing moved.
+            let paused_ms = stopped_at.elapsed().as_millis() as u64;
+            tracing::info!(stage = %req.stage, version = %req.version, paused_ms,
+                "the nodes run again after the publish");
             for (stage, f) in failures {
                 r.pipeline.versions.publish_failed(&stage, f);
             }
