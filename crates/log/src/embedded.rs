@@ -480,12 +480,17 @@ impl EmbeddedLog {
             retention_bytes: retention.bytes,
             retention_ignore_consumers: retention.ignore_consumers,
         };
-        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
-        let dir = self.topic_dir(topic);
-        write_file_atomic(self.inner.storage.as_ref(), &dir.join("topic.json"), &json)
-            .map_err(|e| LogError::io(format!("changing the retention of topic {topic:?}"), e))?;
+        // In force at once; a topic.json that cannot be written (a full disk, when
+        // retention was shortened to make room) is written again at the next start.
         *t.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
         info!(topic, ?before, after = ?retention, "topic retention changed");
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
+        let dir = self.topic_dir(topic);
+        if let Err(e) =
+            write_file_atomic(self.inner.storage.as_ref(), &dir.join("topic.json"), &json)
+        {
+            warn!(topic, %e, "cannot store the topic's new retention (in force until it stops; stored at its next start)");
+        }
         Ok(())
     }
 

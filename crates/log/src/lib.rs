@@ -336,7 +336,9 @@ pub struct PartitionOffsets {
 #[async_trait::async_trait]
 pub trait Log: Send + Sync + std::fmt::Debug {
     /// Creates the topic if it does not exist (idempotent); fails if it exists with
-    /// another partition count. Returns the partition count.
+    /// another partition count. Returns the partition count. An existing topic gets a
+    /// retention rule given in `spec` on the embedded engine (a spec without one leaves
+    /// it); Kafka sets retention only when it creates the topic.
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<u32, LogError>;
 
     /// The partition count of an existing topic.

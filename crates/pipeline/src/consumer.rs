@@ -39,6 +39,8 @@ pub struct Cursor<'a> {
     busy: Option<crate::scale::Reader<'a>>,
     /// [`Polled::AtEnd`] was returned and no record came since.
     said_at_end: bool,
+    /// [`Polled::Failing`] was returned: the next read waits [`READ_BACKOFF`] first.
+    said_failing: bool,
 }
 
 impl std::fmt::Debug for Cursor<'_> {
@@ -72,6 +74,7 @@ impl<'a> Cursor<'a> {
             retention_hint: "",
             busy: None,
             said_at_end: false,
+            said_failing: false,
         }
     }
 
@@ -148,6 +151,9 @@ impl<'a> Cursor<'a> {
         // fetch when records exist): only it says the partition is at its end. Said once
         // until records come.
         let mut probe = false;
+        if std::mem::take(&mut self.said_failing) && !sleep_or_cancel(stop, READ_BACKOFF).await {
+            return None;
+        }
         loop {
             if stop.is_cancelled() {
                 return None;
@@ -195,8 +201,9 @@ impl<'a> Cursor<'a> {
                         offset = self.pos, %e, "cannot read; retrying in {READ_BACKOFF:?}");
                     if at_end && self.said_at_end {
                         // What it said no longer holds: records may be arriving there
-                        // unread. Said at once; the next call retries.
+                        // unread. Said at once; the next call waits, then retries.
                         self.said_at_end = false;
+                        self.said_failing = true;
                         return Some(Polled::Failing);
                     }
                     if !sleep_or_cancel(stop, READ_BACKOFF).await {
@@ -243,7 +250,8 @@ pub enum Polled {
     /// Nothing to read: the position is the partition's end.
     AtEnd,
     /// A read failed after the cursor said it was at the end: whether it still is is not
-    /// known (the next call retries). Said once, until it is at its end again.
+    /// known (the next call retries after [`READ_BACKOFF`]). Said once, until it is at
+    /// its end again.
     Failing,
 }
 

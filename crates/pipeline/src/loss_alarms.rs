@@ -53,8 +53,8 @@ pub async fn start(
 /// Picks the tables that raise an alarm.
 struct Alarms {
     percent: f64,
-    /// How far before the newest bucket seen buckets are remembered (the ledger keeps
-    /// its tables that long).
+    /// How long before now buckets are remembered (the ledger keeps its tables that
+    /// long).
     history_ms: i64,
     /// Per bucket start: the most events lost in a table of it over the threshold.
     sent: BTreeMap<i64, u64>,
@@ -75,14 +75,18 @@ impl Alarms {
         if !hifi_ledger::alarming(&table, self.percent) {
             return None;
         }
-        let sent = self.sent.entry(table.start_ms).or_default();
-        if table.e2e_lost <= *sent {
+        if self
+            .sent
+            .get(&table.start_ms)
+            .is_some_and(|s| table.e2e_lost <= *s)
+        {
             return None;
         }
-        *sent = table.e2e_lost;
-        if let Some(&newest) = self.sent.keys().next_back() {
-            self.sent = self.sent.split_off(&(newest - self.history_ms));
-        }
+        // Buckets the ledger no longer keeps are forgotten (by the wall clock: a bucket
+        // of a producer's clock far ahead does not push the others out).
+        let keep_from = crate::now_ms() - self.history_ms;
+        self.sent = self.sent.split_off(&keep_from);
+        self.sent.insert(table.start_ms, table.e2e_lost);
         Some(table)
     }
 }
@@ -139,9 +143,16 @@ mod tests {
         assert!(b.pick(6, &table(0, 1000, 20)).is_none());
         assert!(b.pick(7, &table(0, 1000, 21)).is_some());
 
-        // Buckets older than the history before the newest are forgotten.
-        assert!(b.pick(8, &table(7_200_000, 100, 2)).is_some());
-        assert_eq!(b.sent.keys().collect::<Vec<_>>(), [&7_200_000]);
+        // Buckets older than the history before now are forgotten, not the one just
+        // sent (its next table with the same loss is not sent again).
+        let now = crate::now_ms();
+        assert!(b.pick(8, &table(now, 100, 2)).is_some());
+        assert_eq!(b.sent.keys().collect::<Vec<_>>(), [&now]);
+        assert!(b.pick(9, &table(7_200_000, 100, 2)).is_some());
+        assert!(b.pick(10, &table(7_200_000, 100, 2)).is_none());
+        // A bucket far ahead (a producer's clock) keeps the others.
+        assert!(b.pick(11, &table(now + 86_400_000, 100, 2)).is_some());
+        assert!(b.pick(12, &table(now, 100, 2)).is_none());
     }
 
     /// The webhook's feed over a real log and a webhook on loopback: what it is sent,
@@ -149,6 +160,8 @@ mod tests {
     #[tokio::test]
     async fn the_webhook_gets_each_alarm_once_from_its_position_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
+        // Buckets of ten minutes ago (the feed forgets those older than the history).
+        let t0 = (crate::now_ms() / 60_000 - 10) * 60_000;
         let log: Arc<dyn Log> = Arc::new(
             hifi_log::EmbeddedLog::open(dir.path(), hifi_log::LogConfig::default()).unwrap(),
         );
@@ -174,7 +187,7 @@ mod tests {
         };
         let rule = (0.0, Duration::from_secs(86_400));
         // Raised before the webhook was configured: never sent.
-        append(table(0, 100, 20)).await;
+        append(table(t0, 100, 20)).await;
         let run = |stop: CancellationToken| {
             let (log, url) = (log.clone(), url.clone());
             async move {
@@ -185,7 +198,7 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let mut tasks = run(stop.clone()).await;
-        append(table(60_000, 100, 3)).await;
+        append(table(t0 + 60_000, 100, 3)).await;
         let at = |n: u64| {
             let log = log.clone();
             async move {
@@ -202,20 +215,20 @@ mod tests {
         at(2).await;
         stop.cancel();
         while tasks.join_next().await.is_some() {}
-        assert_eq!(sent(), [(60_000, 3)]);
+        assert_eq!(sent(), [(t0 + 60_000, 3)]);
 
         // Stopped: the same table again (another process settled it), more loss in that
         // bucket, the first bucket as before and then with more loss.
-        append(table(60_000, 100, 3)).await;
-        append(table(60_000, 100, 5)).await;
-        append(table(0, 100, 20)).await;
-        append(table(0, 100, 21)).await;
+        append(table(t0 + 60_000, 100, 3)).await;
+        append(table(t0 + 60_000, 100, 5)).await;
+        append(table(t0, 100, 20)).await;
+        append(table(t0, 100, 21)).await;
         let stop = CancellationToken::new();
         let mut tasks = run(stop.clone()).await;
         at(6).await;
         stop.cancel();
         while tasks.join_next().await.is_some() {}
-        assert_eq!(sent(), [(60_000, 3), (60_000, 5), (0, 21)]);
+        assert_eq!(sent(), [(t0 + 60_000, 3), (t0 + 60_000, 5), (t0, 21)]);
 
         // Not configured any more: its position is forgotten; configured again, it
         // starts at the end.
@@ -235,11 +248,11 @@ mod tests {
         );
         let stop = CancellationToken::new();
         let mut tasks = run(stop.clone()).await;
-        append(table(120_000, 100, 1)).await;
+        append(table(t0 + 120_000, 100, 1)).await;
         at(7).await;
         stop.cancel();
         while tasks.join_next().await.is_some() {}
-        assert_eq!(sent().last(), Some(&(120_000, 1)));
+        assert_eq!(sent().last(), Some(&(t0 + 120_000, 1)));
         assert_eq!(sent().len(), 4);
     }
 }

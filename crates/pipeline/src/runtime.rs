@@ -9,7 +9,9 @@ use std::time::Duration;
 #[cfg(feature = "kafka")]
 use hifi_kafka::{KafkaConfig, KafkaLog};
 use hifi_ledger::{Ledger, LedgerConfig, NodeKind, NodeSpec, SystemClock};
-use hifi_log::{EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention};
+use hifi_log::{
+    EmbeddedLog, FsyncPolicy, Log, LogConfig, LogError, OpenError, Retention, TopicSpec,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -302,6 +304,14 @@ impl Pipeline {
         let versions = Arc::new(versions);
         let (log, standby) = (engine.log(), engine.standby());
         for spec in topology.topics.values() {
+            // An internal topic a node reads (`__dlq.SINK`, …) keeps the rule its owner
+            // gives it: the file's would replace it (the embedded engine applies a
+            // given rule to an existing topic).
+            let internal = spec.name.starts_with("__");
+            let spec = &TopicSpec {
+                retention: spec.retention.filter(|_| !internal),
+                ..spec.clone()
+            };
             let partitions = log.ensure_topic(spec).await?;
             info!(topic = %spec.name, partitions, "topic ready");
         }
