@@ -457,7 +457,7 @@ impl Pipeline {
                     Some(_) => ledger.detached_node(name),
                     None => ledger.node(name),
                 },
-                group: s.group.clone().unwrap_or_else(|| format!("stage.{name}")),
+                group: s.consumer_group(name),
                 candidate_of: s.candidate_of.clone(),
                 skip: s.skip.clone(),
                 rate: s
@@ -560,9 +560,12 @@ impl Pipeline {
                     cfg.signals.webhook.clone(),
                     shutdown.clone(),
                     &mut tasks,
-                );
-                s.prepare().await.map_err(|e| {
-                    StartError::Config(format!("cannot create the signals topic: {e}"))
+                )
+                .await
+                .map_err(|e| {
+                    StartError::Config(format!(
+                        "cannot create the signals topic or its webhook's position: {e}"
+                    ))
                 })?;
                 signals = Some(s);
             }
@@ -707,7 +710,7 @@ pub fn node_specs(loaded: &LoadedConfig) -> Vec<NodeSpec> {
             kind: NodeKind::Stage,
             input: Some(s.input.get_ref().clone()),
             output: Some(s.output.get_ref().clone()),
-            group: Some(s.group.clone().unwrap_or_else(|| format!("stage.{name}"))),
+            group: Some(s.consumer_group(name)),
             aggregates: s.window.is_some(),
         });
     }

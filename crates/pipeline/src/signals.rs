@@ -32,34 +32,18 @@ pub const WEBHOOK_GROUP: &str = "signals.webhook";
 #[derive(Debug)]
 pub struct Signals {
     log: Arc<dyn Log>,
-    /// With a webhook: told by [`Signals::prepare`] that its group has a position.
-    webhook_from: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
-    has_webhook: bool,
 }
 
 impl Signals {
-    /// Signals into `log`, and to `webhook` when given (its sender runs until `stop`).
-    pub fn start(
+    /// Creates the signals topic and, with `webhook`, its first position (the topic's
+    /// end: it is not sent what was signalled before it was configured) and its sender
+    /// (until `stop`); without, forgets that position.
+    pub async fn start(
         log: Arc<dyn Log>,
         webhook: Option<String>,
         stop: CancellationToken,
         tasks: &mut tokio::task::JoinSet<()>,
-    ) -> Arc<Signals> {
-        let webhook_from = webhook.map(|url| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            tasks.spawn(send_to_webhook(log.clone(), url, rx, stop));
-            tx
-        });
-        Arc::new(Signals {
-            log,
-            has_webhook: webhook_from.is_some(),
-            webhook_from: std::sync::Mutex::new(webhook_from),
-        })
-    }
-
-    /// Creates the signals topic, and a first position for the webhook (the topic's
-    /// end: it is not sent what was signalled before it was configured).
-    pub async fn prepare(&self) -> Result<(), LogError> {
+    ) -> Result<Arc<Signals>, LogError> {
         let spec = TopicSpec {
             retention: Some(Retention {
                 age: Some(Duration::from_secs(7 * 86_400)),
@@ -70,22 +54,17 @@ impl Signals {
             }),
             ..TopicSpec::new(SIGNALS_TOPIC, 1)
         };
-        self.log.ensure_topic(&spec).await?;
-        let tx = self
-            .webhook_from
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match (tx, self.has_webhook) {
-            (Some(tx), _) => {
-                webhook::first_position(self.log.as_ref(), &FEED).await?;
-                let _ = tx.send(());
+        log.ensure_topic(&spec).await?;
+        match webhook {
+            Some(url) => {
+                webhook::first_position(log.as_ref(), &FEED).await?;
+                tasks.spawn(webhook::follow(log.clone(), FEED, url, || AsIs, stop));
             }
-            (None, false) => webhook::forget(self.log.as_ref(), &FEED).await,
-            (None, true) => {} // prepared before
+            None => webhook::forget(log.as_ref(), &FEED).await,
         }
-        Ok(())
+        Ok(Arc::new(Signals { log }))
     }
+
     /// Makes signals durable (the webhook reads them from there).
     pub async fn emit(&self, signals: Vec<Value>) -> Result<(), LogError> {
         if signals.is_empty() {
@@ -165,21 +144,6 @@ impl Pick for AsIs {
             }
         }
     }
-}
-
-/// Sends the webhook every signal from its group's position on ([`webhook::follow`]),
-/// once [`Signals::prepare`] made that position.
-async fn send_to_webhook(
-    log: Arc<dyn Log>,
-    url: String,
-    prepared: tokio::sync::oneshot::Receiver<()>,
-    stop: CancellationToken,
-) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        prepared = prepared => if prepared.is_err() { return },
-    }
-    webhook::follow(log, FEED, url, || AsIs, stop).await;
 }
 
 /// A signal about a bucket, as a CloudEvent of type `kind` (`hifi.bucket.complete`, …).

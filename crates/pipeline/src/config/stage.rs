@@ -64,6 +64,16 @@ pub struct StageConfig {
     pub test_publish_pause_ms: Option<u64>,
 }
 
+impl StageConfig {
+    /// The consumer group of the stage running as `name`: the one [`crate::versions`]
+    /// set, else `stage.NAME`.
+    pub fn consumer_group(&self, name: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("stage.{name}"))
+    }
+}
+
 /// `window = { … }` of a SQL stage: tumbling event-time windows.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

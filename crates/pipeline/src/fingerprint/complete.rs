@@ -74,7 +74,7 @@ fn chain(
         if !chain(cfg, input, seen, out) {
             return false;
         }
-        let group = s.group.clone().unwrap_or_else(|| format!("stage.{name}"));
+        let group = s.consumer_group(name);
         out.push((group, input.clone()));
     }
     written

@@ -167,8 +167,9 @@ async fn a_partition_read_behind_holds_its_buckets_open() {
         .unwrap();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
-    signals.prepare().await.unwrap();
+    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks)
+        .await
+        .unwrap();
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"";
     let fp = signalling(&log, &signals, (cfg, Writer::Known(Vec::new())), 2).await;
     // Partition 0: the minute at 60 s and one three minutes on; partition 1: the
@@ -222,8 +223,9 @@ async fn a_quiet_topic_completes_its_last_bucket_once_its_writer_is_caught_up() 
         .unwrap();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks);
-    signals.prepare().await.unwrap();
+    let signals = Signals::start(log.clone(), None, stop.clone(), &mut tasks)
+        .await
+        .unwrap();
     let cfg = "bucket = \"1m\"\nlateness = \"0s\"\nidle_timeout = \"0s\"";
     let stage = Writer::Known(vec![("stage.copy".into(), "input".into())]);
     let mut results = Vec::new();
