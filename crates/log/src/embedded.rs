@@ -388,17 +388,7 @@ impl EmbeddedLog {
                 },
                 other => LogError::Invalid(other.to_string()),
             })?;
-        let meta = TopicMeta {
-            format_version: crate::segment::FORMAT_VERSION,
-            name: spec.name.clone(),
-            partitions: spec.partitions,
-            retention_ms: retention.age.map(|d| d.as_millis() as u64),
-            retention_bytes: retention.bytes,
-            retention_ignore_consumers: retention.ignore_consumers,
-        };
-        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
-        let dir = self.topic_dir(&spec.name);
-        write_file_atomic(self.inner.storage.as_ref(), &dir.join("topic.json"), &json)
+        self.write_meta(&spec.name, spec.partitions, retention)
             .and_then(|()| self.inner.storage.sync_dir(&self.inner.root.join("topics")))
             .map_err(|e| LogError::io(format!("creating topic {:?}", spec.name), e))?;
         self.inner
@@ -459,6 +449,21 @@ impl EmbeddedLog {
         }
     }
 
+    /// Writes a topic's `topic.json` (atomically).
+    fn write_meta(&self, name: &str, partitions: u32, retention: Retention) -> std::io::Result<()> {
+        let meta = TopicMeta {
+            format_version: crate::segment::FORMAT_VERSION,
+            name: name.to_owned(),
+            partitions,
+            retention_ms: retention.age.map(|d| d.as_millis() as u64),
+            retention_bytes: retention.bytes,
+            retention_ignore_consumers: retention.ignore_consumers,
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
+        let path = self.topic_dir(name).join("topic.json");
+        write_file_atomic(self.inner.storage.as_ref(), &path, &json)
+    }
+
     /// Gives an existing topic the retention rule `retention` (in its `topic.json`, then
     /// in force), if it has another.
     fn set_retention_blocking(&self, topic: &str, retention: Retention) -> Result<(), LogError> {
@@ -472,23 +477,11 @@ impl EmbeddedLog {
         if before == retention {
             return Ok(());
         }
-        let meta = TopicMeta {
-            format_version: crate::segment::FORMAT_VERSION,
-            name: topic.to_owned(),
-            partitions: t.partitions.len() as u32,
-            retention_ms: retention.age.map(|d| d.as_millis() as u64),
-            retention_bytes: retention.bytes,
-            retention_ignore_consumers: retention.ignore_consumers,
-        };
         // In force at once; a topic.json that cannot be written (a full disk, when
         // retention was shortened to make room) is written again at the next start.
         *t.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
         info!(topic, ?before, after = ?retention, "topic retention changed");
-        let json = serde_json::to_vec_pretty(&meta).expect("topic metadata serialises");
-        let dir = self.topic_dir(topic);
-        if let Err(e) =
-            write_file_atomic(self.inner.storage.as_ref(), &dir.join("topic.json"), &json)
-        {
+        if let Err(e) = self.write_meta(topic, t.partitions.len() as u32, retention) {
             warn!(topic, %e, "cannot store the topic's new retention (in force until it stops; stored at its next start)");
         }
         Ok(())
