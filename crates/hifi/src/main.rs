@@ -29,6 +29,7 @@ mod chaos;
 mod demo;
 mod fingerprint_cmd;
 mod lineage_cmd;
+mod listeners;
 mod loadtest;
 mod log_bench;
 mod log_cmd;

@@ -12,9 +12,10 @@ use hifi_pipeline::runtime::{open_engine, Engine, NodeFilter, Pipeline};
 use hifi_pipeline::topology::Topology;
 use hifi_server::auth::{LiveTokens, Tokens};
 use hifi_server::ingest::IngestState;
-use hifi_server::receiver::bind;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::listeners::Listeners;
 
 /// A checked pipeline file, or an error message for the user.
 pub fn load(file: &Path) -> Result<(LoadedConfig, Topology), String> {
@@ -109,8 +110,11 @@ pub struct Running {
     pub source_addrs: Vec<(String, SocketAddr)>,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
-    http_stop: CancellationToken,
-    servers: JoinSet<std::io::Result<()>>,
+    /// The listeners (kept across a restart of the nodes).
+    listeners: Listeners,
+    /// Tasks of these nodes' listeners (reloading token files).
+    tasks_stop: CancellationToken,
+    tasks: JoinSet<()>,
 }
 
 impl std::fmt::Debug for Running {
@@ -146,50 +150,75 @@ pub async fn start(
         let only = opts.only.clone();
         tokio::task::spawn_blocking(move || open_engine(&loaded, &only)).await??
     };
-    match start_on(engine, loaded, topology, opts).await {
+    match start_on(engine, Listeners::default(), loaded, topology, opts).await {
         Ok(running) => Ok(running),
-        Err((e, engine)) => {
+        Err((e, engine, listeners)) => {
+            listeners.shut().await;
             engine.close().await;
             Err(e)
         }
     }
 }
 
-/// Starts the nodes and binds every listener on an open engine; on failure the error
-/// and the engine (still open) come back.
+/// What a failed start gives back: the error, the engine (still open) and the
+/// listeners (doors closed).
+type Failed = (anyhow::Error, Engine, Listeners);
+
+/// Starts the nodes on an open engine and opens the listeners' doors onto them (binding
+/// those not bound as asked); on failure the engine and the listeners come back.
 async fn start_on(
     engine: Engine,
+    mut listeners: Listeners,
     loaded: &LoadedConfig,
     topology: Topology,
     opts: &RunOptions,
-) -> std::result::Result<Running, (anyhow::Error, Engine)> {
-    match start_nodes(&engine, loaded, topology, opts).await {
-        Ok((pipeline, source_addrs, admin_addr, http_stop, servers)) => Ok(Running {
-            pipeline,
-            engine,
-            source_addrs,
-            admin_addr,
-            http_stop,
-            servers,
-        }),
-        Err(e) => Err((e, engine)),
+) -> std::result::Result<Running, Failed> {
+    let pipeline = match start_pipeline(&engine, loaded, topology, opts).await {
+        Ok(p) => p,
+        Err(e) => return Err((e, engine, listeners)),
+    };
+    let tasks_stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    match open_listeners(
+        &pipeline,
+        &engine,
+        &mut listeners,
+        &tasks_stop,
+        &mut tasks,
+        loaded,
+        opts,
+    )
+    .await
+    {
+        Ok((source_addrs, admin_addr)) => {
+            pipeline.health.set_started();
+            Ok(Running {
+                pipeline,
+                engine,
+                source_addrs,
+                admin_addr,
+                listeners,
+                tasks_stop,
+                tasks,
+            })
+        }
+        Err(e) => {
+            // Whatever failed stops what was started (the engine stays open).
+            listeners.close().await;
+            tasks_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+            pipeline.stop().await;
+            Err((e, engine, listeners))
+        }
     }
 }
 
-type Started = (
-    Pipeline,
-    Vec<(String, SocketAddr)>,
-    SocketAddr,
-    CancellationToken,
-    JoinSet<std::io::Result<()>>,
-);
-
-async fn start_nodes(
+async fn start_pipeline(
     engine: &Engine,
     loaded: &LoadedConfig,
     topology: Topology,
     opts: &RunOptions,
-) -> Result<Started> {
+) -> Result<Pipeline> {
     if let Engine::Kafka(k, _) = &engine {
         let topics: Vec<String> = topology.topics.keys().cloned().collect();
         k.check_cluster(&topics).await.with_context(|| {
@@ -210,9 +239,8 @@ async fn start_nodes(
     } else {
         Topology::build(&versioned).map_err(|e| anyhow::anyhow!("{e}"))?
     };
-    let loaded = &versioned;
-    let pipeline = Pipeline::start(
-        loaded,
+    Ok(Pipeline::start(
+        &versioned,
         topology,
         engine,
         opts.drain,
@@ -220,94 +248,95 @@ async fn start_nodes(
         opts.instance.as_deref(),
         versions,
     )
-    .await?;
-    let http_stop = CancellationToken::new();
-    let mut servers = JoinSet::new();
+    .await?)
+}
+
+/// Binds every listener the file asks for (keeping those bound as asked, unbinding
+/// those it no longer names), then opens their doors onto `pipeline`'s routers; returns
+/// the sources' and the admin API's addresses.
+async fn open_listeners(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    listeners: &mut Listeners,
+    tasks_stop: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+    loaded: &LoadedConfig,
+    opts: &RunOptions,
+) -> Result<(Vec<(String, SocketAddr)>, SocketAddr)> {
+    let mut routers = Vec::new();
     let mut source_addrs = Vec::new();
-    // Whatever fails below stops what was started (the engine stays open).
-    let started = async {
-        for (source, cfg) in &pipeline.sources {
-            if cfg.kind != hifi_pipeline::config::SourceType::Http {
-                continue; // no listener: its records come from Kafka
-            }
-            let key = format!("sources.{}.auth", source.name);
-            let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
-                .map_err(anyhow::Error::msg)?
-                .map(|t| Arc::new(LiveTokens::new(t)));
-            if let (Some(live), Some(auth)) = (&tokens, &cfg.auth) {
-                let follow = live.clone().follow(
-                    auth.clone(),
-                    loaded.clone(),
-                    key.clone(),
-                    http_stop.clone(),
-                );
-                servers.spawn(async move {
-                    follow.await;
-                    Ok(())
-                });
-            }
-            warn_if_open(
-                cfg.listen,
-                tokens.is_some(),
-                &format!("sources.{}", source.name),
-            );
-            let state = Arc::new(IngestState::new(
-                source.clone(),
-                cfg,
-                tokens,
-                pipeline.health.clone(),
-            ));
-            let listener = bind(cfg.listen, &format!("sources.{}", source.name)).await?;
-            source_addrs.push((source.name.clone(), listener.local_addr()?));
-            let stop = http_stop.clone();
-            let app = hifi_server::ingest::router(state);
-            let limits = hifi_server::ServeLimits {
-                max_connections: cfg.max_connections,
-                header_read_timeout: cfg.header_read_timeout.0,
-            };
-            servers.spawn(hifi_server::serve(listener, app, stop, limits));
+    for (source, cfg) in &pipeline.sources {
+        if cfg.kind != hifi_pipeline::config::SourceType::Http {
+            continue; // no listener: its records come from Kafka
         }
-        let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
-            .map_err(anyhow::Error::msg)?;
-        let listener = bind(opts.admin.unwrap_or(loaded.config.admin.listen), "admin").await?;
-        let admin_addr = listener.local_addr()?;
-        warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
-        let stop = http_stop.clone();
-        let mut admin_state = hifi_server::admin::AdminState::new(&pipeline, engine.embedded());
-        admin_state.tokens = admin_tokens;
-        admin_state.loopback = admin_addr.ip().is_loopback();
-        let app = hifi_server::admin::router(admin_state);
-        servers.spawn(hifi_server::serve(listener, app, stop, Default::default()));
-        anyhow::Ok(admin_addr)
+        let name = format!("sources.{}", source.name);
+        let key = format!("{name}.auth");
+        let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
+            .map_err(anyhow::Error::msg)?
+            .map(|t| Arc::new(LiveTokens::new(t)));
+        if let (Some(live), Some(auth)) = (&tokens, &cfg.auth) {
+            let follow = live
+                .clone()
+                .follow(auth.clone(), loaded.clone(), key, tasks_stop.clone());
+            tasks.spawn(follow);
+        }
+        warn_if_open(cfg.listen, tokens.is_some(), &name);
+        let state = Arc::new(IngestState::new(
+            source.clone(),
+            cfg,
+            tokens,
+            pipeline.health.clone(),
+        ));
+        let limits = hifi_server::ServeLimits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout.0,
+        };
+        let addr = listeners.bind(&name, cfg.listen, limits).await?;
+        source_addrs.push((source.name.clone(), addr));
+        routers.push((name, hifi_server::ingest::router(state)));
     }
-    .await;
-    match started {
-        Ok(admin_addr) => {
-            pipeline.health.set_started();
-            Ok((pipeline, source_addrs, admin_addr, http_stop, servers))
-        }
-        Err(e) => {
-            http_stop.cancel();
-            while servers.join_next().await.is_some() {}
-            pipeline.stop().await;
-            Err(e)
-        }
+    let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
+        .map_err(anyhow::Error::msg)?;
+    let admin_addr = listeners
+        .bind(
+            "admin",
+            opts.admin.unwrap_or(loaded.config.admin.listen),
+            Default::default(),
+        )
+        .await?;
+    warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
+    let mut admin_state = hifi_server::admin::AdminState::new(pipeline, engine.embedded());
+    admin_state.tokens = admin_tokens;
+    admin_state.loopback = admin_addr.ip().is_loopback();
+    routers.push(("admin".to_owned(), hifi_server::admin::router(admin_state)));
+    let names: Vec<String> = routers.iter().map(|(n, _)| n.clone()).collect();
+    listeners.keep_only(&names).await;
+    for (name, app) in routers {
+        listeners.open(&name, app);
     }
+    Ok((source_addrs, admin_addr))
 }
 
 impl Running {
-    /// Stops accepting requests (in-flight ones finish), stops the nodes (sinks drain),
-    /// commits and closes the engine.
+    /// Stops accepting requests (waiting ones are answered 503, in-flight ones finish),
+    /// stops the nodes (sinks drain), commits and closes the engine.
     pub async fn stop(self) {
-        self.stop_nodes().await.close().await;
+        self.listeners.shut().await;
+        self.tasks_stop.cancel();
+        let mut tasks = self.tasks;
+        while tasks.join_next().await.is_some() {}
+        self.pipeline.stop().await;
+        self.engine.close().await;
     }
 
-    /// [`Running::stop`] but the engine stays open (for a reload); it comes back.
-    async fn stop_nodes(mut self) -> Engine {
-        self.http_stop.cancel();
-        while self.servers.join_next().await.is_some() {}
+    /// Stops the nodes with the listeners' doors closed (requests wait); the engine,
+    /// still open, and the listeners come back for the next nodes.
+    async fn stop_nodes(mut self) -> (Engine, Listeners) {
+        self.listeners.close().await;
+        self.tasks_stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
         self.pipeline.stop().await;
-        self.engine
+        (self.engine, self.listeners)
     }
 
     fn print_addresses(&self, loaded: &LoadedConfig) {
@@ -353,22 +382,23 @@ async fn reload(
         return Ok(running);
     }
     tracing::info!(file = %file.display(), "reloading: stopping the nodes (draining)");
-    let engine = running.stop_nodes().await;
-    match start_on(engine, &loaded, topology.clone(), opts).await {
+    let (engine, listeners) = running.stop_nodes().await;
+    match start_on(engine, listeners, &loaded, topology.clone(), opts).await {
         Ok(r) => {
             tracing::info!(file = %file.display(), "reloaded");
             r.print_addresses(&loaded);
             *current = (loaded, topology);
             Ok(r)
         }
-        Err((e, engine)) => {
+        Err((e, engine, listeners)) => {
             tracing::error!(file = %file.display(), "the reloaded pipeline could not start ({e:#}); starting the previous one again");
-            match start_on(engine, &current.0, current.1.clone(), opts).await {
+            match start_on(engine, listeners, &current.0, current.1.clone(), opts).await {
                 Ok(r) => {
                     r.print_addresses(&current.0);
                     Ok(r)
                 }
-                Err((e, engine)) => {
+                Err((e, engine, listeners)) => {
+                    listeners.shut().await;
                     engine.close().await;
                     Err(e.context(
                         "the previous pipeline could not start again after a failed reload",
@@ -394,23 +424,14 @@ async fn publish_version(
 ) -> Result<(Running, Option<&'static str>)> {
     tracing::info!(stage = %req.stage, version = %req.version, by = %req.by,
         "publishing: stopping the nodes (draining)");
-    // The nodes start again on the addresses bound now (port 0 included).
-    let mut opts = opts.clone();
-    opts.admin = Some(running.admin_addr);
-    let mut loaded = current.0.clone();
-    for (name, addr) in &running.source_addrs {
-        if let Some(s) = loaded.config.sources.get_mut(name) {
-            s.listen = *addr;
-        }
-    }
+    let loaded = &current.0;
     let failed = |e: String| hifi_pipeline::versions::PublishFailure {
         version: req.version.clone(),
         error: e,
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
     // A refusal found with the nodes running spares stopping them.
-    let check =
-        hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), &loaded, req);
+    let check = hifi_pipeline::versions::publish::check(running.pipeline.log.as_ref(), loaded, req);
     let health = running.pipeline.health.clone();
     let checked = tokio::select! {
         checked = check => checked,
@@ -440,9 +461,9 @@ async fn publish_version(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let stopped_at = std::time::Instant::now();
-    let engine = running.stop_nodes().await;
+    let (engine, listeners) = running.stop_nodes().await;
     let log = engine.log();
-    match hifi_pipeline::versions::publish(log.as_ref(), &loaded, req).await {
+    match hifi_pipeline::versions::publish(log.as_ref(), loaded, req).await {
         Ok(()) => {
             tracing::info!(stage = %req.stage, version = %req.version, "published");
             failures.remove(&req.stage);
@@ -453,19 +474,20 @@ async fn publish_version(
             failures.insert(req.stage.clone(), failed(e));
         }
     }
-    match start_on(engine, &loaded, current.1.clone(), &opts).await {
+    match start_on(engine, listeners, loaded, current.1.clone(), opts).await {
         Ok(r) => {
-            // How long ingest did not answer and nothing moved.
+            // How long nothing moved (ingest requests waited).
             let paused_ms = stopped_at.elapsed().as_millis() as u64;
             tracing::info!(stage = %req.stage, version = %req.version, paused_ms,
                 "the nodes run again after the publish");
             for (stage, f) in failures {
                 r.pipeline.versions.publish_failed(&stage, f);
             }
-            r.print_addresses(&loaded);
+            r.print_addresses(loaded);
             Ok((r, None))
         }
-        Err((e, engine)) => {
+        Err((e, engine, listeners)) => {
+            listeners.shut().await;
             engine.close().await;
             Err(e.context("the pipeline could not start again after a publish"))
         }

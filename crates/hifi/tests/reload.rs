@@ -147,3 +147,69 @@ async fn sighup_applies_a_valid_change_and_keeps_the_pipeline_on_a_bad_one() {
     first.sigterm(Duration::from_secs(10));
     second.sigterm(Duration::from_secs(10));
 }
+
+/// A reload keeps the listeners bound: a producer sending all the time over keep-alive
+/// connections, never retrying, gets every request answered 200 across reloads (the
+/// requests that come while the nodes restart wait for them), the `:0` ports stay, and
+/// every event it sent is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_ingest_answering_on_the_same_ports() {
+    let dir = test_dir();
+    let rec = dir.path().join("first.jsonl");
+    let first = run_receiver(dir.path(), "127.0.0.1:0", &rec);
+    let url1 = format!("http://{}/ingest", first.addr("receiver"));
+    pipeline(dir.path(), &url1, None, None);
+    let mut proc = run_pipeline(dir.path(), &dir.path().join("pipeline.toml"));
+    let (source, admin) = (proc.addr("source api"), proc.addr("admin"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = tokio::spawn({
+        let stop = stop.clone();
+        let url = format!("http://{source}/v1/events");
+        async move {
+            let client = reqwest::Client::new();
+            let (mut sent, mut refused) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body: Vec<_> = (0..10)
+                    .map(|i| serde_json::json!({"id": format!("p-{sent}-{i}")}))
+                    .collect();
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status() == 200 => sent += 1,
+                    Ok(r) => refused.push(format!("request {sent}: {}", r.status())),
+                    Err(e) => refused.push(format!("request {sent}: {e}")),
+                }
+                if refused.len() > 20 {
+                    break;
+                }
+            }
+            (sent, refused)
+        }
+    });
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let filter = (round % 2 == 0).then_some("event.id != \"none\"");
+        pipeline(dir.path(), &url1, None, filter);
+        hup(&proc);
+        addresses_after_reload(&mut proc);
+        assert_eq!(proc.addr("source api"), source, "the source's port changed");
+        assert_eq!(proc.addr("admin"), admin, "the admin port changed");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, refused) = producer.await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "requests not answered 200 across reloads: {refused:?}"
+    );
+    assert!(sent > 10, "the producer hardly sent anything: {sent}");
+    assert!(
+        wait_until(Duration::from_secs(30), || received_ids(&rec).len()
+            == sent * 10),
+        "delivered {} of {} acknowledged events",
+        received_ids(&rec).len(),
+        sent * 10
+    );
+    let (status, _) = proc.sigterm(Duration::from_secs(20));
+    assert!(status.success());
+    first.sigterm(Duration::from_secs(10));
+}

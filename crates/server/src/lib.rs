@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backlog;
 pub mod body;
 pub mod dashboard;
+pub mod door;
 pub mod fingerprints;
 pub mod ingest;
 pub mod metrics;

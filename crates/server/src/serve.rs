@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Bounds of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {
     /// Most connections open at once.
     pub max_connections: usize,
