@@ -152,21 +152,33 @@ async fn send_owned<P: Pick>(
     };
     let mut cursor = Cursor::at(log, node, feed.topic, p, start, limits)
         .retention_hint(" (what the webhook was never sent)");
+    let commit = |next: u64| async move {
+        let at = [(p, next)];
+        retry_until_ok(stop, node, "commit its position", || {
+            log.commit_many(feed.group, feed.topic, &at)
+        })
+        .await
+        .is_some()
+    };
     while let Some(batch) = cursor.next(stop).await {
+        // Committed after each record sent; records passed over, once per batch (read
+        // again after a crash, they are passed over again).
+        let mut passed_over = None;
         for r in batch {
-            if let Some(body) = pick.pick(r.offset, &r.record.value) {
-                if !post_until_taken(client, (url, feed.what), &body, stop).await {
-                    return;
-                }
-            }
             cursor.seek(r.offset + 1);
-            let at = [(p, r.offset + 1)];
-            if retry_until_ok(stop, node, "commit its position", || {
-                log.commit_many(feed.group, feed.topic, &at)
-            })
-            .await
-            .is_none()
+            let Some(body) = pick.pick(r.offset, &r.record.value) else {
+                passed_over = Some(r.offset + 1);
+                continue;
+            };
+            if !post_until_taken(client, (url, feed.what), &body, stop).await
+                || !commit(r.offset + 1).await
             {
+                return;
+            }
+            passed_over = None;
+        }
+        if let Some(next) = passed_over {
+            if !commit(next).await {
                 return;
             }
         }

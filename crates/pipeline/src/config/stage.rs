@@ -66,12 +66,16 @@ pub struct StageConfig {
 
 impl StageConfig {
     /// The consumer group of the stage running as `name`: the one [`crate::versions`]
-    /// set, else `stage.NAME`.
+    /// set, else [`stage_group`].
     pub fn consumer_group(&self, name: &str) -> String {
-        self.group
-            .clone()
-            .unwrap_or_else(|| format!("stage.{name}"))
+        self.group.clone().unwrap_or_else(|| stage_group(name))
     }
+}
+
+/// The consumer group a stage running as `name` has unless [`crate::versions`] gives it
+/// another: `stage.NAME`.
+pub fn stage_group(name: &str) -> String {
+    format!("stage.{name}")
 }
 
 /// `window = { … }` of a SQL stage: tumbling event-time windows.

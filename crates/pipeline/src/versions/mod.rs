@@ -524,9 +524,9 @@ pub async fn resolve(log: &dyn Log, loaded: &LoadedConfig) -> Result<(LoadedConf
         let versions = file.versions.clone().expect("versioned");
         if !known {
             let group = if first {
-                format!("stage.{name}")
+                crate::config::stage_group(name)
             } else {
-                format!("stage.{}{suffix}", candidate_name(name, &h))
+                crate::config::stage_group(&format!("{}{suffix}", candidate_name(name, &h)))
             };
             let upstream_stage = upstream.as_ref().map(|u| u.1.as_str());
             let from = if first {

@@ -334,7 +334,7 @@ async fn publish_or_check(
                             .clone(),
                     )
                 })
-                .unwrap_or_else(|| format!("stage.{name}"));
+                .unwrap_or_else(|| crate::config::stage_group(name));
             readers.push((format!("stages.{name}"), group, s.window.is_some()));
         }
     }

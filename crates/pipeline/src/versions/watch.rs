@@ -105,7 +105,7 @@ pub async fn run(
         let group = plan
             .candidate_group
             .clone()
-            .unwrap_or_else(|| format!("stage.{name}"));
+            .unwrap_or_else(|| crate::config::stage_group(&name));
         let backfill_from = live
             .registry
             .lock()
