@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hifi_pipeline::config::LoadedConfig;
-use hifi_pipeline::runtime::{open_engine, Engine, NodeFilter, Pipeline};
+use hifi_pipeline::runtime::{open_engine, Engine, Kept, NodeFilter, Pipeline};
 use hifi_pipeline::topology::Topology;
 use hifi_server::auth::{LiveTokens, Tokens};
 use hifi_server::ingest::IngestState;
@@ -150,32 +150,62 @@ pub async fn start(
         let only = opts.only.clone();
         tokio::task::spawn_blocking(move || open_engine(&loaded, &only)).await??
     };
-    match start_on(engine, Listeners::default(), loaded, topology, opts).await {
+    let stopped = Stopped {
+        engine,
+        listeners: Listeners::default(),
+        kept: Kept::default(),
+    };
+    match start_on(stopped, loaded, topology, opts).await {
         Ok(running) => Ok(running),
-        Err((e, engine, listeners)) => {
-            listeners.shut().await;
-            engine.close().await;
+        Err((e, stopped)) => {
+            stopped.close().await;
             Err(e)
         }
     }
 }
 
-/// What a failed start gives back: the error, the engine (still open) and the
-/// listeners (doors closed).
-type Failed = (anyhow::Error, Engine, Listeners);
+/// What stays in the process between two starts of the nodes: the engine (open), the
+/// listeners (their doors closed), and what the nodes kept for the next start.
+struct Stopped {
+    engine: Engine,
+    listeners: Listeners,
+    kept: Kept,
+}
+
+impl Stopped {
+    /// Answers waiting requests 503, unbinds the listeners and closes the engine.
+    async fn close(self) {
+        self.listeners.shut().await;
+        self.engine.close().await;
+    }
+}
 
 /// Starts the nodes on an open engine and opens the listeners' doors onto them (binding
-/// those not bound as asked); on failure the engine and the listeners come back.
+/// those not bound as asked); on failure the error comes back with what stays.
 async fn start_on(
-    engine: Engine,
-    mut listeners: Listeners,
+    stopped: Stopped,
     loaded: &LoadedConfig,
     topology: Topology,
     opts: &RunOptions,
-) -> std::result::Result<Running, Failed> {
-    let pipeline = match start_pipeline(&engine, loaded, topology, opts).await {
+) -> std::result::Result<Running, (anyhow::Error, Stopped)> {
+    let Stopped {
+        engine,
+        mut listeners,
+        kept,
+    } = stopped;
+    let pipeline = match start_pipeline(&engine, loaded, topology, opts, kept).await {
         Ok(p) => p,
-        Err(e) => return Err((e, engine, listeners)),
+        Err(e) => {
+            let kept = Kept::default();
+            return Err((
+                e,
+                Stopped {
+                    engine,
+                    listeners,
+                    kept,
+                },
+            ));
+        }
     };
     let tasks_stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -208,7 +238,15 @@ async fn start_on(
             tasks_stop.cancel();
             while tasks.join_next().await.is_some() {}
             pipeline.stop().await;
-            Err((e, engine, listeners))
+            let kept = Kept::default();
+            Err((
+                e,
+                Stopped {
+                    engine,
+                    listeners,
+                    kept,
+                },
+            ))
         }
     }
 }
@@ -218,6 +256,7 @@ async fn start_pipeline(
     loaded: &LoadedConfig,
     topology: Topology,
     opts: &RunOptions,
+    kept: Kept,
 ) -> Result<Pipeline> {
     if let Engine::Kafka(k, _) = &engine {
         let topics: Vec<String> = topology.topics.keys().cloned().collect();
@@ -244,9 +283,9 @@ async fn start_pipeline(
         topology,
         engine,
         opts.drain,
-        &opts.only,
-        opts.instance.as_deref(),
+        (&opts.only, opts.instance.as_deref()),
         versions,
+        kept,
     )
     .await?)
 }
@@ -329,14 +368,18 @@ impl Running {
         self.engine.close().await;
     }
 
-    /// Stops the nodes with the listeners' doors closed (requests wait); the engine,
-    /// still open, and the listeners come back for the next nodes.
-    async fn stop_nodes(mut self) -> (Engine, Listeners) {
+    /// Stops the nodes with the listeners' doors closed (requests wait); what stays
+    /// comes back for the next nodes.
+    async fn stop_nodes(mut self) -> Stopped {
         self.listeners.close().await;
         self.tasks_stop.cancel();
         while self.tasks.join_next().await.is_some() {}
-        self.pipeline.stop().await;
-        (self.engine, self.listeners)
+        let kept = self.pipeline.stop_keeping().await;
+        Stopped {
+            engine: self.engine,
+            listeners: self.listeners,
+            kept,
+        }
     }
 
     fn print_addresses(&self, loaded: &LoadedConfig) {
@@ -382,24 +425,23 @@ async fn reload(
         return Ok(running);
     }
     tracing::info!(file = %file.display(), "reloading: stopping the nodes (draining)");
-    let (engine, listeners) = running.stop_nodes().await;
-    match start_on(engine, listeners, &loaded, topology.clone(), opts).await {
+    let stopped = running.stop_nodes().await;
+    match start_on(stopped, &loaded, topology.clone(), opts).await {
         Ok(r) => {
             tracing::info!(file = %file.display(), "reloaded");
             r.print_addresses(&loaded);
             *current = (loaded, topology);
             Ok(r)
         }
-        Err((e, engine, listeners)) => {
+        Err((e, stopped)) => {
             tracing::error!(file = %file.display(), "the reloaded pipeline could not start ({e:#}); starting the previous one again");
-            match start_on(engine, listeners, &current.0, current.1.clone(), opts).await {
+            match start_on(stopped, &current.0, current.1.clone(), opts).await {
                 Ok(r) => {
                     r.print_addresses(&current.0);
                     Ok(r)
                 }
-                Err((e, engine, listeners)) => {
-                    listeners.shut().await;
-                    engine.close().await;
+                Err((e, stopped)) => {
+                    stopped.close().await;
                     Err(e.context(
                         "the previous pipeline could not start again after a failed reload",
                     ))
@@ -461,8 +503,9 @@ async fn publish_version(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let stopped_at = std::time::Instant::now();
-    let (engine, listeners) = running.stop_nodes().await;
-    let log = engine.log();
+    let stopped = running.stop_nodes().await;
+    let stop_ms = stopped_at.elapsed().as_millis() as u64;
+    let log = stopped.engine.log();
     match hifi_pipeline::versions::publish(log.as_ref(), loaded, req).await {
         Ok(()) => {
             tracing::info!(stage = %req.stage, version = %req.version, "published");
@@ -474,21 +517,23 @@ async fn publish_version(
             failures.insert(req.stage.clone(), failed(e));
         }
     }
-    match start_on(engine, listeners, loaded, current.1.clone(), opts).await {
+    let record_ms = stopped_at.elapsed().as_millis() as u64 - stop_ms;
+    match start_on(stopped, loaded, current.1.clone(), opts).await {
         Ok(r) => {
-            // How long nothing moved (ingest requests waited).
+            // How long nothing moved (ingest requests waited): stopping the nodes,
+            // recording the publish, starting them again.
             let paused_ms = stopped_at.elapsed().as_millis() as u64;
+            let start_ms = paused_ms - stop_ms - record_ms;
             tracing::info!(stage = %req.stage, version = %req.version, paused_ms,
-                "the nodes run again after the publish");
+                stop_ms, record_ms, start_ms, "the nodes run again after the publish");
             for (stage, f) in failures {
                 r.pipeline.versions.publish_failed(&stage, f);
             }
             r.print_addresses(loaded);
             Ok((r, None))
         }
-        Err((e, engine, listeners)) => {
-            listeners.shut().await;
-            engine.close().await;
+        Err((e, stopped)) => {
+            stopped.close().await;
             Err(e.context("the pipeline could not start again after a publish"))
         }
     }

@@ -151,7 +151,9 @@ async fn sighup_applies_a_valid_change_and_keeps_the_pipeline_on_a_bad_one() {
 /// A reload keeps the listeners bound: a producer sending all the time over keep-alive
 /// connections, never retrying, gets every request answered 200 across reloads (the
 /// requests that come while the nodes restart wait for them), the `:0` ports stay, and
-/// every event it sent is delivered.
+/// every event it sent is delivered. The source's de-duplication window is handed to
+/// the next nodes (not read again from the log): an event sent before the reloads is
+/// a duplicate after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_keep_ingest_answering_on_the_same_ports() {
     let dir = test_dir();
@@ -159,8 +161,26 @@ async fn reloads_keep_ingest_answering_on_the_same_ports() {
     let first = run_receiver(dir.path(), "127.0.0.1:0", &rec);
     let url1 = format!("http://{}/ingest", first.addr("receiver"));
     pipeline(dir.path(), &url1, None, None);
-    let mut proc = run_pipeline(dir.path(), &dir.path().join("pipeline.toml"));
+    let file = dir.path().join("pipeline.toml");
+    let mut proc = Proc::start_logging(
+        &["run", file.to_str().unwrap(), "--drain", "5s"],
+        "hifi is running",
+        dir.path(),
+        "warn,hifi_pipeline::source=info",
+    );
     let (source, admin) = (proc.addr("source api"), proc.addr("admin"));
+    let once = |n: u64| async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://{source}/v1/events"))
+            .json(&serde_json::json!([{"id": "once"}]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["duplicates"], n, "{v}");
+    };
+    once(0).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = tokio::spawn({
@@ -202,12 +222,20 @@ async fn reloads_keep_ingest_answering_on_the_same_ports() {
         "requests not answered 200 across reloads: {refused:?}"
     );
     assert!(sent > 10, "the producer hardly sent anything: {sent}");
+    once(1).await;
+    let log = std::fs::read_to_string(&proc.log).unwrap();
+    assert_eq!(
+        log.matches("de-duplication window kept from the previous start")
+            .count(),
+        3,
+        "{log}"
+    );
     assert!(
         wait_until(Duration::from_secs(30), || received_ids(&rec).len()
-            == sent * 10),
+            == sent * 10 + 1),
         "delivered {} of {} acknowledged events",
         received_ids(&rec).len(),
-        sent * 10
+        sent * 10 + 1
     );
     let (status, _) = proc.sigterm(Duration::from_secs(20));
     assert!(status.success());

@@ -510,6 +510,13 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
     let admin = proc.addr("admin");
     let v = candidate_live(admin, "big's candidate catches up").await;
     let big_v2 = v["candidate"].as_str().unwrap().to_owned();
+    // A producer sends through both publishes (big's by hand, tagged's automatic): the
+    // listeners stay bound, so every request is answered, none refused.
+    let across = Producers::named(
+        "m",
+        1,
+        format!("http://{}/v1/events", proc.addr("source api")),
+    );
     let out = publish_cli(admin, &big_v2, &[]);
     assert!(
         out.status.success(),
@@ -531,6 +538,9 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let (m, refused) = across.stop().await;
+    assert!(!m.is_empty());
+    assert_eq!(refused, 0, "requests not answered 200 across two publishes");
     let newest = &tagged["versions"][0];
     assert_eq!(newest["input_version"], big_v2.as_str(), "{tagged:#}");
     assert_eq!(
@@ -561,7 +571,7 @@ async fn a_stage_reading_a_republished_output_recomputes_itself() {
             .await
     );
     let (b, _) = producers.stop().await;
-    let every: HashSet<String> = a.iter().chain(&b).cloned().collect();
+    let every: HashSet<String> = a.iter().chain(&b).chain(&m).cloned().collect();
     all_arrive(&record, &every).await;
     for r in received_records(&record) {
         if b.contains(r["id"].as_str().unwrap()) {

@@ -297,9 +297,9 @@ impl Pipeline {
         topology: Topology,
         engine: &Engine,
         drain: Duration,
-        only: &NodeFilter,
-        instance: Option<&str>,
+        (only, instance): (&NodeFilter, Option<&str>),
         versions: crate::versions::Live,
+        mut kept: Kept,
     ) -> Result<Pipeline, StartError> {
         let versions = Arc::new(versions);
         let (log, standby) = (engine.log(), engine.standby());
@@ -344,8 +344,8 @@ impl Pipeline {
                 log.clone(),
                 ledger.node(name),
                 &cfg.engine,
-                instance,
-                standby,
+                (instance, standby),
+                kept.windows.remove(name),
             )
             .await?;
             let mut source = source;
@@ -662,6 +662,27 @@ impl Pipeline {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+
+    /// [`Pipeline::stop`], keeping what the next start in this process can go on with
+    /// (ingest must have stopped).
+    pub async fn stop_keeping(self) -> Kept {
+        let sources: Vec<Arc<HttpSource>> = self.sources.iter().map(|(s, _)| s.clone()).collect();
+        self.stop().await;
+        let mut kept = Kept::default();
+        for s in sources {
+            if let Some(w) = s.keep_window().await {
+                kept.windows.insert(s.name.clone(), w);
+            }
+        }
+        kept
+    }
+}
+
+/// What one start of the nodes hands the next in the same process (a reload, a
+/// publish): each source's de-duplication window.
+#[derive(Debug, Default)]
+pub struct Kept {
+    windows: BTreeMap<String, crate::source::KeptWindow>,
 }
 
 /// Runs a node's task; if it fails — an error, or a panic (a bug) — the node is marked
