@@ -55,7 +55,7 @@ impl Listeners {
             if l.asked == (addr, limits) {
                 return Ok(l.bound);
             }
-            self.unbind(name).await;
+            self.unbind(name).await; // [`Listeners::keep_only`] first avoids this
         }
         let listener = bind(addr, name).await?;
         let bound = listener.local_addr()?;
@@ -87,21 +87,29 @@ impl Listeners {
         }
     }
 
-    /// Closes every door: new requests wait; returns once those in flight have finished.
-    pub async fn close(&self) {
-        for l in self.bound.values() {
-            l.door.close().await;
-        }
+    /// Closes every door at once: new requests wait; returns once those in flight have
+    /// finished, or after the grace period: whether they all finished.
+    pub async fn close(&self) -> bool {
+        let closing: Vec<_> = self.bound.values().map(|l| l.door.closing()).collect();
+        finished(closing).await
     }
 
-    /// Unbinds the listeners not named in `keep`.
-    pub async fn keep_only(&mut self, keep: &[String]) {
+    /// Unbinds the listeners that `wanted` (name, address, limits) does not name as
+    /// they are: removed ones, and those asked elsewhere or with other limits (before
+    /// any is bound, so that a port can pass from one name to another).
+    pub async fn keep_only(&mut self, wanted: &[(String, SocketAddr, ServeLimits)]) {
         let gone: Vec<String> = self
             .bound
-            .keys()
-            .filter(|n| !keep.contains(n))
-            .cloned()
+            .iter()
+            .filter(|(n, l)| {
+                !wanted
+                    .iter()
+                    .any(|(w, addr, limits)| w == *n && l.asked == (*addr, *limits))
+            })
+            .map(|(n, _)| n.clone())
             .collect();
+        let shutting: Vec<_> = gone.iter().map(|n| self.bound[n].door.shutting()).collect();
+        finished(shutting).await;
         for name in gone {
             self.unbind(&name).await;
         }
@@ -110,9 +118,6 @@ impl Listeners {
     /// Shuts every door (waiting requests are answered 503, those in flight finish) and
     /// unbinds every listener.
     pub async fn shut(mut self) {
-        for l in self.bound.values() {
-            l.door.shut().await;
-        }
         self.keep_only(&[]).await;
     }
 
@@ -123,4 +128,14 @@ impl Listeners {
             let _ = l.server.await;
         }
     }
+}
+
+/// Waits for doors closed together, within one grace period.
+async fn finished(closing: Vec<hifi_server::door::Closing>) -> bool {
+    let deadline = std::time::Instant::now() + hifi_server::serve::SHUTDOWN_GRACE;
+    let mut all = true;
+    for c in closing {
+        all &= c.finished(deadline).await;
+    }
+    all
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hifi_pipeline::config::LoadedConfig;
+use hifi_pipeline::config::{LoadedConfig, SourceConfig, SourceType};
 use hifi_pipeline::runtime::{open_engine, Engine, Kept, NodeFilter, Pipeline};
+use hifi_pipeline::source::HttpSource;
 use hifi_pipeline::topology::Topology;
 use hifi_server::auth::{LiveTokens, Tokens};
 use hifi_server::ingest::IngestState;
@@ -302,13 +303,28 @@ async fn open_listeners(
     loaded: &LoadedConfig,
     opts: &RunOptions,
 ) -> Result<(Vec<(String, SocketAddr)>, SocketAddr)> {
+    // Every listener's name, address and limits, so that those no longer asked as they
+    // are unbind before any is bound (a port can pass from one name to another).
+    let http = |(source, cfg): &(Arc<HttpSource>, SourceConfig)| {
+        let name = format!("sources.{}", source.name);
+        let limits = hifi_server::ServeLimits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout.0,
+        };
+        // A Kafka source has no listener: its records come from Kafka.
+        (cfg.kind == SourceType::Http).then_some((name, cfg.listen, limits))
+    };
+    let admin_asked = opts.admin.unwrap_or(loaded.config.admin.listen);
+    let mut wanted: Vec<_> = pipeline.sources.iter().filter_map(http).collect();
+    wanted.push(("admin".to_owned(), admin_asked, Default::default()));
+    listeners.keep_only(&wanted).await;
     let mut routers = Vec::new();
     let mut source_addrs = Vec::new();
-    for (source, cfg) in &pipeline.sources {
-        if cfg.kind != hifi_pipeline::config::SourceType::Http {
-            continue; // no listener: its records come from Kafka
-        }
-        let name = format!("sources.{}", source.name);
+    for entry in &pipeline.sources {
+        let Some((name, listen, limits)) = http(entry) else {
+            continue;
+        };
+        let (source, cfg) = entry;
         let key = format!("{name}.auth");
         let tokens = Tokens::load(cfg.auth.as_ref(), loaded, &key)
             .map_err(anyhow::Error::msg)?
@@ -319,37 +335,27 @@ async fn open_listeners(
                 .follow(auth.clone(), loaded.clone(), key, tasks_stop.clone());
             tasks.spawn(follow);
         }
-        warn_if_open(cfg.listen, tokens.is_some(), &name);
+        warn_if_open(listen, tokens.is_some(), &name);
         let state = Arc::new(IngestState::new(
             source.clone(),
             cfg,
             tokens,
             pipeline.health.clone(),
         ));
-        let limits = hifi_server::ServeLimits {
-            max_connections: cfg.max_connections,
-            header_read_timeout: cfg.header_read_timeout.0,
-        };
-        let addr = listeners.bind(&name, cfg.listen, limits).await?;
+        let addr = listeners.bind(&name, listen, limits).await?;
         source_addrs.push((source.name.clone(), addr));
         routers.push((name, hifi_server::ingest::router(state)));
     }
     let admin_tokens = Tokens::load(loaded.config.admin.auth.as_ref(), loaded, "admin.auth")
         .map_err(anyhow::Error::msg)?;
     let admin_addr = listeners
-        .bind(
-            "admin",
-            opts.admin.unwrap_or(loaded.config.admin.listen),
-            Default::default(),
-        )
+        .bind("admin", admin_asked, Default::default())
         .await?;
     warn_if_open(admin_addr, admin_tokens.is_some(), "admin");
     let mut admin_state = hifi_server::admin::AdminState::new(pipeline, engine.embedded());
     admin_state.tokens = admin_tokens;
     admin_state.loopback = admin_addr.ip().is_loopback();
     routers.push(("admin".to_owned(), hifi_server::admin::router(admin_state)));
-    let names: Vec<String> = routers.iter().map(|(n, _)| n.clone()).collect();
-    listeners.keep_only(&names).await;
     for (name, app) in routers {
         listeners.open(&name, app);
     }
@@ -371,10 +377,17 @@ impl Running {
     /// Stops the nodes with the listeners' doors closed (requests wait); what stays
     /// comes back for the next nodes.
     async fn stop_nodes(mut self) -> Stopped {
-        self.listeners.close().await;
+        let all_finished = self.listeners.close().await;
         self.tasks_stop.cancel();
         while self.tasks.join_next().await.is_some() {}
-        let kept = self.pipeline.stop_keeping().await;
+        let kept = if all_finished {
+            self.pipeline.stop_keeping().await
+        } else {
+            // A request still in flight may yet store events the windows would miss:
+            // the next start reads them from the log.
+            self.pipeline.stop().await;
+            Kept::default()
+        };
         Stopped {
             engine: self.engine,
             listeners: self.listeners,

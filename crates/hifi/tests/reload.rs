@@ -241,3 +241,67 @@ async fn reloads_keep_ingest_answering_on_the_same_ports() {
     assert!(status.success());
     first.sigterm(Duration::from_secs(10));
 }
+
+/// A port passes from one listener to another in a reload: two sources swap their
+/// ports, then one is renamed keeping its port (the old listeners are unbound before
+/// the new ones bind, or the bind would find the port taken and the reload fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_can_swap_ports_and_rename_a_source() {
+    let dir = test_dir();
+    let (p1, p2) = (free_addr(), free_addr());
+    let write = |a: (&str, std::net::SocketAddr), b: (&str, std::net::SocketAddr)| {
+        let text = format!(
+            "[engine]\nkind = \"embedded\"\ndata_dir = \"data\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [sources.{}]\ntype = \"http\"\nlisten = \"{}\"\ntopic = \"events\"\n\n\
+             [sources.{}]\ntype = \"http\"\nlisten = \"{}\"\ntopic = \"events\"\n\n\
+             [sinks.out]\ntype = \"http\"\ninput = \"events\"\nurl = \"http://127.0.0.1:9/never\"\n",
+            a.0, a.1, b.0, b.1
+        );
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+    };
+    write(("one", p1), ("two", p2));
+    let mut proc = run_pipeline(dir.path(), &dir.path().join("pipeline.toml"));
+    assert_eq!(proc.addr("source one"), p1);
+    let reload = |proc: &mut Proc| {
+        hup(proc);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = proc.stdout_rest.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no reload within 30 s: {}",
+                    std::fs::read_to_string(&proc.log).unwrap_or_default()
+                )
+            });
+            if line.starts_with("hifi is running") {
+                return seen;
+            }
+            seen.push(line);
+        }
+    };
+    write(("one", p2), ("two", p1));
+    let lines = reload(&mut proc);
+    assert!(
+        lines.contains(&format!("source one: POST http://{p2}/v1/events"))
+            && lines.contains(&format!("source two: POST http://{p1}/v1/events")),
+        "the ports were not swapped: {lines:?}\n{}",
+        std::fs::read_to_string(&proc.log).unwrap()
+    );
+    write(("three", p2), ("two", p1));
+    let lines = reload(&mut proc);
+    assert!(
+        lines.contains(&format!("source three: POST http://{p2}/v1/events")),
+        "the renamed source did not get the port: {lines:?}\n{}",
+        std::fs::read_to_string(&proc.log).unwrap()
+    );
+    let r = reqwest::Client::new()
+        .post(format!("http://{p2}/v1/events"))
+        .json(&serde_json::json!([{"id": "x"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = proc.sigterm(Duration::from_secs(20));
+    assert!(status.success());
+}

@@ -12,7 +12,7 @@
 //! A request waits at most [`WAIT`] for a closed door, then it is answered 503 with
 //! `Retry-After: 1` (the restart takes longer than a client should hang on).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -76,23 +76,55 @@ impl Door {
             .send_replace(State::Open(app, TaskTracker::new()));
     }
 
-    /// Makes new requests wait; returns once the requests in flight have finished, or
-    /// after [`SHUTDOWN_GRACE`] (with a warning) if some have not.
-    pub async fn close(&self) {
-        self.finish(State::Closed).await;
+    /// Makes new requests wait; whether the requests in flight finished within
+    /// [`SHUTDOWN_GRACE`] (`false`, with a warning, when some have not: they go on).
+    pub async fn close(&self) -> bool {
+        self.closing()
+            .finished(Instant::now() + SHUTDOWN_GRACE)
+            .await
     }
 
     /// Answers waiting and new requests 503; returns as [`Door::close`].
-    pub async fn shut(&self) {
-        self.finish(State::Shut).await;
+    pub async fn shut(&self) -> bool {
+        self.shutting()
+            .finished(Instant::now() + SHUTDOWN_GRACE)
+            .await
     }
 
-    async fn finish(&self, next: State) {
-        let State::Open(_, in_flight) = self.state.send_replace(next) else {
-            return;
+    /// [`Door::close`] in two steps: new requests wait from now; the requests in
+    /// flight are waited for with [`Closing::finished`] (several doors closed at once
+    /// are waited for together).
+    pub fn closing(&self) -> Closing {
+        self.replace(State::Closed)
+    }
+
+    /// [`Door::shut`] in two steps, as [`Door::closing`].
+    pub fn shutting(&self) -> Closing {
+        self.replace(State::Shut)
+    }
+
+    fn replace(&self, next: State) -> Closing {
+        match self.state.send_replace(next) {
+            State::Open(_, in_flight) => {
+                in_flight.close();
+                Closing(Some(in_flight))
+            }
+            _ => Closing(None),
+        }
+    }
+}
+
+/// The requests that were in flight when a door closed.
+#[derive(Debug)]
+pub struct Closing(Option<TaskTracker>);
+
+impl Closing {
+    /// Waits for them until `deadline`; whether they all finished.
+    pub async fn finished(self, deadline: Instant) -> bool {
+        let Some(in_flight) = self.0 else {
+            return true;
         };
-        in_flight.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait())
+        if tokio::time::timeout_at(deadline.into(), in_flight.wait())
             .await
             .is_err()
         {
@@ -100,12 +132,28 @@ impl Door {
                 requests = in_flight.len(),
                 "requests still in flight after the shutdown grace period; going on without them"
             );
+            return false;
         }
+        true
     }
 }
 
-/// Waits for the door to be open, then hands `req` to its router.
+/// Waits for the door to be open, then hands `req` to its router. Health probes are
+/// answered at a closed door: the process is alive (`/healthz`), not ready (`/readyz`).
 async fn pass(mut state: watch::Receiver<State>, req: Request) -> Response {
+    if matches!(&*state.borrow(), State::Closed) {
+        match req.uri().path() {
+            "/healthz" => return "ok\n".into_response(),
+            "/readyz" => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the nodes are restarting (a reload or a publish)\n",
+                )
+                    .into_response()
+            }
+            _ => {}
+        }
+    }
     let passage = {
         let waited =
             tokio::time::timeout(WAIT, state.wait_for(|s| !matches!(s, State::Closed))).await;
@@ -187,15 +235,17 @@ mod tests {
     #[tokio::test]
     async fn close_waits_for_requests_in_flight() {
         let door = std::sync::Arc::new(Door::new());
+        let (entered, inside) = tokio::sync::oneshot::channel::<()>();
         let (release, held) = tokio::sync::oneshot::channel::<()>();
-        let held = std::sync::Arc::new(std::sync::Mutex::new(Some(held)));
+        let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((entered, held))));
         let slow = Router::new().route(
             "/",
             get(move || {
-                let held = held.lock().unwrap().take();
+                let hooks = hooks.lock().unwrap().take();
                 async move {
-                    if let Some(h) = held {
-                        let _ = h.await;
+                    if let Some((entered, held)) = hooks {
+                        let _ = entered.send(());
+                        let _ = held.await;
                     }
                     "slow"
                 }
@@ -206,7 +256,7 @@ mod tests {
             let door = door.clone();
             async move { call(&door).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        inside.await.unwrap();
         let closing = tokio::spawn({
             let door = door.clone();
             async move { door.close().await }
@@ -217,8 +267,28 @@ mod tests {
             "close must wait for the request in flight"
         );
         release.send(()).unwrap();
-        closing.await.unwrap();
+        assert!(closing.await.unwrap(), "every request finished");
         assert_eq!(in_flight.await.unwrap().1, "slow");
+    }
+
+    #[tokio::test]
+    async fn health_probes_are_answered_at_a_closed_door() {
+        let door = Door::new();
+        let probe = |path: &'static str| {
+            door.router()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        };
+        assert_eq!(probe("/healthz").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            probe("/readyz").await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        door.open(app("open"));
+        assert_eq!(
+            probe("/readyz").await.unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "an open door hands probes to its router"
+        );
     }
 
     #[tokio::test]

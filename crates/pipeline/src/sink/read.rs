@@ -88,30 +88,35 @@ impl Sink {
             let first = batch[0].offset;
             let arrival_us = self.ledger.now_us();
             let pos = batch.last().map_or(first, |r| r.offset + 1);
-            let mut items: Vec<Item> = batch
-                .into_iter()
-                .map(|r| self.item(&self.input, p, From::Partition(p), r, arrival_us))
-                .collect();
-            input_at.seek(pos);
-            if let Some(cut) = &self.cfg.skip {
-                // Delivered from the version published before (crate::versions).
-                items.retain(|i| !cut.passes_over(&i.origin, i.event_time_ms, &i.record));
-                // What it delivers all the same is a re-delivery (`--redeliver-from`).
-                for i in &mut items {
-                    if cut.redelivers(&i.origin, &i.record) {
-                        i.record.headers.push(hifi_log::Header {
-                            name: crate::event::header::REDELIVERY.into(),
-                            value: Vec::new().into(),
-                        });
+            let cut = self.cfg.skip.as_ref();
+            let mut items = Vec::with_capacity(batch.len());
+            for r in batch {
+                // Delivered from the version published before (crate::versions): passed
+                // over before its body is made (after a publish a reader may pass over
+                // most of the new version's topic).
+                if let Some(cut) = cut {
+                    let meta = EventMeta::of(&self.input, p, &r);
+                    if cut.passes_over(&meta.origin, meta.time_ms, &r.record) {
+                        continue;
                     }
                 }
-                if items.is_empty() {
-                    trackers[p as usize]
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .next = pos;
-                    continue;
+                let mut i = self.item(&self.input, p, From::Partition(p), r, arrival_us);
+                // What it delivers all the same is a re-delivery (`--redeliver-from`).
+                if cut.is_some_and(|c| c.redelivers(&i.origin, &i.record)) {
+                    i.record.headers.push(hifi_log::Header {
+                        name: crate::event::header::REDELIVERY.into(),
+                        value: Vec::new().into(),
+                    });
                 }
+                items.push(i);
+            }
+            input_at.seek(pos);
+            if cut.is_some() && items.is_empty() {
+                trackers[p as usize]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .next = pos;
+                continue;
             }
             {
                 let mut t = trackers[p as usize]

@@ -247,6 +247,11 @@ impl Lane {
         }
     }
 
+    /// Whether an append is under way on any partition (begun, not ended).
+    pub(super) fn appending(&self) -> bool {
+        (0..self.partitions).any(|p| self.tracker(p).in_flight > 0)
+    }
+
     /// Marks an append's start, before it is sent.
     pub(super) fn begin(&self, p: u32) {
         self.tracker(p).in_flight += 1;

@@ -244,8 +244,10 @@ impl HttpSource {
     }
 
     /// Takes the de-duplication window, with the ends of its lanes' partitions, for the
-    /// next start of the nodes in this process; ingest must have stopped. `None` when
-    /// an end cannot be read (the next start reads the whole window from the log).
+    /// next start of the nodes in this process; ingest must have stopped. `None` (the
+    /// next start reads the whole window from the log) when an end cannot be read, or
+    /// when an append is still under way (one that outlived its request: its id may be
+    /// below the ends read and not remembered yet).
     pub async fn keep_window(&self) -> Option<KeptWindow> {
         let mut ends = BTreeMap::new();
         for lane in self.lanes() {
@@ -255,6 +257,12 @@ impl HttpSource {
             }
         }
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the window's lock: an append ended before this has its ids in it; one
+        // begun after the ends were read is read again by the next start.
+        if self.lanes().any(Lane::appending) {
+            info!(source = %self.name, "an append is under way: the next start reads the de-duplication window from the log");
+            return None;
+        }
         let (window, max) = d.bounds();
         let dedup = std::mem::replace(&mut *d, Dedup::new(window, max));
         Some(KeptWindow {
@@ -697,10 +705,12 @@ impl HttpSource {
                     (hifi_ledger::Outcome::Passed, origin, t)
                 },
             ));
-        lane.end(partition, Some(&offsets));
+        // Remembered before the append is marked ended: a window kept for the next
+        // start ([`HttpSource::keep_window`]) holds every id whose append has ended.
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         let evicted = keys.into_iter().filter(|&key| d.insert(key, now)).count();
         drop(d);
+        lane.end(partition, Some(&offsets));
         self.stats
             .dedup_evicted_total
             .fetch_add(evicted as u64, Ordering::Relaxed);
