@@ -33,9 +33,11 @@ fn pipeline(
     text
 }
 
-/// The addresses a running `hifi run` printed after its latest (re)start.
-fn addresses_after_reload(proc: &mut Proc) {
+/// The addresses a running `hifi run` printed after its latest (re)start; every line it
+/// printed.
+fn addresses_after_reload(proc: &mut Proc) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = proc.stdout_rest.recv_timeout(left).unwrap_or_else(|_| {
@@ -52,8 +54,9 @@ fn addresses_after_reload(proc: &mut Proc) {
             proc.addrs.insert(name.to_owned(), addr.parse().unwrap());
         }
         if line.starts_with("hifi is running") {
-            return;
+            return seen;
         }
+        seen.push(line);
     }
 }
 
@@ -264,21 +267,7 @@ async fn a_reload_can_swap_ports_and_rename_a_source() {
     assert_eq!(proc.addr("source one"), p1);
     let reload = |proc: &mut Proc| {
         hup(proc);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = proc.stdout_rest.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no reload within 30 s: {}",
-                    std::fs::read_to_string(&proc.log).unwrap_or_default()
-                )
-            });
-            if line.starts_with("hifi is running") {
-                return seen;
-            }
-            seen.push(line);
-        }
+        addresses_after_reload(proc)
     };
     write(("one", p2), ("two", p1));
     let lines = reload(&mut proc);
