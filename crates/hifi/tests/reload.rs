@@ -284,13 +284,7 @@ async fn a_reload_can_swap_ports_and_rename_a_source() {
         "the renamed source did not get the port: {lines:?}\n{}",
         std::fs::read_to_string(&proc.log).unwrap()
     );
-    let r = reqwest::Client::new()
-        .post(format!("http://{p2}/v1/events"))
-        .json(&serde_json::json!([{"id": "x"}]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    support::versions::post_events(p2, &[serde_json::json!({"id": "x"})]).await;
     let (status, _) = proc.sigterm(Duration::from_secs(20));
     assert!(status.success());
 }

@@ -249,13 +249,7 @@ impl HttpSource {
     /// when an append is still under way (one that outlived its request: its id may be
     /// below the ends read and not remembered yet).
     pub async fn keep_window(&self) -> Option<KeptWindow> {
-        let mut ends = BTreeMap::new();
-        for lane in self.lanes() {
-            for p in 0..lane.partitions {
-                let end = lane.log.offsets(&lane.topic, p).await.ok()?.end;
-                ends.insert((lane.topic.clone(), p), end);
-            }
-        }
+        let ends = self.lane_ends().await.ok()?;
         let mut d = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         // Under the window's lock: an append ended before this has its ids in it; one
         // begun after the ends were read is read again by the next start.
@@ -272,6 +266,18 @@ impl HttpSource {
         })
     }
 
+    /// The end of every partition of its lanes, by (topic, partition).
+    async fn lane_ends(&self) -> Result<BTreeMap<(String, u32), u64>, LogError> {
+        let mut ends = BTreeMap::new();
+        for lane in self.lanes() {
+            for p in 0..lane.partitions {
+                let end = lane.log.offsets(&lane.topic, p).await?.end;
+                ends.insert((lane.topic.clone(), p), end);
+            }
+        }
+        Ok(ends)
+    }
+
     /// Goes on with a kept window: reads the ids its lanes' partitions gained since it
     /// was kept (another process's appends to a shared topic, a late append). The whole
     /// window is read again instead when its bounds changed or a partition is not as
@@ -282,13 +288,7 @@ impl HttpSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .bounds();
-        let mut ends = BTreeMap::new();
-        for lane in self.lanes() {
-            for p in 0..lane.partitions {
-                let end = lane.log.offsets(&lane.topic, p).await?.end;
-                ends.insert((lane.topic.clone(), p), end);
-            }
-        }
+        let ends = self.lane_ends().await?;
         let reads = match catch_up_from(&kept.ends, &ends) {
             Some(reads) if kept.dedup.bounds() == bounds => reads,
             _ => return self.rebuild_dedup().await,
